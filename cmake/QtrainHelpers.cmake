@@ -1,0 +1,85 @@
+# Declares a library and its test together, in the style of absl_cc_library / absl_cc_test.
+#
+#   qtrain_cc_library(NAME qtrain_common SRCS a.cc HDRS a.h DEPS absl::status)
+#   qtrain_cc_test(NAME common_test SRCS a_test.cc DEPS qtrain_common [LABELS unit])
+#   qtrain_cc_binary(NAME qtrain SRCS main.cc DEPS ...)
+#
+# Every target gets the project's include root (so headers are included as "common/foo.h"),
+# the generated-code root, and the project's warning flags.
+
+set(QTRAIN_WARNING_FLAGS -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers)
+if(QTRAIN_WERROR)
+  list(APPEND QTRAIN_WARNING_FLAGS -Werror)
+endif()
+
+function(_qtrain_common_target_setup target)
+  target_include_directories(${target} PUBLIC ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR})
+  target_compile_options(${target} PRIVATE
+    $<$<COMPILE_LANGUAGE:CXX>:${QTRAIN_WARNING_FLAGS}>)
+endfunction()
+
+function(qtrain_cc_library)
+  cmake_parse_arguments(Q "" "NAME" "SRCS;HDRS;DEPS" ${ARGN})
+  if(Q_SRCS)
+    add_library(${Q_NAME} STATIC ${Q_SRCS} ${Q_HDRS})
+    target_link_libraries(${Q_NAME} PUBLIC ${Q_DEPS})
+    _qtrain_common_target_setup(${Q_NAME})
+  else()
+    add_library(${Q_NAME} INTERFACE ${Q_HDRS})
+    target_link_libraries(${Q_NAME} INTERFACE ${Q_DEPS})
+    target_include_directories(${Q_NAME} INTERFACE ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR})
+  endif()
+endfunction()
+
+function(qtrain_cc_binary)
+  cmake_parse_arguments(Q "" "NAME" "SRCS;DEPS" ${ARGN})
+  add_executable(${Q_NAME} ${Q_SRCS})
+  target_link_libraries(${Q_NAME} PRIVATE ${Q_DEPS})
+  _qtrain_common_target_setup(${Q_NAME})
+endfunction()
+
+# Tests are built only when QTRAIN_BUILD_TESTS is on. Each test binary goes to build/tests/ and
+# every GoogleTest case becomes its own ctest entry, labelled (default label: unit).
+function(qtrain_cc_test)
+  cmake_parse_arguments(Q "" "NAME;TIMEOUT" "SRCS;DEPS;LABELS" ${ARGN})
+  if(NOT QTRAIN_BUILD_TESTS)
+    return()
+  endif()
+  if(NOT Q_LABELS)
+    set(Q_LABELS unit)
+  endif()
+  if(NOT Q_TIMEOUT)
+    set(Q_TIMEOUT 300)
+  endif()
+  add_executable(${Q_NAME} ${Q_SRCS})
+  target_link_libraries(${Q_NAME} PRIVATE ${Q_DEPS} GTest::gmock GTest::gtest_main)
+  _qtrain_common_target_setup(${Q_NAME})
+  set_target_properties(${Q_NAME} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/tests)
+  gtest_discover_tests(${Q_NAME}
+    DISCOVERY_MODE PRE_TEST
+    WORKING_DIRECTORY ${PROJECT_SOURCE_DIR}
+    PROPERTIES LABELS "${Q_LABELS}" TIMEOUT ${Q_TIMEOUT}
+      ENVIRONMENT "QTRAIN_SOURCE_DIR=${PROJECT_SOURCE_DIR};QTRAIN_BIN_DIR=${PROJECT_BINARY_DIR}/bin")
+  add_dependencies(qtrain_all_tests ${Q_NAME})
+endfunction()
+
+# A libFuzzer target. Built only in a fuzz build (QTRAIN_FUZZ=ON, clang); `ctest -L fuzz` runs
+# each one for QTRAIN_FUZZ_SECONDS over its seed corpus.
+function(qtrain_cc_fuzz)
+  cmake_parse_arguments(Q "" "NAME;CORPUS" "SRCS;DEPS" ${ARGN})
+  if(NOT QTRAIN_FUZZ)
+    return()
+  endif()
+  add_executable(${Q_NAME} ${Q_SRCS})
+  target_link_libraries(${Q_NAME} PRIVATE ${Q_DEPS})
+  target_link_options(${Q_NAME} PRIVATE -fsanitize=fuzzer)
+  _qtrain_common_target_setup(${Q_NAME})
+  set_target_properties(${Q_NAME} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/fuzz)
+  set(work ${PROJECT_BINARY_DIR}/fuzz/${Q_NAME}.corpus)
+  add_test(NAME ${Q_NAME}
+    COMMAND ${CMAKE_COMMAND} -E env ASAN_OPTIONS=detect_leaks=1
+      ${CMAKE_COMMAND} -DFUZZER=$<TARGET_FILE:${Q_NAME}> -DWORK=${work} -DSEEDS=${Q_CORPUS}
+        -DSECONDS=${QTRAIN_FUZZ_SECONDS} -P ${PROJECT_SOURCE_DIR}/cmake/RunFuzzer.cmake)
+  set_tests_properties(${Q_NAME} PROPERTIES LABELS fuzz TIMEOUT 600)
+  add_dependencies(qtrain_all_fuzzers ${Q_NAME})
+endfunction()

@@ -1,0 +1,162 @@
+#include "common/file_util.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+
+namespace qtrain {
+namespace {
+
+absl::Status ErrnoStatus(int err, absl::string_view what, absl::string_view path) {
+  const absl::StatusCode code = err == ENOENT   ? absl::StatusCode::kNotFound
+                                : err == EACCES ? absl::StatusCode::kPermissionDenied
+                                : err == ENOSPC ? absl::StatusCode::kResourceExhausted
+                                                : absl::StatusCode::kInternal;
+  return absl::Status(code, absl::StrCat(what, " ", path, ": ", std::strerror(err)));
+}
+
+std::string DirectoryOf(const std::string& path) {
+  const std::string parent = std::filesystem::path(path).parent_path().string();
+  return parent.empty() ? "." : parent;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> ReadFileToString(const std::string& path, size_t max_bytes) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus(errno, "cannot open", path);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return ErrnoStatus(err, "cannot stat", path);
+  }
+  if (S_ISDIR(st.st_mode)) {
+    ::close(fd);
+    return absl::FailedPreconditionError(absl::StrCat(path, " is a directory, not a file"));
+  }
+  if (static_cast<uint64_t>(st.st_size) > max_bytes) {
+    ::close(fd);
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, " is ", st.st_size, " bytes, more than the limit of ", max_bytes));
+  }
+  std::string content;
+  char chunk[1 << 16];
+  while (true) {
+    const ssize_t n = ::read(fd, chunk, sizeof(chunk));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int err = errno;
+      ::close(fd);
+      return ErrnoStatus(err, "cannot read", path);
+    }
+    if (n == 0) break;
+    content.append(chunk, static_cast<size_t>(n));
+    if (content.size() > max_bytes) {
+      ::close(fd);
+      return absl::FailedPreconditionError(
+          absl::StrCat(path, " is larger than the limit of ", max_bytes, " bytes"));
+    }
+  }
+  ::close(fd);
+  return content;
+}
+
+absl::Status SyncDirectory(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus(errno, "cannot open directory", dir);
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0) return ErrnoStatus(err, "cannot fsync directory", dir);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<AtomicFileWriter> AtomicFileWriter::Open(const std::string& path) {
+  if (path.empty()) return absl::InvalidArgumentError("atomic write: empty path");
+  static std::atomic<uint64_t> counter{0};
+  // Unique among processes (pid) and among writers of this process (counter).
+  const std::string temp_path = absl::StrCat(path, ".tmp.", ::getpid(), ".", counter.fetch_add(1));
+  const int fd = ::open(temp_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoStatus(errno, "cannot create", temp_path);
+  return AtomicFileWriter(path, temp_path, fd);
+}
+
+AtomicFileWriter::AtomicFileWriter(AtomicFileWriter&& other) noexcept
+    : path_(std::move(other.path_)),
+      temp_path_(std::move(other.temp_path_)),
+      fd_(std::exchange(other.fd_, -1)),
+      bytes_written_(other.bytes_written_) {}
+
+AtomicFileWriter& AtomicFileWriter::operator=(AtomicFileWriter&& other) noexcept {
+  if (this != &other) {
+    Abort();
+    path_ = std::move(other.path_);
+    temp_path_ = std::move(other.temp_path_);
+    fd_ = std::exchange(other.fd_, -1);
+    bytes_written_ = other.bytes_written_;
+  }
+  return *this;
+}
+
+AtomicFileWriter::~AtomicFileWriter() { Abort(); }
+
+void AtomicFileWriter::Abort() {
+  if (fd_ < 0) return;
+  ::close(fd_);
+  fd_ = -1;
+  ::unlink(temp_path_.c_str());
+}
+
+absl::Status AtomicFileWriter::Append(std::string_view data) {
+  if (fd_ < 0) return absl::FailedPreconditionError("atomic write: writer is closed");
+  while (!data.empty()) {
+    const ssize_t n = ::write(fd_, data.data(), data.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus(errno, "cannot write", temp_path_);
+    }
+    data.remove_prefix(static_cast<size_t>(n));
+    bytes_written_ += static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status AtomicFileWriter::Commit() {
+  if (fd_ < 0) return absl::FailedPreconditionError("atomic write: writer is closed");
+  if (::fsync(fd_) != 0) {
+    const absl::Status status = ErrnoStatus(errno, "cannot fsync", temp_path_);
+    Abort();
+    return status;
+  }
+  const int rc = ::close(fd_);
+  fd_ = -1;
+  if (rc != 0) {
+    const absl::Status status = ErrnoStatus(errno, "cannot close", temp_path_);
+    ::unlink(temp_path_.c_str());
+    return status;
+  }
+  if (::rename(temp_path_.c_str(), path_.c_str()) != 0) {
+    const absl::Status status = ErrnoStatus(errno, "cannot rename onto", path_);
+    ::unlink(temp_path_.c_str());
+    return status;
+  }
+  return SyncDirectory(DirectoryOf(path_));
+}
+
+absl::Status WriteFileAtomically(const std::string& path, std::string_view content) {
+  QTRAIN_ASSIGN_OR_RETURN(AtomicFileWriter writer, AtomicFileWriter::Open(path));
+  QTRAIN_RETURN_IF_ERROR(writer.Append(content));
+  return writer.Commit();
+}
+
+}  // namespace qtrain

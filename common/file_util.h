@@ -1,0 +1,67 @@
+// Files: whole-file reads and crash-safe (atomic) writes.
+//
+// An atomic write goes to a temporary file beside the target, is fsynced, renamed over the
+// target, and the directory is fsynced, so that after a crash the target holds either the old
+// or the new content, never a mix.
+#ifndef QTRAIN_COMMON_FILE_UTIL_H_
+#define QTRAIN_COMMON_FILE_UTIL_H_
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace qtrain {
+
+// Reads a whole file. NOT_FOUND if missing; FAILED_PRECONDITION if larger than max_bytes.
+absl::StatusOr<std::string> ReadFileToString(const std::string& path,
+                                             size_t max_bytes = size_t{1} << 34);
+
+// Writes `content` to `path` atomically (see above).
+absl::Status WriteFileAtomically(const std::string& path, std::string_view content);
+
+// fsyncs a directory so that renames and creations inside it are durable.
+absl::Status SyncDirectory(const std::string& dir);
+
+// Streaming form of WriteFileAtomically for large files:
+//   QTRAIN_ASSIGN_OR_RETURN(auto w, AtomicFileWriter::Open(path));
+//   QTRAIN_RETURN_IF_ERROR(w.Append(chunk)); ...
+//   QTRAIN_RETURN_IF_ERROR(w.Commit());
+// Destroying the writer without Commit() removes the temporary file and leaves the target as it
+// was.
+class AtomicFileWriter {
+ public:
+  static absl::StatusOr<AtomicFileWriter> Open(const std::string& path);
+  AtomicFileWriter(AtomicFileWriter&& other) noexcept;
+  AtomicFileWriter& operator=(AtomicFileWriter&& other) noexcept;
+  AtomicFileWriter(const AtomicFileWriter&) = delete;
+  AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
+  ~AtomicFileWriter();
+
+  absl::Status Append(std::string_view data);
+  absl::Status Append(const void* data, size_t size) {
+    return Append(std::string_view(static_cast<const char*>(data), size));
+  }
+  // Flushes, fsyncs, renames over the target and fsyncs the directory.
+  absl::Status Commit();
+  // Removes the temporary file; the target is untouched. Idempotent.
+  void Abort();
+
+  const std::string& path() const { return path_; }
+  const std::string& temp_path() const { return temp_path_; }
+  size_t bytes_written() const { return bytes_written_; }
+
+ private:
+  AtomicFileWriter(std::string path, std::string temp_path, int fd)
+      : path_(std::move(path)), temp_path_(std::move(temp_path)), fd_(fd) {}
+  std::string path_;
+  std::string temp_path_;
+  int fd_ = -1;
+  size_t bytes_written_ = 0;
+};
+
+}  // namespace qtrain
+
+#endif  // QTRAIN_COMMON_FILE_UTIL_H_
