@@ -24,7 +24,9 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --version exit 0; usage errors exit 2, as is customary.
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
   }
   qtrain::LogLevel level;
   if (!qtrain::ParseLogLevel(log_level, &level)) {

@@ -3,8 +3,8 @@
 file(MAKE_DIRECTORY ${WORK})
 execute_process(
   COMMAND ${FUZZER} -max_total_time=${SECONDS} -timeout=10 -rss_limit_mb=2048
-          -print_final_stats=1 ${WORK} ${SEEDS}
+          -print_final_stats=1 -artifact_prefix=${WORK}/ ${WORK} ${SEEDS}
   RESULT_VARIABLE rc)
 if(NOT rc EQUAL 0)
-  message(FATAL_ERROR "${FUZZER} failed (exit ${rc}); the crashing input is in the working directory")
+  message(FATAL_ERROR "${FUZZER} failed (exit ${rc}); the crashing input (crash-*) is in ${WORK}")
 endif()

@@ -316,7 +316,7 @@ absl::StatusOr<std::vector<float>> SafetensorsFile::ReadAsFloat(
   std::vector<float> out(n);
   switch (info->dtype) {
     case DType::kF32:
-      std::memcpy(out.data(), bytes.data(), n * 4);
+      if (n > 0) std::memcpy(out.data(), bytes.data(), n * 4);
       break;
     case DType::kBF16:
     case DType::kF16:

@@ -10,7 +10,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libsqlite3-dev libopenblas-dev libgloo-dev libutf8proc-dev
   nlohmann-json3-dev libyaml-cpp-dev libcli11-dev
-  clang libclang-rt-14-dev
+  clang libclang-rt-14-dev libomp-14-dev
 )
 # Extra packages some targets want; absent ones only disable those targets.
 optional=(fortunes fortunes-zh)

@@ -1,0 +1,50 @@
+# qtrain: `make demo` runs the demo, `make test` builds and runs every test (see README.md).
+# Both install missing Debian packages first (scripts/setup.sh, idempotent).
+#
+# Build trees: build/ (the default build; binaries in build/bin), build/fuzz (clang + libFuzzer
+# + ASan/UBSan, fuzz targets only), build/asan (clang + ASan/UBSan, unit tests).
+
+BUILD ?= build
+JOBS ?= $(shell nproc)
+FUZZ_SECONDS ?= 20
+CMAKE_FLAGS ?=
+GENERATOR := $(shell command -v ninja >/dev/null 2>&1 && echo Ninja || echo "Unix Makefiles")
+SANITIZERS := address,undefined
+
+.PHONY: all setup build test unit-test fuzz asan demo clean
+
+all: build
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	cmake -S . -B $(BUILD) -G "$(GENERATOR)" $(CMAKE_FLAGS)
+	cmake --build $(BUILD) -j $(JOBS)
+
+# Every test: unit and integration tests of the default build, then each fuzz target briefly.
+test: unit-test fuzz
+
+unit-test: build
+	ctest --test-dir $(BUILD) -L 'unit|integration' --output-on-failure -j $(JOBS)
+
+fuzz: setup
+	CC=clang CXX=clang++ cmake -S . -B $(BUILD)/fuzz -G "$(GENERATOR)" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DQTRAIN_FUZZ=ON -DQTRAIN_SANITIZE=$(SANITIZERS) -DQTRAIN_CUDA=OFF -DQTRAIN_BUILD_TESTS=OFF \
+	  -DQTRAIN_BUILD_BENCH=OFF -DQTRAIN_FUZZ_SECONDS=$(FUZZ_SECONDS) $(CMAKE_FLAGS)
+	cmake --build $(BUILD)/fuzz --target qtrain_all_fuzzers -j $(JOBS)
+	ctest --test-dir $(BUILD)/fuzz -L fuzz --output-on-failure -j $(JOBS)
+
+# Unit tests under AddressSanitizer + UndefinedBehaviorSanitizer (CI runs this after `make test`).
+asan: setup
+	CC=clang CXX=clang++ cmake -S . -B $(BUILD)/asan -G "$(GENERATOR)" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DQTRAIN_SANITIZE=$(SANITIZERS) -DQTRAIN_CUDA=OFF -DQTRAIN_BUILD_BENCH=OFF $(CMAKE_FLAGS)
+	cmake --build $(BUILD)/asan --target qtrain_all_tests -j $(JOBS)
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  ctest --test-dir $(BUILD)/asan -L unit --output-on-failure -j $(JOBS)
+
+demo: build
+	scripts/demo.sh $(BUILD)
+
+clean:
+	rm -rf $(BUILD)

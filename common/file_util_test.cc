@@ -1,0 +1,113 @@
+#include "common/file_util.h"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <string>
+
+#include "gtest/gtest.h"
+
+namespace qtrain {
+namespace {
+
+namespace fs = std::filesystem;
+
+class FileUtilTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::path(::testing::TempDir()) /
+           ("file_util_test_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  // Files in dir_ other than `keep`.
+  int StrayFiles(const std::string& keep) {
+    int n = 0;
+    for (const auto& entry : fs::directory_iterator(dir_)) n += entry.path().filename() != keep;
+    return n;
+  }
+  fs::path dir_;
+};
+
+TEST_F(FileUtilTest, WriteThenReadBack) {
+  const std::string path = dir_ / "a.txt";
+  ASSERT_TRUE(WriteFileAtomically(path, "hello").ok());
+  auto read = ReadFileToString(path);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(*read, "hello");
+  ASSERT_TRUE(WriteFileAtomically(path, "replaced").ok());
+  EXPECT_EQ(*ReadFileToString(path), "replaced");
+  EXPECT_EQ(StrayFiles("a.txt"), 0);
+}
+
+TEST_F(FileUtilTest, ReadErrorsNameThePath) {
+  auto missing = ReadFileToString(dir_ / "nope");
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(missing.status().message().find("nope"), absl::string_view::npos);
+  EXPECT_EQ(ReadFileToString(dir_).status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(WriteFileAtomically(dir_ / "big", std::string(100, 'x')).ok());
+  EXPECT_EQ(ReadFileToString(dir_ / "big", 99).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(FileUtilTest, AbandonedWriterLeavesOldFileIntactAndNoTempFile) {
+  const std::string path = dir_ / "state.json";
+  ASSERT_TRUE(WriteFileAtomically(path, "old content").ok());
+  {
+    auto writer = AtomicFileWriter::Open(path);
+    ASSERT_TRUE(writer.ok());
+    ASSERT_TRUE(writer->Append("new content that is never committed").ok());
+    EXPECT_TRUE(fs::exists(writer->temp_path()));
+  }  // destroyed without Commit()
+  EXPECT_EQ(*ReadFileToString(path), "old content");
+  EXPECT_EQ(StrayFiles("state.json"), 0);
+}
+
+// A process killed after writing but before the rename must leave the target as it was.
+TEST_F(FileUtilTest, KilledBeforeRenameLeavesOldFileIntact) {
+  const std::string path = dir_ / "weights.bin";
+  const std::string old_content(1 << 20, 'o');
+  ASSERT_TRUE(WriteFileAtomically(path, old_content).ok());
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    auto writer = AtomicFileWriter::Open(path);
+    if (!writer.ok()) ::_exit(1);
+    if (!writer->Append(std::string(2 << 20, 'n')).ok()) ::_exit(2);
+    ::raise(SIGKILL);  // dies with the temporary file written and not renamed
+    ::_exit(3);
+  }
+  int wstatus = 0;
+  ASSERT_EQ(::waitpid(child, &wstatus, 0), child);
+  ASSERT_TRUE(WIFSIGNALED(wstatus)) << "child exited with " << WEXITSTATUS(wstatus);
+  EXPECT_EQ(WTERMSIG(wstatus), SIGKILL);
+  EXPECT_EQ(*ReadFileToString(path), old_content);
+  // The dead writer's temporary file is left behind, under a name that never collides with
+  // the target.
+  EXPECT_EQ(StrayFiles("weights.bin"), 1);
+}
+
+TEST_F(FileUtilTest, StreamingWriterCommits) {
+  const std::string path = dir_ / "big.bin";
+  auto writer = AtomicFileWriter::Open(path);
+  ASSERT_TRUE(writer.ok());
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(writer->Append(std::string(1000, 'a' + i)).ok());
+  EXPECT_EQ(writer->bytes_written(), 10000u);
+  EXPECT_FALSE(fs::exists(path));
+  ASSERT_TRUE(writer->Commit().ok());
+  EXPECT_EQ(fs::file_size(path), 10000u);
+  EXPECT_EQ(writer->Append("x").code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(StrayFiles("big.bin"), 0);
+}
+
+TEST_F(FileUtilTest, OpenInMissingDirectoryFails) {
+  auto writer = AtomicFileWriter::Open(dir_ / "no_such_dir" / "x");
+  EXPECT_EQ(writer.status().code(), absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace qtrain
