@@ -1,0 +1,158 @@
+// Google Benchmark of the CPU kernels at Qwen2-0.5B layer shapes (hidden 896, 14 heads over 2
+// KV heads of 64, MLP 4864) and a few token counts. Reports FLOP/s where the FLOPs are clear.
+//
+//   kernels_bench --benchmark_filter=Attention
+//
+// OpenBLAS picks its GEMM kernels from the CPU at load time; on CPUs it does not recognise it
+// falls back to slow generic ones (set OPENBLAS_CORETYPE, e.g. SkylakeX or Haswell). The
+// "blas_core" label shows which it uses.
+#include <benchmark/benchmark.h>
+#include <cblas.h>
+
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/ops.h"
+
+namespace qtrain::kernels {
+namespace {
+
+constexpr int64_t kHidden = 896, kHeads = 14, kKvHeads = 2, kHeadDim = 64, kMlp = 4864;
+
+std::vector<float> Random(int64_t n, float scale = 1.0f) {
+  std::mt19937 rng(static_cast<uint32_t>(n));
+  std::uniform_real_distribution<float> dist(-scale, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+void Check(const OpStatus& st, benchmark::State& state) {
+  if (!st.ok()) state.SkipWithError(st.message().c_str());
+}
+
+void SetLabels(benchmark::State& state, double flops_per_iter) {
+  state.counters["FLOP/s"] = benchmark::Counter(
+      flops_per_iter, benchmark::Counter::kIsRate | benchmark::Counter::kIsIterationInvariant);
+  state.SetLabel(std::string("blas_core=") + openblas_get_corename());
+}
+
+// Linear forward, out x in at the MLP up projection; arg: rows.
+void BM_LinearForward(benchmark::State& state) {
+  const int64_t rows = state.range(0);
+  const auto x = Random(rows * kHidden), w = Random(kMlp * kHidden);
+  std::vector<float> y(rows * kMlp);
+  for (auto _ : state) {
+    Check(CpuBackend().LinearForward(x.data(), w.data(), nullptr, y.data(), rows, kHidden, kMlp),
+          state);
+  }
+  SetLabels(state, 2.0 * rows * kHidden * kMlp);
+}
+BENCHMARK(BM_LinearForward)->Arg(512)->Arg(2048)->UseRealTime();
+
+void BM_LinearBackward(benchmark::State& state) {
+  const int64_t rows = state.range(0);
+  const auto x = Random(rows * kHidden), w = Random(kMlp * kHidden), dy = Random(rows * kMlp);
+  std::vector<float> dx(rows * kHidden), dw(kMlp * kHidden);
+  for (auto _ : state) {
+    Check(CpuBackend().LinearBackward(dy.data(), x.data(), w.data(), dx.data(), dw.data(), nullptr,
+                                      rows, kHidden, kMlp),
+          state);
+  }
+  SetLabels(state, 4.0 * rows * kHidden * kMlp);
+}
+BENCHMARK(BM_LinearBackward)->Arg(512)->Arg(2048)->UseRealTime();
+
+AttentionShape Shape(int64_t seq_len) {
+  return AttentionShape{.batch = 1,
+                        .seq_len = seq_len,
+                        .num_heads = kHeads,
+                        .num_kv_heads = kKvHeads,
+                        .head_dim = kHeadDim};
+}
+
+// Causal attention FLOPs: two products of T x T/2 x D per head.
+double AttentionFlops(int64_t t) { return 2.0 * 2.0 * kHeads * t * t / 2.0 * kHeadDim; }
+
+void BM_AttentionForward(benchmark::State& state) {
+  const int64_t t = state.range(0);
+  const auto q = Random(t * kHeads * kHeadDim), k = Random(t * kKvHeads * kHeadDim),
+             v = Random(t * kKvHeads * kHeadDim);
+  std::vector<float> o(q.size()), lse(kHeads * t);
+  for (auto _ : state) {
+    Check(
+        CpuBackend().AttentionForward(q.data(), k.data(), v.data(), o.data(), lse.data(), Shape(t)),
+        state);
+  }
+  SetLabels(state, AttentionFlops(t));
+}
+BENCHMARK(BM_AttentionForward)->Arg(512)->Arg(2048)->UseRealTime();
+
+void BM_AttentionBackward(benchmark::State& state) {
+  const int64_t t = state.range(0);
+  const auto q = Random(t * kHeads * kHeadDim), k = Random(t * kKvHeads * kHeadDim),
+             v = Random(t * kKvHeads * kHeadDim), dout = Random(q.size());
+  std::vector<float> o(q.size()), lse(kHeads * t), dq(q.size()), dk(k.size()), dv(v.size());
+  Check(CpuBackend().AttentionForward(q.data(), k.data(), v.data(), o.data(), lse.data(), Shape(t)),
+        state);
+  for (auto _ : state) {
+    Check(CpuBackend().AttentionBackward(q.data(), k.data(), v.data(), o.data(), lse.data(),
+                                         dout.data(), dq.data(), dk.data(), dv.data(), Shape(t)),
+          state);
+  }
+  SetLabels(state, 2.5 * AttentionFlops(t));  // the 5 products of FlashAttention-2's backward
+}
+BENCHMARK(BM_AttentionBackward)->Arg(512)->Arg(2048)->UseRealTime();
+
+void BM_RmsNormForwardBackward(benchmark::State& state) {
+  const int64_t rows = state.range(0);
+  const auto x = Random(rows * kHidden), w = Random(kHidden), dy = Random(rows * kHidden);
+  std::vector<float> y(x.size()), rstd(rows), dx(x.size()), dw(kHidden);
+  for (auto _ : state) {
+    Check(CpuBackend().RmsNormForward(x.data(), w.data(), 1e-6f, y.data(), rstd.data(), rows,
+                                      kHidden),
+          state);
+    Check(CpuBackend().RmsNormBackward(dy.data(), x.data(), w.data(), rstd.data(), dx.data(),
+                                       dw.data(), rows, kHidden),
+          state);
+  }
+  state.SetBytesProcessed(state.iterations() * rows * kHidden * 6 * sizeof(float));
+}
+BENCHMARK(BM_RmsNormForwardBackward)->Arg(2048)->UseRealTime();
+
+void BM_CrossEntropy(benchmark::State& state) {
+  const int64_t rows = state.range(0), vocab = 151936;
+  const auto logits = Random(rows * vocab, 5.0f);
+  std::vector<int32_t> labels(rows);
+  for (int64_t r = 0; r < rows; ++r) labels[r] = static_cast<int32_t>(r * 7919 % vocab);
+  std::vector<float> losses(rows), lse(rows), dlogits(logits.size());
+  for (auto _ : state) {
+    Check(CpuBackend().CrossEntropyForward(logits.data(), labels.data(), losses.data(), lse.data(),
+                                           nullptr, nullptr, rows, vocab, kIgnoreIndex),
+          state);
+    Check(CpuBackend().CrossEntropyBackward(logits.data(), labels.data(), lse.data(), 1.0f / rows,
+                                            dlogits.data(), rows, vocab, kIgnoreIndex),
+          state);
+  }
+  state.SetBytesProcessed(state.iterations() * rows * vocab * 3 * sizeof(float));
+}
+BENCHMARK(BM_CrossEntropy)->Arg(64)->UseRealTime();
+
+void BM_AdamW(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  auto p = Random(n), m = Random(n), v = Random(n, 0.0f);
+  const auto g = Random(n);
+  AdamWParams params;
+  for (auto _ : state) {
+    Check(CpuBackend().AdamWStep(p.data(), g.data(), m.data(), v.data(), n, params), state);
+  }
+  state.SetBytesProcessed(state.iterations() * n * 7 * sizeof(float));
+}
+BENCHMARK(BM_AdamW)->Arg(1 << 22)->UseRealTime();
+
+}  // namespace
+}  // namespace qtrain::kernels
+
+BENCHMARK_MAIN();

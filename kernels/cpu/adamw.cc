@@ -1,0 +1,100 @@
+// AdamW step (torch.optim.AdamW arithmetic) and the deterministic sum of squares behind the
+// global gradient norm.
+//   param, grad, m, v [n]
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/parallel.h"
+#include "kernels/cpu/validate.h"
+
+namespace qtrain::kernels::cpu {
+namespace {
+
+// Elements per partial sum. Fixed (not per thread) so the result is thread-count independent.
+constexpr int64_t kSumBlock = 4096;
+
+}  // namespace
+
+OpStatus CpuBackendImpl::AdamWStep(float* param, const float* grad, float* m, float* v, int64_t n,
+                                   const AdamWParams& p) {
+  constexpr const char* kOp = "AdamWStep";
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative(kOp, "n", n));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPositive(kOp, "step", p.step));
+  if (!(p.beta1 >= 0.0 && p.beta1 < 1.0) || !(p.beta2 >= 0.0 && p.beta2 < 1.0)) {
+    return OpStatus::Error("AdamWStep: betas must be in [0, 1)");
+  }
+  if (!(p.lr >= 0.0) || !(p.eps >= 0.0) || !(p.weight_decay >= 0.0)) {
+    return OpStatus::Error("AdamWStep: lr, eps and weight_decay must be >= 0");
+  }
+  if (n == 0) return OpStatus::Ok();
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "param", param));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "grad", grad));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "m", m));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "v", v));
+
+  // Scalars as torch forms them: Python doubles, rounded to fp32 for the tensor arithmetic.
+  const double step = static_cast<double>(p.step);
+  const double bias_correction1 = 1.0 - std::pow(p.beta1, step);
+  const double bias_correction2 = 1.0 - std::pow(p.beta2, step);
+  const float step_size = static_cast<float>(p.lr / bias_correction1);
+  const float bias_correction2_sqrt = static_cast<float>(std::sqrt(bias_correction2));
+  const float decay = p.apply_weight_decay ? static_cast<float>(1.0 - p.lr * p.weight_decay) : 1.0f;
+  const float one_minus_beta1 = static_cast<float>(1.0 - p.beta1);
+  const float beta2 = static_cast<float>(p.beta2);
+  const float one_minus_beta2 = static_cast<float>(1.0 - p.beta2);
+  const float eps = static_cast<float>(p.eps);
+  const float grad_scale = p.grad_scale;
+#pragma omp parallel for schedule(static) if (WorthParallel(n))
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = grad[i] * grad_scale;
+    float w = param[i] * decay;
+    const float mi = m[i] + one_minus_beta1 * (g - m[i]);  // torch's lerp (weight < 0.5)
+    const float vi = v[i] * beta2 + one_minus_beta2 * (g * g);
+    const float denom = std::sqrt(vi) / bias_correction2_sqrt + eps;
+    w -= step_size * (mi / denom);
+    m[i] = mi;
+    v[i] = vi;
+    param[i] = w;
+  }
+  return OpStatus::Ok();
+}
+
+OpStatus CpuBackendImpl::SumOfSquares(const float* const* tensors, const int64_t* sizes,
+                                      int64_t count, double* sum_squares) {
+  constexpr const char* kOp = "SumOfSquares";
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative(kOp, "count", count));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "sum_squares", sum_squares));
+  if (count > 0) {
+    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "tensors", tensors));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "sizes", sizes));
+  }
+  for (int64_t t = 0; t < count; ++t) {
+    if (sizes[t] < 0 || (sizes[t] > 0 && tensors[t] == nullptr)) {
+      return OpStatus::Error("SumOfSquares: tensor " + std::to_string(t) +
+                             " has a negative size or is null");
+    }
+  }
+  double total = 0.0;
+  std::vector<double> partial;
+  for (int64_t t = 0; t < count; ++t) {
+    const float* x = tensors[t];
+    const int64_t n = sizes[t];
+    const int64_t blocks = (n + kSumBlock - 1) / kSumBlock;
+    partial.assign(blocks, 0.0);
+#pragma omp parallel for schedule(static) if (WorthParallel(n))
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t end = std::min(n, (b + 1) * kSumBlock);
+      double acc = 0.0;
+      for (int64_t i = b * kSumBlock; i < end; ++i) acc += static_cast<double>(x[i]) * x[i];
+      partial[b] = acc;
+    }
+    for (double s : partial) total += s;
+  }
+  *sum_squares = total;
+  return OpStatus::Ok();
+}
+
+}  // namespace qtrain::kernels::cpu

@@ -1,0 +1,65 @@
+// Memory and elementwise utilities of the CPU backend, and the process-wide instance.
+#include "kernels/cpu/cpu_backend.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "kernels/cpu/parallel.h"
+#include "kernels/cpu/validate.h"
+
+namespace qtrain::kernels {
+
+Backend& CpuBackend() {
+  static cpu::CpuBackendImpl* const backend = new cpu::CpuBackendImpl();
+  return *backend;
+}
+
+namespace cpu {
+namespace {
+constexpr size_t kAlignment = 64;  // a cache line; also enough for AVX-512 loads
+}  // namespace
+
+void* CpuBackendImpl::Alloc(size_t bytes) {
+  if (bytes == 0) return nullptr;
+  const size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
+  return std::aligned_alloc(kAlignment, rounded);
+}
+
+void CpuBackendImpl::Free(void* ptr) { std::free(ptr); }
+
+OpStatus CpuBackendImpl::CopyHostToBackend(void* dst, const void* src, size_t bytes) {
+  return CopyWithinBackend(dst, src, bytes);
+}
+
+OpStatus CpuBackendImpl::CopyBackendToHost(void* dst, const void* src, size_t bytes) {
+  return CopyWithinBackend(dst, src, bytes);
+}
+
+OpStatus CpuBackendImpl::CopyWithinBackend(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return OpStatus::Ok();
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("Copy", "dst", dst));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("Copy", "src", src));
+  std::memmove(dst, src, bytes);
+  return OpStatus::Ok();
+}
+
+OpStatus CpuBackendImpl::Fill(float* x, int64_t n, float value) {
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative("Fill", "n", n));
+  if (n == 0) return OpStatus::Ok();
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("Fill", "x", x));
+#pragma omp parallel for schedule(static) if (WorthParallel(n))
+  for (int64_t i = 0; i < n; ++i) x[i] = value;
+  return OpStatus::Ok();
+}
+
+OpStatus CpuBackendImpl::Scale(float* x, int64_t n, float alpha) {
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative("Scale", "n", n));
+  if (n == 0) return OpStatus::Ok();
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("Scale", "x", x));
+#pragma omp parallel for schedule(static) if (WorthParallel(n))
+  for (int64_t i = 0; i < n; ++i) x[i] *= alpha;
+  return OpStatus::Ok();
+}
+
+}  // namespace cpu
+}  // namespace qtrain::kernels

@@ -1,0 +1,91 @@
+// RoPE, NeoX half-split (rotate_half), with optional YaRN-scaled tables.
+//   x, y, dy, dx [B, T, H, D]; inv_freq [D/2]; positions [B*T] (optional)
+//   c = cos(p*inv_freq_i)*factor, s = sin(p*inv_freq_i)*factor (fp32 angle, as transformers)
+//   forward:  y_i = x_i c - x_{i+D/2} s;   y_{i+D/2} = x_{i+D/2} c + x_i s
+//   backward: dx_i += dy_i c + dy_{i+D/2} s;   dx_{i+D/2} += dy_{i+D/2} c - dy_i s
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/parallel.h"
+#include "kernels/cpu/validate.h"
+
+namespace qtrain::kernels::cpu {
+namespace {
+
+OpStatus ValidateRope(const char* op, const void* in, const void* out, const RopeShape& shape,
+                      const float* inv_freq) {
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPositive(op, "batch", shape.batch));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative(op, "seq_len", shape.seq_len));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPositive(op, "num_heads", shape.num_heads));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPositive(op, "head_dim", shape.head_dim));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative(op, "past_len", shape.past_len));
+  if (shape.head_dim % 2 != 0) {
+    return OpStatus::Error(std::string(op) + ": head_dim must be even, got " +
+                           std::to_string(shape.head_dim));
+  }
+  if (shape.seq_len == 0) return OpStatus::Ok();
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(op, "input", in));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(op, "output", out));
+  return CheckNotNull(op, "inv_freq", inv_freq);
+}
+
+// Applies the rotation (forward) or adds its transpose (backward) to every token.
+template <bool kBackward>
+void RopeApply(const float* in, float* out, const RopeShape& shape, const float* inv_freq,
+               float attention_factor) {
+  const int64_t tokens = shape.batch * shape.seq_len;
+  const int64_t half = shape.head_dim / 2;
+  const int64_t row = shape.num_heads * shape.head_dim;
+#pragma omp parallel if (WorthParallel(tokens * row))
+  {
+    std::vector<float> cos_table(half), sin_table(half);
+#pragma omp for schedule(static)
+    for (int64_t tok = 0; tok < tokens; ++tok) {
+      const int64_t t = tok % shape.seq_len;
+      const int64_t pos = shape.positions != nullptr ? shape.positions[tok] : shape.past_len + t;
+      const float p = static_cast<float>(pos);
+      for (int64_t i = 0; i < half; ++i) {
+        const float angle = p * inv_freq[i];
+        cos_table[i] = std::cos(angle) * attention_factor;
+        sin_table[i] = std::sin(angle) * attention_factor;
+      }
+      for (int64_t h = 0; h < shape.num_heads; ++h) {
+        const float* a = in + tok * row + h * shape.head_dim;
+        float* b = out + tok * row + h * shape.head_dim;
+        for (int64_t i = 0; i < half; ++i) {
+          const float lo = a[i], hi = a[i + half], c = cos_table[i], s = sin_table[i];
+          if constexpr (kBackward) {
+            b[i] += lo * c + hi * s;
+            b[i + half] += hi * c - lo * s;
+          } else {
+            b[i] = lo * c - hi * s;
+            b[i + half] = hi * c + lo * s;
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+OpStatus CpuBackendImpl::RopeForward(const float* x, float* y, const RopeShape& shape,
+                                     const float* inv_freq, float attention_factor) {
+  QTRAIN_KERNEL_RETURN_IF_ERROR(ValidateRope("RopeForward", x, y, shape, inv_freq));
+  if (shape.seq_len == 0) return OpStatus::Ok();
+  RopeApply<false>(x, y, shape, inv_freq, attention_factor);
+  return OpStatus::Ok();
+}
+
+OpStatus CpuBackendImpl::RopeBackward(const float* dy, float* dx, const RopeShape& shape,
+                                      const float* inv_freq, float attention_factor) {
+  QTRAIN_KERNEL_RETURN_IF_ERROR(ValidateRope("RopeBackward", dy, dx, shape, inv_freq));
+  if (shape.seq_len == 0) return OpStatus::Ok();
+  if (dx == dy) return OpStatus::Error("RopeBackward: dx must not alias dy (it accumulates)");
+  RopeApply<true>(dy, dx, shape, inv_freq, attention_factor);
+  return OpStatus::Ok();
+}
+
+}  // namespace qtrain::kernels::cpu

@@ -1,0 +1,39 @@
+// Small dense kernels for the attention tiles and the cross-entropy rows: a register-blocked
+// GEMM on tile buffers, a vectorisable exp, and fixed-order row reductions. They run inside
+// OpenMP work items, where calling the (pthreads) OpenBLAS would oversubscribe the cores.
+//
+// Each output is a fixed sequence of fp32 operations (no reassociation), so results are bitwise
+// reproducible on a given CPU; the compiler may fuse multiply-adds in the AVX2/AVX-512 builds, so
+// CPUs with different SIMD levels can differ in the last bits.
+#ifndef QTRAIN_KERNELS_CPU_TILE_MATH_H_
+#define QTRAIN_KERNELS_CPU_TILE_MATH_H_
+
+#include <cstdint>
+
+namespace qtrain::kernels::cpu {
+
+// Columns per register block; `cols` arguments below must be multiples of it.
+inline constexpr int64_t kTileLanes = 16;
+
+inline int64_t RoundUpToLanes(int64_t n) { return (n + kTileLanes - 1) / kTileLanes * kTileLanes; }
+
+// C[m, n] (+)= sum_{k < depth} A(m, k) * B[k, n] for m < rows, n < cols, where
+// A(m, k) = a[m * a_row_stride + k * a_col_stride] (so A may be a transposed view),
+// B[k, n] = b[k * ldb + n] and C[m, n] = c[m * ldc + n]. With `accumulate` the sum over k is
+// formed first and then added to C. cols must be a multiple of kTileLanes.
+void TileGemm(bool accumulate, int64_t rows, int64_t cols, int64_t depth, const float* a,
+              int64_t a_row_stride, int64_t a_col_stride, const float* b, int64_t ldb, float* c,
+              int64_t ldc);
+
+// y[i] = exp(x[i]) for i < n, to about 2 ulp; exactly 0 for x < -87 (including -inf).
+void ExpInPlace(float* x, int64_t n);
+
+// max of x[0 .. n) (-inf for n == 0; NaNs are skipped).
+float LaneMax(const float* x, int64_t n);
+
+// sum of x[0 .. n) in a fixed order: kTileLanes interleaved partial sums, then those in order.
+float LaneSum(const float* x, int64_t n);
+
+}  // namespace qtrain::kernels::cpu
+
+#endif  // QTRAIN_KERNELS_CPU_TILE_MATH_H_

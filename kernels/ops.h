@@ -1,0 +1,248 @@
+// The one op interface of qtrain: forward and backward of every op of the Qwen2 model, the
+// optimizer step and the gradient norm, behind an abstract Backend. The CPU backend
+// (kernels/cpu/, fp32, OpenMP + OpenBLAS) is CpuBackend(); a CUDA backend implements the same
+// class. Callers hold a Backend& and never switch on the backend kind.
+//
+// Conventions (every op):
+// - Pointers are backend memory (host memory for the CPU backend; device memory for CUDA),
+//   allocated with Backend::Alloc. Tensors are dense and row-major, fp32 unless noted; token ids
+//   and labels are int32. Shapes are in the comments, outermost first.
+// - Token-wise ops take `rows` = B*T tokens of B sequences of T tokens each, laid out
+//   [B, T, ...] (sequence-major). Per-head activations are [B, T, H, D]: a row of a linear
+//   output [rows, H*D] holds head h at columns h*D ... h*D+D-1 (head-major), as transformers
+//   views q/k/v.
+// - Backward ops ACCUMULATE (+=) into every gradient they produce, parameter and activation
+//   gradients alike (as llm.c does): zero the buffers first (Backend::Fill), and residual
+//   branches need no extra add. A gradient pointer documented as optional may be nullptr to
+//   skip that gradient. The one exception is CrossEntropyBackward, which overwrites and may
+//   work in place over the logits (documented there).
+// - Outputs must not alias inputs unless the op says so.
+// - Every op validates its sizes and parameters first and returns an OpStatus error (naming the
+//   op and the parameter) without touching memory when they are invalid; it never aborts.
+// - Deterministic: the same inputs give bitwise identical outputs on every run with the same
+//   thread count. The CPU backend's own loops are also independent of the OpenMP thread count
+//   (fixed work items and reduction order, no float atomics); its GEMMs (OpenBLAS) are too with
+//   some OpenBLAS kernels but not all, so resume with the same thread count.
+#ifndef QTRAIN_KERNELS_OPS_H_
+#define QTRAIN_KERNELS_OPS_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "kernels/rope_tables.h"
+#include "kernels/status.h"
+
+namespace qtrain::kernels {
+
+// transformers' CrossEntropyLoss default.
+inline constexpr int32_t kIgnoreIndex = -100;
+
+// Shape of a causal multi-head attention with grouped KV heads (GQA) and an optional KV cache.
+// Queries of sequence b are at positions past_len ... past_len+T-1 and attend causally to keys
+// 0 ... past_len+T-1 (query at position p sees keys j <= p). past_len = 0 is plain training.
+//   q, o, dq, dout: [B, T, num_heads, head_dim]
+//   k, v, dk, dv: [B, kv_capacity, num_kv_heads, head_dim]; rows 0 ... past_len+T-1 of each
+//                 sequence are used (the cache holds the past keys, then this step's keys)
+//   lse:          [B, num_heads, T] fp32 row logsumexp of the scaled scores (saved for backward)
+// Query head h uses KV head h / (num_heads / num_kv_heads) (transformers' repeat_kv).
+struct AttentionShape {
+  int64_t batch = 1;           // B
+  int64_t seq_len = 0;         // T: queries per sequence
+  int64_t past_len = 0;        // keys already in the cache before this step's T
+  int64_t kv_capacity = 0;     // rows per sequence in k/v; 0 means past_len + seq_len
+  int64_t num_heads = 0;       // H, multiple of num_kv_heads
+  int64_t num_kv_heads = 0;    // Hkv
+  int64_t head_dim = 0;        // D
+  float softmax_scale = 0.0f;  // 0 means 1/sqrt(head_dim) (transformers' scaling)
+
+  int64_t kv_len() const { return past_len + seq_len; }
+  int64_t kv_rows() const { return kv_capacity > 0 ? kv_capacity : past_len + seq_len; }
+};
+
+// Shape of a RoPE application to [B, T, num_heads, head_dim] (q or k).
+// Token (b, t) has position positions[b*T + t] when `positions` is given (backend memory,
+// int32 [B*T], e.g. packed documents), otherwise past_len + t.
+struct RopeShape {
+  int64_t batch = 1;
+  int64_t seq_len = 0;
+  int64_t num_heads = 0;
+  int64_t head_dim = 0;  // even; rotary dim == head_dim (pairs i and i + head_dim/2)
+  int64_t past_len = 0;
+  const int32_t* positions = nullptr;  // optional
+};
+
+// torch.optim.AdamW (decoupled weight decay, bias correction, amsgrad off, maximize off).
+// Hyperparameters are doubles, as torch's Python floats: scalars such as 1 - beta2 are formed in
+// double and only then rounded to fp32, as torch does.
+struct AdamWParams {
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.01;
+  bool apply_weight_decay = true;  // per tensor: false for norms and biases, typically
+  int64_t step = 1;                // 1-based step count after this update (bias correction)
+  float grad_scale = 1.0f;         // multiplies the gradient first (clipping, averaging)
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string_view name() const = 0;  // "cpu", "cuda"
+
+  // ---------------------------------------------------------------------------------------
+  // Memory. Alloc returns 64-byte aligned backend memory (nullptr when bytes == 0 or on
+  // failure); Free(nullptr) is a no-op. Copies are synchronous.
+  virtual void* Alloc(size_t bytes) = 0;
+  virtual void Free(void* ptr) = 0;
+  virtual OpStatus CopyHostToBackend(void* dst, const void* src, size_t bytes) = 0;
+  virtual OpStatus CopyBackendToHost(void* dst, const void* src, size_t bytes) = 0;
+  virtual OpStatus CopyWithinBackend(void* dst, const void* src, size_t bytes) = 0;
+  // x[0 .. n) = value (zeroing gradients).
+  virtual OpStatus Fill(float* x, int64_t n, float value) = 0;
+  // x[0 .. n) *= alpha.
+  virtual OpStatus Scale(float* x, int64_t n, float alpha) = 0;
+  // Waits for queued work (no-op on the CPU).
+  virtual OpStatus Synchronize() = 0;
+
+  // ---------------------------------------------------------------------------------------
+  // Embedding: out[r, :] = table[ids[r], :].
+  //   ids [rows] int32 in [0, vocab); table [vocab, dim]; out [rows, dim]
+  // Errors on an id out of range.
+  virtual OpStatus EmbeddingForward(const int32_t* ids, const float* table, float* out,
+                                    int64_t rows, int64_t vocab, int64_t dim) = 0;
+  // dtable[ids[r], :] += dout[r, :] (scatter-add in a fixed order; deterministic).
+  //   dout [rows, dim]; dtable [vocab, dim]
+  virtual OpStatus EmbeddingBackward(const int32_t* ids, const float* dout, float* dtable,
+                                     int64_t rows, int64_t vocab, int64_t dim) = 0;
+
+  // ---------------------------------------------------------------------------------------
+  // RMSNorm (Qwen2RMSNorm): rstd[r] = 1/sqrt(mean_j x[r,j]^2 + eps); out = weight * x * rstd.
+  //   x, out [rows, dim]; weight [dim]; rstd [rows] (saved for backward). out may alias x.
+  virtual OpStatus RmsNormForward(const float* x, const float* weight, float eps, float* out,
+                                  float* rstd, int64_t rows, int64_t dim) = 0;
+  // With n = x*rstd, u = dout*weight: dx += rstd*(u - n*mean_j(u*n)); dweight += sum_r dout*n.
+  //   dx [rows, dim] (optional); dweight [dim] (optional)
+  virtual OpStatus RmsNormBackward(const float* dout, const float* x, const float* weight,
+                                   const float* rstd, float* dx, float* dweight, int64_t rows,
+                                   int64_t dim) = 0;
+
+  // ---------------------------------------------------------------------------------------
+  // Linear (nn.Linear): y = x W^T + b.
+  //   x [rows, in]; weight [out, in] (transformers' layout); bias [out] (optional); y [rows, out]
+  virtual OpStatus LinearForward(const float* x, const float* weight, const float* bias, float* y,
+                                 int64_t rows, int64_t in, int64_t out) = 0;
+  // dx += dy W; dweight += dy^T x; dbias += sum_r dy.
+  //   dy [rows, out]; dx [rows, in] (optional); dweight [out, in] (optional);
+  //   dbias [out] (optional)
+  virtual OpStatus LinearBackward(const float* dy, const float* x, const float* weight, float* dx,
+                                  float* dweight, float* dbias, int64_t rows, int64_t in,
+                                  int64_t out) = 0;
+
+  // ---------------------------------------------------------------------------------------
+  // Tied LM head: logits = y E^T (a linear without bias against the embedding table).
+  //   y [rows, dim]; embedding [vocab, dim]; logits [rows, vocab]
+  // Row-chunk it (e.g. a few hundred tokens at a time) to bound the [rows, vocab] buffer.
+  virtual OpStatus LmHeadForward(const float* y, const float* embedding, float* logits,
+                                 int64_t rows, int64_t vocab, int64_t dim) = 0;
+  // dy += dlogits E; dembedding += dlogits^T y (the same buffer EmbeddingBackward adds into).
+  //   dlogits [rows, vocab]; dy [rows, dim] (optional); dembedding [vocab, dim] (optional)
+  virtual OpStatus LmHeadBackward(const float* dlogits, const float* y, const float* embedding,
+                                  float* dy, float* dembedding, int64_t rows, int64_t vocab,
+                                  int64_t dim) = 0;
+
+  // ---------------------------------------------------------------------------------------
+  // RoPE, NeoX half-split (rotate_half), with scaled tables c = cos(p*inv_freq_i)*factor and
+  // s = sin(p*inv_freq_i)*factor; the angle p*inv_freq_i is an fp32 product. For i < D/2:
+  //   y_i = x_i c - x_{i+D/2} s;  y_{i+D/2} = x_{i+D/2} c + x_i s.
+  //   x, y [B, T, num_heads, head_dim] (y may alias x: in place);
+  //   inv_freq [head_dim/2] (backend memory; RopeTables::inv_freq);
+  //   attention_factor: RopeTables::attention_factor (1 without YaRN).
+  virtual OpStatus RopeForward(const float* x, float* y, const RopeShape& shape,
+                               const float* inv_freq, float attention_factor) = 0;
+  // The transpose (rotation by -angle): dx_i += dy_i c + dy_{i+D/2} s;
+  // dx_{i+D/2} += dy_{i+D/2} c - dy_i s.   dy, dx [B, T, num_heads, head_dim]; dx != dy.
+  virtual OpStatus RopeBackward(const float* dy, float* dx, const RopeShape& shape,
+                                const float* inv_freq, float attention_factor) = 0;
+
+  // ---------------------------------------------------------------------------------------
+  // Causal GQA attention (see AttentionShape for layouts), computed tile by tile with an online
+  // softmax (memory linear in T; no T x T buffer). Per query head h, KV head g:
+  //   S = scale * q_h k_g^T with S[t, j] = -inf for j > past_len + t;
+  //   lse[t] = logsumexp_j S[t, j];  o_h = softmax(S) v_g.
+  virtual OpStatus AttentionForward(const float* q, const float* k, const float* v, float* o,
+                                    float* lse, const AttentionShape& shape) = 0;
+  // FlashAttention-2 backward from the saved lse (P recomputed): D = rowsum(do * o);
+  // dS = P * (do v^T - D); dq += scale dS k; dk += scale dS^T q; dv += P^T do, with dk/dv summed
+  // over the query heads of each group. Only rows 0 ... past_len+T-1 of dk/dv are touched.
+  //   dout, o, dq: [B, T, H, D]; dk, dv: [B, kv_capacity, Hkv, D]; any of dq/dk/dv optional.
+  virtual OpStatus AttentionBackward(const float* q, const float* k, const float* v, const float* o,
+                                     const float* lse, const float* dout, float* dq, float* dk,
+                                     float* dv, const AttentionShape& shape) = 0;
+
+  // ---------------------------------------------------------------------------------------
+  // SwiGLU: out = silu(gate) * up, silu(a) = a * sigmoid(a).
+  //   gate, up, out [rows, dim]
+  virtual OpStatus SwigluForward(const float* gate, const float* up, float* out, int64_t rows,
+                                 int64_t dim) = 0;
+  // dup += dout * silu(gate); dgate += dout * up * sigmoid(gate) * (1 + gate*(1-sigmoid(gate))).
+  //   dgate, dup [rows, dim] (each optional)
+  virtual OpStatus SwigluBackward(const float* dout, const float* gate, const float* up,
+                                  float* dgate, float* dup, int64_t rows, int64_t dim) = 0;
+
+  // ---------------------------------------------------------------------------------------
+  // Residual add: out = a + b, all [n]. out may alias a or b.
+  virtual OpStatus ResidualForward(const float* a, const float* b, float* out, int64_t n) = 0;
+  // da += dout; db += dout (each optional; da/db may be the same buffer as each other, not dout).
+  virtual OpStatus ResidualBackward(const float* dout, float* da, float* db, int64_t n) = 0;
+
+  // ---------------------------------------------------------------------------------------
+  // Softmax cross-entropy over fp32 logits with already aligned labels (the caller shifts:
+  // labels[r] is the target of logits row r).
+  //   logits [rows, vocab]; labels [rows] int32 in [0, vocab) or ignore_index (pass
+  //     kIgnoreIndex for transformers' -100);
+  //   losses [rows]: -log softmax(logits[r])[labels[r]], 0 for ignored rows (so the per-token
+  //     logprob for scoring is -losses[r]);
+  //   lse [rows]: logsumexp of each row (saved for backward; defined for ignored rows too);
+  //   loss_sum (optional, HOST pointer): sum of losses over non-ignored rows, in double, in a
+  //     fixed order; num_valid (optional, HOST pointer): number of non-ignored rows.
+  // The mean loss is loss_sum / num_valid (NaN-free: the caller decides when num_valid == 0).
+  // Errors on a label out of range that is not ignore_index.
+  virtual OpStatus CrossEntropyForward(const float* logits, const int32_t* labels, float* losses,
+                                       float* lse, double* loss_sum, int64_t* num_valid,
+                                       int64_t rows, int64_t vocab, int32_t ignore_index) = 0;
+  // dlogits[r] = (softmax(logits[r]) - onehot(labels[r])) * grad_scale for non-ignored rows,
+  // 0 for ignored rows. grad_scale is d(loss)/d(sum of token losses), e.g. 1/N for the mean over
+  // N non-ignored tokens of the whole (global) batch. OVERWRITES dlogits (no accumulation), and
+  // dlogits may alias logits (in place, saving a [rows, vocab] buffer).
+  virtual OpStatus CrossEntropyBackward(const float* logits, const int32_t* labels,
+                                        const float* lse, float grad_scale, float* dlogits,
+                                        int64_t rows, int64_t vocab, int32_t ignore_index) = 0;
+
+  // ---------------------------------------------------------------------------------------
+  // One AdamW step on one tensor of n elements (torch.optim.AdamW, single-tensor path):
+  //   g' = grad*grad_scale; param *= 1 - lr*wd (if apply_weight_decay);
+  //   m = b1 m + (1-b1) g'; v = b2 v + (1-b2) g'^2;
+  //   param -= (lr / (1-b1^step)) * m / (sqrt(v)/sqrt(1-b2^step) + eps).
+  //   param, m, v [n] updated in place; grad [n] read only.
+  virtual OpStatus AdamWStep(float* param, const float* grad, float* m, float* v, int64_t n,
+                             const AdamWParams& params) = 0;
+
+  // Sum of squares over many tensors (global gradient norm = sqrt of it), accumulated in double
+  // in a fixed order (tensor by tensor, fixed-size blocks), so it is deterministic.
+  //   tensors[i] has sizes[i] elements (backend memory; the arrays themselves are host arrays);
+  //   sum_squares: HOST pointer.
+  virtual OpStatus SumOfSquares(const float* const* tensors, const int64_t* sizes, int64_t count,
+                                double* sum_squares) = 0;
+};
+
+// The fp32 CPU backend (OpenMP + OpenBLAS). A process-wide instance; thread-safe to share (ops
+// keep no state between calls). OpenBLAS chooses its GEMM kernels from the CPU when it loads and
+// falls back to slow generic ones on CPUs it does not know (check openblas_get_corename(); set
+// OPENBLAS_CORETYPE, e.g. SkylakeX or Haswell, in the process environment).
+Backend& CpuBackend();
+
+}  // namespace qtrain::kernels
+
+#endif  // QTRAIN_KERNELS_OPS_H_
