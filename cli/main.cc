@@ -1,11 +1,14 @@
 // qtrain: the command-line tool. See `qtrain --help` and docs/.
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "cli/command.h"
 #include "common/logging.h"
+#include "common/runtime_env.h"
 
 int main(int argc, char** argv) {
+  qtrain::ConfigureRuntimeEnvironment(argv);
   CLI::App app{"qtrain: train Qwen2-architecture language models"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("qtrain 0.1.0"));
@@ -19,6 +22,9 @@ int main(int argc, char** argv) {
 #endif
 #ifdef QTRAIN_CLI_HAS_MODEL
   qtrain::cli::AddModelCommands(app, selection);
+#endif
+#ifdef QTRAIN_CLI_HAS_TRAINER
+  qtrain::cli::AddTrainCommands(app, selection);
 #endif
 
   try {
