@@ -1,0 +1,130 @@
+#include "tokenizer/corpus_reader.h"
+
+#include <filesystem>
+#include <system_error>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+
+namespace qtrain::tokenizer {
+namespace {
+
+bool IsJsonl(const std::string& path) {
+  return absl::EndsWith(path, ".jsonl") || absl::EndsWith(path, ".ndjson");
+}
+
+// The last position p in (max(from, 0), s.size()) with s[p-1] == '\n' and s[p] printable ASCII,
+// or 0.
+size_t LastSafeCut(const std::string& s, size_t from) {
+  for (size_t p = s.size(); p-- > std::max<size_t>(from, 1);) {
+    const unsigned char c = static_cast<unsigned char>(s[p]);
+    if (s[p - 1] == '\n' && c >= 0x21 && c <= 0x7E) return p;
+  }
+  return 0;
+}
+
+}  // namespace
+
+absl::StatusOr<CorpusReader> CorpusReader::Open(std::vector<std::string> paths, size_t chunk_bytes,
+                                                bool split_plain_files) {
+  if (paths.empty()) return absl::InvalidArgumentError("no input files");
+  CorpusReader r;
+  for (const std::string& p : paths) {
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(p, ec)) {
+      return absl::NotFoundError(absl::StrCat(p, ": no such file"));
+    }
+    r.total_bytes_ += std::filesystem::file_size(p, ec);
+  }
+  r.paths_ = std::move(paths);
+  r.chunk_bytes_ = chunk_bytes == 0 ? 1 : chunk_bytes;
+  r.split_ = split_plain_files;
+  return r;
+}
+
+absl::StatusOr<bool> CorpusReader::Next(TextChunk* chunk) {
+  while (index_ < paths_.size()) {
+    if (in_ == nullptr) {
+      in_ = std::make_unique<std::ifstream>(paths_[index_], std::ios::binary);
+      if (!in_->is_open()) {
+        return absl::NotFoundError(absl::StrCat(paths_[index_], ": cannot open"));
+      }
+      jsonl_ = IsJsonl(paths_[index_]);
+      line_no_ = 0;
+      file_offset_ = 0;
+      carry_.clear();
+    }
+    absl::StatusOr<bool> got = jsonl_ ? NextJsonl(chunk) : NextPlain(chunk);
+    if (!got.ok() || *got) return got;
+    // End of this file.
+    std::error_code ec;
+    done_bytes_ += std::filesystem::file_size(paths_[index_], ec);
+    file_offset_ = 0;
+    in_.reset();
+    ++index_;
+  }
+  return false;
+}
+
+absl::StatusOr<bool> CorpusReader::NextJsonl(TextChunk* chunk) {
+  std::string line;
+  while (std::getline(*in_, line)) {
+    ++line_no_;
+    file_offset_ += line.size() + 1;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string source = absl::StrCat(paths_[index_], ":", line_no_);
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception& e) {
+      return absl::InvalidArgumentError(absl::StrCat(source, ": not valid JSON: ", e.what()));
+    }
+    auto it = j.is_object() ? j.find("text") : j.end();
+    if (!j.is_object() || it == j.end() || !it->is_string()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": expected an object with a string field \"text\""));
+    }
+    chunk->text = it->get<std::string>();
+    chunk->ends_document = true;
+    chunk->source = source;
+    return true;
+  }
+  if (in_->bad()) return absl::DataLossError(absl::StrCat(paths_[index_], ": read error"));
+  return false;
+}
+
+absl::StatusOr<bool> CorpusReader::NextPlain(TextChunk* chunk) {
+  if (in_->eof() && carry_.empty()) return false;
+  std::string buf = std::move(carry_);
+  carry_.clear();
+  while (!in_->eof()) {
+    const size_t old = buf.size();
+    const size_t want = std::max(chunk_bytes_, old + 1) - old;
+    buf.resize(old + want);
+    in_->read(buf.data() + old, static_cast<std::streamsize>(want));
+    buf.resize(old + static_cast<size_t>(in_->gcount()));
+    if (in_->bad()) return absl::DataLossError(absl::StrCat(paths_[index_], ": read error"));
+    file_offset_ += static_cast<uint64_t>(in_->gcount());
+    if (!split_ || in_->eof()) continue;
+    if (buf.size() >= chunk_bytes_) {
+      const size_t cut = LastSafeCut(buf, old);  // earlier bytes held no cut
+      if (cut > 0) {
+        carry_.assign(buf, cut, std::string::npos);
+        buf.resize(cut);
+        chunk->text = std::move(buf);
+        chunk->ends_document = false;
+        chunk->source = paths_[index_];
+        return true;
+      }
+    }
+  }
+  // The rest of the file: the end of the document (an empty file is an empty document).
+  chunk->text = std::move(buf);
+  chunk->ends_document = true;
+  chunk->source = paths_[index_];
+  carry_.clear();
+  return true;
+}
+
+}  // namespace qtrain::tokenizer

@@ -1,0 +1,40 @@
+// `qtrain tokenize`: text files -> token shards + manifest, on several threads.
+//
+// The reader hands out chunks in order (corpus_reader.h); rounds of about `jobs` x 4 chunks of
+// ~1 MiB are encoded in parallel and appended in input order, with the end-of-text token after
+// every document, so the output does not depend on the number of threads.
+#ifndef QTRAIN_TOKENIZER_TOKENIZE_CORPUS_H_
+#define QTRAIN_TOKENIZER_TOKENIZE_CORPUS_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "tokenizer/shard_format.h"
+#include "tokenizer/tokenizer.h"
+
+namespace qtrain::tokenizer {
+
+struct TokenizeCorpusOptions {
+  std::vector<std::string> inputs;
+  std::string out_dir;
+  uint64_t shard_tokens = uint64_t{1} << 24;
+  int jobs = 1;
+  std::string eos_token = "<|endoftext|>";
+  std::string tokenizer_sha256;  // recorded in the manifest
+  bool progress = true;          // progress lines on stderr
+};
+
+struct TokenizeCorpusResult {
+  ShardManifest manifest;
+  uint64_t bytes = 0;
+  double seconds = 0;
+};
+
+absl::StatusOr<TokenizeCorpusResult> TokenizeCorpus(const Tokenizer& tokenizer,
+                                                    const TokenizeCorpusOptions& options);
+
+}  // namespace qtrain::tokenizer
+
+#endif  // QTRAIN_TOKENIZER_TOKENIZE_CORPUS_H_

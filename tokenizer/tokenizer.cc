@@ -1,0 +1,173 @@
+#include "tokenizer/tokenizer.h"
+
+#include <atomic>
+
+#include "absl/strings/str_format.h"
+#include "common/status_macros.h"
+#include "tokenizer/byte_level.h"
+#include "tokenizer/normalizer.h"
+#include "tokenizer/pretokenizer.h"
+#include "tokenizer/utf8.h"
+
+namespace qtrain::tokenizer {
+namespace {
+
+std::atomic<uint64_t> next_instance_id{1};
+
+// Recently encoded pieces of one thread. Pieces longer than kMaxCachedPiece are rare and cheap
+// to skip; the cache is dropped whole when it grows past kMaxEntries (simple and bounded).
+struct PieceCache {
+  static constexpr size_t kMaxCachedPiece = 256;
+  static constexpr size_t kMaxEntries = size_t{1} << 20;
+
+  uint64_t owner = 0;
+  absl::flat_hash_map<std::string, std::pair<uint32_t, uint32_t>> map;  // -> (offset, count)
+  std::vector<uint32_t> ids;
+
+  void Reset(uint64_t new_owner) {
+    owner = new_owner;
+    map.clear();
+    ids.clear();
+  }
+};
+
+thread_local PieceCache piece_cache;
+
+}  // namespace
+
+absl::StatusOr<Tokenizer> Tokenizer::Create(BpeModel model, std::vector<AddedToken> added,
+                                            Options options) {
+  Tokenizer t;
+  t.options_ = options;
+  uint32_t limit = model.id_limit();
+  for (const AddedToken& a : added) {
+    if (a.content.empty()) return absl::InvalidArgumentError("added_tokens: empty content");
+    if (a.id == UINT32_MAX) return absl::InvalidArgumentError("added_tokens: id too large");
+    limit = std::max(limit, a.id + 1);
+  }
+  if (limit > 4 * (model.vocab_count() + added.size()) + 65536) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "added_tokens: id %d is far beyond the vocabulary (sparse ids are not supported)",
+        limit - 1));
+  }
+  t.added_index_.assign(limit, -1);
+  for (size_t k = 0; k < added.size(); ++k) {
+    const AddedToken& a = added[k];
+    if (t.added_index_[a.id] >= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("added_tokens: id %d is used twice ('%s' and '%s')", a.id,
+                          added[t.added_index_[a.id]].content, a.content));
+    }
+    if (model.HasId(a.id) && model.Token(a.id) != a.content) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("added_tokens: '%s' has id %d, which the vocabulary gives to '%s'",
+                          a.content, a.id, model.Token(a.id)));
+    }
+    const std::optional<uint32_t> vocab_id = model.TokenToId(a.content);
+    if (vocab_id.has_value() && *vocab_id != a.id) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "added_tokens: '%s' has id %d but id %d in the vocabulary", a.content, a.id, *vocab_id));
+    }
+    t.added_index_[a.id] = static_cast<int32_t>(k);
+  }
+  t.vocab_size_ = limit;
+  // What the byte-level decoder outputs for each token: the bytes its characters stand for, or
+  // its UTF-8 text when some character is outside the byte alphabet.
+  t.decode_bytes_.resize(limit);
+  std::string bytes;
+  for (uint32_t id = 0; id < limit; ++id) {
+    const std::string* text = nullptr;
+    if (t.added_index_[id] >= 0) {
+      text = &added[t.added_index_[id]].content;
+    } else if (model.HasId(id)) {
+      text = &model.Token(id);
+    }
+    if (text == nullptr) continue;
+    t.decode_bytes_[id] = ByteLevelToBytes(*text, &bytes) ? bytes : *text;
+  }
+  t.matcher_ = AddedTokenMatcher(added);
+  t.added_ = std::move(added);
+  t.model_ = std::move(model);
+  t.instance_id_ = next_instance_id.fetch_add(1);
+  return t;
+}
+
+absl::Status Tokenizer::Encode(std::string_view text, std::vector<uint32_t>* ids) const {
+  size_t pos = 0;
+  while (pos < text.size()) {
+    const AddedTokenMatcher::Match m = matcher_.Find(text, pos);
+    const size_t end = m.begin == std::string_view::npos ? text.size() : m.begin;
+    if (end > pos) {
+      const absl::Status s = EncodeSegment(text.substr(pos, end - pos), ids);
+      if (!s.ok()) {
+        // Report the offset in the whole text, not in the segment.
+        return Annotate(s, absl::StrFormat("text segment starting at byte %d", pos));
+      }
+    }
+    if (m.begin == std::string_view::npos) break;
+    ids->push_back(m.id);
+    pos = m.begin + m.length;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<uint32_t>> Tokenizer::Encode(std::string_view text) const {
+  std::vector<uint32_t> ids;
+  QTRAIN_RETURN_IF_ERROR(Encode(text, &ids));
+  return ids;
+}
+
+absl::Status Tokenizer::EncodeSegment(std::string_view text, std::vector<uint32_t>* ids) const {
+  std::string scratch;
+  std::string_view normalized = text;
+  if (options_.nfc) {
+    QTRAIN_ASSIGN_OR_RETURN(normalized, NormalizeNfc(text, &scratch));
+  } else {
+    QTRAIN_RETURN_IF_ERROR(ValidateUtf8(text));
+  }
+  PieceCache& cache = piece_cache;
+  if (cache.owner != instance_id_) cache.Reset(instance_id_);
+  SplitQwen2(normalized, [&](std::string_view piece) {
+    if (piece.size() == 1) {
+      ids->push_back(model_.byte_id(static_cast<uint8_t>(piece[0])));
+      return;
+    }
+    if (piece.size() > PieceCache::kMaxCachedPiece) {
+      model_.EncodePiece(piece, ids);
+      return;
+    }
+    auto it = cache.map.find(absl::string_view(piece.data(), piece.size()));
+    if (it != cache.map.end()) {
+      const uint32_t* p = cache.ids.data() + it->second.first;
+      ids->insert(ids->end(), p, p + it->second.second);
+      return;
+    }
+    const size_t before = ids->size();
+    model_.EncodePiece(piece, ids);
+    if (cache.map.size() >= PieceCache::kMaxEntries) cache.Reset(instance_id_);
+    const auto offset = static_cast<uint32_t>(cache.ids.size());
+    cache.ids.insert(cache.ids.end(), ids->begin() + static_cast<ptrdiff_t>(before), ids->end());
+    cache.map.emplace(std::string(piece),
+                      std::make_pair(offset, static_cast<uint32_t>(ids->size() - before)));
+  });
+  return absl::OkStatus();
+}
+
+std::optional<uint32_t> Tokenizer::TokenToId(std::string_view token) const {
+  for (const AddedToken& a : added_) {
+    if (a.content == token) return a.id;
+  }
+  return model_.TokenToId(token);
+}
+
+std::optional<std::string> Tokenizer::IdToToken(uint32_t id) const {
+  if (id < added_index_.size() && added_index_[id] >= 0) return added_[added_index_[id]].content;
+  if (model_.HasId(id)) return model_.Token(id);
+  return std::nullopt;
+}
+
+bool Tokenizer::IsSpecial(uint32_t id) const {
+  return id < added_index_.size() && added_index_[id] >= 0 && added_[added_index_[id]].special;
+}
+
+}  // namespace qtrain::tokenizer
