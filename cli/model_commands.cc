@@ -1,0 +1,328 @@
+// score, generate, init: local model tools on CPU (worker/model/).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "cli/command.h"
+#include "common/status_macros.h"
+#include "nlohmann/json.hpp"
+#include "worker/model/checkpoint_io.h"
+#include "worker/model/config.h"
+#include "worker/model/init.h"
+#include "worker/model/model.h"
+#include "worker/model/sampler.h"
+#ifdef QTRAIN_CLI_HAS_TOKENIZER
+#include "tokenizer/tokenizer.h"
+#endif
+
+namespace qtrain::cli {
+namespace {
+
+using Json = nlohmann::json;
+using model::Model;
+
+struct ScoreFlags {
+  std::string model_dir;
+  std::string tokenizer_path;
+  bool output_logits = false;
+};
+
+struct GenerateFlags {
+  std::string model_dir;
+  std::string tokenizer_path;
+  std::string prompt;
+  std::string prompt_ids;
+  int64_t max_new_tokens = 64;
+  double temperature = 0.0;
+  double top_p = 1.0;
+  uint64_t seed = 0;
+  bool json = false;
+};
+
+struct InitFlags {
+  std::string preset;
+  std::string out_dir;
+  uint64_t seed = 0;
+  int64_t vocab_size = 0;
+  double rope_theta = 0;
+  double yarn_factor = 0;
+  int64_t yarn_original_max_position_embeddings = 0;
+};
+
+// Encodes text with the tokenizer when qtrain was built with one.
+class TextCodec {
+ public:
+  static absl::StatusOr<TextCodec> Load(const std::string& path) {
+    TextCodec codec;
+    if (path.empty()) return codec;
+#ifdef QTRAIN_CLI_HAS_TOKENIZER
+    QTRAIN_ASSIGN_OR_RETURN(auto tok, tokenizer::Tokenizer::FromFile(path));
+    codec.tokenizer_.emplace(std::move(tok));
+    return codec;
+#else
+    return absl::UnimplementedError("this qtrain was built without the tokenizer; pass ids");
+#endif
+  }
+
+  absl::StatusOr<std::vector<int32_t>> Encode(const std::string& text) const {
+#ifdef QTRAIN_CLI_HAS_TOKENIZER
+    if (tokenizer_) {
+      QTRAIN_ASSIGN_OR_RETURN(std::vector<uint32_t> ids, tokenizer_->Encode(text));
+      return std::vector<int32_t>(ids.begin(), ids.end());
+    }
+#endif
+    return absl::InvalidArgumentError("text input needs --tokenizer");
+  }
+
+  absl::StatusOr<std::string> Decode(const std::vector<int32_t>& ids) const {
+#ifdef QTRAIN_CLI_HAS_TOKENIZER
+    if (tokenizer_) {
+      std::vector<uint32_t> u(ids.begin(), ids.end());
+      return tokenizer_->Decode(u);
+    }
+#endif
+    return absl::InvalidArgumentError("decoding text needs --tokenizer");
+  }
+
+  bool has_tokenizer() const {
+#ifdef QTRAIN_CLI_HAS_TOKENIZER
+    return tokenizer_.has_value();
+#else
+    return false;
+#endif
+  }
+
+ private:
+#ifdef QTRAIN_CLI_HAS_TOKENIZER
+  std::optional<tokenizer::Tokenizer> tokenizer_;
+#endif
+};
+
+absl::StatusOr<Model> LoadModel(const std::string& dir) {
+  QTRAIN_ASSIGN_OR_RETURN(model::ModelConfig config, model::LoadConfig(dir));
+  QTRAIN_ASSIGN_OR_RETURN(Model m, Model::Create(config, {.allocate_gradients = false}));
+  QTRAIN_RETURN_IF_ERROR(model::LoadWeights(dir, config, m.params()));
+  return m;
+}
+
+absl::Status CheckIds(const std::vector<int32_t>& ids, int64_t vocab_size) {
+  for (int32_t id : ids) {
+    if (id < 0 || id >= vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "token id ", id, " is outside the model's vocabulary [0, ", vocab_size, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// One input line: {"text": "..."} or {"ids": [...]}.
+absl::StatusOr<std::vector<int32_t>> ParseScoreLine(const std::string& line, const TextCodec& codec,
+                                                    int64_t line_number) {
+  const Json j = Json::parse(line, nullptr, /*allow_exceptions=*/false);
+  const std::string where = absl::StrCat("stdin line ", line_number);
+  if (j.is_discarded() || !j.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": expected a JSON object"));
+  }
+  if (auto it = j.find("ids"); it != j.end()) {
+    std::vector<int32_t> ids;
+    if (!it->is_array()) return absl::InvalidArgumentError(where + ": 'ids' must be a list");
+    for (const Json& v : *it) {
+      if (!v.is_number_integer()) {
+        return absl::InvalidArgumentError(where + ": 'ids' must hold integers");
+      }
+      const int64_t id = v.get<int64_t>();
+      if (id < 0 || id > INT32_MAX) return absl::InvalidArgumentError(where + ": id out of range");
+      ids.push_back(static_cast<int32_t>(id));
+    }
+    return ids;
+  }
+  auto it = j.find("text");
+  if (it == j.end() || !it->is_string()) {
+    return absl::InvalidArgumentError(where + ": expected a string 'text' (or a list 'ids')");
+  }
+  auto ids = codec.Encode(it->get<std::string>());
+  if (!ids.ok()) return Annotate(ids.status(), where);
+  return ids;
+}
+
+absl::Status RunScore(const ScoreFlags& flags) {
+  QTRAIN_ASSIGN_OR_RETURN(TextCodec codec, TextCodec::Load(flags.tokenizer_path));
+  QTRAIN_ASSIGN_OR_RETURN(Model m, LoadModel(flags.model_dir));
+  std::string line;
+  int64_t line_number = 0;
+  while (std::getline(std::cin, line)) {
+    ++line_number;
+    QTRAIN_ASSIGN_OR_RETURN(std::vector<int32_t> ids, ParseScoreLine(line, codec, line_number));
+    QTRAIN_RETURN_IF_ERROR(CheckIds(ids, m.config().vocab_size));
+    const int64_t n = static_cast<int64_t>(ids.size());
+    Json out = {{"logprobs", Json::array()}, {"sum", 0.0}, {"tokens", n}};
+    if (n >= 2) {
+      std::vector<int32_t> targets(ids.begin() + 1, ids.end());
+      targets.push_back(model::kIgnoreIndex);
+      model::Batch batch{.batch_size = 1, .seq_len = n, .ids = ids, .targets = targets};
+      std::vector<float> logprobs, logits;
+      QTRAIN_RETURN_IF_ERROR(m.Forward(batch, {.logits = flags.output_logits ? &logits : nullptr,
+                                               .target_logprobs = &logprobs})
+                                 .status());
+      if (flags.output_logits) {
+        const int64_t vocab = m.config().vocab_size;
+        Json rows = Json::array();
+        for (int64_t i = 0; i < n; ++i) {
+          rows.push_back(
+              std::vector<float>(logits.begin() + i * vocab, logits.begin() + (i + 1) * vocab));
+        }
+        out["logits"] = std::move(rows);
+      }
+      double sum = 0;
+      for (int64_t i = 0; i + 1 < n; ++i) {
+        out["logprobs"].push_back(static_cast<double>(logprobs[i]));
+        sum += logprobs[i];
+      }
+      out["sum"] = sum;
+    }
+    std::cout << out.dump() << "\n" << std::flush;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<int32_t>> ParseIdList(const std::string& text) {
+  std::vector<int32_t> ids;
+  for (absl::string_view piece : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
+    int32_t id;
+    if (!absl::SimpleAtoi(piece, &id)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--prompt-ids: '", std::string(piece), "' is not an integer"));
+    }
+    ids.push_back(id);
+  }
+  return ids;
+}
+
+absl::Status RunGenerate(const GenerateFlags& flags) {
+  const model::SamplerOptions sampling{flags.temperature, flags.top_p, flags.seed};
+  QTRAIN_RETURN_IF_ERROR(model::ValidateSamplerOptions(sampling));
+  if (flags.max_new_tokens < 0) return absl::InvalidArgumentError("--max-new-tokens must be >= 0");
+  if (flags.prompt_ids.empty() == flags.prompt.empty()) {
+    return absl::InvalidArgumentError("pass exactly one of --prompt and --prompt-ids");
+  }
+  QTRAIN_ASSIGN_OR_RETURN(TextCodec codec, TextCodec::Load(flags.tokenizer_path));
+  QTRAIN_ASSIGN_OR_RETURN(Model m, LoadModel(flags.model_dir));
+  std::vector<int32_t> prompt;
+  if (!flags.prompt_ids.empty()) {
+    QTRAIN_ASSIGN_OR_RETURN(prompt, ParseIdList(flags.prompt_ids));
+  } else {
+    QTRAIN_ASSIGN_OR_RETURN(prompt, codec.Encode(flags.prompt));
+  }
+  if (prompt.empty()) return absl::InvalidArgumentError("the prompt has no tokens");
+  QTRAIN_RETURN_IF_ERROR(CheckIds(prompt, m.config().vocab_size));
+
+  QTRAIN_ASSIGN_OR_RETURN(
+      model::KvCache cache,
+      model::KvCache::Create(m, static_cast<int64_t>(prompt.size()) + flags.max_new_tokens));
+  model::Sampler sampler(sampling);
+  std::vector<float> logits(m.config().vocab_size);
+  std::vector<int32_t> generated;
+  QTRAIN_RETURN_IF_ERROR(m.Decode(prompt, cache, logits));
+  const std::vector<int64_t>& eos = m.config().eos_token_ids;
+  for (int64_t step = 0; step < flags.max_new_tokens; ++step) {
+    const int32_t next = static_cast<int32_t>(sampler.Next(logits));
+    generated.push_back(next);
+    if (std::find(eos.begin(), eos.end(), next) != eos.end()) break;
+    if (step + 1 < flags.max_new_tokens) {
+      QTRAIN_RETURN_IF_ERROR(m.Decode(std::span<const int32_t>(&next, 1), cache, logits));
+    }
+  }
+  std::string text;
+  if (codec.has_tokenizer()) {
+    QTRAIN_ASSIGN_OR_RETURN(text, codec.Decode(generated));
+  }
+  if (flags.json) {
+    Json out = {{"prompt_ids", prompt}, {"ids", generated}};
+    if (codec.has_tokenizer()) out["text"] = text;
+    std::cout << out.dump() << "\n";
+  } else if (codec.has_tokenizer()) {
+    std::cout << text << "\n";
+  } else {
+    std::cout << Json(generated).dump() << "\n";
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RunInit(const InitFlags& flags) {
+  QTRAIN_ASSIGN_OR_RETURN(model::ModelConfig config, model::PresetConfig(flags.preset));
+  if (flags.vocab_size > 0) config.vocab_size = flags.vocab_size;
+  if (flags.rope_theta > 0) config.rope_theta = flags.rope_theta;
+  if (flags.yarn_factor > 0) {
+    config.rope_type = model::RopeType::kYarn;
+    config.yarn.factor = flags.yarn_factor;
+    config.yarn.original_max_position_embeddings = flags.yarn_original_max_position_embeddings > 0
+                                                       ? flags.yarn_original_max_position_embeddings
+                                                       : config.max_position_embeddings;
+  }
+  QTRAIN_RETURN_IF_ERROR(model::ValidateConfig(config));
+  const model::ParameterLayout layout(config);
+  std::vector<float> params(layout.total_size());
+  model::InitializeParameters(config, layout, flags.seed, params);
+  QTRAIN_RETURN_IF_ERROR(model::SaveCheckpoint(flags.out_dir, config, params));
+  std::cerr << "wrote " << flags.preset << " (" << config.NumParameters() << " parameters) to "
+            << flags.out_dir << "\n";
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+void AddModelCommands(CLI::App& app, CommandSelection& selection) {
+  auto score_flags = std::make_shared<ScoreFlags>();
+  CLI::App* score = app.add_subcommand(
+      "score", "Per-token log-probabilities of JSON lines on stdin ({\"text\"} or {\"ids\"})");
+  score->add_option("--model", score_flags->model_dir, "Model directory (transformers format)")
+      ->required();
+  score->add_option("--tokenizer", score_flags->tokenizer_path, "tokenizer.json");
+  score->add_flag("--output-logits", score_flags->output_logits,
+                  "Also print every position's logits (for parity checks; large)");
+  score->callback([&selection, score_flags] {
+    selection.action = [score_flags] { return RunScore(*score_flags); };
+  });
+
+  auto gen_flags = std::make_shared<GenerateFlags>();
+  CLI::App* gen = app.add_subcommand("generate", "Continue a prompt (greedy when temperature 0)");
+  gen->add_option("--model", gen_flags->model_dir, "Model directory")->required();
+  gen->add_option("--tokenizer", gen_flags->tokenizer_path, "tokenizer.json");
+  gen->add_option("--prompt", gen_flags->prompt, "Prompt text");
+  gen->add_option("--prompt-ids", gen_flags->prompt_ids, "Prompt token ids, comma-separated");
+  gen->add_option("--max-new-tokens", gen_flags->max_new_tokens)->capture_default_str();
+  gen->add_option("--temperature", gen_flags->temperature)->capture_default_str();
+  gen->add_option("--top-p", gen_flags->top_p)->capture_default_str();
+  gen->add_option("--seed", gen_flags->seed)->capture_default_str();
+  gen->add_flag("--json", gen_flags->json, "Print {prompt_ids, ids, text} as JSON");
+  gen->callback([&selection, gen_flags] {
+    selection.action = [gen_flags] { return RunGenerate(*gen_flags); };
+  });
+
+  auto init_flags = std::make_shared<InitFlags>();
+  CLI::App* init = app.add_subcommand("init", "Write a freshly initialized model");
+  init->add_option("--preset", init_flags->preset, "qwen2-0.5b, qwen2-tiny or qwen2-test")
+      ->required();
+  init->add_option("--out", init_flags->out_dir, "Output directory")->required();
+  init->add_option("--seed", init_flags->seed)->capture_default_str();
+  init->add_option("--vocab-size", init_flags->vocab_size, "Override the preset's vocab_size");
+  init->add_option("--rope-theta", init_flags->rope_theta, "Override the preset's rope_theta");
+  init->add_option("--yarn-factor", init_flags->yarn_factor,
+                   "Use YaRN RoPE scaling with this factor");
+  init->add_option("--yarn-original-max-position-embeddings",
+                   init_flags->yarn_original_max_position_embeddings,
+                   "YaRN's original context (default: max_position_embeddings)");
+  init->callback([&selection, init_flags] {
+    selection.action = [init_flags] { return RunInit(*init_flags); };
+  });
+}
+
+}  // namespace qtrain::cli

@@ -1,0 +1,278 @@
+#include "worker/model/model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "kernels/rope_tables.h"
+#include "worker/model/model_internal.h"
+
+namespace qtrain::model {
+
+std::vector<int32_t> ShiftLabels(std::span<const int32_t> labels, int64_t batch_size,
+                                 int64_t seq_len) {
+  std::vector<int32_t> targets(labels.size(), kIgnoreIndex);
+  // A size mismatch yields all-ignored targets of the labels' size, which CheckBatch refuses.
+  if (static_cast<int64_t>(labels.size()) != batch_size * seq_len) return targets;
+  for (int64_t b = 0; b < batch_size; ++b) {
+    for (int64_t t = 0; t + 1 < seq_len; ++t) {
+      targets[b * seq_len + t] = labels[b * seq_len + t + 1];
+    }
+  }
+  return targets;
+}
+
+absl::Status Activations::Resize(kernels::Backend& b, const ModelConfig& c, int64_t new_batch,
+                                 int64_t new_seq_len, PassMode new_mode, int64_t chunk) {
+  if (new_batch == batch && new_seq_len == seq_len && new_mode == mode) return absl::OkStatus();
+  batch = new_batch;
+  seq_len = new_seq_len;
+  mode = new_mode;
+  const int64_t rows = batch * seq_len;
+  const int64_t d = c.hidden_size;
+  const bool training = mode != PassMode::kInference;
+  QTRAIN_RETURN_IF_ERROR(ids.Resize(b, rows));
+  QTRAIN_RETURN_IF_ERROR(targets.Resize(b, rows));
+  residual.clear();  // frees before allocating the new sizes
+  residual.resize(training ? c.num_layers + 1 : 2);
+  for (Buffer<float>& r : residual) QTRAIN_RETURN_IF_ERROR(r.Resize(b, rows * d));
+  layers.clear();
+  layers.resize(mode == PassMode::kTrainStored ? c.num_layers : 1);
+  for (LayerActivations& l : layers) QTRAIN_RETURN_IF_ERROR(l.Resize(b, c, batch, seq_len));
+  QTRAIN_RETURN_IF_ERROR(rstd_final.Resize(b, rows));
+  QTRAIN_RETURN_IF_ERROR(final_normed.Resize(b, rows * d));
+  if (training) {
+    QTRAIN_RETURN_IF_ERROR(d_residual.Resize(b, rows * d));
+    QTRAIN_RETURN_IF_ERROR(scratch.Resize(b, c, rows));
+  } else {
+    d_residual.Reset();
+    scratch = BackwardScratch();
+  }
+  const int64_t chunk_rows = std::min(chunk, rows);
+  QTRAIN_RETURN_IF_ERROR(logits.Resize(b, chunk_rows * c.vocab_size));
+  QTRAIN_RETURN_IF_ERROR(losses.Resize(b, chunk_rows));
+  QTRAIN_RETURN_IF_ERROR(lse.Resize(b, chunk_rows));
+  return absl::OkStatus();
+}
+
+Model::Model(const ModelConfig& config, ModelOptions options, kernels::Backend& backend)
+    : config_(config),
+      options_(options),
+      backend_(&backend),
+      layout_(config),
+      acts_(std::make_unique<Activations>()) {}
+
+Model::Model(Model&&) noexcept = default;
+Model& Model::operator=(Model&&) noexcept = default;
+Model::~Model() = default;
+
+absl::StatusOr<Model> Model::Create(const ModelConfig& config, ModelOptions options,
+                                    kernels::Backend& backend) {
+  QTRAIN_RETURN_IF_ERROR(ValidateConfig(config));
+  if (options.lm_head_chunk_tokens <= 0) {
+    return absl::InvalidArgumentError("lm_head_chunk_tokens must be positive");
+  }
+  Model model(config, options, backend);
+  const int64_t n = model.layout_.total_size();
+  QTRAIN_RETURN_IF_ERROR(model.params_.Resize(backend, n));
+  QTRAIN_RETURN_IF_OP_ERROR(backend.Fill(model.params_.get(), n, 0.0f));
+  if (options.allocate_gradients) {
+    QTRAIN_RETURN_IF_ERROR(model.grads_.Resize(backend, n));
+    QTRAIN_RETURN_IF_OP_ERROR(backend.Fill(model.grads_.get(), n, 0.0f));
+  }
+
+  kernels::RopeConfig rope;
+  rope.head_dim = config.head_dim;
+  rope.theta = config.rope_theta;
+  rope.yarn = config.rope_type == RopeType::kYarn;
+  if (rope.yarn) {
+    // The explicit factor and original_max_position_embeddings win (transformers >= the fix of
+    // MODEL_SPEC.md section 4's version trap).
+    rope.factor = config.yarn.factor;
+    rope.original_max_position_embeddings = config.yarn.original_max_position_embeddings;
+    rope.beta_fast = config.yarn.beta_fast;
+    rope.beta_slow = config.yarn.beta_slow;
+    rope.attention_factor = config.yarn.attention_factor;
+    rope.mscale = config.yarn.mscale;
+    rope.mscale_all_dim = config.yarn.mscale_all_dim;
+    rope.truncate = config.yarn.truncate;
+  }
+  kernels::RopeTables tables;
+  QTRAIN_RETURN_IF_OP_ERROR(kernels::ComputeRopeTables(rope, &tables));
+  QTRAIN_RETURN_IF_ERROR(model.inv_freq_.Resize(backend, config.head_dim / 2));
+  QTRAIN_RETURN_IF_OP_ERROR(backend.CopyHostToBackend(model.inv_freq_.get(), tables.inv_freq.data(),
+                                                      tables.inv_freq.size() * sizeof(float)));
+  model.attention_factor_ = tables.attention_factor;
+  return model;
+}
+
+absl::Status Model::ZeroGrads() {
+  if (grads_.size() == 0) return absl::OkStatus();
+  return OpToStatus(backend_->Fill(grads_.get(), grads_.size(), 0.0f));
+}
+
+absl::Status Model::CheckBatch(const Batch& batch, bool need_targets) const {
+  if (batch.batch_size <= 0 || batch.seq_len <= 0) {
+    return absl::InvalidArgumentError("batch: batch_size and seq_len must be positive");
+  }
+  const int64_t rows = batch.batch_size * batch.seq_len;
+  if (static_cast<int64_t>(batch.ids.size()) != rows) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("batch: ", batch.ids.size(), " ids for batch_size*seq_len = ", rows));
+  }
+  if (!batch.targets.empty() && static_cast<int64_t>(batch.targets.size()) != rows) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("batch: ", batch.targets.size(), " targets for batch_size*seq_len = ", rows));
+  }
+  if (need_targets && batch.targets.empty()) {
+    return absl::InvalidArgumentError("batch: targets are needed for the loss");
+  }
+  if (batch.loss_normalizer < 0) {
+    return absl::InvalidArgumentError("batch: loss_normalizer must be >= 0");
+  }
+  for (int64_t i = 0; i < rows; ++i) {
+    if (batch.ids[i] < 0 || batch.ids[i] >= config_.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("batch: token id ", batch.ids[i], " at ", i,
+                                                     " is outside [0, ", config_.vocab_size, ")"));
+    }
+  }
+  for (size_t i = 0; i < batch.targets.size(); ++i) {
+    const int32_t t = batch.targets[i];
+    if (t != kIgnoreIndex && (t < 0 || t >= config_.vocab_size)) {
+      return absl::InvalidArgumentError(absl::StrCat("batch: target ", t, " at ", i,
+                                                     " is outside [0, ", config_.vocab_size,
+                                                     ") and is not ", kIgnoreIndex));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ForwardResult> Model::Forward(const Batch& batch, ForwardOutputs outputs) {
+  QTRAIN_RETURN_IF_ERROR(CheckBatch(batch, outputs.target_logprobs != nullptr));
+  return Run(batch, outputs, /*backward=*/false);
+}
+
+absl::StatusOr<ForwardResult> Model::ForwardBackward(const Batch& batch, ForwardOutputs outputs) {
+  QTRAIN_RETURN_IF_ERROR(CheckBatch(batch, /*need_targets=*/true));
+  if (grads_.size() == 0) {
+    return absl::FailedPreconditionError("ForwardBackward: the model has no gradient buffer");
+  }
+  return Run(batch, outputs, /*backward=*/true);
+}
+
+absl::StatusOr<ForwardResult> Model::Run(const Batch& batch, ForwardOutputs outputs,
+                                         bool backward) {
+  kernels::Backend& b = *backend_;
+  const ModelConfig& c = config_;
+  const int64_t batch_size = batch.batch_size, seq_len = batch.seq_len;
+  const int64_t rows = batch_size * seq_len;
+  const int64_t d = c.hidden_size, vocab = c.vocab_size;
+  Activations& acts = *acts_;
+  const PassMode mode = !backward                        ? PassMode::kInference
+                        : options_.recompute_activations ? PassMode::kTrainRecompute
+                                                         : PassMode::kTrainStored;
+  QTRAIN_RETURN_IF_ERROR(
+      acts.Resize(b, c, batch_size, seq_len, mode, options_.lm_head_chunk_tokens));
+  QTRAIN_RETURN_IF_OP_ERROR(
+      b.CopyHostToBackend(acts.ids.get(), batch.ids.data(), rows * sizeof(int32_t)));
+  const bool has_targets = !batch.targets.empty();
+  if (has_targets) {
+    QTRAIN_RETURN_IF_OP_ERROR(
+        b.CopyHostToBackend(acts.targets.get(), batch.targets.data(), rows * sizeof(int32_t)));
+  }
+  const float* params = params_.get();
+  const RopeParams rope{inv_freq_.get(), attention_factor_};
+
+  // Embedding and decoder layers.
+  QTRAIN_RETURN_IF_OP_ERROR(b.EmbeddingForward(acts.ids.get(), params + layout_.embed(),
+                                               acts.layer_input(0), rows, vocab, d));
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    QTRAIN_RETURN_IF_ERROR(LayerForward(b, c, LayerView<const float>(params, layout_.layer(l)),
+                                        rope, batch_size, seq_len, acts.layer_input(l),
+                                        acts.layer(l), acts.layer_input(l + 1)));
+  }
+  const float* final_norm = params + layout_.final_norm();
+  QTRAIN_RETURN_IF_OP_ERROR(b.RmsNormForward(
+      acts.layer_input(c.num_layers), final_norm, static_cast<float>(c.rms_norm_eps),
+      acts.final_normed.get(), acts.rstd_final.get(), rows, d));
+
+  // LM head and loss, chunk by chunk; with backward, the loss gradient is taken right away so
+  // that no chunk's logits outlive it.
+  ForwardResult result;
+  if (has_targets) {
+    result.num_targets = std::count_if(batch.targets.begin(), batch.targets.end(),
+                                       [](int32_t t) { return t != kIgnoreIndex; });
+  }
+  const int64_t normalizer = batch.loss_normalizer > 0 ? batch.loss_normalizer : result.num_targets;
+  const bool run_backward = backward && normalizer > 0;
+  float* grads = grads_.get();
+  if (run_backward) {
+    QTRAIN_RETURN_IF_OP_ERROR(b.Fill(acts.d_residual.get(), rows * d, 0.0f));
+  }
+  if (outputs.logits != nullptr) outputs.logits->resize(rows * vocab);
+  if (outputs.target_logprobs != nullptr) outputs.target_logprobs->resize(rows);
+  const int64_t chunk = std::min(options_.lm_head_chunk_tokens, rows);
+  const bool need_head = has_targets || outputs.logits != nullptr;
+  for (int64_t r0 = 0; need_head && r0 < rows; r0 += chunk) {
+    const int64_t n = std::min(chunk, rows - r0);
+    const float* y = acts.final_normed.get() + r0 * d;
+    QTRAIN_RETURN_IF_OP_ERROR(
+        b.LmHeadForward(y, params + layout_.embed(), acts.logits.get(), n, vocab, d));
+    if (outputs.logits != nullptr) {
+      QTRAIN_RETURN_IF_OP_ERROR(b.CopyBackendToHost(outputs.logits->data() + r0 * vocab,
+                                                    acts.logits.get(), n * vocab * sizeof(float)));
+    }
+    if (!has_targets) continue;
+    const int32_t* targets = acts.targets.get() + r0;
+    double chunk_sum = 0;
+    QTRAIN_RETURN_IF_OP_ERROR(b.CrossEntropyForward(acts.logits.get(), targets, acts.losses.get(),
+                                                    acts.lse.get(), &chunk_sum, nullptr, n, vocab,
+                                                    kIgnoreIndex));
+    result.loss_sum += chunk_sum;
+    if (outputs.target_logprobs != nullptr) {
+      float* out = outputs.target_logprobs->data() + r0;
+      QTRAIN_RETURN_IF_OP_ERROR(b.CopyBackendToHost(out, acts.losses.get(), n * sizeof(float)));
+      for (int64_t i = 0; i < n; ++i) out[i] = out[i] == 0.0f ? 0.0f : -out[i];
+    }
+    if (run_backward) {
+      QTRAIN_RETURN_IF_OP_ERROR(b.CrossEntropyBackward(acts.logits.get(), targets, acts.lse.get(),
+                                                       1.0f / static_cast<float>(normalizer),
+                                                       acts.logits.get(), n, vocab, kIgnoreIndex));
+      QTRAIN_RETURN_IF_OP_ERROR(b.LmHeadBackward(acts.logits.get(), y, params + layout_.embed(),
+                                                 acts.d_residual.get() + r0 * d,
+                                                 grads + layout_.embed(), n, vocab, d));
+    }
+  }
+  result.loss = normalizer > 0 ? result.loss_sum / static_cast<double>(normalizer)
+                               : std::numeric_limits<double>::quiet_NaN();
+  if (!run_backward) return result;
+
+  // Backward through the final norm, the layers and the embedding.
+  BackwardScratch& s = acts.scratch;
+  QTRAIN_RETURN_IF_OP_ERROR(b.Fill(s.d_mid.get(), rows * d, 0.0f));
+  QTRAIN_RETURN_IF_OP_ERROR(b.RmsNormBackward(acts.d_residual.get(), acts.layer_input(c.num_layers),
+                                              final_norm, acts.rstd_final.get(), s.d_mid.get(),
+                                              grads + layout_.final_norm(), rows, d));
+  QTRAIN_RETURN_IF_OP_ERROR(
+      b.CopyWithinBackend(acts.d_residual.get(), s.d_mid.get(), rows * d * sizeof(float)));
+  for (int64_t l = c.num_layers - 1; l >= 0; --l) {
+    const LayerView<const float> w(params, layout_.layer(l));
+    LayerActivations& la = acts.layer(l);
+    if (mode == PassMode::kTrainRecompute) {
+      // Recomputing rewrites the input of layer l + 1 with the same values; nothing reads it
+      // any more.
+      QTRAIN_RETURN_IF_ERROR(LayerForward(b, c, w, rope, batch_size, seq_len, acts.layer_input(l),
+                                          la, acts.layer_input(l + 1)));
+    }
+    QTRAIN_RETURN_IF_ERROR(LayerBackward(b, c, w, LayerView<float>(grads, layout_.layer(l)), rope,
+                                         batch_size, seq_len, acts.layer_input(l), la, s,
+                                         acts.d_residual.get()));
+  }
+  QTRAIN_RETURN_IF_OP_ERROR(b.EmbeddingBackward(acts.ids.get(), acts.d_residual.get(),
+                                                grads + layout_.embed(), rows, vocab, d));
+  return result;
+}
+
+}  // namespace qtrain::model

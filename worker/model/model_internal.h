@@ -1,0 +1,94 @@
+// Internals of Model shared by model.cc, layer.cc and decode.cc: activation storage and the
+// forward/backward of one decoder layer.
+#ifndef QTRAIN_WORKER_MODEL_MODEL_INTERNAL_H_
+#define QTRAIN_WORKER_MODEL_MODEL_INTERNAL_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "kernels/ops.h"
+#include "worker/model/buffer.h"
+#include "worker/model/config.h"
+#include "worker/model/param_layout.h"
+
+namespace qtrain::model {
+
+// What backward needs from one layer's forward (all [rows, ...] with rows = B*T).
+struct LayerActivations {
+  Buffer<float> rstd_in;      // [rows]
+  Buffer<float> normed_in;    // [rows, hidden]: RMSNorm(x) (input of q/k/v)
+  Buffer<float> q;            // [rows, q_dim], after RoPE
+  Buffer<float> k;            // [rows, kv_dim], after RoPE
+  Buffer<float> v;            // [rows, kv_dim]
+  Buffer<float> attn;         // [rows, q_dim]: attention output (input of o_proj)
+  Buffer<float> lse;          // [B, heads, T]
+  Buffer<float> mid;          // [rows, hidden]: residual stream after attention
+  Buffer<float> rstd_post;    // [rows]
+  Buffer<float> normed_post;  // [rows, hidden]: input of gate/up
+  Buffer<float> gate;         // [rows, intermediate]
+  Buffer<float> up;           // [rows, intermediate]
+  Buffer<float> act;          // [rows, intermediate]: silu(gate) * up (input of down_proj)
+
+  absl::Status Resize(kernels::Backend& backend, const ModelConfig& c, int64_t batch,
+                      int64_t seq_len);
+};
+
+// Gradient scratch shared by all layers during backward.
+struct BackwardScratch {
+  Buffer<float> d_mid, d_normed, d_attn, dq, dq_pre, dk, dk_pre, dv, d_act, d_gate, d_up;
+  absl::Status Resize(kernels::Backend& backend, const ModelConfig& c, int64_t rows);
+};
+
+// How much a pass keeps: inference needs one layer's buffers and two residual buffers
+// (ping-pong); training keeps every layer's input, and every layer's activations unless they are
+// recomputed in backward.
+enum class PassMode { kInference, kTrainStored, kTrainRecompute };
+
+struct Activations {
+  int64_t batch = 0;
+  int64_t seq_len = 0;
+  PassMode mode = PassMode::kInference;
+  Buffer<int32_t> ids;      // [rows]
+  Buffer<int32_t> targets;  // [rows]
+  // Training: layers + 1 buffers, [l] = input of layer l, [layers] = last output.
+  // Inference: 2 buffers, layer l reads [l % 2] and writes [(l + 1) % 2].
+  std::vector<Buffer<float>> residual;
+  std::vector<LayerActivations> layers;  // one per layer (kTrainStored), else one reused
+  Buffer<float> rstd_final;              // [rows]
+  Buffer<float> final_normed;            // [rows, hidden]
+  Buffer<float> d_residual;  // [rows, hidden]: gradient flowing down the layers (training only)
+  BackwardScratch scratch;   // training only
+  // LM head + loss, chunk by chunk.
+  Buffer<float> logits;  // [chunk, vocab]
+  Buffer<float> losses;  // [chunk]
+  Buffer<float> lse;     // [chunk]
+
+  absl::Status Resize(kernels::Backend& backend, const ModelConfig& c, int64_t batch,
+                      int64_t seq_len, PassMode mode, int64_t chunk);
+  float* layer_input(int64_t l) { return residual[mode == PassMode::kInference ? l % 2 : l].get(); }
+  LayerActivations& layer(int64_t l) { return layers[mode == PassMode::kTrainStored ? l : 0]; }
+};
+
+// RoPE tables in backend memory.
+struct RopeParams {
+  const float* inv_freq;
+  float attention_factor;
+};
+
+// x_out = layer(x_in); fills `acts`. x_out must not alias x_in.
+absl::Status LayerForward(kernels::Backend& backend, const ModelConfig& c,
+                          const LayerView<const float>& w, const RopeParams& rope, int64_t batch,
+                          int64_t seq_len, const float* x_in, LayerActivations& acts, float* x_out);
+
+// d_residual holds d(loss)/d(layer output) on entry and d(loss)/d(layer input) on return;
+// parameter gradients are added into `g`.
+absl::Status LayerBackward(kernels::Backend& backend, const ModelConfig& c,
+                           const LayerView<const float>& w, const LayerView<float>& g,
+                           const RopeParams& rope, int64_t batch, int64_t seq_len,
+                           const float* x_in, const LayerActivations& acts,
+                           BackwardScratch& scratch, float* d_residual);
+
+}  // namespace qtrain::model
+
+#endif  // QTRAIN_WORKER_MODEL_MODEL_INTERNAL_H_
