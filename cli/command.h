@@ -24,6 +24,8 @@ void AddFoundationCommands(CLI::App& app, CommandSelection& selection);
 void AddTokenizerCommands(CLI::App& app, CommandSelection& selection);
 // score, generate, init (cli/model_commands.cc).
 void AddModelCommands(CLI::App& app, CommandSelection& selection);
+// train (cli/train_commands.cc).
+void AddTrainCommands(CLI::App& app, CommandSelection& selection);
 
 }  // namespace qtrain::cli
 

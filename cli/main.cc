@@ -17,15 +17,9 @@ int main(int argc, char** argv) {
 
   qtrain::cli::CommandSelection selection;
   qtrain::cli::AddFoundationCommands(app, selection);
-#ifdef QTRAIN_CLI_HAS_TOKENIZER
   qtrain::cli::AddTokenizerCommands(app, selection);
-#endif
-#ifdef QTRAIN_CLI_HAS_MODEL
   qtrain::cli::AddModelCommands(app, selection);
-#endif
-#ifdef QTRAIN_CLI_HAS_TRAINER
   qtrain::cli::AddTrainCommands(app, selection);
-#endif
 
   try {
     app.parse(argc, argv);

@@ -1,0 +1,197 @@
+// `qtrain train JOB --run-dir DIR`: runs a job in this process (no coordinator), resuming from
+// the newest good checkpoint in DIR.
+#include <signal.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "cli/command.h"
+#include "common/file_util.h"
+#include "common/job_spec.h"
+#include "common/sha256.h"
+#include "common/status_macros.h"
+#include "google/protobuf/util/json_util.h"
+#include "tokenizer/tokenizer.h"
+#include "worker/model/checkpoint_io.h"
+#include "worker/model/config.h"
+#include "worker/train/shard_token_source.h"
+#include "worker/train/trainer.h"
+
+namespace qtrain::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+absl::StatusOr<model::ModelConfig> ResolveModelConfig(const v1::ModelSpec& spec) {
+  switch (spec.source_case()) {
+    case v1::ModelSpec::kPreset:
+      return model::PresetConfig(spec.preset());
+    case v1::ModelSpec::kInitFrom:
+      return model::LoadConfig(spec.init_from());
+    case v1::ModelSpec::kConfig: {
+      const v1::ModelConfig& c = spec.config();
+      model::ModelConfig config;
+      config.vocab_size = c.vocab_size();
+      config.hidden_size = c.hidden_size();
+      config.intermediate_size = c.intermediate_size();
+      config.num_layers = c.num_hidden_layers();
+      config.num_heads = c.num_attention_heads();
+      config.num_kv_heads = c.num_key_value_heads();
+      config.max_position_embeddings = c.max_position_embeddings();
+      config.head_dim = c.num_attention_heads() > 0 ? c.hidden_size() / c.num_attention_heads() : 0;
+      if (c.rope_theta() > 0) config.rope_theta = c.rope_theta();
+      if (c.rms_norm_eps() > 0) config.rms_norm_eps = c.rms_norm_eps();
+      QTRAIN_RETURN_IF_ERROR(model::ValidateConfig(config));
+      return config;
+    }
+    default:
+      return absl::InvalidArgumentError("model: set one of preset, config, init_from");
+  }
+}
+
+std::string FormatDuration(double seconds) {
+  const auto s = static_cast<int64_t>(std::llround(seconds));
+  if (s >= 3600) return absl::StrFormat("%dh%02dm", s / 3600, s % 3600 / 60);
+  if (s >= 60) return absl::StrFormat("%dm%02ds", s / 60, s % 60);
+  return absl::StrFormat("%ds", s);
+}
+
+// QTRAIN_FAULT_INJECT=<point>:<step> kills the process with SIGKILL at that point of that step
+// (points: step_done, checkpoint_written). Used by the crash-recovery tests.
+std::function<void(std::string_view, int64_t)> FaultHookFromEnvironment() {
+  const char* env = std::getenv("QTRAIN_FAULT_INJECT");
+  if (env == nullptr) return nullptr;
+  std::vector<std::string> parts = absl::StrSplit(env, ':');
+  int64_t step = 0;
+  if (parts.size() != 2 || !absl::SimpleAtoi(parts[1], &step)) return nullptr;
+  return [point = parts[0], step](std::string_view at, int64_t now) {
+    if (at == point && now == step) ::raise(SIGKILL);
+  };
+}
+
+absl::Status CopyTokenizerFiles(const std::string& tokenizer_path, const std::string& out_dir) {
+  std::error_code ec;
+  fs::copy_file(tokenizer_path, out_dir + "/tokenizer.json", fs::copy_options::overwrite_existing,
+                ec);
+  if (ec)
+    return absl::InternalError(absl::StrCat("cannot copy ", tokenizer_path, ": ", ec.message()));
+  const fs::path config = fs::path(tokenizer_path).parent_path() / "tokenizer_config.json";
+  if (fs::exists(config)) {
+    fs::copy_file(config, out_dir + "/tokenizer_config.json", fs::copy_options::overwrite_existing,
+                  ec);
+    if (ec)
+      return absl::InternalError(absl::StrCat("cannot copy ", config.string(), ": ", ec.message()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RunTrain(const std::string& spec_path, const std::string& run_dir) {
+  JobSpecOptions options;
+  options.resolve_model = [](const v1::ModelSpec& spec) -> absl::StatusOr<ModelLimits> {
+    QTRAIN_ASSIGN_OR_RETURN(model::ModelConfig config, ResolveModelConfig(spec));
+    return ModelLimits{config.max_position_embeddings};
+  };
+  QTRAIN_ASSIGN_OR_RETURN(v1::JobSpec spec, LoadJobSpecFile(spec_path, options));
+  QTRAIN_ASSIGN_OR_RETURN(model::ModelConfig config, ResolveModelConfig(spec.model()));
+  std::optional<std::vector<float>> initial_params;
+  if (spec.model().has_init_from()) {
+    QTRAIN_ASSIGN_OR_RETURN(model::LoadedModel loaded,
+                            model::LoadCheckpoint(spec.model().init_from()));
+    initial_params = std::move(loaded.params);
+  }
+  QTRAIN_ASSIGN_OR_RETURN(tokenizer::Tokenizer tok,
+                          tokenizer::Tokenizer::FromFile(spec.tokenizer()));
+  QTRAIN_ASSIGN_OR_RETURN(std::string tokenizer_sha256, Sha256File(spec.tokenizer()));
+  QTRAIN_ASSIGN_OR_RETURN(train::ShardTokenSource data,
+                          train::ShardTokenSource::Open(spec.data().manifest(), tokenizer_sha256));
+  if (tok.vocab_size() > config.vocab_size) {
+    return absl::InvalidArgumentError(absl::StrCat("model: vocab_size ", config.vocab_size,
+                                                   " is smaller than the tokenizer's ",
+                                                   tok.vocab_size(), " tokens"));
+  }
+  std::error_code ec;
+  fs::create_directories(run_dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create ", run_dir, ": ", ec.message()));
+  std::string spec_json;
+  google::protobuf::util::JsonPrintOptions print;
+  print.add_whitespace = true;
+  print.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(spec, &spec_json, print);
+  QTRAIN_RETURN_IF_ERROR(WriteFileAtomically(run_dir + "/job.json", spec_json));
+
+  std::fprintf(stderr, "train: job '%s', %lld tokens of data (%s), model %lld parameters\n",
+               spec.name().c_str(), static_cast<long long>(data.size()),
+               spec.data().manifest().c_str(), static_cast<long long>(config.NumParameters()));
+  train::TrainerOptions trainer_options;
+  trainer_options.run_dir = run_dir;
+  trainer_options.on_event = [](const std::string& event) {
+    std::fprintf(stderr, "train: %s\n", event.c_str());
+  };
+  auto last_print = std::chrono::steady_clock::time_point{};
+  double data_seconds = 0, step_seconds = 0;
+  trainer_options.on_step = [&](const train::StepReport& r) {
+    data_seconds += r.data_seconds;
+    step_seconds += r.step_seconds;
+    const auto now = std::chrono::steady_clock::now();
+    // At most one progress line a second, plus every evaluation and the last step.
+    if (now - last_print < std::chrono::seconds(1) && !r.eval_loss && r.step != r.total_steps)
+      return;
+    last_print = now;
+    std::string line = absl::StrFormat("train: [%s] step %d/%d loss %.4f lr %.2e %.0f tok/s ETA %s",
+                                       r.stage_name, r.step, r.total_steps, r.loss, r.learning_rate,
+                                       r.tokens_per_second, FormatDuration(r.eta_seconds));
+    if (r.eval_loss) absl::StrAppendFormat(&line, " val_loss %.4f", *r.eval_loss);
+    if (r.skipped_total > 0) absl::StrAppendFormat(&line, " skipped %d", r.skipped_total);
+    std::fprintf(stderr, "%s\n", line.c_str());
+  };
+  trainer_options.fault_hook = FaultHookFromEnvironment();
+  QTRAIN_ASSIGN_OR_RETURN(std::unique_ptr<train::Trainer> trainer,
+                          train::Trainer::Create(spec, config, std::move(initial_params), data,
+                                                 std::move(trainer_options)));
+  QTRAIN_ASSIGN_OR_RETURN(train::TrainerSummary summary, trainer->Run());
+  if (!summary.completed) return absl::InternalError("training stopped before the end");
+  QTRAIN_RETURN_IF_ERROR(CopyTokenizerFiles(spec.tokenizer(), summary.final_dir));
+  if (step_seconds > 0) {
+    std::fprintf(stderr, "train: data loading took %.3f%% of step time in this process\n",
+                 100.0 * data_seconds / step_seconds);
+  }
+  if (summary.final_eval_loss && summary.validation_unigram_entropy) {
+    std::fprintf(stderr,
+                 "train: final validation loss %.4f nats/token; unigram entropy of the same "
+                 "tokens %.4f (a model that ignores context)\n",
+                 *summary.final_eval_loss, *summary.validation_unigram_entropy);
+  }
+  std::fprintf(stderr,
+               "train: done: %lld steps, %lld tokens, %lld skipped\n  run directory: %s\n"
+               "  loss curve: %s/loss.svg\n  metrics: %s/metrics.jsonl\n  model: %s\n",
+               static_cast<long long>(summary.steps), static_cast<long long>(summary.tokens_seen),
+               static_cast<long long>(summary.skipped_steps), run_dir.c_str(), run_dir.c_str(),
+               run_dir.c_str(), summary.final_dir.c_str());
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+void AddTrainCommands(CLI::App& app, CommandSelection& selection) {
+  auto spec = std::make_shared<std::string>();
+  auto run_dir = std::make_shared<std::string>();
+  CLI::App* cmd = app.add_subcommand(
+      "train", "Run a job in this process, resuming from the newest good checkpoint in --run-dir");
+  cmd->add_option("spec", *spec, "Job spec (YAML or JSON)")->required();
+  cmd->add_option("--run-dir", *run_dir, "Directory for checkpoints, metrics and the final model")
+      ->required();
+  cmd->callback([&selection, spec, run_dir] {
+    selection.action = [spec, run_dir] { return RunTrain(*spec, *run_dir); };
+  });
+}
+
+}  // namespace qtrain::cli

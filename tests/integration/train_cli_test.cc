@@ -1,0 +1,184 @@
+// `qtrain train` as a real process: killed with SIGKILL at chosen points (mid-stage, on a stage
+// boundary, inside a checkpoint write) and restarted, it must end with the same bytes as a run
+// that was never interrupted.
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "common/file_util.h"
+#include "common/sha256.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+extern char** environ;
+
+namespace qtrain {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+struct ProcessResult {
+  bool exited = false;
+  int exit_code = -1;
+  int signal = 0;
+  std::string output;  // stdout and stderr
+};
+
+// Runs `args` with extra environment entries, output captured to a file.
+ProcessResult RunProcess(const std::vector<std::string>& args, const std::vector<std::string>& env,
+                         const fs::path& log) {
+  std::vector<std::string> env_strings(env);
+  for (char** e = environ; *e != nullptr; ++e) env_strings.emplace_back(*e);
+  std::vector<char*> argv, envp;
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  for (const auto& e : env_strings) envp.push_back(const_cast<char*>(e.c_str()));
+  envp.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  pid_t pid;
+  ProcessResult result;
+  if (posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), envp.data()) != 0) {
+    result.output = "cannot start " + args[0];
+    return result;
+  }
+  posix_spawn_file_actions_destroy(&actions);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  result.exited = WIFEXITED(status);
+  result.exit_code = result.exited ? WEXITSTATUS(status) : -1;
+  result.signal = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+  result.output = ReadFileToString(log.string()).value_or("");
+  return result;
+}
+
+class TrainCliTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    qtrain_ = std::string(std::getenv("QTRAIN_BIN_DIR")) + "/qtrain";  // set by test_main.cc
+    root_ = fs::path(::testing::TempDir()) / ("train_cli_" + std::to_string(::getpid()));
+    fs::remove_all(root_);
+    fs::create_directories(root_ / "corpus");
+    // A small corpus of repetitive sentences.
+    std::ofstream corpus(root_ / "corpus" / "text.txt");
+    const char* words[] = {"the",    "model", "learns",   "tokens", "from",  "a",   "small",
+                           "corpus", "and",   "predicts", "what",   "comes", "next"};
+    uint32_t rng = 7;
+    for (int i = 0; i < 6000; ++i) {
+      rng = rng * 1103515245u + 12345u;
+      corpus << words[(rng >> 16) % 13] << ((rng >> 8) % 9 == 0 ? ".\n" : " ");
+    }
+    corpus.close();
+    ASSERT_EQ(RunProcess({qtrain_, "train-tokenizer", "--vocab-size", "300", "--out",
+                          (root_ / "tok").string(), (root_ / "corpus" / "text.txt").string()},
+                         {}, root_ / "tok.log")
+                  .exit_code,
+              0);
+    ASSERT_EQ(
+        RunProcess({qtrain_, "tokenize", "--tokenizer", (root_ / "tok" / "tokenizer.json").string(),
+                    "--out", (root_ / "shards").string(), (root_ / "corpus" / "text.txt").string()},
+                   {}, root_ / "tokenize.log")
+            .exit_code,
+        0);
+    std::ofstream spec(root_ / "job.yaml");
+    spec << "name: resume\nseed: 5\n"
+         << "model: {config: {vocab_size: 320, hidden_size: 32, intermediate_size: 48, "
+            "num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, "
+            "max_position_embeddings: 128}}\n"
+         << "tokenizer: " << (root_ / "tok" / "tokenizer.json").string() << "\n"
+         << "data: {manifest: " << (root_ / "shards" / "manifest.json").string()
+         << ", validation_fraction: 0.1}\n"
+         << "curriculum:\n"
+         << "  - {name: short, seq_len: 16, tokens: 1024, micro_batch: 4}\n"
+         << "  - {name: long, seq_len: 64, tokens: 768, micro_batch: 2, rope_theta: 100000}\n"
+         << "optimizer: {lr: 1e-2, min_lr: 1e-3, warmup_steps: 2}\n"
+         << "batch: {global_tokens: 256}\n"
+         << "checkpoint: {every_steps: 2, keep_last: 2}\n"
+         << "eval: {every_steps: 3, batches: 1}\n";
+  }
+  static void TearDownTestSuite() { fs::remove_all(root_); }
+
+  ProcessResult Train(const std::string& run, const std::vector<std::string>& env = {}) {
+    return RunProcess(
+        {qtrain_, "train", (root_ / "job.yaml").string(), "--run-dir", (root_ / run).string()}, env,
+        root_ / (run + ".log"));
+  }
+  std::string FinalHash(const std::string& run) {
+    return Sha256File((root_ / run / "final" / "model.safetensors").string()).value_or("missing");
+  }
+
+  static std::string qtrain_;
+  static fs::path root_;
+};
+
+std::string TrainCliTest::qtrain_;
+fs::path TrainCliTest::root_;
+
+TEST_F(TrainCliTest, KilledRunsResumeToIdenticalWeights) {
+  const ProcessResult straight = Train("straight");
+  ASSERT_EQ(straight.exit_code, 0) << straight.output;
+  EXPECT_THAT(straight.output, HasSubstr("train: done: 7 steps"));
+  EXPECT_THAT(straight.output, HasSubstr("unigram entropy"));
+  ASSERT_TRUE(fs::exists(root_ / "straight" / "final" / "tokenizer.json"));
+  const std::string expected = FinalHash("straight");
+
+  // step 3: mid-stage; step 4: the last step of stage 0, killed after it ran and before its
+  // checkpoint; and inside the write of the stage-boundary checkpoint.
+  for (const std::string fault : {"step_done:3", "step_done:4", "checkpoint_written:4"}) {
+    SCOPED_TRACE(fault);
+    const std::string run =
+        "killed_" + fault.substr(0, fault.find(':')) + fault.substr(fault.find(':') + 1);
+    const ProcessResult killed = Train(run, {"QTRAIN_FAULT_INJECT=" + fault});
+    EXPECT_EQ(killed.signal, SIGKILL) << killed.output;
+    EXPECT_FALSE(fs::exists(root_ / run / "final"));
+    const ProcessResult resumed = Train(run);
+    ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+    EXPECT_THAT(resumed.output, HasSubstr("resumed from"));
+    EXPECT_EQ(FinalHash(run), expected);
+  }
+}
+
+TEST_F(TrainCliTest, ContinuesFromATransformersDirectory) {
+  const fs::path init = root_ / "init";
+  ASSERT_EQ(RunProcess({qtrain_, "init", "--preset", "qwen2-tiny", "--vocab-size", "320", "--seed",
+                        "9", "--out", init.string()},
+                       {}, root_ / "init.log")
+                .exit_code,
+            0);
+  std::string spec = ReadFileToString((root_ / "job.yaml").string()).value();
+  const size_t begin = spec.find("model:"), end = spec.find('\n', begin);
+  spec.replace(begin, end - begin, "model: {init_from: " + init.string() + "}");
+  std::ofstream(root_ / "continue.yaml") << spec;
+  const ProcessResult result = RunProcess({qtrain_, "train", (root_ / "continue.yaml").string(),
+                                           "--run-dir", (root_ / "continued").string()},
+                                          {}, root_ / "continued.log");
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  // The run trained the given model: same architecture, weights moved away from the start.
+  const std::string config =
+      ReadFileToString((root_ / "continued" / "final" / "config.json").string()).value();
+  EXPECT_THAT(config, HasSubstr("\"hidden_size\": 64"));
+  EXPECT_NE(FinalHash("continued"), Sha256File((init / "model.safetensors").string()).value());
+}
+
+TEST_F(TrainCliTest, BadSpecFailsWithTheFieldPath) {
+  std::ofstream(root_ / "bad.yaml") << "name: bad\ncurriculum: [{name: a, seq_len: abc}]\n";
+  const ProcessResult result = RunProcess(
+      {qtrain_, "train", (root_ / "bad.yaml").string(), "--run-dir", (root_ / "bad").string()}, {},
+      root_ / "bad.log");
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_THAT(result.output, HasSubstr("curriculum[0].seq_len: expected an integer"));
+}
+
+}  // namespace
+}  // namespace qtrain

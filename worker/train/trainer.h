@@ -1,0 +1,110 @@
+// The training loop of one process: curriculum stages, gradient accumulation, AdamW with the
+// schedule, clipping and non-finite skipping, evaluation, checkpoints and exact resume.
+//
+//   QTRAIN_ASSIGN_OR_RETURN(Trainer trainer, Trainer::Create(spec, config, data, options));
+//   QTRAIN_RETURN_IF_ERROR(trainer.Run());
+//
+// Run directory layout:
+//   checkpoints/step-NNNNNNNNNNNN/   model (transformers format), optimizer state, manifest
+//   metrics.jsonl                    one JSON object per step (and per evaluation)
+//   final/                           the exported model (config.json, model.safetensors)
+//
+// Everything the future of a run depends on is in its checkpoint (weights, AdamW moments and
+// step count, job step, tokens seen, skip counters) or a pure function of the spec and the data
+// (the data plan, the learning rate, the stage), so a run killed at any point and resumed ends
+// with the same bytes as one that never stopped (CPU backend, same thread count).
+#ifndef QTRAIN_WORKER_TRAIN_TRAINER_H_
+#define QTRAIN_WORKER_TRAIN_TRAINER_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "qtrain/v1/jobs.pb.h"
+#include "worker/model/config.h"
+#include "worker/train/token_source.h"
+
+namespace qtrain::train {
+
+struct StepReport {
+  int stage = 0;
+  std::string stage_name;
+  int64_t step = 0;  // optimizer steps completed in the job
+  int64_t total_steps = 0;
+  double loss = 0;
+  double learning_rate = 0;
+  double grad_norm = 0;
+  bool skipped = false;
+  int64_t skipped_total = 0;
+  int64_t tokens_seen = 0;
+  double tokens_per_second = 0;  // since this process started training
+  double eta_seconds = 0;
+  double step_seconds = 0;
+  double data_seconds = 0;  // of step_seconds, spent reading tokens
+  std::optional<double> eval_loss;
+};
+
+struct TrainerOptions {
+  std::string run_dir;
+  // Called after every step (progress display). Optional.
+  std::function<void(const StepReport&)> on_step;
+  // Called for events worth a log line (resume, stage start, checkpoint, skipped checkpoint).
+  std::function<void(const std::string&)> on_event;
+  // Stop (returning OK) once this many steps are complete; 0: run to the end. For tests and
+  // for running a job in pieces.
+  int64_t stop_after_step = 0;
+  // Test hook: sees the gradients of every step before the optimizer does.
+  std::function<void(int64_t step, std::span<float> grads)> gradient_hook;
+  // Fault injection for tests (a hook may kill the process): called at "step_done" (after step
+  // `step` is logged, before its checkpoint) and "checkpoint_written" (a checkpoint's files are
+  // written, not yet committed).
+  std::function<void(std::string_view point, int64_t step)> fault_hook;
+};
+
+struct TrainerSummary {
+  int64_t steps = 0;
+  int64_t tokens_seen = 0;
+  int64_t skipped_steps = 0;
+  bool completed = false;
+  std::optional<double> final_eval_loss;
+  // Entropy (nats) of the unigram distribution of the final evaluation's target tokens: the
+  // loss of the best model that ignores context, on the same tokens.
+  std::optional<double> validation_unigram_entropy;
+  std::string final_dir;  // set when completed
+};
+
+class Trainer {
+ public:
+  // `spec` must be valid (ValidateJobSpec); `base_config` is its model; `initial_params`, when
+  // given, replaces the seeded initialization (model.init_from).
+  static absl::StatusOr<std::unique_ptr<Trainer>> Create(
+      const v1::JobSpec& spec, const model::ModelConfig& base_config,
+      std::optional<std::vector<float>> initial_params, const TokenSource& data,
+      TrainerOptions options);
+  ~Trainer();
+
+  // Trains from the newest good checkpoint in the run directory (or from scratch) to the end
+  // of the job, or to options.stop_after_step.
+  absl::StatusOr<TrainerSummary> Run();
+
+  // The model configuration of stage `stage` (RoPE base and YaRN applied).
+  static model::ModelConfig StageConfig(const model::ModelConfig& base,
+                                        const v1::CurriculumStage& stage);
+
+  struct State;
+
+ private:
+  Trainer() = default;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace qtrain::train
+
+#endif  // QTRAIN_WORKER_TRAIN_TRAINER_H_
