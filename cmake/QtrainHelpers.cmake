@@ -39,7 +39,8 @@ function(qtrain_cc_binary)
 endfunction()
 
 # Tests are built only when QTRAIN_BUILD_TESTS is on. Each test binary goes to build/tests/ and
-# every GoogleTest case becomes its own ctest entry, labelled (default label: unit).
+# every GoogleTest case becomes its own ctest entry, labelled (default label: unit). Tests run in
+# the source root with QTRAIN_SOURCE_DIR and QTRAIN_BIN_DIR (build/bin) set by tests/test_main.cc.
 function(qtrain_cc_test)
   cmake_parse_arguments(Q "" "NAME;TIMEOUT" "SRCS;DEPS;LABELS" ${ARGN})
   if(NOT QTRAIN_BUILD_TESTS)
@@ -52,14 +53,13 @@ function(qtrain_cc_test)
     set(Q_TIMEOUT 300)
   endif()
   add_executable(${Q_NAME} ${Q_SRCS})
-  target_link_libraries(${Q_NAME} PRIVATE ${Q_DEPS} GTest::gmock GTest::gtest_main)
+  target_link_libraries(${Q_NAME} PRIVATE ${Q_DEPS} qtrain_test_main)
   _qtrain_common_target_setup(${Q_NAME})
   set_target_properties(${Q_NAME} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/tests)
   gtest_discover_tests(${Q_NAME}
     DISCOVERY_MODE PRE_TEST
     WORKING_DIRECTORY ${PROJECT_SOURCE_DIR}
-    PROPERTIES LABELS "${Q_LABELS}" TIMEOUT ${Q_TIMEOUT}
-      ENVIRONMENT "QTRAIN_SOURCE_DIR=${PROJECT_SOURCE_DIR};QTRAIN_BIN_DIR=${PROJECT_BINARY_DIR}/bin")
+    PROPERTIES LABELS "${Q_LABELS}" TIMEOUT ${Q_TIMEOUT})
   add_dependencies(qtrain_all_tests ${Q_NAME})
 endfunction()
 
