@@ -16,8 +16,8 @@ int main(int argc, char** argv) {
   setenv("QTRAIN_SOURCE_DIR", QTRAIN_TEST_SOURCE_DIR, /*overwrite=*/0);
   setenv("QTRAIN_BIN_DIR", QTRAIN_TEST_BIN_DIR, /*overwrite=*/0);
   const char* base = std::getenv("TMPDIR");
-  std::string pattern = std::string(base != nullptr && *base != '\0' ? base : "/tmp") +
-                        "/qtrain_test.XXXXXX";
+  std::string pattern =
+      std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/qtrain_test.XXXXXX";
   const char* dir = ::mkdtemp(pattern.data());
   if (dir != nullptr) setenv("TEST_TMPDIR", dir, 1);
   ::testing::InitGoogleTest(&argc, argv);

@@ -138,10 +138,9 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
   state->stage_start.push_back(state->total_steps);
 
   // Blocks several windows long, so held-out blocks cost little context.
-  const DataPlanOptions plan_options{
-      .seed = spec.seed(),
-      .validation_fraction = spec.data().validation_fraction(),
-      .block_tokens = 8 * (max_seq_len + 1)};
+  const DataPlanOptions plan_options{.seed = spec.seed(),
+                                     .validation_fraction = spec.data().validation_fraction(),
+                                     .block_tokens = 8 * (max_seq_len + 1)};
   QTRAIN_ASSIGN_OR_RETURN(DataPlan plan, DataPlan::Create(data.size(), plan_options));
   for (int i = 0; i < spec.curriculum_size(); ++i) {
     const v1::CurriculumStage& stage = spec.curriculum(i);
