@@ -63,6 +63,7 @@ YAML
 
 step "5/5 samples from the trained model"
 for prompt in "The secret of" "Q: What is" "Linux is"; do
+  printf -- '--- %s' "$prompt"
   "$qtrain" generate --model "$out/run/final" --tokenizer "$out/run/final/tokenizer.json" \
     --prompt "$prompt" --max-new-tokens 40 --temperature 0.8 --top-p 0.9 --seed 1
   echo
