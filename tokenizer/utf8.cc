@@ -4,28 +4,40 @@
 
 namespace qtrain::tokenizer {
 
+namespace {
+
+// Table 3-7 of the Unicode standard: the sequence length a lead byte starts, and the allowed
+// range of the second byte, which rules out overlong forms, surrogates and values above
+// U+10FFFF. False for bytes that cannot start a multi-byte sequence.
+bool MultiByteLead(unsigned char b0, size_t* len, unsigned char* lo, unsigned char* hi) {
+  *lo = 0x80;
+  *hi = 0xBF;
+  if (b0 >= 0xC2 && b0 <= 0xDF) {
+    *len = 2;
+  } else if (b0 >= 0xE0 && b0 <= 0xEF) {
+    *len = 3;
+    if (b0 == 0xE0) *lo = 0xA0;
+    if (b0 == 0xED) *hi = 0x9F;
+  } else if (b0 >= 0xF0 && b0 <= 0xF4) {
+    *len = 4;
+    if (b0 == 0xF0) *lo = 0x90;
+    if (b0 == 0xF4) *hi = 0x8F;
+  } else {
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
 size_t WellFormedPrefixLength(std::string_view s) {
   const auto* p = reinterpret_cast<const unsigned char*>(s.data());
   const size_t n = s.size();
   const unsigned char b0 = p[0];
   if (b0 < 0x80) return 1;
-  // Table 3-7 of the Unicode standard: the allowed range of the second byte depends on the
-  // first, which rules out overlong forms, surrogates and values above U+10FFFF.
   size_t len;
-  unsigned char lo = 0x80, hi = 0xBF;
-  if (b0 >= 0xC2 && b0 <= 0xDF) {
-    len = 2;
-  } else if (b0 >= 0xE0 && b0 <= 0xEF) {
-    len = 3;
-    if (b0 == 0xE0) lo = 0xA0;
-    if (b0 == 0xED) hi = 0x9F;
-  } else if (b0 >= 0xF0 && b0 <= 0xF4) {
-    len = 4;
-    if (b0 == 0xF0) lo = 0x90;
-    if (b0 == 0xF4) hi = 0x8F;
-  } else {
-    return 0;
-  }
+  unsigned char lo, hi;
+  if (!MultiByteLead(b0, &len, &lo, &hi)) return 0;
   if (n < 2 || p[1] < lo || p[1] > hi) return 0;
   for (size_t k = 2; k < len; ++k) {
     if (k >= n || (p[k] & 0xC0) != 0x80) return 0;
@@ -58,22 +70,9 @@ absl::Status ValidateUtf8(std::string_view s) {
 // started a well-formed sequence (at least one byte).
 static size_t MaximalSubpartLength(std::string_view s) {
   const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  const unsigned char b0 = p[0];
   size_t len;
-  unsigned char lo = 0x80, hi = 0xBF;
-  if (b0 >= 0xC2 && b0 <= 0xDF) {
-    len = 2;
-  } else if (b0 >= 0xE0 && b0 <= 0xEF) {
-    len = 3;
-    if (b0 == 0xE0) lo = 0xA0;
-    if (b0 == 0xED) hi = 0x9F;
-  } else if (b0 >= 0xF0 && b0 <= 0xF4) {
-    len = 4;
-    if (b0 == 0xF0) lo = 0x90;
-    if (b0 == 0xF4) hi = 0x8F;
-  } else {
-    return 1;
-  }
+  unsigned char lo, hi;
+  if (!MultiByteLead(p[0], &len, &lo, &hi)) return 1;
   size_t k = 1;
   if (k < s.size() && p[k] >= lo && p[k] <= hi) {
     ++k;
