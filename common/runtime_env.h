@@ -7,7 +7,8 @@
 //   set from the CPU's features.
 // - OMP_WAIT_POLICY=PASSIVE: Debian's OpenBLAS runs GEMMs on its own pthreads while qtrain's
 //   kernels use OpenMP; OpenMP threads spinning between parallel regions starve the GEMM threads
-//   (measured: 6x slower training steps of a small model on 2 cores).
+//   (measured on 2 cores, training qwen2-tiny: 6.1K tokens/s with neither setting, 8.9K with
+//   the core type only, 26.2K with both).
 // Values already in the environment are respected.
 #ifndef QTRAIN_COMMON_RUNTIME_ENV_H_
 #define QTRAIN_COMMON_RUNTIME_ENV_H_
