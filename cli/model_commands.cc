@@ -14,14 +14,12 @@
 #include "cli/command.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
+#include "tokenizer/tokenizer.h"
 #include "worker/model/checkpoint_io.h"
 #include "worker/model/config.h"
 #include "worker/model/init.h"
 #include "worker/model/model.h"
 #include "worker/model/sampler.h"
-#ifdef QTRAIN_CLI_HAS_TOKENIZER
-#include "tokenizer/tokenizer.h"
-#endif
 
 namespace qtrain::cli {
 namespace {
@@ -57,53 +55,37 @@ struct InitFlags {
   int64_t yarn_original_max_position_embeddings = 0;
 };
 
-// Encodes text with the tokenizer when qtrain was built with one.
+// Encodes and decodes text when a tokenizer was given; ids work without one.
 class TextCodec {
  public:
   static absl::StatusOr<TextCodec> Load(const std::string& path) {
     TextCodec codec;
     if (path.empty()) return codec;
-#ifdef QTRAIN_CLI_HAS_TOKENIZER
     QTRAIN_ASSIGN_OR_RETURN(auto tok, tokenizer::Tokenizer::FromFile(path));
     codec.tokenizer_.emplace(std::move(tok));
     return codec;
-#else
-    return absl::UnimplementedError("this qtrain was built without the tokenizer; pass ids");
-#endif
   }
 
   absl::StatusOr<std::vector<int32_t>> Encode(const std::string& text) const {
-#ifdef QTRAIN_CLI_HAS_TOKENIZER
     if (tokenizer_) {
       QTRAIN_ASSIGN_OR_RETURN(std::vector<uint32_t> ids, tokenizer_->Encode(text));
       return std::vector<int32_t>(ids.begin(), ids.end());
     }
-#endif
     return absl::InvalidArgumentError("text input needs --tokenizer");
   }
 
   absl::StatusOr<std::string> Decode(const std::vector<int32_t>& ids) const {
-#ifdef QTRAIN_CLI_HAS_TOKENIZER
     if (tokenizer_) {
       std::vector<uint32_t> u(ids.begin(), ids.end());
       return tokenizer_->Decode(u);
     }
-#endif
     return absl::InvalidArgumentError("decoding text needs --tokenizer");
   }
 
-  bool has_tokenizer() const {
-#ifdef QTRAIN_CLI_HAS_TOKENIZER
-    return tokenizer_.has_value();
-#else
-    return false;
-#endif
-  }
+  bool has_tokenizer() const { return tokenizer_.has_value(); }
 
  private:
-#ifdef QTRAIN_CLI_HAS_TOKENIZER
   std::optional<tokenizer::Tokenizer> tokenizer_;
-#endif
 };
 
 absl::StatusOr<Model> LoadModel(const std::string& dir) {

@@ -33,9 +33,10 @@ struct ProcessResult {
   std::string output;  // stdout and stderr
 };
 
-// Runs `args` with extra environment entries, output captured to a file.
+// Runs `args` with extra environment entries, output captured to a file, stdin from
+// `stdin_path` when given.
 ProcessResult RunProcess(const std::vector<std::string>& args, const std::vector<std::string>& env,
-                         const fs::path& log) {
+                         const fs::path& log, const fs::path& stdin_path = {}) {
   std::vector<std::string> env_strings(env);
   for (char** e = environ; *e != nullptr; ++e) env_strings.emplace_back(*e);
   std::vector<char*> argv, envp;
@@ -47,6 +48,9 @@ ProcessResult RunProcess(const std::vector<std::string>& args, const std::vector
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  if (!stdin_path.empty()) {
+    posix_spawn_file_actions_addopen(&actions, 0, stdin_path.c_str(), O_RDONLY, 0);
+  }
   pid_t pid;
   ProcessResult result;
   if (posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), envp.data()) != 0) {
@@ -169,6 +173,21 @@ TEST_F(TrainCliTest, ContinuesFromATransformersDirectory) {
       ReadFileToString((root_ / "continued" / "final" / "config.json").string()).value();
   EXPECT_THAT(config, HasSubstr("\"hidden_size\": 64"));
   EXPECT_NE(FinalHash("continued"), Sha256File((init / "model.safetensors").string()).value());
+
+  // The exported directory works with the text interfaces of score and generate.
+  const fs::path final_dir = root_ / "continued" / "final";
+  std::ofstream(root_ / "score.jsonl") << "{\"text\": \"the model learns tokens\"}\n";
+  const ProcessResult score = RunProcess({qtrain_, "score", "--model", final_dir.string(),
+                                          "--tokenizer", (final_dir / "tokenizer.json").string()},
+                                         {}, root_ / "score.log", root_ / "score.jsonl");
+  ASSERT_EQ(score.exit_code, 0) << score.output;
+  EXPECT_THAT(score.output, HasSubstr("\"logprobs\""));
+  EXPECT_THAT(score.output, HasSubstr("\"tokens\""));
+  const ProcessResult generate = RunProcess(
+      {qtrain_, "generate", "--model", final_dir.string(), "--tokenizer",
+       (final_dir / "tokenizer.json").string(), "--prompt", "the model", "--max-new-tokens", "5"},
+      {}, root_ / "generate.log");
+  EXPECT_EQ(generate.exit_code, 0) << generate.output;
 }
 
 TEST_F(TrainCliTest, BadSpecFailsWithTheFieldPath) {
