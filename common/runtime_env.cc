@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <string_view>
 
 namespace qtrain {
 namespace {
@@ -31,8 +32,11 @@ void ConfigureRuntimeEnvironment(char** argv) {
       changed = true;
     }
   }
-  if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
-    setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+  // Always 1: the kernels run single-threaded GEMMs on OpenMP threads (kernels/cpu/gemm.h), and
+  // a pool of idle OpenBLAS threads would only take memory.
+  const char* blas_threads = std::getenv("OPENBLAS_NUM_THREADS");
+  if (blas_threads == nullptr || std::string_view(blas_threads) != "1") {
+    setenv("OPENBLAS_NUM_THREADS", "1", 1);
     changed = true;
   }
   if (changed) execv("/proc/self/exe", argv);  // returns only on failure: carry on as we are

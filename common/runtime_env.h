@@ -5,11 +5,11 @@
 // - OPENBLAS_CORETYPE: Debian 12's OpenBLAS (0.3.21) does not recognise recent x86 CPUs and falls
 //   back to its SSE3 ("Prescott") GEMM kernels, 3-4x slower than its AVX-512 or AVX2 ones. It is
 //   set from the CPU's features.
-// - OMP_WAIT_POLICY=PASSIVE: Debian's OpenBLAS runs GEMMs on its own pthreads while qtrain's
-//   kernels use OpenMP; OpenMP threads spinning between parallel regions starve the GEMM threads
-//   (measured on 2 cores, training qwen2-tiny: 6.1K tokens/s with neither setting, 8.9K with
-//   the core type only, 26.2K with both).
-// Values already in the environment are respected.
+// - OPENBLAS_NUM_THREADS=1, always: the CPU kernels split GEMMs over OpenMP threads themselves
+//   and call OpenBLAS single-threaded (kernels/cpu/gemm.h). The thread count is OMP_NUM_THREADS.
+//   (Before that, OpenBLAS's pthreads and the kernels' spinning OpenMP threads fought over the
+//   cores.)
+// An OPENBLAS_CORETYPE already in the environment is respected.
 #ifndef QTRAIN_COMMON_RUNTIME_ENV_H_
 #define QTRAIN_COMMON_RUNTIME_ENV_H_
 

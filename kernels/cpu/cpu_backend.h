@@ -2,7 +2,8 @@
 // (embedding.cc, rmsnorm.cc, linear.cc, rope.cc, attention.cc, swiglu.cc, residual.cc,
 // cross_entropy.cc, adamw.cc); this class only declares them. Parallel loops use OpenMP with
 // static partitions of fixed-size work items and no float atomics, so results do not depend on
-// the OpenMP thread count; GEMMs go to OpenBLAS (cblas_sgemm), called outside OpenMP regions.
+// the OpenMP thread count; GEMMs go to Sgemm (gemm.h), which
+// splits them the same way into single-threaded OpenBLAS calls.
 #ifndef QTRAIN_KERNELS_CPU_CPU_BACKEND_H_
 #define QTRAIN_KERNELS_CPU_CPU_BACKEND_H_
 

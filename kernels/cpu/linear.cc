@@ -1,13 +1,12 @@
-// Linear (nn.Linear, y = x W^T + b) and the tied LM head (logits = y E^T), on cblas_sgemm.
+// Linear (nn.Linear, y = x W^T + b) and the tied LM head (logits = y E^T), on Sgemm (gemm.h).
 //   x, dx [rows, in]; weight, dweight [out, in]; bias, dbias [out]; y, dy [rows, out]
 //   backward: dx += dy W; dweight += dy^T x; dbias += column sums of dy
-#include <cblas.h>
-
 #include <algorithm>
 #include <climits>
 #include <string>
 
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/gemm.h"
 #include "kernels/cpu/parallel.h"
 #include "kernels/cpu/validate.h"
 
@@ -41,9 +40,8 @@ OpStatus CpuBackendImpl::LinearForward(const float* x, const float* weight, cons
     for (int64_t r = 0; r < rows; ++r) std::copy(bias, bias + out, y + r * out);
     beta = 1.0f;
   }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(rows),
-              static_cast<int>(out), static_cast<int>(in), 1.0f, x, static_cast<int>(in), weight,
-              static_cast<int>(in), beta, y, static_cast<int>(out));
+  Sgemm({.trans_b = true, .m = rows, .n = out, .k = in, .a = x, .lda = in, .b = weight,
+         .ldb = in, .beta = beta, .c = y, .ldc = out});
   return OpStatus::Ok();
 }
 
@@ -55,15 +53,13 @@ OpStatus CpuBackendImpl::LinearBackward(const float* dy, const float* x, const f
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("LinearBackward", "dy", dy));
   if (dx != nullptr) {
     QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("LinearBackward", "weight", weight));
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(rows),
-                static_cast<int>(in), static_cast<int>(out), 1.0f, dy, static_cast<int>(out),
-                weight, static_cast<int>(in), 1.0f, dx, static_cast<int>(in));
+    Sgemm({.m = rows, .n = in, .k = out, .a = dy, .lda = out, .b = weight, .ldb = in,
+           .beta = 1.0f, .c = dx, .ldc = in});
   }
   if (dweight != nullptr) {
     QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("LinearBackward", "x", x));
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(out),
-                static_cast<int>(in), static_cast<int>(rows), 1.0f, dy, static_cast<int>(out), x,
-                static_cast<int>(in), 1.0f, dweight, static_cast<int>(in));
+    Sgemm({.trans_a = true, .m = out, .n = in, .k = rows, .a = dy, .lda = out, .b = x,
+           .ldb = in, .beta = 1.0f, .c = dweight, .ldc = in});
   }
   if (dbias != nullptr) {
     const int64_t blocks = (out + kColumnBlock - 1) / kColumnBlock;

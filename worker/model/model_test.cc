@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <omp.h>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -128,6 +129,44 @@ TEST(ModelTest, RecomputationGivesIdenticalGradients) {
   }
   EXPECT_EQ(losses[0], losses[1]);
   EXPECT_EQ(grads[0], grads[1]);
+}
+
+// The kernels cut every op into work items that do not depend on the thread count, so neither
+// do the loss and gradients: a run can resume bit-exactly with more or fewer threads. The shape
+// is big enough that every op takes its parallel path (several GEMM blocks, attention tiles).
+TEST(ModelTest, ResultsDoNotDependOnTheThreadCount) {
+  const ModelConfig c = *PresetConfig("qwen2-tiny");
+  auto model = Model::Create(c);
+  ASSERT_TRUE(model.ok()) << model.status();
+  InitializeParameters(c, model->layout(), 3, model->params());
+  TestBatch batch;
+  batch.seq_len = 150;
+  NormalStream stream(4);
+  for (int64_t i = 0; i < batch.batch_size * batch.seq_len; ++i) {
+    batch.ids.push_back(static_cast<int32_t>(std::abs(stream.Next()) * 1e4) % c.vocab_size);
+    batch.targets.push_back(i % 7 == 0 ? kIgnoreIndex
+                                       : static_cast<int32_t>(std::abs(stream.Next()) * 1e4) %
+                                             c.vocab_size);
+  }
+  const int saved_threads = omp_get_max_threads();
+  std::vector<float> reference;
+  double reference_loss = 0;
+  for (int threads : {1, 2, 3}) {
+    SCOPED_TRACE(threads);
+    omp_set_num_threads(threads);
+    ASSERT_TRUE(model->ZeroGrads().ok());
+    auto r = model->ForwardBackward(batch.view());
+    ASSERT_TRUE(r.ok()) << r.status();
+    if (threads == 1) {
+      reference.assign(model->grads().begin(), model->grads().end());
+      reference_loss = r->loss;
+      continue;
+    }
+    EXPECT_EQ(r->loss, reference_loss);
+    EXPECT_TRUE(std::equal(reference.begin(), reference.end(), model->grads().begin()))
+        << "gradients differ from the single-threaded run";
+  }
+  omp_set_num_threads(saved_threads);
 }
 
 TEST(ModelTest, GradientsAccumulateAndNormalizerScales) {

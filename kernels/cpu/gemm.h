@@ -1,0 +1,38 @@
+// Row-major single-precision GEMM for the CPU backend, parallelised by qtrain itself:
+//   C[m, n] = op(A) op(B) + beta C,  op(A) [m, k], op(B) [k, n]
+// C is cut into fixed blocks of rows (or of columns when m is small); OpenMP threads take the
+// blocks and each runs a single-threaded OpenBLAS sgemm on its block. One threading runtime
+// (OpenMP) serves every op, so GEMM threads never compete with spinning OpenMP workers, and the
+// blocks do not depend on the thread count, so neither do the results: every element of C is
+// the same K-ordered sum whichever thread computes it.
+#ifndef QTRAIN_KERNELS_CPU_GEMM_H_
+#define QTRAIN_KERNELS_CPU_GEMM_H_
+
+#include <cstdint>
+
+namespace qtrain::kernels::cpu {
+
+struct GemmParams {
+  bool trans_a = false;  // A is stored [k, m] (lda >= m) instead of [m, k] (lda >= k)
+  bool trans_b = false;  // B is stored [n, k] (ldb >= k) instead of [k, n] (ldb >= n)
+  int64_t m = 0, n = 0, k = 0;
+  const float* a = nullptr;
+  int64_t lda = 0;
+  const float* b = nullptr;
+  int64_t ldb = 0;
+  float beta = 0.0f;  // 0: C is overwritten (never read); 1: accumulated into
+  float* c = nullptr;
+  int64_t ldc = 0;
+};
+
+// Rows (or columns) of C per parallel block. Big enough that OpenBLAS's packing of the other
+// operand is a small share of each block's work.
+inline constexpr int64_t kGemmBlock = 128;
+
+// Dimensions must fit in int (ValidateLinear checks). Safe to call inside an OpenMP region (it
+// then runs on the calling thread).
+void Sgemm(const GemmParams& p);
+
+}  // namespace qtrain::kernels::cpu
+
+#endif  // QTRAIN_KERNELS_CPU_GEMM_H_
