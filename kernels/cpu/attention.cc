@@ -6,12 +6,18 @@
 //   backward: P = exp(S - lse); Dt = rowsum(dout * o); dS = P (dout v^T - Dt);
 //             dq += scale dS k; dk += scale dS^T q; dv += P^T dout (summed over the group)
 //
-// Parallel work items and determinism: the forward and the dq pass run one item per
-// (b, h, query tile); the dk/dv pass one item per (b, kv head, key tile), looping over the
-// group's query heads and query tiles in a fixed order. Each item owns its output rows, so there
-// are no atomics and the result does not depend on the thread count. The backward recomputes P
-// in both passes (7 tile products instead of 5) to keep it race-free.
+// Parallel work items and determinism: the forward runs one item per (b, h, query tile). The
+// backward has two schedules with bitwise-equal results:
+// - fused: one item per (b, kv head), which owns the dq rows of its query heads as well as its
+//   dk/dv rows, so P and dS are computed once per tile pair (5 tile products);
+// - split: dk/dv items per (b, kv head, key tile) and dq items per (b, h, query tile), for when
+//   there are too few (b, kv head) pairs to keep the threads busy; P and dS are computed in both
+//   passes (7 tile products).
+// Each item owns its output rows (no atomics), and every output element is the same sequence of
+// operations in both schedules and at any thread count.
 #include "kernels/cpu/attention.h"
+
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -114,20 +120,18 @@ void LoadRowsTransposed(const float* src, int64_t stride, int64_t n, int64_t d, 
   }
 }
 
-// sc.s = scale * q k^T for query rows [t0, t0+nq) and keys [j0, j0+nk) (sc.q and sc.kt loaded),
-// -inf where the key is in the query's future or past nk (padding columns up to the lane
-// multiple). Returns the padded key count.
-int64_t Scores(const Layout& L, Scratch& sc, int64_t t0, int64_t nq, int64_t j0, int64_t nk) {
+// Keys j <= past + t are visible to query t: the first `Visible` columns of row r of the tile
+// of queries from t0 and keys from j0, nk wide.
+int64_t Visible(const Layout& L, int64_t t0, int64_t r, int64_t j0, int64_t nk) {
+  return std::clamp<int64_t>(L.past + t0 + r - j0 + 1, 0, nk);
+}
+
+// sc.s = q k^T (unscaled) for query rows [t0, t0+nq) and keys [j0, j0+nk), with sc.q and sc.kt
+// loaded. Returns the padded key count (columns up to the lane multiple).
+int64_t Scores(Scratch& sc, int64_t nq, int64_t nk, int64_t depth) {
   const int64_t nkp = RoundUpToLanes(nk);
-  TileGemm(/*accumulate=*/false, nq, nkp, L.D, sc.q.data(), sc.dp, 1, sc.kt.data(), sc.tp,
+  TileGemm(/*accumulate=*/false, nq, nkp, depth, sc.q.data(), sc.dp, 1, sc.kt.data(), sc.tp,
            sc.s.data(), sc.tp);
-  for (int64_t r = 0; r < nq; ++r) {
-    // Keys j <= past + t are visible: columns c < visible of this tile.
-    const int64_t visible = std::clamp<int64_t>(L.past + t0 + r - j0 + 1, 0, nk);
-    float* row = sc.s.data() + r * sc.tp;
-    for (int64_t c = 0; c < visible; ++c) row[c] *= L.scale;
-    for (int64_t c = visible; c < nkp; ++c) row[c] = kNegInf;
-  }
   return nkp;
 }
 
@@ -145,24 +149,17 @@ void ForwardItem(const Layout& L, const float* q, const float* k, const float* v
     const int64_t nk = std::min(tile, key_end - j0);
     LoadRowsTransposed(k + L.KRow(b, j0, g), L.Hkv * D, nk, D, sc.tp, sc.kt.data());
     LoadRows(v + L.KRow(b, j0, g), L.Hkv * D, nk, D, dp, sc.v.data());
-    const int64_t nkp = Scores(L, sc, t0, nq, j0, nk);
-    // Online softmax: rescale what was accumulated to the new row max, then add this tile.
+    const int64_t nkp = Scores(sc, nq, nk, D);
+    // Online softmax: this tile's probabilities, and what was accumulated rescaled to the new
+    // row max.
     for (int64_t r = 0; r < nq; ++r) {
-      float* p = sc.s.data() + r * sc.tp;
-      const float tile_max = LaneMax(p, nkp);
-      if (tile_max == kNegInf) {  // the whole tile is in this row's future
-        std::fill(p, p + nkp, 0.0f);
-        continue;
+      const float correction =
+          OnlineSoftmaxRow(sc.s.data() + r * sc.tp, nkp, Visible(L, t0, r, j0, nk), L.scale,
+                           &sc.row_max[r], &sc.row_sum[r]);
+      if (correction != 1.0f) {
+        float* acc = sc.acc.data() + r * dp;
+        for (int64_t i = 0; i < dp; ++i) acc[i] *= correction;
       }
-      const float new_max = std::max(sc.row_max[r], tile_max);
-      float correction = sc.row_max[r] - new_max;  // exp(-inf) = 0 on the first tile
-      ExpInPlace(&correction, 1);
-      for (int64_t c = 0; c < nkp; ++c) p[c] -= new_max;
-      ExpInPlace(p, nkp);
-      sc.row_sum[r] = sc.row_sum[r] * correction + LaneSum(p, nkp);
-      sc.row_max[r] = new_max;
-      float* acc = sc.acc.data() + r * dp;
-      for (int64_t i = 0; i < dp; ++i) acc[i] *= correction;
     }
     TileGemm(/*accumulate=*/true, nq, dp, nk, sc.s.data(), sc.tp, 1, sc.v.data(), dp, sc.acc.data(),
              dp);
@@ -192,26 +189,28 @@ void LoadQueryTile(const Layout& L, const float* q, const float* dout, const flo
 // sc.s = P and sc.ds = scale * dS = scale * P * (dout v^T - delta), [nq, nk] with row stride tp.
 void ProbabilitiesAndScoreGrads(const Layout& L, Scratch& sc, int64_t t0, int64_t nq, int64_t j0,
                                 int64_t nk) {
-  const int64_t nkp = Scores(L, sc, t0, nq, j0, nk);
+  const int64_t nkp = Scores(sc, nq, nk, L.D);
   TileGemm(/*accumulate=*/false, nq, nkp, L.D, sc.dout.data(), sc.dp, 1, sc.vt.data(), sc.tp,
            sc.ds.data(), sc.tp);
   for (int64_t r = 0; r < nq; ++r) {
-    float* p = sc.s.data() + r * sc.tp;
-    float* ds = sc.ds.data() + r * sc.tp;
-    for (int64_t c = 0; c < nkp; ++c) p[c] -= sc.lse[r];  // masked: stays -inf
-    ExpInPlace(p, nkp);
-    for (int64_t c = 0; c < nkp; ++c) ds[c] = p[c] * (ds[c] - sc.delta[r]) * L.scale;
+    SoftmaxBackwardRow(sc.s.data() + r * sc.tp, sc.ds.data() + r * sc.tp, nkp,
+                       Visible(L, t0, r, j0, nk), L.scale, sc.lse[r], sc.delta[r]);
   }
 }
 
 // dk/dv of key rows [j0, j0+nk) of KV head g, over the group's query heads and query tiles.
+// With dq_acc (the fused schedule) it also adds each tile pair's dS k into dq_acc, the
+// [group, T, dp] dq accumulator of this (b, g), in the depth the split schedule's QueryGradItem
+// uses for that pair.
 void KeyValueGradItem(const Layout& L, const float* q, const float* k, const float* v,
                       const float* dout, const float* lse, const float* delta, float* dk, float* dv,
-                      int64_t b, int64_t g, int64_t j0, int64_t tile, Scratch& sc) {
+                      int64_t b, int64_t g, int64_t j0, int64_t tile, Scratch& sc,
+                      float* dq_acc) {
   const int64_t D = L.D, dp = sc.dp;
   const int64_t nk = std::min(tile, L.kv_len - j0);
   LoadRowsTransposed(k + L.KRow(b, j0, g), L.Hkv * D, nk, D, sc.tp, sc.kt.data());
   LoadRowsTransposed(v + L.KRow(b, j0, g), L.Hkv * D, nk, D, sc.tp, sc.vt.data());
+  if (dq_acc != nullptr) LoadRows(k + L.KRow(b, j0, g), L.Hkv * D, nk, D, dp, sc.k.data());
   float* dk_acc = sc.acc.data();   // [nk, dp]
   float* dv_acc = sc.acc2.data();  // [nk, dp]
   std::fill(sc.acc.begin(), sc.acc.end(), 0.0f);
@@ -228,6 +227,13 @@ void KeyValueGradItem(const Layout& L, const float* q, const float* k, const flo
                dp);
       TileGemm(/*accumulate=*/true, nk, dp, nq, sc.ds.data(), 1, sc.tp, sc.q.data(), dp, dk_acc,
                dp);
+      if (dq_acc != nullptr) {
+        // dq += (scale dS) k over the keys this query tile can see.
+        const int64_t depth = std::min(nk, L.past + t0 + nq - j0);
+        float* dst = dq_acc + ((h - g * L.group) * L.T + t0) * dp;
+        TileGemm(/*accumulate=*/true, nq, dp, depth, sc.ds.data(), sc.tp, 1, sc.k.data(), dp, dst,
+                 dp);
+      }
     }
   }
   for (int64_t c = 0; c < nk; ++c) {
@@ -238,6 +244,26 @@ void KeyValueGradItem(const Layout& L, const float* q, const float* k, const flo
     if (dv != nullptr) {
       float* dst = dv + L.KRow(b, j0 + c, g);
       for (int64_t i = 0; i < D; ++i) dst[i] += dv_acc[c * dp + i];
+    }
+  }
+}
+
+// The fused schedule's item: dq, dk and dv of batch b and KV head g. dq_acc: [group, T, dp].
+void FusedBackwardItem(const Layout& L, const float* q, const float* k, const float* v,
+                       const float* dout, const float* lse, const float* delta, float* dq,
+                       float* dk, float* dv, int64_t b, int64_t g, int64_t tile, Scratch& sc,
+                       std::vector<float>& dq_acc) {
+  std::fill(dq_acc.begin(), dq_acc.end(), 0.0f);
+  for (int64_t j0 = 0; j0 < L.kv_len; j0 += tile) {
+    KeyValueGradItem(L, q, k, v, dout, lse, delta, dk, dv, b, g, j0, tile, sc,
+                     dq == nullptr ? nullptr : dq_acc.data());
+  }
+  if (dq == nullptr) return;
+  for (int64_t h = g * L.group; h < (g + 1) * L.group; ++h) {
+    for (int64_t t = 0; t < L.T; ++t) {
+      float* dst = dq + L.QRow(b, t, h);
+      const float* acc = dq_acc.data() + ((h - g * L.group) * L.T + t) * sc.dp;
+      for (int64_t i = 0; i < L.D; ++i) dst[i] += acc[i];
     }
   }
 }
@@ -300,7 +326,8 @@ OpStatus AttentionForwardTiled(const float* q, const float* k, const float* v, f
 
 OpStatus AttentionBackwardTiled(const float* q, const float* k, const float* v, const float* o,
                                 const float* lse, const float* dout, float* dq, float* dk,
-                                float* dv, const AttentionShape& shape, int64_t tile) {
+                                float* dv, const AttentionShape& shape, int64_t tile,
+                                AttentionBackwardSchedule schedule) {
   constexpr const char* kOp = "AttentionBackward";
   QTRAIN_KERNEL_RETURN_IF_ERROR(ValidateAttention(kOp, shape));
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPositive(kOp, "tile", tile));
@@ -327,10 +354,29 @@ OpStatus AttentionBackwardTiled(const float* q, const float* k, const float* v, 
       delta[L.LseIndex(b, h, t)] = sum;
     }
   }
+  const int64_t pairs = B * L.Hkv;
+  const bool parallel = WorthParallel(Work(L, B));
+  const int64_t threads = parallel ? omp_get_max_threads() : 1;
+  const bool fused = schedule == AttentionBackwardSchedule::kFused ||
+                     (schedule == AttentionBackwardSchedule::kAuto &&
+                      (pairs % threads == 0 || pairs >= 4 * threads));
+  if (fused) {
+#pragma omp parallel if (parallel)
+    {
+      Scratch sc(tile, L.D);
+      std::vector<float> dq_acc(dq == nullptr ? 0 : L.group * L.T * sc.dp);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t bg = 0; bg < pairs; ++bg) {
+        FusedBackwardItem(L, q, k, v, dout, lse, delta.data(), dq, dk, dv, bg / L.Hkv, bg % L.Hkv,
+                          tile, sc, dq_acc);
+      }
+    }
+    return OpStatus::Ok();
+  }
   if (dk != nullptr || dv != nullptr) {
     const int64_t k_tiles = (L.kv_len + tile - 1) / tile;
-    const int64_t items = B * L.Hkv * k_tiles;
-#pragma omp parallel if (WorthParallel(Work(L, B)))
+    const int64_t items = pairs * k_tiles;
+#pragma omp parallel if (parallel)
     {
       Scratch sc(tile, L.D);
 #pragma omp for schedule(dynamic, 1)
@@ -338,14 +384,14 @@ OpStatus AttentionBackwardTiled(const float* q, const float* k, const float* v, 
         const int64_t kt = item % k_tiles;  // early key tiles have the most queries
         const int64_t bg = item / k_tiles;
         KeyValueGradItem(L, q, k, v, dout, lse, delta.data(), dk, dv, bg / L.Hkv, bg % L.Hkv,
-                         kt * tile, tile, sc);
+                         kt * tile, tile, sc, /*dq_acc=*/nullptr);
       }
     }
   }
   if (dq != nullptr) {
     const int64_t q_tiles = (L.T + tile - 1) / tile;
     const int64_t items = B * L.H * q_tiles;
-#pragma omp parallel if (WorthParallel(Work(L, B)))
+#pragma omp parallel if (parallel)
     {
       Scratch sc(tile, L.D);
 #pragma omp for schedule(dynamic, 1)

@@ -16,10 +16,15 @@ inline constexpr int64_t kAttentionTile = 64;  // query and key rows per tile
 OpStatus AttentionForwardTiled(const float* q, const float* k, const float* v, float* o, float* lse,
                                const AttentionShape& shape, int64_t tile);
 
+// How the backward splits its work over threads (attention.cc); both give bitwise-equal
+// results. kAuto takes kFused when there are enough (batch, kv head) pairs for the threads.
+enum class AttentionBackwardSchedule { kAuto, kFused, kSplit };
+
 // Same contract as Backend::AttentionBackward.
-OpStatus AttentionBackwardTiled(const float* q, const float* k, const float* v, const float* o,
-                                const float* lse, const float* dout, float* dq, float* dk,
-                                float* dv, const AttentionShape& shape, int64_t tile);
+OpStatus AttentionBackwardTiled(
+    const float* q, const float* k, const float* v, const float* o, const float* lse,
+    const float* dout, float* dq, float* dk, float* dv, const AttentionShape& shape, int64_t tile,
+    AttentionBackwardSchedule schedule = AttentionBackwardSchedule::kAuto);
 
 }  // namespace qtrain::kernels::cpu
 

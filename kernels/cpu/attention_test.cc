@@ -1,7 +1,7 @@
 // Tiled causal GQA attention on the CPU: equal to the naive full-matrix reference for GQA
 // groups, odd head sizes, sequence lengths that are not tile multiples and KV-cache offsets;
 // gradients against finite differences; decode rows equal to the rows of full attention;
-// bitwise determinism across runs and thread counts.
+// bitwise determinism across runs, thread counts and the two backward schedules.
 #include "kernels/cpu/attention.h"
 
 #include <gtest/gtest.h>
@@ -84,7 +84,17 @@ TEST_P(AttentionTest, TiledMatchesNaiveReferenceForEveryTileSize) {
     std::vector<float> dq(in.q.size(), 0.0f), dk(in.k.size(), 0.0f), dv(in.v.size(), 0.0f);
     ASSERT_OP_OK(cpu::AttentionBackwardTiled(in.q.data(), in.k.data(), in.v.data(), o.data(),
                                              lse.data(), in.dout.data(), dq.data(), dk.data(),
-                                             dv.data(), shape, tile));
+                                             dv.data(), shape, tile,
+                                             cpu::AttentionBackwardSchedule::kFused));
+    // The split schedule computes the same operations in other work items: equal bits.
+    std::vector<float> dq2(in.q.size(), 0.0f), dk2(in.k.size(), 0.0f), dv2(in.v.size(), 0.0f);
+    ASSERT_OP_OK(cpu::AttentionBackwardTiled(in.q.data(), in.k.data(), in.v.data(), o.data(),
+                                             lse.data(), in.dout.data(), dq2.data(), dk2.data(),
+                                             dv2.data(), shape, tile,
+                                             cpu::AttentionBackwardSchedule::kSplit));
+    EXPECT_EQ(dq, dq2);
+    EXPECT_EQ(dk, dk2);
+    EXPECT_EQ(dv, dv2);
     // Gradients are compared relative to max(their scale, 1e-2): with a single visible key
     // (T1), P = 1 and dq, dk cancel to rounding noise around 0.
     for (double err :

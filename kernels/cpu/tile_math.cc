@@ -1,9 +1,13 @@
-// Tile kernels for attention and cross-entropy. Built once per SIMD level (target_clones) and
-// dispatched at load time, since the project flags target the baseline x86-64 ISA.
+// Tile kernels for attention and cross-entropy. The project flags target the baseline x86-64
+// ISA, so the kernels are built once per SIMD level (target_clones) and dispatched at load time;
+// the exp-heavy ones have AVX-512 paths (simd.h) beside plain loops for other CPUs.
 #include "kernels/cpu/tile_math.h"
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
+
+#include "kernels/cpu/simd.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define QTRAIN_TILE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -97,31 +101,112 @@ void TileGemm(bool accumulate, int64_t rows, int64_t cols, int64_t depth, const 
   }
 }
 
-// exp(x) = 2^n exp(f) with n = round(x log2 e) and f = x - n ln 2 (ln 2 split in two for
-// precision); exp(f) by the Cephes expf polynomial.
+namespace {
+
+using simd::UseAvx512;
+
+#ifdef QTRAIN_HAVE_AVX512_PATH
+namespace avx512 {
+
+using simd::Exp16;
+using simd::FirstLanes;
+
+QTRAIN_AVX512 void ExpInPlace(float* x, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = FirstLanes(n - i);
+    _mm512_mask_storeu_ps(x + i, m, Exp16(_mm512_maskz_loadu_ps(m, x + i)));
+  }
+}
+
+QTRAIN_AVX512 float OnlineSoftmaxRow(float* s, int64_t n, int64_t visible, float scale,
+                                     float* row_max, float* row_sum) {
+  const __m512 vscale = _mm512_set1_ps(scale);
+  __m512 max = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t c = 0; c < visible; c += 16) {
+    const __m512 x = _mm512_mul_ps(_mm512_loadu_ps(s + c), vscale);
+    max = _mm512_mask_max_ps(max, FirstLanes(visible - c), max, x);
+    _mm512_storeu_ps(s + c, x);
+  }
+  const float tile_max = _mm512_reduce_max_ps(max);
+  const float new_max = *row_max < tile_max ? tile_max : *row_max;
+  const float correction = simd::Exp(*row_max - new_max);  // exp(-inf) = 0 on a row's first tile
+  const __m512 vmax = _mm512_set1_ps(new_max);
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 keep = FirstLanes(visible - c);
+    const __m512 p = _mm512_maskz_mov_ps(keep, Exp16(_mm512_sub_ps(_mm512_loadu_ps(s + c), vmax)));
+    sum = _mm512_add_ps(sum, p);
+    _mm512_storeu_ps(s + c, p);
+  }
+  *row_sum = *row_sum * correction + _mm512_reduce_add_ps(sum);
+  *row_max = new_max;
+  return correction;
+}
+
+QTRAIN_AVX512 void SoftmaxBackwardRow(float* s, float* ds, int64_t n, int64_t visible,
+                                      float scale, float lse, float delta) {
+  const __m512 vscale = _mm512_set1_ps(scale), vlse = _mm512_set1_ps(lse),
+               vdelta = _mm512_set1_ps(delta);
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 keep = FirstLanes(visible - c);
+    const __m512 p = _mm512_maskz_mov_ps(
+        keep, Exp16(_mm512_fmsub_ps(_mm512_loadu_ps(s + c), vscale, vlse)));
+    const __m512 d = _mm512_mul_ps(_mm512_mul_ps(p, _mm512_sub_ps(_mm512_loadu_ps(ds + c), vdelta)),
+                                   vscale);
+    _mm512_storeu_ps(s + c, p);
+    _mm512_storeu_ps(ds + c, d);
+  }
+}
+
+}  // namespace avx512
+
+#endif  // QTRAIN_HAVE_AVX512_PATH
+
+}  // namespace
+
 QTRAIN_TILE_CLONES
 void ExpInPlace(float* x, int64_t n) {
-  constexpr float kLog2e = 1.44269504088896341f;
-  constexpr float kLn2Hi = 0.693359375f;
-  constexpr float kLn2Lo = -2.12194440e-4f;
-  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  constexpr float kMin = -87.0f, kMax = 88.0f;
-  for (int64_t i = 0; i < n; ++i) {
-    const float in = x[i];
-    const float v = in < kMin ? kMin : (in > kMax ? kMax : in);
-    const float fn = (v * kLog2e + kRound) - kRound;
-    const float f = (v - fn * kLn2Hi) - fn * kLn2Lo;
-    float p = 1.9875691500e-4f;
-    p = p * f + 1.3981999507e-3f;
-    p = p * f + 8.3334519073e-3f;
-    p = p * f + 4.1665795894e-2f;
-    p = p * f + 1.6666665459e-1f;
-    p = p * f + 5.0000001201e-1f;
-    const float e = p * (f * f) + f + 1.0f;
-    const int32_t bits = (static_cast<int32_t>(fn) + 127) << 23;
-    float scale;
-    std::memcpy(&scale, &bits, sizeof(scale));
-    x[i] = in < kMin ? 0.0f : e * scale;
+#ifdef QTRAIN_HAVE_AVX512_PATH
+  if (UseAvx512()) return avx512::ExpInPlace(x, n);
+#endif
+  for (int64_t i = 0; i < n; ++i) x[i] = simd::Exp(x[i]);
+}
+
+float OnlineSoftmaxRow(float* s, int64_t n, int64_t visible, float scale, float* row_max,
+                       float* row_sum) {
+  if (visible <= 0) {
+    std::memset(s, 0, n * sizeof(float));
+    return 1.0f;
+  }
+#ifdef QTRAIN_HAVE_AVX512_PATH
+  if (UseAvx512()) return avx512::OnlineSoftmaxRow(s, n, visible, scale, row_max, row_sum);
+#endif
+  float tile_max = -std::numeric_limits<float>::infinity();
+  for (int64_t c = 0; c < visible; ++c) {
+    s[c] *= scale;
+    tile_max = tile_max < s[c] ? s[c] : tile_max;
+  }
+  const float new_max = *row_max < tile_max ? tile_max : *row_max;
+  const float correction = simd::Exp(*row_max - new_max);
+  float sum = 0.0f;
+  for (int64_t c = 0; c < n; ++c) {
+    s[c] = c < visible ? simd::Exp(s[c] - new_max) : 0.0f;
+    sum += s[c];
+  }
+  *row_sum = *row_sum * correction + sum;
+  *row_max = new_max;
+  return correction;
+}
+
+void SoftmaxBackwardRow(float* s, float* ds, int64_t n, int64_t visible, float scale, float lse,
+                        float delta) {
+#ifdef QTRAIN_HAVE_AVX512_PATH
+  if (UseAvx512()) return avx512::SoftmaxBackwardRow(s, ds, n, visible, scale, lse, delta);
+#endif
+  for (int64_t c = 0; c < n; ++c) {
+    const float p = c < visible ? simd::Exp(s[c] * scale - lse) : 0.0f;
+    s[c] = p;
+    ds[c] = p * (ds[c] - delta) * scale;
   }
 }
 

@@ -28,6 +28,21 @@ void TileGemm(bool accumulate, int64_t rows, int64_t cols, int64_t depth, const 
 // y[i] = exp(x[i]) for i < n, to about 2 ulp; exactly 0 for x < -87 (including -inf).
 void ExpInPlace(float* x, int64_t n);
 
+// One row of a forward score tile, for the online softmax. s[0 .. n) holds q.k (unscaled; n a
+// multiple of kTileLanes); keys c < visible are attended, the rest masked. Sets
+// s[c] = exp(scale s[c] - new_max) for c < visible and 0 beyond, where new_max is the larger of
+// *row_max and this tile's max of scale s[c]; updates *row_max and *row_sum (sum of exps so far,
+// rescaled) and returns exp(old max - new max), the factor for what was accumulated before.
+// With visible == 0 the row becomes zeros, the running values stay, and it returns 1.
+float OnlineSoftmaxRow(float* s, int64_t n, int64_t visible, float scale, float* row_max,
+                       float* row_sum);
+
+// One row of a backward tile: with s = q.k (unscaled) and ds = dout.v over n columns (a multiple
+// of kTileLanes), sets p = exp(scale s - lse) into s and scale * p * (ds - delta) into ds for
+// c < visible, and 0 into both beyond.
+void SoftmaxBackwardRow(float* s, float* ds, int64_t n, int64_t visible, float scale, float lse,
+                        float delta);
+
 // max of x[0 .. n) (-inf for n == 0; NaNs are skipped).
 float LaneMax(const float* x, int64_t n);
 
