@@ -26,13 +26,15 @@ struct Flags {
   int64_t warmup = 1;
   bool recompute = false;
   bool no_optimizer = false;
+  int64_t lm_head_chunk = qtrain::model::ModelOptions{}.lm_head_chunk_tokens;
 };
 
 absl::Status Run(const Flags& flags) {
   using namespace qtrain::model;
   QTRAIN_ASSIGN_OR_RETURN(ModelConfig config, PresetConfig(flags.preset));
   QTRAIN_ASSIGN_OR_RETURN(Model model,
-                          Model::Create(config, {.recompute_activations = flags.recompute}));
+                          Model::Create(config, {.recompute_activations = flags.recompute,
+                                                  .lm_head_chunk_tokens = flags.lm_head_chunk}));
   InitializeParameters(config, model.layout(), 1, model.params());
   const int64_t n = model.layout().total_size();
   std::vector<float> adam_m(n, 0.0f), adam_v(n, 0.0f);
@@ -89,8 +91,11 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", flags.warmup)->capture_default_str();
   app.add_flag("--recompute", flags.recompute, "Recompute activations in backward");
   app.add_flag("--no-optimizer", flags.no_optimizer, "Forward + backward only");
+  app.add_option("--lm-head-chunk", flags.lm_head_chunk, "Tokens per LM-head/loss chunk")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
-  if (flags.batch <= 0 || flags.seq <= 0 || flags.steps <= 0 || flags.warmup < 0) {
+  if (flags.batch <= 0 || flags.seq <= 0 || flags.steps <= 0 || flags.warmup < 0 ||
+      flags.lm_head_chunk <= 0) {
     std::fprintf(stderr, "model_train_bench: sizes must be positive\n");
     return 2;
   }

@@ -19,10 +19,9 @@
 // - Outputs must not alias inputs unless the op says so.
 // - Every op validates its sizes and parameters first and returns an OpStatus error (naming the
 //   op and the parameter) without touching memory when they are invalid; it never aborts.
-// - Deterministic: the same inputs give bitwise identical outputs on every run with the same
-//   thread count. The CPU backend's own loops are also independent of the OpenMP thread count
-//   (fixed work items and reduction order, no float atomics); its GEMMs (OpenBLAS) are too with
-//   some OpenBLAS kernels but not all, so resume with the same thread count.
+// - Deterministic: the same inputs give bitwise identical outputs on every run. The CPU
+//   backend's are also independent of the OpenMP thread count (fixed work items and reduction
+//   order, no float atomics, GEMMs cut into fixed blocks), so a run may resume with another.
 #ifndef QTRAIN_KERNELS_OPS_H_
 #define QTRAIN_KERNELS_OPS_H_
 
@@ -219,6 +218,14 @@ class Backend {
   virtual OpStatus CrossEntropyBackward(const float* logits, const int32_t* labels,
                                         const float* lse, float grad_scale, float* dlogits,
                                         int64_t rows, int64_t vocab, int32_t ignore_index) = 0;
+  // Both in one pass for training: the outputs of CrossEntropyForward, and dlogits as
+  // CrossEntropyBackward writes them with this lse (equal up to rounding: the softmax comes from
+  // the exps of the forward pass instead of a second exp). dlogits may alias logits.
+  virtual OpStatus CrossEntropyForwardBackward(const float* logits, const int32_t* labels,
+                                               float grad_scale, float* losses, float* lse,
+                                               double* loss_sum, int64_t* num_valid,
+                                               float* dlogits, int64_t rows, int64_t vocab,
+                                               int32_t ignore_index) = 0;
 
   // ---------------------------------------------------------------------------------------
   // One AdamW step on one tensor of n elements (torch.optim.AdamW, single-tensor path):

@@ -6,6 +6,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <limits>
 #include <vector>
 
 #include "kernels/cpu/test_util.h"
@@ -335,6 +337,55 @@ TEST(CrossEntropyTest, GradientsMatchFiniteDifferencesAndReference) {
   const double dir = DirectionalFdError(cpu_loss, logits, dz, 32);
   ReportError("cross-entropy fp32 directional FD", dir);
   EXPECT_LT(dir, kFp32FdTolerance);
+}
+
+// The fused op against the two-pass ops: equal lse and losses (the same passes), dlogits equal up
+// to rounding; over a vocabulary of several summation chunks, with -inf logits, an all -inf row
+// and a +inf row, in place and not.
+TEST(CrossEntropyTest, ForwardBackwardMatchesTheTwoOps) {
+  Backend& be = CpuBackend();
+  const int64_t rows = 7, vocab = 5000;
+  std::vector<float> logits = RandomFloats(rows * vocab, 41, -8.0f, 8.0f);
+  const float inf = std::numeric_limits<float>::infinity();
+  logits[0 * vocab + 17] = -inf;
+  for (int64_t j = 0; j < vocab; ++j) logits[3 * vocab + j] = -inf;
+  logits[5 * vocab + 4000] = inf;
+  const std::vector<int32_t> labels = {4999, kIgnoreIndex, 0, 2, 2500, 4000, kIgnoreIndex};
+  const float scale = 0.2f;
+  std::vector<float> losses(rows), lse(rows), dz(rows * vocab, 9.0f);
+  double sum = 0;
+  int64_t valid = 0;
+  ASSERT_OP_OK(be.CrossEntropyForward(logits.data(), labels.data(), losses.data(), lse.data(),
+                                      &sum, &valid, rows, vocab, kIgnoreIndex));
+  ASSERT_OP_OK(be.CrossEntropyBackward(logits.data(), labels.data(), lse.data(), scale, dz.data(),
+                                       rows, vocab, kIgnoreIndex));
+  for (bool in_place : {false, true}) {
+    SCOPED_TRACE(in_place ? "in place" : "separate output");
+    std::vector<float> input = logits, fused_losses(rows), fused_lse(rows);
+    std::vector<float> out(rows * vocab, 9.0f);
+    float* dlogits = in_place ? input.data() : out.data();
+    double fused_sum = 0;
+    int64_t fused_valid = 0;
+    ASSERT_OP_OK(be.CrossEntropyForwardBackward(input.data(), labels.data(), scale,
+                                                fused_losses.data(), fused_lse.data(), &fused_sum,
+                                                &fused_valid, dlogits, rows, vocab, kIgnoreIndex));
+    // Bitwise (the rows of infinities give NaN losses, which == would call unequal).
+    EXPECT_EQ(std::memcmp(fused_lse.data(), lse.data(), rows * sizeof(float)), 0);
+    EXPECT_EQ(std::memcmp(fused_losses.data(), losses.data(), rows * sizeof(float)), 0);
+    EXPECT_EQ(std::memcmp(&fused_sum, &sum, sizeof(sum)), 0);
+    EXPECT_EQ(fused_valid, valid);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t j = 0; j < vocab; ++j) {
+        const float want = dz[r * vocab + j], got = dlogits[r * vocab + j];
+        if (std::isnan(want)) {
+          EXPECT_TRUE(std::isnan(got)) << r << "," << j;
+        } else {
+          ASSERT_NEAR(got, want, 2e-6f * std::abs(want) + 1e-12f) << r << "," << j;
+        }
+      }
+    }
+    for (int64_t j = 0; j < vocab; ++j) EXPECT_EQ(dlogits[1 * vocab + j], 0.0f);  // ignored
+  }
 }
 
 TEST(CrossEntropyTest, PerTokenLogprobsAndErrors) {

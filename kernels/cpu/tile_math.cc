@@ -1,6 +1,6 @@
-// Tile kernels for attention and cross-entropy. The project flags target the baseline x86-64
-// ISA, so the kernels are built once per SIMD level (target_clones) and dispatched at load time;
-// the exp-heavy ones have AVX-512 paths (simd.h) beside plain loops for other CPUs.
+// Tile kernels for attention. The project flags target the baseline x86-64 ISA: each kernel has an
+// AVX-512 path, taken when the CPU has it (simd.h), and a portable one (built for AVX2 and the
+// baseline with target_clones, or a plain loop).
 #include "kernels/cpu/tile_math.h"
 
 #include <algorithm>
@@ -10,7 +10,7 @@
 #include "kernels/cpu/simd.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define QTRAIN_TILE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define QTRAIN_TILE_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define QTRAIN_TILE_CLONES
 #endif
@@ -66,39 +66,66 @@ template <int kRows>
   }
 }
 
-QTRAIN_TILE_CLONES
-void TileGemm(bool accumulate, int64_t rows, int64_t cols, int64_t depth, const float* a,
-              int64_t a_row_stride, int64_t a_col_stride, const float* b, int64_t ldb, float* c,
-              int64_t ldc) {
-  // 6 rows: 6 independent accumulators hide the FMA latency with AVX-512 (12 with AVX2, which
-  // still fit its 16 registers).
-  constexpr int kBlockRows = 6;
+// Rows of C in blocks of kBlockRows, then the remainder in halving blocks (8, 4, 2, 1). Every
+// element of C is the same k-ordered sum whatever the blocking.
+template <int kBlockRows>
+[[gnu::always_inline]] inline void BlockedTileGemm(bool accumulate, int64_t rows, int64_t cols,
+                                                   int64_t depth, const float* a,
+                                                   int64_t a_row_stride, int64_t a_col_stride,
+                                                   const float* b, int64_t ldb, float* c,
+                                                   int64_t ldc) {
   int64_t r = 0;
   for (; r + kBlockRows <= rows; r += kBlockRows) {
     RowBlock<kBlockRows>(accumulate, cols, depth, a + r * a_row_stride, a_row_stride, a_col_stride,
                          b, ldb, c + r * ldc, ldc);
   }
-  const float* ar = a + r * a_row_stride;
-  float* cr = c + r * ldc;
-  switch (rows - r) {
-    case 5:
-      RowBlock<5>(accumulate, cols, depth, ar, a_row_stride, a_col_stride, b, ldb, cr, ldc);
-      break;
-    case 4:
-      RowBlock<4>(accumulate, cols, depth, ar, a_row_stride, a_col_stride, b, ldb, cr, ldc);
-      break;
-    case 3:
-      RowBlock<3>(accumulate, cols, depth, ar, a_row_stride, a_col_stride, b, ldb, cr, ldc);
-      break;
-    case 2:
-      RowBlock<2>(accumulate, cols, depth, ar, a_row_stride, a_col_stride, b, ldb, cr, ldc);
-      break;
-    case 1:
-      RowBlock<1>(accumulate, cols, depth, ar, a_row_stride, a_col_stride, b, ldb, cr, ldc);
-      break;
-    default:
-      break;
+  auto tail = [&]<int kRows>() {
+    if (kRows < kBlockRows && rows - r >= kRows) {
+      RowBlock<kRows>(accumulate, cols, depth, a + r * a_row_stride, a_row_stride, a_col_stride,
+                      b, ldb, c + r * ldc, ldc);
+      r += kRows;
+    }
+  };
+  tail.template operator()<8>();
+  tail.template operator()<4>();
+  tail.template operator()<2>();
+  tail.template operator()<1>();
+}
+
+namespace {
+
+#ifdef QTRAIN_HAVE_AVX512_PATH
+// 16 rows: 16 independent zmm accumulators keep both FMA ports busy through their latency (the
+// register file has 32).
+QTRAIN_AVX512 void TileGemmAvx512(bool accumulate, int64_t rows, int64_t cols, int64_t depth,
+                                  const float* a, int64_t a_row_stride, int64_t a_col_stride,
+                                  const float* b, int64_t ldb, float* c, int64_t ldc) {
+  BlockedTileGemm<16>(accumulate, rows, cols, depth, a, a_row_stride, a_col_stride, b, ldb, c,
+                      ldc);
+}
+#endif
+
+// 6 rows: with AVX2 each row of Lanes takes two ymm registers, and 12 accumulators still fit
+// its 16.
+QTRAIN_TILE_CLONES
+void TileGemmGeneric(bool accumulate, int64_t rows, int64_t cols, int64_t depth, const float* a,
+                     int64_t a_row_stride, int64_t a_col_stride, const float* b, int64_t ldb,
+                     float* c, int64_t ldc) {
+  BlockedTileGemm<6>(accumulate, rows, cols, depth, a, a_row_stride, a_col_stride, b, ldb, c, ldc);
+}
+
+}  // namespace
+
+void TileGemm(bool accumulate, int64_t rows, int64_t cols, int64_t depth, const float* a,
+              int64_t a_row_stride, int64_t a_col_stride, const float* b, int64_t ldb, float* c,
+              int64_t ldc) {
+#ifdef QTRAIN_HAVE_AVX512_PATH
+  if (simd::UseAvx512()) {
+    return TileGemmAvx512(accumulate, rows, cols, depth, a, a_row_stride, a_col_stride, b, ldb, c,
+                          ldc);
   }
+#endif
+  TileGemmGeneric(accumulate, rows, cols, depth, a, a_row_stride, a_col_stride, b, ldb, c, ldc);
 }
 
 namespace {
@@ -110,13 +137,6 @@ namespace avx512 {
 
 using simd::Exp16;
 using simd::FirstLanes;
-
-QTRAIN_AVX512 void ExpInPlace(float* x, int64_t n) {
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 m = FirstLanes(n - i);
-    _mm512_mask_storeu_ps(x + i, m, Exp16(_mm512_maskz_loadu_ps(m, x + i)));
-  }
-}
 
 QTRAIN_AVX512 float OnlineSoftmaxRow(float* s, int64_t n, int64_t visible, float scale,
                                      float* row_max, float* row_sum) {
@@ -164,14 +184,6 @@ QTRAIN_AVX512 void SoftmaxBackwardRow(float* s, float* ds, int64_t n, int64_t vi
 
 }  // namespace
 
-QTRAIN_TILE_CLONES
-void ExpInPlace(float* x, int64_t n) {
-#ifdef QTRAIN_HAVE_AVX512_PATH
-  if (UseAvx512()) return avx512::ExpInPlace(x, n);
-#endif
-  for (int64_t i = 0; i < n; ++i) x[i] = simd::Exp(x[i]);
-}
-
 float OnlineSoftmaxRow(float* s, int64_t n, int64_t visible, float scale, float* row_max,
                        float* row_sum) {
   if (visible <= 0) {
@@ -208,33 +220,6 @@ void SoftmaxBackwardRow(float* s, float* ds, int64_t n, int64_t visible, float s
     s[c] = p;
     ds[c] = p * (ds[c] - delta) * scale;
   }
-}
-
-QTRAIN_TILE_CLONES
-float LaneMax(const float* x, int64_t n) {
-  float lanes[kTileLanes];
-  for (int l = 0; l < kTileLanes; ++l) lanes[l] = -std::numeric_limits<float>::infinity();
-  int64_t i = 0;
-  for (; i + kTileLanes <= n; i += kTileLanes) {
-    for (int l = 0; l < kTileLanes; ++l) lanes[l] = lanes[l] < x[i + l] ? x[i + l] : lanes[l];
-  }
-  for (int l = 0; i < n; ++i, ++l) lanes[l] = lanes[l] < x[i] ? x[i] : lanes[l];
-  float max = lanes[0];
-  for (int l = 1; l < kTileLanes; ++l) max = max < lanes[l] ? lanes[l] : max;
-  return max;
-}
-
-QTRAIN_TILE_CLONES
-float LaneSum(const float* x, int64_t n) {
-  float lanes[kTileLanes] = {};
-  int64_t i = 0;
-  for (; i + kTileLanes <= n; i += kTileLanes) {
-    for (int l = 0; l < kTileLanes; ++l) lanes[l] += x[i + l];
-  }
-  for (int l = 0; i < n; ++i, ++l) lanes[l] += x[i];
-  float sum = 0.0f;
-  for (int l = 0; l < kTileLanes; ++l) sum += lanes[l];
-  return sum;
 }
 
 }  // namespace qtrain::kernels::cpu

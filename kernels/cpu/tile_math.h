@@ -1,6 +1,6 @@
-// Small dense kernels for the attention tiles and the cross-entropy rows: a register-blocked
-// GEMM on tile buffers, a vectorisable exp, and fixed-order row reductions. They run inside
-// OpenMP work items, where calling the (pthreads) OpenBLAS would oversubscribe the cores.
+// Small dense kernels for the attention tiles: a register-blocked GEMM on tile buffers and the
+// softmax rows of the forward and backward. They run inside OpenMP work items on tile buffers
+// small enough for L1, where a BLAS call would cost more than the product.
 //
 // Each output is a fixed sequence of fp32 operations (no reassociation), so results are bitwise
 // reproducible on a given CPU; the compiler may fuse multiply-adds in the AVX2/AVX-512 builds, so
@@ -25,9 +25,6 @@ void TileGemm(bool accumulate, int64_t rows, int64_t cols, int64_t depth, const 
               int64_t a_row_stride, int64_t a_col_stride, const float* b, int64_t ldb, float* c,
               int64_t ldc);
 
-// y[i] = exp(x[i]) for i < n, to about 2 ulp; exactly 0 for x < -87 (including -inf).
-void ExpInPlace(float* x, int64_t n);
-
 // One row of a forward score tile, for the online softmax. s[0 .. n) holds q.k (unscaled; n a
 // multiple of kTileLanes); keys c < visible are attended, the rest masked. Sets
 // s[c] = exp(scale s[c] - new_max) for c < visible and 0 beyond, where new_max is the larger of
@@ -42,12 +39,6 @@ float OnlineSoftmaxRow(float* s, int64_t n, int64_t visible, float scale, float*
 // c < visible, and 0 into both beyond.
 void SoftmaxBackwardRow(float* s, float* ds, int64_t n, int64_t visible, float scale, float lse,
                         float delta);
-
-// max of x[0 .. n) (-inf for n == 0; NaNs are skipped).
-float LaneMax(const float* x, int64_t n);
-
-// sum of x[0 .. n) in a fixed order: kTileLanes interleaved partial sums, then those in order.
-float LaneSum(const float* x, int64_t n);
 
 }  // namespace qtrain::kernels::cpu
 

@@ -227,9 +227,15 @@ absl::StatusOr<ForwardResult> Model::Run(const Batch& batch, ForwardOutputs outp
     if (!has_targets) continue;
     const int32_t* targets = acts.targets.get() + r0;
     double chunk_sum = 0;
-    QTRAIN_RETURN_IF_OP_ERROR(b.CrossEntropyForward(acts.logits.get(), targets, acts.losses.get(),
-                                                    acts.lse.get(), &chunk_sum, nullptr, n, vocab,
-                                                    kIgnoreIndex));
+    if (run_backward) {  // the loss and its gradient (over the logits, in place) in one pass
+      QTRAIN_RETURN_IF_OP_ERROR(b.CrossEntropyForwardBackward(
+          acts.logits.get(), targets, 1.0f / static_cast<float>(normalizer), acts.losses.get(),
+          acts.lse.get(), &chunk_sum, nullptr, acts.logits.get(), n, vocab, kIgnoreIndex));
+    } else {
+      QTRAIN_RETURN_IF_OP_ERROR(b.CrossEntropyForward(acts.logits.get(), targets,
+                                                      acts.losses.get(), acts.lse.get(),
+                                                      &chunk_sum, nullptr, n, vocab, kIgnoreIndex));
+    }
     result.loss_sum += chunk_sum;
     if (outputs.target_logprobs != nullptr) {
       float* out = outputs.target_logprobs->data() + r0;
@@ -237,9 +243,6 @@ absl::StatusOr<ForwardResult> Model::Run(const Batch& batch, ForwardOutputs outp
       for (int64_t i = 0; i < n; ++i) out[i] = out[i] == 0.0f ? 0.0f : -out[i];
     }
     if (run_backward) {
-      QTRAIN_RETURN_IF_OP_ERROR(b.CrossEntropyBackward(acts.logits.get(), targets, acts.lse.get(),
-                                                       1.0f / static_cast<float>(normalizer),
-                                                       acts.logits.get(), n, vocab, kIgnoreIndex));
       QTRAIN_RETURN_IF_OP_ERROR(b.LmHeadBackward(acts.logits.get(), y, params + layout_.embed(),
                                                  acts.d_residual.get() + r0 * d,
                                                  grads + layout_.embed(), n, vocab, d));
