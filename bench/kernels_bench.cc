@@ -3,9 +3,9 @@
 //
 //   kernels_bench --benchmark_filter=Attention
 //
-// OpenBLAS picks its GEMM kernels from the CPU at load time; on CPUs it does not recognise it
-// falls back to slow generic ones (set OPENBLAS_CORETYPE, e.g. SkylakeX or Haswell). The
-// "blas_core" label shows which it uses.
+// Like qtrain, it sets OPENBLAS_CORETYPE (and OPENBLAS_NUM_THREADS=1) and restarts itself
+// (common/runtime_env.h); the "blas_core" label shows which OpenBLAS kernels run. Threads:
+// OMP_NUM_THREADS.
 #include <benchmark/benchmark.h>
 #include <cblas.h>
 
@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "common/runtime_env.h"
 #include "kernels/ops.h"
 
 namespace qtrain::kernels {
@@ -65,46 +66,73 @@ void BM_LinearBackward(benchmark::State& state) {
 }
 BENCHMARK(BM_LinearBackward)->Arg(512)->Arg(2048)->UseRealTime();
 
-AttentionShape Shape(int64_t seq_len) {
+// Attention benchmarks take (T, head_dim): 64 is Qwen2-0.5B's, 16 the qwen2-tiny preset's.
+// The tied LM head forward and backward over one chunk of rows; args: rows, vocab, dim
+// (256 x 4096 x 64 is a qwen2-tiny chunk, 256 x 151936 x 896 a Qwen2-0.5B one).
+void BM_LmHead(benchmark::State& state) {
+  const int64_t rows = state.range(0), vocab = state.range(1), dim = state.range(2);
+  const auto y = Random(rows * dim), e = Random(vocab * dim), dz = Random(rows * vocab);
+  std::vector<float> logits(rows * vocab), dy(rows * dim), de(vocab * dim);
+  for (auto _ : state) {
+    Check(CpuBackend().LmHeadForward(y.data(), e.data(), logits.data(), rows, vocab, dim), state);
+    Check(CpuBackend().LmHeadBackward(dz.data(), y.data(), e.data(), dy.data(), de.data(), rows,
+                                      vocab, dim),
+          state);
+  }
+  SetLabels(state, 6.0 * rows * vocab * dim);
+}
+BENCHMARK(BM_LmHead)->Args({256, 4096, 64})->Args({256, 151936, 896})->UseRealTime();
+
+AttentionShape Shape(int64_t seq_len, int64_t head_dim) {
   return AttentionShape{.batch = 1,
                         .seq_len = seq_len,
                         .num_heads = kHeads,
                         .num_kv_heads = kKvHeads,
-                        .head_dim = kHeadDim};
+                        .head_dim = head_dim};
 }
 
 // Causal attention FLOPs: two products of T x T/2 x D per head.
-double AttentionFlops(int64_t t) { return 2.0 * 2.0 * kHeads * t * t / 2.0 * kHeadDim; }
+double AttentionFlops(int64_t t, int64_t d) { return 2.0 * 2.0 * kHeads * t * t / 2.0 * d; }
 
 void BM_AttentionForward(benchmark::State& state) {
-  const int64_t t = state.range(0);
-  const auto q = Random(t * kHeads * kHeadDim), k = Random(t * kKvHeads * kHeadDim),
-             v = Random(t * kKvHeads * kHeadDim);
+  const int64_t t = state.range(0), d = state.range(1);
+  const auto q = Random(t * kHeads * d), k = Random(t * kKvHeads * d), v = Random(t * kKvHeads * d);
   std::vector<float> o(q.size()), lse(kHeads * t);
   for (auto _ : state) {
-    Check(
-        CpuBackend().AttentionForward(q.data(), k.data(), v.data(), o.data(), lse.data(), Shape(t)),
-        state);
+    Check(CpuBackend().AttentionForward(q.data(), k.data(), v.data(), o.data(), lse.data(),
+                                        Shape(t, d)),
+          state);
   }
-  SetLabels(state, AttentionFlops(t));
+  SetLabels(state, AttentionFlops(t, d));
 }
-BENCHMARK(BM_AttentionForward)->Arg(512)->Arg(2048)->UseRealTime();
+BENCHMARK(BM_AttentionForward)
+    ->Args({512, 64})
+    ->Args({2048, 64})
+    ->Args({512, 16})
+    ->Args({2048, 16})
+    ->UseRealTime();
 
 void BM_AttentionBackward(benchmark::State& state) {
-  const int64_t t = state.range(0);
-  const auto q = Random(t * kHeads * kHeadDim), k = Random(t * kKvHeads * kHeadDim),
-             v = Random(t * kKvHeads * kHeadDim), dout = Random(q.size());
+  const int64_t t = state.range(0), d = state.range(1);
+  const auto q = Random(t * kHeads * d), k = Random(t * kKvHeads * d),
+             v = Random(t * kKvHeads * d), dout = Random(q.size());
   std::vector<float> o(q.size()), lse(kHeads * t), dq(q.size()), dk(k.size()), dv(v.size());
-  Check(CpuBackend().AttentionForward(q.data(), k.data(), v.data(), o.data(), lse.data(), Shape(t)),
+  Check(CpuBackend().AttentionForward(q.data(), k.data(), v.data(), o.data(), lse.data(),
+                                      Shape(t, d)),
         state);
   for (auto _ : state) {
     Check(CpuBackend().AttentionBackward(q.data(), k.data(), v.data(), o.data(), lse.data(),
-                                         dout.data(), dq.data(), dk.data(), dv.data(), Shape(t)),
+                                         dout.data(), dq.data(), dk.data(), dv.data(), Shape(t, d)),
           state);
   }
-  SetLabels(state, 2.5 * AttentionFlops(t));  // the 5 products of FlashAttention-2's backward
+  SetLabels(state, 2.5 * AttentionFlops(t, d));  // the 5 products of FlashAttention-2's backward
 }
-BENCHMARK(BM_AttentionBackward)->Arg(512)->Arg(2048)->UseRealTime();
+BENCHMARK(BM_AttentionBackward)
+    ->Args({512, 64})
+    ->Args({2048, 64})
+    ->Args({512, 16})
+    ->Args({2048, 16})
+    ->UseRealTime();
 
 void BM_RmsNormForwardBackward(benchmark::State& state) {
   const int64_t rows = state.range(0);
@@ -155,4 +183,11 @@ BENCHMARK(BM_AdamW)->Arg(1 << 22)->UseRealTime();
 }  // namespace
 }  // namespace qtrain::kernels
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  qtrain::ConfigureRuntimeEnvironment(argv);
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -27,48 +27,62 @@ typedef float Lanes __attribute__((vector_size(kTileLanes * sizeof(float))));
   std::memcpy(v, p, sizeof(*v));
 }
 
-// One kRows x kTileLanes block of C, accumulated over depth in registers. Always inlined, so
-// that each clone of TileGemm compiles it for its own ISA.
-template <int kRows>
+// One kRows x (kBlocks * kTileLanes) block of C, accumulated over depth in registers. Always
+// inlined, so that each caller compiles it for its own ISA.
+template <int kRows, int kBlocks>
 [[gnu::always_inline]] inline void MicroTile(bool accumulate, int64_t depth, const float* a,
                                              int64_t a_row_stride, int64_t a_col_stride,
                                              const float* b, int64_t ldb, float* c, int64_t ldc) {
-  Lanes acc[kRows];
-  for (int r = 0; r < kRows; ++r) acc[r] = Lanes{};
+  Lanes acc[kRows][kBlocks];
+  for (int r = 0; r < kRows; ++r)
+    for (int j = 0; j < kBlocks; ++j) acc[r][j] = Lanes{};
   for (int64_t k = 0; k < depth; ++k) {
-    Lanes bk;
-    LoadLanes(b + k * ldb, &bk);
+    Lanes bk[kBlocks];
+    for (int j = 0; j < kBlocks; ++j) LoadLanes(b + k * ldb + j * kTileLanes, &bk[j]);
     const float* ak = a + k * a_col_stride;
-    for (int r = 0; r < kRows; ++r) acc[r] += ak[r * a_row_stride] * bk;
+    for (int r = 0; r < kRows; ++r) {
+      const float ar = ak[r * a_row_stride];
+      for (int j = 0; j < kBlocks; ++j) acc[r][j] += ar * bk[j];
+    }
   }
   for (int r = 0; r < kRows; ++r) {
-    float* cr = c + r * ldc;
-    Lanes out = acc[r];
-    if (accumulate) {
-      Lanes old;
-      LoadLanes(cr, &old);
-      out = old + acc[r];
+    for (int j = 0; j < kBlocks; ++j) {
+      float* cr = c + r * ldc + j * kTileLanes;
+      Lanes out = acc[r][j];
+      if (accumulate) {
+        Lanes old;
+        LoadLanes(cr, &old);
+        out = old + acc[r][j];
+      }
+      std::memcpy(cr, &out, sizeof(out));
     }
-    std::memcpy(cr, &out, sizeof(out));
   }
 }
 
 }  // namespace
 
-// Applies MicroTile<kRows> to rows [0, kRows) of A and C, for every column block.
-template <int kRows>
+// Applies MicroTile to rows [0, kRows) of A and C, for every column block: two lane blocks at a
+// time while there are two (with kWide), then one.
+template <int kRows, bool kWide>
 [[gnu::always_inline]] inline void RowBlock(bool accumulate, int64_t cols, int64_t depth,
                                             const float* a, int64_t a_row_stride,
                                             int64_t a_col_stride, const float* b, int64_t ldb,
                                             float* c, int64_t ldc) {
-  for (int64_t n = 0; n < cols; n += kTileLanes) {
-    MicroTile<kRows>(accumulate, depth, a, a_row_stride, a_col_stride, b + n, ldb, c + n, ldc);
+  int64_t n = 0;
+  if constexpr (kWide) {
+    for (; n + 2 * kTileLanes <= cols; n += 2 * kTileLanes) {
+      MicroTile<kRows, 2>(accumulate, depth, a, a_row_stride, a_col_stride, b + n, ldb, c + n,
+                          ldc);
+    }
+  }
+  for (; n < cols; n += kTileLanes) {
+    MicroTile<kRows, 1>(accumulate, depth, a, a_row_stride, a_col_stride, b + n, ldb, c + n, ldc);
   }
 }
 
-// Rows of C in blocks of kBlockRows, then the remainder in halving blocks (8, 4, 2, 1). Every
+// Rows of C in blocks of kBlockRows, then the remainder in halving blocks (4, 2, 1). Every
 // element of C is the same k-ordered sum whatever the blocking.
-template <int kBlockRows>
+template <int kBlockRows, bool kWide>
 [[gnu::always_inline]] inline void BlockedTileGemm(bool accumulate, int64_t rows, int64_t cols,
                                                    int64_t depth, const float* a,
                                                    int64_t a_row_stride, int64_t a_col_stride,
@@ -76,17 +90,16 @@ template <int kBlockRows>
                                                    int64_t ldc) {
   int64_t r = 0;
   for (; r + kBlockRows <= rows; r += kBlockRows) {
-    RowBlock<kBlockRows>(accumulate, cols, depth, a + r * a_row_stride, a_row_stride, a_col_stride,
-                         b, ldb, c + r * ldc, ldc);
+    RowBlock<kBlockRows, kWide>(accumulate, cols, depth, a + r * a_row_stride, a_row_stride,
+                                a_col_stride, b, ldb, c + r * ldc, ldc);
   }
   auto tail = [&]<int kRows>() {
     if (kRows < kBlockRows && rows - r >= kRows) {
-      RowBlock<kRows>(accumulate, cols, depth, a + r * a_row_stride, a_row_stride, a_col_stride,
-                      b, ldb, c + r * ldc, ldc);
+      RowBlock<kRows, kWide>(accumulate, cols, depth, a + r * a_row_stride, a_row_stride,
+                             a_col_stride, b, ldb, c + r * ldc, ldc);
       r += kRows;
     }
   };
-  tail.template operator()<8>();
   tail.template operator()<4>();
   tail.template operator()<2>();
   tail.template operator()<1>();
@@ -95,12 +108,12 @@ template <int kBlockRows>
 namespace {
 
 #ifdef QTRAIN_HAVE_AVX512_PATH
-// 16 rows: 16 independent zmm accumulators keep both FMA ports busy through their latency (the
-// register file has 32).
+// 8 rows by 32 columns: 16 independent zmm accumulators keep both FMA ports busy through their
+// latency, with few enough row addresses for the general registers; 8 by 16 where C is 16 wide.
 QTRAIN_AVX512 void TileGemmAvx512(bool accumulate, int64_t rows, int64_t cols, int64_t depth,
                                   const float* a, int64_t a_row_stride, int64_t a_col_stride,
                                   const float* b, int64_t ldb, float* c, int64_t ldc) {
-  BlockedTileGemm<16>(accumulate, rows, cols, depth, a, a_row_stride, a_col_stride, b, ldb, c,
+  BlockedTileGemm<8, true>(accumulate, rows, cols, depth, a, a_row_stride, a_col_stride, b, ldb, c,
                       ldc);
 }
 #endif
@@ -111,7 +124,7 @@ QTRAIN_TILE_CLONES
 void TileGemmGeneric(bool accumulate, int64_t rows, int64_t cols, int64_t depth, const float* a,
                      int64_t a_row_stride, int64_t a_col_stride, const float* b, int64_t ldb,
                      float* c, int64_t ldc) {
-  BlockedTileGemm<6>(accumulate, rows, cols, depth, a, a_row_stride, a_col_stride, b, ldb, c, ldc);
+  BlockedTileGemm<6, false>(accumulate, rows, cols, depth, a, a_row_stride, a_col_stride, b, ldb, c, ldc);
 }
 
 }  // namespace
