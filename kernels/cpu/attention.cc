@@ -81,44 +81,101 @@ struct Layout {
 // Multiply-adds of one score product over all heads (an upper bound: the causal half is skipped).
 int64_t Work(const Layout& L, int64_t batch) { return batch * L.H * L.T * L.kv_len * L.D; }
 
-// Per-thread tile buffers, allocated once per parallel region. Row-major [rows x D] buffers use
-// row stride dp = D rounded up to kTileLanes, [D x keys] buffers row stride tp = tile rounded up;
-// the padding columns stay zero (they are never written), so the GEMMs may read them.
+// The operands, copied once per call into head-major buffers that the tile GEMMs read in place
+// (no copies per tile pair):
+//   kt, vt [B, Hkv, D, Rp]: K and V transposed, keys padded with zeros to Rp (a lane multiple
+//                           past kv_len + kTileLanes, so a tile's padded columns stay in the row);
+//   k, v   [B, Hkv, Rp, dp]: K and V rows, head dims padded with zeros to dp;
+//   q, dout [B, H, T, dp]:  the queries and output gradients (backward only).
+// The storage is the calling thread's and is reused by its next call (grow-only: a fresh
+// allocation per call costs more in page faults than the copies themselves).
+struct Operands {
+  Operands(const Layout& L, int64_t batch)
+      : B(batch), dp(RoundUpToLanes(L.D)), Rp(RoundUpToLanes(L.kv_len) + kTileLanes) {}
+
+  // Fills kt, k and v (and vt with transposed_v, q and dout with query_side) from the inputs.
+  void Load(const Layout& L, const float* q_in, const float* k_in, const float* v_in,
+            const float* dout_in, bool transposed_v, bool query_side) {
+    static thread_local Storage storage;
+    const int64_t kv_size = B * L.Hkv * Rp * dp, kvt_size = B * L.Hkv * L.D * Rp;
+    kt = storage.kt.Get(kvt_size);
+    k = storage.k.Get(kv_size);
+    v = storage.v.Get(kv_size);
+    vt = transposed_v ? storage.vt.Get(kvt_size) : nullptr;
+    q = query_side ? storage.q.Get(B * L.H * L.T * dp) : nullptr;
+    dout = query_side ? storage.dout.Get(B * L.H * L.T * dp) : nullptr;
+    const bool parallel = WorthParallel(B * L.kv_len * L.Hkv * L.D);
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t bg = 0; bg < B * L.Hkv; ++bg) {
+      const int64_t b = bg / L.Hkv, g = bg % L.Hkv;
+      for (int64_t j = 0; j < Rp; ++j) {
+        const bool key = j < L.kv_len;
+        PadRow(key ? k_in + L.KRow(b, j, g) : nullptr, L.D, k + KvRow(bg, j));
+        PadRow(key ? v_in + L.KRow(b, j, g) : nullptr, L.D, v + KvRow(bg, j));
+      }
+      Transpose(k_in, L, b, g, kt + KvtRow(L, bg, 0));
+      if (transposed_v) Transpose(v_in, L, b, g, vt + KvtRow(L, bg, 0));
+    }
+    if (!query_side) return;
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t bh = 0; bh < B * L.H; ++bh) {
+      const int64_t b = bh / L.H, h = bh % L.H;
+      for (int64_t t = 0; t < L.T; ++t) {
+        PadRow(q_in + L.QRow(b, t, h), L.D, q + QueryRow(L, bh, t));
+        PadRow(dout_in + L.QRow(b, t, h), L.D, dout + QueryRow(L, bh, t));
+      }
+    }
+  }
+
+  int64_t KvRow(int64_t bg, int64_t j) const { return (bg * Rp + j) * dp; }
+  int64_t KvtRow(const Layout& L, int64_t bg, int64_t i) const { return (bg * L.D + i) * Rp; }
+  int64_t QueryRow(const Layout& L, int64_t bh, int64_t t) const { return (bh * L.T + t) * dp; }
+
+  int64_t B, dp, Rp;
+  float *kt = nullptr, *vt = nullptr, *k = nullptr, *v = nullptr, *q = nullptr, *dout = nullptr;
+
+ private:
+  struct Buffer {
+    float* Get(int64_t n) {
+      if (static_cast<int64_t>(data.size()) < n) data.resize(n);
+      return data.data();
+    }
+    std::vector<float> data;
+  };
+  struct Storage {
+    Buffer kt, vt, k, v, q, dout;
+  };
+
+  // dst[0 .. dp) = src[0 .. d) then zeros (all zeros without src).
+  void PadRow(const float* src, int64_t d, float* dst) const {
+    if (src != nullptr) std::copy(src, src + d, dst);
+    std::fill(dst + (src != nullptr ? d : 0), dst + dp, 0.0f);
+  }
+
+  // dst[i * Rp + j] = row j of KV head g of x (element i) for j < kv_len, zeros up to Rp.
+  void Transpose(const float* x, const Layout& L, int64_t b, int64_t g, float* dst) const {
+    for (int64_t j = 0; j < L.kv_len; ++j) {
+      const float* row = x + L.KRow(b, j, g);
+      for (int64_t i = 0; i < L.D; ++i) dst[i * Rp + j] = row[i];
+    }
+    for (int64_t i = 0; i < L.D; ++i) std::fill(dst + i * Rp + L.kv_len, dst + (i + 1) * Rp, 0.0f);
+  }
+};
+
+// Per-thread tile buffers, allocated once per parallel region: [tile x tp] score tiles (tp =
+// tile rounded up to the lanes) and [tile x dp] accumulators.
 struct Scratch {
-  Scratch(int64_t tile, int64_t d)
-      : dp(RoundUpToLanes(d)),
-        tp(RoundUpToLanes(tile)),
-        q(tile * dp),
-        dout(tile * dp),
-        kt(d * tp),
-        vt(d * tp),
-        k(tile * dp),
-        v(tile * dp),
+  Scratch(int64_t tile, int64_t dp)
+      : tp(RoundUpToLanes(tile)),
         s(tile * tp),
         ds(tile * tp),
         acc(tile * dp),
         acc2(tile * dp),
         row_max(tile),
-        row_sum(tile),
-        lse(tile),
-        delta(tile) {}
-  int64_t dp, tp;
-  std::vector<float> q, dout, kt, vt, k, v, s, ds, acc, acc2, row_max, row_sum, lse, delta;
+        row_sum(tile) {}
+  int64_t tp;
+  std::vector<float> s, ds, acc, acc2, row_max, row_sum;
 };
-
-// n rows of d floats, `stride` apart in src, to dst with row stride ld.
-void LoadRows(const float* src, int64_t stride, int64_t n, int64_t d, int64_t ld, float* dst) {
-  for (int64_t r = 0; r < n; ++r) std::copy(src + r * stride, src + r * stride + d, dst + r * ld);
-}
-
-// Transposed load: dst[i * ld + c] = element i of row c.
-void LoadRowsTransposed(const float* src, int64_t stride, int64_t n, int64_t d, int64_t ld,
-                        float* dst) {
-  for (int64_t c = 0; c < n; ++c) {
-    const float* row = src + c * stride;
-    for (int64_t i = 0; i < d; ++i) dst[i * ld + c] = row[i];
-  }
-}
 
 // Keys j <= past + t are visible to query t: the first `Visible` columns of row r of the tile
 // of queries from t0 and keys from j0, nk wide.
@@ -126,30 +183,29 @@ int64_t Visible(const Layout& L, int64_t t0, int64_t r, int64_t j0, int64_t nk) 
   return std::clamp<int64_t>(L.past + t0 + r - j0 + 1, 0, nk);
 }
 
-// sc.s = q k^T (unscaled) for query rows [t0, t0+nq) and keys [j0, j0+nk), with sc.q and sc.kt
-// loaded. Returns the padded key count (columns up to the lane multiple).
-int64_t Scores(Scratch& sc, int64_t nq, int64_t nk, int64_t depth) {
+// sc.s = A k^T (unscaled) for nq query rows (A(r, i) = a[r * lda + i]) and keys [j0, j0+nk) of
+// (b, g) = bg. Returns the padded key count (columns up to the lane multiple).
+int64_t Scores(const Layout& L, const Operands& op, Scratch& sc, const float* a, int64_t lda,
+               int64_t nq, int64_t bg, int64_t j0, int64_t nk, std::vector<float>& out) {
   const int64_t nkp = RoundUpToLanes(nk);
-  TileGemm(/*accumulate=*/false, nq, nkp, depth, sc.q.data(), sc.dp, 1, sc.kt.data(), sc.tp,
-           sc.s.data(), sc.tp);
+  TileGemm(/*accumulate=*/false, nq, nkp, L.D, a, lda, 1, op.kt + op.KvtRow(L, bg, 0) + j0,
+           op.Rp, out.data(), sc.tp);
   return nkp;
 }
 
-void ForwardItem(const Layout& L, const float* q, const float* k, const float* v, float* o,
-                 float* lse, int64_t b, int64_t h, int64_t t0, int64_t tile, Scratch& sc) {
-  const int64_t g = h / L.group;
+void ForwardItem(const Layout& L, const Operands& op, const float* q, float* o, float* lse,
+                 int64_t b, int64_t h, int64_t t0, int64_t tile, Scratch& sc) {
+  const int64_t bg = b * L.Hkv + h / L.group;
   const int64_t nq = std::min(tile, L.T - t0);
-  const int64_t D = L.D, dp = sc.dp;
-  LoadRows(q + L.QRow(b, t0, h), L.H * D, nq, D, dp, sc.q.data());
+  const int64_t dp = op.dp;
   std::fill(sc.acc.begin(), sc.acc.end(), 0.0f);
   std::fill(sc.row_max.begin(), sc.row_max.end(), kNegInf);
   std::fill(sc.row_sum.begin(), sc.row_sum.end(), 0.0f);
+  const float* qt = q + L.QRow(b, t0, h);  // rows H * D apart
   const int64_t key_end = L.past + t0 + nq;  // exclusive: the last query's visible keys
   for (int64_t j0 = 0; j0 < key_end; j0 += tile) {
     const int64_t nk = std::min(tile, key_end - j0);
-    LoadRowsTransposed(k + L.KRow(b, j0, g), L.Hkv * D, nk, D, sc.tp, sc.kt.data());
-    LoadRows(v + L.KRow(b, j0, g), L.Hkv * D, nk, D, dp, sc.v.data());
-    const int64_t nkp = Scores(sc, nq, nk, D);
+    const int64_t nkp = Scores(L, op, sc, qt, L.H * L.D, nq, bg, j0, nk, sc.s);
     // Online softmax: this tile's probabilities, and what was accumulated rescaled to the new
     // row max.
     for (int64_t r = 0; r < nq; ++r) {
@@ -161,40 +217,44 @@ void ForwardItem(const Layout& L, const float* q, const float* k, const float* v
         for (int64_t i = 0; i < dp; ++i) acc[i] *= correction;
       }
     }
-    TileGemm(/*accumulate=*/true, nq, dp, nk, sc.s.data(), sc.tp, 1, sc.v.data(), dp, sc.acc.data(),
-             dp);
+    TileGemm(/*accumulate=*/true, nq, dp, nk, sc.s.data(), sc.tp, 1,
+             op.v + op.KvRow(bg, j0), dp, sc.acc.data(), dp);
   }
   for (int64_t r = 0; r < nq; ++r) {
     // Every query sees key 0, so row_sum >= 1.
     const float inv = 1.0f / sc.row_sum[r];
     float* out = o + L.QRow(b, t0 + r, h);
     const float* acc = sc.acc.data() + r * dp;
-    for (int64_t i = 0; i < D; ++i) out[i] = acc[i] * inv;
+    for (int64_t i = 0; i < L.D; ++i) out[i] = acc[i] * inv;
     lse[L.LseIndex(b, h, t0 + r)] = sc.row_max[r] + std::log(sc.row_sum[r]);
   }
 }
 
-// Loads the per-query-tile inputs of the backward: q, dout, lse and delta = rowsum(dout * o).
-void LoadQueryTile(const Layout& L, const float* q, const float* dout, const float* lse,
-                   const float* delta, int64_t b, int64_t h, int64_t t0, int64_t nq, Scratch& sc) {
-  LoadRows(q + L.QRow(b, t0, h), L.H * L.D, nq, L.D, sc.dp, sc.q.data());
-  LoadRows(dout + L.QRow(b, t0, h), L.H * L.D, nq, L.D, sc.dp, sc.dout.data());
-  for (int64_t r = 0; r < nq; ++r) {
-    sc.lse[r] = lse[L.LseIndex(b, h, t0 + r)];
-    sc.delta[r] = delta[L.LseIndex(b, h, t0 + r)];
-  }
-}
+// The query tile [t0, t0+nq) of head h of batch b in the backward: its rows of q and dout (dp
+// apart), lse and delta.
+struct QueryTile {
+  QueryTile(const Layout& L, const Operands& op, const float* lse, const float* delta, int64_t b,
+            int64_t h, int64_t t0, int64_t tile)
+      : t0(t0),
+        nq(std::min(tile, L.T - t0)),
+        q(op.q + op.QueryRow(L, b * L.H + h, t0)),
+        dout(op.dout + op.QueryRow(L, b * L.H + h, t0)),
+        lse(lse + L.LseIndex(b, h, t0)),
+        delta(delta + L.LseIndex(b, h, t0)) {}
+  int64_t t0, nq;
+  const float *q, *dout, *lse, *delta;
+};
 
-// With the query tile (sc.q, dout, lse, delta) and key tile (sc.kt, vt) loaded:
-// sc.s = P and sc.ds = scale * dS = scale * P * (dout v^T - delta), [nq, nk] with row stride tp.
-void ProbabilitiesAndScoreGrads(const Layout& L, Scratch& sc, int64_t t0, int64_t nq, int64_t j0,
-                                int64_t nk) {
-  const int64_t nkp = Scores(sc, nq, nk, L.D);
-  TileGemm(/*accumulate=*/false, nq, nkp, L.D, sc.dout.data(), sc.dp, 1, sc.vt.data(), sc.tp,
-           sc.ds.data(), sc.tp);
-  for (int64_t r = 0; r < nq; ++r) {
+// sc.s = P and sc.ds = scale * dS = scale * P * (dout v^T - delta) for a query tile and the key
+// tile [j0, j0+nk) of (b, g) = bg, [nq, nk] with row stride tp.
+void ProbabilitiesAndScoreGrads(const Layout& L, const Operands& op, Scratch& sc,
+                                const QueryTile& qt, int64_t bg, int64_t j0, int64_t nk) {
+  const int64_t nkp = Scores(L, op, sc, qt.q, op.dp, qt.nq, bg, j0, nk, sc.s);
+  TileGemm(/*accumulate=*/false, qt.nq, nkp, L.D, qt.dout, op.dp, 1,
+           op.vt + op.KvtRow(L, bg, 0) + j0, op.Rp, sc.ds.data(), sc.tp);
+  for (int64_t r = 0; r < qt.nq; ++r) {
     SoftmaxBackwardRow(sc.s.data() + r * sc.tp, sc.ds.data() + r * sc.tp, nkp,
-                       Visible(L, t0, r, j0, nk), L.scale, sc.lse[r], sc.delta[r]);
+                       Visible(L, qt.t0, r, j0, nk), L.scale, qt.lse[r], qt.delta[r]);
   }
 }
 
@@ -202,15 +262,11 @@ void ProbabilitiesAndScoreGrads(const Layout& L, Scratch& sc, int64_t t0, int64_
 // With dq_acc (the fused schedule) it also adds each tile pair's dS k into dq_acc, the
 // [group, T, dp] dq accumulator of this (b, g), in the depth the split schedule's QueryGradItem
 // uses for that pair.
-void KeyValueGradItem(const Layout& L, const float* q, const float* k, const float* v,
-                      const float* dout, const float* lse, const float* delta, float* dk, float* dv,
-                      int64_t b, int64_t g, int64_t j0, int64_t tile, Scratch& sc,
-                      float* dq_acc) {
-  const int64_t D = L.D, dp = sc.dp;
+void KeyValueGradItem(const Layout& L, const Operands& op, const float* lse, const float* delta,
+                      float* dk, float* dv, int64_t b, int64_t g, int64_t j0, int64_t tile,
+                      Scratch& sc, float* dq_acc) {
+  const int64_t dp = op.dp, bg = b * L.Hkv + g;
   const int64_t nk = std::min(tile, L.kv_len - j0);
-  LoadRowsTransposed(k + L.KRow(b, j0, g), L.Hkv * D, nk, D, sc.tp, sc.kt.data());
-  LoadRowsTransposed(v + L.KRow(b, j0, g), L.Hkv * D, nk, D, sc.tp, sc.vt.data());
-  if (dq_acc != nullptr) LoadRows(k + L.KRow(b, j0, g), L.Hkv * D, nk, D, dp, sc.k.data());
   float* dk_acc = sc.acc.data();   // [nk, dp]
   float* dv_acc = sc.acc2.data();  // [nk, dp]
   std::fill(sc.acc.begin(), sc.acc.end(), 0.0f);
@@ -219,78 +275,70 @@ void KeyValueGradItem(const Layout& L, const float* q, const float* k, const flo
   const int64_t first_t = std::max<int64_t>(0, j0 - L.past);
   for (int64_t h = g * L.group; h < (g + 1) * L.group; ++h) {
     for (int64_t t0 = first_t / tile * tile; t0 < L.T; t0 += tile) {
-      const int64_t nq = std::min(tile, L.T - t0);
-      LoadQueryTile(L, q, dout, lse, delta, b, h, t0, nq, sc);
-      ProbabilitiesAndScoreGrads(L, sc, t0, nq, j0, nk);
+      const QueryTile qt(L, op, lse, delta, b, h, t0, tile);
+      ProbabilitiesAndScoreGrads(L, op, sc, qt, bg, j0, nk);
       // dv += P^T dout and dk += (scale dS)^T q: A is the transposed view of the [nq, nk] tile.
-      TileGemm(/*accumulate=*/true, nk, dp, nq, sc.s.data(), 1, sc.tp, sc.dout.data(), dp, dv_acc,
+      TileGemm(/*accumulate=*/true, nk, dp, qt.nq, sc.s.data(), 1, sc.tp, qt.dout, dp, dv_acc,
                dp);
-      TileGemm(/*accumulate=*/true, nk, dp, nq, sc.ds.data(), 1, sc.tp, sc.q.data(), dp, dk_acc,
-               dp);
+      TileGemm(/*accumulate=*/true, nk, dp, qt.nq, sc.ds.data(), 1, sc.tp, qt.q, dp, dk_acc, dp);
       if (dq_acc != nullptr) {
         // dq += (scale dS) k over the keys this query tile can see.
-        const int64_t depth = std::min(nk, L.past + t0 + nq - j0);
+        const int64_t depth = std::min(nk, L.past + t0 + qt.nq - j0);
         float* dst = dq_acc + ((h - g * L.group) * L.T + t0) * dp;
-        TileGemm(/*accumulate=*/true, nq, dp, depth, sc.ds.data(), sc.tp, 1, sc.k.data(), dp, dst,
-                 dp);
+        TileGemm(/*accumulate=*/true, qt.nq, dp, depth, sc.ds.data(), sc.tp, 1,
+                 op.k + op.KvRow(bg, j0), dp, dst, dp);
       }
     }
   }
   for (int64_t c = 0; c < nk; ++c) {
     if (dk != nullptr) {
       float* dst = dk + L.KRow(b, j0 + c, g);
-      for (int64_t i = 0; i < D; ++i) dst[i] += dk_acc[c * dp + i];
+      for (int64_t i = 0; i < L.D; ++i) dst[i] += dk_acc[c * dp + i];
     }
     if (dv != nullptr) {
       float* dst = dv + L.KRow(b, j0 + c, g);
-      for (int64_t i = 0; i < D; ++i) dst[i] += dv_acc[c * dp + i];
+      for (int64_t i = 0; i < L.D; ++i) dst[i] += dv_acc[c * dp + i];
     }
   }
 }
 
 // The fused schedule's item: dq, dk and dv of batch b and KV head g. dq_acc: [group, T, dp].
-void FusedBackwardItem(const Layout& L, const float* q, const float* k, const float* v,
-                       const float* dout, const float* lse, const float* delta, float* dq,
-                       float* dk, float* dv, int64_t b, int64_t g, int64_t tile, Scratch& sc,
-                       std::vector<float>& dq_acc) {
+void FusedBackwardItem(const Layout& L, const Operands& op, const float* lse, const float* delta,
+                       float* dq, float* dk, float* dv, int64_t b, int64_t g, int64_t tile,
+                       Scratch& sc, std::vector<float>& dq_acc) {
   std::fill(dq_acc.begin(), dq_acc.end(), 0.0f);
   for (int64_t j0 = 0; j0 < L.kv_len; j0 += tile) {
-    KeyValueGradItem(L, q, k, v, dout, lse, delta, dk, dv, b, g, j0, tile, sc,
+    KeyValueGradItem(L, op, lse, delta, dk, dv, b, g, j0, tile, sc,
                      dq == nullptr ? nullptr : dq_acc.data());
   }
   if (dq == nullptr) return;
   for (int64_t h = g * L.group; h < (g + 1) * L.group; ++h) {
     for (int64_t t = 0; t < L.T; ++t) {
       float* dst = dq + L.QRow(b, t, h);
-      const float* acc = dq_acc.data() + ((h - g * L.group) * L.T + t) * sc.dp;
+      const float* acc = dq_acc.data() + ((h - g * L.group) * L.T + t) * op.dp;
       for (int64_t i = 0; i < L.D; ++i) dst[i] += acc[i];
     }
   }
 }
 
-// dq of query rows [t0, t0+nq) of head h.
-void QueryGradItem(const Layout& L, const float* q, const float* k, const float* v,
-                   const float* dout, const float* lse, const float* delta, float* dq, int64_t b,
-                   int64_t h, int64_t t0, int64_t tile, Scratch& sc) {
-  const int64_t D = L.D, dp = sc.dp;
-  const int64_t g = h / L.group;
-  const int64_t nq = std::min(tile, L.T - t0);
-  LoadQueryTile(L, q, dout, lse, delta, b, h, t0, nq, sc);
+// dq of query rows [t0, t0+nq) of head h (the split schedule).
+void QueryGradItem(const Layout& L, const Operands& op, const float* lse, const float* delta,
+                   float* dq, int64_t b, int64_t h, int64_t t0, int64_t tile, Scratch& sc) {
+  const int64_t dp = op.dp, bg = b * L.Hkv + h / L.group;
+  const QueryTile qt(L, op, lse, delta, b, h, t0, tile);
   float* dq_acc = sc.acc.data();  // [nq, dp]
   std::fill(sc.acc.begin(), sc.acc.end(), 0.0f);
-  const int64_t key_end = L.past + t0 + nq;
+  const int64_t key_end = L.past + t0 + qt.nq;
   for (int64_t j0 = 0; j0 < key_end; j0 += tile) {
     const int64_t nk = std::min(tile, key_end - j0);
-    LoadRowsTransposed(k + L.KRow(b, j0, g), L.Hkv * D, nk, D, sc.tp, sc.kt.data());
-    LoadRowsTransposed(v + L.KRow(b, j0, g), L.Hkv * D, nk, D, sc.tp, sc.vt.data());
-    LoadRows(k + L.KRow(b, j0, g), L.Hkv * D, nk, D, dp, sc.k.data());
-    ProbabilitiesAndScoreGrads(L, sc, t0, nq, j0, nk);
+    ProbabilitiesAndScoreGrads(L, op, sc, qt, bg, j0, nk);
     // dq += (scale dS) k
-    TileGemm(/*accumulate=*/true, nq, dp, nk, sc.ds.data(), sc.tp, 1, sc.k.data(), dp, dq_acc, dp);
+    TileGemm(/*accumulate=*/true, qt.nq, dp, nk, sc.ds.data(), sc.tp, 1,
+             op.k + op.KvRow(bg, j0), dp, dq_acc, dp);
   }
-  for (int64_t r = 0; r < nq; ++r) {
+  for (int64_t r = 0; r < qt.nq; ++r) {
     float* dst = dq + L.QRow(b, t0 + r, h);
-    for (int64_t i = 0; i < D; ++i) dst[i] += dq_acc[r * dp + i];
+    for (int64_t i = 0; i < L.D; ++i) dst[i] += dq_acc[r * dp + i];
   }
 }
 
@@ -308,17 +356,19 @@ OpStatus AttentionForwardTiled(const float* q, const float* k, const float* v, f
     if (p == nullptr) return OpStatus::Error("AttentionForward: q, k, v, o and lse are required");
   }
   const Layout L(shape);
+  Operands op(L, shape.batch);
+  op.Load(L, q, k, v, nullptr, /*transposed_v=*/false, /*query_side=*/false);
   const int64_t q_tiles = (L.T + tile - 1) / tile;
   const int64_t items = shape.batch * L.H * q_tiles;
 #pragma omp parallel if (WorthParallel(Work(L, shape.batch)))
   {
-    Scratch sc(tile, L.D);
+    Scratch sc(tile, op.dp);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
       // Longest (last) query tiles first: better balance under the causal mask.
       const int64_t qt = q_tiles - 1 - item % q_tiles;
       const int64_t bh = item / q_tiles;
-      ForwardItem(L, q, k, v, o, lse, bh / L.H, bh % L.H, qt * tile, tile, sc);
+      ForwardItem(L, op, q, o, lse, bh / L.H, bh % L.H, qt * tile, tile, sc);
     }
   }
   return OpStatus::Ok();
@@ -354,6 +404,8 @@ OpStatus AttentionBackwardTiled(const float* q, const float* k, const float* v, 
       delta[L.LseIndex(b, h, t)] = sum;
     }
   }
+  Operands op(L, B);
+  op.Load(L, q, k, v, dout, /*transposed_v=*/true, /*query_side=*/true);
   const int64_t pairs = B * L.Hkv;
   const bool parallel = WorthParallel(Work(L, B));
   const int64_t threads = parallel ? omp_get_max_threads() : 1;
@@ -363,12 +415,12 @@ OpStatus AttentionBackwardTiled(const float* q, const float* k, const float* v, 
   if (fused) {
 #pragma omp parallel if (parallel)
     {
-      Scratch sc(tile, L.D);
-      std::vector<float> dq_acc(dq == nullptr ? 0 : L.group * L.T * sc.dp);
+      Scratch sc(tile, op.dp);
+      std::vector<float> dq_acc(dq == nullptr ? 0 : L.group * L.T * op.dp);
 #pragma omp for schedule(dynamic, 1)
       for (int64_t bg = 0; bg < pairs; ++bg) {
-        FusedBackwardItem(L, q, k, v, dout, lse, delta.data(), dq, dk, dv, bg / L.Hkv, bg % L.Hkv,
-                          tile, sc, dq_acc);
+        FusedBackwardItem(L, op, lse, delta.data(), dq, dk, dv, bg / L.Hkv, bg % L.Hkv, tile, sc,
+                          dq_acc);
       }
     }
     return OpStatus::Ok();
@@ -378,13 +430,13 @@ OpStatus AttentionBackwardTiled(const float* q, const float* k, const float* v, 
     const int64_t items = pairs * k_tiles;
 #pragma omp parallel if (parallel)
     {
-      Scratch sc(tile, L.D);
+      Scratch sc(tile, op.dp);
 #pragma omp for schedule(dynamic, 1)
       for (int64_t item = 0; item < items; ++item) {
         const int64_t kt = item % k_tiles;  // early key tiles have the most queries
         const int64_t bg = item / k_tiles;
-        KeyValueGradItem(L, q, k, v, dout, lse, delta.data(), dk, dv, bg / L.Hkv, bg % L.Hkv,
-                         kt * tile, tile, sc, /*dq_acc=*/nullptr);
+        KeyValueGradItem(L, op, lse, delta.data(), dk, dv, bg / L.Hkv, bg % L.Hkv, kt * tile,
+                         tile, sc, /*dq_acc=*/nullptr);
       }
     }
   }
@@ -393,13 +445,12 @@ OpStatus AttentionBackwardTiled(const float* q, const float* k, const float* v, 
     const int64_t items = B * L.H * q_tiles;
 #pragma omp parallel if (parallel)
     {
-      Scratch sc(tile, L.D);
+      Scratch sc(tile, op.dp);
 #pragma omp for schedule(dynamic, 1)
       for (int64_t item = 0; item < items; ++item) {
         const int64_t qt = q_tiles - 1 - item % q_tiles;
         const int64_t bh = item / q_tiles;
-        QueryGradItem(L, q, k, v, dout, lse, delta.data(), dq, bh / L.H, bh % L.H, qt * tile, tile,
-                      sc);
+        QueryGradItem(L, op, lse, delta.data(), dq, bh / L.H, bh % L.H, qt * tile, tile, sc);
       }
     }
   }
