@@ -9,12 +9,14 @@
 #include <benchmark/benchmark.h>
 #include <cblas.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "common/runtime_env.h"
+#include "kernels/cpu/gemm.h"
 #include "kernels/ops.h"
 
 namespace qtrain::kernels {
@@ -66,6 +68,49 @@ void BM_LinearBackward(benchmark::State& state) {
 }
 BENCHMARK(BM_LinearBackward)->Arg(512)->Arg(2048)->UseRealTime();
 
+// The qwen2-tiny layer GEMMs (2048 rows): Sgemm (which picks the tile GEMM or OpenBLAS per
+// shape, kernels/cpu/gemm.h) beside plain single-threaded OpenBLAS calls on the same blocks.
+// Args: op (0 = x W^T, 1 = dy W, 2 = dy^T x), m, n, k, and 1 to force OpenBLAS.
+void BM_Gemm(benchmark::State& state) {
+  const int64_t op = state.range(0), m = state.range(1), n = state.range(2), k = state.range(3);
+  const bool openblas = state.range(4) == 1;
+  const bool trans_a = op == 2, trans_b = op == 0;
+  const auto a = Random(m * k), b = Random(k * n);
+  std::vector<float> c(m * n);
+  const int64_t lda = trans_a ? m : k, ldb = trans_b ? k : n;
+  openblas_set_num_threads(1);
+  for (auto _ : state) {
+    if (openblas) {
+      for (int64_t m0 = 0; m0 < m; m0 += cpu::kGemmBlock) {
+        const int64_t rows = std::min(cpu::kGemmBlock, m - m0);
+        cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                    trans_b ? CblasTrans : CblasNoTrans, rows, n, k, 1.0f,
+                    trans_a ? a.data() + m0 : a.data() + m0 * lda, lda, b.data(), ldb, 1.0f,
+                    c.data() + m0 * n, n);
+      }
+    } else {
+      cpu::Sgemm({.trans_a = trans_a,
+                  .trans_b = trans_b,
+                  .m = m,
+                  .n = n,
+                  .k = k,
+                  .a = a.data(),
+                  .lda = lda,
+                  .b = b.data(),
+                  .ldb = ldb,
+                  .beta = 1.0f,
+                  .c = c.data(),
+                  .ldc = n});
+    }
+  }
+  SetLabels(state, 2.0 * m * n * k);
+}
+BENCHMARK(BM_Gemm)
+    ->ArgsProduct({{0}, {2048}, {32, 64, 176}, {64}, {0, 1}})
+    ->ArgsProduct({{1}, {2048}, {64}, {64, 176}, {0, 1}})
+    ->ArgsProduct({{2}, {32, 64, 176}, {64}, {2048}, {0, 1}})
+    ->UseRealTime();
+
 // Attention benchmarks take (T, head_dim): 64 is Qwen2-0.5B's, 16 the qwen2-tiny preset's.
 // The tied LM head forward and backward over one chunk of rows; args: rows, vocab, dim
 // (256 x 4096 x 64 is a qwen2-tiny chunk, 256 x 151936 x 896 a Qwen2-0.5B one).
@@ -114,8 +159,8 @@ BENCHMARK(BM_AttentionForward)
 
 void BM_AttentionBackward(benchmark::State& state) {
   const int64_t t = state.range(0), d = state.range(1);
-  const auto q = Random(t * kHeads * d), k = Random(t * kKvHeads * d),
-             v = Random(t * kKvHeads * d), dout = Random(q.size());
+  const auto q = Random(t * kHeads * d), k = Random(t * kKvHeads * d), v = Random(t * kKvHeads * d),
+             dout = Random(q.size());
   std::vector<float> o(q.size()), lse(kHeads * t), dq(q.size()), dk(k.size()), dv(v.size());
   Check(CpuBackend().AttentionForward(q.data(), k.data(), v.data(), o.data(), lse.data(),
                                       Shape(t, d)),

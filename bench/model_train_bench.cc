@@ -34,7 +34,7 @@ absl::Status Run(const Flags& flags) {
   QTRAIN_ASSIGN_OR_RETURN(ModelConfig config, PresetConfig(flags.preset));
   QTRAIN_ASSIGN_OR_RETURN(Model model,
                           Model::Create(config, {.recompute_activations = flags.recompute,
-                                                  .lm_head_chunk_tokens = flags.lm_head_chunk}));
+                                                 .lm_head_chunk_tokens = flags.lm_head_chunk}));
   InitializeParameters(config, model.layout(), 1, model.params());
   const int64_t n = model.layout().total_size();
   std::vector<float> adam_m(n, 0.0f), adam_v(n, 0.0f);

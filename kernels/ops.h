@@ -223,8 +223,8 @@ class Backend {
   // the exps of the forward pass instead of a second exp). dlogits may alias logits.
   virtual OpStatus CrossEntropyForwardBackward(const float* logits, const int32_t* labels,
                                                float grad_scale, float* losses, float* lse,
-                                               double* loss_sum, int64_t* num_valid,
-                                               float* dlogits, int64_t rows, int64_t vocab,
+                                               double* loss_sum, int64_t* num_valid, float* dlogits,
+                                               int64_t rows, int64_t vocab,
                                                int32_t ignore_index) = 0;
 
   // ---------------------------------------------------------------------------------------

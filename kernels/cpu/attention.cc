@@ -188,8 +188,8 @@ int64_t Visible(const Layout& L, int64_t t0, int64_t r, int64_t j0, int64_t nk) 
 int64_t Scores(const Layout& L, const Operands& op, Scratch& sc, const float* a, int64_t lda,
                int64_t nq, int64_t bg, int64_t j0, int64_t nk, std::vector<float>& out) {
   const int64_t nkp = RoundUpToLanes(nk);
-  TileGemm(/*accumulate=*/false, nq, nkp, L.D, a, lda, 1, op.kt + op.KvtRow(L, bg, 0) + j0,
-           op.Rp, out.data(), sc.tp);
+  TileGemm(/*accumulate=*/false, nq, nkp, L.D, a, lda, 1, op.kt + op.KvtRow(L, bg, 0) + j0, op.Rp,
+           out.data(), sc.tp);
   return nkp;
 }
 
@@ -201,7 +201,7 @@ void ForwardItem(const Layout& L, const Operands& op, const float* q, float* o, 
   std::fill(sc.acc.begin(), sc.acc.end(), 0.0f);
   std::fill(sc.row_max.begin(), sc.row_max.end(), kNegInf);
   std::fill(sc.row_sum.begin(), sc.row_sum.end(), 0.0f);
-  const float* qt = q + L.QRow(b, t0, h);  // rows H * D apart
+  const float* qt = q + L.QRow(b, t0, h);    // rows H * D apart
   const int64_t key_end = L.past + t0 + nq;  // exclusive: the last query's visible keys
   for (int64_t j0 = 0; j0 < key_end; j0 += tile) {
     const int64_t nk = std::min(tile, key_end - j0);
@@ -217,8 +217,8 @@ void ForwardItem(const Layout& L, const Operands& op, const float* q, float* o, 
         for (int64_t i = 0; i < dp; ++i) acc[i] *= correction;
       }
     }
-    TileGemm(/*accumulate=*/true, nq, dp, nk, sc.s.data(), sc.tp, 1,
-             op.v + op.KvRow(bg, j0), dp, sc.acc.data(), dp);
+    TileGemm(/*accumulate=*/true, nq, dp, nk, sc.s.data(), sc.tp, 1, op.v + op.KvRow(bg, j0), dp,
+             sc.acc.data(), dp);
   }
   for (int64_t r = 0; r < nq; ++r) {
     // Every query sees key 0, so row_sum >= 1.
@@ -278,8 +278,7 @@ void KeyValueGradItem(const Layout& L, const Operands& op, const float* lse, con
       const QueryTile qt(L, op, lse, delta, b, h, t0, tile);
       ProbabilitiesAndScoreGrads(L, op, sc, qt, bg, j0, nk);
       // dv += P^T dout and dk += (scale dS)^T q: A is the transposed view of the [nq, nk] tile.
-      TileGemm(/*accumulate=*/true, nk, dp, qt.nq, sc.s.data(), 1, sc.tp, qt.dout, dp, dv_acc,
-               dp);
+      TileGemm(/*accumulate=*/true, nk, dp, qt.nq, sc.s.data(), 1, sc.tp, qt.dout, dp, dv_acc, dp);
       TileGemm(/*accumulate=*/true, nk, dp, qt.nq, sc.ds.data(), 1, sc.tp, qt.q, dp, dk_acc, dp);
       if (dq_acc != nullptr) {
         // dq += (scale dS) k over the keys this query tile can see.
@@ -333,8 +332,8 @@ void QueryGradItem(const Layout& L, const Operands& op, const float* lse, const 
     const int64_t nk = std::min(tile, key_end - j0);
     ProbabilitiesAndScoreGrads(L, op, sc, qt, bg, j0, nk);
     // dq += (scale dS) k
-    TileGemm(/*accumulate=*/true, qt.nq, dp, nk, sc.ds.data(), sc.tp, 1,
-             op.k + op.KvRow(bg, j0), dp, dq_acc, dp);
+    TileGemm(/*accumulate=*/true, qt.nq, dp, nk, sc.ds.data(), sc.tp, 1, op.k + op.KvRow(bg, j0),
+             dp, dq_acc, dp);
   }
   for (int64_t r = 0; r < qt.nq; ++r) {
     float* dst = dq + L.QRow(b, t0 + r, h);
@@ -435,8 +434,8 @@ OpStatus AttentionBackwardTiled(const float* q, const float* k, const float* v, 
       for (int64_t item = 0; item < items; ++item) {
         const int64_t kt = item % k_tiles;  // early key tiles have the most queries
         const int64_t bg = item / k_tiles;
-        KeyValueGradItem(L, op, lse, delta.data(), dk, dv, bg / L.Hkv, bg % L.Hkv, kt * tile,
-                         tile, sc, /*dq_acc=*/nullptr);
+        KeyValueGradItem(L, op, lse, delta.data(), dk, dv, bg / L.Hkv, bg % L.Hkv, kt * tile, tile,
+                         sc, /*dq_acc=*/nullptr);
       }
     }
   }

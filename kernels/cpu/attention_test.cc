@@ -82,16 +82,14 @@ TEST_P(AttentionTest, TiledMatchesNaiveReferenceForEveryTileSize) {
     ASSERT_OP_OK(cpu::AttentionForwardTiled(in.q.data(), in.k.data(), in.v.data(), o.data(),
                                             lse.data(), shape, tile));
     std::vector<float> dq(in.q.size(), 0.0f), dk(in.k.size(), 0.0f), dv(in.v.size(), 0.0f);
-    ASSERT_OP_OK(cpu::AttentionBackwardTiled(in.q.data(), in.k.data(), in.v.data(), o.data(),
-                                             lse.data(), in.dout.data(), dq.data(), dk.data(),
-                                             dv.data(), shape, tile,
-                                             cpu::AttentionBackwardSchedule::kFused));
+    ASSERT_OP_OK(cpu::AttentionBackwardTiled(
+        in.q.data(), in.k.data(), in.v.data(), o.data(), lse.data(), in.dout.data(), dq.data(),
+        dk.data(), dv.data(), shape, tile, cpu::AttentionBackwardSchedule::kFused));
     // The split schedule computes the same operations in other work items: equal bits.
     std::vector<float> dq2(in.q.size(), 0.0f), dk2(in.k.size(), 0.0f), dv2(in.v.size(), 0.0f);
-    ASSERT_OP_OK(cpu::AttentionBackwardTiled(in.q.data(), in.k.data(), in.v.data(), o.data(),
-                                             lse.data(), in.dout.data(), dq2.data(), dk2.data(),
-                                             dv2.data(), shape, tile,
-                                             cpu::AttentionBackwardSchedule::kSplit));
+    ASSERT_OP_OK(cpu::AttentionBackwardTiled(
+        in.q.data(), in.k.data(), in.v.data(), o.data(), lse.data(), in.dout.data(), dq2.data(),
+        dk2.data(), dv2.data(), shape, tile, cpu::AttentionBackwardSchedule::kSplit));
     EXPECT_EQ(dq, dq2);
     EXPECT_EQ(dk, dk2);
     EXPECT_EQ(dv, dv2);

@@ -70,10 +70,10 @@ class CpuBackendImpl final : public Backend {
   OpStatus CrossEntropyBackward(const float* logits, const int32_t* labels, const float* lse,
                                 float grad_scale, float* dlogits, int64_t rows, int64_t vocab,
                                 int32_t ignore_index) override;
-  OpStatus CrossEntropyForwardBackward(const float* logits, const int32_t* labels,
-                                       float grad_scale, float* losses, float* lse,
-                                       double* loss_sum, int64_t* num_valid, float* dlogits,
-                                       int64_t rows, int64_t vocab, int32_t ignore_index) override;
+  OpStatus CrossEntropyForwardBackward(const float* logits, const int32_t* labels, float grad_scale,
+                                       float* losses, float* lse, double* loss_sum,
+                                       int64_t* num_valid, float* dlogits, int64_t rows,
+                                       int64_t vocab, int32_t ignore_index) override;
 
   OpStatus AdamWStep(float* param, const float* grad, float* m, float* v, int64_t n,
                      const AdamWParams& params) override;

@@ -54,8 +54,8 @@ QTRAIN_AVX512 float ExpShiftedSum(const float* z, float shift, float* out, int64
   __m512 sum = _mm512_setzero_ps();
   for (int64_t j = 0; j < n; j += 16) {
     const __mmask16 m = simd::FirstLanes(n - j);
-    const __m512 e = _mm512_maskz_mov_ps(
-        m, simd::Exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, z + j), vshift)));
+    const __m512 e =
+        _mm512_maskz_mov_ps(m, simd::Exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, z + j), vshift)));
     sum = _mm512_add_ps(sum, e);
     if (out != nullptr) _mm512_mask_storeu_ps(out + j, m, e);
   }

@@ -355,8 +355,8 @@ TEST(CrossEntropyTest, ForwardBackwardMatchesTheTwoOps) {
   std::vector<float> losses(rows), lse(rows), dz(rows * vocab, 9.0f);
   double sum = 0;
   int64_t valid = 0;
-  ASSERT_OP_OK(be.CrossEntropyForward(logits.data(), labels.data(), losses.data(), lse.data(),
-                                      &sum, &valid, rows, vocab, kIgnoreIndex));
+  ASSERT_OP_OK(be.CrossEntropyForward(logits.data(), labels.data(), losses.data(), lse.data(), &sum,
+                                      &valid, rows, vocab, kIgnoreIndex));
   ASSERT_OP_OK(be.CrossEntropyBackward(logits.data(), labels.data(), lse.data(), scale, dz.data(),
                                        rows, vocab, kIgnoreIndex));
   for (bool in_place : {false, true}) {

@@ -4,8 +4,10 @@
 #include <omp.h>
 
 #include <mutex>
+#include <vector>
 
 #include "kernels/cpu/parallel.h"
+#include "kernels/cpu/tile_math.h"
 
 namespace qtrain::kernels::cpu {
 namespace {
@@ -20,9 +22,32 @@ void BlockGemm(const GemmParams& p, int64_t row0, int64_t rows, int64_t col0, in
   const float* a = p.trans_a ? p.a + row0 : p.a + row0 * p.lda;
   const float* b = p.trans_b ? p.b + col0 * p.ldb : p.b + col0;
   cblas_sgemm(CblasRowMajor, p.trans_a ? CblasTrans : CblasNoTrans,
-              p.trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(rows),
-              static_cast<int>(cols), static_cast<int>(p.k), 1.0f, a, static_cast<int>(p.lda), b,
-              static_cast<int>(p.ldb), p.beta, p.c + row0 * p.ldc + col0, static_cast<int>(p.ldc));
+              p.trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(rows), static_cast<int>(cols),
+              static_cast<int>(p.k), 1.0f, a, static_cast<int>(p.lda), b, static_cast<int>(p.ldb),
+              p.beta, p.c + row0 * p.ldc + col0, static_cast<int>(p.ldc));
+}
+
+// Whether the register-blocked tile GEMM (tile_math.h) beats a packed OpenBLAS call on this
+// product. It reads A and B in place (B transposed once, when it is small), so it wins where
+// OpenBLAS's packing and C pre-zeroing outweigh the product: the linear forward with a short
+// k, and the input gradient with k of 128-256, with a B small enough for L2. The shapes come from
+// the small presets' GEMMs measured on an AVX-512 CPU (bench/kernels_bench, BM_Gemm: 1.3-1.7x
+// OpenBLAS there); weight gradients stay with OpenBLAS (no gain measured).
+bool UseTileGemm(const GemmParams& p) {
+  if (p.n % kTileLanes != 0 || p.k * p.n > (int64_t{1} << 16)) return false;
+  if (!p.trans_a && p.trans_b) return p.k <= 256;                 // x W^T (linear forward)
+  if (!p.trans_a && !p.trans_b) return p.k >= 128 && p.n <= 256;  // dy W (input gradient)
+  return false;
+}
+
+// B as a [k, n] row-major matrix for TileGemm: B itself, or B^T copied into `storage`.
+const float* TileB(const GemmParams& p, std::vector<float>& storage) {
+  if (!p.trans_b) return p.b;
+  storage.resize(p.k * p.n);
+  for (int64_t j = 0; j < p.n; ++j) {
+    for (int64_t i = 0; i < p.k; ++i) storage[i * p.n + j] = p.b[j * p.ldb + i];
+  }
+  return storage.data();
 }
 
 }  // namespace
@@ -30,15 +55,25 @@ void BlockGemm(const GemmParams& p, int64_t row0, int64_t rows, int64_t col0, in
 void Sgemm(const GemmParams& p) {
   if (p.m == 0 || p.n == 0) return;
   UseSingleThreadedBlas();
-  const bool split_rows = p.m >= 2 * kGemmBlock || p.m >= p.n;
+  const bool tile = UseTileGemm(p);
+  // The tile path splits rows only (its B is shared by every block).
+  const bool split_rows = tile || p.m >= 2 * kGemmBlock || p.m >= p.n;
   const int64_t extent = split_rows ? p.m : p.n;
   const int64_t blocks = (extent + kGemmBlock - 1) / kGemmBlock;
   const bool parallel = blocks > 1 && !omp_in_parallel() && WorthParallel(p.m * p.n * p.k);
+  static thread_local std::vector<float> transposed_b;
+  const float* tile_b = tile ? TileB(p, transposed_b) : nullptr;
+  const int64_t tile_ldb = p.trans_b ? p.n : p.ldb;
 #pragma omp parallel for schedule(dynamic, 1) if (parallel)
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t begin = blk * kGemmBlock;
-    const int64_t size = extent - begin < kGemmBlock ? extent - begin : kGemmBlock;
-    if (split_rows) {
+    const int64_t size = std::min(kGemmBlock, extent - begin);
+    if (tile) {
+      // A(m, i) = a[m * lda + i], or a[i * lda + m] when A is stored transposed.
+      const float* a = p.trans_a ? p.a + begin : p.a + begin * p.lda;
+      TileGemm(/*accumulate=*/p.beta != 0.0f, size, p.n, p.k, a, p.trans_a ? 1 : p.lda,
+               p.trans_a ? p.lda : 1, tile_b, tile_ldb, p.c + begin * p.ldc, p.ldc);
+    } else if (split_rows) {
       BlockGemm(p, begin, size, 0, p.n);
     } else {
       BlockGemm(p, 0, p.m, begin, size);

@@ -1,10 +1,12 @@
 // Row-major single-precision GEMM for the CPU backend, parallelised by qtrain itself:
 //   C[m, n] = op(A) op(B) + beta C,  op(A) [m, k], op(B) [k, n]
 // C is cut into fixed blocks of rows (or of columns when m is small); OpenMP threads take the
-// blocks and each runs a single-threaded OpenBLAS sgemm on its block. One threading runtime
-// (OpenMP) serves every op, so GEMM threads never compete with spinning OpenMP workers, and the
-// blocks do not depend on the thread count, so neither do the results: every element of C is
-// the same K-ordered sum whichever thread computes it.
+// blocks and each runs a single-threaded product on its block: OpenBLAS's sgemm, or, for the
+// shapes where it is faster, the register-blocked tile GEMM of tile_math.h (small operands read
+// in place, without packing). One threading runtime (OpenMP) serves every op, so GEMM threads
+// never compete with spinning OpenMP workers; the blocks and the choice of kernel depend only on
+// the shape, not on the thread count, so neither do the results: every element of C is the same
+// K-ordered sum whichever thread computes it.
 #ifndef QTRAIN_KERNELS_CPU_GEMM_H_
 #define QTRAIN_KERNELS_CPU_GEMM_H_
 

@@ -44,7 +44,8 @@ QTRAIN_AVX512 void Backward(const float* dout, const float* gate, const float* u
     const __m512 sig = Sigmoid16(a);
     if (dup != nullptr) {
       const __m512 acc = _mm512_maskz_loadu_ps(m, dup + i);
-      _mm512_mask_storeu_ps(dup + i, m, _mm512_add_ps(acc, _mm512_mul_ps(_mm512_mul_ps(d, a), sig)));
+      _mm512_mask_storeu_ps(dup + i, m,
+                            _mm512_add_ps(acc, _mm512_mul_ps(_mm512_mul_ps(d, a), sig)));
     }
     if (dgate != nullptr) {
       const __m512 u = _mm512_maskz_loadu_ps(m, up + i);

@@ -71,8 +71,7 @@ template <int kRows, bool kWide>
   int64_t n = 0;
   if constexpr (kWide) {
     for (; n + 2 * kTileLanes <= cols; n += 2 * kTileLanes) {
-      MicroTile<kRows, 2>(accumulate, depth, a, a_row_stride, a_col_stride, b + n, ldb, c + n,
-                          ldc);
+      MicroTile<kRows, 2>(accumulate, depth, a, a_row_stride, a_col_stride, b + n, ldb, c + n, ldc);
     }
   }
   for (; n < cols; n += kTileLanes) {
@@ -114,7 +113,7 @@ QTRAIN_AVX512 void TileGemmAvx512(bool accumulate, int64_t rows, int64_t cols, i
                                   const float* a, int64_t a_row_stride, int64_t a_col_stride,
                                   const float* b, int64_t ldb, float* c, int64_t ldc) {
   BlockedTileGemm<8, true>(accumulate, rows, cols, depth, a, a_row_stride, a_col_stride, b, ldb, c,
-                      ldc);
+                           ldc);
 }
 #endif
 
@@ -124,7 +123,8 @@ QTRAIN_TILE_CLONES
 void TileGemmGeneric(bool accumulate, int64_t rows, int64_t cols, int64_t depth, const float* a,
                      int64_t a_row_stride, int64_t a_col_stride, const float* b, int64_t ldb,
                      float* c, int64_t ldc) {
-  BlockedTileGemm<6, false>(accumulate, rows, cols, depth, a, a_row_stride, a_col_stride, b, ldb, c, ldc);
+  BlockedTileGemm<6, false>(accumulate, rows, cols, depth, a, a_row_stride, a_col_stride, b, ldb, c,
+                            ldc);
 }
 
 }  // namespace
@@ -176,16 +176,16 @@ QTRAIN_AVX512 float OnlineSoftmaxRow(float* s, int64_t n, int64_t visible, float
   return correction;
 }
 
-QTRAIN_AVX512 void SoftmaxBackwardRow(float* s, float* ds, int64_t n, int64_t visible,
-                                      float scale, float lse, float delta) {
+QTRAIN_AVX512 void SoftmaxBackwardRow(float* s, float* ds, int64_t n, int64_t visible, float scale,
+                                      float lse, float delta) {
   const __m512 vscale = _mm512_set1_ps(scale), vlse = _mm512_set1_ps(lse),
                vdelta = _mm512_set1_ps(delta);
   for (int64_t c = 0; c < n; c += 16) {
     const __mmask16 keep = FirstLanes(visible - c);
-    const __m512 p = _mm512_maskz_mov_ps(
-        keep, Exp16(_mm512_fmsub_ps(_mm512_loadu_ps(s + c), vscale, vlse)));
-    const __m512 d = _mm512_mul_ps(_mm512_mul_ps(p, _mm512_sub_ps(_mm512_loadu_ps(ds + c), vdelta)),
-                                   vscale);
+    const __m512 p =
+        _mm512_maskz_mov_ps(keep, Exp16(_mm512_fmsub_ps(_mm512_loadu_ps(s + c), vscale, vlse)));
+    const __m512 d =
+        _mm512_mul_ps(_mm512_mul_ps(p, _mm512_sub_ps(_mm512_loadu_ps(ds + c), vdelta)), vscale);
     _mm512_storeu_ps(s + c, p);
     _mm512_storeu_ps(ds + c, d);
   }

@@ -232,9 +232,9 @@ absl::StatusOr<ForwardResult> Model::Run(const Batch& batch, ForwardOutputs outp
           acts.logits.get(), targets, 1.0f / static_cast<float>(normalizer), acts.losses.get(),
           acts.lse.get(), &chunk_sum, nullptr, acts.logits.get(), n, vocab, kIgnoreIndex));
     } else {
-      QTRAIN_RETURN_IF_OP_ERROR(b.CrossEntropyForward(acts.logits.get(), targets,
-                                                      acts.losses.get(), acts.lse.get(),
-                                                      &chunk_sum, nullptr, n, vocab, kIgnoreIndex));
+      QTRAIN_RETURN_IF_OP_ERROR(b.CrossEntropyForward(acts.logits.get(), targets, acts.losses.get(),
+                                                      acts.lse.get(), &chunk_sum, nullptr, n, vocab,
+                                                      kIgnoreIndex));
     }
     result.loss_sum += chunk_sum;
     if (outputs.target_logprobs != nullptr) {

@@ -1,9 +1,10 @@
 #include "worker/model/model.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>
-#include <omp.h>
 #include <vector>
 
 #include "gmock/gmock.h"
