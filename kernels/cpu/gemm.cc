@@ -29,14 +29,15 @@ void BlockGemm(const GemmParams& p, int64_t row0, int64_t rows, int64_t col0, in
 
 // Whether the register-blocked tile GEMM (tile_math.h) beats a packed OpenBLAS call on this
 // product. It reads A and B in place (B transposed once, when it is small), so it wins where
-// OpenBLAS's packing and C pre-zeroing outweigh the product: the linear forward with a short
-// k, and the input gradient with k of 128-256, with a B small enough for L2. The shapes come from
-// the small presets' GEMMs measured on an AVX-512 CPU (bench/kernels_bench, BM_Gemm: 1.3-1.7x
-// OpenBLAS there); weight gradients stay with OpenBLAS (no gain measured).
+// OpenBLAS's packing and C pre-zeroing outweigh the product: the linear forward with a short k,
+// and input gradients (the LM head's included) with a narrow n, B small enough for L2. The shapes
+// come from the small presets' GEMMs measured on an AVX-512 CPU (bench/kernels_bench, BM_Gemm:
+// 1.1-1.7x OpenBLAS there); weight gradients stay with OpenBLAS (no gain measured).
 bool UseTileGemm(const GemmParams& p) {
-  if (p.n % kTileLanes != 0 || p.k * p.n > (int64_t{1} << 16)) return false;
-  if (!p.trans_a && p.trans_b) return p.k <= 256;                 // x W^T (linear forward)
-  if (!p.trans_a && !p.trans_b) return p.k >= 128 && p.n <= 256;  // dy W (input gradient)
+  if (p.n % kTileLanes != 0) return false;
+  const int64_t b_size = p.k * p.n;  // floats of B, which every row block reads
+  if (!p.trans_a && p.trans_b) return p.k <= 256 && b_size <= (1 << 16);  // x W^T, B^T copied
+  if (!p.trans_a && !p.trans_b) return p.n <= 256 && b_size <= (1 << 18);  // dy W
   return false;
 }
 
