@@ -1,6 +1,8 @@
 // Memory and elementwise utilities of the CPU backend, and the process-wide instance.
 #include "kernels/cpu/cpu_backend.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 
@@ -47,8 +49,20 @@ OpStatus CpuBackendImpl::Fill(float* x, int64_t n, float value) {
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative("Fill", "n", n));
   if (n == 0) return OpStatus::Ok();
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("Fill", "x", x));
+  // Zeros (the common case: gradient buffers) through memset, which uses the widest stores.
+  const bool zero = value == 0.0f && !std::signbit(value);
+  constexpr int64_t kBlock = 1 << 16;
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
 #pragma omp parallel for schedule(static) if (WorthParallel(n))
-  for (int64_t i = 0; i < n; ++i) x[i] = value;
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    float* begin = x + blk * kBlock;
+    const int64_t len = std::min(kBlock, n - blk * kBlock);
+    if (zero) {
+      std::memset(begin, 0, len * sizeof(float));
+    } else {
+      std::fill(begin, begin + len, value);
+    }
+  }
   return OpStatus::Ok();
 }
 

@@ -5,6 +5,7 @@
 #ifndef QTRAIN_KERNELS_CPU_SIMD_H_
 #define QTRAIN_KERNELS_CPU_SIMD_H_
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -22,28 +23,27 @@
 
 namespace qtrain::kernels::cpu::simd {
 
-inline constexpr float kExpMin = -87.0f, kExpMax = 88.0f;
+// Inputs are clamped to [kExpMin, kExpMax]: exp(-104) is below the smallest denormal, so the
+// result is 0 there (and for -inf); exp(88) is finite, so large inputs saturate instead of
+// overflowing.
+inline constexpr float kExpMin = -104.0f, kExpMax = 88.0f;
 inline constexpr float kLog2e = 1.44269504088896341f;
 inline constexpr float kLn2Hi = 0.693359375f;  // ln 2 split in two for precision
 inline constexpr float kLn2Lo = -2.12194440e-4f;
-inline constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
 inline constexpr float kExpPoly[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
                                       4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
 
 // exp(x) = 2^n exp(f) with n = round(x log2 e) and f = x - n ln 2; exp(f) by the Cephes expf
-// polynomial. About 2 ulp; exactly 0 below kExpMin (including -inf); at most exp(88) above;
-// NaN stays NaN.
+// polynomial. About 2 ulp (denormal results lose precision gradually); NaN stays NaN.
 [[gnu::always_inline]] inline float Exp(float in) {
+  if (std::isnan(in)) return in;
   const float v = in < kExpMin ? kExpMin : (in > kExpMax ? kExpMax : in);
-  const float fn = (v * kLog2e + kRound) - kRound;
+  const float fn = std::nearbyint(v * kLog2e);
   const float f = (v - fn * kLn2Hi) - fn * kLn2Lo;
   float p = kExpPoly[0];
   for (int i = 1; i < 6; ++i) p = p * f + kExpPoly[i];
   const float e = p * (f * f) + f + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(fn) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return in < kExpMin ? 0.0f : e * scale;
+  return std::ldexp(e, static_cast<int>(fn));
 }
 
 // Whether the AVX-512 paths may run here.
@@ -61,22 +61,20 @@ inline bool UseAvx512() {
 
 #ifdef QTRAIN_HAVE_AVX512_PATH
 
-// Exp on 16 lanes.
+// Exp on 16 lanes: the rounding by roundscale and the 2^n by scalef (which also produces the
+// denormals and the zeros below them).
 QTRAIN_AVX512 inline __m512 Exp16(__m512 in) {
-  const __m512 lo = _mm512_set1_ps(kExpMin);
   // max/min return their second operand when either is NaN: NaN goes through.
-  const __m512 v = _mm512_min_ps(_mm512_set1_ps(kExpMax), _mm512_max_ps(lo, in));
-  const __m512 round = _mm512_set1_ps(kRound);
-  const __m512 fn = _mm512_sub_ps(_mm512_fmadd_ps(v, _mm512_set1_ps(kLog2e), round), round);
+  const __m512 v =
+      _mm512_min_ps(_mm512_set1_ps(kExpMax), _mm512_max_ps(_mm512_set1_ps(kExpMin), in));
+  const __m512 fn = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(kLog2e)),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 f = _mm512_fnmadd_ps(fn, _mm512_set1_ps(kLn2Hi), v);
   f = _mm512_fnmadd_ps(fn, _mm512_set1_ps(kLn2Lo), f);
   __m512 p = _mm512_set1_ps(kExpPoly[0]);
   for (int i = 1; i < 6; ++i) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExpPoly[i]));
   const __m512 e = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(f, f), f), _mm512_set1_ps(1.0f));
-  const __m512i bits =
-      _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(fn), _mm512_set1_epi32(127)), 23);
-  const __mmask16 keep = _mm512_cmp_ps_mask(in, lo, _CMP_NLT_UQ);
-  return _mm512_maskz_mov_ps(keep, _mm512_mul_ps(e, _mm512_castsi512_ps(bits)));
+  return _mm512_scalef_ps(e, fn);
 }
 
 // The lanes l < count of a 16-lane block (none for count <= 0, all for count >= 16).
