@@ -53,9 +53,45 @@ const float* TileB(const GemmParams& p, std::vector<float>& storage) {
 
 }  // namespace
 
+// A weight gradient's small C (m x n) with a long k (the tokens) has too few row blocks to keep
+// the threads busy: the k range is cut into fixed chunks instead, each chunk's product goes to
+// its own buffer, and the chunks are added to C in chunk order. The chunks depend only on k, so
+// the result does not depend on the thread count either.
+bool UseSplitK(const GemmParams& p) {
+  return p.trans_a && !p.trans_b && p.m * p.n <= (int64_t{1} << 16) && p.k >= 2 * kSplitKChunk &&
+         p.m < 2 * kGemmBlock && WorthParallel(p.m * p.n * p.k);
+}
+
+void SplitKGemm(const GemmParams& p) {
+  const int64_t chunks = (p.k + kSplitKChunk - 1) / kSplitKChunk;
+  const int64_t size = p.m * p.n;
+  static thread_local std::vector<float> partials;
+  partials.resize(chunks * size);
+  float* part = partials.data();
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t k0 = c * kSplitKChunk;
+    // A is stored [k, m] (trans_a) and B [k, n]: chunk c is rows k0 .. of both.
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(p.m),
+                static_cast<int>(p.n), static_cast<int>(std::min(kSplitKChunk, p.k - k0)), 1.0f,
+                p.a + k0 * p.lda, static_cast<int>(p.lda), p.b + k0 * p.ldb,
+                static_cast<int>(p.ldb), 0.0f, part + c * size, static_cast<int>(p.n));
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < p.m; ++i) {
+    for (int64_t j = 0; j < p.n; ++j) {
+      float sum = part[i * p.n + j];
+      for (int64_t c = 1; c < chunks; ++c) sum += part[c * size + i * p.n + j];
+      float* out = p.c + i * p.ldc + j;
+      *out = p.beta != 0.0f ? *out + sum : sum;
+    }
+  }
+}
+
 void Sgemm(const GemmParams& p) {
   if (p.m == 0 || p.n == 0) return;
   UseSingleThreadedBlas();
+  if (UseSplitK(p)) return SplitKGemm(p);
   const bool tile = UseTileGemm(p);
   // The tile path splits rows only (its B is shared by every block).
   const bool split_rows = tile || p.m >= 2 * kGemmBlock || p.m >= p.n;

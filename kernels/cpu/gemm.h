@@ -30,6 +30,8 @@ struct GemmParams {
 // Rows (or columns) of C per parallel block. Big enough that OpenBLAS's packing of the other
 // operand is a small share of each block's work.
 inline constexpr int64_t kGemmBlock = 128;
+// k per chunk where a weight gradient is split along k (gemm.cc, UseSplitK).
+inline constexpr int64_t kSplitKChunk = 512;
 
 // Dimensions must fit in int (ValidateLinear checks). Safe to call inside an OpenMP region (it
 // then runs on the calling thread).

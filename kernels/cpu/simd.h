@@ -43,7 +43,12 @@ inline constexpr float kExpPoly[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334
   float p = kExpPoly[0];
   for (int i = 1; i < 6; ++i) p = p * f + kExpPoly[i];
   const float e = p * (f * f) + f + 1.0f;
-  return std::ldexp(e, static_cast<int>(fn));
+  const int n = static_cast<int>(fn);
+  if (n < -126) return std::ldexp(e, n);  // a denormal result (rare: ldexp is slow)
+  const int32_t bits = (n + 127) << 23;   // 2^n, a normal float
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return e * scale;
 }
 
 // Whether the AVX-512 paths may run here.
