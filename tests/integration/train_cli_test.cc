@@ -113,9 +113,10 @@ class TrainCliTest : public ::testing::Test {
   }
   static void TearDownTestSuite() { fs::remove_all(root_); }
 
-  ProcessResult Train(const std::string& run, const std::vector<std::string>& env = {}) {
+  ProcessResult Train(const std::string& run, const std::vector<std::string>& env = {},
+                      const std::string& spec = "job.yaml") {
     return RunProcess(
-        {qtrain_, "train", (root_ / "job.yaml").string(), "--run-dir", (root_ / run).string()}, env,
+        {qtrain_, "train", (root_ / spec).string(), "--run-dir", (root_ / run).string()}, env,
         root_ / (run + ".log"));
   }
   std::string FinalHash(const std::string& run) {
@@ -151,6 +152,35 @@ TEST_F(TrainCliTest, KilledRunsResumeToIdenticalWeights) {
     EXPECT_THAT(resumed.output, HasSubstr("resumed from"));
     EXPECT_EQ(FinalHash(run), expected);
   }
+}
+
+// The CPU kernels' results do not depend on the thread count, so a run may resume with another.
+// The model is wide enough (512-token micro-batches) that the ops split their work into several
+// parallel blocks.
+TEST_F(TrainCliTest, ResumesBitExactlyWithAnotherThreadCount) {
+  std::ofstream spec(root_ / "wide.yaml");
+  spec << "name: wide\nseed: 3\n"
+       << "model: {config: {vocab_size: 320, hidden_size: 64, intermediate_size: 176, "
+          "num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, "
+          "max_position_embeddings: 256}}\n"
+       << "tokenizer: " << (root_ / "tok" / "tokenizer.json").string() << "\n"
+       << "data: {manifest: " << (root_ / "shards" / "manifest.json").string()
+       << ", validation_fraction: 0.1}\n"
+       << "curriculum:\n"
+       << "  - {name: only, seq_len: 128, tokens: 4096, micro_batch: 4}\n"
+       << "optimizer: {lr: 1e-2, min_lr: 1e-3, warmup_steps: 2}\n"
+       << "batch: {global_tokens: 1024}\n"
+       << "checkpoint: {every_steps: 1, keep_last: 2}\n";
+  spec.close();
+  const ProcessResult straight = Train("threads_straight", {"OMP_NUM_THREADS=2"}, "wide.yaml");
+  ASSERT_EQ(straight.exit_code, 0) << straight.output;
+  const ProcessResult killed = Train(
+      "threads_resumed", {"OMP_NUM_THREADS=1", "QTRAIN_FAULT_INJECT=step_done:2"}, "wide.yaml");
+  EXPECT_EQ(killed.signal, SIGKILL) << killed.output;
+  const ProcessResult resumed = Train("threads_resumed", {"OMP_NUM_THREADS=3"}, "wide.yaml");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_THAT(resumed.output, HasSubstr("resumed from"));
+  EXPECT_EQ(FinalHash("threads_resumed"), FinalHash("threads_straight"));
 }
 
 TEST_F(TrainCliTest, ContinuesFromATransformersDirectory) {
