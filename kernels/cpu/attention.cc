@@ -458,14 +458,14 @@ OpStatus AttentionBackwardTiled(const float* q, const float* k, const float* v, 
 
 OpStatus CpuBackendImpl::AttentionForward(const float* q, const float* k, const float* v, float* o,
                                           float* lse, const AttentionShape& shape) {
-  return AttentionForwardTiled(q, k, v, o, lse, shape, kAttentionTile);
+  return AttentionForwardTiled(q, k, v, o, lse, shape, kAttentionForwardTile);
 }
 
 OpStatus CpuBackendImpl::AttentionBackward(const float* q, const float* k, const float* v,
                                            const float* o, const float* lse, const float* dout,
                                            float* dq, float* dk, float* dv,
                                            const AttentionShape& shape) {
-  return AttentionBackwardTiled(q, k, v, o, lse, dout, dq, dk, dv, shape, kAttentionTile);
+  return AttentionBackwardTiled(q, k, v, o, lse, dout, dq, dk, dv, shape, kAttentionBackwardTile);
 }
 
 }  // namespace qtrain::kernels::cpu
