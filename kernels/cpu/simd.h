@@ -37,7 +37,8 @@ inline constexpr float kExpPoly[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334
 // polynomial. About 2 ulp (denormal results lose precision gradually); NaN stays NaN.
 [[gnu::always_inline]] inline float Exp(float in) {
   if (std::isnan(in)) return in;
-  const float v = in < kExpMin ? kExpMin : (in > kExpMax ? kExpMax : in);
+  if (in < kExpMin) return 0.0f;  // -inf included (an online softmax's first rescale)
+  const float v = in > kExpMax ? kExpMax : in;
   const float fn = std::nearbyint(v * kLog2e);
   const float f = (v - fn * kLn2Hi) - fn * kLn2Lo;
   float p = kExpPoly[0];
