@@ -3,10 +3,12 @@
 #include <cblas.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <mutex>
 #include <vector>
 
 #include "kernels/cpu/parallel.h"
+#include "kernels/cpu/simd.h"
 #include "kernels/cpu/tile_math.h"
 
 namespace qtrain::kernels::cpu {
@@ -32,9 +34,10 @@ void BlockGemm(const GemmParams& p, int64_t row0, int64_t rows, int64_t col0, in
 // OpenBLAS's packing and C pre-zeroing outweigh the product: the linear forward with a short k,
 // and input gradients (the LM head's included) with a narrow n, B small enough for L2. The shapes
 // come from the small presets' GEMMs measured on an AVX-512 CPU (bench/kernels_bench, BM_Gemm:
-// 1.1-1.7x OpenBLAS there); weight gradients stay with OpenBLAS (no gain measured).
+// 1.1-1.7x OpenBLAS there); weight gradients stay with OpenBLAS (no gain measured), and so does
+// everything on CPUs without AVX-512 (unmeasured).
 bool UseTileGemm(const GemmParams& p) {
-  if (p.n % kTileLanes != 0) return false;
+  if (!simd::UseAvx512() || p.n % kTileLanes != 0) return false;
   const int64_t b_size = p.k * p.n;  // floats of B, which every row block reads
   if (!p.trans_a && p.trans_b) return p.k <= 256 && b_size <= (1 << 16);  // x W^T, B^T copied
   if (!p.trans_a && !p.trans_b) return p.n <= 256 && b_size <= (1 << 18);  // dy W
@@ -50,8 +53,6 @@ const float* TileB(const GemmParams& p, std::vector<float>& storage) {
   }
   return storage.data();
 }
-
-}  // namespace
 
 // A weight gradient's small C (m x n) with a long k (the tokens) has too few row blocks to keep
 // the threads busy: the k range is cut into fixed chunks instead, each chunk's product goes to
@@ -87,6 +88,8 @@ void SplitKGemm(const GemmParams& p) {
     }
   }
 }
+
+}  // namespace
 
 void Sgemm(const GemmParams& p) {
   if (p.m == 0 || p.n == 0) return;

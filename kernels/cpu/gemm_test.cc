@@ -1,7 +1,7 @@
 // Sgemm against a double-precision loop, for every transpose combination the kernels use and
-// shapes that take each path (OpenBLAS blocks by rows or columns, the tile GEMM), with beta 0
-// (C overwritten, even when it holds NaN) and 1 (accumulated); and bitwise thread-count
-// independence.
+// shapes that take each path (OpenBLAS blocks by rows or columns, the tile GEMM on AVX-512 CPUs,
+// split k), with beta 0 (C overwritten, even when it holds NaN) and 1 (accumulated); and bitwise
+// thread-count independence.
 #include "kernels/cpu/gemm.h"
 
 #include <gtest/gtest.h>
