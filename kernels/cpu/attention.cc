@@ -14,7 +14,8 @@
 //   there are too few (b, kv head) pairs to keep the threads busy; P and dS are computed in both
 //   passes (7 tile products).
 // Each item owns its output rows (no atomics), and every output element is the same sequence of
-// operations in both schedules and at any thread count.
+// operations in both schedules and at any thread count. The operands are copied once per call
+// into per-head buffers (Operands) that the tile products read in place.
 #include "kernels/cpu/attention.h"
 
 #include <omp.h>
@@ -186,10 +187,10 @@ int64_t Visible(const Layout& L, int64_t t0, int64_t r, int64_t j0, int64_t nk) 
 // sc.s = A k^T (unscaled) for nq query rows (A(r, i) = a[r * lda + i]) and keys [j0, j0+nk) of
 // (b, g) = bg. Returns the padded key count (columns up to the lane multiple).
 int64_t Scores(const Layout& L, const Operands& op, Scratch& sc, const float* a, int64_t lda,
-               int64_t nq, int64_t bg, int64_t j0, int64_t nk, std::vector<float>& out) {
+               int64_t nq, int64_t bg, int64_t j0, int64_t nk) {
   const int64_t nkp = RoundUpToLanes(nk);
   TileGemm(/*accumulate=*/false, nq, nkp, L.D, a, lda, 1, op.kt + op.KvtRow(L, bg, 0) + j0, op.Rp,
-           out.data(), sc.tp);
+           sc.s.data(), sc.tp);
   return nkp;
 }
 
@@ -205,7 +206,7 @@ void ForwardItem(const Layout& L, const Operands& op, const float* q, float* o, 
   const int64_t key_end = L.past + t0 + nq;  // exclusive: the last query's visible keys
   for (int64_t j0 = 0; j0 < key_end; j0 += tile) {
     const int64_t nk = std::min(tile, key_end - j0);
-    const int64_t nkp = Scores(L, op, sc, qt, L.H * L.D, nq, bg, j0, nk, sc.s);
+    const int64_t nkp = Scores(L, op, sc, qt, L.H * L.D, nq, bg, j0, nk);
     // Online softmax: this tile's probabilities, and what was accumulated rescaled to the new
     // row max.
     for (int64_t r = 0; r < nq; ++r) {
@@ -249,7 +250,7 @@ struct QueryTile {
 // tile [j0, j0+nk) of (b, g) = bg, [nq, nk] with row stride tp.
 void ProbabilitiesAndScoreGrads(const Layout& L, const Operands& op, Scratch& sc,
                                 const QueryTile& qt, int64_t bg, int64_t j0, int64_t nk) {
-  const int64_t nkp = Scores(L, op, sc, qt.q, op.dp, qt.nq, bg, j0, nk, sc.s);
+  const int64_t nkp = Scores(L, op, sc, qt.q, op.dp, qt.nq, bg, j0, nk);
   TileGemm(/*accumulate=*/false, qt.nq, nkp, L.D, qt.dout, op.dp, 1,
            op.vt + op.KvtRow(L, bg, 0) + j0, op.Rp, sc.ds.data(), sc.tp);
   for (int64_t r = 0; r < qt.nq; ++r) {
