@@ -12,7 +12,7 @@
 // Everything the future of a run depends on is in its checkpoint (weights, AdamW moments and
 // step count, job step, tokens seen, skip counters) or a pure function of the spec and the data
 // (the data plan, the learning rate, the stage), so a run killed at any point and resumed ends
-// with the same bytes as one that never stopped (CPU backend, same thread count).
+// with the same bytes as one that never stopped (CPU backend, at any thread count).
 #ifndef QTRAIN_WORKER_TRAIN_TRAINER_H_
 #define QTRAIN_WORKER_TRAIN_TRAINER_H_
 
