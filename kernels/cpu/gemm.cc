@@ -31,11 +31,11 @@ void BlockGemm(const GemmParams& p, int64_t row0, int64_t rows, int64_t col0, in
 
 // Whether the register-blocked tile GEMM (tile_math.h) beats a packed OpenBLAS call on this
 // product. It reads A and B in place (B transposed once, when it is small), so it wins where
-// OpenBLAS's packing and C pre-zeroing outweigh the product: the linear forward with a short k,
-// and input gradients (the LM head's included) with a narrow n, B small enough for L2. The shapes
-// come from the small presets' GEMMs measured on an AVX-512 CPU (bench/kernels_bench, BM_Gemm:
-// 1.1-1.7x OpenBLAS there); weight gradients stay with OpenBLAS (no gain measured), and so does
-// everything on CPUs without AVX-512 (unmeasured).
+// OpenBLAS's packing and C pre-zeroing outweigh the product: the linear forward with a short k
+// and input gradients with a narrow n (the LM head's included), B small enough for L2. The shapes
+// come from the small presets' GEMMs on an AVX-512 CPU (bench/kernels_bench, BM_Gemm, 1 thread:
+// 1.0-1.5x OpenBLAS there, and +2-3% on a whole training step). Weight gradients stay with
+// OpenBLAS (no gain measured), and so does everything on CPUs without AVX-512 (unmeasured).
 bool UseTileGemm(const GemmParams& p) {
   if (!simd::UseAvx512() || p.n % kTileLanes != 0) return false;
   const int64_t b_size = p.k * p.n;  // floats of B, which every row block reads
