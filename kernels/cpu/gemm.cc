@@ -39,7 +39,7 @@ void BlockGemm(const GemmParams& p, int64_t row0, int64_t rows, int64_t col0, in
 bool UseTileGemm(const GemmParams& p) {
   if (!simd::UseAvx512() || p.n % kTileLanes != 0) return false;
   const int64_t b_size = p.k * p.n;  // floats of B, which every row block reads
-  if (!p.trans_a && p.trans_b) return p.k <= 256 && b_size <= (1 << 16);  // x W^T, B^T copied
+  if (!p.trans_a && p.trans_b) return p.k <= 256 && b_size <= (1 << 16);   // x W^T, B^T copied
   if (!p.trans_a && !p.trans_b) return p.n <= 256 && b_size <= (1 << 18);  // dy W
   return false;
 }
@@ -64,17 +64,22 @@ bool UseSplitK(const GemmParams& p) {
 }
 
 void SplitKGemm(const GemmParams& p) {
-  const int64_t chunks = (p.k + kSplitKChunk - 1) / kSplitKChunk;
+  // kSplitKChunk rows of k per chunk, more when that would make over kMaxSplitKChunks partial
+  // products to hold.
+  constexpr int64_t kMaxSplitKChunks = 16;
+  const int64_t chunk_k =
+      std::max(kSplitKChunk, (p.k + kMaxSplitKChunks * 64 - 1) / (kMaxSplitKChunks * 64) * 64);
+  const int64_t chunks = (p.k + chunk_k - 1) / chunk_k;
   const int64_t size = p.m * p.n;
   static thread_local std::vector<float> partials;
   partials.resize(chunks * size);
   float* part = partials.data();
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t k0 = c * kSplitKChunk;
+    const int64_t k0 = c * chunk_k;
     // A is stored [k, m] (trans_a) and B [k, n]: chunk c is rows k0 .. of both.
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(p.m),
-                static_cast<int>(p.n), static_cast<int>(std::min(kSplitKChunk, p.k - k0)), 1.0f,
+                static_cast<int>(p.n), static_cast<int>(std::min(chunk_k, p.k - k0)), 1.0f,
                 p.a + k0 * p.lda, static_cast<int>(p.lda), p.b + k0 * p.ldb,
                 static_cast<int>(p.ldb), 0.0f, part + c * size, static_cast<int>(p.n));
   }
