@@ -68,6 +68,20 @@ function(qtrain_cc_test)
   add_dependencies(qtrain_all_tests ${Q_NAME})
 endfunction()
 
+# Registers test binary NAME's tests once more, prefixed "portable/", with the CPU kernels'
+# AVX-512 paths turned off (QTRAIN_CPU_NO_AVX512=1), so that the portable loops other CPUs run are
+# checked on any CPU.
+function(qtrain_portable_tests NAME)
+  if(NOT QTRAIN_BUILD_TESTS)
+    return()
+  endif()
+  gtest_discover_tests(${NAME}
+    DISCOVERY_MODE PRE_TEST
+    WORKING_DIRECTORY ${PROJECT_SOURCE_DIR}
+    TEST_PREFIX "portable/"
+    PROPERTIES LABELS unit TIMEOUT 300 ENVIRONMENT "QTRAIN_CPU_NO_AVX512=1")
+endfunction()
+
 # A libFuzzer target. Built only in a fuzz build (QTRAIN_FUZZ=ON, clang); `ctest -L fuzz` runs
 # each one for QTRAIN_FUZZ_SECONDS over its seed corpus.
 function(qtrain_cc_fuzz)

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -52,10 +53,13 @@ inline constexpr float kExpPoly[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334
   return e * scale;
 }
 
-// Whether the AVX-512 paths may run here.
+// Whether the AVX-512 paths may run here: the CPU (and OS) support them, and
+// QTRAIN_CPU_NO_AVX512 is not set to 1 (tests set it to run the portable loops on any CPU).
 inline bool UseAvx512() {
 #ifdef QTRAIN_HAVE_AVX512_PATH
   static const bool use = [] {
+    const char* off = std::getenv("QTRAIN_CPU_NO_AVX512");
+    if (off != nullptr && off[0] == '1' && off[1] == '\0') return false;
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") != 0;
   }();
