@@ -2,9 +2,11 @@
 
 #include <filesystem>
 #include <system_error>
+#include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 
 namespace qtrain::tokenizer {
@@ -65,6 +67,18 @@ absl::StatusOr<bool> CorpusReader::Next(TextChunk* chunk) {
     ++index_;
   }
   return false;
+}
+
+absl::StatusOr<bool> CorpusReader::NextBatch(size_t bytes, std::vector<TextChunk>* batch) {
+  size_t read = 0;
+  while (read < bytes) {
+    TextChunk chunk;
+    QTRAIN_ASSIGN_OR_RETURN(const bool more, Next(&chunk));
+    if (!more) return false;
+    read += chunk.text.size() + 1;
+    batch->push_back(std::move(chunk));
+  }
+  return true;
 }
 
 absl::StatusOr<bool> CorpusReader::NextJsonl(TextChunk* chunk) {

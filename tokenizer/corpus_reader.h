@@ -35,6 +35,10 @@ class CorpusReader {
   // The next chunk; false at the end of the last file.
   absl::StatusOr<bool> Next(TextChunk* chunk);
 
+  // Appends chunks to *batch until about `bytes` of text (counting one per chunk end) are in it
+  // or the corpus ends; false once the corpus has ended.
+  absl::StatusOr<bool> NextBatch(size_t bytes, std::vector<TextChunk>* batch);
+
   uint64_t total_bytes() const { return total_bytes_; }
   uint64_t bytes_read() const { return done_bytes_ + file_offset_; }
 

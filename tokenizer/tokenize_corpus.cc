@@ -98,14 +98,7 @@ absl::StatusOr<TokenizeCorpusResult> TokenizeCorpus(const Tokenizer& tok,
     std::vector<Batch> batches(static_cast<size_t>(jobs) * 4);
     size_t used = 0;
     for (; used < batches.size() && more; ++used) {
-      size_t bytes = 0;
-      while (bytes < kChunkBytes) {
-        TextChunk chunk;
-        QTRAIN_ASSIGN_OR_RETURN(more, reader.Next(&chunk));
-        if (!more) break;
-        bytes += chunk.text.size() + 1;
-        batches[used].chunks.push_back(std::move(chunk));
-      }
+      QTRAIN_ASSIGN_OR_RETURN(more, reader.NextBatch(kChunkBytes, &batches[used].chunks));
     }
     pool.Run(used, [&](size_t k) { EncodeBatch(tok, *eos, &batches[k]); });
     for (size_t k = 0; k < used; ++k) {

@@ -284,14 +284,7 @@ absl::StatusOr<Tokenizer> TrainBpeOnFiles(const std::vector<std::string>& paths,
     std::vector<std::vector<TextChunk>> batches(static_cast<size_t>(jobs) * 2);
     size_t used = 0;
     for (; used < batches.size() && more; ++used) {
-      size_t bytes = 0;
-      while (bytes < kChunkBytes) {
-        TextChunk chunk;
-        QTRAIN_ASSIGN_OR_RETURN(more, reader.Next(&chunk));
-        if (!more) break;
-        bytes += chunk.text.size() + 1;
-        batches[used].push_back(std::move(chunk));
-      }
+      QTRAIN_ASSIGN_OR_RETURN(more, reader.NextBatch(kChunkBytes, &batches[used]));
     }
     std::vector<PieceCounter> counters(used, PieceCounter(options.special_tokens, options.nfc));
     std::vector<absl::Status> status(used);
