@@ -31,43 +31,79 @@ std::string DirectoryOf(const std::string& path) {
 
 }  // namespace
 
-absl::StatusOr<std::string> ReadFileToString(const std::string& path, size_t max_bytes) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return ErrnoStatus(errno, "cannot open", path);
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    const int err = errno;
-    ::close(fd);
-    return ErrnoStatus(err, "cannot stat", path);
+ScopedFd& ScopedFd::operator=(ScopedFd&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = other.release();
   }
-  if (S_ISDIR(st.st_mode)) {
-    ::close(fd);
-    return absl::FailedPreconditionError(absl::StrCat(path, " is a directory, not a file"));
+  return *this;
+}
+
+ScopedFd::~ScopedFd() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+namespace {
+
+const char* FileTypeName(mode_t mode) {
+  if (S_ISREG(mode)) return "a regular file";
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISSOCK(mode)) return "a socket";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  return "not a regular file";
+}
+
+}  // namespace
+
+std::string DescribeFileType(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return errno == ENOENT ? "missing" : std::strerror(errno);
+  return FileTypeName(st.st_mode);
+}
+
+absl::StatusOr<RegularFile> OpenRegularFile(const std::string& path, uint64_t max_bytes) {
+  if (path.empty()) return absl::InvalidArgumentError("empty file name");
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer. It does not change
+  // reads of regular files, and the type is checked on the open descriptor (no race with a
+  // rename between a stat and the open).
+  ScopedFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
+  if (fd.get() < 0) return ErrnoStatus(errno, "cannot open", path);
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, "cannot stat", path);
+  if (!S_ISREG(st.st_mode)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, " is ", FileTypeName(st.st_mode), ", not a regular file"));
   }
   if (static_cast<uint64_t>(st.st_size) > max_bytes) {
-    ::close(fd);
-    return absl::FailedPreconditionError(
-        absl::StrCat(path, " is ", st.st_size, " bytes, more than the limit of ", max_bytes));
+    return absl::FailedPreconditionError(absl::StrCat(
+        path, " is ", st.st_size, " bytes, more than the limit of ", max_bytes, " bytes"));
   }
+  const int flags = ::fcntl(fd.get(), F_GETFL);
+  if (flags >= 0) ::fcntl(fd.get(), F_SETFL, flags & ~O_NONBLOCK);
+  return RegularFile{std::move(fd), static_cast<uint64_t>(st.st_size)};
+}
+
+absl::StatusOr<std::string> ReadFileToString(const std::string& path, size_t max_bytes) {
+  QTRAIN_ASSIGN_OR_RETURN(RegularFile file, OpenRegularFile(path, max_bytes));
   std::string content;
+  content.reserve(static_cast<size_t>(file.size));
   char chunk[1 << 16];
   while (true) {
-    const ssize_t n = ::read(fd, chunk, sizeof(chunk));
+    const ssize_t n = ::read(file.fd.get(), chunk, sizeof(chunk));
     if (n < 0) {
       if (errno == EINTR) continue;
-      const int err = errno;
-      ::close(fd);
-      return ErrnoStatus(err, "cannot read", path);
+      return ErrnoStatus(errno, "cannot read", path);
     }
     if (n == 0) break;
     content.append(chunk, static_cast<size_t>(n));
+    // The file may grow while it is read.
     if (content.size() > max_bytes) {
-      ::close(fd);
       return absl::FailedPreconditionError(
           absl::StrCat(path, " is larger than the limit of ", max_bytes, " bytes"));
     }
   }
-  ::close(fd);
   return content;
 }
 

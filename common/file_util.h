@@ -7,6 +7,7 @@
 #define QTRAIN_COMMON_FILE_UTIL_H_
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -15,7 +16,46 @@
 
 namespace qtrain {
 
-// Reads a whole file. NOT_FOUND if missing; FAILED_PRECONDITION if larger than max_bytes.
+// An open file descriptor, closed on destruction.
+class ScopedFd {
+ public:
+  ScopedFd() = default;
+  explicit ScopedFd(int fd) : fd_(fd) {}
+  ScopedFd(ScopedFd&& other) noexcept : fd_(other.release()) {}
+  ScopedFd& operator=(ScopedFd&& other) noexcept;
+  ScopedFd(const ScopedFd&) = delete;
+  ScopedFd& operator=(const ScopedFd&) = delete;
+  ~ScopedFd();
+  int get() const { return fd_; }
+  int release() {
+    const int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+// A regular file opened for reading, with its size at open time.
+struct RegularFile {
+  ScopedFd fd;
+  uint64_t size = 0;
+};
+
+// Opens `path` for reading and checks that it is a regular file, without ever blocking: a FIFO,
+// socket, device or directory is refused with FAILED_PRECONDITION naming what it is ("s.yaml is
+// a FIFO, not a regular file"), and so is a file larger than `max_bytes`. NOT_FOUND if missing.
+// Every reader of a file named by a user goes through this (or ReadFileToString).
+absl::StatusOr<RegularFile> OpenRegularFile(const std::string& path,
+                                            uint64_t max_bytes = UINT64_MAX);
+
+// What kind of file `path` is, for messages: "a regular file", "a directory", "a FIFO", ...;
+// follows symlinks; "missing" when it does not exist.
+std::string DescribeFileType(const std::string& path);
+
+// Reads a whole regular file (see OpenRegularFile). NOT_FOUND if missing; FAILED_PRECONDITION if
+// not a regular file or larger than max_bytes (the message names the limit).
 absl::StatusOr<std::string> ReadFileToString(const std::string& path,
                                              size_t max_bytes = size_t{1} << 34);
 

@@ -1,11 +1,14 @@
 #include "common/file_util.h"
 
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -51,6 +54,36 @@ TEST_F(FileUtilTest, ReadErrorsNameThePath) {
   EXPECT_EQ(ReadFileToString(dir_).status().code(), absl::StatusCode::kFailedPrecondition);
   ASSERT_TRUE(WriteFileAtomically(dir_ / "big", std::string(100, 'x')).ok());
   EXPECT_EQ(ReadFileToString(dir_ / "big", 99).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+// A FIFO would block a plain open() forever; devices never end. Both are refused at once, with
+// the kind of file named.
+TEST_F(FileUtilTest, NonRegularFilesAreRefusedWithoutBlocking) {
+  const std::string fifo = dir_ / "spec.yaml";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0644), 0);
+  for (const auto& [path, kind] :
+       std::vector<std::pair<std::string, std::string>>{{fifo, "a FIFO"},
+                                                        {"/dev/zero", "a character device"},
+                                                        {"/dev/null", "a character device"},
+                                                        {dir_.string(), "a directory"}}) {
+    SCOPED_TRACE(path);
+    auto read = ReadFileToString(path, 1 << 20);
+    EXPECT_EQ(read.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_NE(read.status().message().find(kind + ", not a regular file"), absl::string_view::npos)
+        << read.status();
+    EXPECT_EQ(OpenRegularFile(path).status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_EQ(DescribeFileType(path), kind);
+  }
+  EXPECT_EQ(DescribeFileType(dir_ / "nope"), "missing");
+  // A symlink to a regular file is fine.
+  ASSERT_TRUE(WriteFileAtomically(dir_ / "real", "x").ok());
+  fs::create_symlink(dir_ / "real", dir_ / "link");
+  EXPECT_EQ(*ReadFileToString(dir_ / "link"), "x");
+  auto opened = OpenRegularFile(dir_ / "real");
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  EXPECT_EQ(opened->size, 1u);
+  EXPECT_EQ(OpenRegularFile(dir_ / "real", 0).status().code(),
             absl::StatusCode::kFailedPrecondition);
 }
 

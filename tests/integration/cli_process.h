@@ -1,0 +1,56 @@
+// Runs a real `qtrain` process for the CLI-level tests: stdin from a file (or nothing), stdout
+// and stderr captured to a file, under an address-space limit and a wall-clock timeout, so a
+// crash, a runaway allocation or a hang shows up as a test failure instead of taking the test
+// runner down with it.
+#ifndef QTRAIN_TESTS_INTEGRATION_CLI_PROCESS_H_
+#define QTRAIN_TESTS_INTEGRATION_CLI_PROCESS_H_
+
+#include <cstdint>
+#include <filesystem>
+#include <ostream>
+#include <string>
+#include <vector>
+
+namespace qtrain::testing_cli {
+
+struct CliOptions {
+  std::vector<std::string> env;               // extra NAME=VALUE entries
+  std::filesystem::path stdin_path;           // empty: /dev/null
+  std::filesystem::path stdout_path;          // empty: captured with stderr into the log
+  uint64_t address_space_bytes = 2ull << 30;  // RLIMIT_AS of the child; 0: unlimited
+  double timeout_seconds = 60;                // then SIGKILL, and timed_out is set
+};
+
+struct CliResult {
+  bool exited = false;  // exited normally (not by a signal)
+  int exit_code = -1;   // when exited
+  int signal = 0;       // the signal that ended it, if any
+  bool timed_out = false;
+  std::string output;  // stderr, and stdout unless it went to stdout_path
+  std::string Describe() const;
+};
+
+// The `qtrain` binary of this build (QTRAIN_BIN_DIR/qtrain).
+std::string QtrainBinary();
+
+// Runs `args` (args[0] is the program), writing the combined log to `log`.
+CliResult RunCli(const std::vector<std::string>& args, const std::filesystem::path& log,
+                 const CliOptions& options = {});
+
+// gtest-friendly printing.
+inline std::ostream& operator<<(std::ostream& os, const CliResult& r) { return os << r.Describe(); }
+
+}  // namespace qtrain::testing_cli
+
+// Asserts a clean refusal: the process exited on its own (no signal, no timeout) with a non-zero
+// code, and its output names the problem.
+#define EXPECT_CLEAN_FAILURE(result, needle)                    \
+  do {                                                          \
+    const ::qtrain::testing_cli::CliResult& r_ = (result);      \
+    EXPECT_FALSE(r_.timed_out) << r_;                           \
+    EXPECT_EQ(r_.signal, 0) << r_;                              \
+    EXPECT_TRUE(r_.exited&& r_.exit_code != 0) << r_;           \
+    EXPECT_THAT(r_.output, ::testing::HasSubstr(needle)) << r_; \
+  } while (0)
+
+#endif  // QTRAIN_TESTS_INTEGRATION_CLI_PROCESS_H_
