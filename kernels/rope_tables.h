@@ -1,6 +1,6 @@
 // RoPE inverse frequencies and the attention factor exactly as transformers computes them
 // (modeling_rope_utils.py: _compute_default_rope_parameters, _compute_yarn_parameters).
-// See MODEL_SPEC.md section 4. Host-side and backend-independent: the model computes the tables
+// See docs/model-math.md#rope-tables. Host-side, backend-independent: the model computes the tables
 // once and passes inv_freq / attention_factor to Backend::RopeForward.
 #ifndef QTRAIN_KERNELS_ROPE_TABLES_H_
 #define QTRAIN_KERNELS_ROPE_TABLES_H_
@@ -18,7 +18,7 @@ struct RopeConfig {
   double theta = 1e6;     // rope_theta
   bool yarn = false;      // rope_type "yarn"; otherwise plain RoPE with attention factor 1
   // YaRN only. The caller resolves transformers' version-dependent choice of factor and L0
-  // (MODEL_SPEC.md section 4, "version trap") and passes the values to use.
+  // (docs/model-math.md#version-trap) and passes the values to use.
   double factor = 1.0;                           // s
   int64_t original_max_position_embeddings = 0;  // L0; must be > 0 when yarn
   double beta_fast = 32.0;

@@ -1,4 +1,4 @@
-// RopeTables against transformers' numbers (MODEL_SPEC.md section 4 worked example).
+// RopeTables against transformers' numbers (docs/model-math.md#worked-numbers).
 #include "kernels/rope_tables.h"
 
 #include <gtest/gtest.h>

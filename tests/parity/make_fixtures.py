@@ -35,7 +35,7 @@ BASE = dict(vocab_size=128, hidden_size=64, intermediate_size=64, num_hidden_lay
 FIXTURES = {
     "plain": dict(rope_theta=1000000.0, max_position_embeddings=4096),
     # YaRN with every value explicit: the factor wins and L0 = original_max_position_embeddings
-    # in the transformers version used here (see MODEL_SPEC.md section 4, version trap).
+    # in the transformers version used here (see docs/model-math.md#version-trap).
     "yarn": dict(rope_theta=10000.0, max_position_embeddings=4096,
                  rope_scaling={"rope_type": "yarn", "factor": 4.0,
                                "original_max_position_embeddings": 1024,

@@ -1,6 +1,6 @@
 // Qwen2 model configuration: presets and transformers' config.json.
 //
-// qtrain supports the Qwen2 structure exactly (MODEL_SPEC.md): GQA, q/k/v biases, tied
+// qtrain supports the Qwen2 structure exactly (docs/model-math.md): GQA, q/k/v biases, tied
 // embeddings, SiLU MLP, RMSNorm, RoPE with optional static YaRN. Configurations outside it
 // (untied embeddings, sliding windows, other RoPE types, other activations) are refused with an
 // error that names the config.json key.
@@ -59,8 +59,8 @@ struct ModelConfig {
 // Checks sizes and divisibility; INVALID_ARGUMENT naming the field.
 absl::Status ValidateConfig(const ModelConfig& config);
 
-// Presets: "qwen2-0.5b" (MODEL_SPEC.md section 1), "qwen2-tiny" (hidden 64, 2 layers, 4 heads
-// over 2 KV heads, vocab 4096), "qwen2-test" (smaller still, for gradient checks).
+// Presets: "qwen2-0.5b" (docs/model-math.md#configuration), "qwen2-tiny" (hidden 64, 2 layers,
+// 4 heads over 2 KV heads, vocab 4096), "qwen2-test" (smaller still, for gradient checks).
 absl::StatusOr<ModelConfig> PresetConfig(std::string_view name);
 std::vector<std::string> PresetNames();
 

@@ -35,7 +35,7 @@ TEST(ConfigTest, PresetMatchesSpec) {
   EXPECT_EQ(c->head_dim, 64);
   EXPECT_EQ(c->rms_norm_eps, 1e-6);
   EXPECT_EQ(c->rope_theta, 1e6);
-  EXPECT_EQ(c->NumParameters(), 494032768);  // MODEL_SPEC.md section 7
+  EXPECT_EQ(c->NumParameters(), 494032768);  // docs/model-math.md#parameter-count
 }
 
 TEST(ConfigTest, SmallPresetsKeepStructure) {

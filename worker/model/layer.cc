@@ -1,4 +1,4 @@
-// One Qwen2 decoder layer, forward and backward (MODEL_SPEC.md sections 2.2 and 3):
+// One Qwen2 decoder layer, forward and backward (docs/model-math.md#forward-pass, #backward-pass):
 //   a = RMSNorm(x); q,k,v = a W^T + b; RoPE(q, k); o = attention(q, k, v);
 //   mid = x + o W_o^T; m = RMSNorm(mid); out = mid + (silu(m W_g^T) * m W_u^T) W_d^T.
 #include "common/status_macros.h"
@@ -79,7 +79,7 @@ absl::Status LayerForward(kernels::Backend& b, const ModelConfig& c,
       b.LinearForward(a.normed_in.get(), w.k_weight, w.k_bias, a.k.get(), rows, d, c.kv_dim()));
   QTRAIN_RETURN_IF_OP_ERROR(
       b.LinearForward(a.normed_in.get(), w.v_weight, w.v_bias, a.v.get(), rows, d, c.kv_dim()));
-  // The bias is added before the rotation (MODEL_SPEC.md pitfall 2).
+  // The bias is added before the rotation (docs/model-math.md#pitfalls).
   QTRAIN_RETURN_IF_OP_ERROR(b.RopeForward(a.q.get(), a.q.get(),
                                           RopeShapeFor(c, batch, seq_len, c.num_heads),
                                           rope.inv_freq, rope.attention_factor));

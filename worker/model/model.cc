@@ -88,8 +88,8 @@ absl::StatusOr<Model> Model::Create(const ModelConfig& config, ModelOptions opti
   rope.theta = config.rope_theta;
   rope.yarn = config.rope_type == RopeType::kYarn;
   if (rope.yarn) {
-    // The explicit factor and original_max_position_embeddings win (transformers >= the fix of
-    // MODEL_SPEC.md section 4's version trap).
+    // The explicit factor and original_max_position_embeddings win, as in current transformers
+    // (docs/model-math.md#version-trap).
     rope.factor = config.yarn.factor;
     rope.original_max_position_embeddings = config.yarn.original_max_position_embeddings;
     rope.beta_fast = config.yarn.beta_fast;

@@ -1,6 +1,6 @@
 // The Qwen2 model: forward (loss, logits, per-token log-probabilities), backward (gradients of
 // every parameter) and KV-cache decoding, built on the ops of kernels/ops.h. The math is
-// MODEL_SPEC.md sections 2-4, checked against transformers by parity_test.cc.
+// described in docs/model-math.md, checked against transformers by parity_test.cc.
 //
 //   QTRAIN_ASSIGN_OR_RETURN(Model model, Model::Create(config));
 //   InitializeParameters(config, model.layout(), seed, model.params());
