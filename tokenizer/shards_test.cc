@@ -19,6 +19,10 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// Well-formed tokenizer sha256s for manifests.
+const std::string kSha(64, 'a');
+const std::string kOtherSha(64, 'b');
+
 void WriteFile(const std::string& path, const std::string& content) {
   std::ofstream(path, std::ios::binary) << content;
 }
@@ -28,7 +32,8 @@ std::vector<uint32_t> ReadAllTokens(const std::string& dir) {
   EXPECT_TRUE(m.ok()) << m.status();
   std::vector<uint32_t> all;
   for (const ShardInfo& s : m->shards) {
-    absl::StatusOr<ShardReader> r = ShardReader::Open(dir + "/" + s.file, m->vocab_size);
+    absl::StatusOr<ShardReader> r =
+        ShardReader::Open(dir + "/" + s.file, {.vocab_size = m->vocab_size});
     EXPECT_TRUE(r.ok()) << r.status();
     all.insert(all.end(), r->tokens().begin(), r->tokens().end());
   }
@@ -64,11 +69,12 @@ TEST(ShardReaderTest, RejectsCorruptFiles) {
   const uint32_t ids[2] = {3, 9};
   file.append(reinterpret_cast<const char*>(ids), sizeof(ids));
   WriteFile(path, file);
-  absl::StatusOr<ShardReader> ok = ShardReader::Open(path, 10);
+  absl::StatusOr<ShardReader> ok = ShardReader::Open(path, {.vocab_size = 10});
   ASSERT_TRUE(ok.ok()) << ok.status();
   EXPECT_THAT(std::vector<uint32_t>(ok->tokens().begin(), ok->tokens().end()),
               testing::ElementsAre(3, 9));
-  EXPECT_EQ(ShardReader::Open(path, 11).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(ShardReader::Open(path, {.vocab_size = 11}).status().code(),
+            absl::StatusCode::kFailedPrecondition);
   WriteFile(path, file.substr(0, file.size() - 1));  // truncated
   EXPECT_EQ(ShardReader::Open(path).status().code(), absl::StatusCode::kDataLoss);
   std::string big_id = file;
@@ -87,7 +93,7 @@ TEST(ShardWriterTest, SplitsAtShardSizeAndRecordsManifest) {
   const std::string& dir = tmp.path();
   absl::StatusOr<ShardWriter> w = ShardWriter::Create({.dir = dir,
                                                        .shard_tokens = 4,
-                                                       .tokenizer_sha256 = "abc",
+                                                       .tokenizer_sha256 = kSha,
                                                        .vocab_size = 100,
                                                        .eos_token = "<e>",
                                                        .eos_id = 99});
@@ -106,11 +112,11 @@ TEST(ShardWriterTest, SplitsAtShardSizeAndRecordsManifest) {
   EXPECT_EQ(m->shards[2].num_tokens, 1u);
   EXPECT_EQ(m->num_tokens, 9u);
   EXPECT_EQ(m->num_documents, 2u);
-  EXPECT_EQ(m->tokenizer_sha256, "abc");
+  EXPECT_EQ(m->tokenizer_sha256, kSha);
   EXPECT_EQ(m->vocab_size, 100u);
   EXPECT_THAT(ReadAllTokens(dir), testing::ElementsAre(1, 2, 3, 4, 5, 6, 7, 8, 9));
-  EXPECT_TRUE(VerifyDataset(dir, true, "abc").ok());
-  EXPECT_EQ(VerifyDataset(dir, true, "other").code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(VerifyDataset(dir, true, kSha).ok());
+  EXPECT_EQ(VerifyDataset(dir, true, kOtherSha).code(), absl::StatusCode::kFailedPrecondition);
   // A flipped token byte is caught by the sha256 (the id stays below the vocabulary size).
   {
     std::fstream f(dir + "/shard-000001.bin", std::ios::in | std::ios::out | std::ios::binary);
@@ -120,7 +126,9 @@ TEST(ShardWriterTest, SplitsAtShardSizeAndRecordsManifest) {
   EXPECT_EQ(VerifyDataset(dir, false).code(), absl::StatusCode::kOk);
   EXPECT_EQ(VerifyDataset(dir, true).code(), absl::StatusCode::kDataLoss);
   // The directory now holds a dataset: a second writer refuses it.
-  EXPECT_EQ(ShardWriter::Create({.dir = dir, .vocab_size = 100}).status().code(),
+  EXPECT_EQ(ShardWriter::Create({.dir = dir, .tokenizer_sha256 = kSha, .vocab_size = 100})
+                .status()
+                .code(),
             absl::StatusCode::kAlreadyExists);
 }
 
@@ -184,7 +192,7 @@ TEST(TokenizeCorpusTest, ShardsHoldDocumentsWithEndOfTextAndDoNotDependOnThreads
     o.out_dir = dir + "/out" + std::to_string(jobs);
     o.shard_tokens = 10007;
     o.jobs = jobs;
-    o.tokenizer_sha256 = "feed";
+    o.tokenizer_sha256 = kSha;
     o.progress = false;
     absl::StatusOr<TokenizeCorpusResult> r = TokenizeCorpus(tok, o);
     ASSERT_TRUE(r.ok()) << r.status();
@@ -192,7 +200,7 @@ TEST(TokenizeCorpusTest, ShardsHoldDocumentsWithEndOfTextAndDoNotDependOnThreads
     EXPECT_EQ(r->manifest.num_tokens, expected.size());
     EXPECT_GT(r->manifest.shards.size(), 5u);
     EXPECT_EQ(ReadAllTokens(o.out_dir), expected);
-    EXPECT_TRUE(VerifyDataset(o.out_dir, true, "feed").ok());
+    EXPECT_TRUE(VerifyDataset(o.out_dir, true, kSha).ok());
     absl::StatusOr<std::string> m = ReadFileToString(o.out_dir + "/manifest.json");
     ASSERT_TRUE(m.ok());
     // Paths of inputs and outputs aside, the manifests are identical.
@@ -208,6 +216,7 @@ TEST(TokenizeCorpusTest, BadInputIsNamed) {
   TokenizeCorpusOptions o;
   o.inputs = {dir + "/bad.jsonl"};
   o.out_dir = dir + "/out";
+  o.tokenizer_sha256 = kSha;
   o.progress = false;
   absl::StatusOr<TokenizeCorpusResult> r = TokenizeCorpus(Qwen2Tokenizer(), o);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
