@@ -60,7 +60,7 @@ class DataCliTest : public ::testing::Test {
     args.insert(args.begin(), QtrainBinary());
     CliOptions options;
     options.address_space_bytes = kMemoryLimit;
-    options.timeout_seconds = 60;
+    options.timeout_seconds = 30;
     return RunCli(args, root_ / log, options);
   }
 
