@@ -479,6 +479,30 @@ TEST(OpenDatasetTest, ShardsMustBeDistinctRegularFilesInsideTheDirectory) {
   EXPECT_THAT(missing.message(), testing::HasSubstr("shard-000001.bin (shards[1] of"));
 }
 
+TEST(OpenDatasetTest, ReportsTheFirstBadShardWhateverTheThreads) {
+  const ScopedTempDir tmp("open_many");
+  absl::StatusOr<ShardWriter> w = ShardWriter::Create(
+      {.dir = tmp.path(), .shard_tokens = 1, .tokenizer_sha256 = kSha, .vocab_size = 100});
+  ASSERT_TRUE(w.ok()) << w.status();
+  std::vector<uint32_t> ids(40);
+  for (uint32_t k = 0; k < ids.size(); ++k) ids[k] = k;
+  ASSERT_TRUE(w->Append(ids).ok());
+  ASSERT_TRUE(w->Finish().ok());
+  const std::string manifest = tmp.path() + "/manifest.json";
+  absl::StatusOr<Dataset> d = OpenDataset(manifest);
+  ASSERT_TRUE(d.ok()) << d.status();
+  for (size_t k = 0; k < ids.size(); ++k) EXPECT_EQ(d->shards[k].tokens()[0], ids[k]);
+  for (const char* bad : {"/shard-000031.bin", "/shard-000017.bin", "/shard-000033.bin"}) {
+    std::fstream f(tmp.path() + bad, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(32);
+    f.put(50);
+  }
+  for (int run = 0; run < 5; ++run) {
+    EXPECT_THAT(OpenDataset(manifest).status().message(),
+                testing::HasSubstr("shard-000017.bin: sha256 is"));
+  }
+}
+
 TEST(OpenDatasetTest, ManifestMustBeASmallRegularFile) {
   const ScopedTempDir tmp("open_manifest");
   const std::string dir = tmp.path();
