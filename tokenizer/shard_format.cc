@@ -254,7 +254,9 @@ std::string ShardManifest::ToJson() const {
   }
   j["shards"] = std::move(shard_list);
   j["inputs"] = inputs;
-  return j.dump(2) + "\n";
+  // Input paths are bytes, not necessarily UTF-8: replace what JSON cannot hold instead of
+  // throwing.
+  return j.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
 }
 
 namespace {

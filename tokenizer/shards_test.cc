@@ -172,6 +172,14 @@ TEST(ShardManifestTest, RoundTripsAndNormalizesSha256) {
   EXPECT_EQ(again->ToJson(), m->ToJson());
 }
 
+TEST(ShardManifestTest, InputPathsThatAreNotUtf8AreWrittenReadably) {
+  ShardManifest m = *ShardManifest::FromJson(GoodManifestJson().dump());
+  m.inputs = {"caf\xE9.txt"};  // Latin-1
+  absl::StatusOr<ShardManifest> back = ShardManifest::FromJson(m.ToJson());
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->inputs, std::vector<std::string>{"caf\xEF\xBF\xBD.txt"});
+}
+
 TEST(ShardManifestTest, BadJsonIsNamedWithoutLibraryTags) {
   for (const std::string text : {"{", "", "[1, 2", "{\"format\": qtrain}", "\xFF"}) {
     absl::StatusOr<ShardManifest> m = ShardManifest::FromJson(text, "ds/manifest.json");
