@@ -17,6 +17,7 @@
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
@@ -302,12 +303,32 @@ absl::StatusOr<Json> ParseJson(std::string_view text, const std::string& source)
     return absl::InvalidArgumentError(absl::StrCat(
         source, ": arrays and objects are nested more than ", kMaxManifestDepth, " deep"));
   }
+  // A key given twice would silently take its last value; refuse it instead.
+  std::vector<std::unordered_set<std::string>> keys;
+  std::optional<std::string> duplicate;
+  const auto callback = [&](int, Json::parse_event_t event, Json& parsed) {
+    if (event == Json::parse_event_t::object_start) {
+      keys.emplace_back();
+    } else if (event == Json::parse_event_t::object_end) {
+      if (!keys.empty()) keys.pop_back();
+    } else if (event == Json::parse_event_t::key && !keys.empty() && !duplicate &&
+               !keys.back().insert(parsed.get<std::string>()).second) {
+      duplicate = parsed.get<std::string>();
+    }
+    return true;
+  };
+  Json root;
   try {
-    return Json::parse(text);
+    root = Json::parse(text, callback);
   } catch (const Json::exception& e) {
     return absl::InvalidArgumentError(
         absl::StrCat(source, ": not valid JSON: ", WithoutExceptionTag(e.what())));
   }
+  if (duplicate.has_value()) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": key \"", absl::CEscape(*duplicate),
+                                                   "\" appears twice in one object"));
+  }
+  return root;
 }
 
 // A JSON value for an error message, cut short.

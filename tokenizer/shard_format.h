@@ -1,4 +1,4 @@
-// Token shards: the files `qtrain tokenize` writes and training reads (DESIGN.md section 5).
+// Token shards: the files `qtrain tokenize` writes and training reads.
 //
 // A shard file, all integers little-endian:
 //

@@ -187,6 +187,10 @@ TEST(ShardManifestTest, BadJsonIsNamedWithoutLibraryTags) {
     EXPECT_THAT(m.status().message(), testing::HasSubstr("ds/manifest.json: not valid JSON"));
     EXPECT_THAT(m.status().message(), testing::Not(testing::HasSubstr("json.exception")));
   }
+  std::string twice = GoodManifestJson().dump();
+  twice.insert(1, "\"num_tokens\": 0, ");
+  EXPECT_THAT(ShardManifest::FromJson(twice, "m").status().message(),
+              testing::HasSubstr("m: key \"num_tokens\" appears twice in one object"));
   EXPECT_THAT(ShardManifest::FromJson("[1]", "m").status().message(),
               testing::HasSubstr("must hold a JSON object"));
   const std::string deep = std::string(100000, '[') + std::string(100000, ']');
@@ -194,8 +198,16 @@ TEST(ShardManifestTest, BadJsonIsNamedWithoutLibraryTags) {
               testing::HasSubstr("nested more than 16 deep"));
   // Brackets inside strings are not nesting.
   nlohmann::json j = GoodManifestJson();
-  j["inputs"] = {std::string(100, '[')};
+  j["inputs"] = {std::string(100, '['), "\"" + std::string(100, '{')};  // escaped quote
   EXPECT_EQ(ManifestError(j), "OK");
+}
+
+TEST(ShardManifestTest, TooManyShardsAreRefused) {
+  nlohmann::json j = GoodManifestJson();
+  j["shards"] = nlohmann::json::array();
+  for (size_t k = 0; k <= kMaxManifestShards; ++k) j["shards"].push_back(nullptr);
+  EXPECT_THAT(ManifestError(j), testing::HasSubstr("\"shards\" lists 1048577 shards, more than "
+                                                   "the 1048576 a dataset may have"));
 }
 
 TEST(ShardManifestTest, EveryKeyIsCheckedAndNamed) {
