@@ -111,8 +111,12 @@ absl::Status RunTrain(const std::string& spec_path, const std::string& run_dir) 
   QTRAIN_ASSIGN_OR_RETURN(tokenizer::Tokenizer tok,
                           tokenizer::Tokenizer::FromFile(spec.tokenizer()));
   QTRAIN_ASSIGN_OR_RETURN(std::string tokenizer_sha256, Sha256File(spec.tokenizer()));
+  // The shards must come from this tokenizer: same sha256, same vocabulary size.
+  tokenizer::DatasetOptions data_options;
+  data_options.tokenizer_sha256 = tokenizer_sha256;
+  data_options.vocab_size = tok.vocab_size();
   QTRAIN_ASSIGN_OR_RETURN(train::ShardTokenSource data,
-                          train::ShardTokenSource::Open(spec.data().manifest(), tokenizer_sha256));
+                          train::ShardTokenSource::Open(spec.data().manifest(), data_options));
   if (tok.vocab_size() > config.vocab_size) {
     return absl::InvalidArgumentError(absl::StrCat("model: vocab_size ", config.vocab_size,
                                                    " is smaller than the tokenizer's ",

@@ -1,4 +1,4 @@
-// Token shards: the files `qtrain tokenize` writes and training reads (DESIGN.md section 5).
+// Token shards: the files `qtrain tokenize` writes and training reads.
 //
 // A shard file, all integers little-endian:
 //
@@ -39,9 +39,29 @@ inline constexpr uint32_t kShardDtypeUint32 = 1;
 inline constexpr size_t kShardHeaderBytes = 32;
 inline constexpr char kManifestName[] = "manifest.json";
 
+// Limits of what a dataset may claim; anything past them is refused before it is used.
+// Ids are handed to the model as int32, so the vocabulary holds at most 2^31 tokens.
+inline constexpr uint32_t kMaxVocabSize = uint32_t{1} << 31;
+// 2^32 tokens (a 16 GiB file) per shard; `tokenize --shard-tokens` has the same bound.
+inline constexpr uint64_t kMaxShardTokens = uint64_t{1} << 32;
+inline constexpr uint64_t kMaxShardFileBytes = kShardHeaderBytes + 4 * kMaxShardTokens;
+inline constexpr size_t kMaxManifestBytes = size_t{64} << 20;
+inline constexpr size_t kMaxManifestShards = size_t{1} << 20;
+// Nesting of arrays and objects in manifest.json (the format itself needs 3).
+inline constexpr int kMaxManifestDepth = 16;
+inline constexpr size_t kMaxShardPathBytes = 1024;
+
 struct ShardHeader {
   uint64_t num_tokens = 0;
   uint32_t vocab_size = 0;
+};
+
+// What a shard must match: its manifest entry and the dataset's vocabulary size. Unset fields
+// are not checked.
+struct ShardExpectation {
+  std::optional<uint32_t> vocab_size;
+  std::optional<uint64_t> num_tokens;
+  std::optional<std::string> sha256;  // lowercase hex of the whole file
 };
 
 // The 32 header bytes.
@@ -49,13 +69,25 @@ std::string EncodeShardHeader(const ShardHeader& header);
 // Parses and checks a header against the file size; the error names `source`.
 absl::StatusOr<ShardHeader> DecodeShardHeader(std::string_view bytes, uint64_t file_size,
                                               std::string_view source);
+// Checks a header against what the manifest says of the shard.
+absl::Status CheckShardHeader(const ShardHeader& header, const ShardExpectation& expect,
+                              std::string_view source);
+// Checks the bytes of a whole shard whose header is `header`: the sha256 (when expected) and
+// that every id is below the vocabulary size.
+absl::Status CheckShardContents(std::string_view bytes, const ShardHeader& header,
+                                const ShardExpectation& expect, std::string_view source);
+// All three: a whole shard file held in memory.
+absl::StatusOr<ShardHeader> ParseShard(std::string_view bytes, std::string_view source,
+                                       const ShardExpectation& expect = {});
 
-// A memory-mapped shard, validated on open: header, exact size, and every id < vocab size.
+// A memory-mapped shard, validated on open: a regular file (FIFOs, devices and directories are
+// refused without blocking) of at most kMaxShardFileBytes, its header, exact size, the
+// expectations, and every id < vocab size. A file that passed these checks in this process
+// (same path, device, inode, size and mtime, same expectations) is not read through again.
 class ShardReader {
  public:
-  // `expected_vocab_size`, when set, must equal the header's.
   static absl::StatusOr<ShardReader> Open(const std::string& path,
-                                          std::optional<uint32_t> expected_vocab_size = {});
+                                          const ShardExpectation& expect = {});
   ShardReader(ShardReader&& other) noexcept;
   ShardReader& operator=(ShardReader&& other) noexcept;
   ShardReader(const ShardReader&) = delete;
@@ -75,7 +107,7 @@ class ShardReader {
 };
 
 struct ShardInfo {
-  std::string file;  // name inside the dataset directory
+  std::string file;  // relative path inside the dataset directory
   uint64_t num_tokens = 0;
   std::string sha256;
 };
@@ -93,14 +125,40 @@ struct ShardManifest {
   std::vector<std::string> inputs;
 
   std::string ToJson() const;
-  static absl::StatusOr<ShardManifest> FromJson(std::string_view json);
+  // Parses and checks a manifest: every key present with the right type and range, sha256s of
+  // 64 hex digits, shard paths relative and inside the dataset directory, no shard listed
+  // twice, token counts that add up to num_tokens without overflow. Errors name `source` and
+  // the key ("shards[2].sha256").
+  static absl::StatusOr<ShardManifest> FromJson(std::string_view json,
+                                                std::string_view source = kManifestName);
 };
 
+// Reads and parses `dir`/manifest.json (at most kMaxManifestBytes).
 absl::StatusOr<ShardManifest> ReadShardManifest(const std::string& dir);
 
-// Opens every shard of the dataset in `dir` and checks it against the manifest (token count,
-// vocabulary size, ids; and the sha256 when `check_sha256`). `tokenizer_sha256`, when set, must
-// equal the manifest's: the shards were made by that tokenizer.
+struct DatasetOptions {
+  // When set, the manifest must say the shards were made by this tokenizer (its sha256) ...
+  std::optional<std::string> tokenizer_sha256;
+  // ... and with this vocabulary size.
+  std::optional<uint32_t> vocab_size;
+  // Compare every shard with its manifest sha256.
+  bool check_sha256 = true;
+};
+
+// A dataset opened for reading: the manifest and every shard mapped and verified.
+struct Dataset {
+  ShardManifest manifest;
+  std::string manifest_sha256;
+  std::vector<ShardReader> shards;  // in manifest order
+};
+
+// Opens the dataset whose manifest is `manifest_path` and checks every shard against it (see
+// ShardReader and ShardManifest::FromJson). A shard must resolve, symlinks followed, to a file
+// inside the manifest's directory, and no two entries may be the same file.
+absl::StatusOr<Dataset> OpenDataset(const std::string& manifest_path,
+                                    const DatasetOptions& options = {});
+
+// OpenDataset on `dir`/manifest.json, for `qtrain tokenize` and tests.
 absl::Status VerifyDataset(const std::string& dir, bool check_sha256,
                            std::optional<std::string> tokenizer_sha256 = {});
 

@@ -1,8 +1,11 @@
 #include "tokenizer/shard_writer.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <system_error>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/file_util.h"
@@ -12,10 +15,27 @@
 namespace qtrain::tokenizer {
 
 absl::StatusOr<ShardWriter> ShardWriter::Create(Options options) {
-  if (options.shard_tokens == 0) {
-    return absl::InvalidArgumentError("shard size must be at least 1 token");
+  // The same bounds the reader enforces: whatever is written can be read back.
+  if (options.shard_tokens == 0 || options.shard_tokens > kMaxShardTokens) {
+    return absl::InvalidArgumentError(absl::StrFormat("shard size %d tokens is outside 1..%d",
+                                                      options.shard_tokens, kMaxShardTokens));
   }
-  if (options.vocab_size == 0) return absl::InvalidArgumentError("vocabulary size is 0");
+  if (options.vocab_size == 0 || options.vocab_size > kMaxVocabSize) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("vocabulary size %d is outside 1..%d", options.vocab_size, kMaxVocabSize));
+  }
+  if (options.eos_id >= options.vocab_size) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("end-of-text id %d is not below the vocabulary size %d", options.eos_id,
+                        options.vocab_size));
+  }
+  const std::string& sha = options.tokenizer_sha256;
+  if (sha.size() != 64 || !std::all_of(sha.begin(), sha.end(), [](char c) {
+        return absl::ascii_isdigit(static_cast<unsigned char>(c)) || (c >= 'a' && c <= 'f');
+      })) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tokenizer sha256 '", absl::CEscape(sha), "' is not 64 lowercase hex digits"));
+  }
   std::error_code ec;
   std::filesystem::create_directories(options.dir, ec);
   if (ec) {
@@ -55,6 +75,11 @@ absl::Status ShardWriter::Append(std::span<const uint32_t> tokens) {
 
 absl::Status ShardWriter::Flush() {
   if (buffer_.empty()) return absl::OkStatus();
+  if (manifest_.shards.size() >= kMaxManifestShards) {
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("more than %d shards of %d tokens: use larger shards", kMaxManifestShards,
+                        options_.shard_tokens));
+  }
   ShardInfo info;
   info.file = absl::StrFormat("shard-%06d.bin", manifest_.shards.size());
   info.num_tokens = buffer_.size();

@@ -1,5 +1,6 @@
 // A TokenSource over a token-shard dataset (tokenizer/shard_format.h): the shards of the
-// manifest, memory-mapped and validated on open, read as one stream in manifest order.
+// manifest, memory-mapped and verified on open (tokenizer::OpenDataset: manifest keys, header,
+// size, sha256, every id below the vocabulary size), read as one stream in manifest order.
 #ifndef QTRAIN_WORKER_TRAIN_SHARD_TOKEN_SOURCE_H_
 #define QTRAIN_WORKER_TRAIN_SHARD_TOKEN_SOURCE_H_
 
@@ -15,21 +16,19 @@ namespace qtrain::train {
 
 class ShardTokenSource : public TokenSource {
  public:
-  // `manifest_path` is the dataset's manifest.json. When `tokenizer_sha256` is given, the
-  // manifest must say the shards were made by that tokenizer.
+  // `manifest_path` is the dataset's manifest.json. `options` names the tokenizer the shards
+  // must have been made by (its sha256 and vocabulary size); sha256s are checked by default.
   static absl::StatusOr<ShardTokenSource> Open(const std::string& manifest_path,
-                                               std::optional<std::string> tokenizer_sha256 = {});
+                                               const tokenizer::DatasetOptions& options = {});
 
   int64_t size() const override { return total_; }
   absl::Status Read(int64_t begin, std::span<int32_t> out) const override;
-  std::string fingerprint() const override { return manifest_sha256_; }
-  const tokenizer::ShardManifest& manifest() const { return manifest_; }
+  std::string fingerprint() const override { return data_.manifest_sha256; }
+  const tokenizer::ShardManifest& manifest() const { return data_.manifest; }
 
  private:
   ShardTokenSource() = default;
-  tokenizer::ShardManifest manifest_;
-  std::string manifest_sha256_;
-  std::vector<tokenizer::ShardReader> shards_;
+  tokenizer::Dataset data_;
   std::vector<int64_t> starts_;  // first stream position of each shard; back() = total
   int64_t total_ = 0;
 };
