@@ -262,8 +262,10 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
     return Overflow(absl::StrCat("the job's tokens (", state->total_steps,
                                  " steps x batch.global_tokens ", state->global_tokens, ")"));
   }
-  const std::optional<int64_t> block_tokens = CheckedProduct({8, max_seq_len + 1});
-  if (max_seq_len == INT64_MAX || !block_tokens) return Overflow("8 x (longest seq_len + 1)");
+  const std::optional<int64_t> window_tokens = CheckedAdd(max_seq_len, 1);
+  const std::optional<int64_t> block_tokens =
+      window_tokens ? CheckedMul(8, *window_tokens) : std::nullopt;
+  if (!block_tokens) return Overflow("8 x (longest seq_len + 1)");
 
   // Blocks several windows long, so held-out blocks cost little context.
   const DataPlanOptions plan_options{.seed = spec.seed(),

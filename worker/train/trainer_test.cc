@@ -458,6 +458,14 @@ curriculum:
 )");
   EXPECT_EQ(tokens.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(tokens.status().message()), HasSubstr("the job's tokens"));
+  // A window of 2^62 tokens (YaRN makes room for it): its data-plan block, 8 windows, does not fit.
+  auto block = Train("block", base + R"(batch: {global_tokens: 4611686018427387904}
+curriculum:
+  - {name: a, seq_len: 4611686018427387904, tokens: 4611686018427387904, micro_batch: 1,
+     yarn_factor: 18014398509481984}
+)");
+  EXPECT_EQ(block.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(block.status().message()), HasSubstr("8 x (longest seq_len + 1)"));
   // Positions x YaRN factor past int64.
   v1::CurriculumStage stage;
   stage.set_name("long");
