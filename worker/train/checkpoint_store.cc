@@ -110,7 +110,8 @@ absl::Status DataLoss(const std::string& dir, absl::string_view what) {
 CheckpointWriter::CheckpointWriter(CheckpointWriter&& other) noexcept
     : root_(std::move(other.root_)),
       temp_dir_(std::exchange(other.temp_dir_, std::string())),
-      step_(other.step_) {}
+      step_(other.step_),
+      required_files_(std::move(other.required_files_)) {}
 
 CheckpointWriter::~CheckpointWriter() {
   if (temp_dir_.empty()) return;
@@ -141,6 +142,12 @@ absl::StatusOr<CheckpointInfo> CheckpointWriter::Commit(const nlohmann::json& me
   }
   if (ec) return FsError(ec, "cannot list", temp_dir_);
   std::sort(names.begin(), names.end());
+  for (const std::string& required : required_files_) {
+    if (!std::binary_search(names.begin(), names.end(), required)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("checkpoint ", temp_dir_, ": ", required, " was not written"));
+    }
+  }
   nlohmann::json files = nlohmann::json::array();
   for (const std::string& name : names) {
     const std::string path = temp_dir_ + "/" + name;
@@ -252,7 +259,7 @@ absl::StatusOr<CheckpointWriter> CheckpointStore::Begin(int64_t step) const {
   if (!fs::create_directory(temp_dir, ec) || ec) {
     return FsError(ec, "cannot create checkpoint directory", temp_dir);
   }
-  return CheckpointWriter(root_, temp_dir, step);
+  return CheckpointWriter(root_, temp_dir, step, options_.required_files);
 }
 
 absl::StatusOr<std::vector<int64_t>> CheckpointStore::ListSteps() const {

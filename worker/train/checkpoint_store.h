@@ -75,19 +75,25 @@ class CheckpointWriter {
   int64_t step() const { return step_; }
 
   // Hashes and fsyncs every file in directory(), writes manifest.json with `metadata` (an
-  // object), renames the directory to its final name and fsyncs the root. A checkpoint of the
+  // object), renames the directory to its final name and fsyncs the root. FAILED_PRECONDITION
+  // when one of the store's required files was not written. A checkpoint of the
   // same step that exists already is replaced without an instant at which neither is in place
   // (the two directories are exchanged atomically, then the old one is deleted).
   absl::StatusOr<CheckpointInfo> Commit(const nlohmann::json& metadata);
 
  private:
   friend class CheckpointStore;
-  CheckpointWriter(std::string root, std::string temp_dir, int64_t step)
-      : root_(std::move(root)), temp_dir_(std::move(temp_dir)), step_(step) {}
+  CheckpointWriter(std::string root, std::string temp_dir, int64_t step,
+                   std::vector<std::string> required_files)
+      : root_(std::move(root)),
+        temp_dir_(std::move(temp_dir)),
+        step_(step),
+        required_files_(std::move(required_files)) {}
   absl::Status MoveIntoPlace(const std::string& final_dir);
   std::string root_;
   std::string temp_dir_;  // empty once committed or moved from
   int64_t step_;
+  std::vector<std::string> required_files_;  // the store's: Commit refuses without them
 };
 
 class CheckpointStore {

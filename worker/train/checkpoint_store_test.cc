@@ -244,6 +244,19 @@ TEST_F(CheckpointStoreTest, ManifestClaimsAreChecked) {
   }
 }
 
+TEST_F(CheckpointStoreTest, ACheckpointWithoutItsRequiredFilesIsNotCommitted) {
+  auto store = CheckpointStore::Open(root_, {.required_files = {"model.safetensors"}});
+  ASSERT_TRUE(store.ok());
+  auto writer = store->Begin(1);
+  ASSERT_TRUE(writer.ok());
+  ASSERT_TRUE(WriteFileAtomically(writer->PathFor("other.bin"), "x").ok());
+  auto committed = writer->Commit(nlohmann::json::object());
+  EXPECT_EQ(committed.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(committed.status().message()),
+              HasSubstr("model.safetensors was not written"));
+  EXPECT_TRUE(store->ListSteps()->empty());
+}
+
 TEST_F(CheckpointStoreTest, RequiredFilesArePassedToVerify) {
   Write(3);
   EXPECT_TRUE(store_->Verify(3, {"model.safetensors"}).ok());
