@@ -208,6 +208,13 @@ TEST_F(RunDirCliTest, ResumeWithAChangedSpecIsRefusedUnlessTheChangeIsSafe) {
                        "seed cannot change within a run");
   EXPECT_CLEAN_FAILURE(Train("changed", "faster.yaml", {"--allow-spec-change", "optimizer.rate"}),
                        "not a job spec field");
+  // The flag repeats: every occurrence counts.
+  for (const auto& [first, second] :
+       {std::pair{"optimizer.lr", "seed"}, std::pair{"seed", "optimizer.lr"}}) {
+    EXPECT_CLEAN_FAILURE(Train("changed", "faster.yaml",
+                               {"--allow-spec-change", first, "--allow-spec-change", second}),
+                         "seed cannot change within a run");
+  }
 
   // Bookkeeping fields may change without a flag; job.json records the new spec.
   WriteSpec("keep_more.yaml", "lr: 1e-2", "keep_last: 5");
