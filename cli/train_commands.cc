@@ -17,6 +17,7 @@
 #include "cli/command.h"
 #include "common/file_util.h"
 #include "common/job_spec.h"
+#include "common/run_dir_lock.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "google/protobuf/util/json_util.h"
@@ -94,7 +95,8 @@ absl::Status CopyTokenizerFiles(const std::string& tokenizer_path, const std::st
   return absl::OkStatus();
 }
 
-absl::Status RunTrain(const std::string& spec_path, const std::string& run_dir) {
+absl::Status RunTrain(const std::string& spec_path, const std::string& run_dir,
+                      const std::vector<std::string>& allowed_spec_changes) {
   JobSpecOptions options;
   options.resolve_model = [](const v1::ModelSpec& spec) -> absl::StatusOr<ModelLimits> {
     QTRAIN_ASSIGN_OR_RETURN(model::ModelConfig config, ResolveModelConfig(spec));
@@ -122,21 +124,17 @@ absl::Status RunTrain(const std::string& spec_path, const std::string& run_dir) 
                                                    " is smaller than the tokenizer's ",
                                                    tok.vocab_size(), " tokens"));
   }
-  std::error_code ec;
-  fs::create_directories(run_dir, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot create ", run_dir, ": ", ec.message()));
-  std::string spec_json;
-  google::protobuf::util::JsonPrintOptions print;
-  print.add_whitespace = true;
-  print.preserve_proto_field_names = true;
-  (void)google::protobuf::util::MessageToJsonString(spec, &spec_json, print);
-  QTRAIN_RETURN_IF_ERROR(WriteFileAtomically(run_dir + "/job.json", spec_json));
+  // Held until training ends: nothing in the run directory is touched without it. The trainer
+  // writes job.json once the spec agrees with the checkpoint's.
+  QTRAIN_ASSIGN_OR_RETURN(RunDirLock lock, RunDirLock::Acquire(run_dir));
 
   std::fprintf(stderr, "train: job '%s', %lld tokens of data (%s), model %lld parameters\n",
                spec.name().c_str(), static_cast<long long>(data.size()),
                spec.data().manifest().c_str(), static_cast<long long>(config.NumParameters()));
   train::TrainerOptions trainer_options;
   trainer_options.run_dir = run_dir;
+  trainer_options.run_dir_lock = std::make_shared<const RunDirLock>(std::move(lock));
+  trainer_options.allowed_spec_changes = allowed_spec_changes;
   trainer_options.on_event = [](const std::string& event) {
     std::fprintf(stderr, "train: %s\n", event.c_str());
   };
@@ -193,8 +191,14 @@ void AddTrainCommands(CLI::App& app, CommandSelection& selection) {
   cmd->add_option("spec", *spec, "Job spec (YAML or JSON)")->required();
   cmd->add_option("--run-dir", *run_dir, "Directory for checkpoints, metrics and the final model")
       ->required();
-  cmd->callback([&selection, spec, run_dir] {
-    selection.action = [spec, run_dir] { return RunTrain(*spec, *run_dir); };
+  auto allowed = std::make_shared<std::vector<std::string>>();
+  cmd->add_option("--allow-spec-change", *allowed,
+                  "On resume, accept a change of this spec field (e.g. optimizer.lr) from the "
+                  "checkpoint's spec; repeatable")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  cmd->callback([&selection, spec, run_dir, allowed] {
+    selection.action = [spec, run_dir, allowed] { return RunTrain(*spec, *run_dir, *allowed); };
   });
 }
 

@@ -4,12 +4,16 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <system_error>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/checked_math.h"
+#include "common/file_util.h"
 #include "common/job_spec.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
+#include "google/protobuf/util/json_util.h"
 #include "worker/model/checkpoint_io.h"
 #include "worker/model/init.h"
 #include "worker/model/model.h"
@@ -18,6 +22,7 @@
 #include "worker/train/lr_schedule.h"
 #include "worker/train/metrics_log.h"
 #include "worker/train/optimizer.h"
+#include "worker/train/spec_change.h"
 
 namespace qtrain::train {
 namespace {
@@ -25,6 +30,15 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 constexpr char kOptimizerFile[] = "optimizer.safetensors";
+constexpr char kJobFile[] = "job.json";
+constexpr char kMetricsFile[] = "metrics.jsonl";
+// What model::SaveCheckpoint writes, and the optimizer state: a checkpoint lacking any of them
+// is damaged.
+const std::vector<std::string>& RequiredCheckpointFiles() {
+  static const auto* files =
+      new std::vector<std::string>{"config.json", "model.safetensors", kOptimizerFile};
+  return *files;
+}
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
@@ -39,11 +53,59 @@ DecayKind ToDecay(v1::LrSchedule schedule) {
   }
 }
 
+// Optimizer steps of stage `stage`: its tokens / batch.global_tokens rounded up, without the
+// overflow of adding global_tokens - 1 first.
+absl::StatusOr<int64_t> StageStepCount(const v1::JobSpec& spec, int stage) {
+  const int64_t tokens = spec.curriculum(stage).tokens();
+  const int64_t global = spec.batch().global_tokens();
+  if (global <= 0 || tokens < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("curriculum[", stage, "].tokens: ", tokens, " tokens in batches of ", global));
+  }
+  return tokens / global + (tokens % global != 0 ? 1 : 0);
+}
+
+absl::Status Overflow(absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(what, " does not fit in a 64-bit integer"));
+}
+
+// metadata[key] as an int64 (DATA_LOSS when missing, not an integer, or out of range).
+absl::StatusOr<int64_t> MetadataInt(const nlohmann::json& m, const char* key) {
+  const auto it = m.find(key);
+  if (it == m.end()) return absl::DataLossError(absl::StrCat("metadata.", key, " is missing"));
+  if (it->is_number_unsigned() && it->get<uint64_t>() > uint64_t{INT64_MAX}) {
+    return absl::DataLossError(absl::StrCat("metadata.", key, " ", it->dump(), " is out of range"));
+  }
+  if (!it->is_number_integer()) {
+    return absl::DataLossError(
+        absl::StrCat("metadata.", key, " is ", it->dump(), ", not an integer"));
+  }
+  return it->get<int64_t>();
+}
+
+bool IsSha256Hex(const nlohmann::json& value) {
+  if (!value.is_string()) return false;
+  const std::string& s = value.get_ref<const std::string&>();
+  return s.size() == 64 && std::all_of(s.begin(), s.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
+// A failure to load a checkpoint's (verified) files means the checkpoint is unusable; running
+// out of memory does not.
+absl::Status AsDamage(const absl::Status& status, absl::string_view what) {
+  if (status.ok() || absl::IsResourceExhausted(status)) return status;
+  return absl::DataLossError(absl::StrCat(what, ": ", status.message()));
+}
+
 }  // namespace
 
 struct Trainer::State {
   v1::JobSpec spec;
+  nlohmann::json spec_json;  // JobSpecToJson(spec), stored in every checkpoint
+  std::string training_spec_sha256;
   model::ModelConfig base_config;
+  std::vector<model::ModelConfig> stage_configs;  // StageConfig of each stage
   std::optional<std::vector<float>> initial_params;
   const TokenSource* data = nullptr;
   TrainerOptions options;
@@ -52,6 +114,8 @@ struct Trainer::State {
   std::string plan_sha256;
   std::vector<int64_t> stage_start;  // first job step of each stage; back() = total steps
   int64_t total_steps = 0;
+  int64_t global_tokens = 0;
+  LrScheduleParams schedule;
 
   // Where the run is.
   int64_t step = 0;
@@ -61,6 +125,28 @@ struct Trainer::State {
   double last_loss = NAN;
   std::optional<double> last_eval_loss;
 
+  // What one Run() holds (Setup() to Release()).
+  std::shared_ptr<const RunDirLock> lock;
+  std::optional<CheckpointStore> store;
+  std::optional<model::ParameterLayout> layout;
+  std::vector<float> params;
+  std::optional<Optimizer> optimizer;
+  std::optional<MetricsLog> metrics;
+  std::unique_ptr<model::Model> model;
+  int model_stage = -1;
+  Clock::time_point started;
+  int64_t tokens_this_process = 0;
+  std::vector<int32_t> ids, targets, scratch;
+
+  // One optimizer step's outcome, for the report.
+  struct StepResult {
+    Clock::time_point start;
+    Clock::duration data_time{};
+    double loss = 0;
+    double learning_rate = 0;
+    StepStats stats;
+  };
+
   int StageOf(int64_t job_step) const {
     int stage = 0;
     while (stage + 1 < spec.curriculum_size() && job_step >= stage_start[stage + 1]) ++stage;
@@ -69,23 +155,39 @@ struct Trainer::State {
   void Event(const std::string& text) const {
     if (options.on_event) options.on_event(text);
   }
+  void Fault(std::string_view point) const {
+    if (options.fault_hook) options.fault_hook(point, step);
+  }
+
+  // Run() in order: Setup, then per step EnterStage (on a stage change), TrainStep, Report,
+  // MaybeCheckpoint; then Finish.
+  absl::Status Setup();
+  absl::Status EnterStage(int stage_index);
+  absl::StatusOr<StepResult> TrainStep(int stage_index);
+  absl::Status Report(int stage_index, const StepResult& result);
+  absl::Status MaybeCheckpoint(int stage_index, int64_t stop_at);
+  absl::StatusOr<TrainerSummary> Finish();
+  void Release();
+
+  // Setup's parts.
+  absl::Status LockRunDir();
+  absl::Status InitializeParams();
+  absl::StatusOr<Optimizer> MakeOptimizer() const;
+  absl::Status Resume();
+  absl::Status ResumeFrom(int64_t checkpoint_step);
+  absl::Status ValidateCheckpointMetadata(const CheckpointInfo& info) const;
+  absl::Status WriteJobFile() const;
 
   absl::Status ReadBatch(const v1::CurriculumStage& stage, const std::vector<Window>& windows,
                          size_t first, std::vector<int32_t>& ids, std::vector<int32_t>& targets,
                          std::vector<int32_t>& scratch) const;
   absl::StatusOr<double> Evaluate(model::Model& model, const v1::CurriculumStage& stage);
   absl::StatusOr<double> UnigramEntropy(const v1::CurriculumStage& stage) const;
-  void Fault(std::string_view point) const {
-    if (options.fault_hook) options.fault_hook(point, step);
-  }
-  absl::Status SaveCheckpoint(const CheckpointStore& store, const model::Model& model,
-                              const Optimizer& optimizer);
-  absl::Status Resume(const CheckpointStore& store, std::vector<float>& params,
-                      Optimizer& optimizer);
+  absl::Status SaveCheckpoint();
 };
 
-model::ModelConfig Trainer::StageConfig(const model::ModelConfig& base,
-                                        const v1::CurriculumStage& stage) {
+absl::StatusOr<model::ModelConfig> Trainer::StageConfig(const model::ModelConfig& base,
+                                                        const v1::CurriculumStage& stage) {
   model::ModelConfig config = base;
   if (stage.rope_theta() > 0) config.rope_theta = stage.rope_theta();
   if (stage.yarn_factor() > 1) {
@@ -95,8 +197,13 @@ model::ModelConfig Trainer::StageConfig(const model::ModelConfig& base,
                                  ? stage.yarn_original_max_position_embeddings()
                                  : base.max_position_embeddings;
     config.yarn.original_max_position_embeddings = original;
-    config.max_position_embeddings =
-        static_cast<int64_t>(std::floor(static_cast<double>(original) * stage.yarn_factor()));
+    const std::optional<int64_t> positions =
+        CheckedDoubleToInt64(static_cast<double>(original) * stage.yarn_factor());
+    if (!positions) {
+      return Overflow(absl::StrCat("stage '", stage.name(), "': ", original,
+                                   " positions x yarn_factor ", stage.yarn_factor()));
+    }
+    config.max_position_embeddings = *positions;
   }
   return config;
 }
@@ -115,32 +222,55 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
   if (spec.world().device() != v1::DEVICE_KIND_CPU) {
     return absl::UnimplementedError("world.device: only cpu is available to local runs");
   }
+  QTRAIN_RETURN_IF_ERROR(ValidateAllowedSpecChanges(options.allowed_spec_changes));
   auto state = std::make_unique<State>();
   state->spec = spec;
+  state->spec_json = JobSpecToJson(spec);
+  state->training_spec_sha256 = TrainingSpecSha256(state->spec_json);
   state->base_config = base_config;
   state->initial_params = std::move(initial_params);
   state->data = &data;
   state->options = std::move(options);
+  state->global_tokens = spec.batch().global_tokens();
 
   int64_t max_seq_len = 0;
   for (int i = 0; i < spec.curriculum_size(); ++i) {
     const v1::CurriculumStage& stage = spec.curriculum(i);
     max_seq_len = std::max(max_seq_len, stage.seq_len());
-    const model::ModelConfig config = StageConfig(base_config, stage);
+    QTRAIN_ASSIGN_OR_RETURN(model::ModelConfig config, StageConfig(base_config, stage));
     if (stage.seq_len() > config.max_position_embeddings) {
       return absl::InvalidArgumentError(
           absl::StrCat("curriculum[", i, "].seq_len: ", stage.seq_len(), " exceeds the model's ",
                        config.max_position_embeddings, " positions"));
     }
+    if (!CheckedMul(stage.micro_batch(), stage.seq_len())) {
+      return Overflow(absl::StrCat("curriculum[", i, "]: micro_batch x seq_len"));
+    }
+    if (!CheckedMul(spec.eval().batches(), stage.micro_batch())) {
+      return Overflow(absl::StrCat("curriculum[", i, "]: eval.batches x micro_batch"));
+    }
+    state->stage_configs.push_back(std::move(config));
     state->stage_start.push_back(state->total_steps);
-    state->total_steps += StageSteps(spec, i);
+    QTRAIN_ASSIGN_OR_RETURN(const int64_t steps, StageStepCount(spec, i));
+    const std::optional<int64_t> total = CheckedAdd(state->total_steps, steps);
+    if (!total) return Overflow("the job's step count (sum of curriculum[*].tokens / batch)");
+    state->total_steps = *total;
   }
   state->stage_start.push_back(state->total_steps);
+  // tokens_seen grows to total_steps x global_tokens.
+  if (!CheckedMul(state->total_steps, state->global_tokens)) {
+    return Overflow(absl::StrCat("the job's tokens (", state->total_steps,
+                                 " steps x batch.global_tokens ", state->global_tokens, ")"));
+  }
+  const std::optional<int64_t> window_tokens = CheckedAdd(max_seq_len, 1);
+  const std::optional<int64_t> block_tokens =
+      window_tokens ? CheckedMul(8, *window_tokens) : std::nullopt;
+  if (!block_tokens) return Overflow("8 x (longest seq_len + 1)");
 
   // Blocks several windows long, so held-out blocks cost little context.
   const DataPlanOptions plan_options{.seed = spec.seed(),
                                      .validation_fraction = spec.data().validation_fraction(),
-                                     .block_tokens = 8 * (max_seq_len + 1)};
+                                     .block_tokens = *block_tokens};
   QTRAIN_ASSIGN_OR_RETURN(DataPlan plan, DataPlan::Create(data.size(), plan_options));
   for (int i = 0; i < spec.curriculum_size(); ++i) {
     const v1::CurriculumStage& stage = spec.curriculum(i);
@@ -151,7 +281,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
                        plan.TrainingWindowCount(stage.seq_len()), " training windows of ",
                        stage.seq_len(), " tokens, fewer than one global batch (", windows, ")"));
     }
-    const int64_t eval_windows = spec.eval().batches() * stage.micro_batch();
+    const int64_t eval_windows = spec.eval().batches() * stage.micro_batch();  // checked above
     if (plan.ValidationWindowCount(stage.seq_len()) < eval_windows) {
       return absl::FailedPreconditionError(absl::StrCat(
           "eval.batches: stage '", stage.name(), "' needs ", eval_windows,
@@ -170,6 +300,12 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
     plan_hash.Update(absl::StrCat(";stage=", stage.seq_len(), "/", stage.tokens()));
   }
   state->plan_sha256 = plan_hash.FinishHex();
+  const v1::OptimizerSpec& o = spec.optimizer();
+  state->schedule = LrScheduleParams{.lr = o.lr(),
+                                     .min_lr = o.min_lr(),
+                                     .warmup_steps = o.warmup_steps(),
+                                     .total_steps = state->total_steps,
+                                     .decay = ToDecay(o.schedule())};
 
   auto trainer = std::unique_ptr<Trainer>(new Trainer());
   trainer->state_ = std::move(state);
@@ -183,7 +319,7 @@ absl::Status Trainer::State::ReadBatch(const v1::CurriculumStage& stage,
                                        std::vector<int32_t>& ids, std::vector<int32_t>& targets,
                                        std::vector<int32_t>& scratch) const {
   const int64_t seq_len = stage.seq_len();
-  ids.resize(static_cast<size_t>(stage.micro_batch() * seq_len));
+  ids.resize(static_cast<size_t>(stage.micro_batch() * seq_len));  // checked in Create
   targets.resize(ids.size());
   scratch.resize(static_cast<size_t>(seq_len + 1));
   for (int64_t b = 0; b < stage.micro_batch(); ++b) {
@@ -242,11 +378,333 @@ absl::StatusOr<double> Trainer::State::UnigramEntropy(const v1::CurriculumStage&
   return entropy;
 }
 
-absl::Status Trainer::State::SaveCheckpoint(const CheckpointStore& store, const model::Model& model,
-                                            const Optimizer& optimizer) {
-  QTRAIN_ASSIGN_OR_RETURN(CheckpointWriter writer, store.Begin(step));
-  QTRAIN_RETURN_IF_ERROR(model::SaveCheckpoint(writer.directory(), model.config(), model.params()));
-  QTRAIN_RETURN_IF_ERROR(optimizer.Save(writer.PathFor(kOptimizerFile)));
+// ---------------------------------------------------------------------------------------------
+// Setup: the lock, the checkpoint store, the initial weights and optimizer, resume, job.json and
+// the metrics log.
+
+absl::Status Trainer::State::Setup() {
+  step = 0;
+  tokens_seen = 0;
+  skipped_steps = 0;
+  consecutive_nonfinite = 0;
+  last_loss = NAN;
+  last_eval_loss.reset();
+  // Nothing in the run directory is touched before its lock is held.
+  QTRAIN_RETURN_IF_ERROR(LockRunDir());
+  QTRAIN_ASSIGN_OR_RETURN(
+      CheckpointStore opened,
+      CheckpointStore::Open(options.run_dir + "/checkpoints",
+                            {.required_files = RequiredCheckpointFiles(),
+                             .validate_metadata = [this](const CheckpointInfo& info) {
+                               return ValidateCheckpointMetadata(info);
+                             }}));
+  store.emplace(std::move(opened));
+  layout.emplace(base_config);
+  QTRAIN_RETURN_IF_ERROR(InitializeParams());
+  QTRAIN_ASSIGN_OR_RETURN(Optimizer fresh, MakeOptimizer());
+  optimizer.emplace(std::move(fresh));
+  QTRAIN_RETURN_IF_ERROR(Resume());
+  // Written once the spec is known to agree with the checkpoint's, so it never records a spec
+  // the run did not accept.
+  QTRAIN_RETURN_IF_ERROR(WriteJobFile());
+  QTRAIN_ASSIGN_OR_RETURN(MetricsLog log,
+                          MetricsLog::Open(options.run_dir + "/" + kMetricsFile, step));
+  metrics.emplace(std::move(log));
+  started = Clock::now();
+  tokens_this_process = 0;
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::State::LockRunDir() {
+  if (options.run_dir_lock == nullptr) {
+    QTRAIN_ASSIGN_OR_RETURN(RunDirLock own, RunDirLock::Acquire(options.run_dir));
+    lock = std::make_shared<const RunDirLock>(std::move(own));
+    return absl::OkStatus();
+  }
+  std::error_code ec;
+  if (!options.run_dir_lock->held() ||
+      !std::filesystem::equivalent(options.run_dir_lock->directory(), options.run_dir, ec)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("trainer: the run directory lock given is not held on ", options.run_dir));
+  }
+  lock = options.run_dir_lock;
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::State::InitializeParams() {
+  params.assign(static_cast<size_t>(layout->total_size()), 0.0f);
+  if (initial_params) {
+    if (initial_params->size() != params.size()) {
+      return absl::InvalidArgumentError("trainer: initial parameters do not match the model");
+    }
+    params = *initial_params;
+  } else {
+    model::InitializeParameters(base_config, *layout, spec.seed(), params);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Optimizer> Trainer::State::MakeOptimizer() const {
+  const v1::OptimizerSpec& o = spec.optimizer();
+  return Optimizer::Create(*layout, {.beta1 = o.beta1(),
+                                     .beta2 = o.beta2(),
+                                     .eps = o.eps(),
+                                     .weight_decay = o.weight_decay(),
+                                     .grad_clip = o.grad_clip()});
+}
+
+absl::Status Trainer::State::WriteJobFile() const {
+  std::string spec_text;
+  google::protobuf::util::JsonPrintOptions print;
+  print.add_whitespace = true;
+  print.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(spec, &spec_text, print);
+  return WriteFileAtomically(options.run_dir + "/" + kJobFile, spec_text);
+}
+
+// The manifest's trainer state must agree with itself, the directory and this job: a checkpoint
+// that claims another step, stage or token count than its step implies is damaged.
+absl::Status Trainer::State::ValidateCheckpointMetadata(const CheckpointInfo& info) const {
+  const nlohmann::json& m = info.metadata;
+  const auto plan_it = m.find("data_plan_sha256");
+  if (plan_it == m.end() || !IsSha256Hex(*plan_it)) {
+    return absl::DataLossError("metadata.data_plan_sha256 is missing or not a sha256");
+  }
+  if (*plan_it != plan_sha256) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("checkpoint ", info.directory,
+                     " was trained with another data plan (different data, "
+                     "seed, or curriculum); use a new run directory"));
+  }
+  QTRAIN_ASSIGN_OR_RETURN(const int64_t ckpt_step, MetadataInt(m, "step"));
+  if (ckpt_step != info.step) {
+    return absl::DataLossError(
+        absl::StrCat("metadata.step ", ckpt_step, " does not match the checkpoint's ", info.step));
+  }
+  if (ckpt_step < 0 || ckpt_step > total_steps) {
+    return absl::DataLossError(
+        absl::StrCat("metadata.step ", ckpt_step, " is outside the job's 0-", total_steps));
+  }
+  QTRAIN_ASSIGN_OR_RETURN(const int64_t stage, MetadataInt(m, "stage"));
+  if (stage != StageOf(ckpt_step)) {
+    return absl::DataLossError(absl::StrCat("metadata.stage ", stage, " is not the stage of step ",
+                                            ckpt_step, " (", StageOf(ckpt_step), ")"));
+  }
+  QTRAIN_ASSIGN_OR_RETURN(const int64_t tokens, MetadataInt(m, "tokens_seen"));
+  const int64_t expected_tokens = ckpt_step * global_tokens;  // <= total tokens, checked in Create
+  if (tokens != expected_tokens) {
+    return absl::DataLossError(absl::StrCat("metadata.tokens_seen ", tokens, " is not step ",
+                                            ckpt_step, " x batch.global_tokens ", global_tokens,
+                                            " = ", expected_tokens));
+  }
+  QTRAIN_ASSIGN_OR_RETURN(const int64_t skipped, MetadataInt(m, "skipped_steps"));
+  if (skipped < 0 || skipped > ckpt_step) {
+    return absl::DataLossError(
+        absl::StrCat("metadata.skipped_steps ", skipped, " is outside 0-", ckpt_step));
+  }
+  QTRAIN_ASSIGN_OR_RETURN(const int64_t in_a_row, MetadataInt(m, "consecutive_nonfinite_steps"));
+  if (in_a_row < 0 || in_a_row > skipped) {
+    return absl::DataLossError(absl::StrCat("metadata.consecutive_nonfinite_steps ", in_a_row,
+                                            " is outside 0-", skipped, " (the skipped steps)"));
+  }
+  const auto name_it = m.find("job_name");
+  if (name_it == m.end() || !name_it->is_string()) {
+    return absl::DataLossError("metadata.job_name is missing or not a string");
+  }
+  const auto spec_it = m.find("spec");
+  const auto spec_sha_it = m.find("spec_sha256");
+  if (spec_it == m.end() || !spec_it->is_object() || spec_sha_it == m.end() ||
+      !IsSha256Hex(*spec_sha_it)) {
+    return absl::DataLossError("metadata lacks the job spec ('spec', 'spec_sha256')");
+  }
+  if (*spec_sha_it != TrainingSpecSha256(*spec_it)) {
+    return absl::DataLossError("metadata.spec does not match metadata.spec_sha256");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::State::Resume() {
+  QTRAIN_ASSIGN_OR_RETURN(std::vector<int64_t> steps, store->ListSteps());
+  for (int64_t checkpoint_step : steps) {
+    const absl::Status resumed = ResumeFrom(checkpoint_step);
+    if (resumed.ok()) return absl::OkStatus();
+    if (!absl::IsDataLoss(resumed)) return resumed;
+    Event(absl::StrCat("skipping damaged ", resumed.message()));
+    // A failed load may have written part of the weights or moments: start them over.
+    QTRAIN_RETURN_IF_ERROR(InitializeParams());
+    QTRAIN_ASSIGN_OR_RETURN(Optimizer fresh, MakeOptimizer());
+    optimizer.emplace(std::move(fresh));
+  }
+  return absl::OkStatus();  // a fresh start
+}
+
+absl::Status Trainer::State::ResumeFrom(int64_t checkpoint_step) {
+  QTRAIN_ASSIGN_OR_RETURN(CheckpointInfo info, store->Verify(checkpoint_step));
+  const nlohmann::json& m = info.metadata;  // validated by ValidateCheckpointMetadata
+  absl::StatusOr<std::vector<SpecChange>> changes =
+      CheckSpecChanges(m["spec"], spec_json, options.allowed_spec_changes);
+  if (!changes.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("checkpoint ", info.directory, ": ", changes.status().message()));
+  }
+  const auto damaged = [&](absl::string_view what) {
+    return absl::StrCat("checkpoint ", info.directory, ": ", what);
+  };
+  const model::ModelConfig& config =
+      stage_configs[StageOf(std::max<int64_t>(checkpoint_step - 1, 0))];
+  QTRAIN_RETURN_IF_ERROR(AsDamage(model::LoadWeights(info.directory, config, params),
+                                  damaged("cannot load the weights")));
+  QTRAIN_RETURN_IF_ERROR(AsDamage(optimizer->Load(info.directory + "/" + kOptimizerFile),
+                                  damaged("cannot load the optimizer state")));
+  const int64_t skipped = m["skipped_steps"].get<int64_t>();
+  if (optimizer->step_count() != checkpoint_step - skipped) {
+    return absl::DataLossError(damaged(absl::StrCat(
+        kOptimizerFile, " has taken ", optimizer->step_count(), " updates, the trainer state says ",
+        checkpoint_step - skipped, " (step ", checkpoint_step, " less ", skipped, " skipped)")));
+  }
+  step = checkpoint_step;
+  tokens_seen = m["tokens_seen"].get<int64_t>();
+  skipped_steps = skipped;
+  consecutive_nonfinite = m["consecutive_nonfinite_steps"].get<int64_t>();
+  Event(absl::StrCat("resumed from ", info.directory, " (step ", step, " of ", total_steps, ")"));
+  for (const SpecChange& change : *changes) {
+    Event(absl::StrCat("spec changed since the checkpoint: ", change.Describe()));
+  }
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The steps.
+
+absl::Status Trainer::State::EnterStage(int stage_index) {
+  const v1::CurriculumStage& stage = spec.curriculum(stage_index);
+  // A new stage may change the RoPE base or YaRN: rebuild the model around the same weights.
+  if (model) params.assign(model->params().begin(), model->params().end());
+  QTRAIN_ASSIGN_OR_RETURN(model::Model fresh, model::Model::Create(stage_configs[stage_index]));
+  model = std::make_unique<model::Model>(std::move(fresh));
+  std::copy(params.begin(), params.end(), model->params().begin());
+  model_stage = stage_index;
+  Event(absl::StrCat("stage ", stage_index, " '", stage.name(), "': seq_len ", stage.seq_len(),
+                     ", steps ", stage_start[stage_index] + 1, "-", stage_start[stage_index + 1]));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Trainer::State::StepResult> Trainer::State::TrainStep(int stage_index) {
+  const v1::CurriculumStage& stage = spec.curriculum(stage_index);
+  StepResult result;
+  result.start = Clock::now();
+  const int64_t windows_per_step = global_tokens / stage.seq_len();
+  QTRAIN_ASSIGN_OR_RETURN(
+      std::vector<Window> windows,
+      plan->TrainingWindows(stage_index, stage.seq_len(), windows_per_step,
+                            step - stage_start[stage_index], /*rank=*/0, /*world_size=*/1));
+  result.data_time += Clock::now() - result.start;
+  QTRAIN_RETURN_IF_ERROR(model->ZeroGrads());
+  double loss_sum = 0;
+  for (size_t first = 0; first < windows.size();
+       first += static_cast<size_t>(stage.micro_batch())) {
+    const Clock::time_point read_start = Clock::now();
+    QTRAIN_RETURN_IF_ERROR(ReadBatch(stage, windows, first, ids, targets, scratch));
+    result.data_time += Clock::now() - read_start;
+    // Every target counts: the loss is the mean over the whole global batch.
+    QTRAIN_ASSIGN_OR_RETURN(model::ForwardResult forward,
+                            model->ForwardBackward({.batch_size = stage.micro_batch(),
+                                                    .seq_len = stage.seq_len(),
+                                                    .ids = ids,
+                                                    .targets = targets,
+                                                    .loss_normalizer = global_tokens}));
+    loss_sum += forward.loss_sum;
+  }
+  result.loss = loss_sum / static_cast<double>(global_tokens);
+  if (options.gradient_hook) options.gradient_hook(step, model->grads());
+  result.learning_rate = LearningRate(schedule, step);
+  result.stats.skipped = true;
+  if (std::isfinite(result.loss)) {
+    QTRAIN_ASSIGN_OR_RETURN(result.stats,
+                            optimizer->Step(model->params(), model->grads(), result.learning_rate));
+  }
+  const v1::OptimizerSpec& o = spec.optimizer();
+  if (result.stats.skipped) {
+    ++skipped_steps;
+    ++consecutive_nonfinite;
+    Event(absl::StrCat("step ", step + 1, " skipped: non-finite ",
+                       std::isfinite(result.loss) ? "gradients" : "loss"));
+    if (consecutive_nonfinite >= o.max_consecutive_nonfinite_steps()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "stopping: ", consecutive_nonfinite,
+          " steps in a row had a non-finite loss or "
+          "gradients (optimizer.max_consecutive_nonfinite_steps = ",
+          o.max_consecutive_nonfinite_steps(), "); lower optimizer.lr or check the data"));
+    }
+  } else {
+    consecutive_nonfinite = 0;
+    last_loss = result.loss;
+  }
+  ++step;
+  tokens_seen += global_tokens;  // at most total_steps x global_tokens, checked in Create
+  tokens_this_process += global_tokens;
+  return result;
+}
+
+absl::Status Trainer::State::Report(int stage_index, const StepResult& result) {
+  const v1::CurriculumStage& stage = spec.curriculum(stage_index);
+  StepReport report;
+  report.stage = stage_index;
+  report.stage_name = stage.name();
+  report.step = step;
+  report.total_steps = total_steps;
+  report.loss = result.loss;
+  report.learning_rate = result.learning_rate;
+  report.grad_norm = result.stats.grad_norm;
+  report.skipped = result.stats.skipped;
+  report.skipped_total = skipped_steps;
+  report.tokens_seen = tokens_seen;
+  report.step_seconds = Seconds(Clock::now() - result.start);
+  report.data_seconds = Seconds(result.data_time);
+  const double elapsed = Seconds(Clock::now() - started);
+  report.tokens_per_second = elapsed > 0 ? static_cast<double>(tokens_this_process) / elapsed : 0;
+  report.eta_seconds = report.tokens_per_second > 0
+                           ? static_cast<double>(total_steps - step) *
+                                 static_cast<double>(global_tokens) / report.tokens_per_second
+                           : 0;
+  const int64_t eval_every = spec.eval().every_steps();
+  if (spec.eval().batches() > 0 &&
+      ((eval_every > 0 && step % eval_every == 0) || step == total_steps)) {
+    QTRAIN_ASSIGN_OR_RETURN(double eval_loss, Evaluate(*model, stage));
+    report.eval_loss = eval_loss;
+    last_eval_loss = eval_loss;
+  }
+  nlohmann::json record = {
+      {"step", report.step},
+      {"stage", report.stage},
+      {"loss", std::isfinite(result.loss) ? nlohmann::json(result.loss) : nlohmann::json()},
+      {"lr", result.learning_rate},
+      {"grad_norm", result.stats.grad_norm},
+      {"skipped", result.stats.skipped},
+      {"tokens_seen", report.tokens_seen},
+      {"tokens_per_second", report.tokens_per_second},
+      {"step_seconds", report.step_seconds},
+      {"data_seconds", report.data_seconds}};
+  if (report.eval_loss) record["eval_loss"] = *report.eval_loss;
+  QTRAIN_RETURN_IF_ERROR(metrics->Append(record));
+  if (options.on_step) options.on_step(report);
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::State::MaybeCheckpoint(int stage_index, int64_t stop_at) {
+  const bool stage_ends = step == stage_start[stage_index + 1];
+  const int64_t every = spec.checkpoint().every_steps();
+  if ((every > 0 && step % every == 0) || stage_ends || step == stop_at) {
+    return SaveCheckpoint();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::State::SaveCheckpoint() {
+  QTRAIN_ASSIGN_OR_RETURN(CheckpointWriter writer, store->Begin(step));
+  QTRAIN_RETURN_IF_ERROR(
+      model::SaveCheckpoint(writer.directory(), model->config(), model->params()));
+  QTRAIN_RETURN_IF_ERROR(optimizer->Save(writer.PathFor(kOptimizerFile)));
   Fault("checkpoint_written");
   const nlohmann::json metadata = {{"step", step},
                                    {"stage", StageOf(step)},
@@ -254,223 +712,78 @@ absl::Status Trainer::State::SaveCheckpoint(const CheckpointStore& store, const 
                                    {"skipped_steps", skipped_steps},
                                    {"consecutive_nonfinite_steps", consecutive_nonfinite},
                                    {"data_plan_sha256", plan_sha256},
-                                   {"job_name", spec.name()}};
+                                   {"job_name", spec.name()},
+                                   {"spec", spec_json},
+                                   {"spec_sha256", training_spec_sha256}};
   QTRAIN_ASSIGN_OR_RETURN(CheckpointInfo info, writer.Commit(metadata));
   Event(absl::StrCat("checkpoint at step ", step, ": ", info.directory));
-  return store.ApplyRetention(spec.checkpoint().keep_last());
+  return store->ApplyRetention(spec.checkpoint().keep_last());
 }
 
-absl::Status Trainer::State::Resume(const CheckpointStore& store, std::vector<float>& params,
-                                    Optimizer& optimizer) {
-  std::vector<std::string> skipped;
-  absl::StatusOr<CheckpointInfo> info = store.LatestGood(&skipped);
-  for (const std::string& problem : skipped) Event(absl::StrCat("skipping damaged ", problem));
-  if (absl::IsNotFound(info.status())) return absl::OkStatus();  // a fresh start
-  QTRAIN_RETURN_IF_ERROR(info.status());
-  const nlohmann::json& m = info->metadata;
-  if (m.value("data_plan_sha256", "") != plan_sha256) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("checkpoint ", info->directory,
-                     " was trained with another data plan (different data, "
-                     "seed, or curriculum); use a new run directory"));
+// ---------------------------------------------------------------------------------------------
+// The end: the summary and, when the job is complete, the exported model and the loss curve.
+
+absl::StatusOr<TrainerSummary> Trainer::State::Finish() {
+  TrainerSummary summary;
+  summary.steps = step;
+  summary.tokens_seen = tokens_seen;
+  summary.skipped_steps = skipped_steps;
+  summary.final_eval_loss = last_eval_loss;
+  summary.completed = step == total_steps;
+  if (!summary.completed) return summary;
+  if (spec.eval().batches() > 0) {
+    QTRAIN_ASSIGN_OR_RETURN(summary.validation_unigram_entropy,
+                            UnigramEntropy(spec.curriculum(spec.curriculum_size() - 1)));
   }
-  const int64_t ckpt_step = m.value("step", int64_t{-1});
-  if (ckpt_step < 0 || ckpt_step > total_steps) {
-    return absl::DataLossError(absl::StrCat("checkpoint ", info->directory, ": bad step"));
+  // The finished model, from the final checkpoint (also when this process trained nothing).
+  QTRAIN_ASSIGN_OR_RETURN(CheckpointInfo final_checkpoint, store->LatestGood());
+  if (final_checkpoint.step != total_steps) {
+    return absl::InternalError("the final checkpoint is missing");
   }
-  const model::ModelConfig config =
-      StageConfig(base_config, spec.curriculum(StageOf(std::max<int64_t>(ckpt_step - 1, 0))));
-  QTRAIN_RETURN_IF_ERROR(model::LoadWeights(info->directory, config, params));
-  QTRAIN_RETURN_IF_ERROR(optimizer.Load(info->directory + "/" + kOptimizerFile));
-  step = ckpt_step;
-  tokens_seen = m.value("tokens_seen", int64_t{0});
-  skipped_steps = m.value("skipped_steps", int64_t{0});
-  consecutive_nonfinite = m.value("consecutive_nonfinite_steps", int64_t{0});
-  Event(absl::StrCat("resumed from ", info->directory, " (step ", step, " of ", total_steps, ")"));
-  return absl::OkStatus();
+  const model::ModelConfig& final_config = stage_configs.back();
+  QTRAIN_RETURN_IF_ERROR(model::LoadWeights(final_checkpoint.directory, final_config, params));
+  summary.final_dir = options.run_dir + "/final";
+  QTRAIN_RETURN_IF_ERROR(model::SaveCheckpoint(summary.final_dir, final_config, params));
+  QTRAIN_ASSIGN_OR_RETURN(std::vector<nlohmann::json> records,
+                          MetricsLog::ReadAll(options.run_dir + "/" + kMetricsFile));
+  std::vector<int64_t> starts(stage_start.begin(), stage_start.end() - 1);
+  QTRAIN_RETURN_IF_ERROR(WriteLossCurveSvg(options.run_dir + "/loss.svg", records, starts));
+  return summary;
+}
+
+void Trainer::State::Release() {
+  model.reset();
+  model_stage = -1;
+  metrics.reset();
+  optimizer.reset();
+  params = {};
+  ids = {};
+  targets = {};
+  scratch = {};
+  store.reset();
+  layout.reset();
+  lock.reset();  // last: nothing of this run writes into the directory after it
 }
 
 absl::StatusOr<TrainerSummary> Trainer::Run() {
   State& s = *state_;
-  const std::string checkpoint_dir = s.options.run_dir + "/checkpoints";
-  QTRAIN_ASSIGN_OR_RETURN(CheckpointStore store, CheckpointStore::Open(checkpoint_dir));
-
-  const model::ParameterLayout layout(s.base_config);
-  std::vector<float> params(static_cast<size_t>(layout.total_size()), 0.0f);
-  if (s.initial_params) {
-    if (s.initial_params->size() != params.size()) {
-      return absl::InvalidArgumentError("trainer: initial parameters do not match the model");
+  const auto run = [&s]() -> absl::StatusOr<TrainerSummary> {
+    QTRAIN_RETURN_IF_ERROR(s.Setup());
+    const int64_t stop_at = s.options.stop_after_step > 0
+                                ? std::min(s.options.stop_after_step, s.total_steps)
+                                : s.total_steps;
+    while (s.step < stop_at) {
+      const int stage_index = s.StageOf(s.step);
+      if (stage_index != s.model_stage) QTRAIN_RETURN_IF_ERROR(s.EnterStage(stage_index));
+      QTRAIN_ASSIGN_OR_RETURN(const State::StepResult result, s.TrainStep(stage_index));
+      QTRAIN_RETURN_IF_ERROR(s.Report(stage_index, result));
+      s.Fault("step_done");
+      QTRAIN_RETURN_IF_ERROR(s.MaybeCheckpoint(stage_index, stop_at));
     }
-    params = *s.initial_params;
-  } else {
-    model::InitializeParameters(s.base_config, layout, s.spec.seed(), params);
-  }
-  const v1::OptimizerSpec& o = s.spec.optimizer();
-  QTRAIN_ASSIGN_OR_RETURN(Optimizer optimizer,
-                          Optimizer::Create(layout, {.beta1 = o.beta1(),
-                                                     .beta2 = o.beta2(),
-                                                     .eps = o.eps(),
-                                                     .weight_decay = o.weight_decay(),
-                                                     .grad_clip = o.grad_clip()}));
-  QTRAIN_RETURN_IF_ERROR(s.Resume(store, params, optimizer));
-  QTRAIN_ASSIGN_OR_RETURN(MetricsLog metrics,
-                          MetricsLog::Open(s.options.run_dir + "/metrics.jsonl", s.step));
-  const LrScheduleParams schedule{.lr = o.lr(),
-                                  .min_lr = o.min_lr(),
-                                  .warmup_steps = o.warmup_steps(),
-                                  .total_steps = s.total_steps,
-                                  .decay = ToDecay(o.schedule())};
-  const int64_t global_tokens = s.spec.batch().global_tokens();
-  const int64_t stop_at = s.options.stop_after_step > 0
-                              ? std::min(s.options.stop_after_step, s.total_steps)
-                              : s.total_steps;
-  const Clock::time_point started = Clock::now();
-  int64_t tokens_this_process = 0;
-
-  std::unique_ptr<model::Model> model;
-  int model_stage = -1;
-  std::vector<int32_t> ids, targets, scratch;
-  while (s.step < stop_at) {
-    const int stage_index = s.StageOf(s.step);
-    const v1::CurriculumStage& stage = s.spec.curriculum(stage_index);
-    if (stage_index != model_stage) {
-      // A new stage may change the RoPE base or YaRN: rebuild the model around the same weights.
-      if (model) params.assign(model->params().begin(), model->params().end());
-      QTRAIN_ASSIGN_OR_RETURN(model::Model fresh,
-                              model::Model::Create(StageConfig(s.base_config, stage)));
-      model = std::make_unique<model::Model>(std::move(fresh));
-      std::copy(params.begin(), params.end(), model->params().begin());
-      model_stage = stage_index;
-      s.Event(absl::StrCat("stage ", stage_index, " '", stage.name(), "': seq_len ",
-                           stage.seq_len(), ", steps ", s.stage_start[stage_index] + 1, "-",
-                           s.stage_start[stage_index + 1]));
-    }
-    const Clock::time_point step_start = Clock::now();
-    Clock::duration data_time{};
-    const int64_t windows_per_step = global_tokens / stage.seq_len();
-    QTRAIN_ASSIGN_OR_RETURN(
-        std::vector<Window> windows,
-        s.plan->TrainingWindows(stage_index, stage.seq_len(), windows_per_step,
-                                s.step - s.stage_start[stage_index], /*rank=*/0, /*world_size=*/1));
-    data_time += Clock::now() - step_start;
-    QTRAIN_RETURN_IF_ERROR(model->ZeroGrads());
-    double loss_sum = 0;
-    for (size_t first = 0; first < windows.size();
-         first += static_cast<size_t>(stage.micro_batch())) {
-      const Clock::time_point read_start = Clock::now();
-      QTRAIN_RETURN_IF_ERROR(s.ReadBatch(stage, windows, first, ids, targets, scratch));
-      data_time += Clock::now() - read_start;
-      // Every target counts: the loss is the mean over the whole global batch.
-      QTRAIN_ASSIGN_OR_RETURN(model::ForwardResult result,
-                              model->ForwardBackward({.batch_size = stage.micro_batch(),
-                                                      .seq_len = stage.seq_len(),
-                                                      .ids = ids,
-                                                      .targets = targets,
-                                                      .loss_normalizer = global_tokens}));
-      loss_sum += result.loss_sum;
-    }
-    const double loss = loss_sum / static_cast<double>(global_tokens);
-    if (s.options.gradient_hook) s.options.gradient_hook(s.step, model->grads());
-    const double lr = LearningRate(schedule, s.step);
-    StepStats stats{.skipped = true};
-    if (std::isfinite(loss)) {
-      QTRAIN_ASSIGN_OR_RETURN(stats, optimizer.Step(model->params(), model->grads(), lr));
-    }
-    if (stats.skipped) {
-      ++s.skipped_steps;
-      ++s.consecutive_nonfinite;
-      s.Event(absl::StrCat("step ", s.step + 1, " skipped: non-finite ",
-                           std::isfinite(loss) ? "gradients" : "loss"));
-      if (s.consecutive_nonfinite >= o.max_consecutive_nonfinite_steps()) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "stopping: ", s.consecutive_nonfinite,
-            " steps in a row had a non-finite loss or "
-            "gradients (optimizer.max_consecutive_nonfinite_steps = ",
-            o.max_consecutive_nonfinite_steps(), "); lower optimizer.lr or check the data"));
-      }
-    } else {
-      s.consecutive_nonfinite = 0;
-      s.last_loss = loss;
-    }
-    ++s.step;
-    s.tokens_seen += global_tokens;
-    tokens_this_process += global_tokens;
-
-    StepReport report;
-    report.stage = stage_index;
-    report.stage_name = stage.name();
-    report.step = s.step;
-    report.total_steps = s.total_steps;
-    report.loss = loss;
-    report.learning_rate = lr;
-    report.grad_norm = stats.grad_norm;
-    report.skipped = stats.skipped;
-    report.skipped_total = s.skipped_steps;
-    report.tokens_seen = s.tokens_seen;
-    report.step_seconds = Seconds(Clock::now() - step_start);
-    report.data_seconds = Seconds(data_time);
-    const double elapsed = Seconds(Clock::now() - started);
-    report.tokens_per_second = elapsed > 0 ? static_cast<double>(tokens_this_process) / elapsed : 0;
-    report.eta_seconds = report.tokens_per_second > 0
-                             ? static_cast<double>((s.total_steps - s.step) * global_tokens) /
-                                   report.tokens_per_second
-                             : 0;
-    const bool stage_ends = s.step == s.stage_start[stage_index + 1];
-    const int64_t eval_every = s.spec.eval().every_steps();
-    if (s.spec.eval().batches() > 0 &&
-        ((eval_every > 0 && s.step % eval_every == 0) || s.step == s.total_steps)) {
-      QTRAIN_ASSIGN_OR_RETURN(double eval_loss, s.Evaluate(*model, stage));
-      report.eval_loss = eval_loss;
-      s.last_eval_loss = eval_loss;
-    }
-    nlohmann::json record = {
-        {"step", report.step},
-        {"stage", report.stage},
-        {"loss", std::isfinite(loss) ? nlohmann::json(loss) : nlohmann::json()},
-        {"lr", lr},
-        {"grad_norm", stats.grad_norm},
-        {"skipped", stats.skipped},
-        {"tokens_seen", report.tokens_seen},
-        {"tokens_per_second", report.tokens_per_second},
-        {"step_seconds", report.step_seconds},
-        {"data_seconds", report.data_seconds}};
-    if (report.eval_loss) record["eval_loss"] = *report.eval_loss;
-    QTRAIN_RETURN_IF_ERROR(metrics.Append(record));
-    if (s.options.on_step) s.options.on_step(report);
-    s.Fault("step_done");
-
-    const int64_t every = s.spec.checkpoint().every_steps();
-    if ((every > 0 && s.step % every == 0) || stage_ends || s.step == stop_at) {
-      QTRAIN_RETURN_IF_ERROR(s.SaveCheckpoint(store, *model, optimizer));
-    }
-  }
-
-  TrainerSummary summary;
-  summary.steps = s.step;
-  summary.tokens_seen = s.tokens_seen;
-  summary.skipped_steps = s.skipped_steps;
-  summary.final_eval_loss = s.last_eval_loss;
-  summary.completed = s.step == s.total_steps;
-  if (!summary.completed) return summary;
-  if (s.spec.eval().batches() > 0) {
-    QTRAIN_ASSIGN_OR_RETURN(summary.validation_unigram_entropy,
-                            s.UnigramEntropy(s.spec.curriculum(s.spec.curriculum_size() - 1)));
-  }
-
-  // The finished model, from the final checkpoint (also when this process trained nothing).
-  QTRAIN_ASSIGN_OR_RETURN(CheckpointInfo final_checkpoint, store.LatestGood());
-  if (final_checkpoint.step != s.total_steps) {
-    return absl::InternalError("the final checkpoint is missing");
-  }
-  const model::ModelConfig final_config =
-      StageConfig(s.base_config, s.spec.curriculum(s.spec.curriculum_size() - 1));
-  QTRAIN_RETURN_IF_ERROR(model::LoadWeights(final_checkpoint.directory, final_config, params));
-  summary.final_dir = s.options.run_dir + "/final";
-  QTRAIN_RETURN_IF_ERROR(model::SaveCheckpoint(summary.final_dir, final_config, params));
-  QTRAIN_ASSIGN_OR_RETURN(std::vector<nlohmann::json> records,
-                          MetricsLog::ReadAll(s.options.run_dir + "/metrics.jsonl"));
-  std::vector<int64_t> starts(s.stage_start.begin(), s.stage_start.end() - 1);
-  QTRAIN_RETURN_IF_ERROR(WriteLossCurveSvg(s.options.run_dir + "/loss.svg", records, starts));
+    return s.Finish();
+  };
+  absl::StatusOr<TrainerSummary> summary = run();
+  s.Release();
   return summary;
 }
 

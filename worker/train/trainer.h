@@ -5,7 +5,10 @@
 //   QTRAIN_RETURN_IF_ERROR(trainer.Run());
 //
 // Run directory layout:
+//   qtrain.lock                      held (flock) by the process training into the directory
+//   job.json                         the spec as run
 //   checkpoints/step-NNNNNNNNNNNN/   model (transformers format), optimizer state, manifest
+//                                    (with the trainer state and the spec trained with)
 //   metrics.jsonl                    one JSON object per step (and per evaluation)
 //   final/                           the exported model (config.json, model.safetensors)
 //
@@ -27,6 +30,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/run_dir_lock.h"
 #include "qtrain/v1/jobs.pb.h"
 #include "worker/model/config.h"
 #include "worker/train/token_source.h"
@@ -53,6 +57,12 @@ struct StepReport {
 
 struct TrainerOptions {
   std::string run_dir;
+  // The caller's lock on run_dir, taken before it touched the directory. When null, Run() takes
+  // the lock itself for its duration (and fails if another holder has it).
+  std::shared_ptr<const RunDirLock> run_dir_lock;
+  // Spec fields that may differ from the checkpoint's spec on resume besides the bookkeeping
+  // ones (see spec_change.h), e.g. "optimizer.lr".
+  std::vector<std::string> allowed_spec_changes;
   // Called after every step (progress display). Optional.
   std::function<void(const StepReport&)> on_step;
   // Called for events worth a log line (resume, stage start, checkpoint, skipped checkpoint).
@@ -94,9 +104,10 @@ class Trainer {
   // of the job, or to options.stop_after_step.
   absl::StatusOr<TrainerSummary> Run();
 
-  // The model configuration of stage `stage` (RoPE base and YaRN applied).
-  static model::ModelConfig StageConfig(const model::ModelConfig& base,
-                                        const v1::CurriculumStage& stage);
+  // The model configuration of stage `stage` (RoPE base and YaRN applied). INVALID_ARGUMENT
+  // when the YaRN-scaled position count does not fit in int64.
+  static absl::StatusOr<model::ModelConfig> StageConfig(const model::ModelConfig& base,
+                                                        const v1::CurriculumStage& stage);
 
   struct State;
 
