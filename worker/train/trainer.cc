@@ -296,12 +296,14 @@ absl::StatusOr<TrainerSummary> Trainer::Run() {
   QTRAIN_ASSIGN_OR_RETURN(CheckpointStore store, CheckpointStore::Open(checkpoint_dir));
 
   const model::ParameterLayout layout(s.base_config);
-  std::vector<float> params(static_cast<size_t>(layout.total_size()), 0.0f);
+  QTRAIN_ASSIGN_OR_RETURN(
+      std::vector<float> params,
+      model::MakeHostVector<float>({layout.total_size()}, "the model parameters (host copy)"));
   if (s.initial_params) {
     if (s.initial_params->size() != params.size()) {
       return absl::InvalidArgumentError("trainer: initial parameters do not match the model");
     }
-    params = *s.initial_params;
+    params = *s.initial_params;  // equal sizes: reuses the storage, allocates nothing
   } else {
     model::InitializeParameters(s.base_config, layout, s.spec.seed(), params);
   }
