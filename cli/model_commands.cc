@@ -167,12 +167,17 @@ absl::Status RunScore(const ScoreFlags& flags) {
                                  .status());
       if (flags.output_logits) {
         const int64_t vocab = m.config().vocab_size;
-        Json rows = Json::array();
-        for (int64_t i = 0; i < n; ++i) {
-          rows.push_back(
-              std::vector<float>(logits.begin() + i * vocab, logits.begin() + (i + 1) * vocab));
-        }
-        out["logits"] = std::move(rows);
+        // As JSON the logits take several times their binary size.
+        QTRAIN_RETURN_IF_ERROR(model::CatchAllocationFailure(
+            absl::StrCat("the logits of stdin line ", line_number, " as JSON"), std::nullopt, [&] {
+              Json rows = Json::array();
+              for (int64_t i = 0; i < n; ++i) {
+                rows.push_back(std::vector<float>(logits.begin() + i * vocab,
+                                                  logits.begin() + (i + 1) * vocab));
+              }
+              out["logits"] = std::move(rows);
+              return absl::OkStatus();
+            }));
       }
       double sum = 0;
       for (int64_t i = 0; i + 1 < n; ++i) {

@@ -173,23 +173,36 @@ TEST_F(ModelLimitsCliTest, TrainingAModelTooBigForMemoryIsResourceExhausted) {
   EXPECT_SUCCESS(Run({"tokenize", "--tokenizer", (tok / "tokenizer.json").string(), "--out",
                       shards.string(), (root_ / "text.txt").string()},
                      "tokenize"));
-  std::ofstream(root_ / "job.yaml")
-      << "name: big\nseed: 1\n"
-      << "model: {config: {vocab_size: 320, hidden_size: 4096, intermediate_size: 11008, "
-         "num_hidden_layers: 24, num_attention_heads: 32, num_key_value_heads: 32, "
-         "max_position_embeddings: 128}}\n"
-      << "tokenizer: " << (tok / "tokenizer.json").string() << "\n"
-      << "data: {manifest: " << (shards / "manifest.json").string()
-      << ", validation_fraction: 0.1}\n"
-      << "curriculum:\n  - {name: a, seq_len: 16, tokens: 256, micro_batch: 4}\n"
-      << "optimizer: {lr: 1e-3, min_lr: 1e-4, warmup_steps: 1}\n"
-      << "batch: {global_tokens: 64}\n"
-      << "checkpoint: {every_steps: 2, keep_last: 1}\n";
-  const CliResult r =
-      Run({"train", (root_ / "job.yaml").string(), "--run-dir", (root_ / "run").string()}, "train");
-  EXPECT_CLEAN_FAILURE(r, "RESOURCE_EXHAUSTED");
-  EXPECT_THAT(r.output, HasSubstr("bytes"));
-  EXPECT_THAT(r.output, Not(HasSubstr("bad_alloc")));
+  auto train = [&](const std::string& name, const std::string& model) {
+    std::ofstream(root_ / (name + ".yaml"))
+        << "name: " << name << "\nseed: 1\n"
+        << "model: {config: {vocab_size: 320, max_position_embeddings: 128, " << model << "}}\n"
+        << "tokenizer: " << (tok / "tokenizer.json").string() << "\n"
+        << "data: {manifest: " << (shards / "manifest.json").string()
+        << ", validation_fraction: 0.1}\n"
+        << "curriculum:\n  - {name: a, seq_len: 16, tokens: 256, micro_batch: 4}\n"
+        << "optimizer: {lr: 1e-3, min_lr: 1e-4, warmup_steps: 1}\n"
+        << "batch: {global_tokens: 64}\n"
+        << "checkpoint: {every_steps: 2, keep_last: 1}\n";
+    return Run({"train", (root_ / (name + ".yaml")).string(), "--run-dir",
+                (root_ / ("run_" + name)).string()},
+               "train_" + name);
+  };
+  // Hidden 4096, 24 layers: 19 GB of weights.
+  const CliResult big = train("big",
+                              "hidden_size: 4096, intermediate_size: 11008, num_hidden_layers: 24, "
+                              "num_attention_heads: 32, num_key_value_heads: 32");
+  EXPECT_CLEAN_FAILURE(big, "RESOURCE_EXHAUSTED");
+  EXPECT_THAT(big.output, HasSubstr("the model parameters"));
+  EXPECT_THAT(big.output, HasSubstr("bytes"));
+  EXPECT_THAT(big.output, Not(HasSubstr("bad_alloc")));
+  // 134 million parameters: the weights (537 MB) fit, their AdamW moments do not.
+  const CliResult medium =
+      train("medium",
+            "hidden_size: 1024, intermediate_size: 4096, num_hidden_layers: 8, "
+            "num_attention_heads: 8, num_key_value_heads: 8");
+  EXPECT_CLEAN_FAILURE(medium, "RESOURCE_EXHAUSTED");
+  EXPECT_THAT(medium.output, HasSubstr("the optimizer state"));
 }
 
 // ---------------------------------------------------------------------------------------------

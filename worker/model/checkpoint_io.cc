@@ -71,7 +71,11 @@ absl::StatusOr<std::map<std::string, std::string>> ReadWeightMap(const std::stri
 absl::Status CheckLmHeadMatches(const SafetensorsFile& file, const ModelConfig& config,
                                 std::span<const float> embed) {
   const int64_t shape[] = {config.vocab_size, config.hidden_size};
-  QTRAIN_ASSIGN_OR_RETURN(std::vector<float> head, file.ReadAsFloat(kLmHead, shape));
+  QTRAIN_ASSIGN_OR_RETURN(
+      std::vector<float> head,
+      CatchAllocationFailure(absl::StrCat(file.source(), ": tensor '", kLmHead, "'"),
+                             CheckedBytes(embed.size(), sizeof(float)),
+                             [&] { return file.ReadAsFloat(kLmHead, shape); }));
   if (std::memcmp(head.data(), embed.data(), head.size() * sizeof(float)) != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         file.source(), ": tensor '", kLmHead,

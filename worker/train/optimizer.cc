@@ -78,16 +78,22 @@ absl::StatusOr<StepStats> Optimizer::Step(std::span<float> params, std::span<con
 }
 
 absl::Status Optimizer::Save(const std::string& path) const {
-  SafetensorsWriter writer;
-  for (const model::TensorSlot& slot : layout_->tensors()) {
-    const auto size = static_cast<size_t>(slot.size);
-    QTRAIN_RETURN_IF_ERROR(writer.AddFloat("exp_avg." + slot.name, slot.shape,
-                                           std::span(exp_avg_).subspan(slot.offset, size)));
-    QTRAIN_RETURN_IF_ERROR(writer.AddFloat("exp_avg_sq." + slot.name, slot.shape,
-                                           std::span(exp_avg_sq_).subspan(slot.offset, size)));
-  }
-  writer.SetMetadata("step", absl::StrCat(step_count_));
-  return writer.WriteFile(path);
+  // The writer copies both moments and serializes them.
+  return model::CatchAllocationFailure(
+      absl::StrCat("the optimizer state for ", path),
+      CheckedBytes(layout_->total_size(), 4 * sizeof(float)), [&] {
+        SafetensorsWriter writer;
+        for (const model::TensorSlot& slot : layout_->tensors()) {
+          const auto size = static_cast<size_t>(slot.size);
+          QTRAIN_RETURN_IF_ERROR(writer.AddFloat("exp_avg." + slot.name, slot.shape,
+                                                 std::span(exp_avg_).subspan(slot.offset, size)));
+          QTRAIN_RETURN_IF_ERROR(
+              writer.AddFloat("exp_avg_sq." + slot.name, slot.shape,
+                              std::span(exp_avg_sq_).subspan(slot.offset, size)));
+        }
+        writer.SetMetadata("step", absl::StrCat(step_count_));
+        return writer.WriteFile(path);
+      });
 }
 
 absl::Status Optimizer::Load(const std::string& path) {
