@@ -104,8 +104,9 @@ absl::Status Model::Decode(std::span<const int32_t> ids, KvCache& cache,
   Buffer<float> x, normed, q, attn, lse, mid, gate, up, act, rstd, logits;
   const std::string what = "decode scratch";
   QTRAIN_RETURN_IF_ERROR(dev_ids.Resize(b, {n}, what));
-  for (Buffer<float>* buf : {&x, &normed, &mid})
+  for (Buffer<float>* buf : {&x, &normed, &mid}) {
     QTRAIN_RETURN_IF_ERROR(buf->Resize(b, {n, d}, what));
+  }
   for (Buffer<float>* buf : {&q, &attn}) {
     QTRAIN_RETURN_IF_ERROR(buf->Resize(b, {n, c.q_dim()}, what));
   }
