@@ -31,6 +31,7 @@ struct ScoreFlags {
   std::string model_dir;
   std::string tokenizer_path;
   bool output_logits = false;
+  bool allow_nonfinite_weights = false;
 };
 
 struct GenerateFlags {
@@ -43,6 +44,7 @@ struct GenerateFlags {
   double top_p = 1.0;
   uint64_t seed = 0;
   bool json = false;
+  bool allow_nonfinite_weights = false;
 };
 
 struct InitFlags {
@@ -88,10 +90,19 @@ class TextCodec {
   std::optional<tokenizer::Tokenizer> tokenizer_;
 };
 
-absl::StatusOr<Model> LoadModel(const std::string& dir) {
+// An inference model that fails on non-finite activations or logits, naming where they appear.
+absl::StatusOr<Model> LoadModel(const std::string& dir, bool allow_nonfinite_weights) {
   QTRAIN_ASSIGN_OR_RETURN(model::ModelConfig config, model::LoadConfig(dir));
-  QTRAIN_ASSIGN_OR_RETURN(Model m, Model::Create(config, {.allocate_gradients = false}));
-  QTRAIN_RETURN_IF_ERROR(model::LoadWeights(dir, config, m.params()));
+  QTRAIN_ASSIGN_OR_RETURN(
+      Model m, Model::Create(config, {.allocate_gradients = false, .check_finite = true}));
+  const absl::Status loaded =
+      model::LoadWeights(dir, config, m.params(), {.allow_nonfinite = allow_nonfinite_weights});
+  if (model::IsNonFiniteWeightError(loaded)) {
+    return absl::Status(loaded.code(), absl::StrCat(loaded.message(),
+                                                    " (pass --allow-nonfinite-weights to load it "
+                                                    "anyway)"));
+  }
+  QTRAIN_RETURN_IF_ERROR(loaded);
   return m;
 }
 
@@ -137,7 +148,7 @@ absl::StatusOr<std::vector<int32_t>> ParseScoreLine(const std::string& line, con
 
 absl::Status RunScore(const ScoreFlags& flags) {
   QTRAIN_ASSIGN_OR_RETURN(TextCodec codec, TextCodec::Load(flags.tokenizer_path));
-  QTRAIN_ASSIGN_OR_RETURN(Model m, LoadModel(flags.model_dir));
+  QTRAIN_ASSIGN_OR_RETURN(Model m, LoadModel(flags.model_dir, flags.allow_nonfinite_weights));
   std::string line;
   int64_t line_number = 0;
   while (std::getline(std::cin, line)) {
@@ -156,12 +167,17 @@ absl::Status RunScore(const ScoreFlags& flags) {
                                  .status());
       if (flags.output_logits) {
         const int64_t vocab = m.config().vocab_size;
-        Json rows = Json::array();
-        for (int64_t i = 0; i < n; ++i) {
-          rows.push_back(
-              std::vector<float>(logits.begin() + i * vocab, logits.begin() + (i + 1) * vocab));
-        }
-        out["logits"] = std::move(rows);
+        // As JSON the logits take several times their binary size.
+        QTRAIN_RETURN_IF_ERROR(model::CatchAllocationFailure(
+            absl::StrCat("the logits of stdin line ", line_number, " as JSON"), std::nullopt, [&] {
+              Json rows = Json::array();
+              for (int64_t i = 0; i < n; ++i) {
+                rows.push_back(std::vector<float>(logits.begin() + i * vocab,
+                                                  logits.begin() + (i + 1) * vocab));
+              }
+              out["logits"] = std::move(rows);
+              return absl::OkStatus();
+            }));
       }
       double sum = 0;
       for (int64_t i = 0; i + 1 < n; ++i) {
@@ -188,6 +204,29 @@ absl::StatusOr<std::vector<int32_t>> ParseIdList(const std::string& text) {
   return ids;
 }
 
+// --max-new-tokens capped so that prompt and continuation fit in the model's context (with a
+// note on stderr); a prompt longer than the context is refused.
+absl::StatusOr<int64_t> NewTokensWithinContext(const model::ModelConfig& config, size_t prompt_size,
+                                               int64_t max_new_tokens) {
+  const int64_t context = model::ContextLength(config);
+  const auto prompt_tokens = static_cast<int64_t>(prompt_size);
+  std::string limit = absl::StrCat("max_position_embeddings ", config.max_position_embeddings);
+  if (config.rope_type == model::RopeType::kYarn) {
+    absl::StrAppend(&limit, ", YaRN factor ", config.yarn.factor);
+  }
+  if (prompt_tokens > context) {
+    return absl::InvalidArgumentError(absl::StrCat("the prompt has ", prompt_tokens,
+                                                   " tokens, more than the model's context of ",
+                                                   context, " positions (", limit, ")"));
+  }
+  const int64_t room = context - prompt_tokens;
+  if (max_new_tokens <= room) return max_new_tokens;
+  std::cerr << "generate: --max-new-tokens " << max_new_tokens << " capped at " << room
+            << ": the prompt's " << prompt_tokens << " tokens and the continuation fit in the "
+            << "model's context of " << context << " positions (" << limit << ")\n";
+  return room;
+}
+
 absl::Status RunGenerate(const GenerateFlags& flags) {
   const model::SamplerOptions sampling{flags.temperature, flags.top_p, flags.seed};
   QTRAIN_RETURN_IF_ERROR(model::ValidateSamplerOptions(sampling));
@@ -196,7 +235,7 @@ absl::Status RunGenerate(const GenerateFlags& flags) {
     return absl::InvalidArgumentError("pass exactly one of --prompt and --prompt-ids");
   }
   QTRAIN_ASSIGN_OR_RETURN(TextCodec codec, TextCodec::Load(flags.tokenizer_path));
-  QTRAIN_ASSIGN_OR_RETURN(Model m, LoadModel(flags.model_dir));
+  QTRAIN_ASSIGN_OR_RETURN(Model m, LoadModel(flags.model_dir, flags.allow_nonfinite_weights));
   std::vector<int32_t> prompt;
   if (!flags.prompt_ids.empty()) {
     QTRAIN_ASSIGN_OR_RETURN(prompt, ParseIdList(flags.prompt_ids));
@@ -205,20 +244,23 @@ absl::Status RunGenerate(const GenerateFlags& flags) {
   }
   if (prompt.empty()) return absl::InvalidArgumentError("the prompt has no tokens");
   QTRAIN_RETURN_IF_ERROR(CheckIds(prompt, m.config().vocab_size));
+  QTRAIN_ASSIGN_OR_RETURN(const int64_t max_new_tokens,
+                          NewTokensWithinContext(m.config(), prompt.size(), flags.max_new_tokens));
 
+  // The cache grows with the tokens, up to the prompt plus the new tokens.
   QTRAIN_ASSIGN_OR_RETURN(
       model::KvCache cache,
-      model::KvCache::Create(m, static_cast<int64_t>(prompt.size()) + flags.max_new_tokens));
+      model::KvCache::Create(m, static_cast<int64_t>(prompt.size()) + max_new_tokens));
   model::Sampler sampler(sampling);
   std::vector<float> logits(m.config().vocab_size);
   std::vector<int32_t> generated;
   QTRAIN_RETURN_IF_ERROR(m.Decode(prompt, cache, logits));
   const std::vector<int64_t>& eos = m.config().eos_token_ids;
-  for (int64_t step = 0; step < flags.max_new_tokens; ++step) {
+  for (int64_t step = 0; step < max_new_tokens; ++step) {
     const int32_t next = static_cast<int32_t>(sampler.Next(logits));
     generated.push_back(next);
     if (std::find(eos.begin(), eos.end(), next) != eos.end()) break;
-    if (step + 1 < flags.max_new_tokens) {
+    if (step + 1 < max_new_tokens) {
       QTRAIN_RETURN_IF_ERROR(m.Decode(std::span<const int32_t>(&next, 1), cache, logits));
     }
   }
@@ -251,7 +293,9 @@ absl::Status RunInit(const InitFlags& flags) {
   }
   QTRAIN_RETURN_IF_ERROR(model::ValidateConfig(config));
   const model::ParameterLayout layout(config);
-  std::vector<float> params(layout.total_size());
+  QTRAIN_ASSIGN_OR_RETURN(
+      std::vector<float> params,
+      model::MakeHostVector<float>({layout.total_size()}, "the initialized parameters"));
   model::InitializeParameters(config, layout, flags.seed, params);
   QTRAIN_RETURN_IF_ERROR(model::SaveCheckpoint(flags.out_dir, config, params));
   std::cerr << "wrote " << flags.preset << " (" << config.NumParameters() << " parameters) to "
@@ -270,6 +314,9 @@ void AddModelCommands(CLI::App& app, CommandSelection& selection) {
   score->add_option("--tokenizer", score_flags->tokenizer_path, "tokenizer.json");
   score->add_flag("--output-logits", score_flags->output_logits,
                   "Also print every position's logits (for parity checks; large)");
+  score->add_flag("--allow-nonfinite-weights", score_flags->allow_nonfinite_weights,
+                  "Load weights holding NaN or infinities (scoring still fails on non-finite "
+                  "logits, naming the layer)");
   score->callback([&selection, score_flags] {
     selection.action = [score_flags] { return RunScore(*score_flags); };
   });
@@ -285,6 +332,9 @@ void AddModelCommands(CLI::App& app, CommandSelection& selection) {
   gen->add_option("--top-p", gen_flags->top_p)->capture_default_str();
   gen->add_option("--seed", gen_flags->seed)->capture_default_str();
   gen->add_flag("--json", gen_flags->json, "Print {prompt_ids, ids, text} as JSON");
+  gen->add_flag("--allow-nonfinite-weights", gen_flags->allow_nonfinite_weights,
+                "Load weights holding NaN or infinities (generation still fails on non-finite "
+                "logits, naming the layer)");
   gen->callback([&selection, gen_flags] {
     selection.action = [gen_flags] { return RunGenerate(*gen_flags); };
   });

@@ -96,13 +96,19 @@ void SplitKGemm(const GemmParams& p) {
 
 }  // namespace
 
+GemmPath ChooseGemmPath(const GemmParams& p) {
+  if (UseSplitK(p)) return GemmPath::kSplitK;
+  if (UseTileGemm(p)) return GemmPath::kTileRows;  // rows only: its B is shared by every block
+  return p.m >= 2 * kGemmBlock || p.m >= p.n ? GemmPath::kBlasRows : GemmPath::kBlasColumns;
+}
+
 void Sgemm(const GemmParams& p) {
   if (p.m == 0 || p.n == 0) return;
   UseSingleThreadedBlas();
-  if (UseSplitK(p)) return SplitKGemm(p);
-  const bool tile = UseTileGemm(p);
-  // The tile path splits rows only (its B is shared by every block).
-  const bool split_rows = tile || p.m >= 2 * kGemmBlock || p.m >= p.n;
+  const GemmPath path = ChooseGemmPath(p);
+  if (path == GemmPath::kSplitK) return SplitKGemm(p);
+  const bool tile = path == GemmPath::kTileRows;
+  const bool split_rows = path != GemmPath::kBlasColumns;
   const int64_t extent = split_rows ? p.m : p.n;
   const int64_t blocks = (extent + kGemmBlock - 1) / kGemmBlock;
   const bool parallel = blocks > 1 && !omp_in_parallel() && WorthParallel(p.m * p.n * p.k);

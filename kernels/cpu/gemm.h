@@ -37,6 +37,15 @@ inline constexpr int64_t kSplitKChunk = 512;
 // then runs on the calling thread).
 void Sgemm(const GemmParams& p);
 
+// How Sgemm computes a product of this shape (the tests check that each path is reached).
+enum class GemmPath {
+  kSplitK,       // a weight gradient with a long k: fixed k chunks, added in order
+  kTileRows,     // the tile GEMM of tile_math.h over row blocks (AVX-512 CPUs only)
+  kBlasRows,     // OpenBLAS over row blocks
+  kBlasColumns,  // OpenBLAS over column blocks (few rows)
+};
+GemmPath ChooseGemmPath(const GemmParams& p);
+
 }  // namespace qtrain::kernels::cpu
 
 #endif  // QTRAIN_KERNELS_CPU_GEMM_H_

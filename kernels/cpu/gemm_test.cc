@@ -1,7 +1,7 @@
 // Sgemm against a double-precision loop, for every transpose combination the kernels use and
 // shapes that take each path (OpenBLAS blocks by rows or columns, the tile GEMM on AVX-512 CPUs,
-// split k), with beta 0 (C overwritten, even when it holds NaN) and 1 (accumulated); and bitwise
-// thread-count independence.
+// split k, each case checked to take its path), with beta 0 (C overwritten, even when it holds
+// NaN) and 1 (accumulated); and bitwise thread-count independence.
 #include "kernels/cpu/gemm.h"
 
 #include <gtest/gtest.h>
@@ -22,6 +22,7 @@ using testing::RandomFloats;
 struct Case {
   bool trans_a, trans_b;
   int64_t m, n, k;
+  bool split_k = false;  // the shape must take the split-k path
 };
 
 std::string Name(const Case& c) {
@@ -72,7 +73,23 @@ const Case kCases[] = {
     {true, false, 4096, 64, 40},   // LM head weight gradient (OpenBLAS, row blocks)
     {true, false, 64, 176, 300},   // weight gradient (OpenBLAS)
     {true, true, 33, 17, 9},       // both transposed (OpenBLAS)
+    // Weight gradients over many tokens: split k. The smallest k that splits (2 chunks), a
+    // partial last chunk, and a k long enough that the chunks grow past kSplitKChunk (16 of 576).
+    {true, false, 255, 256, 2 * kSplitKChunk, true},
+    {true, false, 64, 176, 1500, true},
+    {true, false, 16, 64, 9000, true},
+    {true, false, 40, 24, 2 * kSplitKChunk - 1},  // one short of splitting (OpenBLAS)
 };
+
+TEST(SgemmTest, CasesTakeTheirPaths) {
+  for (const Case& c : kCases) {
+    SCOPED_TRACE(Name(c));
+    std::vector<float> out(1);
+    const Operands op(c);
+    const GemmPath path = ChooseGemmPath(op.Params(c, 0.0f, out.data()));
+    EXPECT_EQ(path == GemmPath::kSplitK, c.split_k);
+  }
+}
 
 TEST(SgemmTest, MatchesDoublePrecisionForEveryPath) {
   for (const Case& c : kCases) {

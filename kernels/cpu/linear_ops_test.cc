@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -156,6 +158,68 @@ TEST(LmHeadTest, TiedGradientsMatchFiniteDifferencesAndAccumulateWithEmbedding) 
                               DirectionalFdError(cpu_loss, emb, demb_head, 56));
   ReportError("lm_head fp32 directional FD", dir);
   EXPECT_LT(dir, kFp32FdTolerance);
+}
+
+// The LM head and the loss at Qwen2's real vocabulary (151,936: many summation chunks, GEMMs of
+// column blocks), forward and backward, against the double-precision reference over the same
+// inputs, element by element. A few rows keep it fast.
+TEST(LmHeadTest, FullVocabularyLossForwardBackwardMatchesTheReference) {
+  Backend& be = CpuBackend();
+  const int64_t rows = 4, vocab = 151936, dim = 64;
+  const std::vector<int32_t> labels = {0, static_cast<int32_t>(vocab - 1), kIgnoreIndex, 77777};
+  const int64_t valid = 3;
+  const float scale = 1.0f / valid;
+  const std::vector<float> y = RandomFloats(rows * dim, 61);
+  const std::vector<float> emb = RandomFloats(vocab * dim, 62, -0.5f, 0.5f);
+
+  // Reference: logits, losses and d(mean loss)/d(logits), d/dy, d/dE in double.
+  const std::vector<double> yd = ToDouble(y), ed = ToDouble(emb);
+  std::vector<double> zd(rows * vocab), lossd(rows), dzd(rows * vocab);
+  ref::LinearForward<double>(yd.data(), ed.data(), nullptr, zd.data(), rows, dim, vocab);
+  ref::CrossEntropyForward<double>(zd.data(), labels.data(), lossd.data(), rows, vocab,
+                                   kIgnoreIndex);
+  ref::CrossEntropyBackward<double>(zd.data(), labels.data(), scale, dzd.data(), rows, vocab,
+                                    kIgnoreIndex);
+  std::vector<double> dyd(rows * dim, 0.0), ded(vocab * dim, 0.0);
+  ref::LinearBackward<double>(dzd.data(), yd.data(), ed.data(), dyd.data(), ded.data(), nullptr,
+                              rows, dim, vocab);
+
+  std::vector<float> logits(rows * vocab);
+  ASSERT_OP_OK(be.LmHeadForward(y.data(), emb.data(), logits.data(), rows, vocab, dim));
+  EXPECT_LT(MaxRelError(logits, zd), kFp32Tolerance);
+  std::vector<float> losses(rows), lse(rows);
+  double loss_sum = 0;
+  int64_t num_valid = 0;
+  // In place, as the model runs it: the logits become their gradient.
+  ASSERT_OP_OK(be.CrossEntropyForwardBackward(logits.data(), labels.data(), scale, losses.data(),
+                                              lse.data(), &loss_sum, &num_valid, logits.data(),
+                                              rows, vocab, kIgnoreIndex));
+  EXPECT_EQ(num_valid, valid);
+  double want_sum = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    EXPECT_NEAR(losses[r], lossd[r], 1e-5 * (1 + lossd[r])) << r;
+    want_sum += lossd[r];
+  }
+  EXPECT_NEAR(loss_sum, want_sum, 1e-5 * want_sum);
+  // Every softmax entry, however small, to a relative 1e-4 (plus the fp32 rounding of the -1).
+  for (int64_t i = 0; i < rows * vocab; ++i) {
+    ASSERT_NEAR(logits[i], dzd[i], 1e-4 * std::abs(dzd[i]) + 1e-7) << i / vocab << "," << i % vocab;
+  }
+  for (int64_t j = 0; j < vocab; ++j) ASSERT_EQ(logits[2 * vocab + j], 0.0f) << j;  // ignored
+
+  std::vector<float> dy(rows * dim, 0.0f), demb(vocab * dim, 0.0f);
+  ASSERT_OP_OK(be.LmHeadBackward(logits.data(), y.data(), emb.data(), dy.data(), demb.data(), rows,
+                                 vocab, dim));
+  EXPECT_LT(MaxRelError(dy, dyd), kFp32Tolerance);
+  // Each embedding row's gradient against its own scale: most rows are only softmax mass.
+  for (int64_t v = 0; v < vocab; ++v) {
+    double row_scale = 1e-30, err = 0;
+    for (int64_t j = 0; j < dim; ++j) {
+      row_scale = std::max(row_scale, std::abs(ded[v * dim + j]));
+      err = std::max(err, std::abs(demb[v * dim + j] - ded[v * dim + j]));
+    }
+    ASSERT_LT(err / row_scale, 1e-4) << "embedding row " << v;
+  }
 }
 
 // OpenBLAS gives bitwise reproducible GEMMs for a fixed thread count (some of its kernels

@@ -1,13 +1,27 @@
 // Backend memory owned by the model: a typed array allocated with kernels::Backend::Alloc
-// (host memory on the CPU backend, device memory on CUDA) and freed on destruction.
+// (host memory on the CPU backend, device memory on CUDA) and freed on destruction; and the
+// allocation helpers every model, trainer and optimizer buffer goes through, so that a size that
+// overflows or does not fit in memory is RESOURCE_EXHAUSTED naming the buffer and its bytes,
+// never a std::bad_alloc escaping or a wrapped size.
 #ifndef QTRAIN_WORKER_MODEL_BUFFER_H_
 #define QTRAIN_WORKER_MODEL_BUFFER_H_
 
+#include <cstddef>
 #include <cstdint>
+#include <initializer_list>
+#include <new>
+#include <optional>
+#include <stdexcept>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/string_view.h"
+#include "common/checked_math.h"
 #include "kernels/ops.h"
 
 namespace qtrain::model {
@@ -19,6 +33,99 @@ inline absl::Status OpToStatus(const kernels::OpStatus& status) {
 }
 
 #define QTRAIN_RETURN_IF_OP_ERROR(expr) QTRAIN_RETURN_IF_ERROR(::qtrain::model::OpToStatus(expr))
+
+// "1234 bytes (1.2 KiB)".
+inline std::string DescribeBytes(size_t bytes) {
+  static constexpr const char* kUnits[] = {"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  std::string out = absl::StrCat(bytes, " bytes");
+  if (bytes < 1024) return out;
+  double value = static_cast<double>(bytes);
+  int unit = -1;
+  while (value >= 1024 && unit + 1 < 6) {
+    value /= 1024;
+    ++unit;
+  }
+  return absl::StrCat(out, absl::StrFormat(" (%.1f %s)", value, kUnits[unit]));
+}
+
+// RESOURCE_EXHAUSTED for `what` (e.g. "model parameters"): `bytes` that could not be allocated
+// in `where`, or, without `bytes`, a size too large to represent.
+inline absl::Status AllocationError(absl::string_view what, std::optional<size_t> bytes,
+                                    absl::string_view where = "host memory") {
+  if (!bytes.has_value()) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "cannot allocate ", what, ": its size overflows this machine's address space"));
+  }
+  return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", what, ": ",
+                                                   DescribeBytes(*bytes), " in ", where,
+                                                   " (out of memory or over the memory limit)"));
+}
+
+// Bytes of an array of T with the product of `dims` elements; RESOURCE_EXHAUSTED naming `what`
+// when a dimension is negative or the product overflows.
+template <typename T>
+absl::StatusOr<size_t> ArrayBytes(std::initializer_list<int64_t> dims, absl::string_view what) {
+  for (int64_t d : dims) {
+    if (d < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot allocate ", what, ": negative dimension ", d));
+    }
+  }
+  const std::optional<int64_t> count = CheckedProduct(dims);
+  std::optional<size_t> bytes;
+  if (count.has_value()) bytes = CheckedBytes(*count, sizeof(T));
+  // No object may be larger than PTRDIFF_MAX; sizes close to SIZE_MAX would also wrap when an
+  // allocator rounds them up to its alignment.
+  if (!bytes.has_value() || *bytes > static_cast<size_t>(PTRDIFF_MAX)) {
+    return AllocationError(what, std::nullopt);
+  }
+  return *bytes;
+}
+
+// Runs `fn` (returning a Status or StatusOr) that allocates through the standard library, and
+// turns std::bad_alloc and std::length_error into RESOURCE_EXHAUSTED naming `what`. For
+// allocations in code that reports failure by throwing (containers, file readers).
+template <typename Fn>
+auto CatchAllocationFailure(absl::string_view what, std::optional<size_t> bytes, Fn&& fn)
+    -> decltype(fn()) {
+  try {
+    return fn();
+  } catch (const std::bad_alloc&) {
+    return AllocationError(what, bytes);
+  } catch (const std::length_error&) {
+    return AllocationError(what, std::nullopt);
+  }
+}
+
+// Resizes a host vector to the product of `dims` elements, new ones set to `value`.
+template <typename T>
+absl::Status ResizeHostVector(std::vector<T>& v, std::initializer_list<int64_t> dims,
+                              absl::string_view what, const T& value = T()) {
+  auto bytes = ArrayBytes<T>(dims, what);
+  if (!bytes.ok()) return bytes.status();
+  const size_t count = *bytes / sizeof(T);
+  return CatchAllocationFailure(what, *bytes, [&] {
+    v.resize(count, value);
+    return absl::OkStatus();
+  });
+}
+
+// A host vector of the product of `dims` elements set to `value`.
+template <typename T>
+absl::StatusOr<std::vector<T>> MakeHostVector(std::initializer_list<int64_t> dims,
+                                              absl::string_view what, const T& value = T()) {
+  std::vector<T> v;
+  absl::Status status = ResizeHostVector(v, dims, what, value);
+  if (!status.ok()) return status;
+  return v;
+}
+
+// A copy of `src` (host memory).
+template <typename T>
+absl::StatusOr<std::vector<T>> CopyHostVector(const std::vector<T>& src, absl::string_view what) {
+  return CatchAllocationFailure(what, src.size() * sizeof(T),
+                                [&]() -> absl::StatusOr<std::vector<T>> { return src; });
+}
 
 template <typename T>
 class Buffer {
@@ -38,16 +145,28 @@ class Buffer {
   }
   ~Buffer() { Reset(); }
 
-  // (Re)allocates `size` elements (contents undefined); a no-op when the size is unchanged.
-  absl::Status Resize(kernels::Backend& backend, int64_t size) {
+  // (Re)allocates the product of `dims` elements (contents undefined); a no-op when the size is
+  // unchanged. `what` names the buffer in errors. On failure the buffer is empty.
+  absl::Status Resize(kernels::Backend& backend, std::initializer_list<int64_t> dims,
+                      absl::string_view what) {
+    auto bytes = ArrayBytes<T>(dims, what);
+    if (!bytes.ok()) {
+      Reset();
+      return bytes.status();
+    }
+    const auto size = static_cast<int64_t>(*bytes / sizeof(T));
     if (size == size_ && backend_ == &backend) return absl::OkStatus();
     Reset();
     if (size == 0) return absl::OkStatus();
-    void* p = backend.Alloc(static_cast<size_t>(size) * sizeof(T));
+    void* p = nullptr;
+    try {
+      p = backend.Alloc(*bytes);
+    } catch (const std::bad_alloc&) {
+      p = nullptr;
+    }
     if (p == nullptr) {
-      return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ",
-                                                       size * static_cast<int64_t>(sizeof(T)),
-                                                       " bytes on ", std::string(backend.name())));
+      return AllocationError(what, *bytes,
+                             absl::StrCat(std::string(backend.name()), " backend memory"));
     }
     backend_ = &backend;
     data_ = static_cast<T*>(p);

@@ -1,15 +1,21 @@
 #include "worker/model/checkpoint_io.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <map>
 #include <set>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/checked_math.h"
 #include "common/file_util.h"
 #include "common/safetensors.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
+#include "worker/model/buffer.h"
 
 namespace qtrain::model {
 namespace {
@@ -65,7 +71,11 @@ absl::StatusOr<std::map<std::string, std::string>> ReadWeightMap(const std::stri
 absl::Status CheckLmHeadMatches(const SafetensorsFile& file, const ModelConfig& config,
                                 std::span<const float> embed) {
   const int64_t shape[] = {config.vocab_size, config.hidden_size};
-  QTRAIN_ASSIGN_OR_RETURN(std::vector<float> head, file.ReadAsFloat(kLmHead, shape));
+  QTRAIN_ASSIGN_OR_RETURN(
+      std::vector<float> head,
+      CatchAllocationFailure(absl::StrCat(file.source(), ": tensor '", kLmHead, "'"),
+                             CheckedBytes(embed.size(), sizeof(float)),
+                             [&] { return file.ReadAsFloat(kLmHead, shape); }));
   if (std::memcmp(head.data(), embed.data(), head.size() * sizeof(float)) != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         file.source(), ": tensor '", kLmHead,
@@ -74,7 +84,34 @@ absl::Status CheckLmHeadMatches(const SafetensorsFile& file, const ModelConfig& 
   return absl::OkStatus();
 }
 
+constexpr char kNonFinitePayload[] = "qtrain/model/nonfinite-weight";
+
+// INVALID_ARGUMENT naming the tensor, the first non-finite value and its index (flat and per
+// dimension) when `values` holds a NaN or an infinity.
+absl::Status CheckFiniteTensor(const std::string& path, const TensorSlot& slot,
+                               std::span<const float> values) {
+  const auto bad =
+      std::find_if(values.begin(), values.end(), [](float v) { return !std::isfinite(v); });
+  if (bad == values.end()) return absl::OkStatus();
+  int64_t index = bad - values.begin();
+  std::vector<int64_t> coords(slot.shape.size());
+  for (size_t d = slot.shape.size(); d-- > 0;) {
+    coords[d] = index % slot.shape[d];
+    index /= slot.shape[d];
+  }
+  absl::Status status = absl::InvalidArgumentError(absl::StrCat(
+      path, ": tensor '", slot.name, "' holds a non-finite value (", *bad, ") at index ",
+      bad - values.begin(), " ([", absl::StrJoin(coords, ", "), "] of shape [",
+      absl::StrJoin(slot.shape, ", "), "]); non-finite weights are refused unless allowed"));
+  status.SetPayload(kNonFinitePayload, absl::Cord("1"));
+  return status;
+}
+
 }  // namespace
+
+bool IsNonFiniteWeightError(const absl::Status& status) {
+  return status.GetPayload(kNonFinitePayload).has_value();
+}
 
 absl::StatusOr<ModelConfig> LoadConfig(const std::string& dir) {
   const std::string path = JoinPath(dir, "config.json");
@@ -82,8 +119,8 @@ absl::StatusOr<ModelConfig> LoadConfig(const std::string& dir) {
   return ParseConfigJson(text, path);
 }
 
-absl::Status LoadWeights(const std::string& dir, const ModelConfig& config,
-                         std::span<float> params) {
+absl::Status LoadWeights(const std::string& dir, const ModelConfig& config, std::span<float> params,
+                         const LoadOptions& options) {
   const ParameterLayout layout(config);
   if (static_cast<int64_t>(params.size()) != layout.total_size()) {
     return absl::InvalidArgumentError("LoadWeights: parameter buffer has the wrong size");
@@ -125,8 +162,11 @@ absl::Status LoadWeights(const std::string& dir, const ModelConfig& config,
         return absl::InvalidArgumentError(
             absl::StrCat(path, ": tensor '", info.name, "' appears in more than one shard"));
       }
-      auto values = file.ReadAsFloat(info.name, slot->shape);
+      auto values = CatchAllocationFailure(
+          absl::StrCat(path, ": tensor '", info.name, "'"), CheckedBytes(slot->size, sizeof(float)),
+          [&] { return file.ReadAsFloat(info.name, slot->shape); });
       if (!values.ok()) return Annotate(values.status(), absl::StrCat("tensor '", info.name, "'"));
+      if (!options.allow_nonfinite) QTRAIN_RETURN_IF_ERROR(CheckFiniteTensor(path, *slot, *values));
       std::copy(values->begin(), values->end(), params.begin() + slot->offset);
     }
   }
@@ -151,11 +191,13 @@ absl::Status LoadWeights(const std::string& dir, const ModelConfig& config,
   return absl::OkStatus();
 }
 
-absl::StatusOr<LoadedModel> LoadCheckpoint(const std::string& dir) {
+absl::StatusOr<LoadedModel> LoadCheckpoint(const std::string& dir, const LoadOptions& options) {
   LoadedModel model;
   QTRAIN_ASSIGN_OR_RETURN(model.config, LoadConfig(dir));
-  model.params.resize(ParameterLayout(model.config).total_size());
-  QTRAIN_RETURN_IF_ERROR(LoadWeights(dir, model.config, model.params));
+  QTRAIN_RETURN_IF_ERROR(ResizeHostVector(model.params,
+                                          {ParameterLayout(model.config).total_size()},
+                                          absl::StrCat("the parameters of ", dir)));
+  QTRAIN_RETURN_IF_ERROR(LoadWeights(dir, model.config, model.params, options));
   return model;
 }
 
@@ -171,13 +213,18 @@ absl::Status SaveCheckpoint(const std::string& dir, const ModelConfig& config,
   if (ec) {
     return absl::InternalError(absl::StrCat("cannot create directory ", dir, ": ", ec.message()));
   }
-  SafetensorsWriter writer;
-  writer.SetMetadata("format", "pt");
-  for (const TensorSlot& slot : layout.tensors()) {
-    QTRAIN_RETURN_IF_ERROR(
-        writer.AddFloat(slot.name, slot.shape, params.subspan(slot.offset, slot.size)));
-  }
-  QTRAIN_RETURN_IF_ERROR(writer.WriteFile(JoinPath(dir, kSingleFile)));
+  // The writer copies the tensors and serializes them: a model too big for memory fails here.
+  QTRAIN_RETURN_IF_ERROR(CatchAllocationFailure(
+      absl::StrCat("the serialized weights for ", JoinPath(dir, kSingleFile)),
+      CheckedBytes(layout.total_size(), 2 * sizeof(float)), [&] {
+        SafetensorsWriter writer;
+        writer.SetMetadata("format", "pt");
+        for (const TensorSlot& slot : layout.tensors()) {
+          QTRAIN_RETURN_IF_ERROR(
+              writer.AddFloat(slot.name, slot.shape, params.subspan(slot.offset, slot.size)));
+        }
+        return writer.WriteFile(JoinPath(dir, kSingleFile));
+      }));
   return WriteFileAtomically(JoinPath(dir, "config.json"), ConfigToJson(config));
 }
 

@@ -27,14 +27,24 @@ struct LoadedModel {
 // Reads `dir`/config.json.
 absl::StatusOr<ModelConfig> LoadConfig(const std::string& dir);
 
+struct LoadOptions {
+  // Accept tensors holding NaN or infinities (by default they are refused, naming the tensor and
+  // the first bad index).
+  bool allow_nonfinite = false;
+};
+
 // Loads config and weights. Errors name the offending tensor (missing, unexpected, wrong shape
-// or dtype) and file.
-absl::StatusOr<LoadedModel> LoadCheckpoint(const std::string& dir);
+// or dtype, non-finite values) and file; a model too large for memory is RESOURCE_EXHAUSTED.
+absl::StatusOr<LoadedModel> LoadCheckpoint(const std::string& dir, const LoadOptions& options = {});
 
 // Loads the weights of `dir` into `params` laid out for `config` (used when the config is
 // already known).
-absl::Status LoadWeights(const std::string& dir, const ModelConfig& config,
-                         std::span<float> params);
+absl::Status LoadWeights(const std::string& dir, const ModelConfig& config, std::span<float> params,
+                         const LoadOptions& options = {});
+
+// Whether `status` is LoadWeights refusing a non-finite value (LoadOptions::allow_nonfinite
+// would accept it).
+bool IsNonFiniteWeightError(const absl::Status& status);
 
 // Writes config.json and model.safetensors into `dir` (created if needed; files replaced
 // atomically).

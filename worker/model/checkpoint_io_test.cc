@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/file_util.h"
 #include "common/safetensors.h"
 #include "gmock/gmock.h"
@@ -84,6 +86,55 @@ TEST(CheckpointIoTest, SaveThenLoadIsExact) {
   EXPECT_FALSE(file->Contains("lm_head.weight"));
   EXPECT_EQ(file->metadata().at("format"), "pt");
   EXPECT_EQ(file->tensors().size(), f.layout.tensors().size());
+}
+
+// NaN and infinities, in F32, BF16 and F16 tensors, are refused naming the tensor, the file and
+// the first bad index, unless allowed; the values then load unchanged.
+TEST(CheckpointIoTest, NonFiniteWeightsAreRefusedUnlessAllowed) {
+  struct Case {
+    std::string tensor;
+    std::vector<int64_t> at;  // index per dimension
+    float value;
+    DType dtype;
+  };
+  const Case cases[] = {
+      {"model.layers.0.self_attn.k_proj.weight", {3, 5}, std::nanf(""), DType::kF32},
+      {"model.layers.1.self_attn.q_proj.bias", {7}, -INFINITY, DType::kF32},
+      {"model.embed_tokens.weight", {31, 14}, INFINITY, DType::kBF16},
+      {"model.norm.weight", {0}, std::nanf(""), DType::kF16},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.tensor);
+    Fixture f = RandomTestModel();
+    const TensorSlot* slot = f.layout.Find(c.tensor);
+    ASSERT_NE(slot, nullptr);
+    const int64_t flat = c.at.size() == 2 ? c.at[0] * slot->shape[1] + c.at[1] : c.at[0];
+    f.params[slot->offset + flat] = c.value;
+    // A second bad value later in the tensor: the error names the first.
+    f.params[slot->offset + slot->size - 1] = std::nanf("");
+    const std::string dir = FreshDir("nonfinite");
+    ASSERT_TRUE(WriteFileAtomically(dir + "/config.json", ConfigToJson(f.config)).ok());
+    WriteTensors(f, dir + "/model.safetensors", c.dtype, AllNames(f));
+
+    const absl::Status s = LoadCheckpoint(dir).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_TRUE(IsNonFiniteWeightError(s)) << s;
+    EXPECT_THAT(s.message(), HasSubstr("model.safetensors: tensor '" + c.tensor + "'"));
+    EXPECT_THAT(s.message(), HasSubstr(absl::StrCat("at index ", flat, " ([")));
+    EXPECT_THAT(s.message(), HasSubstr(absl::StrCat("[", absl::StrJoin(c.at, ", "), "] of shape")));
+    std::vector<float> params(f.layout.total_size());
+    EXPECT_TRUE(IsNonFiniteWeightError(LoadWeights(dir, f.config, params)));
+
+    auto allowed = LoadCheckpoint(dir, {.allow_nonfinite = true});
+    ASSERT_TRUE(allowed.ok()) << allowed.status();
+    const float got = allowed->params[slot->offset + flat];
+    EXPECT_EQ(std::isnan(got), std::isnan(c.value));
+    if (!std::isnan(c.value)) {
+      EXPECT_EQ(got, c.value);
+    }
+  }
+  // Other load errors are not non-finite ones.
+  EXPECT_FALSE(IsNonFiniteWeightError(LoadCheckpoint(FreshDir("empty")).status()));
 }
 
 TEST(CheckpointIoTest, LoadsShardedBf16AndF16) {

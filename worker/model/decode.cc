@@ -1,24 +1,75 @@
 // Incremental decoding with a KV cache: each call runs the new tokens of one sequence through
 // the layers, attending to the cached keys and values, and returns the last token's logits.
+#include <algorithm>
+#include <limits>
+#include <optional>
+#include <string>
+#include <vector>
+
 #include "absl/strings/str_cat.h"
+#include "common/checked_math.h"
 #include "common/status_macros.h"
 #include "worker/model/model.h"
 #include "worker/model/model_internal.h"
 
 namespace qtrain::model {
 
+int64_t ContextLength(const ModelConfig& config) {
+  if (config.rope_type != RopeType::kYarn) return config.max_position_embeddings;
+  const int64_t original = config.yarn.original_max_position_embeddings > 0
+                               ? config.yarn.original_max_position_embeddings
+                               : config.max_position_embeddings;
+  // YaRN stretches the original context by its factor; an absurd factor saturates (the cache
+  // still grows only as far as the tokens need).
+  const std::optional<int64_t> scaled =
+      CheckedDoubleToInt64(static_cast<double>(original) * config.yarn.factor);
+  return std::max(config.max_position_embeddings,
+                  scaled.value_or(std::numeric_limits<int64_t>::max()));
+}
+
 absl::StatusOr<KvCache> KvCache::Create(const Model& model, int64_t max_tokens) {
   if (max_tokens <= 0) return absl::InvalidArgumentError("KV cache: max_tokens must be positive");
-  const ModelConfig& c = model.config();
+  const int64_t context = ContextLength(model.config());
+  if (max_tokens > context) {
+    return absl::OutOfRangeError(absl::StrCat("KV cache: ", max_tokens,
+                                              " positions exceed the model's context of ", context,
+                                              " positions"));
+  }
   KvCache cache;
   cache.capacity_ = max_tokens;
-  cache.keys_.resize(c.num_layers);
-  cache.values_.resize(c.num_layers);
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    QTRAIN_RETURN_IF_ERROR(cache.keys_[l].Resize(model.backend(), max_tokens * c.kv_dim()));
-    QTRAIN_RETURN_IF_ERROR(cache.values_[l].Resize(model.backend(), max_tokens * c.kv_dim()));
-  }
+  cache.keys_.resize(model.config().num_layers);
+  cache.values_.resize(model.config().num_layers);
+  QTRAIN_RETURN_IF_ERROR(cache.Reserve(model, std::min(max_tokens, kInitialTokens)));
   return cache;
+}
+
+absl::Status KvCache::Reserve(const Model& model, int64_t tokens) {
+  if (tokens <= allocated_) return absl::OkStatus();
+  if (tokens > capacity_) {
+    return absl::OutOfRangeError(absl::StrCat("KV cache: ", tokens,
+                                              " positions exceed the cache's capacity of ",
+                                              capacity_, " positions"));
+  }
+  // Doubling keeps the copies amortized O(1) per token; never past the capacity.
+  const int64_t doubled = allocated_ > capacity_ / 2 ? capacity_ : 2 * allocated_;
+  const int64_t grown = std::max(tokens, doubled);
+  const ModelConfig& c = model.config();
+  kernels::Backend& b = model.backend();
+  const std::string what = absl::StrCat("the KV cache (", grown, " positions x ", c.num_layers,
+                                        " layers x keys and values)");
+  for (std::vector<Buffer<float>>* per_layer : {&keys_, &values_}) {
+    for (Buffer<float>& old : *per_layer) {
+      Buffer<float> next;
+      QTRAIN_RETURN_IF_ERROR(next.Resize(b, {grown, c.kv_dim()}, what));
+      if (length_ > 0) {
+        QTRAIN_RETURN_IF_OP_ERROR(
+            b.CopyWithinBackend(next.get(), old.get(), length_ * c.kv_dim() * sizeof(float)));
+      }
+      old = std::move(next);
+    }
+  }
+  allocated_ = grown;
+  return absl::OkStatus();
 }
 
 absl::Status Model::Decode(std::span<const int32_t> ids, KvCache& cache,
@@ -30,10 +81,10 @@ absl::Status Model::Decode(std::span<const int32_t> ids, KvCache& cache,
   const int64_t d = c.hidden_size, f = c.intermediate_size;
   const float eps = static_cast<float>(c.rms_norm_eps);
   if (n == 0) return absl::InvalidArgumentError("Decode: no tokens");
-  if (past + n > cache.capacity_) {
-    return absl::OutOfRangeError(absl::StrCat("Decode: ", past, " cached + ", n,
-                                              " new tokens exceed the cache capacity ",
-                                              cache.capacity_));
+  if (n > cache.capacity_ - past) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "Decode: ", past, " cached + ", n, " new tokens exceed the KV cache's capacity of ",
+        cache.capacity_, " positions (the model's context is ", ContextLength(c), ")"));
   }
   if (static_cast<int64_t>(last_logits.size()) != c.vocab_size) {
     return absl::InvalidArgumentError("Decode: last_logits must hold vocab_size floats");
@@ -47,21 +98,32 @@ absl::Status Model::Decode(std::span<const int32_t> ids, KvCache& cache,
           absl::StrCat("Decode: token id ", id, " is outside [0, ", c.vocab_size, ")"));
     }
   }
+  QTRAIN_RETURN_IF_ERROR(cache.Reserve(*this, past + n));
   // Scratch for this call's tokens (one sequence).
   Buffer<int32_t> dev_ids;
   Buffer<float> x, normed, q, attn, lse, mid, gate, up, act, rstd, logits;
-  QTRAIN_RETURN_IF_ERROR(dev_ids.Resize(b, n));
-  for (Buffer<float>* buf : {&x, &normed, &mid}) QTRAIN_RETURN_IF_ERROR(buf->Resize(b, n * d));
-  for (Buffer<float>* buf : {&q, &attn}) QTRAIN_RETURN_IF_ERROR(buf->Resize(b, n * c.q_dim()));
-  for (Buffer<float>* buf : {&gate, &up, &act}) QTRAIN_RETURN_IF_ERROR(buf->Resize(b, n * f));
-  QTRAIN_RETURN_IF_ERROR(lse.Resize(b, n * c.num_heads));
-  QTRAIN_RETURN_IF_ERROR(rstd.Resize(b, n));
-  QTRAIN_RETURN_IF_ERROR(logits.Resize(b, c.vocab_size));
+  const std::string what = "decode scratch";
+  QTRAIN_RETURN_IF_ERROR(dev_ids.Resize(b, {n}, what));
+  for (Buffer<float>* buf : {&x, &normed, &mid}) {
+    QTRAIN_RETURN_IF_ERROR(buf->Resize(b, {n, d}, what));
+  }
+  for (Buffer<float>* buf : {&q, &attn}) {
+    QTRAIN_RETURN_IF_ERROR(buf->Resize(b, {n, c.q_dim()}, what));
+  }
+  for (Buffer<float>* buf : {&gate, &up, &act}) {
+    QTRAIN_RETURN_IF_ERROR(buf->Resize(b, {n, f}, what));
+  }
+  QTRAIN_RETURN_IF_ERROR(lse.Resize(b, {n, c.num_heads}, what));
+  QTRAIN_RETURN_IF_ERROR(rstd.Resize(b, {n}, what));
+  QTRAIN_RETURN_IF_ERROR(logits.Resize(b, {c.vocab_size}, what));
 
   const float* params = params_.get();
   QTRAIN_RETURN_IF_OP_ERROR(b.CopyHostToBackend(dev_ids.get(), ids.data(), n * sizeof(int32_t)));
   QTRAIN_RETURN_IF_OP_ERROR(
       b.EmbeddingForward(dev_ids.get(), params + layout_.embed(), x.get(), n, c.vocab_size, d));
+  const bool check = options_.check_finite;
+  const RowPositions positions{.first_row = 0, .seq_len = n, .past = past};
+  if (check) QTRAIN_RETURN_IF_ERROR(CheckFinite(b, x.get(), n, d, positions, kEmbeddingOutput));
 
   kernels::RopeShape q_rope{
       .batch = 1, .seq_len = n, .num_heads = c.num_heads, .head_dim = c.head_dim, .past_len = past};
@@ -70,7 +132,7 @@ absl::Status Model::Decode(std::span<const int32_t> ids, KvCache& cache,
   kernels::AttentionShape attention{.batch = 1,
                                     .seq_len = n,
                                     .past_len = past,
-                                    .kv_capacity = cache.capacity_,
+                                    .kv_capacity = cache.allocated_,
                                     .num_heads = c.num_heads,
                                     .num_kv_heads = c.num_kv_heads,
                                     .head_dim = c.head_dim};
@@ -105,13 +167,21 @@ absl::Status Model::Decode(std::span<const int32_t> ids, KvCache& cache,
     QTRAIN_RETURN_IF_OP_ERROR(b.SwigluForward(gate.get(), up.get(), act.get(), n, f));
     QTRAIN_RETURN_IF_OP_ERROR(b.LinearForward(act.get(), w.down_weight, nullptr, x.get(), n, f, d));
     QTRAIN_RETURN_IF_OP_ERROR(b.ResidualForward(mid.get(), x.get(), x.get(), n * d));
+    if (check) QTRAIN_RETURN_IF_ERROR(CheckFinite(b, x.get(), n, d, positions, LayerOutputName(l)));
   }
   // Only the last token's logits are needed.
   const float* last = x.get() + (n - 1) * d;
   QTRAIN_RETURN_IF_OP_ERROR(
       b.RmsNormForward(last, params + layout_.final_norm(), eps, normed.get(), rstd.get(), 1, d));
+  const RowPositions last_position{.first_row = n - 1, .seq_len = n, .past = past};
+  if (check) {
+    QTRAIN_RETURN_IF_ERROR(CheckFinite(b, normed.get(), 1, d, last_position, kFinalNormOutput));
+  }
   QTRAIN_RETURN_IF_OP_ERROR(
       b.LmHeadForward(normed.get(), params + layout_.embed(), logits.get(), 1, c.vocab_size, d));
+  if (check) {
+    QTRAIN_RETURN_IF_ERROR(CheckFinite(b, logits.get(), 1, c.vocab_size, last_position, kLogits));
+  }
   QTRAIN_RETURN_IF_OP_ERROR(
       b.CopyBackendToHost(last_logits.data(), logits.get(), c.vocab_size * sizeof(float)));
   cache.length_ = past + n;

@@ -1,6 +1,9 @@
 // One Qwen2 decoder layer, forward and backward (docs/model-math.md#forward-pass, #backward-pass):
 //   a = RMSNorm(x); q,k,v = a W^T + b; RoPE(q, k); o = attention(q, k, v);
 //   mid = x + o W_o^T; m = RMSNorm(mid); out = mid + (silu(m W_g^T) * m W_u^T) W_d^T.
+#include <string>
+
+#include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "worker/model/model_internal.h"
 
@@ -31,35 +34,41 @@ kernels::RopeShape RopeShapeFor(const ModelConfig& c, int64_t batch, int64_t seq
 
 absl::Status LayerActivations::Resize(kernels::Backend& b, const ModelConfig& c, int64_t batch,
                                       int64_t seq_len) {
-  const int64_t rows = batch * seq_len;
   const int64_t d = c.hidden_size, f = c.intermediate_size;
-  QTRAIN_RETURN_IF_ERROR(rstd_in.Resize(b, rows));
-  QTRAIN_RETURN_IF_ERROR(normed_in.Resize(b, rows * d));
-  QTRAIN_RETURN_IF_ERROR(q.Resize(b, rows * c.q_dim()));
-  QTRAIN_RETURN_IF_ERROR(k.Resize(b, rows * c.kv_dim()));
-  QTRAIN_RETURN_IF_ERROR(v.Resize(b, rows * c.kv_dim()));
-  QTRAIN_RETURN_IF_ERROR(attn.Resize(b, rows * c.q_dim()));
-  QTRAIN_RETURN_IF_ERROR(lse.Resize(b, rows * c.num_heads));
-  QTRAIN_RETURN_IF_ERROR(mid.Resize(b, rows * d));
-  QTRAIN_RETURN_IF_ERROR(rstd_post.Resize(b, rows));
-  QTRAIN_RETURN_IF_ERROR(normed_post.Resize(b, rows * d));
-  QTRAIN_RETURN_IF_ERROR(gate.Resize(b, rows * f));
-  QTRAIN_RETURN_IF_ERROR(up.Resize(b, rows * f));
-  QTRAIN_RETURN_IF_ERROR(act.Resize(b, rows * f));
+  auto resize = [&](Buffer<float>& buf, int64_t width, const char* name) {
+    return buf.Resize(b, {batch, seq_len, width}, absl::StrCat("layer activations (", name, ")"));
+  };
+  QTRAIN_RETURN_IF_ERROR(resize(rstd_in, 1, "rstd_in"));
+  QTRAIN_RETURN_IF_ERROR(resize(normed_in, d, "normed_in"));
+  QTRAIN_RETURN_IF_ERROR(resize(q, c.q_dim(), "q"));
+  QTRAIN_RETURN_IF_ERROR(resize(k, c.kv_dim(), "k"));
+  QTRAIN_RETURN_IF_ERROR(resize(v, c.kv_dim(), "v"));
+  QTRAIN_RETURN_IF_ERROR(resize(attn, c.q_dim(), "attn"));
+  QTRAIN_RETURN_IF_ERROR(resize(lse, c.num_heads, "lse"));
+  QTRAIN_RETURN_IF_ERROR(resize(mid, d, "mid"));
+  QTRAIN_RETURN_IF_ERROR(resize(rstd_post, 1, "rstd_post"));
+  QTRAIN_RETURN_IF_ERROR(resize(normed_post, d, "normed_post"));
+  QTRAIN_RETURN_IF_ERROR(resize(gate, f, "gate"));
+  QTRAIN_RETURN_IF_ERROR(resize(up, f, "up"));
+  QTRAIN_RETURN_IF_ERROR(resize(act, f, "act"));
   return absl::OkStatus();
 }
 
-absl::Status BackwardScratch::Resize(kernels::Backend& b, const ModelConfig& c, int64_t rows) {
+absl::Status BackwardScratch::Resize(kernels::Backend& b, const ModelConfig& c, int64_t batch,
+                                     int64_t seq_len) {
   const int64_t d = c.hidden_size, f = c.intermediate_size;
-  for (Buffer<float>* buf : {&d_mid, &d_normed}) QTRAIN_RETURN_IF_ERROR(buf->Resize(b, rows * d));
+  const std::string what = "backward scratch";
+  for (Buffer<float>* buf : {&d_mid, &d_normed}) {
+    QTRAIN_RETURN_IF_ERROR(buf->Resize(b, {batch, seq_len, d}, what));
+  }
   for (Buffer<float>* buf : {&d_attn, &dq, &dq_pre}) {
-    QTRAIN_RETURN_IF_ERROR(buf->Resize(b, rows * c.q_dim()));
+    QTRAIN_RETURN_IF_ERROR(buf->Resize(b, {batch, seq_len, c.q_dim()}, what));
   }
   for (Buffer<float>* buf : {&dk, &dk_pre, &dv}) {
-    QTRAIN_RETURN_IF_ERROR(buf->Resize(b, rows * c.kv_dim()));
+    QTRAIN_RETURN_IF_ERROR(buf->Resize(b, {batch, seq_len, c.kv_dim()}, what));
   }
   for (Buffer<float>* buf : {&d_act, &d_gate, &d_up}) {
-    QTRAIN_RETURN_IF_ERROR(buf->Resize(b, rows * f));
+    QTRAIN_RETURN_IF_ERROR(buf->Resize(b, {batch, seq_len, f}, what));
   }
   return absl::OkStatus();
 }

@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "common/checked_math.h"
 #include "common/status_macros.h"
 #include "kernels/rope_tables.h"
 #include "worker/model/model_internal.h"
@@ -26,35 +28,80 @@ std::vector<int32_t> ShiftLabels(std::span<const int32_t> labels, int64_t batch_
 
 absl::Status Activations::Resize(kernels::Backend& b, const ModelConfig& c, int64_t new_batch,
                                  int64_t new_seq_len, PassMode new_mode, int64_t chunk) {
-  if (new_batch == batch && new_seq_len == seq_len && new_mode == mode) return absl::OkStatus();
+  if (ready && new_batch == batch && new_seq_len == seq_len && new_mode == mode) {
+    return absl::OkStatus();
+  }
+  // The shape is recorded only once every buffer is there: after a failed allocation nothing is
+  // kept, so a retry allocates again instead of finding a "matching" shape with buffers missing.
+  *this = Activations();
+  absl::Status status = Allocate(b, c, new_batch, new_seq_len, new_mode, chunk);
+  if (!status.ok()) {
+    *this = Activations();
+    return status;
+  }
   batch = new_batch;
   seq_len = new_seq_len;
   mode = new_mode;
-  const int64_t rows = batch * seq_len;
-  const int64_t d = c.hidden_size;
-  const bool training = mode != PassMode::kInference;
-  QTRAIN_RETURN_IF_ERROR(ids.Resize(b, rows));
-  QTRAIN_RETURN_IF_ERROR(targets.Resize(b, rows));
-  residual.clear();  // frees before allocating the new sizes
-  residual.resize(training ? c.num_layers + 1 : 2);
-  for (Buffer<float>& r : residual) QTRAIN_RETURN_IF_ERROR(r.Resize(b, rows * d));
-  layers.clear();
-  layers.resize(mode == PassMode::kTrainStored ? c.num_layers : 1);
-  for (LayerActivations& l : layers) QTRAIN_RETURN_IF_ERROR(l.Resize(b, c, batch, seq_len));
-  QTRAIN_RETURN_IF_ERROR(rstd_final.Resize(b, rows));
-  QTRAIN_RETURN_IF_ERROR(final_normed.Resize(b, rows * d));
-  if (training) {
-    QTRAIN_RETURN_IF_ERROR(d_residual.Resize(b, rows * d));
-    QTRAIN_RETURN_IF_ERROR(scratch.Resize(b, c, rows));
-  } else {
-    d_residual.Reset();
-    scratch = BackwardScratch();
-  }
-  const int64_t chunk_rows = std::min(chunk, rows);
-  QTRAIN_RETURN_IF_ERROR(logits.Resize(b, chunk_rows * c.vocab_size));
-  QTRAIN_RETURN_IF_ERROR(losses.Resize(b, chunk_rows));
-  QTRAIN_RETURN_IF_ERROR(lse.Resize(b, chunk_rows));
+  ready = true;
   return absl::OkStatus();
+}
+
+absl::Status Activations::Allocate(kernels::Backend& b, const ModelConfig& c, int64_t new_batch,
+                                   int64_t new_seq_len, PassMode new_mode, int64_t chunk) {
+  const int64_t d = c.hidden_size;
+  const bool training = new_mode != PassMode::kInference;
+  // layer_input() and layer() index by mode, so it is set before the buffers are.
+  mode = new_mode;
+  QTRAIN_RETURN_IF_ERROR(ids.Resize(b, {new_batch, new_seq_len}, "activations (token ids)"));
+  QTRAIN_RETURN_IF_ERROR(targets.Resize(b, {new_batch, new_seq_len}, "activations (targets)"));
+  residual.resize(training ? c.num_layers + 1 : 2);
+  for (Buffer<float>& r : residual) {
+    QTRAIN_RETURN_IF_ERROR(r.Resize(b, {new_batch, new_seq_len, d}, "activations (residual)"));
+  }
+  layers.resize(new_mode == PassMode::kTrainStored ? c.num_layers : 1);
+  for (LayerActivations& l : layers) QTRAIN_RETURN_IF_ERROR(l.Resize(b, c, new_batch, new_seq_len));
+  QTRAIN_RETURN_IF_ERROR(
+      rstd_final.Resize(b, {new_batch, new_seq_len}, "activations (final norm rstd)"));
+  QTRAIN_RETURN_IF_ERROR(
+      final_normed.Resize(b, {new_batch, new_seq_len, d}, "activations (final norm output)"));
+  if (training) {
+    QTRAIN_RETURN_IF_ERROR(
+        d_residual.Resize(b, {new_batch, new_seq_len, d}, "activations (residual gradient)"));
+    QTRAIN_RETURN_IF_ERROR(scratch.Resize(b, c, new_batch, new_seq_len));
+  }
+  const std::optional<int64_t> rows = CheckedMul(new_batch, new_seq_len);
+  if (!rows.has_value()) return AllocationError("activations", std::nullopt);
+  const int64_t chunk_rows = std::min(chunk, *rows);
+  QTRAIN_RETURN_IF_ERROR(
+      logits.Resize(b, {chunk_rows, c.vocab_size}, "activations (LM head logits chunk)"));
+  QTRAIN_RETURN_IF_ERROR(losses.Resize(b, {chunk_rows}, "activations (token losses)"));
+  QTRAIN_RETURN_IF_ERROR(lse.Resize(b, {chunk_rows}, "activations (logsumexp)"));
+  return absl::OkStatus();
+}
+
+absl::Status CheckFinite(kernels::Backend& b, const float* x, int64_t rows, int64_t width,
+                         const RowPositions& positions, absl::string_view where) {
+  const int64_t n = rows * width;
+  // A finite float squared is below 1.2e77, so the double sum is finite exactly when every
+  // value is: one pass, on any backend.
+  double sum_squares = 0;
+  QTRAIN_RETURN_IF_OP_ERROR(b.SumOfSquares(&x, &n, 1, &sum_squares));
+  if (std::isfinite(sum_squares)) return absl::OkStatus();
+  QTRAIN_ASSIGN_OR_RETURN(std::vector<float> host,
+                          MakeHostVector<float>({n}, "a host copy for the finiteness check"));
+  QTRAIN_RETURN_IF_OP_ERROR(b.CopyBackendToHost(host.data(), x, n * sizeof(float)));
+  const auto bad =
+      std::find_if(host.begin(), host.end(), [](float v) { return !std::isfinite(v); });
+  const int64_t i = bad - host.begin();
+  const int64_t row = positions.first_row + i / width;
+  return absl::FailedPreconditionError(absl::StrCat(
+      "non-finite value (", bad == host.end() ? 0.0f : *bad, ") in ", where, " at sequence ",
+      row / positions.seq_len, ", position ", positions.past + row % positions.seq_len,
+      ", element ", i % width, ": the weights hold NaN or infinite values, or overflow fp32"));
+}
+
+std::string LayerOutputName(int64_t layer) {
+  return absl::StrCat("the output of decoder layer ", layer, " (model.layers.", layer, ".*)");
 }
 
 Model::Model(const ModelConfig& config, ModelOptions options, kernels::Backend& backend)
@@ -76,10 +123,10 @@ absl::StatusOr<Model> Model::Create(const ModelConfig& config, ModelOptions opti
   }
   Model model(config, options, backend);
   const int64_t n = model.layout_.total_size();
-  QTRAIN_RETURN_IF_ERROR(model.params_.Resize(backend, n));
+  QTRAIN_RETURN_IF_ERROR(model.params_.Resize(backend, {n}, "the model parameters"));
   QTRAIN_RETURN_IF_OP_ERROR(backend.Fill(model.params_.get(), n, 0.0f));
   if (options.allocate_gradients) {
-    QTRAIN_RETURN_IF_ERROR(model.grads_.Resize(backend, n));
+    QTRAIN_RETURN_IF_ERROR(model.grads_.Resize(backend, {n}, "the parameter gradients"));
     QTRAIN_RETURN_IF_OP_ERROR(backend.Fill(model.grads_.get(), n, 0.0f));
   }
 
@@ -101,7 +148,8 @@ absl::StatusOr<Model> Model::Create(const ModelConfig& config, ModelOptions opti
   }
   kernels::RopeTables tables;
   QTRAIN_RETURN_IF_OP_ERROR(kernels::ComputeRopeTables(rope, &tables));
-  QTRAIN_RETURN_IF_ERROR(model.inv_freq_.Resize(backend, config.head_dim / 2));
+  QTRAIN_RETURN_IF_ERROR(
+      model.inv_freq_.Resize(backend, {config.head_dim / 2}, "the RoPE frequencies"));
   QTRAIN_RETURN_IF_OP_ERROR(backend.CopyHostToBackend(model.inv_freq_.get(), tables.inv_freq.data(),
                                                       tables.inv_freq.size() * sizeof(float)));
   model.attention_factor_ = tables.attention_factor;
@@ -117,7 +165,13 @@ absl::Status Model::CheckBatch(const Batch& batch, bool need_targets) const {
   if (batch.batch_size <= 0 || batch.seq_len <= 0) {
     return absl::InvalidArgumentError("batch: batch_size and seq_len must be positive");
   }
-  const int64_t rows = batch.batch_size * batch.seq_len;
+  const std::optional<int64_t> checked_rows = CheckedMul(batch.batch_size, batch.seq_len);
+  if (!checked_rows.has_value()) {
+    return absl::InvalidArgumentError(absl::StrCat("batch: batch_size ", batch.batch_size,
+                                                   " x seq_len ", batch.seq_len,
+                                                   " overflows int64"));
+  }
+  const int64_t rows = *checked_rows;
   if (static_cast<int64_t>(batch.ids.size()) != rows) {
     return absl::InvalidArgumentError(
         absl::StrCat("batch: ", batch.ids.size(), " ids for batch_size*seq_len = ", rows));
@@ -186,17 +240,24 @@ absl::StatusOr<ForwardResult> Model::Run(const Batch& batch, ForwardOutputs outp
   const RopeParams rope{inv_freq_.get(), attention_factor_};
 
   // Embedding and decoder layers.
+  const bool check = options_.check_finite;
+  auto check_finite = [&](const float* x, int64_t r, int64_t width, absl::string_view where) {
+    return check ? CheckFinite(b, x, r, width, {0, seq_len, 0}, where) : absl::OkStatus();
+  };
   QTRAIN_RETURN_IF_OP_ERROR(b.EmbeddingForward(acts.ids.get(), params + layout_.embed(),
                                                acts.layer_input(0), rows, vocab, d));
+  QTRAIN_RETURN_IF_ERROR(check_finite(acts.layer_input(0), rows, d, kEmbeddingOutput));
   for (int64_t l = 0; l < c.num_layers; ++l) {
     QTRAIN_RETURN_IF_ERROR(LayerForward(b, c, LayerView<const float>(params, layout_.layer(l)),
                                         rope, batch_size, seq_len, acts.layer_input(l),
                                         acts.layer(l), acts.layer_input(l + 1)));
+    QTRAIN_RETURN_IF_ERROR(check_finite(acts.layer_input(l + 1), rows, d, LayerOutputName(l)));
   }
   const float* final_norm = params + layout_.final_norm();
   QTRAIN_RETURN_IF_OP_ERROR(b.RmsNormForward(
       acts.layer_input(c.num_layers), final_norm, static_cast<float>(c.rms_norm_eps),
       acts.final_normed.get(), acts.rstd_final.get(), rows, d));
+  QTRAIN_RETURN_IF_ERROR(check_finite(acts.final_normed.get(), rows, d, kFinalNormOutput));
 
   // LM head and loss, chunk by chunk; with backward, the loss gradient is taken right away so
   // that no chunk's logits outlive it.
@@ -211,8 +272,14 @@ absl::StatusOr<ForwardResult> Model::Run(const Batch& batch, ForwardOutputs outp
   if (run_backward) {
     QTRAIN_RETURN_IF_OP_ERROR(b.Fill(acts.d_residual.get(), rows * d, 0.0f));
   }
-  if (outputs.logits != nullptr) outputs.logits->resize(rows * vocab);
-  if (outputs.target_logprobs != nullptr) outputs.target_logprobs->resize(rows);
+  if (outputs.logits != nullptr) {
+    QTRAIN_RETURN_IF_ERROR(
+        ResizeHostVector(*outputs.logits, {rows, vocab}, "the requested logits (host)"));
+  }
+  if (outputs.target_logprobs != nullptr) {
+    QTRAIN_RETURN_IF_ERROR(
+        ResizeHostVector(*outputs.target_logprobs, {rows}, "the token log-probabilities (host)"));
+  }
   const int64_t chunk = std::min(options_.lm_head_chunk_tokens, rows);
   const bool need_head = has_targets || outputs.logits != nullptr;
   for (int64_t r0 = 0; need_head && r0 < rows; r0 += chunk) {
@@ -220,6 +287,10 @@ absl::StatusOr<ForwardResult> Model::Run(const Batch& batch, ForwardOutputs outp
     const float* y = acts.final_normed.get() + r0 * d;
     QTRAIN_RETURN_IF_OP_ERROR(
         b.LmHeadForward(y, params + layout_.embed(), acts.logits.get(), n, vocab, d));
+    if (check) {
+      QTRAIN_RETURN_IF_ERROR(
+          CheckFinite(b, acts.logits.get(), n, vocab, {r0, seq_len, 0}, kLogits));
+    }
     if (outputs.logits != nullptr) {
       QTRAIN_RETURN_IF_OP_ERROR(b.CopyBackendToHost(outputs.logits->data() + r0 * vocab,
                                                     acts.logits.get(), n * vocab * sizeof(float)));

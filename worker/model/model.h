@@ -55,6 +55,10 @@ struct ModelOptions {
   // Inference-only models (score, generate) skip the gradient buffer; grads() is then empty and
   // ForwardBackward fails.
   bool allocate_gradients = true;
+  // Fail a pass (Forward, ForwardBackward, Decode) whose activations or logits turn NaN or
+  // infinite, naming where they first appear (the embedding, a decoder layer, the final norm or
+  // the LM head). Training leaves it off and skips steps with a non-finite loss instead.
+  bool check_finite = false;
 };
 
 // Optional host outputs of a forward pass.
@@ -124,21 +128,32 @@ class Model {
   std::unique_ptr<Activations> acts_;
 };
 
-// Keys (after RoPE) and values of every layer for one sequence.
+// The positions the model computes: max_position_embeddings, or with YaRN the original context
+// times the factor when that is larger.
+int64_t ContextLength(const ModelConfig& config);
+
+// Keys (after RoPE) and values of every layer for one sequence, for up to capacity() positions.
+// Memory follows the tokens: a few hundred positions at first, doubled by Decode as needed.
 class KvCache {
  public:
+  // max_tokens: at most ContextLength(model.config()).
   static absl::StatusOr<KvCache> Create(const Model& model, int64_t max_tokens);
   int64_t length() const { return length_; }
   int64_t capacity() const { return capacity_; }
+  int64_t allocated() const { return allocated_; }  // positions that have memory now
   void Clear() { length_ = 0; }
 
  private:
   friend class Model;
+  static constexpr int64_t kInitialTokens = 256;
   KvCache() = default;
+  // Makes room for `tokens` positions (<= capacity), keeping the cached ones.
+  absl::Status Reserve(const Model& model, int64_t tokens);
   int64_t capacity_ = 0;
+  int64_t allocated_ = 0;
   int64_t length_ = 0;
-  std::vector<Buffer<float>> keys_;    // per layer [capacity, kv_dim]
-  std::vector<Buffer<float>> values_;  // per layer [capacity, kv_dim]
+  std::vector<Buffer<float>> keys_;    // per layer [allocated, kv_dim]
+  std::vector<Buffer<float>> values_;  // per layer [allocated, kv_dim]
 };
 
 }  // namespace qtrain::model

@@ -4,9 +4,11 @@
 #define QTRAIN_WORKER_MODEL_MODEL_INTERNAL_H_
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "kernels/ops.h"
 #include "worker/model/buffer.h"
 #include "worker/model/config.h"
@@ -37,7 +39,8 @@ struct LayerActivations {
 // Gradient scratch shared by all layers during backward.
 struct BackwardScratch {
   Buffer<float> d_mid, d_normed, d_attn, dq, dq_pre, dk, dk_pre, dv, d_act, d_gate, d_up;
-  absl::Status Resize(kernels::Backend& backend, const ModelConfig& c, int64_t rows);
+  absl::Status Resize(kernels::Backend& backend, const ModelConfig& c, int64_t batch,
+                      int64_t seq_len);
 };
 
 // How much a pass keeps: inference needs one layer's buffers and two residual buffers
@@ -63,12 +66,41 @@ struct Activations {
   Buffer<float> logits;  // [chunk, vocab]
   Buffer<float> losses;  // [chunk]
   Buffer<float> lse;     // [chunk]
+  bool ready = false;    // every buffer is allocated for batch x seq_len in `mode`
 
+  // Allocates for the shape (a no-op when it is the current one). On failure everything is
+  // freed and no shape is recorded.
   absl::Status Resize(kernels::Backend& backend, const ModelConfig& c, int64_t batch,
                       int64_t seq_len, PassMode mode, int64_t chunk);
   float* layer_input(int64_t l) { return residual[mode == PassMode::kInference ? l % 2 : l].get(); }
   LayerActivations& layer(int64_t l) { return layers[mode == PassMode::kTrainStored ? l : 0]; }
+
+ private:
+  absl::Status Allocate(kernels::Backend& backend, const ModelConfig& c, int64_t batch,
+                        int64_t seq_len, PassMode mode, int64_t chunk);
 };
+
+// Where rows of activations come from: row r (counted from first_row) is token
+// past + r % seq_len of sequence r / seq_len.
+struct RowPositions {
+  int64_t first_row = 0;
+  int64_t seq_len = 1;
+  int64_t past = 0;
+};
+
+// Fails with FAILED_PRECONDITION when x (backend memory, [rows, width]) holds a NaN or an
+// infinity, naming `where` (the layer or tensor) and the first bad sequence, position and
+// element.
+absl::Status CheckFinite(kernels::Backend& backend, const float* x, int64_t rows, int64_t width,
+                         const RowPositions& positions, absl::string_view where);
+
+// Names of the places CheckFinite reports, after the tensors that produce them.
+inline constexpr absl::string_view kEmbeddingOutput =
+    "the embedding output (model.embed_tokens.weight)";
+inline constexpr absl::string_view kFinalNormOutput = "the final norm output (model.norm.weight)";
+inline constexpr absl::string_view kLogits =
+    "the logits (LM head, tied to model.embed_tokens.weight)";
+std::string LayerOutputName(int64_t layer);
 
 // RoPE tables in backend memory.
 struct RopeParams {

@@ -227,7 +227,7 @@ TEST(ModelTest, DecodeMatchesFullForward) {
     }
   }
   EXPECT_EQ(cache->length(), n);
-  EXPECT_THAT(model->Decode(ids, *cache, logits).message(), HasSubstr("capacity"));
+  EXPECT_THAT(model->Decode(ids, *cache, logits).message(), HasSubstr("capacity of 10 positions"));
 }
 
 TEST(ModelTest, TargetLogprobsMatchLogits) {

@@ -1,9 +1,11 @@
 #include "worker/train/optimizer.h"
 
 #include <cmath>
+#include <optional>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/checked_math.h"
 #include "common/safetensors.h"
 #include "common/status_macros.h"
 #include "worker/model/buffer.h"
@@ -11,11 +13,7 @@
 namespace qtrain::train {
 Optimizer::Optimizer(const model::ParameterLayout& layout, const OptimizerSettings& settings,
                      kernels::Backend& backend)
-    : layout_(&layout),
-      settings_(settings),
-      backend_(&backend),
-      exp_avg_(static_cast<size_t>(layout.total_size()), 0.0f),
-      exp_avg_sq_(static_cast<size_t>(layout.total_size()), 0.0f) {}
+    : layout_(&layout), settings_(settings), backend_(&backend) {}
 
 absl::StatusOr<Optimizer> Optimizer::Create(const model::ParameterLayout& layout,
                                             const OptimizerSettings& settings,
@@ -27,7 +25,12 @@ absl::StatusOr<Optimizer> Optimizer::Create(const model::ParameterLayout& layout
         settings.eps > 0 && settings.weight_decay >= 0 && settings.grad_clip >= 0)) {
     return absl::InvalidArgumentError("optimizer: settings out of range");
   }
-  return Optimizer(layout, settings, backend);
+  Optimizer optimizer(layout, settings, backend);
+  QTRAIN_RETURN_IF_ERROR(model::ResizeHostVector(optimizer.exp_avg_, {layout.total_size()},
+                                                 "the optimizer state (exp_avg)", 0.0f));
+  QTRAIN_RETURN_IF_ERROR(model::ResizeHostVector(optimizer.exp_avg_sq_, {layout.total_size()},
+                                                 "the optimizer state (exp_avg_sq)", 0.0f));
+  return optimizer;
 }
 
 absl::StatusOr<StepStats> Optimizer::Step(std::span<float> params, std::span<const float> grads,
@@ -75,16 +78,22 @@ absl::StatusOr<StepStats> Optimizer::Step(std::span<float> params, std::span<con
 }
 
 absl::Status Optimizer::Save(const std::string& path) const {
-  SafetensorsWriter writer;
-  for (const model::TensorSlot& slot : layout_->tensors()) {
-    const auto size = static_cast<size_t>(slot.size);
-    QTRAIN_RETURN_IF_ERROR(writer.AddFloat("exp_avg." + slot.name, slot.shape,
-                                           std::span(exp_avg_).subspan(slot.offset, size)));
-    QTRAIN_RETURN_IF_ERROR(writer.AddFloat("exp_avg_sq." + slot.name, slot.shape,
-                                           std::span(exp_avg_sq_).subspan(slot.offset, size)));
-  }
-  writer.SetMetadata("step", absl::StrCat(step_count_));
-  return writer.WriteFile(path);
+  // The writer copies both moments and serializes them.
+  return model::CatchAllocationFailure(
+      absl::StrCat("the optimizer state for ", path),
+      CheckedBytes(layout_->total_size(), 4 * sizeof(float)), [&] {
+        SafetensorsWriter writer;
+        for (const model::TensorSlot& slot : layout_->tensors()) {
+          const auto size = static_cast<size_t>(slot.size);
+          QTRAIN_RETURN_IF_ERROR(writer.AddFloat("exp_avg." + slot.name, slot.shape,
+                                                 std::span(exp_avg_).subspan(slot.offset, size)));
+          QTRAIN_RETURN_IF_ERROR(
+              writer.AddFloat("exp_avg_sq." + slot.name, slot.shape,
+                              std::span(exp_avg_sq_).subspan(slot.offset, size)));
+        }
+        writer.SetMetadata("step", absl::StrCat(step_count_));
+        return writer.WriteFile(path);
+      });
 }
 
 absl::Status Optimizer::Load(const std::string& path) {
@@ -94,12 +103,23 @@ absl::Status Optimizer::Load(const std::string& path) {
   if (step_it == file.metadata().end() || !absl::SimpleAtoi(step_it->second, &step) || step < 0) {
     return absl::DataLossError(absl::StrCat(path, ": optimizer state lacks a valid 'step'"));
   }
-  std::vector<float> exp_avg(exp_avg_.size(), 0.0f), exp_avg_sq(exp_avg_sq_.size(), 0.0f);
+  const auto total = static_cast<int64_t>(exp_avg_.size());
+  QTRAIN_ASSIGN_OR_RETURN(std::vector<float> exp_avg,
+                          model::MakeHostVector<float>({total}, "the loaded optimizer state"));
+  QTRAIN_ASSIGN_OR_RETURN(std::vector<float> exp_avg_sq,
+                          model::MakeHostVector<float>({total}, "the loaded optimizer state"));
   for (const model::TensorSlot& slot : layout_->tensors()) {
-    QTRAIN_ASSIGN_OR_RETURN(std::vector<float> m,
-                            file.ReadAsFloat("exp_avg." + slot.name, slot.shape));
-    QTRAIN_ASSIGN_OR_RETURN(std::vector<float> v,
-                            file.ReadAsFloat("exp_avg_sq." + slot.name, slot.shape));
+    const std::optional<size_t> bytes = CheckedBytes(slot.size, sizeof(float));
+    QTRAIN_ASSIGN_OR_RETURN(
+        std::vector<float> m,
+        model::CatchAllocationFailure(
+            absl::StrCat(path, ": tensor 'exp_avg.", slot.name, "'"), bytes,
+            [&] { return file.ReadAsFloat("exp_avg." + slot.name, slot.shape); }));
+    QTRAIN_ASSIGN_OR_RETURN(
+        std::vector<float> v,
+        model::CatchAllocationFailure(
+            absl::StrCat(path, ": tensor 'exp_avg_sq.", slot.name, "'"), bytes,
+            [&] { return file.ReadAsFloat("exp_avg_sq." + slot.name, slot.shape); }));
     std::copy(m.begin(), m.end(), exp_avg.begin() + slot.offset);
     std::copy(v.begin(), v.end(), exp_avg_sq.begin() + slot.offset);
   }

@@ -14,6 +14,7 @@
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "google/protobuf/util/json_util.h"
+#include "worker/model/buffer.h"
 #include "worker/model/checkpoint_io.h"
 #include "worker/model/init.h"
 #include "worker/model/model.h"
@@ -432,12 +433,14 @@ absl::Status Trainer::State::LockRunDir() {
 }
 
 absl::Status Trainer::State::InitializeParams() {
-  params.assign(static_cast<size_t>(layout->total_size()), 0.0f);
+  QTRAIN_ASSIGN_OR_RETURN(
+      params,
+      model::MakeHostVector<float>({layout->total_size()}, "the model parameters (host copy)"));
   if (initial_params) {
     if (initial_params->size() != params.size()) {
       return absl::InvalidArgumentError("trainer: initial parameters do not match the model");
     }
-    params = *initial_params;
+    params = *initial_params;  // equal sizes: reuses the storage, allocates nothing
   } else {
     model::InitializeParameters(base_config, *layout, spec.seed(), params);
   }
