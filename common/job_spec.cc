@@ -312,7 +312,7 @@ void ValidateCurriculum(const v1::JobSpec& spec, const std::optional<ModelLimits
 // Warmup longer than the job would never reach the peak learning rate.
 void CheckWarmupFitsTheJob(const v1::JobSpec& spec, Problems& problems) {
   const int64_t warmup = spec.optimizer().warmup_steps();
-  if (warmup <= 0 || spec.batch().global_tokens() <= 0) return;
+  if (warmup <= 0 || warmup > kMaxStepCount || spec.batch().global_tokens() <= 0) return;
   const absl::StatusOr<int64_t> total = TotalSteps(spec);
   if (total.ok() && warmup > *total) {
     problems.Add("optimizer.warmup_steps",
