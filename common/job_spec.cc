@@ -26,6 +26,7 @@ class Problems {
   }
   // A line that already starts with its field path.
   void AddLine(absl::string_view line) { lines_.emplace_back(line); }
+  size_t size() const { return lines_.size(); }
   absl::Status ToStatus(absl::string_view source) const {
     if (lines_.empty()) return absl::OkStatus();
     std::string prefix = source.empty() ? "" : absl::StrCat(source, ": ");
@@ -361,8 +362,12 @@ absl::Status ValidateJobSpec(const v1::JobSpec& spec, const JobSpecOptions& opti
     problems.Add("name",
                  spec.name().empty() ? "required" : "use 1-63 letters, digits, '-', '_' or '.'");
   }
+  const size_t before_model = problems.size();
   ValidateModel(spec.model(), problems);
-  const std::optional<ModelLimits> limits = ResolveLimits(spec.model(), options, problems);
+  // A model whose fields are already refused is not resolved again (one message per problem).
+  const std::optional<ModelLimits> limits = problems.size() == before_model
+                                                ? ResolveLimits(spec.model(), options, problems)
+                                                : std::nullopt;
   if (spec.tokenizer().empty()) problems.Add("tokenizer", "required: path to tokenizer.json");
   if (spec.data().manifest().empty())
     problems.Add("data.manifest", "required: path to the shard manifest");
