@@ -139,7 +139,10 @@ std::string NonStringReading(const std::string& text) {
   bool integral = false;
   if (lower.empty() || lower == "~" || lower == "null") return "null";
   if (kBools->count(lower)) return absl::StrCat("the bool ", text);
-  if (kSpecial->count(lower) || IsDecimalNumber(lower, &integral) ||
+  // Digits with leading zeros or underscores (010, 1_000) are numbers to YAML 1.1 readers.
+  const bool digits = !lower.empty() && absl::ascii_isdigit(lower.back()) &&
+                      lower.find_first_not_of("+-0123456789_") == std::string::npos;
+  if (kSpecial->count(lower) || digits || IsDecimalNumber(lower, &integral) ||
       absl::StartsWith(lower, "0x") || absl::StartsWith(lower, "0o") ||
       absl::StartsWith(lower, "0b")) {
     return absl::StrCat("the number ", text);

@@ -160,6 +160,10 @@ TEST(ProtoYamlTest, TextFieldsRefuseValuesYamlReadsAsOtherTypes) {
   ExpectError("labels: {a: true}", "labels.a", "got the bool true");
   ExpectError("labels: {a: 1.5e3}", "labels.a", "got the number");
   ExpectError("labels: {7: x}", "labels.7", "got the number 7");
+  ExpectError("labels: {a: 010}", "labels.a", "got the number 010");
+  ExpectError("labels: {a: 0x1F}", "labels.a", "got the number 0x1F");
+  ExpectError("labels: {a: .inf}", "labels.a", "got the number .inf");
+  ExpectError("labels: {a: ~}", "labels", "expected a mapping of strings");
   ExpectError("name: 123", "name", "expected a string, got the number 123");
   ExpectError("name: yes", "name", "got the bool yes");
   ExpectError("name: !custom x", "name", "tagged !custom");
