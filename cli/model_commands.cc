@@ -10,6 +10,7 @@
 #include <tuple>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -52,7 +53,7 @@ struct GenerateFlags {
 struct InitFlags {
   std::string preset;
   std::string out_dir;
-  uint64_t seed = 0;
+  std::string seed = "0";  // text: CLI11 would wrap "-1" to 2^64 - 1
   bool force = false;
   std::optional<std::string> vocab_size;
   std::optional<std::string> rope_theta;
@@ -337,11 +338,16 @@ absl::Status CheckInitOutput(const InitFlags& flags) {
 }
 
 absl::Status RunInit(const InitFlags& flags) {
+  uint64_t seed = 0;
+  if (!absl::SimpleAtoi(flags.seed, &seed) || absl::StrContains(flags.seed, '-')) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--seed: '", flags.seed, "' is not an integer in [0, ", UINT64_MAX, "]"));
+  }
   QTRAIN_ASSIGN_OR_RETURN(const model::ModelConfig config, InitConfig(flags));
   QTRAIN_RETURN_IF_ERROR(CheckInitOutput(flags));
   const model::ParameterLayout layout(config);
   std::vector<float> params(layout.total_size());
-  model::InitializeParameters(config, layout, flags.seed, params);
+  model::InitializeParameters(config, layout, seed, params);
   QTRAIN_RETURN_IF_ERROR(model::SaveCheckpoint(flags.out_dir, config, params));
   std::cerr << "wrote " << flags.preset << " (" << config.NumParameters() << " parameters) to "
             << flags.out_dir << "\n";
@@ -383,7 +389,8 @@ void AddModelCommands(CLI::App& app, CommandSelection& selection) {
   init->add_option("--preset", init_flags->preset, "qwen2-0.5b, qwen2-tiny or qwen2-test")
       ->required();
   init->add_option("--out", init_flags->out_dir, "Output directory")->required();
-  init->add_option("--seed", init_flags->seed)->capture_default_str();
+  init->add_option("--seed", init_flags->seed, "Seed of the initialization, in [0, 2^64)")
+      ->capture_default_str();
   init->add_flag("--force", init_flags->force, "Overwrite a model already in --out");
   // Text targets: RunInit checks them and names the flag (not given stays unset).
   struct Override {

@@ -181,6 +181,8 @@ TEST_F(SpecCliTest, InitRefusesBadOverridesNamingTheFlag) {
       {{"--rope-theta", "inf"}, "--rope-theta: must be a finite number, got inf"},
       {{"--yarn-factor", "0.5"}, "--yarn-factor: must be in [1, 1024], got 0.5"},
       {{"--yarn-original-max-position-embeddings", "64"}, "needs --yarn-factor"},
+      {{"--seed", "-1"}, "--seed: '-1' is not an integer in [0, 18446744073709551615]"},
+      {{"--seed", "18446744073709551616"}, "--seed: '18446744073709551616' is not an integer"},
   };
   for (const auto& [flags, message] : cases) {
     std::vector<std::string> args = {"init", "--preset", "qwen2-test", "--out", out};
