@@ -1,4 +1,5 @@
-// Local tools that need nothing but common/: `qtrain validate` and `qtrain safetensors`.
+// Local tools: `qtrain validate` (common/ and the model resolution of worker/model/) and
+// `qtrain safetensors`.
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -11,14 +12,32 @@
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "google/protobuf/util/json_util.h"
+#include "worker/model/model_source.h"
 
 namespace qtrain::cli {
 namespace {
 
-// Loads a job spec, applies defaults, validates it, and prints it as JSON with a summary of
-// its stages on stderr.
+// One line per stage on stderr: its steps and gradient accumulation.
+absl::Status PrintStageSummary(const v1::JobSpec& spec, int i) {
+  const v1::CurriculumStage& stage = spec.curriculum(i);
+  const int64_t workers = spec.world().min_workers();
+  QTRAIN_ASSIGN_OR_RETURN(const int64_t accumulation, AccumulationSteps(spec, i, workers));
+  std::fprintf(stderr,
+               "stage %d '%s': seq_len %lld, %lld tokens, %lld steps of %lld tokens "
+               "(%lld accumulation steps per worker with %lld workers)\n",
+               i, stage.name().c_str(), static_cast<long long>(stage.seq_len()),
+               static_cast<long long>(stage.tokens()), static_cast<long long>(StageSteps(spec, i)),
+               static_cast<long long>(spec.batch().global_tokens()),
+               static_cast<long long>(accumulation), static_cast<long long>(workers));
+  return absl::OkStatus();
+}
+
+// Loads a job spec, applies defaults, validates it (resolving its model as `train` does), and
+// prints it as JSON with a summary of its stages on stderr.
 absl::Status RunValidate(const std::string& path) {
-  QTRAIN_ASSIGN_OR_RETURN(v1::JobSpec spec, LoadJobSpecFile(path));
+  QTRAIN_ASSIGN_OR_RETURN(v1::JobSpec spec,
+                          LoadJobSpecFile(path, model::ModelAwareJobSpecOptions()));
+  QTRAIN_ASSIGN_OR_RETURN(const int64_t total_steps, TotalSteps(spec));
   std::string json;
   google::protobuf::util::JsonPrintOptions options;
   options.add_whitespace = true;
@@ -28,22 +47,8 @@ absl::Status RunValidate(const std::string& path) {
     return absl::InternalError(absl::StrCat("cannot print the spec: ", status.ToString()));
   }
   std::fputs(json.c_str(), stdout);
-  int64_t total_steps = 0;
   for (int i = 0; i < spec.curriculum_size(); ++i) {
-    const v1::CurriculumStage& stage = spec.curriculum(i);
-    const int64_t steps = StageSteps(spec, i);
-    total_steps += steps;
-    const int64_t accumulation =
-        spec.batch().global_tokens() /
-        (stage.seq_len() * stage.micro_batch() * spec.world().min_workers());
-    std::fprintf(stderr,
-                 "stage %d '%s': seq_len %lld, %lld tokens, %lld steps of %lld tokens "
-                 "(%lld accumulation steps per worker with %lld workers)\n",
-                 i, stage.name().c_str(), static_cast<long long>(stage.seq_len()),
-                 static_cast<long long>(stage.tokens()), static_cast<long long>(steps),
-                 static_cast<long long>(spec.batch().global_tokens()),
-                 static_cast<long long>(accumulation),
-                 static_cast<long long>(spec.world().min_workers()));
+    QTRAIN_RETURN_IF_ERROR(PrintStageSummary(spec, i));
   }
   std::fprintf(stderr, "%s: valid job spec '%s', %lld optimizer steps in %d stages\n", path.c_str(),
                spec.name().c_str(), static_cast<long long>(total_steps), spec.curriculum_size());

@@ -2,12 +2,15 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -47,14 +50,17 @@ struct GenerateFlags {
   bool allow_nonfinite_weights = false;
 };
 
+// The overrides are kept as text until RunInit checks them, so that a flag not given differs
+// from one given as 0, and bad values are refused naming the flag instead of falling back.
 struct InitFlags {
   std::string preset;
   std::string out_dir;
-  uint64_t seed = 0;
-  int64_t vocab_size = 0;
-  double rope_theta = 0;
-  double yarn_factor = 0;
-  int64_t yarn_original_max_position_embeddings = 0;
+  std::string seed = "0";  // text: CLI11 would wrap "-1" to 2^64 - 1
+  bool force = false;
+  std::optional<std::string> vocab_size;
+  std::optional<std::string> rope_theta;
+  std::optional<std::string> yarn_factor;
+  std::optional<std::string> yarn_original_max_position_embeddings;
 };
 
 // Encodes and decodes text when a tokenizer was given; ids work without one.
@@ -280,23 +286,112 @@ absl::Status RunGenerate(const GenerateFlags& flags) {
   return absl::OkStatus();
 }
 
-absl::Status RunInit(const InitFlags& flags) {
+absl::StatusOr<int64_t> IntFlag(const char* flag, const std::string& text, int64_t lo, int64_t hi) {
+  int64_t value = 0;
+  if (!absl::SimpleAtoi(text, &value)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, ": '", text, "' is not an integer (or is out of int64 range)"));
+  }
+  if (value < lo || value > hi) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, ": must be in [", lo, ", ", hi, "], got ", value));
+  }
+  return value;
+}
+
+// A finite number in (lo, hi] (lo_inclusive: [lo, hi]).
+absl::StatusOr<double> NumberFlag(const char* flag, const std::string& text, double lo,
+                                  bool lo_inclusive, double hi) {
+  double value = 0;
+  if (!absl::SimpleAtod(text, &value)) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, ": '", text, "' is not a number"));
+  }
+  if (!std::isfinite(value)) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, ": must be a finite number, got ", text));
+  }
+  if ((lo_inclusive ? value < lo : value <= lo) || value > hi) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, ": must be in ", lo_inclusive ? "[" : "(",
+                                                   lo, ", ", hi, "], got ", text));
+  }
+  return value;
+}
+
+// The preset with the flags' overrides, checked.
+absl::StatusOr<model::ModelConfig> InitConfig(const InitFlags& flags) {
   QTRAIN_ASSIGN_OR_RETURN(model::ModelConfig config, model::PresetConfig(flags.preset));
-  if (flags.vocab_size > 0) config.vocab_size = flags.vocab_size;
-  if (flags.rope_theta > 0) config.rope_theta = flags.rope_theta;
-  if (flags.yarn_factor > 0) {
+  if (flags.vocab_size) {
+    QTRAIN_ASSIGN_OR_RETURN(config.vocab_size,
+                            IntFlag("--vocab-size", *flags.vocab_size, 1, model::kMaxDim));
+    std::vector<int64_t> ids = config.eos_token_ids;
+    if (config.bos_token_id) ids.push_back(*config.bos_token_id);
+    for (int64_t id : ids) {
+      if (id >= config.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat("--vocab-size: ", config.vocab_size,
+                                                       " is too small for the preset's ",
+                                                       flags.preset, " special token id ", id));
+      }
+    }
+  }
+  if (flags.rope_theta) {
+    QTRAIN_ASSIGN_OR_RETURN(config.rope_theta,
+                            NumberFlag("--rope-theta", *flags.rope_theta, 1,
+                                       /*lo_inclusive=*/false, model::kMaxRopeTheta));
+  }
+  if (flags.yarn_original_max_position_embeddings && !flags.yarn_factor) {
+    return absl::InvalidArgumentError(
+        "--yarn-original-max-position-embeddings: needs --yarn-factor");
+  }
+  if (flags.yarn_factor) {
     config.rope_type = model::RopeType::kYarn;
-    config.yarn.factor = flags.yarn_factor;
-    config.yarn.original_max_position_embeddings = flags.yarn_original_max_position_embeddings > 0
-                                                       ? flags.yarn_original_max_position_embeddings
-                                                       : config.max_position_embeddings;
+    QTRAIN_ASSIGN_OR_RETURN(config.yarn.factor,
+                            NumberFlag("--yarn-factor", *flags.yarn_factor, 1,
+                                       /*lo_inclusive=*/true, model::kMaxYarnFactor));
+    config.yarn.original_max_position_embeddings = config.max_position_embeddings;
+    if (flags.yarn_original_max_position_embeddings) {
+      QTRAIN_ASSIGN_OR_RETURN(
+          config.yarn.original_max_position_embeddings,
+          IntFlag("--yarn-original-max-position-embeddings",
+                  *flags.yarn_original_max_position_embeddings, 1, model::kMaxDim));
+    }
   }
   QTRAIN_RETURN_IF_ERROR(model::ValidateConfig(config));
+  return config;
+}
+
+// An existing model in --out is overwritten only with --force.
+absl::Status CheckInitOutput(const InitFlags& flags) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status st = fs::status(flags.out_dir, ec);
+  if (!fs::exists(st)) return absl::OkStatus();
+  if (!fs::is_directory(st)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--out: ", flags.out_dir, " exists and is not a directory"));
+  }
+  if (flags.force) return absl::OkStatus();
+  for (const char* name : {"config.json", "model.safetensors", "model.safetensors.index.json"}) {
+    if (fs::exists(fs::path(flags.out_dir) / name, ec)) {
+      return absl::FailedPreconditionError(absl::StrCat("--out: ", flags.out_dir,
+                                                        " already holds a model (", name,
+                                                        "); pass --force to overwrite it"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RunInit(const InitFlags& flags) {
+  uint64_t seed = 0;
+  if (!absl::SimpleAtoi(flags.seed, &seed) || absl::StrContains(flags.seed, '-')) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--seed: '", flags.seed, "' is not an integer in [0, ", UINT64_MAX, "]"));
+  }
+  QTRAIN_ASSIGN_OR_RETURN(const model::ModelConfig config, InitConfig(flags));
+  QTRAIN_RETURN_IF_ERROR(CheckInitOutput(flags));
   const model::ParameterLayout layout(config);
   QTRAIN_ASSIGN_OR_RETURN(
       std::vector<float> params,
       model::MakeHostVector<float>({layout.total_size()}, "the initialized parameters"));
-  model::InitializeParameters(config, layout, flags.seed, params);
+  model::InitializeParameters(config, layout, seed, params);
   QTRAIN_RETURN_IF_ERROR(model::SaveCheckpoint(flags.out_dir, config, params));
   std::cerr << "wrote " << flags.preset << " (" << config.NumParameters() << " parameters) to "
             << flags.out_dir << "\n";
@@ -344,15 +439,34 @@ void AddModelCommands(CLI::App& app, CommandSelection& selection) {
   init->add_option("--preset", init_flags->preset, "qwen2-0.5b, qwen2-tiny or qwen2-test")
       ->required();
   init->add_option("--out", init_flags->out_dir, "Output directory")->required();
-  init->add_option("--seed", init_flags->seed)->capture_default_str();
-  init->add_option("--vocab-size", init_flags->vocab_size, "Override the preset's vocab_size");
-  init->add_option("--rope-theta", init_flags->rope_theta, "Override the preset's rope_theta");
-  init->add_option("--yarn-factor", init_flags->yarn_factor,
-                   "Use YaRN RoPE scaling with this factor");
-  init->add_option("--yarn-original-max-position-embeddings",
-                   init_flags->yarn_original_max_position_embeddings,
-                   "YaRN's original context (default: max_position_embeddings)");
-  init->callback([&selection, init_flags] {
+  init->add_option("--seed", init_flags->seed, "Seed of the initialization, in [0, 2^64)")
+      ->capture_default_str();
+  init->add_flag("--force", init_flags->force, "Overwrite a model already in --out");
+  // Text targets: RunInit checks them and names the flag (not given stays unset).
+  struct Override {
+    CLI::Option* option = nullptr;
+    std::string text;
+    std::optional<std::string>* target = nullptr;
+  };
+  auto overrides = std::make_shared<std::vector<Override>>(4);
+  const std::tuple<const char*, std::optional<std::string>*, const char*> specs[] = {
+      {"--vocab-size", &init_flags->vocab_size, "Override the preset's vocab_size, in [1, 2^24]"},
+      {"--rope-theta", &init_flags->rope_theta, "Override the preset's rope_theta, in (1, 1e12]"},
+      {"--yarn-factor", &init_flags->yarn_factor,
+       "Use YaRN RoPE scaling with this factor, in [1, 1024]"},
+      {"--yarn-original-max-position-embeddings",
+       &init_flags->yarn_original_max_position_embeddings,
+       "YaRN's original context (default: max_position_embeddings)"}};
+  for (size_t i = 0; i < std::size(specs); ++i) {
+    const auto& [name, target, help] = specs[i];
+    Override& o = (*overrides)[i];
+    o.option = init->add_option(name, o.text, help);
+    o.target = target;
+  }
+  init->callback([&selection, init_flags, overrides] {
+    for (Override& o : *overrides) {
+      if (o.option->count() > 0) *o.target = o.text;
+    }
     selection.action = [init_flags] { return RunInit(*init_flags); };
   });
 }

@@ -24,6 +24,7 @@
 #include "tokenizer/tokenizer.h"
 #include "worker/model/checkpoint_io.h"
 #include "worker/model/config.h"
+#include "worker/model/model_source.h"
 #include "worker/train/shard_token_source.h"
 #include "worker/train/trainer.h"
 
@@ -31,33 +32,6 @@ namespace qtrain::cli {
 namespace {
 
 namespace fs = std::filesystem;
-
-absl::StatusOr<model::ModelConfig> ResolveModelConfig(const v1::ModelSpec& spec) {
-  switch (spec.source_case()) {
-    case v1::ModelSpec::kPreset:
-      return model::PresetConfig(spec.preset());
-    case v1::ModelSpec::kInitFrom:
-      return model::LoadConfig(spec.init_from());
-    case v1::ModelSpec::kConfig: {
-      const v1::ModelConfig& c = spec.config();
-      model::ModelConfig config;
-      config.vocab_size = c.vocab_size();
-      config.hidden_size = c.hidden_size();
-      config.intermediate_size = c.intermediate_size();
-      config.num_layers = c.num_hidden_layers();
-      config.num_heads = c.num_attention_heads();
-      config.num_kv_heads = c.num_key_value_heads();
-      config.max_position_embeddings = c.max_position_embeddings();
-      config.head_dim = c.num_attention_heads() > 0 ? c.hidden_size() / c.num_attention_heads() : 0;
-      if (c.rope_theta() > 0) config.rope_theta = c.rope_theta();
-      if (c.rms_norm_eps() > 0) config.rms_norm_eps = c.rms_norm_eps();
-      QTRAIN_RETURN_IF_ERROR(model::ValidateConfig(config));
-      return config;
-    }
-    default:
-      return absl::InvalidArgumentError("model: set one of preset, config, init_from");
-  }
-}
 
 std::string FormatDuration(double seconds) {
   const auto s = static_cast<int64_t>(std::llround(seconds));
@@ -97,13 +71,9 @@ absl::Status CopyTokenizerFiles(const std::string& tokenizer_path, const std::st
 
 absl::Status RunTrain(const std::string& spec_path, const std::string& run_dir,
                       const std::vector<std::string>& allowed_spec_changes) {
-  JobSpecOptions options;
-  options.resolve_model = [](const v1::ModelSpec& spec) -> absl::StatusOr<ModelLimits> {
-    QTRAIN_ASSIGN_OR_RETURN(model::ModelConfig config, ResolveModelConfig(spec));
-    return ModelLimits{config.max_position_embeddings};
-  };
-  QTRAIN_ASSIGN_OR_RETURN(v1::JobSpec spec, LoadJobSpecFile(spec_path, options));
-  QTRAIN_ASSIGN_OR_RETURN(model::ModelConfig config, ResolveModelConfig(spec.model()));
+  QTRAIN_ASSIGN_OR_RETURN(v1::JobSpec spec,
+                          LoadJobSpecFile(spec_path, model::ModelAwareJobSpecOptions()));
+  QTRAIN_ASSIGN_OR_RETURN(model::ModelConfig config, model::ResolveModelConfig(spec.model()));
   std::optional<std::vector<float>> initial_params;
   if (spec.model().has_init_from()) {
     QTRAIN_ASSIGN_OR_RETURN(model::LoadedModel loaded,

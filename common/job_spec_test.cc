@@ -1,7 +1,10 @@
 #include "common/job_spec.h"
 
+#include <cmath>
+#include <cstdio>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -145,6 +148,155 @@ TEST(JobSpecTest, AllProblemsAreReported) {
 
 TEST(JobSpecTest, MissingFileIsNotFound) {
   EXPECT_EQ(LoadJobSpecFile("examples/none.yaml").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(JobSpecTest, ProductsThatWouldOverflowAreRefusedWithTheLimit) {
+  // seq_len x micro_batch x workers wrapped to 0 and was used in %.
+  ExpectInvalid(ValidWith("seq_len: 512, tokens: 1000000, micro_batch: 4",
+                          "seq_len: 2147483648, tokens: 1000000, micro_batch: 8589934592"),
+                "curriculum[1].seq_len", "2147483648 is larger than the limit of 16777216");
+  ExpectInvalid(ValidWith("seq_len: 512, tokens: 1000000, micro_batch: 4",
+                          "seq_len: 512, tokens: 1000000, micro_batch: 8589934592"),
+                "curriculum[1].micro_batch", "8589934592 is larger than the limit of 65536");
+  ExpectInvalid(ValidWith("seq_len: 512, tokens: 1000000, micro_batch: 4",
+                          "seq_len: 16777216, tokens: 1000000, micro_batch: 65536"),
+                "curriculum[1].micro_batch",
+                "seq_len x micro_batch = 1099511627776 tokens is larger than the limit of "
+                "4294967296");
+  ExpectInvalid(ValidWith("tokens: 4000000", "tokens: 9223372036854775807"), "curriculum[0].tokens",
+                "9223372036854775807 is larger than the limit of 1125899906842624");
+  ExpectInvalid(ValidWith("global_tokens: 32768", "global_tokens: 4611686018427387904"),
+                "batch.global_tokens",
+                "4611686018427387904 is larger than the limit of 1125899906842624");
+  ExpectInvalid(kValid + std::string("world: {min_workers: 9223372036854775000, "
+                                     "max_workers: 9223372036854775807}\n"),
+                "world.min_workers", "9223372036854775000 is larger than the limit of 65536");
+  ExpectInvalid(ValidWith("warmup_steps: 100", "warmup_steps: 9223372036854775807"),
+                "optimizer.warmup_steps",
+                "9223372036854775807 is larger than the limit of 1125899906842624");
+  ExpectInvalid(ValidWith("micro_batch: 4,", "micro_batch: 4, yarn_factor: 3.6e16,"),
+                "curriculum[1].yarn_factor", "must be 0 (off) or >= 1 and <= 1024, got 3.6e+16");
+  ExpectInvalid(ValidWith("micro_batch: 16}", "micro_batch: 16, rope_theta: 1e300}"),
+                "curriculum[0].rope_theta", "must be 0 (the model's) or in (1, 1e+12]");
+  ExpectInvalid(ValidWith("micro_batch: 16}", "micro_batch: 16, rope_theta: 0.5}"),
+                "curriculum[0].rope_theta", "must be 0 (the model's) or in (1, 1e+12], got 0.5");
+  ExpectInvalid(ValidWith("every_steps: 100, batches: 8", "every_steps: 100, batches: 9e18"),
+                "eval.batches", "9000000000000000000 is larger than the limit of 1048576");
+  ExpectInvalid(kValid + std::string("checkpoint: {every_steps: 9e18, keep_last: 9e18}\n"),
+                "checkpoint.keep_last", "9000000000000000000 is larger than the limit of 1048576");
+  ExpectInvalid(kValid + std::string("world: {max_restarts: 9e18}\n"), "world.max_restarts",
+                "9000000000000000000 is larger than the limit of 1000000");
+  ExpectInvalid(kValid + std::string("checkpoint: {every_steps: -1}\n"), "checkpoint.every_steps",
+                "must be >= 0 (got -1)");
+}
+
+TEST(JobSpecTest, ManyStagesAreBounded) {
+  std::string text = ValidWith("curriculum:\n", "curriculum:\n");
+  std::string stages;
+  for (int i = 0; i < 1100; ++i) {
+    stages += absl::StrCat("  - {name: s", i, ", seq_len: 128, tokens: 32768, micro_batch: 16}\n");
+  }
+  text = ValidWith("curriculum:\n", "curriculum:\n" + stages);
+  ExpectInvalid(text, "curriculum", "1102 stages is more than the limit of 1024");
+}
+
+TEST(JobSpecTest, StepArithmeticIsChecked) {
+  auto spec = ParseJobSpec(kValid, "job.yaml");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(*TotalSteps(*spec), 154);
+  EXPECT_THAT(*StageStartSteps(*spec), ::testing::ElementsAre(0, 123, 154));
+  EXPECT_EQ(*AccumulationSteps(*spec, 0, 1), 16);  // 32768 / (128 x 16)
+  EXPECT_EQ(*AccumulationSteps(*spec, 1, 2), 8);   // 32768 / (512 x 4 x 2)
+  EXPECT_EQ(AccumulationSteps(*spec, 1, 3).status().code(), absl::StatusCode::kInvalidArgument);
+  // Past the bounds (as a spec built in code may be), nothing wraps.
+  v1::JobSpec big = *spec;
+  big.mutable_batch()->set_global_tokens(1);
+  big.mutable_curriculum(0)->set_tokens(INT64_MAX);
+  big.mutable_curriculum(1)->set_tokens(INT64_MAX);
+  EXPECT_EQ(StageSteps(big, 0), INT64_MAX);
+  EXPECT_THAT(std::string(TotalSteps(big).status().message()),
+              HasSubstr("curriculum[1].tokens: the job's total steps overflow int64"));
+  big.mutable_curriculum(0)->set_seq_len(int64_t{1} << 31);
+  big.mutable_curriculum(0)->set_micro_batch(int64_t{1} << 33);
+  EXPECT_THAT(std::string(AccumulationSteps(big, 0, 1).status().message()),
+              HasSubstr("is not a positive int64"));
+  EXPECT_EQ(ScaledPositions(32768, 4), 131072);
+  EXPECT_EQ(ScaledPositions(32768, 1), 32768);
+  EXPECT_EQ(ScaledPositions(32768, 0), 32768);
+  EXPECT_EQ(ScaledPositions(int64_t{1} << 40, 3.6e16), std::nullopt);
+  EXPECT_EQ(ScaledPositions(1, std::nan("")), std::nullopt);
+}
+
+TEST(JobSpecTest, WarmupLongerThanTheJobIsRefused) {
+  ExpectInvalid(ValidWith("warmup_steps: 100", "warmup_steps: 155"), "optimizer.warmup_steps",
+                "155 is more than the job's 154 optimizer steps");
+  EXPECT_TRUE(ParseJobSpec(ValidWith("warmup_steps: 100", "warmup_steps: 154"), "j").ok());
+}
+
+TEST(JobSpecTest, ExplicitZeroWorkersAreRefused) {
+  ExpectInvalid(kValid + std::string("world: {min_workers: 0}\n"), "world.min_workers",
+                "must be >= 1 (got 0)");
+  ExpectInvalid(kValid + std::string("world: {max_workers: 0}\n"), "world.max_workers",
+                "must be >= 1 (got 0)");
+  auto spec = ParseJobSpec(kValid + std::string("world: {min_workers: 2, max_workers: null}\n"),
+                           "job.yaml");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->world().max_workers(), 2);
+}
+
+TEST(JobSpecTest, ActivationSizesOfTheModelMustFit) {
+  JobSpecOptions options;
+  options.resolve_model = [](const v1::ModelSpec&) -> absl::StatusOr<ModelLimits> {
+    return ModelLimits{.max_position_embeddings = 1 << 24,
+                       .vocab_size = 1 << 24,
+                       .hidden_size = 1 << 24,
+                       .intermediate_size = 1 << 24,
+                       .num_layers = 1 << 24,
+                       .num_heads = 1 << 24};
+  };
+  ExpectInvalid(kValid, "curriculum[0].micro_batch",
+                "seq_len 128 x micro_batch 16: the layer activations (tokens x layers x width) "
+                "exceed the limit of 72057594037927936 elements",
+                options);
+}
+
+TEST(JobSpecTest, ResolverProblemsKeepTheirFieldPaths) {
+  JobSpecOptions options;
+  options.resolve_model = [](const v1::ModelSpec&) -> absl::StatusOr<ModelLimits> {
+    return absl::InvalidArgumentError(
+        "model.config.vocab_size: 1099511627776 is larger than the limit of 16777216\n"
+        "something else");
+  };
+  const auto spec = ParseJobSpec(kValid, "job.yaml", options);
+  EXPECT_THAT(std::string(spec.status().message()),
+              HasSubstr("job.yaml: model.config.vocab_size: 1099511627776 is larger"));
+  EXPECT_THAT(std::string(spec.status().message()), HasSubstr("job.yaml: model: something else"));
+}
+
+TEST(JobSpecTest, ExplicitModelConfigSizesAreBounded) {
+  const std::string config =
+      "model: {config: {vocab_size: 1099511627776, hidden_size: 64, intermediate_size: 128, "
+      "num_hidden_layers: 1000000000, num_attention_heads: 4, num_key_value_heads: 4, "
+      "max_position_embeddings: 1024, rope_theta: -5}}";
+  const std::string text = ValidWith("model: {preset: qwen2-tiny}", config);
+  ExpectInvalid(text, "model.config.vocab_size",
+                "1099511627776 is larger than the limit of 16777216");
+  ExpectInvalid(text, "model.config.num_hidden_layers",
+                "1000000000 is larger than the limit of 16777216");
+  ExpectInvalid(text, "model.config.rope_theta", "must be 0 (the default, 1e6) or in (1, 1e+12]");
+}
+
+TEST(JobSpecTest, SpecFilesAreBounded) {
+  const std::string path = ::testing::TempDir() + "/big.yaml";
+  {
+    std::FILE* f = std::fopen(path.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    const std::string line(1023, '#');
+    for (int i = 0; i < 1100; ++i) std::fprintf(f, "%s\n", line.c_str());
+    std::fclose(f);
+  }
+  EXPECT_THAT(std::string(LoadJobSpecFile(path).status().message()),
+              HasSubstr("more than the limit of 1048576 bytes"));
 }
 
 }  // namespace

@@ -1,10 +1,12 @@
 #include "worker/model/config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/checked_math.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -18,6 +20,31 @@ absl::Status KeyError(const std::string& source, std::string_view key, std::stri
       absl::StrCat(source, ": key '", std::string(key), "': ", std::string(why)));
 }
 
+// A JSON number as int64: nullopt with the reason when it is not an integer or out of range
+// (a large unsigned value would otherwise wrap to a negative one).
+std::optional<int64_t> JsonInt64(const Json& v, std::string* why) {
+  if (v.is_number_unsigned()) {
+    const uint64_t u = v.get<uint64_t>();
+    if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+      *why = absl::StrCat("value ", u, " is out of range (at most ",
+                          std::numeric_limits<int64_t>::max(), ")");
+      return std::nullopt;
+    }
+    return static_cast<int64_t>(u);
+  }
+  if (v.is_number_integer()) return v.get<int64_t>();
+  if (v.is_number_float()) {
+    const double d = v.get<double>();
+    if (std::isfinite(d) && std::floor(d) == d) {
+      if (std::abs(d) < 9e15) return static_cast<int64_t>(d);
+      *why = absl::StrCat("value ", d, " is out of range for an integer written as a float");
+      return std::nullopt;
+    }
+  }
+  *why = absl::StrCat("expected an integer, got ", v.dump());
+  return std::nullopt;
+}
+
 // Reads an integer key; `fallback` when absent (or null) unless required.
 absl::StatusOr<int64_t> GetInt(const Json& obj, const std::string& source, const std::string& key,
                                std::optional<int64_t> fallback, const std::string& prefix = "") {
@@ -26,12 +53,9 @@ absl::StatusOr<int64_t> GetInt(const Json& obj, const std::string& source, const
     if (fallback) return *fallback;
     return KeyError(source, prefix + key, "missing");
   }
-  if (it->is_number_integer()) return it->get<int64_t>();
-  if (it->is_number_float()) {
-    const double v = it->get<double>();
-    if (std::floor(v) == v && std::abs(v) < 9e15) return static_cast<int64_t>(v);
-  }
-  return KeyError(source, prefix + key, "expected an integer");
+  std::string why;
+  if (const std::optional<int64_t> v = JsonInt64(*it, &why)) return *v;
+  return KeyError(source, prefix + key, why);
 }
 
 absl::StatusOr<double> GetNumber(const Json& obj, const std::string& source, const std::string& key,
@@ -43,7 +67,18 @@ absl::StatusOr<double> GetNumber(const Json& obj, const std::string& source, con
   }
   if (!it->is_number()) return KeyError(source, prefix + key, "expected a number");
   const double v = it->get<double>();
-  if (!std::isfinite(v)) return KeyError(source, prefix + key, "not finite");
+  // JSON has no infinities: an infinite value is a number too large for a double.
+  if (!std::isfinite(v)) {
+    return KeyError(source, prefix + key,
+                    absl::StrCat("out of range: larger than the largest double, ",
+                                 std::numeric_limits<double>::max()));
+  }
+  if (std::fpclassify(v) == FP_SUBNORMAL) {
+    return KeyError(
+        source, prefix + key,
+        absl::StrCat("value ", v, " is subnormal (nonzero but below ",
+                     std::numeric_limits<double>::min(), ", the smallest normal double)"));
+  }
   return v;
 }
 
@@ -140,8 +175,10 @@ absl::Status ParseTokenIds(const Json& root, const std::string& source, ModelCon
   if (it == root.end() || it->is_null()) return absl::OkStatus();
   if (it->is_array()) {
     for (const Json& v : *it) {
-      if (!v.is_number_integer()) return KeyError(source, "eos_token_id", "expected integers");
-      config.eos_token_ids.push_back(v.get<int64_t>());
+      std::string why;
+      const std::optional<int64_t> id = JsonInt64(v, &why);
+      if (!id) return KeyError(source, "eos_token_id", why);
+      config.eos_token_ids.push_back(*id);
     }
     return absl::OkStatus();
   }
@@ -201,52 +238,184 @@ Json RopeJson(const ModelConfig& config) {
   return rope;
 }
 
+// Line and column (1-based) of byte `offset`.
+std::string LineColumn(std::string_view text, size_t offset) {
+  size_t line = 1, column = 1;
+  for (size_t i = 0; i < offset && i < text.size(); ++i) {
+    if (text[i] == '\n') {
+      ++line;
+      column = 1;
+    } else {
+      ++column;
+    }
+  }
+  return absl::StrCat(line, ":", column);
+}
+
+// The key whose value starts before `offset`, for messages ("" when none is found).
+std::string KeyBefore(std::string_view text, size_t offset) {
+  offset = std::min(offset, text.size());
+  const size_t colon = text.rfind(':', offset == 0 ? 0 : offset - 1);
+  if (colon == std::string_view::npos) return "";
+  const size_t close = text.rfind('"', colon);
+  if (close == std::string_view::npos || close == 0) return "";
+  const size_t open = text.rfind('"', close - 1);
+  if (open == std::string_view::npos) return "";
+  return std::string(text.substr(open + 1, close - open - 1));
+}
+
+// Parses config.json text; errors name the line, column and key, and nesting deeper than
+// kMaxJsonDepth is refused (a deep tree would also be destroyed recursively).
+absl::StatusOr<Json> ParseJsonText(std::string_view text, const std::string& source) {
+  constexpr int kMaxJsonDepth = 64;
+  bool too_deep = false;
+  const Json::parser_callback_t limit_depth = [&](int depth, Json::parse_event_t, Json&) {
+    if (depth > kMaxJsonDepth) too_deep = true;
+    return !too_deep;
+  };
+  Json root;
+  try {
+    root = Json::parse(text.begin(), text.end(), limit_depth);
+  } catch (const Json::parse_error& e) {
+    const size_t at = e.byte > 0 ? e.byte - 1 : 0;
+    std::string what = e.what();
+    if (const size_t colon = what.find(": "); colon != std::string::npos) {
+      what = what.substr(colon + 2);  // drop "[json.exception...] parse error at line 1, ..."
+    }
+    const std::string key = KeyBefore(text, at);
+    std::string hint;
+    const std::string_view rest = text.substr(std::min(at, text.size()));
+    for (std::string_view word : {"NaN", "Infinity", "-Infinity", "inf", "nan"}) {
+      if (rest.substr(0, word.size()) == word ||
+          (at > 0 && text.substr(at - 1, word.size()) == word)) {
+        hint = " (NaN and Infinity are not JSON numbers)";
+      }
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ":", LineColumn(text, at), ": not JSON",
+                     key.empty() ? "" : " in the value of '" + key + "'", hint, ": ", what));
+  } catch (const Json::out_of_range& e) {
+    // "number overflow parsing '1e999'": a number too large for a double.
+    std::string what = e.what();
+    std::string where = source;
+    const size_t open = what.find('\'');
+    const size_t close = what.rfind('\'');
+    if (open != std::string::npos && close > open) {
+      const size_t at = text.find(what.substr(open + 1, close - open - 1));
+      if (at != std::string_view::npos) {
+        absl::StrAppend(&where, ":", LineColumn(text, at));
+        if (const std::string key = KeyBefore(text, at); !key.empty()) {
+          absl::StrAppend(&where, ": key '", key, "'");
+        }
+      }
+    }
+    return absl::InvalidArgumentError(absl::StrCat(
+        where, ": out of range: ", what.substr(what.find(']') + 2),
+        " (larger than the largest double, ", std::numeric_limits<double>::max(), ")"));
+  }
+  if (too_deep) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": nested deeper than ", kMaxJsonDepth, " levels"));
+  }
+  return root;
+}
+
 }  // namespace
 
-int64_t ModelConfig::NumParameters() const {
+std::optional<int64_t> ModelConfig::CheckedNumParameters() const {
   const int64_t d = hidden_size;
-  const int64_t norms = 2 * d;
-  const int64_t attention = (q_dim() * d + q_dim()) + 2 * (kv_dim() * d + kv_dim()) + d * q_dim();
-  const int64_t mlp = 3 * d * intermediate_size;
-  const int64_t per_layer = norms + attention + mlp;
-  return vocab_size * d + num_layers * per_layer + d;
+  const std::optional<int64_t> q = CheckedMul(num_heads, head_dim);
+  const std::optional<int64_t> kv = CheckedMul(num_kv_heads, head_dim);
+  if (!q || !kv) return std::nullopt;
+  const std::optional<int64_t> q_proj = CheckedProduct({*q, d});
+  const std::optional<int64_t> kv_proj = CheckedProduct({2, *kv, d});
+  const std::optional<int64_t> o_proj = CheckedProduct({d, *q});
+  const std::optional<int64_t> mlp = CheckedProduct({3, d, intermediate_size});
+  const std::optional<int64_t> norms = CheckedMul(2, d);
+  const std::optional<int64_t> kv_bias = CheckedMul(2, *kv);
+  if (!q_proj || !kv_proj || !o_proj || !mlp || !norms || !kv_bias) return std::nullopt;
+  const std::optional<int64_t> per_layer =
+      CheckedSum({*norms, *q_proj, *q, *kv_proj, *kv_bias, *o_proj, *mlp});
+  if (!per_layer) return std::nullopt;
+  const std::optional<int64_t> layers = CheckedMul(num_layers, *per_layer);
+  const std::optional<int64_t> embed = CheckedMul(vocab_size, d);
+  if (!layers || !embed) return std::nullopt;
+  return CheckedSum({*embed, *layers, d});
+}
+
+std::vector<ConfigProblem> FindConfigProblems(const ModelConfig& c) {
+  std::vector<ConfigProblem> problems;
+  auto add = [&](std::string key, std::string why) {
+    problems.push_back({std::move(key), std::move(why)});
+  };
+  const std::pair<const char*, int64_t> sizes[] = {
+      {"vocab_size", c.vocab_size},
+      {"hidden_size", c.hidden_size},
+      {"intermediate_size", c.intermediate_size},
+      {"num_hidden_layers", c.num_layers},
+      {"num_attention_heads", c.num_heads},
+      {"num_key_value_heads", c.num_kv_heads},
+      {"head_dim", c.head_dim},
+      {"max_position_embeddings", c.max_position_embeddings}};
+  bool sizes_ok = true;
+  for (const auto& [name, value] : sizes) {
+    if (value <= 0 || value > kMaxDim) {
+      add(name, absl::StrCat("must be in [1, ", kMaxDim, "], got ", value));
+      sizes_ok = false;
+    }
+  }
+  if (sizes_ok) {
+    if (c.num_heads % c.num_kv_heads != 0) {
+      add("num_key_value_heads", "must divide num_attention_heads");
+    }
+    if (c.head_dim % 2 != 0) add("head_dim", "must be even (RoPE rotates pairs)");
+    if (c.num_heads * c.head_dim > kMaxDim) {
+      add("num_attention_heads",
+          absl::StrCat("num_attention_heads x head_dim = ", c.num_heads * c.head_dim,
+                       " is larger than the limit of ", kMaxDim));
+    }
+  }
+  if (!(c.rms_norm_eps > 0 && c.rms_norm_eps < 1)) {
+    add("rms_norm_eps", absl::StrCat("must be in (0, 1), got ", c.rms_norm_eps));
+  }
+  if (!(c.rope_theta > 1 && c.rope_theta <= kMaxRopeTheta)) {
+    add("rope_theta", absl::StrCat("must be in (1, ", kMaxRopeTheta, "], got ", c.rope_theta));
+  }
+  if (!std::isfinite(c.initializer_range) || c.initializer_range < 0) {
+    add("initializer_range", "must be finite and >= 0");
+  }
+  if (c.rope_type == RopeType::kYarn) {
+    if (!(c.yarn.factor >= 1 && c.yarn.factor <= kMaxYarnFactor)) {
+      add("rope_scaling.factor",
+          absl::StrCat("must be in [1, ", kMaxYarnFactor, "], got ", c.yarn.factor));
+    }
+    if (c.yarn.original_max_position_embeddings <= 0 ||
+        c.yarn.original_max_position_embeddings > kMaxDim) {
+      add("rope_scaling.original_max_position_embeddings",
+          absl::StrCat("must be in [1, ", kMaxDim, "], got ",
+                       c.yarn.original_max_position_embeddings));
+    }
+  }
+  if (sizes_ok) {
+    const std::optional<int64_t> count = c.CheckedNumParameters();
+    if (!count || *count > kMaxParameters) {
+      add("",
+          absl::StrCat("the parameter count ", count ? absl::StrCat(*count) : "(overflows int64)",
+                       " is larger than the limit of ", kMaxParameters));
+    }
+  }
+  return problems;
 }
 
 absl::Status ValidateConfig(const ModelConfig& c) {
-  auto bad = [](const std::string& field, const std::string& why) {
-    return absl::InvalidArgumentError(absl::StrCat("model config: ", field, ": ", why));
-  };
-  constexpr int64_t kMaxDim = int64_t{1} << 24;
-  const std::pair<const char*, int64_t> sizes[] = {{"vocab_size", c.vocab_size},
-                                                   {"hidden_size", c.hidden_size},
-                                                   {"intermediate_size", c.intermediate_size},
-                                                   {"num_hidden_layers", c.num_layers},
-                                                   {"num_attention_heads", c.num_heads},
-                                                   {"num_key_value_heads", c.num_kv_heads},
-                                                   {"head_dim", c.head_dim}};
-  for (const auto& [name, value] : sizes) {
-    if (value <= 0 || value > kMaxDim) {
-      return bad(name, absl::StrCat("must be in [1, ", kMaxDim, "], got ", value));
-    }
+  const std::vector<ConfigProblem> problems = FindConfigProblems(c);
+  if (problems.empty()) return absl::OkStatus();
+  std::vector<std::string> lines;
+  for (const ConfigProblem& p : problems) {
+    lines.push_back(p.key.empty() ? absl::StrCat("model config: ", p.message)
+                                  : absl::StrCat("model config: ", p.key, ": ", p.message));
   }
-  if (c.num_heads % c.num_kv_heads != 0) {
-    return bad("num_key_value_heads", "must divide num_attention_heads");
-  }
-  if (c.head_dim % 2 != 0) return bad("head_dim", "must be even (RoPE rotates pairs)");
-  if (!(c.rms_norm_eps > 0)) return bad("rms_norm_eps", "must be positive");
-  if (!(c.rope_theta > 1)) return bad("rope_theta", "must be greater than 1");
-  if (c.max_position_embeddings <= 0) return bad("max_position_embeddings", "must be positive");
-  if (c.rope_type == RopeType::kYarn) {
-    if (!(c.yarn.factor > 0)) return bad("rope_scaling.factor", "must be positive");
-    if (c.yarn.original_max_position_embeddings <= 0) {
-      return bad("rope_scaling.original_max_position_embeddings", "must be positive");
-    }
-  }
-  // The parameter count must fit comfortably in int64 and in memory-sized indexing.
-  if (c.NumParameters() <= 0 || c.NumParameters() > (int64_t{1} << 40)) {
-    return bad("sizes", "parameter count out of range");
-  }
-  return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrJoin(lines, "\n"));
 }
 
 std::vector<std::string> PresetNames() { return {"qwen2-0.5b", "qwen2-tiny", "qwen2-test"}; }
@@ -294,8 +463,7 @@ absl::StatusOr<ModelConfig> PresetConfig(std::string_view name) {
 
 absl::StatusOr<ModelConfig> ParseConfigJson(std::string_view text, std::string_view source_view) {
   const std::string source(source_view);
-  const Json root = Json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (root.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(source, ": not JSON"));
+  QTRAIN_ASSIGN_OR_RETURN(const Json root, ParseJsonText(text, source));
   if (!root.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": expected a JSON object"));
   }

@@ -52,11 +52,32 @@ struct ModelConfig {
   int64_t q_dim() const { return num_heads * head_dim; }
   int64_t kv_dim() const { return num_kv_heads * head_dim; }
   int64_t group_size() const { return num_heads / num_kv_heads; }
-  // Number of fp32 parameters (tied embedding counted once).
-  int64_t NumParameters() const;
+  // Number of fp32 parameters (tied embedding counted once); nullopt when it does not fit in
+  // int64.
+  std::optional<int64_t> CheckedNumParameters() const;
+  // The same for a config that passed ValidateConfig (-1 when the count overflows).
+  int64_t NumParameters() const { return CheckedNumParameters().value_or(-1); }
 };
 
-// Checks sizes and divisibility; INVALID_ARGUMENT naming the field.
+// The largest sizes a config may have: each of vocab_size, hidden_size, intermediate_size,
+// num_hidden_layers, the head counts, head_dim, heads x head_dim and max_position_embeddings is
+// at most kMaxDim; the parameter count at most kMaxParameters. They keep every size the model
+// derives from them (activations, buffers, positions x YaRN factor) inside int64.
+inline constexpr int64_t kMaxDim = int64_t{1} << 24;
+inline constexpr int64_t kMaxParameters = int64_t{1} << 40;
+inline constexpr double kMaxRopeTheta = 1e12;
+inline constexpr double kMaxYarnFactor = 1024;
+
+// One problem of a config, under its config.json key ("vocab_size",
+// "rope_scaling.factor"; empty for the parameter count as a whole).
+struct ConfigProblem {
+  std::string key;
+  std::string message;
+};
+std::vector<ConfigProblem> FindConfigProblems(const ModelConfig& config);
+
+// Checks sizes, bounds and divisibility; INVALID_ARGUMENT naming each field
+// ("model config: vocab_size: ..."), one problem per line.
 absl::Status ValidateConfig(const ModelConfig& config);
 
 // Presets: "qwen2-0.5b" (docs/model-math.md#configuration), "qwen2-tiny" (hidden 64, 2 layers,

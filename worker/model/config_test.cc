@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -144,6 +145,96 @@ TEST(ConfigTest, JsonRoundTrip) {
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(ConfigToJson(*back), text);
   EXPECT_EQ(back->yarn.attention_factor, 1.25);
+}
+
+TEST(ConfigTest, ParameterCountNeverWraps) {
+  ModelConfig c = *PresetConfig("qwen2-tiny");
+  // Each size is within kMaxDim, but the products are far past int64.
+  c.hidden_size = kMaxDim;
+  c.num_heads = kMaxDim / 2;
+  c.num_kv_heads = kMaxDim / 2;
+  c.head_dim = kMaxDim;
+  c.intermediate_size = kMaxDim;
+  c.num_layers = kMaxDim;
+  c.vocab_size = kMaxDim;
+  EXPECT_EQ(c.CheckedNumParameters(), std::nullopt);
+  const std::string message(ValidateConfig(c).message());
+  EXPECT_THAT(message, HasSubstr("num_attention_heads: num_attention_heads x head_dim = "));
+  EXPECT_THAT(message, HasSubstr("the parameter count (overflows int64) is larger than the limit "
+                                 "of 1099511627776"));
+  // Large but representable: reported with its value.
+  c = *PresetConfig("qwen2-0.5b");
+  c.num_layers = 1 << 17;
+  EXPECT_THAT(std::string(ValidateConfig(c).message()),
+              HasSubstr(absl::StrCat("the parameter count ", *c.CheckedNumParameters(),
+                                     " is larger than the limit of 1099511627776")));
+  c.num_layers = 1000000000;
+  EXPECT_THAT(std::string(ValidateConfig(c).message()),
+              HasSubstr("num_hidden_layers: must be in [1, 16777216], got 1000000000"));
+}
+
+TEST(ConfigTest, BoundsOnRopeAndPositions) {
+  ModelConfig c = *PresetConfig("qwen2-tiny");
+  c.rope_theta = 1e300;
+  EXPECT_THAT(std::string(ValidateConfig(c).message()), HasSubstr("rope_theta: must be in (1, "));
+  c = *PresetConfig("qwen2-tiny");
+  c.max_position_embeddings = int64_t{1} << 40;
+  EXPECT_THAT(std::string(ValidateConfig(c).message()),
+              HasSubstr("max_position_embeddings: must be in [1, 16777216]"));
+  c = *PresetConfig("qwen2-tiny");
+  c.rope_type = RopeType::kYarn;
+  c.yarn.original_max_position_embeddings = 4096;
+  for (double factor : {0.5, 3.6e16}) {
+    c.yarn.factor = factor;
+    EXPECT_THAT(std::string(ValidateConfig(c).message()),
+                HasSubstr("rope_scaling.factor: must be in [1, 1024]"))
+        << factor;
+  }
+}
+
+TEST(ConfigTest, JsonNumbersOutOfRangeSayWhy) {
+  Json j = Base();
+  j["vocab_size"] = 18446744073709551615ull;
+  EXPECT_THAT(std::string(ParseConfigJson(j.dump()).status().message()),
+              HasSubstr("key 'vocab_size': value 18446744073709551615 is out of range (at most "
+                        "9223372036854775807)"));
+  j = Base();
+  j["vocab_size"] = -1;
+  EXPECT_THAT(std::string(ParseConfigJson(j.dump()).status().message()),
+              HasSubstr("vocab_size: must be in [1, 16777216], got -1"));
+  j = Base();
+  j["vocab_size"] = 1.5;
+  EXPECT_THAT(std::string(ParseConfigJson(j.dump()).status().message()),
+              HasSubstr("key 'vocab_size': expected an integer, got 1.5"));
+  j = Base();
+  j["rms_norm_eps"] = 1e-310;
+  EXPECT_THAT(std::string(ParseConfigJson(j.dump()).status().message()),
+              HasSubstr("key 'rms_norm_eps': value 1e-310 is subnormal"));
+  std::string text = kQwen05bJson;
+  text.replace(text.find("1000000.0"), 9, "1e999");
+  EXPECT_THAT(std::string(ParseConfigJson(text).status().message()),
+              HasSubstr("config.json:6:66: key 'rope_theta': out of range: number overflow parsing "
+                        "'1e999' (larger than the largest double"));
+  j = Base();
+  j["eos_token_id"] = Json::array({1, 18446744073709551615ull});
+  EXPECT_THAT(std::string(ParseConfigJson(j.dump()).status().message()),
+              HasSubstr("key 'eos_token_id': value 18446744073709551615 is out of range"));
+}
+
+TEST(ConfigTest, InvalidJsonNamesThePositionAndKey) {
+  std::string text = kQwen05bJson;
+  text.replace(text.find("1000000.0"), 9, "NaN");
+  const std::string message(ParseConfigJson(text, "m/config.json").status().message());
+  EXPECT_THAT(message, HasSubstr("m/config.json:6:66: not JSON in the value of 'rope_theta' (NaN "
+                                 "and Infinity are not JSON numbers)"));
+  EXPECT_THAT(std::string(ParseConfigJson("{\"a\": 1,\n \"b\": }").status().message()),
+              HasSubstr("config.json:2:7: not JSON in the value of 'b'"));
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  EXPECT_THAT(std::string(ParseConfigJson(deep).status().message()),
+              HasSubstr("config.json: nested deeper than 64 levels"));
+  const std::string deep_object = "{\"a\": " + deep + "}";
+  EXPECT_THAT(std::string(ParseConfigJson(deep_object).status().message()),
+              HasSubstr("nested deeper than 64 levels"));
 }
 
 }  // namespace
