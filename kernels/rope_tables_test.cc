@@ -34,7 +34,7 @@ TEST(RopeTablesTest, PlainRopeIsInverseThetaPowers) {
   }
 }
 
-TEST(RopeTablesTest, YarnWorkedNumbersFromModelSpec) {
+TEST(RopeTablesTest, YarnWorkedNumbers) {
   RopeTables plain, yarn;
   RopeConfig config = Qwen2Yarn(32768);
   ASSERT_TRUE(ComputeRopeTables(config, &yarn).ok());

@@ -23,6 +23,8 @@ constexpr size_t kAlignment = 64;  // a cache line; also enough for AVX-512 load
 
 void* CpuBackendImpl::Alloc(size_t bytes) {
   if (bytes == 0) return nullptr;
+  // Near SIZE_MAX the rounding would wrap to a tiny size: fail as an out-of-memory instead.
+  if (bytes > SIZE_MAX - kAlignment) return nullptr;
   const size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
   return std::aligned_alloc(kAlignment, rounded);
 }

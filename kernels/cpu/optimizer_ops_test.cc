@@ -105,6 +105,9 @@ TEST(MemoryTest, AllocFillScaleCopy) {
   be.Free(x);
   be.Free(nullptr);
   EXPECT_EQ(be.Alloc(0), nullptr);
+  // Sizes whose rounding to the alignment would wrap fail instead of returning a tiny block.
+  EXPECT_EQ(be.Alloc(SIZE_MAX), nullptr);
+  EXPECT_EQ(be.Alloc(SIZE_MAX - 10), nullptr);
   EXPECT_EQ(be.name(), "cpu");
 }
 

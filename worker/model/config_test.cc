@@ -24,7 +24,7 @@ constexpr char kQwen05bJson[] = R"({
   "transformers_version": "4.40.1", "use_cache": true, "use_sliding_window": false,
   "vocab_size": 151936})";
 
-TEST(ConfigTest, PresetMatchesSpec) {
+TEST(ConfigTest, PresetMatchesPublishedQwen2Config) {
   auto c = PresetConfig("qwen2-0.5b");
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->vocab_size, 151936);

@@ -56,16 +56,6 @@ DecayKind ToDecay(v1::LrSchedule schedule) {
 
 // Optimizer steps of stage `stage`: its tokens / batch.global_tokens rounded up, without the
 // overflow of adding global_tokens - 1 first.
-absl::StatusOr<int64_t> StageStepCount(const v1::JobSpec& spec, int stage) {
-  const int64_t tokens = spec.curriculum(stage).tokens();
-  const int64_t global = spec.batch().global_tokens();
-  if (global <= 0 || tokens < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("curriculum[", stage, "].tokens: ", tokens, " tokens in batches of ", global));
-  }
-  return tokens / global + (tokens % global != 0 ? 1 : 0);
-}
-
 absl::Status Overflow(absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(what, " does not fit in a 64-bit integer"));
 }
@@ -198,8 +188,7 @@ absl::StatusOr<model::ModelConfig> Trainer::StageConfig(const model::ModelConfig
                                  ? stage.yarn_original_max_position_embeddings()
                                  : base.max_position_embeddings;
     config.yarn.original_max_position_embeddings = original;
-    const std::optional<int64_t> positions =
-        CheckedDoubleToInt64(static_cast<double>(original) * stage.yarn_factor());
+    const std::optional<int64_t> positions = ScaledPositions(original, stage.yarn_factor());
     if (!positions) {
       return Overflow(absl::StrCat("stage '", stage.name(), "': ", original,
                                    " positions x yarn_factor ", stage.yarn_factor()));
@@ -251,13 +240,9 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
       return Overflow(absl::StrCat("curriculum[", i, "]: eval.batches x micro_batch"));
     }
     state->stage_configs.push_back(std::move(config));
-    state->stage_start.push_back(state->total_steps);
-    QTRAIN_ASSIGN_OR_RETURN(const int64_t steps, StageStepCount(spec, i));
-    const std::optional<int64_t> total = CheckedAdd(state->total_steps, steps);
-    if (!total) return Overflow("the job's step count (sum of curriculum[*].tokens / batch)");
-    state->total_steps = *total;
   }
-  state->stage_start.push_back(state->total_steps);
+  QTRAIN_ASSIGN_OR_RETURN(state->stage_start, StageStartSteps(spec));
+  state->total_steps = state->stage_start.back();
   // tokens_seen grows to total_steps x global_tokens.
   if (!CheckedMul(state->total_steps, state->global_tokens)) {
     return Overflow(absl::StrCat("the job's tokens (", state->total_steps,
