@@ -1,14 +1,19 @@
 // qtrain: the command-line tool. See `qtrain --help` and docs/.
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 
 #include "cli/command.h"
+#include "common/file_util.h"
 #include "common/logging.h"
 #include "common/runtime_env.h"
 
 int main(int argc, char** argv) {
   qtrain::ConfigureRuntimeEnvironment(argv);
+  // A closed stdout pipe (`qtrain encode ... | head -1`) is then a write error (EPIPE) that the
+  // command reports, instead of a signal that kills it without a word.
+  std::signal(SIGPIPE, SIG_IGN);
   CLI::App app{"qtrain: train Qwen2-architecture language models"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("qtrain 0.1.0"));
@@ -26,7 +31,15 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     // --help and --version exit 0; usage errors exit 2, as is customary.
     const int rc = app.exit(e);
-    return rc == 0 ? 0 : 2;
+    if (rc == 0) {
+      // --help or --version: their text is the output.
+      if (const absl::Status flushed = qtrain::FlushStdout(); !flushed.ok()) {
+        std::fprintf(stderr, "qtrain: %s\n", flushed.ToString().c_str());
+        return 1;
+      }
+      return 0;
+    }
+    return 2;
   }
   qtrain::LogLevel level;
   if (!qtrain::ParseLogLevel(log_level, &level)) {
@@ -35,7 +48,10 @@ int main(int argc, char** argv) {
   }
   qtrain::SetMinLogLevel(level);
   if (!selection.action) return 2;
-  const absl::Status status = selection.action();
+  absl::Status status = selection.action();
+  // Every command's output goes to stdout; if any of it could not be written, the command failed
+  // (its own error, when it has one, says more).
+  if (const absl::Status flushed = qtrain::FlushStdout(); status.ok()) status = flushed;
   if (!status.ok()) {
     std::fprintf(stderr, "qtrain: %s\n", status.ToString().c_str());
     return 1;

@@ -95,6 +95,10 @@ absl::Status CopyTokenizerFiles(const std::string& tokenizer_path, const std::st
 }
 
 absl::Status RunTrain(const std::string& spec_path, const std::string& run_dir) {
+  if (run_dir.empty()) {
+    return absl::InvalidArgumentError(
+        "--run-dir is empty: give the directory for checkpoints, metrics and the final model");
+  }
   JobSpecOptions options;
   options.resolve_model = [](const v1::ModelSpec& spec) -> absl::StatusOr<ModelLimits> {
     QTRAIN_ASSIGN_OR_RETURN(model::ModelConfig config, ResolveModelConfig(spec));
