@@ -226,6 +226,24 @@ TEST_F(IoCliTest, StdoutWriteErrorsFailTheCommand) {
   EXPECT_EQ(Run({"validate", Path("job.yaml")}, Stdin("", "/dev/null")).exit_code, 0);
 }
 
+// A closed stdout pipe (`qtrain encode ... | head -c 1`) is a reported write error, not a death
+// by SIGPIPE without a word, nor a success.
+TEST_F(IoCliTest, ClosedStdoutPipeIsAReportedError) {
+  const std::string err = Path("pipe.err"), rc = Path("pipe.rc");
+  const std::string script =
+      "{ \"$0\" encode --tokenizer \"$1\" < \"$2\" 2> \"$3\"; echo $? > \"$4\"; } | "
+      "head -c 1 > /dev/null";
+  CliOptions options;
+  options.address_space_bytes = 1ull << 30;
+  options.timeout_seconds = 30;
+  const CliResult shell = RunCli({"/bin/sh", "-c", script, QtrainBinary(),
+                                  Path("tok/tokenizer.json"), Path("many.jsonl"), err, rc},
+                                 root_ / "pipe.log", options);
+  ASSERT_TRUE(shell.exited && shell.exit_code == 0) << shell;
+  EXPECT_EQ(ReadFileToString(rc).value_or("missing"), "1\n");
+  EXPECT_THAT(ReadFileToString(err).value_or(""), HasSubstr("cannot write to stdout: Broken pipe"));
+}
+
 TEST_F(IoCliTest, UnclearInputsAreNamed) {
   const std::string bad_utf8 = Path("bad_utf8.jsonl");
   ASSERT_TRUE(WriteFileAtomically(bad_utf8, "{\"ids\": [1, 2]}\n{\"text\": \"ab\xFF\"}\n").ok());
