@@ -1,4 +1,8 @@
 // qtrain: the command-line tool. See `qtrain --help` and docs/.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -9,7 +13,26 @@
 #include "common/logging.h"
 #include "common/runtime_env.h"
 
+namespace {
+
+// A standard descriptor the caller closed (`qtrain encode >&-`) would be reused by the next
+// open(), and output meant for stdout would land in that file. Each closed one is held with
+// /dev/null opened the other way round, so that its use still fails (EBADF) and is reported.
+void HoldClosedStandardDescriptors() {
+  for (int fd = 0; fd <= 2; ++fd) {
+    if (::fcntl(fd, F_GETFD) != -1 || errno != EBADF) continue;
+    const int held = ::open("/dev/null", (fd == 1 ? O_RDONLY : O_WRONLY) | O_CLOEXEC);
+    if (held >= 0 && held != fd) {
+      ::dup2(held, fd);
+      ::close(held);
+    }
+  }
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  HoldClosedStandardDescriptors();
   qtrain::ConfigureRuntimeEnvironment(argv);
   // A closed stdout pipe (`qtrain encode ... | head -1`) is then a write error (EPIPE) that the
   // command reports, instead of a signal that kills it without a word.

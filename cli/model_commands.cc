@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "cli/command.h"
+#include "cli/flag_checks.h"
 #include "cli/json_lines.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
@@ -278,8 +279,10 @@ void AddModelCommands(CLI::App& app, CommandSelection& selection) {
   CLI::App* score = app.add_subcommand(
       "score", "Per-token log-probabilities of JSON lines on stdin ({\"text\"} or {\"ids\"})");
   score->add_option("--model", score_flags->model_dir, "Model directory (transformers format)")
-      ->required();
-  score->add_option("--tokenizer", score_flags->tokenizer_path, "tokenizer.json");
+      ->required()
+      ->check(NonEmptyCheck());
+  score->add_option("--tokenizer", score_flags->tokenizer_path, "tokenizer.json")
+      ->check(RegularFileCheck());
   score->add_flag("--output-logits", score_flags->output_logits,
                   "Also print every position's logits (for parity checks; large)");
   score->callback([&selection, score_flags] {
@@ -288,8 +291,11 @@ void AddModelCommands(CLI::App& app, CommandSelection& selection) {
 
   auto gen_flags = std::make_shared<GenerateFlags>();
   CLI::App* gen = app.add_subcommand("generate", "Continue a prompt (greedy when temperature 0)");
-  gen->add_option("--model", gen_flags->model_dir, "Model directory")->required();
-  gen->add_option("--tokenizer", gen_flags->tokenizer_path, "tokenizer.json");
+  gen->add_option("--model", gen_flags->model_dir, "Model directory")
+      ->required()
+      ->check(NonEmptyCheck());
+  gen->add_option("--tokenizer", gen_flags->tokenizer_path, "tokenizer.json")
+      ->check(RegularFileCheck());
   CLI::Option* prompt = gen->add_option("--prompt", gen_flags->prompt, "Prompt text");
   CLI::Option* prompt_ids =
       gen->add_option("--prompt-ids", gen_flags->prompt_ids, "Prompt token ids, comma-separated");

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "cli/command.h"
+#include "cli/flag_checks.h"
 #include "cli/json_lines.h"
 #include "common/file_util.h"
 #include "common/sha256.h"
@@ -32,20 +33,6 @@ absl::Status ForEachJsonLine(Fn&& fn) {
         if (!result.ok()) return Annotate(result.status(), absl::StrCat("stdin line ", line_no));
         return result->dump();
       });
-}
-
-// What CLI11's ExistingFile lets through but no reader accepts: FIFOs (opening one blocks),
-// devices, sockets and directories. Named at parse time, with what the path is.
-CLI::Validator RegularFileCheck() {
-  return CLI::Validator(
-      [](std::string& path) -> std::string {
-        const std::string kind = DescribeFileType(path);
-        if (kind == "a regular file") return "";
-        if (kind == "missing") return absl::StrCat(path, ": no such file");
-        if (kind.starts_with("a ")) return absl::StrCat(path, " is ", kind, ", not a regular file");
-        return absl::StrCat(path, ": ", kind);  // stat failed: the reason
-      },
-      "FILE");
 }
 
 absl::Status RunEncode(const std::string& path) {

@@ -244,6 +244,27 @@ TEST_F(IoCliTest, ClosedStdoutPipeIsAReportedError) {
   EXPECT_THAT(ReadFileToString(err).value_or(""), HasSubstr("cannot write to stdout: Broken pipe"));
 }
 
+// stdin or stdout closed by the caller: an error, not an empty input or lost output.
+TEST_F(IoCliTest, ClosedStdinOrStdoutIsAnError) {
+  const std::string err = Path("closed.err"), rc = Path("closed.rc");
+  CliOptions options;
+  options.address_space_bytes = 1ull << 30;
+  options.timeout_seconds = 30;
+  for (const auto& [redirect, needle] : std::vector<std::pair<std::string, std::string>>{
+           {"< \"$2\" >&-", "cannot write to stdout: Bad file descriptor"},
+           {"<&- > /dev/null", "cannot read stdin: Bad file descriptor"}}) {
+    SCOPED_TRACE(redirect);
+    const std::string script =
+        "\"$0\" encode --tokenizer \"$1\" " + redirect + " 2> \"$3\"; echo $? > \"$4\"";
+    const CliResult shell = RunCli({"/bin/sh", "-c", script, QtrainBinary(),
+                                    Path("tok/tokenizer.json"), Path("encode.jsonl"), err, rc},
+                                   root_ / "closed.log", options);
+    ASSERT_TRUE(shell.exited && shell.exit_code == 0) << shell;
+    EXPECT_EQ(ReadFileToString(rc).value_or("missing"), "1\n");
+    EXPECT_THAT(ReadFileToString(err).value_or(""), HasSubstr(needle));
+  }
+}
+
 TEST_F(IoCliTest, UnclearInputsAreNamed) {
   const std::string bad_utf8 = Path("bad_utf8.jsonl");
   ASSERT_TRUE(WriteFileAtomically(bad_utf8, "{\"ids\": [1, 2]}\n{\"text\": \"ab\xFF\"}\n").ok());
@@ -262,6 +283,16 @@ TEST_F(IoCliTest, UnclearInputsAreNamed) {
   EXPECT_CLEAN_FAILURE(Run({"generate", "--model", Path("model"), "--prompt-ids", ""}),
                        "--prompt-ids is empty");
   EXPECT_CLEAN_FAILURE(Run({"train", Path("job.yaml"), "--run-dir", ""}), "--run-dir is empty");
+  EXPECT_CLEAN_FAILURE(Run({"encode", "--tokenizer", ""}, Stdin(Path("encode.jsonl"))),
+                       "--tokenizer: the file name is empty");
+  EXPECT_CLEAN_FAILURE(
+      Run({"score", "--model", Path("model"), "--tokenizer", ""}, Stdin(Path("encode.jsonl"))),
+      "--tokenizer: the file name is empty");
+  // An empty --model is not the current directory.
+  EXPECT_CLEAN_FAILURE(Run({"score", "--model", ""}, Stdin(Path("score.jsonl"))),
+                       "--model: the value is empty");
+  EXPECT_CLEAN_FAILURE(Run({"generate", "--model", "", "--prompt-ids", "1"}),
+                       "--model: the value is empty");
 }
 
 }  // namespace
