@@ -5,8 +5,10 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "cli/command.h"
+#include "common/file_util.h"
 #include "common/job_spec.h"
 #include "common/safetensors.h"
 #include "common/sha256.h"
@@ -46,7 +48,8 @@ absl::Status RunValidate(const std::string& path) {
       !status.ok()) {
     return absl::InternalError(absl::StrCat("cannot print the spec: ", status.ToString()));
   }
-  std::fputs(json.c_str(), stdout);
+  QTRAIN_RETURN_IF_ERROR(WriteStdout(json));
+  QTRAIN_RETURN_IF_ERROR(FlushStdout());
   for (int i = 0; i < spec.curriculum_size(); ++i) {
     QTRAIN_RETURN_IF_ERROR(PrintStageSummary(spec, i));
   }
@@ -59,21 +62,24 @@ absl::Status RunValidate(const std::string& path) {
 absl::Status RunSafetensors(const std::string& path, bool with_hash) {
   QTRAIN_ASSIGN_OR_RETURN(SafetensorsFile file, SafetensorsFile::Open(path));
   int64_t total_elements = 0;
+  std::string listing;
   for (const TensorInfo& info : file.tensors()) {
-    std::printf("%-60s %-5s [%s]\n", info.name.c_str(), DTypeName(info.dtype),
-                absl::StrJoin(info.shape, ", ").c_str());
+    absl::StrAppendFormat(&listing, "%-60s %-5s [%s]\n", info.name, DTypeName(info.dtype),
+                          absl::StrJoin(info.shape, ", "));
     total_elements += info.num_elements();
   }
   for (const auto& [key, value] : file.metadata()) {
-    std::printf("metadata %s = %s\n", key.c_str(), value.c_str());
+    absl::StrAppend(&listing, "metadata ", key, " = ", value, "\n");
   }
+  QTRAIN_RETURN_IF_ERROR(WriteStdout(listing));
+  QTRAIN_RETURN_IF_ERROR(FlushStdout());
   std::fprintf(stderr, "%s: %zu tensors, %lld elements\n", path.c_str(), file.tensors().size(),
                static_cast<long long>(total_elements));
   if (with_hash) {
     QTRAIN_ASSIGN_OR_RETURN(std::string digest, Sha256File(path));
-    std::printf("sha256 %s\n", digest.c_str());
+    QTRAIN_RETURN_IF_ERROR(WriteStdout(absl::StrCat("sha256 ", digest, "\n")));
   }
-  return absl::OkStatus();
+  return FlushStdout();
 }
 
 }  // namespace

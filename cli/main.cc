@@ -1,14 +1,42 @@
 // qtrain: the command-line tool. See `qtrain --help` and docs/.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 
 #include "cli/command.h"
+#include "common/file_util.h"
 #include "common/logging.h"
 #include "common/runtime_env.h"
 
+namespace {
+
+// A standard descriptor the caller closed (`qtrain encode >&-`) would be reused by the next
+// open(), and output meant for stdout would land in that file. Each closed one is held with
+// /dev/null opened the other way round, so that its use still fails (EBADF) and is reported.
+void HoldClosedStandardDescriptors() {
+  for (int fd = 0; fd <= 2; ++fd) {
+    if (::fcntl(fd, F_GETFD) != -1 || errno != EBADF) continue;
+    const int held = ::open("/dev/null", (fd == 1 ? O_RDONLY : O_WRONLY) | O_CLOEXEC);
+    if (held >= 0 && held != fd) {
+      ::dup2(held, fd);
+      ::close(held);
+    }
+  }
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  HoldClosedStandardDescriptors();
   qtrain::ConfigureRuntimeEnvironment(argv);
+  // A closed stdout pipe (`qtrain encode ... | head -1`) is then a write error (EPIPE) that the
+  // command reports, instead of a signal that kills it without a word.
+  std::signal(SIGPIPE, SIG_IGN);
   CLI::App app{"qtrain: train Qwen2-architecture language models"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("qtrain 0.1.0"));
@@ -26,7 +54,15 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     // --help and --version exit 0; usage errors exit 2, as is customary.
     const int rc = app.exit(e);
-    return rc == 0 ? 0 : 2;
+    if (rc == 0) {
+      // --help or --version: their text is the output.
+      if (const absl::Status flushed = qtrain::FlushStdout(); !flushed.ok()) {
+        std::fprintf(stderr, "qtrain: %s\n", flushed.ToString().c_str());
+        return 1;
+      }
+      return 0;
+    }
+    return 2;
   }
   qtrain::LogLevel level;
   if (!qtrain::ParseLogLevel(log_level, &level)) {
@@ -35,7 +71,10 @@ int main(int argc, char** argv) {
   }
   qtrain::SetMinLogLevel(level);
   if (!selection.action) return 2;
-  const absl::Status status = selection.action();
+  absl::Status status = selection.action();
+  // Every command's output goes to stdout; if any of it could not be written, the command failed
+  // (its own error, when it has one, says more).
+  if (const absl::Status flushed = qtrain::FlushStdout(); status.ok()) status = flushed;
   if (!status.ok()) {
     std::fprintf(stderr, "qtrain: %s\n", status.ToString().c_str());
     return 1;

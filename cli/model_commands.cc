@@ -15,6 +15,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "cli/command.h"
+#include "cli/flag_checks.h"
+#include "cli/json_lines.h"
+#include "common/file_util.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 #include "tokenizer/tokenizer.h"
@@ -42,6 +45,8 @@ struct GenerateFlags {
   std::string tokenizer_path;
   std::string prompt;
   std::string prompt_ids;
+  bool prompt_given = false;  // set after parsing: "" is given, and empty
+  bool prompt_ids_given = false;
   int64_t max_new_tokens = 64;
   double temperature = 0.0;
   double top_p = 1.0;
@@ -125,11 +130,8 @@ absl::Status CheckIds(const std::vector<int32_t>& ids, int64_t vocab_size) {
 // One input line: {"text": "..."} or {"ids": [...]}.
 absl::StatusOr<std::vector<int32_t>> ParseScoreLine(const std::string& line, const TextCodec& codec,
                                                     int64_t line_number) {
-  const Json j = Json::parse(line, nullptr, /*allow_exceptions=*/false);
+  QTRAIN_ASSIGN_OR_RETURN(const Json j, ParseJsonObjectLine(line, line_number));
   const std::string where = absl::StrCat("stdin line ", line_number);
-  if (j.is_discarded() || !j.is_object()) {
-    return absl::InvalidArgumentError(absl::StrCat(where, ": expected a JSON object"));
-  }
   if (auto it = j.find("ids"); it != j.end()) {
     std::vector<int32_t> ids;
     if (!it->is_array()) return absl::InvalidArgumentError(where + ": 'ids' must be a list");
@@ -155,11 +157,10 @@ absl::StatusOr<std::vector<int32_t>> ParseScoreLine(const std::string& line, con
 absl::Status RunScore(const ScoreFlags& flags) {
   QTRAIN_ASSIGN_OR_RETURN(TextCodec codec, TextCodec::Load(flags.tokenizer_path));
   QTRAIN_ASSIGN_OR_RETURN(Model m, LoadModel(flags.model_dir, flags.allow_nonfinite_weights));
-  std::string line;
-  int64_t line_number = 0;
-  while (std::getline(std::cin, line)) {
-    ++line_number;
-    QTRAIN_ASSIGN_OR_RETURN(std::vector<int32_t> ids, ParseScoreLine(line, codec, line_number));
+  const auto score_line = [&](const std::string& line,
+                              uint64_t line_number) -> absl::StatusOr<std::string> {
+    QTRAIN_ASSIGN_OR_RETURN(std::vector<int32_t> ids,
+                            ParseScoreLine(line, codec, static_cast<int64_t>(line_number)));
     QTRAIN_RETURN_IF_ERROR(CheckIds(ids, m.config().vocab_size));
     const int64_t n = static_cast<int64_t>(ids.size());
     Json out = {{"logprobs", Json::array()}, {"sum", 0.0}, {"tokens", n}};
@@ -192,9 +193,9 @@ absl::Status RunScore(const ScoreFlags& flags) {
       }
       out["sum"] = sum;
     }
-    std::cout << out.dump() << "\n" << std::flush;
-  }
-  return absl::OkStatus();
+    return out.dump();
+  };
+  return ForEachStdinLine(score_line, {.skip_blank_lines = false, .flush_each_line = true});
 }
 
 absl::StatusOr<std::vector<int32_t>> ParseIdList(const std::string& text) {
@@ -237,13 +238,23 @@ absl::Status RunGenerate(const GenerateFlags& flags) {
   const model::SamplerOptions sampling{flags.temperature, flags.top_p, flags.seed};
   QTRAIN_RETURN_IF_ERROR(model::ValidateSamplerOptions(sampling));
   if (flags.max_new_tokens < 0) return absl::InvalidArgumentError("--max-new-tokens must be >= 0");
-  if (flags.prompt_ids.empty() == flags.prompt.empty()) {
+  // An option given as "" is given: say that it is empty rather than that it is missing.
+  if (flags.prompt_given && flags.prompt_ids_given) {
+    return absl::InvalidArgumentError("pass exactly one of --prompt and --prompt-ids, not both");
+  }
+  if (!flags.prompt_given && !flags.prompt_ids_given) {
     return absl::InvalidArgumentError("pass exactly one of --prompt and --prompt-ids");
+  }
+  if (flags.prompt_given && flags.prompt.empty()) {
+    return absl::InvalidArgumentError("--prompt is empty: give the text to continue");
+  }
+  if (flags.prompt_ids_given && flags.prompt_ids.find_first_not_of(" \t,") == std::string::npos) {
+    return absl::InvalidArgumentError("--prompt-ids is empty: give comma-separated token ids");
   }
   QTRAIN_ASSIGN_OR_RETURN(TextCodec codec, TextCodec::Load(flags.tokenizer_path));
   QTRAIN_ASSIGN_OR_RETURN(Model m, LoadModel(flags.model_dir, flags.allow_nonfinite_weights));
   std::vector<int32_t> prompt;
-  if (!flags.prompt_ids.empty()) {
+  if (flags.prompt_ids_given) {
     QTRAIN_ASSIGN_OR_RETURN(prompt, ParseIdList(flags.prompt_ids));
   } else {
     QTRAIN_ASSIGN_OR_RETURN(prompt, codec.Encode(flags.prompt));
@@ -274,16 +285,18 @@ absl::Status RunGenerate(const GenerateFlags& flags) {
   if (codec.has_tokenizer()) {
     QTRAIN_ASSIGN_OR_RETURN(text, codec.Decode(generated));
   }
+  std::string output;
   if (flags.json) {
     Json out = {{"prompt_ids", prompt}, {"ids", generated}};
     if (codec.has_tokenizer()) out["text"] = text;
-    std::cout << out.dump() << "\n";
+    output = out.dump();
   } else if (codec.has_tokenizer()) {
-    std::cout << text << "\n";
+    output = text;
   } else {
-    std::cout << Json(generated).dump() << "\n";
+    output = Json(generated).dump();
   }
-  return absl::OkStatus();
+  QTRAIN_RETURN_IF_ERROR(WriteStdout(output + "\n"));
+  return FlushStdout();
 }
 
 absl::StatusOr<int64_t> IntFlag(const char* flag, const std::string& text, int64_t lo, int64_t hi) {
@@ -405,8 +418,10 @@ void AddModelCommands(CLI::App& app, CommandSelection& selection) {
   CLI::App* score = app.add_subcommand(
       "score", "Per-token log-probabilities of JSON lines on stdin ({\"text\"} or {\"ids\"})");
   score->add_option("--model", score_flags->model_dir, "Model directory (transformers format)")
-      ->required();
-  score->add_option("--tokenizer", score_flags->tokenizer_path, "tokenizer.json");
+      ->required()
+      ->check(NonEmptyCheck());
+  score->add_option("--tokenizer", score_flags->tokenizer_path, "tokenizer.json")
+      ->check(RegularFileCheck());
   score->add_flag("--output-logits", score_flags->output_logits,
                   "Also print every position's logits (for parity checks; large)");
   score->add_flag("--allow-nonfinite-weights", score_flags->allow_nonfinite_weights,
@@ -418,10 +433,14 @@ void AddModelCommands(CLI::App& app, CommandSelection& selection) {
 
   auto gen_flags = std::make_shared<GenerateFlags>();
   CLI::App* gen = app.add_subcommand("generate", "Continue a prompt (greedy when temperature 0)");
-  gen->add_option("--model", gen_flags->model_dir, "Model directory")->required();
-  gen->add_option("--tokenizer", gen_flags->tokenizer_path, "tokenizer.json");
-  gen->add_option("--prompt", gen_flags->prompt, "Prompt text");
-  gen->add_option("--prompt-ids", gen_flags->prompt_ids, "Prompt token ids, comma-separated");
+  gen->add_option("--model", gen_flags->model_dir, "Model directory")
+      ->required()
+      ->check(NonEmptyCheck());
+  gen->add_option("--tokenizer", gen_flags->tokenizer_path, "tokenizer.json")
+      ->check(RegularFileCheck());
+  CLI::Option* prompt = gen->add_option("--prompt", gen_flags->prompt, "Prompt text");
+  CLI::Option* prompt_ids =
+      gen->add_option("--prompt-ids", gen_flags->prompt_ids, "Prompt token ids, comma-separated");
   gen->add_option("--max-new-tokens", gen_flags->max_new_tokens)->capture_default_str();
   gen->add_option("--temperature", gen_flags->temperature)->capture_default_str();
   gen->add_option("--top-p", gen_flags->top_p)->capture_default_str();
@@ -430,7 +449,9 @@ void AddModelCommands(CLI::App& app, CommandSelection& selection) {
   gen->add_flag("--allow-nonfinite-weights", gen_flags->allow_nonfinite_weights,
                 "Load weights holding NaN or infinities (generation still fails on non-finite "
                 "logits, naming the layer)");
-  gen->callback([&selection, gen_flags] {
+  gen->callback([&selection, gen_flags, prompt, prompt_ids] {
+    gen_flags->prompt_given = prompt->count() > 0;
+    gen_flags->prompt_ids_given = prompt_ids->count() > 0;
     selection.action = [gen_flags] { return RunGenerate(*gen_flags); };
   });
 

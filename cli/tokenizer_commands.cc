@@ -1,13 +1,14 @@
 // Tokenizer tools: encode, decode, train-tokenizer, tokenize (see docs/tokenizer.md).
 #include <cstdio>
 #include <filesystem>
-#include <iostream>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "cli/command.h"
+#include "cli/flag_checks.h"
+#include "cli/json_lines.h"
 #include "common/file_util.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
@@ -21,35 +22,17 @@ namespace {
 
 using tokenizer::Tokenizer;
 
-// Reads JSON lines from stdin, calls `fn` on each object, writes its result as one line.
+// Reads JSON objects from stdin (blank lines skipped), calls `fn` on each, writes its result
+// as one line.
 template <typename Fn>
 absl::Status ForEachJsonLine(Fn&& fn) {
-  std::ios::sync_with_stdio(false);
-  std::string line;
-  size_t line_no = 0;
-  std::string out;
-  while (std::getline(std::cin, line)) {
-    ++line_no;
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line.empty()) continue;
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception& e) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("stdin line ", line_no, ": not valid JSON: ", e.what()));
-    }
-    if (!j.is_object()) {
-      return absl::InvalidArgumentError(absl::StrCat("stdin line ", line_no, ": not an object"));
-    }
-    absl::StatusOr<nlohmann::json> result = fn(j);
-    if (!result.ok()) return Annotate(result.status(), absl::StrCat("stdin line ", line_no));
-    out = result->dump();
-    out.push_back('\n');
-    std::fwrite(out.data(), 1, out.size(), stdout);
-  }
-  if (std::fflush(stdout) != 0) return absl::InternalError("writing stdout failed");
-  return absl::OkStatus();
+  return ForEachStdinLine(
+      [&](const std::string& line, uint64_t line_no) -> absl::StatusOr<std::string> {
+        QTRAIN_ASSIGN_OR_RETURN(nlohmann::json j, ParseJsonObjectLine(line, line_no));
+        absl::StatusOr<nlohmann::json> result = fn(j);
+        if (!result.ok()) return Annotate(result.status(), absl::StrCat("stdin line ", line_no));
+        return result->dump();
+      });
 }
 
 absl::Status RunEncode(const std::string& path) {
@@ -127,7 +110,7 @@ void AddTokenizerCommands(CLI::App& app, CommandSelection& selection) {
     auto path = std::make_shared<std::string>();
     CLI::App* cmd = app.add_subcommand(
         "encode", "Encode JSON lines {\"text\": ...} on stdin to {\"ids\": [...]} on stdout");
-    cmd->add_option("--tokenizer", *path, "tokenizer.json")->required()->check(CLI::ExistingFile);
+    cmd->add_option("--tokenizer", *path, "tokenizer.json")->required()->check(RegularFileCheck());
     cmd->callback([&selection, path] { selection.action = [path] { return RunEncode(*path); }; });
   }
   {
@@ -135,7 +118,7 @@ void AddTokenizerCommands(CLI::App& app, CommandSelection& selection) {
     auto skip = std::make_shared<bool>(false);
     CLI::App* cmd = app.add_subcommand(
         "decode", "Decode JSON lines {\"ids\": [...]} on stdin to {\"text\": ...} on stdout");
-    cmd->add_option("--tokenizer", *path, "tokenizer.json")->required()->check(CLI::ExistingFile);
+    cmd->add_option("--tokenizer", *path, "tokenizer.json")->required()->check(RegularFileCheck());
     cmd->add_flag("--skip-special-tokens", *skip, "Leave special tokens out of the text");
     cmd->callback([&selection, path, skip] {
       selection.action = [path, skip] { return RunDecode(*path, *skip); };
@@ -149,7 +132,7 @@ void AddTokenizerCommands(CLI::App& app, CommandSelection& selection) {
         "tokenize",
         "Turn text files (.jsonl: one document per line from \"text\"; otherwise one document "
         "per file) into token shards and a manifest");
-    cmd->add_option("--tokenizer", *path, "tokenizer.json")->required()->check(CLI::ExistingFile);
+    cmd->add_option("--tokenizer", *path, "tokenizer.json")->required()->check(RegularFileCheck());
     cmd->add_option("--out", opts->out_dir, "Output directory (must not hold a dataset)")
         ->required();
     cmd->add_option("--shard-tokens", opts->shard_tokens, "Tokens per shard")
@@ -161,7 +144,7 @@ void AddTokenizerCommands(CLI::App& app, CommandSelection& selection) {
     cmd->add_option("--eos-token", opts->eos_token, "Token appended after every document")
         ->capture_default_str();
     cmd->add_flag("--quiet", *quiet, "No progress on stderr");
-    cmd->add_option("inputs", opts->inputs, "Input files")->required()->check(CLI::ExistingFile);
+    cmd->add_option("inputs", opts->inputs, "Input files")->required()->check(RegularFileCheck());
     cmd->callback([&selection, path, opts, quiet] {
       selection.action = [path, opts, quiet] {
         opts->progress = !*quiet;
@@ -192,7 +175,7 @@ void AddTokenizerCommands(CLI::App& app, CommandSelection& selection) {
     cmd->add_flag("--quiet", args->quiet, "No progress on stderr");
     cmd->add_option("inputs", args->inputs, "Input files (.jsonl or plain text)")
         ->required()
-        ->check(CLI::ExistingFile);
+        ->check(RegularFileCheck());
     cmd->callback(
         [&selection, args] { selection.action = [args] { return RunTrainTokenizer(*args); }; });
   }

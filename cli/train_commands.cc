@@ -71,6 +71,10 @@ absl::Status CopyTokenizerFiles(const std::string& tokenizer_path, const std::st
 
 absl::Status RunTrain(const std::string& spec_path, const std::string& run_dir,
                       const std::vector<std::string>& allowed_spec_changes) {
+  if (run_dir.empty()) {
+    return absl::InvalidArgumentError(
+        "--run-dir is empty: give the directory for checkpoints, metrics and the final model");
+  }
   QTRAIN_ASSIGN_OR_RETURN(v1::JobSpec spec,
                           LoadJobSpecFile(spec_path, model::ModelAwareJobSpecOptions()));
   QTRAIN_ASSIGN_OR_RETURN(model::ModelConfig config, model::ResolveModelConfig(spec.model()));

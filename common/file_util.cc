@@ -6,8 +6,10 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <iostream>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -78,7 +80,7 @@ absl::StatusOr<RegularFile> OpenRegularFile(const std::string& path, uint64_t ma
   }
   if (static_cast<uint64_t>(st.st_size) > max_bytes) {
     return absl::FailedPreconditionError(absl::StrCat(
-        path, " is ", st.st_size, " bytes, more than the limit of ", max_bytes, " bytes"));
+        path, " is ", st.st_size, " bytes, more than the limit of ", FormatByteLimit(max_bytes)));
   }
   const int flags = ::fcntl(fd.get(), F_GETFL);
   if (flags >= 0) ::fcntl(fd.get(), F_SETFL, flags & ~O_NONBLOCK);
@@ -101,10 +103,85 @@ absl::StatusOr<std::string> ReadFileToString(const std::string& path, size_t max
     // The file may grow while it is read.
     if (content.size() > max_bytes) {
       return absl::FailedPreconditionError(
-          absl::StrCat(path, " is larger than the limit of ", max_bytes, " bytes"));
+          absl::StrCat(path, " is larger than the limit of ", FormatByteLimit(max_bytes)));
     }
   }
   return content;
+}
+
+absl::StatusOr<size_t> ReadFully(int fd, void* buffer, size_t size, std::string_view name) {
+  char* out = static_cast<char*>(buffer);
+  size_t done = 0;
+  while (done < size) {
+    const ssize_t n = ::read(fd, out + done, size - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus(errno, "cannot read", absl::string_view(name.data(), name.size()));
+    }
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  return done;
+}
+
+std::string FormatByteLimit(uint64_t bytes) {
+  std::string text = absl::StrCat(bytes, " bytes");
+  constexpr uint64_t kMiB = uint64_t{1} << 20;
+  if (bytes >= (uint64_t{1} << 40) && bytes % (uint64_t{1} << 40) == 0) {
+    absl::StrAppend(&text, " (", bytes >> 40, " TiB)");
+  } else if (bytes >= (uint64_t{1} << 30) && bytes % (uint64_t{1} << 30) == 0) {
+    absl::StrAppend(&text, " (", bytes >> 30, " GiB)");
+  } else if (bytes >= kMiB && bytes % kMiB == 0) {
+    absl::StrAppend(&text, " (", bytes / kMiB, " MiB)");
+  }
+  return text;
+}
+
+namespace {
+
+// The errno of the first failed write to stdout; -1 when the cause is unknown (a write through
+// printf or std::cout that failed); 0 while all is well.
+std::atomic<int> stdout_error{0};
+
+void NoteStdoutError(int err) {
+  int expected = 0;
+  stdout_error.compare_exchange_strong(expected, err != 0 ? err : -1);
+}
+
+absl::Status StdoutError() {
+  const int err = stdout_error.load();
+  if (err <= 0) return absl::DataLossError("cannot write to stdout (output was lost)");
+  const absl::StatusCode code =
+      err == ENOSPC ? absl::StatusCode::kResourceExhausted : absl::StatusCode::kDataLoss;
+  return absl::Status(code, absl::StrCat("cannot write to stdout: ", std::strerror(err)));
+}
+
+}  // namespace
+
+absl::Status WriteStdout(std::string_view data) {
+  if (stdout_error.load() != 0) return StdoutError();
+  if (std::ferror(stdout)) {
+    NoteStdoutError(0);
+    return StdoutError();
+  }
+  errno = 0;
+  if (std::fwrite(data.data(), 1, data.size(), stdout) != data.size() || std::ferror(stdout)) {
+    NoteStdoutError(errno);
+    return StdoutError();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status FlushStdout() {
+  // std::cout shares stdout's buffer unless sync_with_stdio(false) was called; flush both.
+  errno = 0;
+  std::cout.flush();
+  if (!std::cout.good()) NoteStdoutError(errno);
+  errno = 0;
+  if (std::fflush(stdout) != 0) NoteStdoutError(errno);
+  if (std::ferror(stdout)) NoteStdoutError(0);
+  if (stdout_error.load() != 0) return StdoutError();
+  return absl::OkStatus();
 }
 
 absl::Status SyncDirectory(const std::string& dir) {

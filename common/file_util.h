@@ -1,4 +1,4 @@
-// Files: whole-file reads and crash-safe (atomic) writes.
+// Files: whole-file reads, crash-safe (atomic) writes, and checked writes to stdout.
 //
 // An atomic write goes to a temporary file beside the target, is fsynced, renamed over the
 // target, and the directory is fsynced, so that after a crash the target holds either the old
@@ -58,6 +58,22 @@ std::string DescribeFileType(const std::string& path);
 // not a regular file or larger than max_bytes (the message names the limit).
 absl::StatusOr<std::string> ReadFileToString(const std::string& path,
                                              size_t max_bytes = size_t{1} << 34);
+
+// Reads from `fd` until `size` bytes are in `buffer` or the input ends; returns the count (less
+// than `size` only at the end). A read error is an error naming `name`, never an early end.
+absl::StatusOr<size_t> ReadFully(int fd, void* buffer, size_t size, std::string_view name);
+
+// "268435456 bytes (256 MiB)": a byte count for messages about limits.
+std::string FormatByteLimit(uint64_t bytes);
+
+// Writes `data` to stdout (through stdio's buffer, as printf and std::cout do). A failed write (a
+// full disk, a closed pipe) is an error here and in every later call, so that a command writing
+// many lines stops at the first one that cannot be written.
+absl::Status WriteStdout(std::string_view data);
+
+// Flushes std::cout and stdout and reports any write error either of them met since the start.
+// main() calls it after every command: output that was lost is never a success.
+absl::Status FlushStdout();
 
 // Writes `content` to `path` atomically (see above).
 absl::Status WriteFileAtomically(const std::string& path, std::string_view content);

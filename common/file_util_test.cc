@@ -1,15 +1,20 @@
 #include "common/file_util.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <iostream>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace qtrain {
@@ -140,6 +145,84 @@ TEST_F(FileUtilTest, StreamingWriterCommits) {
 TEST_F(FileUtilTest, OpenInMissingDirectoryFails) {
   auto writer = AtomicFileWriter::Open(dir_ / "no_such_dir" / "x");
   EXPECT_EQ(writer.status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(FileUtilTest, ReadFullyReadsToTheEndAndNamesErrors) {
+  const std::string path = dir_ / "data";
+  ASSERT_TRUE(WriteFileAtomically(path, "0123456789").ok());
+  auto file = OpenRegularFile(path);
+  ASSERT_TRUE(file.ok());
+  char buffer[8];
+  EXPECT_EQ(*ReadFully(file->fd.get(), buffer, sizeof(buffer), path), 8u);
+  EXPECT_EQ(*ReadFully(file->fd.get(), buffer, sizeof(buffer), path), 2u);
+  EXPECT_EQ(*ReadFully(file->fd.get(), buffer, sizeof(buffer), path), 0u);
+  ScopedFd dir(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY));
+  auto failed = ReadFully(dir.get(), buffer, sizeof(buffer), "the input");
+  EXPECT_THAT(failed.status().message(), ::testing::HasSubstr("cannot read the input"));
+}
+
+TEST(FormatByteLimitTest, NamesRoundUnits) {
+  EXPECT_EQ(FormatByteLimit(5), "5 bytes");
+  EXPECT_EQ(FormatByteLimit(size_t{256} << 20), "268435456 bytes (256 MiB)");
+  EXPECT_EQ(FormatByteLimit(size_t{1} << 30), "1073741824 bytes (1 GiB)");
+  EXPECT_EQ(FormatByteLimit((size_t{1} << 20) + 1), "1048577 bytes");
+}
+
+// Runs `body` in a child whose stdout is /dev/full; the child exits 0 when `body` saw the
+// failure it expected.
+void ExpectWithStdoutFull(void (*body)()) {
+  EXPECT_EXIT(
+      {
+        const int full = ::open("/dev/full", O_WRONLY);
+        if (full < 0 || ::dup2(full, 1) != 1) std::_Exit(3);
+        body();
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
+TEST(StdoutTest, WriteStdoutReportsAFullDiskAndKeepsFailing) {
+  ExpectWithStdoutFull([] {
+    // stdio buffers: the error shows once a buffer's worth could not be written.
+    const std::string line(1000, 'x');
+    absl::Status status;
+    int writes = 0;
+    while (status.ok() && writes < 1000) status = WriteStdout(line), ++writes;
+    if (status.ok()) std::_Exit(4);
+    if (status.message().find("cannot write to stdout: No space left on device") ==
+        std::string::npos) {
+      std::_Exit(5);
+    }
+    if (writes > 100) std::_Exit(6);  // stopped within about one buffer
+    if (WriteStdout("more").ok() || FlushStdout().ok()) std::_Exit(7);
+    std::_Exit(0);
+  });
+}
+
+// Output from printf and std::cout that was never written is an error at the flush.
+TEST(StdoutTest, FlushStdoutReportsLostPrintfAndCoutOutput) {
+  ExpectWithStdoutFull([] {
+    std::printf("lost\n");
+    if (FlushStdout().ok()) std::_Exit(4);
+    std::_Exit(0);
+  });
+  ExpectWithStdoutFull([] {
+    std::cout << "lost" << std::endl;
+    const absl::Status status = FlushStdout();
+    if (status.ok()) std::_Exit(4);
+    std::_Exit(0);
+  });
+}
+
+TEST(StdoutTest, FlushStdoutSucceedsWhenOutputIsWritten) {
+  EXPECT_EXIT(
+      {
+        const int null = ::open("/dev/null", O_WRONLY);
+        if (null < 0 || ::dup2(null, 1) != 1) std::_Exit(3);
+        std::printf("kept\n");
+        std::cout << "kept" << std::endl;
+        std::_Exit(WriteStdout("kept\n").ok() && FlushStdout().ok() ? 0 : 4);
+      },
+      ::testing::ExitedWithCode(0), "");
 }
 
 }  // namespace

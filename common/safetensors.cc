@@ -128,33 +128,21 @@ void SafetensorsFile::Release() {
 }
 
 absl::StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    const int err = errno;
-    return absl::Status(err == ENOENT ? absl::StatusCode::kNotFound : absl::StatusCode::kInternal,
-                        absl::StrCat("safetensors: cannot open ", path, ": ", std::strerror(err)));
-  }
-  struct stat st;
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return absl::InvalidArgumentError(
-        absl::StrCat("safetensors: ", path, " is not a regular file"));
-  }
+  // A FIFO or device is refused here: mapping needs a regular file, and opening a FIFO blocks.
+  absl::StatusOr<RegularFile> opened = OpenRegularFile(path);
+  if (!opened.ok()) return Annotate(opened.status(), "safetensors");
   SafetensorsFile file;
   file.source_ = path;
-  file.size_ = static_cast<uint64_t>(st.st_size);
+  file.size_ = opened->size;
   if (file.size_ > 0) {
-    void* mapping = ::mmap(nullptr, file.size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    void* mapping = ::mmap(nullptr, file.size_, PROT_READ, MAP_PRIVATE, opened->fd.get(), 0);
     if (mapping == MAP_FAILED) {
-      const int err = errno;
-      ::close(fd);
       return absl::InternalError(
-          absl::StrCat("safetensors: cannot map ", path, ": ", std::strerror(err)));
+          absl::StrCat("safetensors: cannot map ", path, ": ", std::strerror(errno)));
     }
     file.mapping_ = mapping;
     file.base_ = static_cast<const std::byte*>(mapping);
   }
-  ::close(fd);
   QTRAIN_RETURN_IF_ERROR(file.ParseHeader());
   return file;
 }

@@ -1,5 +1,8 @@
 #include "common/safetensors.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -146,7 +149,24 @@ TEST(SafetensorsTest, HeaderSizeIsCheckedBeforeAnything) {
 TEST(SafetensorsTest, OpenErrors) {
   EXPECT_EQ(SafetensorsFile::Open("no/such/file.safetensors").status().code(),
             absl::StatusCode::kNotFound);
-  EXPECT_EQ(SafetensorsFile::Open(".").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(SafetensorsFile::Open(".").status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(SafetensorsFile::Open(".").status().message(),
+              HasSubstr(". is a directory, not a regular file"));
+}
+
+// Opening a FIFO for reading waits for a writer; it is refused at once instead, as are devices.
+TEST(SafetensorsTest, FifoAndDevicesAreRefusedWithoutBlocking) {
+  const std::string fifo = ::testing::TempDir() + "/fifo_" + std::to_string(::getpid());
+  ::unlink(fifo.c_str());
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0644), 0);
+  ::alarm(20);  // a blocked open fails the test instead of hanging it
+  const absl::Status fifo_status = SafetensorsFile::Open(fifo).status();
+  const absl::Status zero_status = SafetensorsFile::Open("/dev/zero").status();
+  ::alarm(0);
+  ::unlink(fifo.c_str());
+  EXPECT_EQ(fifo_status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(fifo_status.message(), HasSubstr("is a FIFO, not a regular file"));
+  EXPECT_THAT(zero_status.message(), HasSubstr("/dev/zero is a character device"));
 }
 
 TEST(SafetensorsTest, WriterRejectsBadTensors) {

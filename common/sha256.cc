@@ -8,6 +8,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+#include "common/status_macros.h"
 
 namespace qtrain {
 namespace {
@@ -121,21 +123,15 @@ std::string Sha256Hex(std::string_view data) {
 }
 
 absl::StatusOr<std::string> Sha256File(const std::string& path) {
-  std::unique_ptr<FILE, int (*)(FILE*)> file(std::fopen(path.c_str(), "rb"), &std::fclose);
-  if (!file) {
-    const int err = errno;
-    return absl::Status(err == ENOENT ? absl::StatusCode::kNotFound : absl::StatusCode::kInternal,
-                        absl::StrCat("sha256: cannot open ", path, ": ", std::strerror(err)));
-  }
+  absl::StatusOr<RegularFile> file = OpenRegularFile(path);
+  if (!file.ok()) return Annotate(file.status(), "sha256");
   Sha256 hasher;
   std::unique_ptr<char[]> chunk(new char[1 << 20]);
   while (true) {
-    const size_t n = std::fread(chunk.get(), 1, 1 << 20, file.get());
-    hasher.Update(chunk.get(), n);
-    if (n < (1 << 20)) break;
-  }
-  if (std::ferror(file.get())) {
-    return absl::InternalError(absl::StrCat("sha256: read error on ", path));
+    absl::StatusOr<size_t> n = ReadFully(file->fd.get(), chunk.get(), 1 << 20, path);
+    if (!n.ok()) return Annotate(n.status(), "sha256");
+    hasher.Update(chunk.get(), *n);
+    if (*n < (1 << 20)) break;
   }
   return hasher.FinishHex();
 }

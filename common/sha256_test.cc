@@ -1,5 +1,8 @@
 #include "common/sha256.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <string>
 
 #include "common/file_util.h"
@@ -38,6 +41,23 @@ TEST(Sha256Test, FileMatchesBufferAndMissingFileIsNotFound) {
   ASSERT_TRUE(digest.ok()) << digest.status();
   EXPECT_EQ(*digest, Sha256Hex(content));
   EXPECT_EQ(Sha256File(path + ".missing").status().code(), absl::StatusCode::kNotFound);
+}
+
+// fopen() of a FIFO blocks until a writer comes, and /dev/zero never ends: both are refused.
+TEST(Sha256Test, FileRefusesFifoAndDevicesWithoutBlocking) {
+  const std::string fifo = ::testing::TempDir() + "/sha256_fifo_" + std::to_string(::getpid());
+  ::unlink(fifo.c_str());
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0644), 0);
+  ::alarm(20);  // a blocked open fails the test instead of hanging it
+  const absl::Status fifo_status = Sha256File(fifo).status();
+  const absl::Status zero_status = Sha256File("/dev/zero").status();
+  ::alarm(0);
+  ::unlink(fifo.c_str());
+  EXPECT_EQ(fifo_status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(fifo_status.message().find("is a FIFO, not a regular file"), std::string::npos)
+      << fifo_status;
+  EXPECT_NE(zero_status.message().find("/dev/zero is a character device"), std::string::npos)
+      << zero_status;
 }
 
 }  // namespace

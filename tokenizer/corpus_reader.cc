@@ -1,7 +1,6 @@
 #include "tokenizer/corpus_reader.h"
 
-#include <filesystem>
-#include <system_error>
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -33,11 +32,10 @@ absl::StatusOr<CorpusReader> CorpusReader::Open(std::vector<std::string> paths, 
   if (paths.empty()) return absl::InvalidArgumentError("no input files");
   CorpusReader r;
   for (const std::string& p : paths) {
-    std::error_code ec;
-    if (!std::filesystem::is_regular_file(p, ec)) {
-      return absl::NotFoundError(absl::StrCat(p, ": no such file"));
-    }
-    r.total_bytes_ += std::filesystem::file_size(p, ec);
+    // Opened (and closed) now, so that a missing, unreadable or non-regular input is named before
+    // any work is done.
+    QTRAIN_ASSIGN_OR_RETURN(const RegularFile file, OpenRegularFile(p));
+    r.total_bytes_ += file.size;
   }
   r.paths_ = std::move(paths);
   r.chunk_bytes_ = chunk_bytes == 0 ? 1 : chunk_bytes;
@@ -45,25 +43,27 @@ absl::StatusOr<CorpusReader> CorpusReader::Open(std::vector<std::string> paths, 
   return r;
 }
 
+absl::Status CorpusReader::OpenCurrent() {
+  QTRAIN_ASSIGN_OR_RETURN(RegularFile file, OpenRegularFile(paths_[index_]));
+  file_.emplace(std::move(file));
+  jsonl_ = IsJsonl(paths_[index_]);
+  if (jsonl_) lines_.emplace(file_->fd.get(), paths_[index_]);
+  eof_ = false;
+  file_offset_ = 0;
+  carry_.clear();
+  return absl::OkStatus();
+}
+
 absl::StatusOr<bool> CorpusReader::Next(TextChunk* chunk) {
   while (index_ < paths_.size()) {
-    if (in_ == nullptr) {
-      in_ = std::make_unique<std::ifstream>(paths_[index_], std::ios::binary);
-      if (!in_->is_open()) {
-        return absl::NotFoundError(absl::StrCat(paths_[index_], ": cannot open"));
-      }
-      jsonl_ = IsJsonl(paths_[index_]);
-      line_no_ = 0;
-      file_offset_ = 0;
-      carry_.clear();
-    }
+    if (!file_.has_value()) QTRAIN_RETURN_IF_ERROR(OpenCurrent());
     absl::StatusOr<bool> got = jsonl_ ? NextJsonl(chunk) : NextPlain(chunk);
     if (!got.ok() || *got) return got;
     // End of this file.
-    std::error_code ec;
-    done_bytes_ += std::filesystem::file_size(paths_[index_], ec);
+    done_bytes_ += file_offset_;
     file_offset_ = 0;
-    in_.reset();
+    lines_.reset();
+    file_.reset();
     ++index_;
   }
   return false;
@@ -83,11 +83,12 @@ absl::StatusOr<bool> CorpusReader::NextBatch(size_t bytes, std::vector<TextChunk
 
 absl::StatusOr<bool> CorpusReader::NextJsonl(TextChunk* chunk) {
   std::string line;
-  while (std::getline(*in_, line)) {
-    ++line_no_;
-    file_offset_ += line.size() + 1;
+  while (true) {
+    QTRAIN_ASSIGN_OR_RETURN(const bool more, lines_->Next(&line));
+    if (!more) return false;
+    file_offset_ = lines_->bytes_consumed();
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string source = absl::StrCat(paths_[index_], ":", line_no_);
+    const std::string source = absl::StrCat(paths_[index_], ":", lines_->line_number());
     nlohmann::json j;
     try {
       j = nlohmann::json::parse(line);
@@ -104,23 +105,22 @@ absl::StatusOr<bool> CorpusReader::NextJsonl(TextChunk* chunk) {
     chunk->source = source;
     return true;
   }
-  if (in_->bad()) return absl::DataLossError(absl::StrCat(paths_[index_], ": read error"));
-  return false;
 }
 
 absl::StatusOr<bool> CorpusReader::NextPlain(TextChunk* chunk) {
-  if (in_->eof() && carry_.empty()) return false;
+  if (eof_ && carry_.empty()) return false;
   std::string buf = std::move(carry_);
   carry_.clear();
-  while (!in_->eof()) {
+  while (!eof_) {
     const size_t old = buf.size();
     const size_t want = std::max(chunk_bytes_, old + 1) - old;
     buf.resize(old + want);
-    in_->read(buf.data() + old, static_cast<std::streamsize>(want));
-    buf.resize(old + static_cast<size_t>(in_->gcount()));
-    if (in_->bad()) return absl::DataLossError(absl::StrCat(paths_[index_], ": read error"));
-    file_offset_ += static_cast<uint64_t>(in_->gcount());
-    if (!split_ || in_->eof()) continue;
+    QTRAIN_ASSIGN_OR_RETURN(const size_t got,
+                            ReadFully(file_->fd.get(), buf.data() + old, want, paths_[index_]));
+    buf.resize(old + got);
+    eof_ = got < want;
+    file_offset_ += got;
+    if (!split_ || eof_) continue;
     if (buf.size() >= chunk_bytes_) {
       const size_t cut = LastSafeCut(buf, old);  // earlier bytes held no cut
       if (cut > 0) {

@@ -22,6 +22,9 @@
 
 namespace qtrain::tokenizer {
 
+// The largest tokenizer.json FromFile reads (Qwen2's is about 7 MB).
+inline constexpr size_t kMaxTokenizerFileBytes = size_t{256} << 20;
+
 class Tokenizer {
  public:
   struct Options {
@@ -34,6 +37,8 @@ class Tokenizer {
                                           Options options);
   // Loads a Hugging Face tokenizer.json (tokenizer_json.cc).
   static absl::StatusOr<Tokenizer> FromJson(std::string_view json);
+  // Reads a tokenizer.json of at most kMaxTokenizerFileBytes; a FIFO, device or directory is
+  // refused without blocking (see OpenRegularFile).
   static absl::StatusOr<Tokenizer> FromFile(const std::string& path);
   // Serializes to tokenizer.json in the layout of Qwen2's file (tokenizer_json.cc).
   std::string ToJson() const;

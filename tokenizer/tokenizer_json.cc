@@ -375,8 +375,9 @@ absl::StatusOr<Tokenizer> Tokenizer::FromJson(std::string_view text) {
 }
 
 absl::StatusOr<Tokenizer> Tokenizer::FromFile(const std::string& path) {
-  QTRAIN_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
-  absl::StatusOr<Tokenizer> t = FromJson(text);
+  absl::StatusOr<std::string> text = ReadFileToString(path, kMaxTokenizerFileBytes);
+  if (!text.ok()) return Annotate(text.status(), "tokenizer");
+  absl::StatusOr<Tokenizer> t = FromJson(*text);
   if (!t.ok()) return Annotate(t.status(), path);
   return t;
 }

@@ -2,9 +2,14 @@
 // configuration this tokenizer does not implement.
 #include "tokenizer/tokenizer_json.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <string>
 #include <vector>
 
+#include "common/file_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -173,6 +178,34 @@ TEST(TokenizerJsonTest, Qwen2FilesRoundTripAndConfigParses) {
   EXPECT_EQ(config->pad_token, "<|endoftext|>");
   EXPECT_FALSE(config->bos_token.has_value());
   EXPECT_EQ(config->tokenizer_class, "Qwen2Tokenizer");
+}
+
+// A tokenizer file is read whole: its size is bounded, and a FIFO or device (which would block or
+// never end) is refused before anything is read.
+TEST(TokenizerJsonTest, FromFileRefusesHugeFilesFifosAndDevices) {
+  const std::string dir = ::testing::TempDir();
+  const std::string huge = dir + "/huge_tokenizer_" + std::to_string(::getpid()) + ".json";
+  {
+    ScopedFd fd(::open(huge.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644));
+    ASSERT_GE(fd.get(), 0);
+    // Sparse: takes no disk space.
+    ASSERT_EQ(::ftruncate(fd.get(), static_cast<off_t>(kMaxTokenizerFileBytes + 1)), 0);
+  }
+  const absl::Status huge_status = Tokenizer::FromFile(huge).status();
+  ::unlink(huge.c_str());
+  EXPECT_EQ(huge_status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(huge_status.message(), HasSubstr("more than the limit of 268435456 bytes (256 MiB)"));
+
+  const std::string fifo = dir + "/fifo_tokenizer_" + std::to_string(::getpid()) + ".json";
+  ::unlink(fifo.c_str());
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0644), 0);
+  ::alarm(20);  // a blocked open fails the test instead of hanging it
+  const absl::Status fifo_status = Tokenizer::FromFile(fifo).status();
+  const absl::Status zero_status = Tokenizer::FromFile("/dev/zero").status();
+  ::alarm(0);
+  ::unlink(fifo.c_str());
+  EXPECT_THAT(fifo_status.message(), HasSubstr("is a FIFO, not a regular file"));
+  EXPECT_THAT(zero_status.message(), HasSubstr("/dev/zero is a character device"));
 }
 
 }  // namespace

@@ -26,9 +26,24 @@ using Json = nlohmann::json;
 constexpr char kSingleFile[] = "model.safetensors";
 constexpr char kIndexFile[] = "model.safetensors.index.json";
 constexpr char kLmHead[] = "lm_head.weight";
+constexpr size_t kMaxConfigFileBytes = size_t{16} << 20;
+constexpr size_t kMaxIndexFileBytes = size_t{64} << 20;
 
 std::string JoinPath(const std::string& dir, const std::string& name) {
   return (fs::path(dir) / name).string();
+}
+
+// A model is a directory: anything else is named as what it is, and an empty name is not taken
+// for the current directory.
+absl::Status CheckModelDirectory(const std::string& dir) {
+  if (dir.empty()) return absl::InvalidArgumentError("the model directory name is empty");
+  const std::string kind = DescribeFileType(dir);
+  if (kind == "a directory") return absl::OkStatus();
+  if (kind == "missing") {
+    return absl::NotFoundError(absl::StrCat("model directory ", dir, " does not exist"));
+  }
+  return absl::FailedPreconditionError(
+      absl::StrCat("model directory ", dir, " is ", kind, ", not a directory"));
 }
 
 // Tensors transformers may have stored that carry no weights qtrain needs.
@@ -45,7 +60,7 @@ absl::StatusOr<std::map<std::string, std::string>> ReadWeightMap(const std::stri
     }
     return std::map<std::string, std::string>();  // empty: single file
   }
-  QTRAIN_ASSIGN_OR_RETURN(std::string text, ReadFileToString(index_path, size_t{64} << 20));
+  QTRAIN_ASSIGN_OR_RETURN(std::string text, ReadFileToString(index_path, kMaxIndexFileBytes));
   const Json index = Json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (index.is_discarded() || !index.is_object() || !index.contains("weight_map") ||
       !index["weight_map"].is_object()) {
@@ -114,8 +129,9 @@ bool IsNonFiniteWeightError(const absl::Status& status) {
 }
 
 absl::StatusOr<ModelConfig> LoadConfig(const std::string& dir) {
+  QTRAIN_RETURN_IF_ERROR(CheckModelDirectory(dir));
   const std::string path = JoinPath(dir, "config.json");
-  QTRAIN_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path, size_t{16} << 20));
+  QTRAIN_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path, kMaxConfigFileBytes));
   return ParseConfigJson(text, path);
 }
 
@@ -125,6 +141,7 @@ absl::Status LoadWeights(const std::string& dir, const ModelConfig& config, std:
   if (static_cast<int64_t>(params.size()) != layout.total_size()) {
     return absl::InvalidArgumentError("LoadWeights: parameter buffer has the wrong size");
   }
+  QTRAIN_RETURN_IF_ERROR(CheckModelDirectory(dir));
   QTRAIN_ASSIGN_OR_RETURN(auto weight_map, ReadWeightMap(dir));
   std::set<std::string> files;
   if (weight_map.empty()) {

@@ -2,23 +2,29 @@
 
 #include <algorithm>
 #include <cmath>
-#include <filesystem>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
+#include "common/line_reader.h"
 #include "common/status_macros.h"
 
 namespace qtrain::train {
 
 absl::StatusOr<std::vector<nlohmann::json>> MetricsLog::ReadAll(const std::string& path) {
   std::vector<nlohmann::json> records;
-  if (!std::filesystem::exists(path)) return records;
-  QTRAIN_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
-  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
-    nlohmann::json record = nlohmann::json::parse(line.begin(), line.end(), nullptr, false);
+  absl::StatusOr<RegularFile> file = OpenRegularFile(path, kMaxMetricsFileBytes);
+  if (absl::IsNotFound(file.status())) return records;  // a run that has not logged yet
+  QTRAIN_RETURN_IF_ERROR(file.status());
+  LineReader lines(file->fd.get(), path);
+  std::string line;
+  while (true) {
+    QTRAIN_ASSIGN_OR_RETURN(const bool more, lines.Next(&line));
+    if (!more) break;
+    if (line.empty()) continue;
+    nlohmann::json record = nlohmann::json::parse(line, nullptr, false);
     if (!record.is_discarded() && record.is_object() && record.contains("step") &&
         record["step"].is_number_integer()) {
       records.push_back(std::move(record));

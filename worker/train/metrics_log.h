@@ -15,6 +15,9 @@
 
 namespace qtrain::train {
 
+// The largest metrics.jsonl read back on resume (a line is about 200 bytes a step).
+inline constexpr uint64_t kMaxMetricsFileBytes = uint64_t{1} << 30;
+
 class MetricsLog {
  public:
   // Opens `path` for appending after dropping every line whose "step" exceeds
@@ -27,7 +30,9 @@ class MetricsLog {
   // Writes one line and flushes it.
   absl::Status Append(const nlohmann::json& record);
 
-  // Every record of a metrics file, in order (torn lines skipped).
+  // Every record of a metrics file, in order (torn lines skipped); none if it does not exist. A
+  // FIFO, device or directory, a file over kMaxMetricsFileBytes, a line over kMaxLineBytes and a
+  // read error are errors.
   static absl::StatusOr<std::vector<nlohmann::json>> ReadAll(const std::string& path);
 
  private:
