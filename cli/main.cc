@@ -6,6 +6,8 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
+#include <new>
 #include <string>
 
 #include "cli/command.h"
@@ -71,7 +73,17 @@ int main(int argc, char** argv) {
   }
   qtrain::SetMinLogLevel(level);
   if (!selection.action) return 2;
-  absl::Status status = selection.action();
+  absl::Status status;
+  // Library code reports failures as Status; these catches are the last line for an exception
+  // from a dependency (an allocation in a parser, say), so that it still ends with a message and
+  // exit code 1 rather than std::terminate.
+  try {
+    status = selection.action();
+  } catch (const std::bad_alloc&) {
+    status = absl::ResourceExhaustedError("out of memory");
+  } catch (const std::exception& e) {
+    status = absl::InternalError(std::string("unexpected error: ") + e.what());
+  }
   // Every command's output goes to stdout; if any of it could not be written, the command failed
   // (its own error, when it has one, says more).
   if (const absl::Status flushed = qtrain::FlushStdout(); status.ok()) status = flushed;

@@ -50,7 +50,7 @@ struct GenerateFlags {
   int64_t max_new_tokens = 64;
   double temperature = 0.0;
   double top_p = 1.0;
-  uint64_t seed = 0;
+  std::string seed = "0";  // text: CLI11 would wrap "-1" to 2^64 - 1
   bool json = false;
   bool allow_nonfinite_weights = false;
 };
@@ -67,6 +67,16 @@ struct InitFlags {
   std::optional<std::string> yarn_factor;
   std::optional<std::string> yarn_original_max_position_embeddings;
 };
+
+// --seed as an unsigned 64-bit integer ("-1" is refused, not wrapped).
+absl::StatusOr<uint64_t> SeedFlag(const std::string& text) {
+  uint64_t seed = 0;
+  if (!absl::SimpleAtoi(text, &seed) || absl::StrContains(text, '-')) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--seed: '", text, "' is not an integer in [0, ", UINT64_MAX, "]"));
+  }
+  return seed;
+}
 
 // Encodes and decodes text when a tokenizer was given; ids work without one.
 class TextCodec {
@@ -235,7 +245,8 @@ absl::StatusOr<int64_t> NewTokensWithinContext(const model::ModelConfig& config,
 }
 
 absl::Status RunGenerate(const GenerateFlags& flags) {
-  const model::SamplerOptions sampling{flags.temperature, flags.top_p, flags.seed};
+  QTRAIN_ASSIGN_OR_RETURN(const uint64_t seed, SeedFlag(flags.seed));
+  const model::SamplerOptions sampling{flags.temperature, flags.top_p, seed};
   QTRAIN_RETURN_IF_ERROR(model::ValidateSamplerOptions(sampling));
   if (flags.max_new_tokens < 0) return absl::InvalidArgumentError("--max-new-tokens must be >= 0");
   // An option given as "" is given: say that it is empty rather than that it is missing.
@@ -393,11 +404,7 @@ absl::Status CheckInitOutput(const InitFlags& flags) {
 }
 
 absl::Status RunInit(const InitFlags& flags) {
-  uint64_t seed = 0;
-  if (!absl::SimpleAtoi(flags.seed, &seed) || absl::StrContains(flags.seed, '-')) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--seed: '", flags.seed, "' is not an integer in [0, ", UINT64_MAX, "]"));
-  }
+  QTRAIN_ASSIGN_OR_RETURN(const uint64_t seed, SeedFlag(flags.seed));
   QTRAIN_ASSIGN_OR_RETURN(const model::ModelConfig config, InitConfig(flags));
   QTRAIN_RETURN_IF_ERROR(CheckInitOutput(flags));
   const model::ParameterLayout layout(config);

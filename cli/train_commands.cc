@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/strings/numbers.h"
@@ -53,18 +54,33 @@ std::function<void(std::string_view, int64_t)> FaultHookFromEnvironment() {
   };
 }
 
-absl::Status CopyTokenizerFiles(const std::string& tokenizer_path, const std::string& out_dir) {
-  std::error_code ec;
-  fs::copy_file(tokenizer_path, out_dir + "/tokenizer.json", fs::copy_options::overwrite_existing,
-                ec);
-  if (ec)
-    return absl::InternalError(absl::StrCat("cannot copy ", tokenizer_path, ": ", ec.message()));
-  const fs::path config = fs::path(tokenizer_path).parent_path() / "tokenizer_config.json";
-  if (fs::exists(config)) {
-    fs::copy_file(config, out_dir + "/tokenizer_config.json", fs::copy_options::overwrite_existing,
-                  ec);
-    if (ec)
-      return absl::InternalError(absl::StrCat("cannot copy ", config.string(), ": ", ec.message()));
+// The tokenizer files exported beside the final model, read before training starts so that a
+// missing or unreadable tokenizer_config.json fails the run at once, not after the last step.
+struct TokenizerFiles {
+  std::string tokenizer_json;
+  std::optional<std::string> tokenizer_config_json;
+};
+
+absl::StatusOr<TokenizerFiles> ReadTokenizerFiles(const std::string& tokenizer_path) {
+  TokenizerFiles files;
+  QTRAIN_ASSIGN_OR_RETURN(files.tokenizer_json,
+                          ReadFileToString(tokenizer_path, tokenizer::kMaxTokenizerFileBytes));
+  const std::string config =
+      (fs::path(tokenizer_path).parent_path() / "tokenizer_config.json").string();
+  absl::StatusOr<std::string> text = ReadFileToString(config, size_t{16} << 20);
+  if (text.ok()) {
+    files.tokenizer_config_json = *std::move(text);
+  } else if (!absl::IsNotFound(text.status())) {
+    return text.status();
+  }
+  return files;
+}
+
+absl::Status WriteTokenizerFiles(const TokenizerFiles& files, const std::string& out_dir) {
+  QTRAIN_RETURN_IF_ERROR(WriteFileAtomically(out_dir + "/tokenizer.json", files.tokenizer_json));
+  if (files.tokenizer_config_json) {
+    QTRAIN_RETURN_IF_ERROR(
+        WriteFileAtomically(out_dir + "/tokenizer_config.json", *files.tokenizer_config_json));
   }
   return absl::OkStatus();
 }
@@ -86,6 +102,8 @@ absl::Status RunTrain(const std::string& spec_path, const std::string& run_dir,
   }
   QTRAIN_ASSIGN_OR_RETURN(tokenizer::Tokenizer tok,
                           tokenizer::Tokenizer::FromFile(spec.tokenizer()));
+  QTRAIN_ASSIGN_OR_RETURN(const TokenizerFiles tokenizer_files,
+                          ReadTokenizerFiles(spec.tokenizer()));
   QTRAIN_ASSIGN_OR_RETURN(std::string tokenizer_sha256, Sha256File(spec.tokenizer()));
   // The shards must come from this tokenizer: same sha256, same vocabulary size.
   tokenizer::DatasetOptions data_options;
@@ -135,7 +153,7 @@ absl::Status RunTrain(const std::string& spec_path, const std::string& run_dir,
                                                  std::move(trainer_options)));
   QTRAIN_ASSIGN_OR_RETURN(train::TrainerSummary summary, trainer->Run());
   if (!summary.completed) return absl::InternalError("training stopped before the end");
-  QTRAIN_RETURN_IF_ERROR(CopyTokenizerFiles(spec.tokenizer(), summary.final_dir));
+  QTRAIN_RETURN_IF_ERROR(WriteTokenizerFiles(tokenizer_files, summary.final_dir));
   if (step_seconds > 0) {
     std::fprintf(stderr, "train: data loading took %.3f%% of step time in this process\n",
                  100.0 * data_seconds / step_seconds);

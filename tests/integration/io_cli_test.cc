@@ -150,6 +150,22 @@ TEST_F(IoCliTest, FifoFileInputsAreRefusedWithoutBlocking) {
   }
 }
 
+// `train` exports tokenizer_config.json from beside tokenizer.json with the final model; one that
+// cannot be read fails the run before the first step, not after the last.
+TEST_F(IoCliTest, TokenizerConfigThatIsNotAFileFailsBeforeTraining) {
+  const std::string dir = Path("tok_config_fifo");
+  fs::create_directories(dir);
+  fs::copy_file(Path("tok/tokenizer.json"), dir + "/tokenizer.json",
+                fs::copy_options::overwrite_existing);
+  ASSERT_EQ(::mkfifo((dir + "/tokenizer_config.json").c_str(), 0644), 0);
+  ASSERT_TRUE(
+      WriteFileAtomically(Path("job_config_fifo.yaml"), JobSpec(dir + "/tokenizer.json")).ok());
+  const CliResult train =
+      Run({"train", Path("job_config_fifo.yaml"), "--run-dir", Path("run_config_fifo")});
+  EXPECT_CLEAN_FAILURE(train, "tokenizer_config.json is a FIFO, not a regular file");
+  EXPECT_FALSE(fs::exists(Path("run_config_fifo") + "/metrics.jsonl")) << train;
+}
+
 // `/dev/zero` as a corpus input is named as the character device it is, not as a missing file.
 TEST_F(IoCliTest, DeviceCorpusInputIsNamedByKind) {
   for (const std::string device : {"/dev/zero", "/dev/null"}) {

@@ -192,6 +192,18 @@ TEST_F(SpecCliTest, InitRefusesBadOverridesNamingTheFlag) {
   }
 }
 
+// generate's --seed is checked as init's is: CLI11 alone would wrap "-1" to 2^64 - 1.
+TEST_F(SpecCliTest, GenerateRefusesANegativeSeed) {
+  const std::string out = (root_ / "seed_model").string();
+  const CliResult init = Run({"init", "--preset", "qwen2-test", "--out", out});
+  ASSERT_TRUE(init.exited && init.exit_code == 0) << init;
+  EXPECT_CLEAN_FAILURE(Run({"generate", "--model", out, "--prompt-ids", "1,2", "--seed", "-1"}),
+                       "--seed: '-1' is not an integer in [0, 18446744073709551615]");
+  const CliResult ok = Run(
+      {"generate", "--model", out, "--prompt-ids", "1,2", "--seed", "7", "--max-new-tokens", "2"});
+  EXPECT_TRUE(ok.exited && ok.exit_code == 0) << ok;
+}
+
 TEST_F(SpecCliTest, InitDoesNotOverwriteAModelWithoutForce) {
   const std::string out = (root_ / "m").string();
   const CliResult first = Run({"init", "--preset", "qwen2-test", "--out", out, "--seed", "1"});

@@ -51,9 +51,9 @@ TEST(SpecChangeTest, DiffNamesTheFieldPaths) {
   changes = DiffSpecJson(base, SpecJson("name: spec-change", "name: other"));
   ASSERT_EQ(changes.size(), 1u);
   EXPECT_EQ(changes[0].Describe(), "name: \"spec-change\" -> \"other\"");
-  changes = DiffSpecJson(base, SpecJson("{team: x}", "{team: x, owner: y}"));
+  changes = DiffSpecJson(base, SpecJson("{team: x}", "{team: x, owner: z}"));
   ASSERT_EQ(changes.size(), 1u);
-  EXPECT_EQ(changes[0].Describe(), "labels.owner: (unset) -> \"y\"");
+  EXPECT_EQ(changes[0].Describe(), "labels.owner: (unset) -> \"z\"");
 }
 
 TEST(SpecChangeTest, TrainingRelevantChangesAreRefusedUnlessAllowed) {
@@ -86,7 +86,7 @@ TEST(SpecChangeTest, BookkeepingChangesAreAcceptedAndDoNotChangeTheHash) {
   const nlohmann::json base = SpecJson("", "");
   for (const auto& [from, to] :
        {std::pair{"keep_last: 2", "keep_last: 5"}, std::pair{"every_steps: 2", "every_steps: 1"},
-        std::pair{"{team: x}", "{team: y}"}}) {
+        std::pair{"{team: x}", "{team: w}"}}) {
     SCOPED_TRACE(from);
     const nlohmann::json changed = SpecJson(from, to);
     auto accepted = CheckSpecChanges(base, changed, {});

@@ -418,9 +418,8 @@ absl::Status Trainer::State::LockRunDir() {
 }
 
 absl::Status Trainer::State::InitializeParams() {
-  QTRAIN_ASSIGN_OR_RETURN(
-      params,
-      model::MakeHostVector<float>({layout->total_size()}, "the model parameters (host copy)"));
+  QTRAIN_ASSIGN_OR_RETURN(params, model::MakeHostVector<float>({layout->total_size()},
+                                                               "the model parameters (host copy)"));
   if (initial_params) {
     if (initial_params->size() != params.size()) {
       return absl::InvalidArgumentError("trainer: initial parameters do not match the model");
