@@ -1,9 +1,12 @@
 // The merge loops of BpeModel against a plain reference (rescan all pairs, merge the lowest rank,
-// leftmost on ties) on long pieces of the kinds that stress them.
+// leftmost on ties) on long pieces of the kinds that stress them, and streaming encode
+// (Tokenizer::EncodeTo) against Encode.
 #include "tokenizer/bpe_model.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <random>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -129,6 +132,61 @@ TEST(BpeMergeTest, ShortPiecesAgreeWithLongLoops) {
     for (size_t k = 0; k < n; ++k) piece.push_back(alphabet[pick(rng)]);
     ExpectAllLoopsMatchReference(Qwen2Model(), piece);
   }
+}
+
+// Text with many pieces, special tokens, a long piece and non-ASCII, well over kStreamIds ids.
+std::string LongMixedText() {
+  std::string text;
+  for (int k = 0; text.size() < 600000; ++k) {
+    text += "Hello world, ça va? 12 + 34 = 46.<|endoftext|>";
+    if (k % 997 == 0) text += std::string(3000, 'q') + "\n\n";
+  }
+  return text;
+}
+
+TEST(EncodeToTest, StreamsTheIdsOfEncodeInBoundedSpans) {
+  const Tokenizer& tok = Qwen2Tokenizer();
+  const std::string text = LongMixedText();
+  absl::StatusOr<std::vector<uint32_t>> want = tok.Encode(text);
+  ASSERT_TRUE(want.ok()) << want.status();
+  ASSERT_GT(want->size(), 3 * Tokenizer::kStreamIds);
+  std::vector<uint32_t> got;
+  size_t spans = 0, largest = 0;
+  ASSERT_TRUE(tok.EncodeTo(text,
+                           [&](std::span<const uint32_t> ids) {
+                             got.insert(got.end(), ids.begin(), ids.end());
+                             ++spans;
+                             largest = std::max(largest, ids.size());
+                             return absl::OkStatus();
+                           })
+                  .ok());
+  EXPECT_EQ(got, *want);
+  EXPECT_GE(spans, 3u);
+  // At most one piece (here a few thousand ids at most) beyond the span size.
+  EXPECT_LT(largest, Tokenizer::kStreamIds + 4096);
+}
+
+TEST(EncodeToTest, StopsAtTheSinksErrorAndReportsBadText) {
+  const Tokenizer& tok = Qwen2Tokenizer();
+  const std::string text = LongMixedText();
+  int calls = 0;
+  const absl::Status s = tok.EncodeTo(text, [&](std::span<const uint32_t>) {
+    ++calls;
+    return absl::ResourceExhaustedError("disk full");
+  });
+  EXPECT_EQ(s, absl::ResourceExhaustedError("disk full"));
+  EXPECT_EQ(calls, 1);
+
+  std::string bad = text;
+  bad[400000] = '\xff';
+  std::vector<uint32_t> ids;
+  const absl::Status want = tok.Encode(bad, &ids);
+  ASSERT_FALSE(want.ok());
+  const absl::Status got =
+      tok.EncodeTo(bad, [](std::span<const uint32_t>) { return absl::OkStatus(); });
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(tok.EncodeTo("", [](std::span<const uint32_t>) { return absl::UnknownError("x"); }),
+            absl::OkStatus());
 }
 
 }  // namespace
