@@ -1,9 +1,12 @@
 // Tokenizer tools: encode, decode, train-tokenizer, tokenize (see docs/tokenizer.md).
+#include <charconv>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
 #include <memory>
+#include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -42,9 +45,13 @@ absl::Status ForEachJsonLine(Fn&& fn) {
     if (!j.is_object()) {
       return absl::InvalidArgumentError(absl::StrCat("stdin line ", line_no, ": not an object"));
     }
-    absl::StatusOr<nlohmann::json> result = fn(j);
+    auto result = fn(j);  // a JSON value, or the output line already as text
     if (!result.ok()) return Annotate(result.status(), absl::StrCat("stdin line ", line_no));
-    out = result->dump();
+    if constexpr (std::is_same_v<std::decay_t<decltype(*result)>, std::string>) {
+      out = *std::move(result);
+    } else {
+      out = result->dump();
+    }
     out.push_back('\n');
     std::fwrite(out.data(), 1, out.size(), stdout);
   }
@@ -52,17 +59,34 @@ absl::Status ForEachJsonLine(Fn&& fn) {
   return absl::OkStatus();
 }
 
+// Appends `ids` to `out` as "id," each.
+void AppendIdsText(std::span<const uint32_t> ids, std::string* out) {
+  char buf[16];
+  for (const uint32_t id : ids) {
+    char* end = std::to_chars(buf, buf + sizeof(buf), id).ptr;
+    *end++ = ',';
+    out->append(buf, end);
+  }
+}
+
 absl::Status RunEncode(const std::string& path) {
   QTRAIN_ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::FromFile(path));
-  std::vector<uint32_t> ids;
-  return ForEachJsonLine([&](const nlohmann::json& j) -> absl::StatusOr<nlohmann::json> {
+  // The output line {"ids":[...]} is written as text while the ids are made: a vector of ids
+  // and a JSON tree of them would take several times the memory of a long line's text.
+  return ForEachJsonLine([&](const nlohmann::json& j) -> absl::StatusOr<std::string> {
     auto it = j.find("text");
     if (it == j.end() || !it->is_string()) {
       return absl::InvalidArgumentError("missing string field 'text'");
     }
-    ids.clear();
-    QTRAIN_RETURN_IF_ERROR(tok.Encode(it->get_ref<const std::string&>(), &ids));
-    return nlohmann::json{{"ids", ids}};
+    std::string line = "{\"ids\":[";
+    QTRAIN_RETURN_IF_ERROR(
+        tok.EncodeTo(it->get_ref<const std::string&>(), [&](std::span<const uint32_t> ids) {
+          AppendIdsText(ids, &line);
+          return absl::OkStatus();
+        }));
+    if (line.back() == ',') line.pop_back();
+    line += "]}";
+    return line;
   });
 }
 
