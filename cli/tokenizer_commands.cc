@@ -1,8 +1,11 @@
 // Tokenizer tools: encode, decode, train-tokenizer, tokenize (see docs/tokenizer.md).
+#include <charconv>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -29,23 +32,44 @@ absl::Status ForEachJsonLine(Fn&& fn) {
   return ForEachStdinLine(
       [&](const std::string& line, uint64_t line_no) -> absl::StatusOr<std::string> {
         QTRAIN_ASSIGN_OR_RETURN(nlohmann::json j, ParseJsonObjectLine(line, line_no));
-        absl::StatusOr<nlohmann::json> result = fn(j);
+        auto result = fn(j);  // a JSON value, or the output line already as text
         if (!result.ok()) return Annotate(result.status(), absl::StrCat("stdin line ", line_no));
-        return result->dump();
+        if constexpr (std::is_same_v<std::decay_t<decltype(*result)>, std::string>) {
+          return *std::move(result);
+        } else {
+          return result->dump();
+        }
       });
+}
+
+// Appends `ids` to `out` as "id," each.
+void AppendIdsText(std::span<const uint32_t> ids, std::string* out) {
+  char buf[16];
+  for (const uint32_t id : ids) {
+    char* end = std::to_chars(buf, buf + sizeof(buf), id).ptr;
+    *end++ = ',';
+    out->append(buf, end);
+  }
 }
 
 absl::Status RunEncode(const std::string& path) {
   QTRAIN_ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::FromFile(path));
-  std::vector<uint32_t> ids;
-  return ForEachJsonLine([&](const nlohmann::json& j) -> absl::StatusOr<nlohmann::json> {
+  // The output line {"ids":[...]} is written as text while the ids are made: a vector of ids
+  // and a JSON tree of them would take several times the memory of a long line's text.
+  return ForEachJsonLine([&](const nlohmann::json& j) -> absl::StatusOr<std::string> {
     auto it = j.find("text");
     if (it == j.end() || !it->is_string()) {
       return absl::InvalidArgumentError("missing string field 'text'");
     }
-    ids.clear();
-    QTRAIN_RETURN_IF_ERROR(tok.Encode(it->get_ref<const std::string&>(), &ids));
-    return nlohmann::json{{"ids", ids}};
+    std::string line = "{\"ids\":[";
+    QTRAIN_RETURN_IF_ERROR(
+        tok.EncodeTo(it->get_ref<const std::string&>(), [&](std::span<const uint32_t> ids) {
+          AppendIdsText(ids, &line);
+          return absl::OkStatus();
+        }));
+    if (line.back() == ',') line.pop_back();
+    line += "]}";
+    return line;
   });
 }
 

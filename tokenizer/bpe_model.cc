@@ -2,7 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
-#include <queue>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -14,28 +14,26 @@ namespace qtrain::tokenizer {
 void PairTable::Reserve(size_t count) {
   size_t cap = 16;
   while (cap < count * 3) cap <<= 1;  // load factor at most 1/3
-  if (cap <= keys_.size()) return;
-  std::vector<uint64_t> old_keys = std::move(keys_);
-  std::vector<uint64_t> old_values = std::move(values_);
-  keys_.assign(cap, kEmpty);
-  values_.assign(cap, 0);
+  if (cap <= slots_.size()) return;
+  std::vector<Slot> old = std::move(slots_);
+  slots_.assign(cap, Slot{});
   mask_ = cap - 1;
   size_ = 0;
-  for (size_t i = 0; i < old_keys.size(); ++i) {
-    if (old_keys[i] == kEmpty) continue;
-    Insert(static_cast<uint32_t>(old_keys[i] >> 32), static_cast<uint32_t>(old_keys[i]),
-           static_cast<uint32_t>(old_values[i] >> 32), static_cast<uint32_t>(old_values[i]));
+  for (const Slot& s : old) {
+    if (s.key == kEmpty) continue;
+    Insert(static_cast<uint32_t>(s.key >> 32), static_cast<uint32_t>(s.key),
+           static_cast<uint32_t>(s.value >> 32), static_cast<uint32_t>(s.value));
   }
 }
 
 void PairTable::Insert(uint32_t left, uint32_t right, uint32_t rank, uint32_t merged) {
-  if ((size_ + 1) * 3 > keys_.size()) Reserve(size_ + 1);
+  if ((size_ + 1) * 3 > slots_.size()) Reserve(size_ + 1);
   const uint64_t key = (static_cast<uint64_t>(left) << 32) | right;
   size_t slot = Hash(key) & mask_;
-  while (keys_[slot] != kEmpty && keys_[slot] != key) slot = (slot + 1) & mask_;
-  if (keys_[slot] == kEmpty) ++size_;
-  keys_[slot] = key;
-  values_[slot] = (static_cast<uint64_t>(rank) << 32) | merged;
+  while (slots_[slot].key != kEmpty && slots_[slot].key != key) slot = (slot + 1) & mask_;
+  if (slots_[slot].key == kEmpty) ++size_;
+  slots_[slot].key = key;
+  slots_[slot].value = (static_cast<uint64_t>(rank) << 32) | merged;
 }
 
 absl::StatusOr<BpeModel> BpeModel::Create(
@@ -110,6 +108,12 @@ std::optional<uint32_t> BpeModel::TokenToId(std::string_view token) const {
 }
 
 void BpeModel::EncodePiece(std::string_view piece, std::vector<uint32_t>* ids) const {
+  EncodePieceWith(piece, MergeLoop::kAuto, 0, ids);
+}
+
+void BpeModel::EncodePieceWith(std::string_view piece, MergeLoop loop, size_t heap_slack,
+                               std::vector<uint32_t>* ids) const {
+  if (piece.empty()) return;
   if (piece.size() == 1) {
     ids->push_back(byte_id_[static_cast<uint8_t>(piece[0])]);
     return;
@@ -121,19 +125,24 @@ void BpeModel::EncodePiece(std::string_view piece, std::vector<uint32_t>* ids) c
       return;
     }
   }
-  if (piece.size() <= 128) {
+  if (loop == MergeLoop::kAuto) {
+    loop = piece.size() <= kMaxShortPiece ? MergeLoop::kShort : MergeLoop::kLong32;
+  }
+  if (loop == MergeLoop::kShort && piece.size() <= kMaxShortPiece) {
     MergeSmall(piece, ids);
+  } else if (loop != MergeLoop::kLong64 && piece.size() <= std::numeric_limits<uint32_t>::max()) {
+    MergeLong<uint32_t>(piece, heap_slack, ids);
   } else {
-    MergeLarge(piece, ids);
+    MergeLong<uint64_t>(piece, heap_slack, ids);
   }
 }
 
 // Arrays of symbols and of the rank of each adjacent pair; each merge rescans for the minimum,
 // which beats a heap for short pieces.
 void BpeModel::MergeSmall(std::string_view piece, std::vector<uint32_t>* ids) const {
-  uint32_t sym[128];
-  uint32_t rank[128];
-  uint32_t merged[128];
+  uint32_t sym[kMaxShortPiece];
+  uint32_t rank[kMaxShortPiece];
+  uint32_t merged[kMaxShortPiece];
   size_t m = piece.size();
   for (size_t k = 0; k < m; ++k) sym[k] = byte_id_[static_cast<uint8_t>(piece[k])];
   for (size_t k = 0; k + 1 < m; ++k) rank[k] = pairs_.Find(sym[k], sym[k + 1], &merged[k]);
@@ -161,42 +170,187 @@ void BpeModel::MergeSmall(std::string_view piece, std::vector<uint32_t>* ids) co
   ids->insert(ids->end(), sym, sym + m);
 }
 
-// Linked symbols and a heap of candidate merges ordered by (rank, position); entries made stale
-// by earlier merges are recognised and dropped when popped. O(n log n) for very long pieces.
-void BpeModel::MergeLarge(std::string_view piece, std::vector<uint32_t>* ids) const {
-  const size_t n = piece.size();
+namespace {
+
+// Heap keys that order candidate merges by (rank, position), packed into one integer where the
+// position fits in 32 bits.
+template <typename Pos>
+struct MergeKey;
+
+template <>
+struct MergeKey<uint32_t> {
+  using Type = uint64_t;
+  static Type Make(uint32_t rank, uint32_t pos) {
+    return (static_cast<uint64_t>(rank) << 32) | pos;
+  }
+  static uint32_t Rank(Type key) { return static_cast<uint32_t>(key >> 32); }
+  static uint32_t Pos(Type key) { return static_cast<uint32_t>(key); }
+};
+
+template <>
+struct MergeKey<uint64_t> {
+  using Type = std::pair<uint32_t, uint64_t>;
+  static Type Make(uint32_t rank, uint64_t pos) { return {rank, pos}; }
+  static uint32_t Rank(const Type& key) { return key.first; }
+  static uint64_t Pos(const Type& key) { return key.second; }
+};
+
+// A 4-ary min-heap in a vector whose capacity the caller fixes: shallower than a binary heap,
+// with a node's children next to each other in memory, which matters once it holds millions of
+// entries. It never grows its vector; the caller sweeps out stale entries (Filter) when full.
+template <typename Key>
+class QuadHeap {
+ public:
+  explicit QuadHeap(size_t capacity) { keys_.reserve(capacity); }
+
+  // Adds `key` while building; Heapify() must follow before the other operations.
+  void AddUnordered(const Key& key) { keys_.push_back(key); }
+  void Heapify() {
+    for (size_t i = keys_.size() / 4 + 1; i-- > 0;) {
+      if (i < keys_.size()) SiftDown(i, keys_[i]);
+    }
+  }
+
+  bool empty() const { return keys_.empty(); }
+  bool full() const { return keys_.size() == keys_.capacity(); }
+  const Key& top() const { return keys_[0]; }
+  void Pop() {
+    const Key last = keys_.back();
+    keys_.pop_back();
+    if (!keys_.empty()) SiftDown(0, last);
+  }
+  // Pop() then Push(key), in one pass.
+  void ReplaceTop(const Key& key) { SiftDown(0, key); }
+  // Requires !full().
+  void Push(const Key& key) {
+    keys_.push_back(key);
+    SiftUp(keys_.size() - 1, key);
+  }
+  // Keeps only the keys for which keep(key) is true.
+  template <typename Keep>
+  void Filter(Keep&& keep) {
+    size_t kept = 0;
+    for (size_t i = 0; i < keys_.size(); ++i) {
+      if (keep(keys_[i])) keys_[kept++] = keys_[i];
+    }
+    keys_.resize(kept);
+    Heapify();
+  }
+
+ private:
+  void SiftDown(size_t i, const Key key) {
+    const size_t n = keys_.size();
+    while (true) {
+      const size_t first = 4 * i + 1;
+      if (first >= n) break;
+      const size_t last = std::min(first + 4, n);
+      size_t best = first;
+      for (size_t c = first + 1; c < last; ++c) {
+        if (keys_[c] < keys_[best]) best = c;
+      }
+      if (!(keys_[best] < key)) break;
+      keys_[i] = keys_[best];
+      i = best;
+    }
+    keys_[i] = key;
+  }
+  void SiftUp(size_t i, const Key key) {
+    while (i > 0) {
+      const size_t parent = (i - 1) / 4;
+      if (!(key < keys_[parent])) break;
+      keys_[i] = keys_[parent];
+      i = parent;
+    }
+    keys_[i] = key;
+  }
+
+  std::vector<Key> keys_;
+};
+
+}  // namespace
+
+// Symbols live at the byte where they start. For a live symbol [s, e): sym[s] is its id and
+// next[s] == e (n at the end), so next[s] > s. For a byte k inside a symbol next[k] <= k, and
+// the last byte of a symbol of two or more bytes holds the symbol's start there, which finds the
+// previous symbol without a third array.
+//
+// Candidate merges sit in a heap ordered by (rank, position), as in the reference; entries that
+// earlier merges made stale are recognised when they come to the top (the symbol at that
+// position is gone, or its pair with the next one is not the one of that rank any more: a pair's
+// bytes only grow, so a position never gets the same pair back). Each merge adds at most two
+// entries; when the heap's fixed room runs out, stale entries are swept out. Every live pair has
+// at most one current entry, so a sweep leaves at most n - 1 - (merges so far) entries, and room
+// for an eighth of n more keeps the sweeps rare: each is followed by at least n / 8 merges.
+//
+// Memory per byte: 4 (sym) + sizeof(Pos) (next) + 9/8 of a heap key: 17 bytes for 32-bit
+// positions, 30 for 64-bit ones.
+template <typename Pos>
+void BpeModel::MergeLong(std::string_view piece, size_t heap_slack,
+                         std::vector<uint32_t>* ids) const {
+  using Key = MergeKey<Pos>;
+  using KeyType = typename Key::Type;
+  const Pos n = static_cast<Pos>(piece.size());
   std::vector<uint32_t> sym(n);
-  std::vector<int64_t> prev(n), next(n);
-  for (size_t k = 0; k < n; ++k) {
+  std::vector<Pos> next(n);
+  for (Pos k = 0; k < n; ++k) {
     sym[k] = byte_id_[static_cast<uint8_t>(piece[k])];
-    prev[k] = static_cast<int64_t>(k) - 1;
-    next[k] = k + 1 < n ? static_cast<int64_t>(k + 1) : -1;
+    next[k] = k + 1;
   }
-  using Entry = std::pair<uint32_t, uint64_t>;  // (rank, position)
-  std::priority_queue<Entry, std::vector<Entry>, std::greater<Entry>> heap;
-  auto push = [&](size_t pos) {
-    if (next[pos] < 0) return;
-    uint32_t merged = 0;
-    const uint32_t r = pairs_.Find(sym[pos], sym[next[pos]], &merged);
-    if (r != kNoRank) heap.emplace(r, pos);
+  if (heap_slack == 0) heap_slack = std::max<size_t>(static_cast<size_t>(n / 8), 16);
+  QuadHeap<KeyType> heap(static_cast<size_t>(n - 1) + heap_slack);
+  uint32_t merged = 0;
+  for (Pos k = 0; k + 1 < n; ++k) {
+    const uint32_t r = pairs_.Find(sym[k], sym[k + 1], &merged);
+    if (r != kNoRank) heap.AddUnordered(Key::Make(r, k));
+  }
+  heap.Heapify();
+
+  // The rank of the pair that starts at `pos` (kNoRank if `pos` is inside a symbol, is the last
+  // symbol, or its pair has no merge).
+  auto rank_at = [&](Pos pos, uint32_t* merged_id) {
+    const Pos right = next[pos];
+    if (right <= pos || right >= n) return kNoRank;
+    return pairs_.Find(sym[pos], sym[right], merged_id);
   };
-  for (size_t k = 0; k + 1 < n; ++k) push(k);
-  std::vector<bool> alive(n, true);
+  auto is_current = [&](const KeyType& key) {
+    uint32_t unused;
+    return rank_at(Key::Pos(key), &unused) == Key::Rank(key);
+  };
   while (!heap.empty()) {
-    const auto [r, pos] = heap.top();
-    heap.pop();
-    if (!alive[pos] || next[pos] < 0) continue;
-    uint32_t merged = 0;
-    if (pairs_.Find(sym[pos], sym[next[pos]], &merged) != r) continue;  // stale
-    const int64_t right = next[pos];
+    const KeyType top = heap.top();
+    const Pos pos = Key::Pos(top);
+    if (rank_at(pos, &merged) != Key::Rank(top)) {
+      heap.Pop();  // stale
+      continue;
+    }
+    // Merge [pos, right) and [right, end) into [pos, end).
+    const Pos right = next[pos];
+    const Pos end = next[right];
     sym[pos] = merged;
-    alive[right] = false;
-    next[pos] = next[right];
-    if (next[pos] >= 0) prev[next[pos]] = static_cast<int64_t>(pos);
-    if (prev[pos] >= 0) push(static_cast<size_t>(prev[pos]));
-    push(pos);
+    next[pos] = end;
+    next[right] = pos;    // inside now
+    next[end - 1] = pos;  // the last byte knows the start (may be `right` itself)
+    // The new pairs (previous symbol, pos) and (pos, end); the first replaces the top entry.
+    KeyType fresh[2];
+    int count = 0;
+    if (pos > 0) {
+      const Pos before = next[pos - 1] > pos - 1 ? pos - 1 : next[pos - 1];
+      const uint32_t r = rank_at(before, &merged);
+      if (r != kNoRank) fresh[count++] = Key::Make(r, before);
+    }
+    const uint32_t r = rank_at(pos, &merged);
+    if (r != kNoRank) fresh[count++] = Key::Make(r, pos);
+    if (count == 0) {
+      heap.Pop();
+      continue;
+    }
+    heap.ReplaceTop(fresh[0]);
+    if (count == 2) {
+      if (heap.full()) heap.Filter(is_current);
+      heap.Push(fresh[1]);
+    }
   }
-  for (int64_t k = 0; k >= 0; k = next[k]) ids->push_back(sym[k]);
+  for (Pos k = 0; k < n; k = next[k]) ids->push_back(sym[k]);
 }
 
 }  // namespace qtrain::tokenizer

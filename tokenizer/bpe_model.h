@@ -3,6 +3,10 @@
 // Tokens are kept as raw bytes (the byte-level strings of tokenizer.json decoded through
 // byte_level.h). A piece starts as one symbol per byte; the adjacent pair with the lowest merge
 // rank is merged (the leftmost one on ties) until no pair has a merge, as the reference does.
+//
+// Cost per piece of n bytes: pieces of up to 128 bytes use fixed arrays on the stack; longer
+// ones take O(n log n) time and at most about 17n bytes while merging (30n for pieces of 4 GiB
+// or more).
 #ifndef QTRAIN_TOKENIZER_BPE_MODEL_H_
 #define QTRAIN_TOKENIZER_BPE_MODEL_H_
 
@@ -31,12 +35,12 @@ class PairTable {
     const uint64_t key = (static_cast<uint64_t>(left) << 32) | right;
     size_t slot = Hash(key) & mask_;
     while (true) {
-      const uint64_t k = keys_[slot];
-      if (k == key) {
-        *merged = static_cast<uint32_t>(values_[slot]);
-        return static_cast<uint32_t>(values_[slot] >> 32);
+      const Slot& s = slots_[slot];
+      if (s.key == key) {
+        *merged = static_cast<uint32_t>(s.value);
+        return static_cast<uint32_t>(s.value >> 32);
       }
-      if (k == kEmpty) return kNoRank;
+      if (s.key == kEmpty) return kNoRank;
       slot = (slot + 1) & mask_;
     }
   }
@@ -47,8 +51,13 @@ class PairTable {
   static size_t Hash(uint64_t key) {
     return static_cast<size_t>((key * 0x9E3779B97F4A7C15ull) >> 20);
   }
-  std::vector<uint64_t> keys_ = std::vector<uint64_t>(16, kEmpty);
-  std::vector<uint64_t> values_ = std::vector<uint64_t>(16);
+  // Key and value side by side: one cache miss per lookup on long pieces, whose pairs are
+  // spread over the whole table.
+  struct Slot {
+    uint64_t key = kEmpty;
+    uint64_t value = 0;  // rank << 32 | merged id
+  };
+  std::vector<Slot> slots_ = std::vector<Slot>(16);
   size_t mask_ = 15;
   size_t size_ = 0;
 };
@@ -70,6 +79,20 @@ class BpeModel {
   // Appends the ids of one piece (raw bytes, non-empty).
   void EncodePiece(std::string_view piece, std::vector<uint32_t>* ids) const;
 
+  // The merge loops behind EncodePiece, selectable so that tests can check them against each
+  // other and against a plain reference on the same pieces (all give the same ids).
+  enum class MergeLoop {
+    kAuto,    // what EncodePiece uses
+    kShort,   // pieces of at most kMaxShortPiece bytes
+    kLong32,  // pieces of fewer than 2^32 bytes
+    kLong64,  // any piece
+  };
+  static constexpr size_t kMaxShortPiece = 128;
+  // `heap_slack`: spare heap entries of the long loops before stale ones are swept out (0: the
+  // default, an eighth of the piece); small values exercise the sweeps.
+  void EncodePieceWith(std::string_view piece, MergeLoop loop, size_t heap_slack,
+                       std::vector<uint32_t>* ids) const;
+
   uint32_t byte_id(uint8_t b) const { return byte_id_[b]; }
   // One past the largest id.
   uint32_t id_limit() const { return static_cast<uint32_t>(tokens_.size()); }
@@ -84,7 +107,8 @@ class BpeModel {
 
  private:
   void MergeSmall(std::string_view piece, std::vector<uint32_t>* ids) const;
-  void MergeLarge(std::string_view piece, std::vector<uint32_t>* ids) const;
+  template <typename Pos>
+  void MergeLong(std::string_view piece, size_t heap_slack, std::vector<uint32_t>* ids) const;
 
   Options options_;
   uint32_t byte_id_[256] = {};

@@ -100,7 +100,7 @@ absl::StatusOr<bool> CorpusReader::NextJsonl(TextChunk* chunk) {
       return absl::InvalidArgumentError(
           absl::StrCat(source, ": expected an object with a string field \"text\""));
     }
-    chunk->text = it->get<std::string>();
+    chunk->text = std::move(it->get_ref<std::string&>());  // no second copy of a long document
     chunk->ends_document = true;
     chunk->source = source;
     return true;

@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "tokenizer/unicode_class.h"
@@ -126,8 +127,9 @@ inline size_t NextPieceEnd(const Cursor& c, size_t i) {
 
 }  // namespace internal
 
-// Calls emit(std::string_view piece) for each piece of `text`, in order. `text` must be valid
-// UTF-8 (NormalizeNfc or ValidateUtf8 checks it).
+// Calls emit(std::string_view piece) for each piece of `text`, in order; an `emit` that returns
+// bool stops the split by returning false. `text` must be valid UTF-8 (NormalizeNfc or
+// ValidateUtf8 checks it).
 template <typename Emit>
 void SplitQwen2(std::string_view text, Emit&& emit) {
   const internal::Cursor c{reinterpret_cast<const unsigned char*>(text.data()), text.size(),
@@ -135,7 +137,11 @@ void SplitQwen2(std::string_view text, Emit&& emit) {
   size_t i = 0;
   while (i < c.n) {
     const size_t end = internal::NextPieceEnd(c, i);
-    emit(text.substr(i, end - i));
+    if constexpr (std::is_same_v<decltype(emit(text)), bool>) {
+      if (!emit(text.substr(i, end - i))) return;
+    } else {
+      emit(text.substr(i, end - i));
+    }
     i = end;
   }
 }

@@ -632,6 +632,58 @@ TEST(TokenizeCorpusTest, ShardsHoldDocumentsWithEndOfTextAndDoNotDependOnThreads
   EXPECT_EQ(manifests[0], manifests[1]);
 }
 
+// Chunks of stream_bytes or more (a long JSONL document, a plain file with no place to cut) are
+// encoded alone and streamed to the shards; the token stream is the same as for any other chunk
+// and does not depend on the number of threads.
+TEST(TokenizeCorpusTest, LongDocumentsAreStreamedInOrder) {
+  const ScopedTempDir tmp("long_docs");
+  const std::string& dir = tmp.path();
+  std::string long_doc;
+  while (long_doc.size() < 300000) long_doc += "many short words, ";
+  const std::vector<std::string> docs = {"first", long_doc, "after the long one", long_doc + "!"};
+  std::string jsonl;
+  for (const std::string& d : docs) jsonl += nlohmann::json{{"text", d}}.dump() + "\n";
+  WriteFile(dir + "/docs.jsonl", jsonl);
+  const std::string one_line = "x" + long_doc;  // no newline: the reader cannot cut it
+  WriteFile(dir + "/line.txt", one_line);
+  WriteFile(dir + "/tail.txt", "the end");
+
+  const Tokenizer& tok = Qwen2Tokenizer();
+  std::vector<uint32_t> expected;
+  for (const std::string& d : docs) {
+    ASSERT_TRUE(tok.Encode(d, &expected).ok());
+    expected.push_back(151643);
+  }
+  for (const std::string& d : {one_line, std::string("the end")}) {
+    ASSERT_TRUE(tok.Encode(d, &expected).ok());
+    expected.push_back(151643);
+  }
+  for (int jobs : {1, 3}) {
+    TokenizeCorpusOptions o;
+    o.inputs = {dir + "/docs.jsonl", dir + "/line.txt", dir + "/tail.txt"};
+    o.out_dir = dir + "/out" + std::to_string(jobs);
+    o.shard_tokens = 10007;
+    o.jobs = jobs;
+    o.progress = false;
+    o.stream_bytes = 100000;
+    absl::StatusOr<TokenizeCorpusResult> r = TokenizeCorpus(tok, o);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->manifest.num_documents, 6u);
+    EXPECT_EQ(ReadAllTokens(o.out_dir), expected) << "jobs " << jobs;
+  }
+  // Bad text in a streamed chunk is named like anywhere else.
+  WriteFile(dir + "/bad.txt", one_line + "\xFF");
+  TokenizeCorpusOptions o;
+  o.inputs = {dir + "/bad.txt"};
+  o.out_dir = dir + "/out_bad";
+  o.progress = false;
+  o.stream_bytes = 100000;
+  absl::StatusOr<TokenizeCorpusResult> r = TokenizeCorpus(tok, o);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), testing::HasSubstr("bad.txt"));
+  EXPECT_THAT(r.status().message(), testing::HasSubstr("invalid UTF-8"));
+}
+
 TEST(TokenizeCorpusTest, BadInputIsNamed) {
   const ScopedTempDir tmp("bad_input");
   const std::string& dir = tmp.path();

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <span>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -36,6 +37,19 @@ void EncodeBatch(const Tokenizer& tok, uint32_t eos_id, Batch* b) {
       ++b->documents;
     }
   }
+}
+
+// Encodes one chunk on the calling thread, handing its ids to the writer as they are made.
+absl::Status EncodeStreamed(const Tokenizer& tok, uint32_t eos_id, const TextChunk& chunk,
+                            ShardWriter* writer) {
+  const absl::Status s = tok.EncodeTo(
+      chunk.text, [writer](std::span<const uint32_t> ids) { return writer->Append(ids); });
+  if (!s.ok()) return Annotate(s, chunk.source);
+  if (chunk.ends_document) {
+    QTRAIN_RETURN_IF_ERROR(writer->Append(std::span<const uint32_t>(&eos_id, 1)));
+    writer->CountDocuments(1);
+  }
+  return absl::OkStatus();
 }
 
 class Progress {
@@ -92,20 +106,37 @@ absl::StatusOr<TokenizeCorpusResult> TokenizeCorpus(const Tokenizer& tok,
   Progress progress(options.progress);
   WorkPool pool(jobs);
 
+  // A round holds about round_bytes of text in at most jobs x 4 batches, encoded in parallel and
+  // appended in order. A chunk of stream_bytes or more (a long document or line without a safe
+  // cut; NextBatch ends a batch with it) ends the round and is encoded alone after it, its ids
+  // streamed to the shards, so memory stays bounded by the round plus that one chunk.
+  const size_t max_batches = static_cast<size_t>(jobs) * 4;
+  const size_t round_bytes = max_batches * kChunkBytes;
+  const size_t stream_bytes = std::max<size_t>(options.stream_bytes, 1);
   bool more = true;
   while (more) {
-    // Read one round: jobs x 4 batches of about kChunkBytes each.
-    std::vector<Batch> batches(static_cast<size_t>(jobs) * 4);
-    size_t used = 0;
-    for (; used < batches.size() && more; ++used) {
-      QTRAIN_ASSIGN_OR_RETURN(more, reader.NextBatch(kChunkBytes, &batches[used].chunks));
+    std::vector<Batch> batches;
+    size_t bytes = 0;
+    TextChunk large;
+    bool have_large = false;
+    while (more && batches.size() < max_batches && bytes < round_bytes && !have_large) {
+      Batch& b = batches.emplace_back();
+      QTRAIN_ASSIGN_OR_RETURN(more, reader.NextBatch(kChunkBytes, &b.chunks));
+      for (const TextChunk& c : b.chunks) bytes += c.text.size();
+      if (!b.chunks.empty() && b.chunks.back().text.size() >= stream_bytes) {
+        large = std::move(b.chunks.back());
+        b.chunks.pop_back();
+        have_large = true;
+      }
     }
-    pool.Run(used, [&](size_t k) { EncodeBatch(tok, *eos, &batches[k]); });
-    for (size_t k = 0; k < used; ++k) {
-      QTRAIN_RETURN_IF_ERROR(batches[k].status);
-      QTRAIN_RETURN_IF_ERROR(writer.Append(batches[k].ids));
-      writer.CountDocuments(batches[k].documents);
+    pool.Run(batches.size(), [&](size_t k) { EncodeBatch(tok, *eos, &batches[k]); });
+    for (Batch& b : batches) {
+      QTRAIN_RETURN_IF_ERROR(b.status);
+      QTRAIN_RETURN_IF_ERROR(writer.Append(b.ids));
+      writer.CountDocuments(b.documents);
+      b = Batch();  // free its memory before a large chunk is encoded
     }
+    if (have_large) QTRAIN_RETURN_IF_ERROR(EncodeStreamed(tok, *eos, large, &writer));
     progress.Report(reader.bytes_read(), reader.total_bytes(), writer.num_tokens(), false);
   }
   QTRAIN_RETURN_IF_ERROR(writer.Finish());

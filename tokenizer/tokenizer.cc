@@ -33,6 +33,32 @@ struct PieceCache {
 
 thread_local PieceCache piece_cache;
 
+// Appends the ids of one piece, through the cache for short pieces.
+void EncodePieceCached(const BpeModel& model, uint64_t owner, std::string_view piece,
+                       PieceCache* cache, std::vector<uint32_t>* ids) {
+  if (piece.size() == 1) {
+    ids->push_back(model.byte_id(static_cast<uint8_t>(piece[0])));
+    return;
+  }
+  if (piece.size() > PieceCache::kMaxCachedPiece) {
+    model.EncodePiece(piece, ids);
+    return;
+  }
+  auto it = cache->map.find(absl::string_view(piece.data(), piece.size()));
+  if (it != cache->map.end()) {
+    const uint32_t* p = cache->ids.data() + it->second.first;
+    ids->insert(ids->end(), p, p + it->second.second);
+    return;
+  }
+  const size_t before = ids->size();
+  model.EncodePiece(piece, ids);
+  if (cache->map.size() >= PieceCache::kMaxEntries) cache->Reset(owner);
+  const auto offset = static_cast<uint32_t>(cache->ids.size());
+  cache->ids.insert(cache->ids.end(), ids->begin() + static_cast<ptrdiff_t>(before), ids->end());
+  cache->map.emplace(std::string(piece),
+                     std::make_pair(offset, static_cast<uint32_t>(ids->size() - before)));
+}
+
 }  // namespace
 
 absl::StatusOr<Tokenizer> Tokenizer::Create(BpeModel model, std::vector<AddedToken> added,
@@ -93,12 +119,33 @@ absl::StatusOr<Tokenizer> Tokenizer::Create(BpeModel model, std::vector<AddedTok
 }
 
 absl::Status Tokenizer::Encode(std::string_view text, std::vector<uint32_t>* ids) const {
+  return EncodeImpl(text, ids, nullptr);
+}
+
+absl::Status Tokenizer::EncodeTo(std::string_view text, IdSink sink) const {
+  std::vector<uint32_t> ids;
+  absl::Status sink_status;
+  auto spill_ids = [&](std::vector<uint32_t>* gathered) {
+    sink_status = sink(*gathered);
+    gathered->clear();
+    return sink_status.ok();
+  };
+  const Spill spill(spill_ids);
+  const absl::Status status = EncodeImpl(text, &ids, &spill);
+  QTRAIN_RETURN_IF_ERROR(sink_status);
+  QTRAIN_RETURN_IF_ERROR(status);
+  return ids.empty() ? absl::OkStatus() : sink(ids);
+}
+
+absl::Status Tokenizer::EncodeImpl(std::string_view text, std::vector<uint32_t>* ids,
+                                   const Spill* spill) const {
   size_t pos = 0;
   while (pos < text.size()) {
     const AddedTokenMatcher::Match m = matcher_.Find(text, pos);
     const size_t end = m.begin == std::string_view::npos ? text.size() : m.begin;
     if (end > pos) {
-      const absl::Status s = EncodeSegment(text.substr(pos, end - pos), ids);
+      const absl::Status s = EncodeSegment(text.substr(pos, end - pos), ids, spill);
+      if (absl::IsCancelled(s)) return s;  // stopped by the sink
       if (!s.ok()) {
         // Report the offset in the whole text, not in the segment.
         return Annotate(s, absl::StrFormat("text segment starting at byte %d", pos));
@@ -106,6 +153,9 @@ absl::Status Tokenizer::Encode(std::string_view text, std::vector<uint32_t>* ids
     }
     if (m.begin == std::string_view::npos) break;
     ids->push_back(m.id);
+    if (spill != nullptr && ids->size() >= kStreamIds && !(*spill)(ids)) {
+      return absl::CancelledError("stopped by the id sink");
+    }
     pos = m.begin + m.length;
   }
   return absl::OkStatus();
@@ -117,7 +167,8 @@ absl::StatusOr<std::vector<uint32_t>> Tokenizer::Encode(std::string_view text) c
   return ids;
 }
 
-absl::Status Tokenizer::EncodeSegment(std::string_view text, std::vector<uint32_t>* ids) const {
+absl::Status Tokenizer::EncodeSegment(std::string_view text, std::vector<uint32_t>* ids,
+                                      const Spill* spill) const {
   std::string scratch;
   std::string_view normalized = text;
   if (options_.nfc) {
@@ -127,30 +178,16 @@ absl::Status Tokenizer::EncodeSegment(std::string_view text, std::vector<uint32_
   }
   PieceCache& cache = piece_cache;
   if (cache.owner != instance_id_) cache.Reset(instance_id_);
+  bool stopped = false;
   SplitQwen2(normalized, [&](std::string_view piece) {
-    if (piece.size() == 1) {
-      ids->push_back(model_.byte_id(static_cast<uint8_t>(piece[0])));
-      return;
+    EncodePieceCached(model_, instance_id_, piece, &cache, ids);
+    if (spill != nullptr && ids->size() >= kStreamIds && !(*spill)(ids)) {
+      stopped = true;
+      return false;
     }
-    if (piece.size() > PieceCache::kMaxCachedPiece) {
-      model_.EncodePiece(piece, ids);
-      return;
-    }
-    auto it = cache.map.find(absl::string_view(piece.data(), piece.size()));
-    if (it != cache.map.end()) {
-      const uint32_t* p = cache.ids.data() + it->second.first;
-      ids->insert(ids->end(), p, p + it->second.second);
-      return;
-    }
-    const size_t before = ids->size();
-    model_.EncodePiece(piece, ids);
-    if (cache.map.size() >= PieceCache::kMaxEntries) cache.Reset(instance_id_);
-    const auto offset = static_cast<uint32_t>(cache.ids.size());
-    cache.ids.insert(cache.ids.end(), ids->begin() + static_cast<ptrdiff_t>(before), ids->end());
-    cache.map.emplace(std::string(piece),
-                      std::make_pair(offset, static_cast<uint32_t>(ids->size() - before)));
+    return true;
   });
-  return absl::OkStatus();
+  return stopped ? absl::CancelledError("stopped by the id sink") : absl::OkStatus();
 }
 
 std::optional<uint32_t> Tokenizer::TokenToId(std::string_view token) const {

@@ -15,6 +15,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "tokenizer/added_tokens.h"
@@ -51,6 +52,13 @@ class Tokenizer {
   absl::Status Encode(std::string_view text, std::vector<uint32_t>* ids) const;
   absl::StatusOr<std::vector<uint32_t>> Encode(std::string_view text) const;
 
+  // Streams the ids of `text` to `sink`, in order, in spans of about kStreamIds ids (one long
+  // piece comes whole), so that memory does not grow with the text. Stops at the first error of
+  // the text (as Encode; ids before it may have been passed on) or of the sink.
+  using IdSink = absl::FunctionRef<absl::Status(std::span<const uint32_t>)>;
+  static constexpr size_t kStreamIds = size_t{1} << 16;
+  absl::Status EncodeTo(std::string_view text, IdSink sink) const;
+
   // Decodes ids to text. Bytes are joined before conversion, so a character split across
   // tokens comes back whole; ill-formed UTF-8 (a cut in the middle of a character) becomes
   // U+FFFD as with errors="replace". Unknown ids are INVALID_ARGUMENT.
@@ -71,7 +79,13 @@ class Tokenizer {
 
  private:
   Tokenizer() = default;
-  absl::Status EncodeSegment(std::string_view text, std::vector<uint32_t>* ids) const;
+  // Hands the ids gathered so far on (and clears them) once there are kStreamIds of them;
+  // false stops the encoding.
+  using Spill = absl::FunctionRef<bool(std::vector<uint32_t>*)>;
+  absl::Status EncodeImpl(std::string_view text, std::vector<uint32_t>* ids,
+                          const Spill* spill) const;
+  absl::Status EncodeSegment(std::string_view text, std::vector<uint32_t>* ids,
+                             const Spill* spill) const;
 
   BpeModel model_;
   std::vector<AddedToken> added_;
