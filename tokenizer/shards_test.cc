@@ -663,6 +663,7 @@ TEST(TokenizeCorpusTest, LongDocumentsAreStreamedInOrder) {
     o.inputs = {dir + "/docs.jsonl", dir + "/line.txt", dir + "/tail.txt"};
     o.out_dir = dir + "/out" + std::to_string(jobs);
     o.shard_tokens = 10007;
+    o.tokenizer_sha256 = kSha;
     o.jobs = jobs;
     o.progress = false;
     o.stream_bytes = 100000;
@@ -676,6 +677,7 @@ TEST(TokenizeCorpusTest, LongDocumentsAreStreamedInOrder) {
   TokenizeCorpusOptions o;
   o.inputs = {dir + "/bad.txt"};
   o.out_dir = dir + "/out_bad";
+  o.tokenizer_sha256 = kSha;
   o.progress = false;
   o.stream_bytes = 100000;
   absl::StatusOr<TokenizeCorpusResult> r = TokenizeCorpus(tok, o);
