@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
+#include "common/text_position.h"
 #include "yaml-cpp/depthguard.h"
 #include "yaml-cpp/yaml.h"
 
@@ -481,20 +482,6 @@ absl::Status Converter::SetScalar(const YAML::Node& node, const std::string& pat
 std::string WhereAt(const std::string& source, const YAML::Mark& mark) {
   if (mark.is_null()) return source;
   return absl::StrCat(source, ":", mark.line + 1, ":", mark.column + 1);
-}
-
-// Line and column (1-based) of byte `offset`.
-std::string LineColumn(std::string_view text, size_t offset) {
-  size_t line = 1, column = 1;
-  for (size_t i = 0; i < offset && i < text.size(); ++i) {
-    if (text[i] == '\n') {
-      ++line;
-      column = 1;
-    } else {
-      ++column;
-    }
-  }
-  return absl::StrCat(line, ":", column);
 }
 
 // Specs are UTF-8. UTF-16 and UTF-32 files (with or without a byte-order mark) would otherwise

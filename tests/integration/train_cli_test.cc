@@ -1,10 +1,7 @@
 // `qtrain train` as a real process: killed with SIGKILL at chosen points (mid-stage, on a stage
 // boundary, inside a checkpoint write) and restarted, it must end with the same bytes as a run
 // that was never interrupted.
-#include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -17,8 +14,7 @@
 #include "common/sha256.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-
-extern char** environ;
+#include "tests/integration/cli_process.h"
 
 namespace qtrain {
 namespace {
@@ -26,45 +22,19 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
-struct ProcessResult {
-  bool exited = false;
-  int exit_code = -1;
-  int signal = 0;
-  std::string output;  // stdout and stderr
-};
+using testing_cli::CliResult;
+using ProcessResult = CliResult;
 
-// Runs `args` with extra environment entries, output captured to a file, stdin from
-// `stdin_path` when given.
-ProcessResult RunProcess(const std::vector<std::string>& args, const std::vector<std::string>& env,
-                         const fs::path& log, const fs::path& stdin_path = {}) {
-  std::vector<std::string> env_strings(env);
-  for (char** e = environ; *e != nullptr; ++e) env_strings.emplace_back(*e);
-  std::vector<char*> argv, envp;
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  for (const auto& e : env_strings) envp.push_back(const_cast<char*>(e.c_str()));
-  envp.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  if (!stdin_path.empty()) {
-    posix_spawn_file_actions_addopen(&actions, 0, stdin_path.c_str(), O_RDONLY, 0);
-  }
-  pid_t pid;
-  ProcessResult result;
-  if (posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), envp.data()) != 0) {
-    result.output = "cannot start " + args[0];
-    return result;
-  }
-  posix_spawn_file_actions_destroy(&actions);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  result.exited = WIFEXITED(status);
-  result.exit_code = result.exited ? WEXITSTATUS(status) : -1;
-  result.signal = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
-  result.output = ReadFileToString(log.string()).value_or("");
-  return result;
+// Runs `args` with extra environment entries, output captured to `log`, stdin from `stdin_path`
+// when given; a hung run is killed after 5 minutes.
+CliResult RunProcess(const std::vector<std::string>& args, const std::vector<std::string>& env,
+                     const fs::path& log, const fs::path& stdin_path = {}) {
+  testing_cli::CliOptions options;
+  options.env = env;
+  options.stdin_path = stdin_path;
+  options.address_space_bytes = 4ull << 30;
+  options.timeout_seconds = 300;
+  return testing_cli::RunCli(args, log, options);
 }
 
 class TrainCliTest : public ::testing::Test {

@@ -8,6 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "common/checked_math.h"
 #include "common/status_macros.h"
+#include "common/text_position.h"
 #include "nlohmann/json.hpp"
 
 namespace qtrain::model {
@@ -236,20 +237,6 @@ Json RopeJson(const ModelConfig& config) {
   if (y.mscale) rope["mscale"] = *y.mscale;
   if (y.mscale_all_dim) rope["mscale_all_dim"] = *y.mscale_all_dim;
   return rope;
-}
-
-// Line and column (1-based) of byte `offset`.
-std::string LineColumn(std::string_view text, size_t offset) {
-  size_t line = 1, column = 1;
-  for (size_t i = 0; i < offset && i < text.size(); ++i) {
-    if (text[i] == '\n') {
-      ++line;
-      column = 1;
-    } else {
-      ++column;
-    }
-  }
-  return absl::StrCat(line, ":", column);
 }
 
 // The key whose value starts before `offset`, for messages ("" when none is found).
