@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <limits>
 #include <set>
+#include <sstream>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -15,6 +16,7 @@
 #include "common/status_macros.h"
 #include "common/text_position.h"
 #include "yaml-cpp/depthguard.h"
+#include "yaml-cpp/eventhandler.h"
 #include "yaml-cpp/yaml.h"
 
 namespace qtrain {
@@ -543,15 +545,54 @@ absl::Status CheckShape(const YAML::Node& root, const std::string& source) {
   return absl::OkStatus();
 }
 
+// Records where each document starts, and nothing else.
+class DocumentStarts : public YAML::EventHandler {
+ public:
+  void OnDocumentStart(const YAML::Mark& mark) override { starts.push_back(mark); }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+
+  std::vector<YAML::Mark> starts;
+};
+
+// A spec is one YAML document. The documents are counted with a bounded loop rather than with
+// YAML::LoadAll: after some malformed flow collections (`{ 0000, "a": 1}, {...`) yaml-cpp reports
+// an endless run of documents, and LoadAll then grows without bound (a 567-byte input took
+// 14 GB). May throw YAML::Exception.
+absl::Status CheckSingleDocument(std::string_view text, const std::string& source_name) {
+  std::istringstream stream{std::string(text)};
+  YAML::Parser parser(stream);
+  DocumentStarts handler;
+  while (handler.starts.size() < 2 && parser.HandleNextDocument(handler)) {
+  }
+  if (handler.starts.size() > 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(WhereAt(source_name, handler.starts[1]),
+                     ": a second YAML document starts here (after --- or the end of the "
+                     "first); a spec must be a single document"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status ParseYamlToMessage(std::string_view text, std::string_view source, Message* message) {
   message->Clear();
   const std::string source_name(source);
   QTRAIN_RETURN_IF_ERROR(CheckEncoding(text, source_name));
-  std::vector<YAML::Node> documents;
+  YAML::Node root;
   try {
-    documents = YAML::LoadAll(std::string(text));
+    QTRAIN_RETURN_IF_ERROR(CheckSingleDocument(text, source_name));
+    root = YAML::Load(std::string(text));
   } catch (const YAML::DeepRecursion& e) {
     return absl::InvalidArgumentError(absl::StrCat(
         WhereAt(source_name, e.mark), ": nested deeper than ", kMaxYamlNestingDepth, " levels"));
@@ -559,15 +600,9 @@ absl::Status ParseYamlToMessage(std::string_view text, std::string_view source, 
     return absl::InvalidArgumentError(
         absl::StrCat(WhereAt(source_name, e.mark), ": not valid YAML or JSON: ", e.msg));
   }
-  if (documents.size() > 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(WhereAt(source_name, documents[1].Mark()), ": holds ", documents.size(),
-                     " YAML documents (separated by ---); a spec must be a single document"));
-  }
-  if (documents.empty() || !documents[0].IsDefined() || documents[0].IsNull()) {
+  if (!root.IsDefined() || root.IsNull()) {
     return absl::InvalidArgumentError(absl::StrCat(source_name, ": the document is empty"));
   }
-  const YAML::Node& root = documents[0];
   try {
     QTRAIN_RETURN_IF_ERROR(CheckShape(root, source_name));
     return Converter(source_name).FillMessage(root, "", message);

@@ -119,10 +119,18 @@ TEST(ProtoYamlTest, SyntaxErrorsAndEmptyDocuments) {
 }
 
 TEST(ProtoYamlTest, OnlyOneDocument) {
-  ExpectError("name: a\n---\nname: b\n", "", "holds 2 YAML documents");
+  ExpectError("name: a\n---\nname: b\n", "", "a second YAML document starts here");
   ExpectError("name: a\n---\n", "", "a spec must be a single document");
   v1::JobSpec spec;
   EXPECT_TRUE(Parse("---\nname: a\n...\n", &spec).ok());
+  // yaml-cpp reads an endless run of documents after this malformed flow mapping; counting them
+  // all (YAML::LoadAll) grew without bound. It is refused at once.
+  const absl::Status status = Parse(
+      "{\n 0000, \"micro_batch\": 4, \"rope_theta\": 10000},\n    {\"name\": \"32k\"}\n  ],\n"
+      "  \"batch\": {\"global_tokens\": 2097152}\n}\n",
+      &spec);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("a spec must be a single document"));
 }
 
 TEST(ProtoYamlTest, IntegersArePlainDecimal) {

@@ -131,7 +131,7 @@ TEST_F(SpecCliTest, ValidateRefusesWhatTrainRefuses) {
 
 TEST_F(SpecCliTest, LooseYamlIsRefused) {
   EXPECT_CLEAN_FAILURE(Validate(Write("two.yaml", std::string(kValid) + "---\nname: other\n")),
-                       "holds 2 YAML documents (separated by ---); a spec must be a single");
+                       "a second YAML document starts here (after --- or the end of the first)");
   EXPECT_CLEAN_FAILURE(Validate(SpecWith("name: demo", "name: demo\nseed: !!str 7")),
                        "seed: expected an integer, got \"7\" tagged !!str");
   EXPECT_CLEAN_FAILURE(Validate(SpecWith("name: demo", "name: demo\nseed: 0x10")),
