@@ -63,8 +63,10 @@ struct TokenizerFiles {
 
 absl::StatusOr<TokenizerFiles> ReadTokenizerFiles(const std::string& tokenizer_path) {
   TokenizerFiles files;
-  QTRAIN_ASSIGN_OR_RETURN(files.tokenizer_json,
-                          ReadFileToString(tokenizer_path, tokenizer::kMaxTokenizerFileBytes));
+  absl::StatusOr<std::string> json =
+      ReadFileToString(tokenizer_path, tokenizer::kMaxTokenizerFileBytes);
+  if (!json.ok()) return Annotate(json.status(), "tokenizer");
+  files.tokenizer_json = *std::move(json);
   const std::string config =
       (fs::path(tokenizer_path).parent_path() / "tokenizer_config.json").string();
   absl::StatusOr<std::string> text = ReadFileToString(config, size_t{16} << 20);
@@ -100,11 +102,14 @@ absl::Status RunTrain(const std::string& spec_path, const std::string& run_dir,
                             model::LoadCheckpoint(spec.model().init_from()));
     initial_params = std::move(loaded.params);
   }
-  QTRAIN_ASSIGN_OR_RETURN(tokenizer::Tokenizer tok,
-                          tokenizer::Tokenizer::FromFile(spec.tokenizer()));
+  // The tokenizer is read once: the bytes parsed are the bytes hashed and exported.
   QTRAIN_ASSIGN_OR_RETURN(const TokenizerFiles tokenizer_files,
                           ReadTokenizerFiles(spec.tokenizer()));
-  QTRAIN_ASSIGN_OR_RETURN(std::string tokenizer_sha256, Sha256File(spec.tokenizer()));
+  absl::StatusOr<tokenizer::Tokenizer> parsed =
+      tokenizer::Tokenizer::FromJson(tokenizer_files.tokenizer_json);
+  if (!parsed.ok()) return Annotate(parsed.status(), spec.tokenizer());
+  tokenizer::Tokenizer tok = *std::move(parsed);
+  const std::string tokenizer_sha256 = Sha256Hex(tokenizer_files.tokenizer_json);
   // The shards must come from this tokenizer: same sha256, same vocabulary size.
   tokenizer::DatasetOptions data_options;
   data_options.tokenizer_sha256 = tokenizer_sha256;

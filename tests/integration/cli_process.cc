@@ -93,4 +93,16 @@ CliResult RunCli(const std::vector<std::string>& args, const std::filesystem::pa
   return result;
 }
 
+bool WriteWordCorpus(const std::filesystem::path& path, const std::vector<std::string>& words,
+                     int count, uint32_t seed, uint32_t sentence_every) {
+  std::string text;
+  uint32_t rng = seed;
+  for (int i = 0; i < count; ++i) {
+    rng = rng * 1103515245u + 12345u;
+    text += words[(rng >> 16) % words.size()];
+    text += (rng >> 8) % sentence_every == 0 ? ".\n" : " ";
+  }
+  return WriteFileAtomically(path.string(), text).ok();
+}
+
 }  // namespace qtrain::testing_cli

@@ -37,6 +37,12 @@ std::string QtrainBinary();
 CliResult RunCli(const std::vector<std::string>& args, const std::filesystem::path& log,
                  const CliOptions& options = {});
 
+// Writes a small, repetitive corpus that a tokenizer and a tiny model learn quickly: `count`
+// words drawn from `words` by a seeded linear congruential generator, a sentence ending (".\n")
+// about once in `sentence_every` words. Returns false when the file cannot be written.
+bool WriteWordCorpus(const std::filesystem::path& path, const std::vector<std::string>& words,
+                     int count, uint32_t seed, uint32_t sentence_every);
+
 // gtest-friendly printing.
 inline std::ostream& operator<<(std::ostream& os, const CliResult& r) { return os << r.Describe(); }
 

@@ -35,14 +35,9 @@ class DataCliTest : public ::testing::Test {
     root_ = fs::path(::testing::TempDir()) / ("data_cli_" + std::to_string(::getpid()));
     fs::remove_all(root_);
     fs::create_directories(root_);
-    std::ofstream corpus(root_ / "text.txt");
-    const char* words[] = {"data", "is", "checked", "before", "the", "model", "sees", "it"};
-    uint32_t rng = 11;
-    for (int i = 0; i < 4000; ++i) {
-      rng = rng * 1103515245u + 12345u;
-      corpus << words[(rng >> 16) % 8] << ((rng >> 8) % 7 == 0 ? ".\n" : " ");
-    }
-    corpus.close();
+    ASSERT_TRUE(testing_cli::WriteWordCorpus(
+        root_ / "text.txt", {"data", "is", "checked", "before", "the", "model", "sees", "it"}, 4000,
+        /*seed=*/11, /*sentence_every=*/7));
     const CliResult tok = Run({"train-tokenizer", "--vocab-size", "300", "--out",
                                (root_ / "tok").string(), (root_ / "text.txt").string()},
                               "tok.log");

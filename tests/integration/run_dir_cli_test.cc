@@ -39,15 +39,11 @@ class RunDirCliTest : public ::testing::Test {
     root_ = fs::path(::testing::TempDir()) / absl::StrCat("run_dir_cli_", ::getpid());
     fs::remove_all(root_);
     fs::create_directories(root_ / "corpus");
-    std::ofstream corpus(root_ / "corpus" / "text.txt");
-    const char* words[] = {"a",  "run", "directory", "holds", "checkpoints", "and", "metrics",
-                           "of", "one", "job",       "at",    "a",           "time"};
-    uint32_t rng = 11;
-    for (int i = 0; i < 5000; ++i) {
-      rng = rng * 1103515245u + 12345u;
-      corpus << words[(rng >> 16) % 13] << ((rng >> 8) % 9 == 0 ? ".\n" : " ");
-    }
-    corpus.close();
+    ASSERT_TRUE(
+        testing_cli::WriteWordCorpus(root_ / "corpus" / "text.txt",
+                                     {"a", "run", "directory", "holds", "checkpoints", "and",
+                                      "metrics", "of", "one", "job", "at", "a", "time"},
+                                     5000, /*seed=*/11, /*sentence_every=*/9));
     ASSERT_EQ(Run({"train-tokenizer", "--vocab-size", "300", "--out", (root_ / "tok").string(),
                    (root_ / "corpus" / "text.txt").string()},
                   "tok")

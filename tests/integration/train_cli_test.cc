@@ -45,15 +45,11 @@ class TrainCliTest : public ::testing::Test {
     fs::remove_all(root_);
     fs::create_directories(root_ / "corpus");
     // A small corpus of repetitive sentences.
-    std::ofstream corpus(root_ / "corpus" / "text.txt");
-    const char* words[] = {"the",    "model", "learns",   "tokens", "from",  "a",   "small",
-                           "corpus", "and",   "predicts", "what",   "comes", "next"};
-    uint32_t rng = 7;
-    for (int i = 0; i < 6000; ++i) {
-      rng = rng * 1103515245u + 12345u;
-      corpus << words[(rng >> 16) % 13] << ((rng >> 8) % 9 == 0 ? ".\n" : " ");
-    }
-    corpus.close();
+    ASSERT_TRUE(
+        testing_cli::WriteWordCorpus(root_ / "corpus" / "text.txt",
+                                     {"the", "model", "learns", "tokens", "from", "a", "small",
+                                      "corpus", "and", "predicts", "what", "comes", "next"},
+                                     6000, /*seed=*/7, /*sentence_every=*/9));
     ASSERT_EQ(RunProcess({qtrain_, "train-tokenizer", "--vocab-size", "300", "--out",
                           (root_ / "tok").string(), (root_ / "corpus" / "text.txt").string()},
                          {}, root_ / "tok.log")
