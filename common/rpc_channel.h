@@ -1,0 +1,57 @@
+// Client side of qtrain's RPCs: channels (plaintext or TLS, optionally with a client
+// certificate), the bearer token on every call, deadlines, and one readable line for a failed
+// call instead of gRPC's debug text.
+#ifndef QTRAIN_COMMON_RPC_CHANNEL_H_
+#define QTRAIN_COMMON_RPC_CHANNEL_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "grpcpp/channel.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/support/status.h"
+
+namespace qtrain {
+
+struct ChannelOptions {
+  std::string address;          // HOST:PORT
+  std::string token_file;       // bearer token sent on every call (optional)
+  std::string tls_ca;           // PEM of the CA that signed the server's cert: use TLS
+  std::string tls_cert;         // PEM client certificate and key (mTLS), with tls_ca
+  std::string tls_key;
+  std::string tls_server_name;  // override the name checked in the server's certificate
+  int max_message_bytes = 64 << 20;
+};
+
+// A connected-on-demand channel plus what every call needs.
+class RpcClient {
+ public:
+  // Reads the token and TLS files; INVALID_ARGUMENT naming a bad address or file.
+  static absl::StatusOr<RpcClient> Create(const ChannelOptions& options);
+
+  const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
+  const std::string& address() const { return address_; }
+
+  // A context with the deadline (now + timeout) and the token.
+  std::unique_ptr<grpc::ClientContext> NewContext(absl::Duration timeout) const;
+  // The same for a stream that lives as long as the caller wants (no deadline).
+  std::unique_ptr<grpc::ClientContext> NewStreamContext() const;
+
+  // An absl status with one line a person can act on, e.g. "cannot reach the coordinator at
+  // 127.0.0.1:7070 (connection refused); is it running?" for UNAVAILABLE, "the call to
+  // 127.0.0.1:7070 timed out after 10s" for DEADLINE_EXCEEDED; other codes keep the server's
+  // message. `what` names the call ("GetJob").
+  absl::Status Describe(const grpc::Status& status, std::string_view what) const;
+
+ private:
+  std::shared_ptr<grpc::Channel> channel_;
+  std::string address_;
+  std::string token_;
+};
+
+}  // namespace qtrain
+
+#endif  // QTRAIN_COMMON_RPC_CHANNEL_H_
