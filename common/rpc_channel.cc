@@ -28,6 +28,8 @@ constexpr size_t kMaxReasonChars = 160;
 // After the coordinator went away, reconnect attempts back off to at most this, so that a
 // restarted coordinator is found again within about a second.
 constexpr int kMaxReconnectBackoffMs = 1000;
+constexpr int kKeepaliveTimeMs = 20000;
+constexpr int kKeepaliveTimeoutMs = 10000;
 
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeCredentials(
     const ChannelOptions& options) {
@@ -103,6 +105,10 @@ absl::StatusOr<RpcClient> RpcClient::Create(const ChannelOptions& options) {
   args.SetMaxReceiveMessageSize(options.max_message_bytes);
   args.SetMaxSendMessageSize(options.max_message_bytes);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, kMaxReconnectBackoffMs);
+  // Pings on open calls (a Heartbeat or Watch stream) notice a coordinator whose machine
+  // vanished; the server permits one every 10 s.
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, kKeepaliveTimeMs);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, kKeepaliveTimeoutMs);
   if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
   client.channel_ = grpc::CreateCustomChannel(options.address, credentials, args);
   client.last_timeout_ = std::make_shared<std::atomic<int64_t>>(-1);

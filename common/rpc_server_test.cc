@@ -430,6 +430,7 @@ TEST(RpcServerTest, BusyPortIsUnavailableNamingTheAddress) {
   absl::Status status = second.Start({.listen = first.server->address()});
   EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(std::string(status.message()), HasSubstr(first.server->address()));
+  EXPECT_THAT(std::string(status.message()), HasSubstr("in use"));
   EXPECT_TRUE(GetJob(MakeClient({.address = first.server->address()}), "jobs/a").ok());
 }
 
