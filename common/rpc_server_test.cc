@@ -434,6 +434,34 @@ TEST(RpcServerTest, BusyPortIsUnavailableNamingTheAddress) {
   EXPECT_TRUE(GetJob(MakeClient({.address = first.server->address()}), "jobs/a").ok());
 }
 
+TEST(RpcServerTest, ForeignAddressIsUnavailableWithTheReason) {
+  TestServer server;
+  // 192.0.2.0/24 is reserved for documentation: no machine has it.
+  absl::Status status = server.Start(TokenOptions("192.0.2.1:7070"));
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("cannot listen on 192.0.2.1:7070"));
+  status = server.Start(TokenOptions("192.0.2.1:0"));
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("Cannot assign requested address"));
+}
+
+TEST(RpcServerTest, ListensOnLocalhostAndIpv6Loopback) {
+  TestServer by_name;
+  ASSERT_TRUE(by_name.Start({.listen = "localhost:0"}).ok());
+  auto split = SplitHostPort(by_name.server->address());
+  ASSERT_TRUE(split.ok()) << split.status();
+  EXPECT_EQ(split->first, "localhost");
+  EXPECT_TRUE(GetJob(MakeClient({.address = by_name.server->address()}), "jobs/l").ok());
+
+  if (ReadAll("/proc/net/if_inet6").find("00000000000000000000000000000001") == std::string::npos) {
+    GTEST_SKIP() << "no IPv6 loopback on this machine";
+  }
+  TestServer v6;
+  ASSERT_TRUE(v6.Start({.listen = "[::1]:0"}).ok());
+  EXPECT_EQ(v6.server->address().rfind("[::1]:", 0), 0u) << v6.server->address();
+  EXPECT_TRUE(GetJob(MakeClient({.address = v6.server->address()}), "jobs/6").ok());
+}
+
 TEST(RpcServerTest, BadOptionsAreRefused) {
   TestServer server;
   EXPECT_EQ(server.Start({.listen = "127.0.0.1"}).code(), absl::StatusCode::kInvalidArgument);
