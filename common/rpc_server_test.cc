@@ -481,6 +481,23 @@ TEST(RpcServerTest, OversizedRequestIsResourceExhausted) {
   EXPECT_TRUE(GetJob(client, "jobs/small").ok());
 }
 
+TEST(RpcServerTest, OversizedResponsesAreResourceExhausted) {
+  TestServer server;
+  ASSERT_TRUE(server.Start({.listen = "127.0.0.1:0", .max_send_message_bytes = 4096}).ok());
+  // The test service echoes the name: a large request makes a large response.
+  grpc::Status status =
+      GetJob(MakeClient({.address = server.server->address()}), std::string(8 << 10, 'y'));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+
+  TestServer roomy;
+  ASSERT_TRUE(roomy.Start({.listen = "127.0.0.1:0"}).ok());
+  RpcClient small = MakeClient({.address = roomy.server->address(), .max_message_bytes = 4096});
+  status = GetJob(small, std::string(3 << 10, 'z'));
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  status = GetJob(small, std::string(8 << 10, 'z'));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+}
+
 TEST(RpcServerTest, ShutdownStopsServingAndIsIdempotent) {
   TestServer server;
   ASSERT_TRUE(server.Start({.listen = "127.0.0.1:0"}).ok());
