@@ -362,7 +362,8 @@ absl::Status StageChild::Train(train::PreparedJob& job, std::shared_ptr<const Ru
   absl::StatusOr<std::unique_ptr<train::Trainer>> trainer = train::Trainer::Create(
       a.spec(), job.config, std::move(job.initial_params), *job.data, std::move(options));
   if (!trainer.ok()) {
-    retryable_ = false;  // the spec, the model or the data do not fit: the same every time
+    // The spec, the model or the data do not fit: the same every time (unless memory ran out).
+    retryable_ = absl::IsResourceExhausted(trainer.status());
     return trainer.status();
   }
   QTRAIN_RETURN_IF_ERROR(EmitPhase(v1::WORKER_PHASE_TRAINING));

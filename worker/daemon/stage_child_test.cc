@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
@@ -18,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/file_util.h"
 #include "common/job_spec.h"
+#include "common/run_dir_lock.h"
 #include "common/sha256.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/util/json_util.h"
@@ -68,13 +70,28 @@ class FakeParent {
         }
       });
     }
-    child_ = std::thread([this, options] { exit_code_ = RunStageChild(options); });
+    child_ = std::thread([this, options] {
+      const int code = RunStageChild(options);
+      absl::MutexLock lock(&mu_);
+      exit_code_ = code;
+      finished_ = true;
+    });
   }
   ~FakeParent() { Wait(); }
 
-  // Joins the child (bounded by the test's own timeout) and closes everything.
+  // Joins the child and closes everything. A child that runs past 120 s aborts the test
+  // binary: a thread cannot be killed, and a hung test must not hang the suite.
   int Wait() {
-    if (child_.joinable()) child_.join();
+    if (child_.joinable()) {
+      {
+        absl::MutexLock lock(&mu_);
+        if (!mu_.AwaitWithTimeout(absl::Condition(&finished_), absl::Seconds(120))) {
+          std::fprintf(stderr, "the stage child did not end within 120 s\n");
+          std::abort();
+        }
+      }
+      child_.join();
+    }
     stop_pings_ = true;
     if (pinger_.joinable()) pinger_.join();
     if (events_write_ >= 0) ::close(events_write_), events_write_ = -1;
@@ -82,6 +99,7 @@ class FakeParent {
     for (int* fd : {&events_read_, &control_read_, &control_write_}) {
       if (*fd >= 0) ::close(*fd), *fd = -1;
     }
+    absl::MutexLock lock(&mu_);
     return exit_code_;
   }
   // The parent goes away: its end of the child's stdin closes.
@@ -141,9 +159,10 @@ class FakeParent {
   int events_read_ = -1, events_write_ = -1, control_read_ = -1, control_write_ = -1;
   std::atomic<bool> stop_pings_{false};
   std::thread reader_, pinger_, child_;
-  int exit_code_ = -1;
   absl::Mutex mu_;
   std::vector<v1::StageChildEvent> events_ ABSL_GUARDED_BY(mu_);
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  int exit_code_ ABSL_GUARDED_BY(mu_) = -1;
 };
 
 v1::CheckpointAck Accept(const v1::CommitCheckpointRequest&) {
@@ -371,6 +390,26 @@ TEST_F(StageChildTest, SigtermStopsItBetweenSteps) {
   std::optional<v1::StageError> error = ErrorOf(parent.events());
   ASSERT_TRUE(error.has_value());
   EXPECT_EQ(error->code(), "CANCELLED");
+}
+
+TEST_F(StageChildTest, ItWaitsABoundedTimeForTheRunDirectory) {
+  auto held = RunDirLock::Acquire((root_ / "run").string());
+  ASSERT_TRUE(held.ok()) << held.status();
+  StageChildOptions options = Options(WriteAssignment(0));
+  options.lock_wait = absl::Milliseconds(400);
+  FakeParent refused(options, Accept);
+  EXPECT_EQ(refused.Wait(), kStageChildFailed);
+  std::optional<v1::StageError> error = ErrorOf(refused.events());
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(error->code(), "UNAVAILABLE");
+  EXPECT_THAT(error->message(), HasSubstr(absl::StrCat("held by process ", ::getpid())));
+  EXPECT_TRUE(error->retryable());
+  // A holder that lets go in time.
+  options.lock_wait = absl::Seconds(30);
+  FakeParent waited(options, Accept);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  held->Release();
+  EXPECT_EQ(waited.Wait(), kStageChildOk);
 }
 
 TEST_F(StageChildTest, AMissingShardIsNotRetryable) {
