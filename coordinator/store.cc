@@ -187,7 +187,7 @@ struct Store::Impl {
   std::string path;
   int version = 0;
   absl::Mutex mu;
-  // Declared first so that it is closed after the statements are finalized.
+  // Declared before the statements, so that it is closed after they are finalized.
   DbHandle db;
   sqlite::Statement put_job ABSL_GUARDED_BY(mu);
   sqlite::Statement append_event ABSL_GUARDED_BY(mu);
