@@ -92,6 +92,12 @@ class CoordinatorProcess {
   }
 
   absl::Status Start(const std::string& binary, const std::filesystem::path& dir) {
+    if (access(binary.c_str(), X_OK) != 0 || std::filesystem::is_directory(binary)) {
+      return absl::NotFoundError(
+          absl::StrCat("--coordinator ", binary,
+                       ": not an executable file (build the qtrain-coordinator "
+                       "target, or pass its path)"));
+    }
     dir_ = dir;
     log_ = dir / "coordinator.log";
     address_file_ = dir / "address";
@@ -422,7 +428,7 @@ class HeartbeatStream final
   void OnDone(const grpc::Status& status) override {
     {
       absl::MutexLock lock(&mu_);
-      if (!closing_ && !status.ok()) {
+      if (!closing_ && !broken_ && !status.ok()) {
         stats_->StreamError(absl::StrCat(request_.worker(),
                                          ": Heartbeat ended: ", status.error_message(), " (code ",
                                          static_cast<int>(status.error_code()), ")"));
@@ -641,20 +647,20 @@ void PrintReport(const Report& r) {
   const double failure = FailureFraction(r);
   std::printf("coordinator_load: %d workers over %d connections, %d watchers, %.1f s measured\n",
               r.workers, r.connections, r.watchers, r.seconds);
-  std::printf("  %-28s %lld\n", "heartbeats sent", static_cast<long long>(r.sent));
-  std::printf("  %-28s %lld (%.1f/s)\n", "heartbeats answered", static_cast<long long>(r.answered),
+  std::printf("  %-30s %lld\n", "heartbeats sent", static_cast<long long>(r.sent));
+  std::printf("  %-30s %lld (%.1f/s)\n", "heartbeats answered", static_cast<long long>(r.answered),
               r.heartbeats_per_second);
-  std::printf("  %-28s %lld (%.3f%%)\n", "heartbeats failed", static_cast<long long>(r.failed),
+  std::printf("  %-30s %lld (%.3f%%)\n", "heartbeats failed", static_cast<long long>(r.failed),
               failure * 100);
-  std::printf("  %-28s %.3f / %.3f / %.3f / %.3f ms   (goal p99 < 20 ms: %s)\n",
+  std::printf("  %-30s %.3f / %.3f / %.3f / %.3f ms   (goal p99 < 20 ms: %s)\n",
               "latency p50 / p90 / p99 / max", r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms,
               r.p99_ms < 20 ? "met" : "MISSED");
-  std::printf("  %-28s %.3f core   (goal < 0.25 core: %s)\n", "coordinator CPU", r.cpu_cores,
+  std::printf("  %-30s %.3f core   (goal < 0.25 core: %s)\n", "coordinator CPU", r.cpu_cores,
               r.cpu_cores < 0.25 ? "met" : "MISSED");
-  std::printf("  %-28s %.1f MiB\n", "coordinator peak RSS",
+  std::printf("  %-30s %.1f MiB\n", "coordinator peak RSS",
               static_cast<double>(r.peak_rss_bytes) / (1 << 20));
   std::printf(
-      "  %-28s %lld stream errors, %lld unsolicited responses, %lld directives, "
+      "  %-30s %lld stream errors, %lld unsolicited responses, %lld directives, "
       "%lld without a lease, %lld watch events\n",
       "other", static_cast<long long>(r.stream_errors), static_cast<long long>(r.unsolicited),
       static_cast<long long>(r.directives), static_cast<long long>(r.missing_lease),
@@ -777,10 +783,10 @@ absl::Status Run(const Flags& flags, Report& report) {
 
   absl::SleepFor(absl::Seconds(flags.warmup_seconds));
   absl::StatusOr<double> cpu = MeasureWindow(coordinator, stats, flags.seconds, report);
-  // Let the window's last heartbeats be answered, then stop.
-  absl::SleepFor(absl::Seconds(1));
+  // No heartbeats after the window; its last ones get a second to be answered.
   stop.store(true);
   scheduler.join();
+  absl::SleepFor(absl::Seconds(1));
   for (auto& stream : streams) stream->CountUnanswered();
   for (auto& stream : streams) stream->Close();
   for (auto& watcher : watchers) watcher->Stop();
@@ -861,7 +867,10 @@ int main(int argc, char** argv) {
   absl::Status status = qtrain::bench::Run(flags, report);
   if (!status.ok()) {
     if (report.sent > 0) qtrain::bench::PrintReport(report);
-    std::fprintf(stderr, "coordinator_load: %s\n", std::string(status.message()).c_str());
+    // A dead coordinator is already in the report.
+    if (report.coordinator_ok) {
+      std::fprintf(stderr, "coordinator_load: %s\n", std::string(status.message()).c_str());
+    }
     return 1;
   }
   qtrain::bench::PrintReport(report);
