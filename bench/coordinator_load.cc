@@ -597,6 +597,54 @@ std::vector<std::shared_ptr<grpc::Channel>> OpenConnections(const std::string& a
   return channels;
 }
 
+// The simulated workers' Heartbeat streams (over their connections) and the watchers.
+class LoadClients {
+ public:
+  explicit LoadClients(LoadStats* stats) : stats_(stats) {}
+
+  void Open(const RpcClient& client, const std::string& address, const std::string& job,
+            const std::vector<std::string>& workers, const Flags& flags) {
+    job_stub_ = v1::JobService::NewStub(client.channel());
+    for (int w = 0; w < flags.watchers; ++w) {
+      watchers_.push_back(std::make_unique<Watcher>(job_stub_.get(), job, stats_, &done_));
+    }
+    const int workers_count = static_cast<int>(workers.size());
+    channels_ =
+        OpenConnections(address, flags.connections > 0 ? std::min(flags.connections, workers_count)
+                                                       : workers_count);
+    for (const auto& channel : channels_) stubs_.push_back(v1::WorkerService::NewStub(channel));
+    for (size_t i = 0; i < workers.size(); ++i) {
+      streams_.push_back(std::make_unique<HeartbeatStream>(stubs_[i % stubs_.size()].get(),
+                                                           workers[i], stats_, &done_));
+    }
+  }
+
+  // Counts the unanswered heartbeats, ends every stream (cancelling those the coordinator does
+  // not end); false if some never finished.
+  bool Close() {
+    for (auto& stream : streams_) stream->CountUnanswered();
+    for (auto& stream : streams_) stream->Close();
+    for (auto& watcher : watchers_) watcher->Stop();
+    const int total = static_cast<int>(streams_.size() + watchers_.size());
+    if (!done_.WaitFor(total, absl::Seconds(2))) {
+      for (auto& stream : streams_) stream->Cancel();
+    }
+    return done_.WaitFor(total, absl::Seconds(10));
+  }
+
+  const std::vector<std::unique_ptr<HeartbeatStream>>& streams() const { return streams_; }
+  int connections() const { return static_cast<int>(channels_.size()); }
+
+ private:
+  LoadStats* stats_;
+  DoneCounter done_;  // outlives the streams, which report into it
+  std::unique_ptr<v1::JobService::Stub> job_stub_;
+  std::vector<std::shared_ptr<grpc::Channel>> channels_;
+  std::vector<std::unique_ptr<v1::WorkerService::Stub>> stubs_;
+  std::vector<std::unique_ptr<Watcher>> watchers_;
+  std::vector<std::unique_ptr<HeartbeatStream>> streams_;
+};
+
 // Beats every stream once per interval, stream i at offset i/n of the interval.
 void RunScheduler(const std::vector<std::unique_ptr<HeartbeatStream>>& streams,
                   std::chrono::nanoseconds interval, const std::atomic<bool>& stop) {
@@ -637,6 +685,20 @@ void FillLatencies(std::vector<int64_t> latencies, Report& report) {
   report.p90_ms = PercentileMs(latencies, 0.90);
   report.p99_ms = PercentileMs(latencies, 0.99);
   report.max_ms = latencies.empty() ? 0 : static_cast<double>(latencies.back()) / 1e6;
+}
+
+void FillCounters(const LoadStats& stats, double seconds, Report& report) {
+  report.seconds = seconds;
+  report.sent = stats.sent();
+  report.answered = stats.answered();
+  report.failed = stats.failed();
+  report.stream_errors = stats.stream_errors();
+  report.unsolicited = stats.unsolicited();
+  report.directives = stats.directives();
+  report.missing_lease = stats.missing_lease();
+  report.watch_events = stats.watch_events();
+  report.heartbeats_per_second = static_cast<double>(report.answered) / seconds;
+  FillLatencies(stats.latencies(), report);
 }
 
 double FailureFraction(const Report& r) {
@@ -761,24 +823,11 @@ absl::Status Run(const Flags& flags, Report& report) {
                flags.workers, absl::FormatDuration(absl::Now() - register_start).c_str());
 
   LoadStats stats;
-  DoneCounter done;
-  auto job_stub = v1::JobService::NewStub(client.channel());
-  std::vector<std::unique_ptr<Watcher>> watchers;
-  for (int w = 0; w < flags.watchers; ++w) {
-    watchers.push_back(std::make_unique<Watcher>(job_stub.get(), job, &stats, &done));
-  }
-  const std::vector<std::shared_ptr<grpc::Channel>> channels = OpenConnections(
-      address, flags.connections > 0 ? std::min(flags.connections, flags.workers) : flags.workers);
-  report.connections = static_cast<int>(channels.size());
-  std::vector<std::unique_ptr<v1::WorkerService::Stub>> stubs;
-  for (const auto& channel : channels) stubs.push_back(v1::WorkerService::NewStub(channel));
-  std::vector<std::unique_ptr<HeartbeatStream>> streams;
-  for (size_t i = 0; i < workers.size(); ++i) {
-    streams.push_back(std::make_unique<HeartbeatStream>(stubs[i % stubs.size()].get(), workers[i],
-                                                        &stats, &done));
-  }
+  LoadClients clients(&stats);
+  clients.Open(client, address, job, workers, flags);
+  report.connections = clients.connections();
   std::atomic<bool> stop{false};
-  std::thread scheduler(RunScheduler, std::cref(streams),
+  std::thread scheduler(RunScheduler, std::cref(clients.streams()),
                         std::chrono::milliseconds(flags.interval_ms), std::cref(stop));
 
   absl::SleepFor(absl::Seconds(flags.warmup_seconds));
@@ -787,26 +836,8 @@ absl::Status Run(const Flags& flags, Report& report) {
   stop.store(true);
   scheduler.join();
   absl::SleepFor(absl::Seconds(1));
-  for (auto& stream : streams) stream->CountUnanswered();
-  for (auto& stream : streams) stream->Close();
-  for (auto& watcher : watchers) watcher->Stop();
-  const int total = static_cast<int>(streams.size() + watchers.size());
-  if (!done.WaitFor(total, absl::Seconds(2))) {
-    for (auto& stream : streams) stream->Cancel();
-  }
-  const bool all_done = done.WaitFor(total, absl::Seconds(10));
-
-  report.seconds = flags.seconds;
-  report.sent = stats.sent();
-  report.answered = stats.answered();
-  report.failed = stats.failed();
-  report.stream_errors = stats.stream_errors();
-  report.unsolicited = stats.unsolicited();
-  report.directives = stats.directives();
-  report.missing_lease = stats.missing_lease();
-  report.watch_events = stats.watch_events();
-  report.heartbeats_per_second = static_cast<double>(report.answered) / flags.seconds;
-  FillLatencies(stats.latencies(), report);
+  const bool all_done = clients.Close();
+  FillCounters(stats, flags.seconds, report);
   for (const std::string& error : stats.first_errors()) {
     std::fprintf(stderr, "coordinator_load: %s\n", error.c_str());
   }
