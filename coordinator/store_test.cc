@@ -562,7 +562,8 @@ TEST(StoreTest, TruncatedDatabaseIsDataLoss) {
   ASSERT_FALSE(std::filesystem::exists(path + "-wal"));
   const uintmax_t size = std::filesystem::file_size(path);
   ASSERT_GT(size, 100000u);
-  for (uintmax_t keep : {size / 2, uintmax_t{4096} + 100, size - 1000}) {
+  for (uintmax_t keep : {size / 2, uintmax_t{4096}, uintmax_t{8192}, uintmax_t{4096} + 100,
+                         uintmax_t{50}, size - 1000, size - 4096}) {
     const std::string copy = absl::StrCat(path, ".", keep);
     std::filesystem::copy_file(path, copy);
     std::filesystem::resize_file(copy, keep);
