@@ -20,6 +20,7 @@
 #ifndef QTRAIN_COORDINATOR_STORE_H_
 #define QTRAIN_COORDINATOR_STORE_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -34,6 +35,10 @@ namespace qtrain::coordinator {
 
 // The schema version this build writes.
 inline constexpr int kStoreSchemaVersion = 1;
+
+// The largest serialized proto (job, event, checkpoint, worker) Commit() stores; a larger one
+// is refused with INVALID_ARGUMENT.
+inline constexpr size_t kMaxStoredProtoBytes = size_t{16} << 20;
 
 // Everything loaded at start.
 struct StoredState {
