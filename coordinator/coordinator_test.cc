@@ -677,3 +677,37 @@ TEST(CoordinatorTest, IdleWorkersStayIdleWithinTheirLease) {
 
 }  // namespace
 }  // namespace qtrain::coordinator
+
+namespace qtrain::coordinator {
+namespace {
+
+TEST(CoordinatorTest, IdleHeartbeatsAreNotWrittenOneByOne) {
+  Harness h("cheap", absl::Seconds(10));
+  std::vector<std::string> workers;
+  for (int i = 0; i < 200; ++i) workers.push_back(h.Register("w"));
+  // Every commit writes the WAL (its size may not change: it is reused after checkpoints).
+  const std::string wal = h.dir() + "/state/coordinator.db-wal";
+  const auto written_before = std::filesystem::last_write_time(wal);
+  const absl::Time start = absl::Now();
+  for (int round = 0; round < 25; ++round) {
+    for (const std::string& w : workers) ASSERT_TRUE(h.Beat(w).ok());
+  }
+  const absl::Duration took = absl::Now() - start;
+  EXPECT_EQ(std::filesystem::last_write_time(wal), written_before)
+      << "idle heartbeats wrote to the store";
+  // 5,000 heartbeats: far below a millisecond each.
+  EXPECT_LT(took, absl::Seconds(5));
+  // Their times are saved lazily, once per lease, in one batch.
+  h.Advance(absl::Seconds(6));
+  for (const std::string& w : workers) ASSERT_TRUE(h.Beat(w).ok());
+  h.Advance(absl::Seconds(5));
+  EXPECT_GT(std::filesystem::last_write_time(wal), written_before);
+  auto list = h.c().ListWorkers(v1::ListWorkersRequest());
+  ASSERT_TRUE(list.ok());
+  EXPECT_EQ(list->workers_size(), 50);
+  EXPECT_EQ(list->workers(0).state(), v1::WORKER_STATE_IDLE);
+  EXPECT_FALSE(list->next_page_token().empty());
+}
+
+}  // namespace
+}  // namespace qtrain::coordinator
