@@ -711,3 +711,42 @@ TEST(CoordinatorTest, IdleHeartbeatsAreNotWrittenOneByOne) {
 
 }  // namespace
 }  // namespace qtrain::coordinator
+
+namespace qtrain::coordinator {
+namespace {
+
+TEST(CoordinatorTest, DrainingWorkerFinishesAndGetsNothingNew) {
+  Harness h("drain");
+  const std::string job = h.Submit(TestSpec(), "r");
+  const std::string w1 = h.Register("w");
+  auto a = h.TakeAssignment(w1);
+  ASSERT_TRUE(a);
+  v1::HeartbeatRequest beat;
+  beat.set_worker(w1);
+  beat.set_phase(v1::WORKER_PHASE_TRAINING);
+  beat.set_draining(true);
+  *beat.mutable_progress() = Harness::Progress(*a, 1);
+  ASSERT_TRUE(h.c().Heartbeat(beat).ok());
+  auto list = h.c().ListWorkers(v1::ListWorkersRequest());
+  EXPECT_EQ(list->workers(0).state(), v1::WORKER_STATE_DRAINING);
+  EXPECT_EQ(list->workers(0).job(), job);
+  ASSERT_TRUE(h.Commit(w1, *a, 2).ok());
+  v1::ReportFailureRequest drained;
+  drained.set_worker(w1);
+  drained.set_job(job);
+  drained.set_round(1);
+  drained.set_drained(true);
+  ASSERT_TRUE(h.c().ReportFailure(drained).ok());
+  EXPECT_EQ(h.State(job), v1::JOB_STATE_RESTARTING);  // nobody else to take it
+  EXPECT_EQ(h.Job(job).restarts(), 0);
+  const std::string w2 = h.Register("w");
+  auto b = h.TakeAssignment(w2);
+  ASSERT_TRUE(b);
+  EXPECT_EQ(b->start_step(), 2);
+  list = h.c().ListWorkers(v1::ListWorkersRequest());
+  EXPECT_EQ(list->workers(0).state(), v1::WORKER_STATE_DRAINING);
+  EXPECT_TRUE(list->workers(0).job().empty());
+}
+
+}  // namespace
+}  // namespace qtrain::coordinator
