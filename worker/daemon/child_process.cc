@@ -279,6 +279,10 @@ std::optional<ExitStatus> ChildProcess::WaitFor(absl::Duration timeout) {
   }
 }
 
+void ChildProcess::SignalGroup(int sig) {
+  if (!exit_status_) ::kill(-pid_, sig);
+}
+
 ExitStatus ChildProcess::Terminate(absl::Duration grace) {
   if (exit_status_) return *exit_status_;
   if (!LeaderExited()) {

@@ -85,6 +85,9 @@ class ChildProcess {
   // it ended (at once if it already had). Whatever else is left of the group is killed too.
   ExitStatus Terminate(absl::Duration grace);
 
+  // Sends `sig` to the child's process group (nothing once it is reaped).
+  void SignalGroup(int sig);
+
   bool reaped() const { return exit_status_.has_value(); }
 
  private:
