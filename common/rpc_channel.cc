@@ -103,12 +103,8 @@ absl::StatusOr<RpcClient> RpcClient::Create(const ChannelOptions& options) {
   RpcClient client;
   client.address_ = options.address;
   if (!options.token_file.empty()) {
-    absl::StatusOr<std::string> token = ReadTokenFile(options.token_file);
-    if (!token.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--auth-token-file: ", token.status().message()));
-    }
-    client.token_ = *std::move(token);
+    // The message names the file; the caller knows which flag gave it.
+    QTRAIN_ASSIGN_OR_RETURN(client.token_, ReadTokenFile(options.token_file));
   }
   QTRAIN_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> credentials,
                           MakeCredentials(options));

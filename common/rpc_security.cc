@@ -195,7 +195,7 @@ absl::StatusOr<ServerSecurity> ServerSecurity::Load(const ServerSecurityOptions&
         !security.user_token_.has_value() && !security.cluster_token_.has_value()
             ? "both"
             : (!security.user_token_.has_value() ? "--auth-token-file" : "--cluster-token-file"),
-        " (or listen on 127.0.0.1)"));
+        "; or listen on a loopback address such as 127.0.0.1"));
   }
   if (options.tls_cert.empty() != options.tls_key.empty()) {
     return absl::InvalidArgumentError(options.tls_cert.empty() ? "--tls-key needs --tls-cert"
