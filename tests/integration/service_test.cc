@@ -21,6 +21,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/sha256.h"
+#include "common/status_macros.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -52,7 +53,7 @@ constexpr int64_t kTotalSteps = 22;
 constexpr int64_t kKeepLast = 2;
 // Slow enough that a test can act between two checkpoints on a busy machine.
 constexpr int kSlowStepMs = 250;
-constexpr int kFastStepMs = 20;
+constexpr int kFastStepMs = 10;
 constexpr absl::Duration kJobTimeout = absl::Seconds(90);
 
 #define ASSERT_OK(expr)                             \
@@ -265,6 +266,30 @@ class ServiceTest : public ::testing::Test {
     return nullptr;
   }
 
+  // With the job `id` running on the one worker started so far, starts a second one (slow too,
+  // so that the job stays mid-stage wherever it runs) and waits until the job is mid-stage
+  // again. The job may have moved to the new worker at the stage boundary: `running` is the one
+  // that runs it now.
+  struct Placement {
+    Worker* running = nullptr;
+    Worker* other = nullptr;
+    json job;
+  };
+  absl::StatusOr<Placement> AddIdleWorkerMidStage(const std::string& id) {
+    QTRAIN_RETURN_IF_ERROR(WaitForJob(id, MidStageAfterCheckpoint).status());
+    if (StartWorker("beta", kSlowStepMs) == nullptr) {
+      return absl::InternalError("the second worker did not start");
+    }
+    Placement placed;
+    QTRAIN_ASSIGN_OR_RETURN(placed.job, WaitForJob(id, MidStageAfterCheckpoint));
+    placed.running = RankZero(placed.job);
+    if (placed.running == nullptr) {
+      return absl::InternalError(absl::StrCat("no started worker runs ", placed.job.dump()));
+    }
+    placed.other = placed.running == workers_[0].get() ? workers_[1].get() : workers_[0].get();
+    return placed;
+  }
+
   // `workers -o json`: worker resource name -> state.
   std::map<std::string, std::string> WorkerStates() {
     std::map<std::string, std::string> states;
@@ -339,14 +364,12 @@ TEST_F(ServiceTest, TwoStageJobEndsWithTheBytesOfLocalTraining) {
   // Retention: the newest keep_last and each stage's final checkpoint stay, the rest is deleted.
   absl::StatusOr<json> listed = client_->Json({"checkpoints", id});
   ASSERT_OK(listed);
-  std::vector<int64_t> committed_steps;
   std::map<int64_t, json> by_step;
   for (const json& c : (*listed)["checkpoints"]) by_step[JsonInt(c, "step")] = c;
   ASSERT_GE(by_step.size(), 6u) << listed->dump();
   std::set<int64_t> keep = {kStage0End, kTotalSteps};
-  for (auto it = by_step.rbegin(); it != by_step.rend() && keep.size() < 2 + kKeepLast; ++it) {
-    keep.insert(it->first);
-  }
+  auto newest = by_step.rbegin();
+  for (int64_t i = 0; i < kKeepLast; ++i, ++newest) keep.insert(newest->first);
   for (const auto& [step, c] : by_step) {
     SCOPED_TRACE(c.dump());
     EXPECT_EQ(event_steps.count(step), 1u);
@@ -410,24 +433,19 @@ TEST_F(ServiceTest, CoordinatorKilledMidStageRestartsWithTheJob) {
 
 TEST_F(ServiceTest, KilledWorkerIsReplacedFromTheLastCheckpoint) {
   ASSERT_NO_FATAL_FAILURE(StartCoordinator(/*lease_seconds=*/2));
-  Worker* first = StartWorker("alpha", kSlowStepMs);
-  ASSERT_NE(first, nullptr);
+  ASSERT_NE(StartWorker("alpha", kSlowStepMs), nullptr);
   absl::StatusOr<json> submitted = Submit(WriteSpec("job.yaml", "lost"), "lost-1");
   ASSERT_OK(submitted);
   const std::string id = JobId(*submitted);
-  absl::StatusOr<json> mid = WaitForJob(id, MidStageAfterCheckpoint);
-  ASSERT_OK(mid);
-  ASSERT_EQ(RankZero(*mid), first) << mid->dump();
-  // The replacement joins while the job runs, so the job cannot have started on it.
-  ASSERT_NE(StartWorker("beta", kFastStepMs), nullptr);
-  mid = WaitForJob(id, MidStageAfterCheckpoint);
-  ASSERT_OK(mid);
-  const int64_t committed = CheckpointStep(JsonString(*mid, "latest_checkpoint"));
-  const std::vector<ProcessId> children = first->TrainingChildren();
+  absl::StatusOr<Placement> placed = AddIdleWorkerMidStage(id);
+  ASSERT_OK(placed);
+  Worker* killed = placed->running;
+  const int64_t committed = CheckpointStep(JsonString(placed->job, "latest_checkpoint"));
+  const std::vector<ProcessId> children = killed->TrainingChildren();
   ASSERT_EQ(children.size(), 1u);
   // SIGKILL the daemon alone: its child must go by itself.
-  ASSERT_TRUE(first->Signal(SIGKILL));
-  ASSERT_TRUE(first->process().Wait(absl::Seconds(5)).has_value());
+  ASSERT_TRUE(killed->Signal(SIGKILL));
+  ASSERT_TRUE(killed->process().Wait(absl::Seconds(5)).has_value());
   EXPECT_TRUE(WaitFor([&] { return AllGone(children); }, absl::Seconds(5)))
       << "the training child outlived its worker";
 
@@ -443,7 +461,7 @@ TEST_F(ServiceTest, KilledWorkerIsReplacedFromTheLastCheckpoint) {
   EXPECT_THAT(resumed, HasSubstr("jobs/" + id + "/checkpoints/step-"));
   EXPECT_GE(CheckpointStep(resumed), committed) << restarted[0].dump();
   EXPECT_FALSE(JsonString(restarted[0], "reason").empty()) << restarted[0].dump();
-  EXPECT_EQ(WorkerStates()["workers/" + ids_["alpha"]], "WORKER_STATE_LOST");
+  EXPECT_EQ(WorkerStates()["workers/" + ids_[killed->options().name]], "WORKER_STATE_LOST");
 }
 
 TEST_F(ServiceTest, KilledWorkerWithoutRestartsLeftFailsTheJob) {
@@ -471,17 +489,16 @@ TEST_F(ServiceTest, KilledWorkerWithoutRestartsLeftFailsTheJob) {
 
 TEST_F(ServiceTest, StoppedWorkerIsReplacedAndItsStaleRoundRefused) {
   ASSERT_NO_FATAL_FAILURE(StartCoordinator(/*lease_seconds=*/2));
-  Worker* stopped = StartWorker("alpha", kSlowStepMs);
-  ASSERT_NE(stopped, nullptr);
+  ASSERT_NE(StartWorker("alpha", kSlowStepMs), nullptr);
   absl::StatusOr<json> submitted = Submit(WriteSpec("job.yaml", "stopped"), "stopped-1");
   ASSERT_OK(submitted);
   const std::string id = JobId(*submitted);
-  ASSERT_OK(WaitForJob(id, MidStageAfterCheckpoint));
-  ASSERT_NE(StartWorker("beta", kFastStepMs), nullptr);
-  absl::StatusOr<json> mid = WaitForJob(id, MidStageAfterCheckpoint);
-  ASSERT_OK(mid);
-  ASSERT_EQ(RankZero(*mid), stopped);
-  const int64_t round = JsonInt(*mid, "round");
+  absl::StatusOr<Placement> placed = AddIdleWorkerMidStage(id);
+  ASSERT_OK(placed);
+  Worker* stopped = placed->running;
+  const std::string stopped_name = "workers/" + ids_[stopped->options().name];
+  const std::string other_name = "workers/" + ids_[placed->other->options().name];
+  const int64_t round = JsonInt(placed->job, "round");
   const std::vector<ProcessId> children = stopped->TrainingChildren();
   ASSERT_EQ(children.size(), 1u);
   ASSERT_TRUE(stopped->Signal(SIGSTOP));
@@ -492,17 +509,16 @@ TEST_F(ServiceTest, StoppedWorkerIsReplacedAndItsStaleRoundRefused) {
       id,
       [&](const json& j) {
         return JsonInt(j, "round") > round && j.contains("workers") && !j["workers"].empty() &&
-               j["workers"][0] == "workers/" + ids_["beta"];
+               j["workers"][0] == other_name;
       },
       absl::Seconds(20));
   ASSERT_OK(moved);
   EXPECT_LT(absl::Now() - stop_time, absl::Seconds(10));
-  EXPECT_EQ(WorkerStates()["workers/" + ids_["alpha"]], "WORKER_STATE_LOST");
+  EXPECT_EQ(WorkerStates()[stopped_name], "WORKER_STATE_LOST");
 
   ASSERT_TRUE(stopped->Signal(SIGCONT));
-  EXPECT_TRUE(
-      WaitFor([&] { return WorkerStates()["workers/" + ids_["alpha"]] == "WORKER_STATE_IDLE"; },
-              absl::Seconds(15)))
+  EXPECT_TRUE(WaitFor([&] { return WorkerStates()[stopped_name] == "WORKER_STATE_IDLE"; },
+                      absl::Seconds(15)))
       << "the stopped worker did not come back IDLE";
   EXPECT_TRUE(WaitFor([&] { return AllGone(children); }, absl::Seconds(5)))
       << "the stale round's training child still runs";
