@@ -4,8 +4,11 @@
 #ifndef QTRAIN_COMMON_RPC_CHANNEL_H_
 #define QTRAIN_COMMON_RPC_CHANNEL_H_
 
+#include <atomic>
+#include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -17,10 +20,10 @@
 namespace qtrain {
 
 struct ChannelOptions {
-  std::string address;          // HOST:PORT
-  std::string token_file;       // bearer token sent on every call (optional)
-  std::string tls_ca;           // PEM of the CA that signed the server's cert: use TLS
-  std::string tls_cert;         // PEM client certificate and key (mTLS), with tls_ca
+  std::string address;     // HOST:PORT
+  std::string token_file;  // bearer token sent on every call (optional)
+  std::string tls_ca;      // PEM of the CA that signed the server's cert: use TLS
+  std::string tls_cert;    // PEM client certificate and key (mTLS), with tls_ca
   std::string tls_key;
   std::string tls_server_name;  // override the name checked in the server's certificate
   int max_message_bytes = 64 << 20;
@@ -40,16 +43,23 @@ class RpcClient {
   // The same for a stream that lives as long as the caller wants (no deadline).
   std::unique_ptr<grpc::ClientContext> NewStreamContext() const;
 
-  // An absl status with one line a person can act on, e.g. "cannot reach the coordinator at
-  // 127.0.0.1:7070 (connection refused); is it running?" for UNAVAILABLE, "the call to
-  // 127.0.0.1:7070 timed out after 10s" for DEADLINE_EXCEEDED; other codes keep the server's
-  // message. `what` names the call ("GetJob").
+  // An absl status (same code) with one line a person can act on: "cannot reach the
+  // coordinator at 127.0.0.1:7070: connection refused; is it running?" for UNAVAILABLE,
+  // "cannot reach the coordinator at 127.0.0.1:7070: GetJob did not answer within 10s" for
+  // DEADLINE_EXCEEDED, "the coordinator at ... refused the token: invalid bearer token" for
+  // UNAUTHENTICATED; other codes: "GetJob: <server message>". `what` names the call
+  // ("GetJob"). The timeout quoted is that of the latest NewContext.
   absl::Status Describe(const grpc::Status& status, std::string_view what) const;
+  // The same, quoting `timeout` for DEADLINE_EXCEEDED.
+  absl::Status Describe(const grpc::Status& status, std::string_view what,
+                        absl::Duration timeout) const;
 
  private:
   std::shared_ptr<grpc::Channel> channel_;
   std::string address_;
   std::string token_;
+  // The timeout of the latest NewContext, in ms (-1: none yet), for Describe; shared by copies.
+  std::shared_ptr<std::atomic<int64_t>> last_timeout_;
 };
 
 }  // namespace qtrain

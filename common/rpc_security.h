@@ -15,6 +15,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "absl/status/statusor.h"
 #include "grpcpp/security/server_credentials.h"
@@ -30,6 +31,13 @@ bool IsLoopbackAddress(std::string_view host_port);
 // port, port not in [0, 65535], empty host).
 absl::StatusOr<std::pair<std::string, int>> SplitHostPort(std::string_view host_port);
 
+// "HOST:PORT", bracketing an IPv6 host: the inverse of SplitHostPort.
+std::string JoinHostPort(std::string_view host, int port);
+
+// True when a == b, in a time that depends on neither content nor length (both are hashed
+// with SHA-256 and the digests compared with a fixed-length loop).
+bool ConstantTimeEquals(std::string_view a, std::string_view b);
+
 // Reads a token file: its content with surrounding whitespace trimmed; INVALID_ARGUMENT for an
 // empty token or one with characters other than printable ASCII (never quoting the token).
 absl::StatusOr<std::string> ReadTokenFile(const std::string& path);
@@ -40,7 +48,7 @@ struct ServerSecurityOptions {
   std::string cluster_token_file;  // workers (WorkerService)
   std::string tls_cert;            // PEM; with tls_key: serve TLS
   std::string tls_key;
-  std::string tls_client_ca;       // PEM; require and verify client certificates
+  std::string tls_client_ca;  // PEM; require and verify client certificates
 };
 
 // Which token an RPC needs.

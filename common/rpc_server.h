@@ -1,9 +1,10 @@
 // Starting a qtrain gRPC server: the listen address (port 0 picks one), security
 // (rpc_security.h), message size limits, grpc.health.v1 and server reflection.
 //
-//   QTRAIN_ASSIGN_OR_RETURN(RpcServer server, RpcServer::Start(options, {&job_service, &worker_service}));
-//   server.SetServing(true);          // health: NOT_SERVING until then
-//   QTRAIN_RETURN_IF_ERROR(WriteAddressFile(path, server.address()));
+//   QTRAIN_ASSIGN_OR_RETURN(std::unique_ptr<RpcServer> server,
+//                           RpcServer::Start(options, {&job_service, &worker_service}));
+//   server->SetServing(true);  // health: NOT_SERVING until then
+//   QTRAIN_RETURN_IF_ERROR(WriteAddressFile(path, server->address()));
 #ifndef QTRAIN_COMMON_RPC_SERVER_H_
 #define QTRAIN_COMMON_RPC_SERVER_H_
 
@@ -15,8 +16,8 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/rpc_security.h"
-#include "grpcpp/server.h"
 #include "grpcpp/impl/service_type.h"
+#include "grpcpp/server.h"
 
 namespace qtrain {
 

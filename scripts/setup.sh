@@ -7,7 +7,7 @@ packages=(
   build-essential cmake ninja-build pkg-config git python3
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   prometheus-cpp-dev
-  libgtest-dev libgmock-dev libbenchmark-dev
+  libgtest-dev libgmock-dev libbenchmark-dev openssl
   libsqlite3-dev libopenblas-dev libgloo-dev libutf8proc-dev
   nlohmann-json3-dev libyaml-cpp-dev libcli11-dev
   clang libclang-rt-14-dev libomp-14-dev

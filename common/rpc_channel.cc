@@ -1,0 +1,168 @@
+#include "common/rpc_channel.h"
+
+#include <atomic>
+#include <chrono>
+#include <string>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+#include "common/grpc_status.h"
+#include "common/rpc_security.h"
+#include "common/status_macros.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
+
+namespace qtrain {
+namespace {
+
+// absl here is built with its own string_view; the headers speak std::string_view.
+absl::string_view Av(std::string_view s) { return absl::string_view(s.data(), s.size()); }
+
+constexpr size_t kMaxPemFileBytes = 1 << 20;
+constexpr size_t kMaxReasonChars = 160;
+// After the coordinator went away, reconnect attempts back off to at most this, so that a
+// restarted coordinator is found again within about a second.
+constexpr int kMaxReconnectBackoffMs = 1000;
+
+absl::StatusOr<std::string> ReadPem(absl::string_view flag, const std::string& path) {
+  absl::StatusOr<std::string> pem = ReadFileToString(path, kMaxPemFileBytes);
+  if (!pem.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, " ", path, ": ", pem.status().message()));
+  }
+  if (!absl::StrContains(*pem, "-----BEGIN ")) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, " ", path, ": not a PEM file (no \"-----BEGIN\" line)"));
+  }
+  return pem;
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeCredentials(
+    const ChannelOptions& options) {
+  if (options.tls_ca.empty()) {
+    if (!options.tls_cert.empty() || !options.tls_key.empty()) {
+      return absl::InvalidArgumentError(
+          "--tls-cert/--tls-key need --tls-ca (the CA that signed the coordinator's certificate)");
+    }
+    if (!options.tls_server_name.empty()) {
+      return absl::InvalidArgumentError("--tls-server-name needs --tls-ca");
+    }
+    return grpc::InsecureChannelCredentials();
+  }
+  if (options.tls_cert.empty() != options.tls_key.empty()) {
+    return absl::InvalidArgumentError(options.tls_cert.empty() ? "--tls-key needs --tls-cert"
+                                                               : "--tls-cert needs --tls-key");
+  }
+  grpc::SslCredentialsOptions ssl;
+  QTRAIN_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPem("--tls-ca", options.tls_ca));
+  if (!options.tls_cert.empty()) {
+    QTRAIN_ASSIGN_OR_RETURN(ssl.pem_cert_chain, ReadPem("--tls-cert", options.tls_cert));
+    QTRAIN_ASSIGN_OR_RETURN(ssl.pem_private_key, ReadPem("--tls-key", options.tls_key));
+  }
+  return grpc::SslCredentials(ssl);
+}
+
+// A few words for why a connection failed, instead of gRPC's chain of internal errors.
+std::string ShortReason(absl::string_view message) {
+  static constexpr std::pair<absl::string_view, absl::string_view> kReasons[] = {
+      {"connection refused", "connection refused"},
+      {"handshake", "the TLS handshake failed; check --tls-ca, --tls-cert and --tls-server-name"},
+      {"ssl", "the TLS handshake failed; check --tls-ca, --tls-cert and --tls-server-name"},
+      {"dns resolution failed", "the host name does not resolve"},
+      {"domain name not found", "the host name does not resolve"},
+      {"connection timed out", "the connection timed out"},
+      {"network is unreachable", "the network is unreachable"},
+      {"no route to host", "no route to host"},
+      {"connection reset", "the connection was reset"},
+      {"socket closed", "the connection was closed"},
+      {"broken pipe", "the connection was closed"},
+      {"goaway", "the server is shutting down"},
+  };
+  const std::string lower = absl::AsciiStrToLower(message);
+  for (const auto& [needle, reason] : kReasons) {
+    if (absl::StrContains(lower, needle)) return std::string(reason);
+  }
+  absl::string_view line = message.substr(0, message.find('\n'));
+  if (line.empty()) return "unavailable";
+  if (line.size() > kMaxReasonChars) return absl::StrCat(line.substr(0, kMaxReasonChars), "...");
+  return std::string(line);
+}
+
+}  // namespace
+
+absl::StatusOr<RpcClient> RpcClient::Create(const ChannelOptions& options) {
+  QTRAIN_RETURN_IF_ERROR(SplitHostPort(options.address).status());
+  if (options.max_message_bytes <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the maximum message size must be positive, got ", options.max_message_bytes));
+  }
+  RpcClient client;
+  client.address_ = options.address;
+  if (!options.token_file.empty()) {
+    // The message names the file; the caller knows which flag gave it.
+    QTRAIN_ASSIGN_OR_RETURN(client.token_, ReadTokenFile(options.token_file));
+  }
+  QTRAIN_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> credentials,
+                          MakeCredentials(options));
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(options.max_message_bytes);
+  args.SetMaxSendMessageSize(options.max_message_bytes);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, kMaxReconnectBackoffMs);
+  if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
+  client.channel_ = grpc::CreateCustomChannel(options.address, credentials, args);
+  client.last_timeout_ = std::make_shared<std::atomic<int64_t>>(-1);
+  return client;
+}
+
+std::unique_ptr<grpc::ClientContext> RpcClient::NewContext(absl::Duration timeout) const {
+  auto context = NewStreamContext();
+  context->set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(timeout));
+  if (last_timeout_ != nullptr) last_timeout_->store(absl::ToInt64Milliseconds(timeout));
+  return context;
+}
+
+std::unique_ptr<grpc::ClientContext> RpcClient::NewStreamContext() const {
+  auto context = std::make_unique<grpc::ClientContext>();
+  // Metadata rather than call credentials: gRPC sends call credentials only over TLS, and
+  // tokens are also used on plaintext (e.g. a private network without TLS).
+  if (!token_.empty()) context->AddMetadata("authorization", absl::StrCat("Bearer ", token_));
+  return context;
+}
+
+absl::Status RpcClient::Describe(const grpc::Status& status, std::string_view what) const {
+  const int64_t ms = last_timeout_ != nullptr ? last_timeout_->load() : -1;
+  return Describe(status, what, ms >= 0 ? absl::Milliseconds(ms) : absl::InfiniteDuration());
+}
+
+absl::Status RpcClient::Describe(const grpc::Status& status, std::string_view what,
+                                 absl::Duration timeout) const {
+  if (status.ok()) return absl::OkStatus();
+  const std::string& message = status.error_message();
+  switch (status.error_code()) {
+    case grpc::StatusCode::UNAVAILABLE:
+      return absl::UnavailableError(absl::StrCat("cannot reach the coordinator at ", address_, ": ",
+                                                 ShortReason(message), "; is it running?"));
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return absl::DeadlineExceededError(absl::StrCat(
+          "cannot reach the coordinator at ", address_, ": ", Av(what), " did not answer",
+          timeout == absl::InfiniteDuration()
+              ? std::string(" in time")
+              : absl::StrCat(" within ", absl::FormatDuration(timeout))));
+    case grpc::StatusCode::UNAUTHENTICATED:
+      return absl::UnauthenticatedError(
+          token_.empty()
+              ? absl::StrCat("the coordinator at ", address_,
+                             " refused a call without a token: ", message, " (give a token file)")
+              : absl::StrCat("the coordinator at ", address_, " refused the token: ", message));
+    default: {
+      const absl::Status converted = FromGrpcStatus(status);
+      return absl::Status(converted.code(), absl::StrCat(Av(what), ": ", converted.message()));
+    }
+  }
+}
+
+}  // namespace qtrain

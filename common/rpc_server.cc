@@ -1,0 +1,203 @@
+#include "common/rpc_server.h"
+
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "common/file_util.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "google/protobuf/message.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/impl/server_builder_option.h"
+#include "grpcpp/impl/server_builder_plugin.h"
+#include "grpcpp/impl/server_initializer.h"
+#include "grpcpp/server_builder.h"
+#include "grpcpp/support/server_interceptor.h"
+
+namespace qtrain {
+namespace {
+
+constexpr std::string_view kHealthService = "grpc.health.v1.Health";
+constexpr absl::string_view kReflectionPrefix = "/grpc.reflection.";
+
+// Records the names of the services the server ended up with (ours plus health and
+// reflection), which grpc::Service does not expose.
+class ServiceListPlugin : public grpc::ServerBuilderPlugin {
+ public:
+  explicit ServiceListPlugin(std::shared_ptr<std::vector<std::string>> names)
+      : names_(std::move(names)) {}
+  std::string name() override { return "qtrain_service_list"; }
+  void InitServer(grpc::ServerInitializer*) override {}
+  void Finish(grpc::ServerInitializer* si) override { *names_ = *si->GetServiceList(); }
+  void ChangeArguments(const std::string&, void*) override {}
+
+ private:
+  std::shared_ptr<std::vector<std::string>> names_;
+};
+
+class ServiceListOption : public grpc::ServerBuilderOption {
+ public:
+  explicit ServiceListOption(std::shared_ptr<std::vector<std::string>> names)
+      : names_(std::move(names)) {}
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    plugins->push_back(std::make_unique<ServiceListPlugin>(names_));
+  }
+
+ private:
+  std::shared_ptr<std::vector<std::string>> names_;
+};
+
+// Reflection is gRPC's own service, so its handlers cannot call ServerSecurity::Check. When
+// tokens are set, a reflection call without a valid one has its requests emptied before the
+// handler sees them (it then answers only "unimplemented" errors, revealing nothing) and ends
+// UNAUTHENTICATED.
+class ReflectionAuthInterceptor : public grpc::experimental::Interceptor {
+ public:
+  ReflectionAuthInterceptor(grpc::experimental::ServerRpcInfo* info, const ServerSecurity* security)
+      : info_(info), security_(security) {}
+
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    using grpc::experimental::InterceptionHookPoints;
+    if (!checked_) {
+      denial_ = security_->Check(*info_->server_context(), Realm::kEither);
+      checked_ = true;
+    }
+    if (!denial_.ok()) {
+      if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_MESSAGE)) {
+        void* message = methods->GetRecvMessage();
+        if (message != nullptr) static_cast<google::protobuf::Message*>(message)->Clear();
+      }
+      if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
+        methods->ModifySendStatus(denial_);
+      }
+    }
+    methods->Proceed();
+  }
+
+ private:
+  grpc::experimental::ServerRpcInfo* info_;
+  const ServerSecurity* security_;
+  bool checked_ = false;
+  grpc::Status denial_;
+};
+
+class ReflectionAuthFactory : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit ReflectionAuthFactory(const ServerSecurity* security) : security_(security) {}
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo* info) override {
+    if (!absl::StartsWith(info->method(), kReflectionPrefix)) return nullptr;
+    return new ReflectionAuthInterceptor(info, security_);
+  }
+
+ private:
+  const ServerSecurity* security_;
+};
+
+// Both plugins are process-wide switches; they are set once, before the first server.
+void EnableHealthAndReflection() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    grpc::EnableDefaultHealthCheckService(true);
+    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  });
+}
+
+absl::Status CheckMessageLimit(absl::string_view name, int bytes) {
+  if (bytes <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(name, " must be positive, got ", bytes));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<RpcServer>> RpcServer::Start(
+    const RpcServerOptions& options, const std::vector<grpc::Service*>& services) {
+  QTRAIN_ASSIGN_OR_RETURN(auto host_port, SplitHostPort(options.listen));
+  QTRAIN_RETURN_IF_ERROR(
+      CheckMessageLimit("the maximum received message size", options.max_receive_message_bytes));
+  QTRAIN_RETURN_IF_ERROR(
+      CheckMessageLimit("the maximum sent message size", options.max_send_message_bytes));
+  ServerSecurityOptions security_options = options.security;
+  security_options.listen = options.listen;
+
+  std::unique_ptr<RpcServer> server(new RpcServer());
+  QTRAIN_ASSIGN_OR_RETURN(server->security_, ServerSecurity::Load(security_options));
+  EnableHealthAndReflection();
+
+  grpc::ServerBuilder builder;
+  int selected_port = 0;
+  builder.AddListeningPort(options.listen, server->security_.credentials(), &selected_port);
+  // gRPC sets SO_REUSEPORT by default, which would let a second server share a busy port.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.SetMaxReceiveMessageSize(options.max_receive_message_bytes);
+  builder.SetMaxSendMessageSize(options.max_send_message_bytes);
+  for (grpc::Service* service : services) builder.RegisterService(service);
+  auto names = std::make_shared<std::vector<std::string>>();
+  builder.SetOption(std::make_unique<ServiceListOption>(names));
+  if (server->security_.requires_tokens()) {
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> factories;
+    factories.push_back(std::make_unique<ReflectionAuthFactory>(&server->security_));
+    builder.experimental().SetInterceptorCreators(std::move(factories));
+  }
+
+  server->server_ = builder.BuildAndStart();
+  if (server->server_ == nullptr || selected_port == 0) {
+    if (server->server_ != nullptr) server->server_->Shutdown();
+    server->server_.reset();
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", options.listen,
+                     ": the address cannot be bound (in use, not local, or not permitted)"));
+  }
+  for (const std::string& name : *names) {
+    if (name != kHealthService) server->service_names_.push_back(name);
+  }
+  server->address_ = JoinHostPort(host_port.first, selected_port);
+  server->SetServing(false);
+  QTRAIN_LOG(INFO) << "serving on " << server->address_
+                   << (server->security_.tls() ? " (TLS)" : " (plaintext)")
+                   << (server->security_.requires_tokens() ? ", bearer tokens required" : "");
+  return server;
+}
+
+RpcServer::~RpcServer() { Shutdown(); }
+
+void RpcServer::SetServing(bool serving) {
+  if (server_ == nullptr) return;
+  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+  if (health == nullptr) return;
+  health->SetServingStatus("", serving);
+  for (const std::string& name : service_names_) health->SetServingStatus(name, serving);
+}
+
+void RpcServer::Shutdown(absl::Duration grace) {
+  if (server_ == nullptr) return;
+  if (grace < absl::ZeroDuration()) grace = absl::ZeroDuration();
+  // grpc::Server::Shutdown and Wait are safe to call again and from several threads (a signal
+  // thread and the destructor), so server_ stays until the RpcServer goes.
+  server_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoNanoseconds(grace));
+  server_->Wait();
+}
+
+absl::Status WriteAddressFile(const std::string& path, const std::string& address) {
+  QTRAIN_RETURN_IF_ERROR(SplitHostPort(address).status());
+  absl::Status status = WriteFileAtomically(path, absl::StrCat(address, "\n"));
+  if (!status.ok()) {
+    return absl::Status(status.code(),
+                        absl::StrCat("cannot write the address file: ", status.message()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace qtrain

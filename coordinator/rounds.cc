@@ -1,0 +1,114 @@
+// The end of a round: failures reported by a rank, completed assignments, stage progression.
+#include <filesystem>
+#include <system_error>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "coordinator/coordinator.h"
+#include "coordinator/names.h"
+
+namespace qtrain::coordinator {
+
+absl::Status Coordinator::ReportFailure(const v1::ReportFailureRequest& request) {
+  QTRAIN_RETURN_IF_ERROR(CheckLength(request.code(), kMaxShortStringBytes, "code"));
+  QTRAIN_RETURN_IF_ERROR(CheckLength(request.message(), kMaxMessageBytes, "message"));
+  {
+    absl::MutexLock lock(&mu_);
+    QTRAIN_ASSIGN_OR_RETURN(JobRecord * record, FindRoundLocked(request.worker(), request.job(),
+                                                                request.round(), request.rank()));
+    StoreBatch batch;
+    if (record->job.state() == v1::JOB_STATE_CANCELLING) {
+      MarkStoppedLocked(*record, request.rank(), batch);
+    } else {
+      const std::string what =
+          request.message().empty() ? request.code() : request.message();
+      const std::string reason =
+          absl::StrCat("rank ", request.rank(), " (", WorkerName(Id(request.worker())),
+                       ") failed", request.code().empty() ? "" : absl::StrCat(" with ", request.code()),
+                       ": ", what);
+      QTRAIN_LOG(WARNING) << record->job.name() << " round " << request.round() << ": " << reason
+                          << (request.retryable() ? " (retryable)" : "")
+                          << (request.drained() ? " (drained)" : "");
+      if (request.drained()) {
+        FailRoundLocked(*record, FailureKind::kDrained,
+                        absl::StrCat("worker ", WorkerName(Id(request.worker())),
+                                     " is draining; re-forming the group"),
+                        batch);
+      } else if (!request.retryable()) {
+        FailRoundLocked(*record, FailureKind::kFatal, what, batch);
+      } else {
+        FailRoundLocked(*record, FailureKind::kRetryable, reason, batch);
+      }
+    }
+    QTRAIN_RETURN_IF_ERROR(CommitLocked(batch));
+    ScheduleLocked();
+  }
+  RunDeferred();
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::CompleteAssignment(const v1::CompleteAssignmentRequest& request) {
+  QTRAIN_RETURN_IF_ERROR(CheckLength(request.final_directory(), kMaxPathBytes, "final_directory"));
+  {
+    absl::MutexLock lock(&mu_);
+    QTRAIN_ASSIGN_OR_RETURN(JobRecord * record, FindRoundLocked(request.worker(), request.job(),
+                                                                request.round(), request.rank()));
+    Round& round = record->round;
+    v1::Job& job = record->job;
+    if (round.completed.count(request.rank())) return absl::OkStatus();
+    if (request.step() != round.end_step) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("step: the assignment of round ", round.number, " ends at step ",
+                       round.end_step, ", not ", request.step()));
+    }
+    auto& steps = checkpoints_[Id(job.name())];
+    auto c = steps.find(round.end_step);
+    if (c == steps.end() || c->second.state() != v1::CHECKPOINT_STATE_COMMITTED) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the checkpoint of step ", round.end_step, " (",
+                       CheckpointName(Id(job.name()), round.end_step),
+                       ") is not committed; commit it first"));
+    }
+    const bool last_stage = round.stage + 1 == job.spec().curriculum_size();
+    if (last_stage && request.rank() == 0) {
+      if (request.final_directory().empty()) {
+        return absl::InvalidArgumentError(
+            "final_directory: required from rank 0 on the job's last stage");
+      }
+      std::error_code ec;
+      const std::filesystem::path model =
+          std::filesystem::path(request.final_directory()) / "model.safetensors";
+      if (!std::filesystem::is_regular_file(model, ec)) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("final_directory: ", model.string(), " does not exist"));
+      }
+    }
+    round.completed.insert(request.rank());
+    StoreBatch batch;
+    if (round.completed.size() == round.members.size()) FinishRoundLocked(*record, batch);
+    QTRAIN_RETURN_IF_ERROR(CommitLocked(batch));
+    ScheduleLocked();
+  }
+  RunDeferred();
+  return absl::OkStatus();
+}
+
+void Coordinator::FinishRoundLocked(JobRecord& record, StoreBatch& batch) {
+  v1::Job& job = record.job;
+  const int stage = record.round.stage;
+  const bool last_stage = stage + 1 == job.spec().curriculum_size();
+  ReleaseRoundLocked(record, "", batch);
+  job.mutable_progress()->set_step(record.stage_starts[stage + 1]);
+  if (last_stage) {
+    SetStateLocked(record, v1::JOB_STATE_SUCCEEDED, "", batch);
+    return;
+  }
+  // Re-queued at its original FIFO position for the next stage.
+  SetStateLocked(record, v1::JOB_STATE_SCHEDULING,
+                 absl::StrCat("stage ", stage, " (", job.spec().curriculum(stage).name(),
+                              ") done; scheduling stage ", stage + 1),
+                 batch);
+}
+
+}  // namespace qtrain::coordinator
