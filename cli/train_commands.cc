@@ -6,7 +6,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
@@ -16,23 +15,18 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "cli/command.h"
-#include "common/file_util.h"
 #include "common/job_spec.h"
 #include "common/run_dir_lock.h"
-#include "common/sha256.h"
 #include "common/status_macros.h"
 #include "google/protobuf/util/json_util.h"
-#include "tokenizer/tokenizer.h"
-#include "worker/model/checkpoint_io.h"
 #include "worker/model/config.h"
 #include "worker/model/model_source.h"
+#include "worker/train/job_setup.h"
 #include "worker/train/shard_token_source.h"
 #include "worker/train/trainer.h"
 
 namespace qtrain::cli {
 namespace {
-
-namespace fs = std::filesystem;
 
 std::string FormatDuration(double seconds) {
   const auto s = static_cast<int64_t>(std::llround(seconds));
@@ -54,39 +48,6 @@ std::function<void(std::string_view, int64_t)> FaultHookFromEnvironment() {
   };
 }
 
-// The tokenizer files exported beside the final model, read before training starts so that a
-// missing or unreadable tokenizer_config.json fails the run at once, not after the last step.
-struct TokenizerFiles {
-  std::string tokenizer_json;
-  std::optional<std::string> tokenizer_config_json;
-};
-
-absl::StatusOr<TokenizerFiles> ReadTokenizerFiles(const std::string& tokenizer_path) {
-  TokenizerFiles files;
-  absl::StatusOr<std::string> json =
-      ReadFileToString(tokenizer_path, tokenizer::kMaxTokenizerFileBytes);
-  if (!json.ok()) return Annotate(json.status(), "tokenizer");
-  files.tokenizer_json = *std::move(json);
-  const std::string config =
-      (fs::path(tokenizer_path).parent_path() / "tokenizer_config.json").string();
-  absl::StatusOr<std::string> text = ReadFileToString(config, size_t{16} << 20);
-  if (text.ok()) {
-    files.tokenizer_config_json = *std::move(text);
-  } else if (!absl::IsNotFound(text.status())) {
-    return text.status();
-  }
-  return files;
-}
-
-absl::Status WriteTokenizerFiles(const TokenizerFiles& files, const std::string& out_dir) {
-  QTRAIN_RETURN_IF_ERROR(WriteFileAtomically(out_dir + "/tokenizer.json", files.tokenizer_json));
-  if (files.tokenizer_config_json) {
-    QTRAIN_RETURN_IF_ERROR(
-        WriteFileAtomically(out_dir + "/tokenizer_config.json", *files.tokenizer_config_json));
-  }
-  return absl::OkStatus();
-}
-
 absl::Status RunTrain(const std::string& spec_path, const std::string& run_dir,
                       const std::vector<std::string>& allowed_spec_changes) {
   if (run_dir.empty()) {
@@ -95,32 +56,9 @@ absl::Status RunTrain(const std::string& spec_path, const std::string& run_dir,
   }
   QTRAIN_ASSIGN_OR_RETURN(v1::JobSpec spec,
                           LoadJobSpecFile(spec_path, model::ModelAwareJobSpecOptions()));
-  QTRAIN_ASSIGN_OR_RETURN(model::ModelConfig config, model::ResolveModelConfig(spec.model()));
-  std::optional<std::vector<float>> initial_params;
-  if (spec.model().has_init_from()) {
-    QTRAIN_ASSIGN_OR_RETURN(model::LoadedModel loaded,
-                            model::LoadCheckpoint(spec.model().init_from()));
-    initial_params = std::move(loaded.params);
-  }
-  // The tokenizer is read once: the bytes parsed are the bytes hashed and exported.
-  QTRAIN_ASSIGN_OR_RETURN(const TokenizerFiles tokenizer_files,
-                          ReadTokenizerFiles(spec.tokenizer()));
-  absl::StatusOr<tokenizer::Tokenizer> parsed =
-      tokenizer::Tokenizer::FromJson(tokenizer_files.tokenizer_json);
-  if (!parsed.ok()) return Annotate(parsed.status(), spec.tokenizer());
-  tokenizer::Tokenizer tok = *std::move(parsed);
-  const std::string tokenizer_sha256 = Sha256Hex(tokenizer_files.tokenizer_json);
-  // The shards must come from this tokenizer: same sha256, same vocabulary size.
-  tokenizer::DatasetOptions data_options;
-  data_options.tokenizer_sha256 = tokenizer_sha256;
-  data_options.vocab_size = tok.vocab_size();
-  QTRAIN_ASSIGN_OR_RETURN(train::ShardTokenSource data,
-                          train::ShardTokenSource::Open(spec.data().manifest(), data_options));
-  if (tok.vocab_size() > config.vocab_size) {
-    return absl::InvalidArgumentError(absl::StrCat("model: vocab_size ", config.vocab_size,
-                                                   " is smaller than the tokenizer's ",
-                                                   tok.vocab_size(), " tokens"));
-  }
+  QTRAIN_ASSIGN_OR_RETURN(train::PreparedJob job, train::PrepareJob(spec));
+  const model::ModelConfig& config = job.config;
+  const train::ShardTokenSource& data = *job.data;
   // Held until training ends: nothing in the run directory is touched without it. The trainer
   // writes job.json once the spec agrees with the checkpoint's.
   QTRAIN_ASSIGN_OR_RETURN(RunDirLock lock, RunDirLock::Acquire(run_dir));
@@ -153,12 +91,16 @@ absl::Status RunTrain(const std::string& spec_path, const std::string& run_dir,
     std::fprintf(stderr, "%s\n", line.c_str());
   };
   trainer_options.fault_hook = FaultHookFromEnvironment();
+  if (spec.world().min_workers() != 1 || spec.world().max_workers() != 1) {
+    return absl::InvalidArgumentError(
+        "world: a local run trains on one worker (min_workers = max_workers = 1)");
+  }
   QTRAIN_ASSIGN_OR_RETURN(std::unique_ptr<train::Trainer> trainer,
-                          train::Trainer::Create(spec, config, std::move(initial_params), data,
+                          train::Trainer::Create(spec, config, std::move(job.initial_params), data,
                                                  std::move(trainer_options)));
   QTRAIN_ASSIGN_OR_RETURN(train::TrainerSummary summary, trainer->Run());
   if (!summary.completed) return absl::InternalError("training stopped before the end");
-  QTRAIN_RETURN_IF_ERROR(WriteTokenizerFiles(tokenizer_files, summary.final_dir));
+  QTRAIN_RETURN_IF_ERROR(train::WriteTokenizerFiles(job.tokenizer_files, summary.final_dir));
   if (step_seconds > 0) {
     std::fprintf(stderr, "train: data loading took %.3f%% of step time in this process\n",
                  100.0 * data_seconds / step_seconds);

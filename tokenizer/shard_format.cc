@@ -568,6 +568,7 @@ absl::Status CheckManifestMatches(const ShardManifest& m, const DatasetOptions& 
 // The path of every shard, joined to the manifest's directory; each must resolve (symlinks
 // followed) to a distinct file inside that directory.
 absl::StatusOr<std::vector<std::string>> ResolveShardPaths(const ShardManifest& m,
+                                                           const std::vector<size_t>& indices,
                                                            const std::string& manifest_path) {
   namespace fs = std::filesystem;
   const fs::path dir = fs::path(manifest_path).parent_path();
@@ -578,7 +579,7 @@ absl::StatusOr<std::vector<std::string>> ResolveShardPaths(const ShardManifest& 
   }
   std::vector<std::string> paths;
   std::unordered_map<std::string, size_t> seen;
-  for (size_t k = 0; k < m.shards.size(); ++k) {
+  for (const size_t k : indices) {
     const std::string path = (dir / m.shards[k].file).string();
     const fs::path real = fs::canonical(path, ec);
     if (ec) {
@@ -649,11 +650,32 @@ absl::StatusOr<Dataset> OpenDataset(const std::string& manifest_path,
   Dataset d;
   QTRAIN_ASSIGN_OR_RETURN(d.manifest, ShardManifest::FromJson(text, manifest_path));
   d.manifest_sha256 = Sha256Hex(text);
+  if (options.manifest_sha256.has_value() && *options.manifest_sha256 != d.manifest_sha256) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        manifest_path,
+        ": the dataset manifest changed since the job was scheduled "
+        "(its sha256 is ",
+        d.manifest_sha256, ", the job was scheduled with ", *options.manifest_sha256, ")"));
+  }
   QTRAIN_RETURN_IF_ERROR(CheckManifestMatches(d.manifest, options, manifest_path));
+  if (options.only_shards.has_value()) {
+    for (size_t i = 0; i < options.only_shards->size(); ++i) {
+      const size_t k = (*options.only_shards)[i];
+      if (k >= d.manifest.shards.size() || (i > 0 && k <= (*options.only_shards)[i - 1])) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            manifest_path, ": shard index ", k, " is out of order or not among the manifest's ",
+            d.manifest.shards.size(), " shards"));
+      }
+    }
+    d.shard_indices = *options.only_shards;
+  } else {
+    for (size_t k = 0; k < d.manifest.shards.size(); ++k) d.shard_indices.push_back(k);
+  }
   QTRAIN_ASSIGN_OR_RETURN(const std::vector<std::string> paths,
-                          ResolveShardPaths(d.manifest, manifest_path));
+                          ResolveShardPaths(d.manifest, d.shard_indices, manifest_path));
   std::vector<ShardExpectation> expect;
-  for (const ShardInfo& info : d.manifest.shards) {
+  for (const size_t k : d.shard_indices) {
+    const ShardInfo& info = d.manifest.shards[k];
     expect.push_back({.vocab_size = d.manifest.vocab_size, .num_tokens = info.num_tokens});
     if (options.check_sha256) expect.back().sha256 = info.sha256;
   }

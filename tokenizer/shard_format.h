@@ -143,6 +143,12 @@ struct DatasetOptions {
   std::optional<uint32_t> vocab_size;
   // Compare every shard with its manifest sha256.
   bool check_sha256 = true;
+  // When set, the manifest file's sha256 must be this one, the manifest a job was scheduled
+  // with (FAILED_PRECONDITION otherwise).
+  std::optional<std::string> manifest_sha256;
+  // When set, only these shards (indices into the manifest's list, increasing) are resolved,
+  // opened and verified; Dataset::shards holds them in this order.
+  std::optional<std::vector<size_t>> only_shards;
 };
 
 // A dataset opened for reading: the manifest and every shard mapped and verified.
@@ -150,6 +156,8 @@ struct Dataset {
   ShardManifest manifest;
   std::string manifest_sha256;
   std::vector<ShardReader> shards;  // in manifest order
+  // The manifest index of each of `shards` (all of them unless DatasetOptions::only_shards).
+  std::vector<size_t> shard_indices;
 };
 
 // Opens the dataset whose manifest is `manifest_path` and checks every shard against it (see

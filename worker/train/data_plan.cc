@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 
 namespace qtrain::train {
 namespace {
@@ -127,11 +128,26 @@ absl::StatusOr<std::vector<Window>> DataPlan::TrainingWindows(int stage, int64_t
                                                               int64_t windows_per_step,
                                                               int64_t step, int rank,
                                                               int world_size) const {
-  if (seq_len <= 0 || windows_per_step <= 0 || step < 0 || world_size <= 0 || rank < 0 ||
-      rank >= world_size || windows_per_step % world_size != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("data plan: invalid request (seq_len ", seq_len, ", windows_per_step ",
-                     windows_per_step, ", step ", step, ", rank ", rank, " of ", world_size, ")"));
+  std::vector<Window> windows;
+  if (world_size > 0 && windows_per_step > 0) {
+    windows.reserve(static_cast<size_t>(windows_per_step / world_size));
+  }
+  QTRAIN_RETURN_IF_ERROR(ForEachTrainingWindow(stage, seq_len, windows_per_step, step, step + 1,
+                                               rank, world_size,
+                                               [&](const Window& w) { windows.push_back(w); }));
+  return windows;
+}
+
+absl::Status DataPlan::ForEachTrainingWindow(int stage, int64_t seq_len, int64_t windows_per_step,
+                                             int64_t begin_step, int64_t end_step, int rank,
+                                             int world_size,
+                                             const std::function<void(const Window&)>& fn) const {
+  if (seq_len <= 0 || windows_per_step <= 0 || begin_step < 0 || end_step < begin_step ||
+      world_size <= 0 || rank < 0 || rank >= world_size || windows_per_step % world_size != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "data plan: invalid request (seq_len ", seq_len, ", windows_per_step ", windows_per_step,
+        ", step ", begin_step, end_step == begin_step + 1 ? "" : absl::StrCat("-", end_step),
+        ", rank ", rank, " of ", world_size, ")"));
   }
   const int64_t count = TrainingWindowCount(seq_len);
   if (count == 0) {
@@ -147,22 +163,21 @@ absl::StatusOr<std::vector<Window>> DataPlan::TrainingWindows(int stage, int64_t
         first_window[i] + std::max<int64_t>(0, (run.end - run.begin - 1) / seq_len);
   }
   const int64_t per_rank = windows_per_step / world_size;
-  std::vector<Window> windows;
-  windows.reserve(static_cast<size_t>(per_rank));
-  for (int64_t i = 0; i < per_rank; ++i) {
-    const int64_t position = step * windows_per_step + rank * per_rank + i;
-    const int64_t epoch = position / count;
-    const uint64_t key = Mix(Mix(options_.seed) ^ Mix(static_cast<uint64_t>(stage) << 32 ^
-                                                      static_cast<uint64_t>(epoch)));
-    const int64_t index = static_cast<int64_t>(IndexPermutation(
-        static_cast<uint64_t>(count), key)(static_cast<uint64_t>(position % count)));
-    const size_t run =
-        static_cast<size_t>(std::upper_bound(first_window.begin(), first_window.end(), index) -
-                            first_window.begin() - 1);
-    windows.push_back(
-        {training_runs_[run].begin + (index - first_window[run]) * seq_len, seq_len + 1});
+  for (int64_t step = begin_step; step < end_step; ++step) {
+    for (int64_t i = 0; i < per_rank; ++i) {
+      const int64_t position = step * windows_per_step + rank * per_rank + i;
+      const int64_t epoch = position / count;
+      const uint64_t key = Mix(Mix(options_.seed) ^ Mix(static_cast<uint64_t>(stage) << 32 ^
+                                                        static_cast<uint64_t>(epoch)));
+      const int64_t index = static_cast<int64_t>(IndexPermutation(
+          static_cast<uint64_t>(count), key)(static_cast<uint64_t>(position % count)));
+      const size_t run =
+          static_cast<size_t>(std::upper_bound(first_window.begin(), first_window.end(), index) -
+                              first_window.begin() - 1);
+      fn({training_runs_[run].begin + (index - first_window[run]) * seq_len, seq_len + 1});
+    }
   }
-  return windows;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<Window>> DataPlan::ValidationWindows(int64_t seq_len,

@@ -16,6 +16,7 @@
 #define QTRAIN_WORKER_TRAIN_DATA_PLAN_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -70,6 +71,11 @@ class DataPlan {
   absl::StatusOr<std::vector<Window>> TrainingWindows(int stage, int64_t seq_len,
                                                       int64_t windows_per_step, int64_t step,
                                                       int rank, int world_size) const;
+  // The windows of `rank` at every step in [begin_step, end_step) of stage `stage`, in order,
+  // handed to `fn` (TrainingWindows of each step, without a vector per step).
+  absl::Status ForEachTrainingWindow(int stage, int64_t seq_len, int64_t windows_per_step,
+                                     int64_t begin_step, int64_t end_step, int rank, int world_size,
+                                     const std::function<void(const Window&)>& fn) const;
 
   // The first `count` validation windows, in stream order (the same every evaluation).
   absl::StatusOr<std::vector<Window>> ValidationWindows(int64_t seq_len, int64_t count) const;

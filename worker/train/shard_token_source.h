@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "qtrain/v1/worker.pb.h"
 #include "tokenizer/shard_format.h"
 #include "worker/train/token_source.h"
 
@@ -21,6 +22,15 @@ class ShardTokenSource : public TokenSource {
   static absl::StatusOr<ShardTokenSource> Open(const std::string& manifest_path,
                                                const tokenizer::DatasetOptions& options = {});
 
+  // Opens only the shards of `assignment` (shard_assignment.h): the manifest must be the one
+  // the assignment was planned from (its sha256; FAILED_PRECONDITION "the dataset manifest
+  // changed since the job was scheduled" otherwise) and agree with every assigned shard. The
+  // source has the size and fingerprint of the whole dataset; a Read that touches a shard
+  // outside the assignment is FAILED_PRECONDITION naming the position and the shard.
+  static absl::StatusOr<ShardTokenSource> OpenAssigned(const std::string& manifest_path,
+                                                       const v1::DataAssignment& assignment,
+                                                       tokenizer::DatasetOptions options = {});
+
   int64_t size() const override { return total_; }
   absl::Status Read(int64_t begin, std::span<int32_t> out) const override;
   std::string fingerprint() const override { return data_.manifest_sha256; }
@@ -29,7 +39,10 @@ class ShardTokenSource : public TokenSource {
  private:
   ShardTokenSource() = default;
   tokenizer::Dataset data_;
-  std::vector<int64_t> starts_;  // first stream position of each shard; back() = total
+  // First stream position of each manifest shard; back() = total.
+  std::vector<int64_t> starts_;
+  // Index into data_.shards of each manifest shard, -1 for one that is not open.
+  std::vector<int64_t> opened_;
   int64_t total_ = 0;
 };
 

@@ -23,6 +23,7 @@
 #include "worker/train/lr_schedule.h"
 #include "worker/train/metrics_log.h"
 #include "worker/train/optimizer.h"
+#include "worker/train/shard_assignment.h"
 #include "worker/train/spec_change.h"
 
 namespace qtrain::train {
@@ -89,6 +90,30 @@ absl::Status AsDamage(const absl::Status& status, absl::string_view what) {
   return absl::DataLossError(absl::StrCat(what, ": ", status.message()));
 }
 
+// The process's place in its group, and where it resumes.
+absl::Status CheckGroup(const v1::JobSpec& spec, const TrainerOptions& options) {
+  if (options.world_size < 1 || options.rank < 0 || options.rank >= options.world_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("trainer: rank ", options.rank, " of ", options.world_size, " workers"));
+  }
+  if (options.world_size > 1) {
+    return absl::UnimplementedError(absl::StrCat(
+        "data-parallel training across ", options.world_size, " workers is not available yet"));
+  }
+  if (options.world_size < spec.world().min_workers() ||
+      options.world_size > spec.world().max_workers()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("world: ", options.world_size, " worker(s), outside min_workers ",
+                     spec.world().min_workers(), " - max_workers ", spec.world().max_workers()));
+  }
+  if (options.resume_from_step && *options.resume_from_step < -1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("trainer: resume_from_step ", *options.resume_from_step,
+                     " is neither a checkpoint step nor -1 (from the initialization)"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 struct Trainer::State {
@@ -149,6 +174,9 @@ struct Trainer::State {
   void Fault(std::string_view point) const {
     if (options.fault_hook) options.fault_hook(point, step);
   }
+  void Phase(TrainerPhase phase) const {
+    if (options.on_phase) options.on_phase(phase);
+  }
 
   // Run() in order: Setup, then per step EnterStage (on a stage change), TrainStep, Report,
   // MaybeCheckpoint; then Finish.
@@ -165,6 +193,7 @@ struct Trainer::State {
   absl::Status InitializeParams();
   absl::StatusOr<Optimizer> MakeOptimizer() const;
   absl::Status Resume();
+  absl::Status ResumeFromNewest();
   absl::Status ResumeFrom(int64_t checkpoint_step);
   absl::Status ValidateCheckpointMetadata(const CheckpointInfo& info) const;
   absl::Status WriteJobFile() const;
@@ -205,10 +234,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
   QTRAIN_RETURN_IF_ERROR(ValidateJobSpec(spec));
   QTRAIN_RETURN_IF_ERROR(model::ValidateConfig(base_config));
   if (options.run_dir.empty()) return absl::InvalidArgumentError("trainer: no run directory");
-  if (spec.world().min_workers() != 1 || spec.world().max_workers() != 1) {
-    return absl::InvalidArgumentError(
-        "world: a local run trains on one worker (min_workers = max_workers = 1)");
-  }
+  QTRAIN_RETURN_IF_ERROR(CheckGroup(spec, options));
   if (spec.world().device() != v1::DEVICE_KIND_CPU) {
     return absl::UnimplementedError("world.device: only cpu is available to local runs");
   }
@@ -223,10 +249,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
   state->options = std::move(options);
   state->global_tokens = spec.batch().global_tokens();
 
-  int64_t max_seq_len = 0;
   for (int i = 0; i < spec.curriculum_size(); ++i) {
     const v1::CurriculumStage& stage = spec.curriculum(i);
-    max_seq_len = std::max(max_seq_len, stage.seq_len());
     QTRAIN_ASSIGN_OR_RETURN(model::ModelConfig config, StageConfig(base_config, stage));
     if (stage.seq_len() > config.max_position_embeddings) {
       return absl::InvalidArgumentError(
@@ -248,15 +272,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
     return Overflow(absl::StrCat("the job's tokens (", state->total_steps,
                                  " steps x batch.global_tokens ", state->global_tokens, ")"));
   }
-  const std::optional<int64_t> window_tokens = CheckedAdd(max_seq_len, 1);
-  const std::optional<int64_t> block_tokens =
-      window_tokens ? CheckedMul(8, *window_tokens) : std::nullopt;
-  if (!block_tokens) return Overflow("8 x (longest seq_len + 1)");
-
-  // Blocks several windows long, so held-out blocks cost little context.
-  const DataPlanOptions plan_options{.seed = spec.seed(),
-                                     .validation_fraction = spec.data().validation_fraction(),
-                                     .block_tokens = *block_tokens};
+  // The options the shard dispatch plans with (shard_assignment.h).
+  QTRAIN_ASSIGN_OR_RETURN(const DataPlanOptions plan_options, JobDataPlanOptions(spec));
   QTRAIN_ASSIGN_OR_RETURN(DataPlan plan, DataPlan::Create(data.size(), plan_options));
   for (int i = 0; i < spec.curriculum_size(); ++i) {
     const v1::CurriculumStage& stage = spec.curriculum(i);
@@ -511,6 +528,21 @@ absl::Status Trainer::State::ValidateCheckpointMetadata(const CheckpointInfo& in
 }
 
 absl::Status Trainer::State::Resume() {
+  if (!options.resume_from_step) return ResumeFromNewest();
+  const int64_t wanted = *options.resume_from_step;
+  if (wanted < 0) {
+    Event("starting from the initialization (checkpoints in the run directory are not used)");
+    return absl::OkStatus();
+  }
+  QTRAIN_ASSIGN_OR_RETURN(std::vector<int64_t> steps, store->ListSteps());
+  if (std::find(steps.begin(), steps.end(), wanted) == steps.end()) {
+    return absl::NotFoundError(absl::StrCat("checkpoint of step ", wanted, " not found: ",
+                                            store->DirectoryFor(wanted), " does not exist"));
+  }
+  return ResumeFrom(wanted);
+}
+
+absl::Status Trainer::State::ResumeFromNewest() {
   QTRAIN_ASSIGN_OR_RETURN(std::vector<int64_t> steps, store->ListSteps());
   for (int64_t checkpoint_step : steps) {
     const absl::Status resumed = ResumeFrom(checkpoint_step);
@@ -584,7 +616,7 @@ absl::StatusOr<Trainer::State::StepResult> Trainer::State::TrainStep(int stage_i
   QTRAIN_ASSIGN_OR_RETURN(
       std::vector<Window> windows,
       plan->TrainingWindows(stage_index, stage.seq_len(), windows_per_step,
-                            step - stage_start[stage_index], /*rank=*/0, /*world_size=*/1));
+                            step - stage_start[stage_index], options.rank, options.world_size));
   result.data_time += Clock::now() - result.start;
   QTRAIN_RETURN_IF_ERROR(model->ZeroGrads());
   double loss_sum = 0;
@@ -657,7 +689,9 @@ absl::Status Trainer::State::Report(int stage_index, const StepResult& result) {
   const int64_t eval_every = spec.eval().every_steps();
   if (spec.eval().batches() > 0 &&
       ((eval_every > 0 && step % eval_every == 0) || step == total_steps)) {
+    Phase(TrainerPhase::kEvaluating);
     QTRAIN_ASSIGN_OR_RETURN(double eval_loss, Evaluate(*model, stage));
+    Phase(TrainerPhase::kTraining);
     report.eval_loss = eval_loss;
     last_eval_loss = eval_loss;
   }
@@ -688,6 +722,7 @@ absl::Status Trainer::State::MaybeCheckpoint(int stage_index, int64_t stop_at) {
 }
 
 absl::Status Trainer::State::SaveCheckpoint() {
+  Phase(TrainerPhase::kCheckpointing);
   QTRAIN_ASSIGN_OR_RETURN(CheckpointWriter writer, store->Begin(step));
   QTRAIN_RETURN_IF_ERROR(
       model::SaveCheckpoint(writer.directory(), model->config(), model->params()));
@@ -704,7 +739,12 @@ absl::Status Trainer::State::SaveCheckpoint() {
                                    {"spec_sha256", training_spec_sha256}};
   QTRAIN_ASSIGN_OR_RETURN(CheckpointInfo info, writer.Commit(metadata));
   Event(absl::StrCat("checkpoint at step ", step, ": ", info.directory));
-  return store->ApplyRetention(spec.checkpoint().keep_last());
+  if (options.on_checkpoint) QTRAIN_RETURN_IF_ERROR(options.on_checkpoint(info));
+  if (options.apply_retention) {
+    QTRAIN_RETURN_IF_ERROR(store->ApplyRetention(spec.checkpoint().keep_last()));
+  }
+  Phase(TrainerPhase::kTraining);
+  return absl::OkStatus();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -760,6 +800,9 @@ absl::StatusOr<TrainerSummary> Trainer::Run() {
                                 ? std::min(s.options.stop_after_step, s.total_steps)
                                 : s.total_steps;
     while (s.step < stop_at) {
+      if (s.options.cancelled && s.options.cancelled()) {
+        return absl::CancelledError(absl::StrCat("training cancelled at step ", s.step));
+      }
       const int stage_index = s.StageOf(s.step);
       if (stage_index != s.model_stage) QTRAIN_RETURN_IF_ERROR(s.EnterStage(stage_index));
       QTRAIN_ASSIGN_OR_RETURN(const State::StepResult result, s.TrainStep(stage_index));

@@ -33,6 +33,7 @@
 #include "common/run_dir_lock.h"
 #include "qtrain/v1/jobs.pb.h"
 #include "worker/model/config.h"
+#include "worker/train/checkpoint_store.h"
 #include "worker/train/token_source.h"
 
 namespace qtrain::train {
@@ -55,6 +56,8 @@ struct StepReport {
   std::optional<double> eval_loss;
 };
 
+enum class TrainerPhase { kTraining, kEvaluating, kCheckpointing };
+
 struct TrainerOptions {
   std::string run_dir;
   // The caller's lock on run_dir, taken before it touched the directory. When null, Run() takes
@@ -76,6 +79,28 @@ struct TrainerOptions {
   // `step` is logged, before its checkpoint) and "checkpoint_written" (a checkpoint's files are
   // written, not yet committed).
   std::function<void(std::string_view point, int64_t step)> fault_hook;
+
+  // Where Run() starts. Unset: from the newest checkpoint in the run directory that verifies
+  // (skipping damaged ones), or from the initialization when there is none. -1: from the
+  // initialization, whatever the directory holds. N >= 0: from checkpoint step N exactly,
+  // NOT_FOUND when it is absent, DATA_LOSS when it does not verify.
+  std::optional<int64_t> resume_from_step;
+  // This process's place in a data-parallel group. world_size > 1 is UNIMPLEMENTED (at Create)
+  // until a collective backend exists.
+  int rank = 0;
+  int world_size = 1;
+  // Asked between steps (before each one); true stops Run() with CANCELLED "training cancelled
+  // at step N". Optional.
+  std::function<bool()> cancelled;
+  // Called once a checkpoint is committed to disk (before retention). A non-OK status stops
+  // Run() with that status. Optional.
+  std::function<absl::Status(const CheckpointInfo&)> on_checkpoint;
+  // Called when the trainer starts evaluating or writing a checkpoint, and when it goes back to
+  // training. Optional.
+  std::function<void(TrainerPhase)> on_phase;
+  // Delete old checkpoints after each one (checkpoint.keep_last). A service run leaves that to
+  // its coordinator, which knows which ones are committed.
+  bool apply_retention = true;
 };
 
 struct TrainerSummary {
@@ -100,8 +125,9 @@ class Trainer {
       TrainerOptions options);
   ~Trainer();
 
-  // Trains from the newest good checkpoint in the run directory (or from scratch) to the end
-  // of the job, or to options.stop_after_step.
+  // Trains from options.resume_from_step (by default the newest good checkpoint in the run
+  // directory, or from scratch) to the end of the job, or to options.stop_after_step (which
+  // gets a checkpoint).
   absl::StatusOr<TrainerSummary> Run();
 
   // The model configuration of stage `stage` (RoPE base and YaRN applied). INVALID_ARGUMENT

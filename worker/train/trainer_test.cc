@@ -2,10 +2,12 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <map>
 #include <string>
 #include <tuple>
 
@@ -480,6 +482,159 @@ curriculum:
   ASSERT_TRUE(config.ok());
   EXPECT_EQ(config->max_position_embeddings,
             4 * model::PresetConfig("qwen2-test")->max_position_embeddings);
+}
+
+// Every file of every checkpoint of `run`, by "step-N/file", with its sha256.
+std::map<std::string, std::string> CheckpointHashes(const fs::path& run) {
+  std::map<std::string, std::string> hashes;
+  for (const auto& dir : fs::directory_iterator(run / "checkpoints")) {
+    for (const auto& file : fs::directory_iterator(dir.path())) {
+      hashes[dir.path().filename().string() + "/" + file.path().filename().string()] =
+          Sha256File(file.path().string()).value();
+    }
+  }
+  return hashes;
+}
+
+TEST_F(TrainerTest, AStageAtATimeFromNamedCheckpointsEndsIdentically) {
+  TrainerOptions keep_all;
+  keep_all.apply_retention = false;
+  ASSERT_TRUE(Train("straight", SpecText(), keep_all).ok());
+  // Stage 0 alone (steps 1-4) from the initialization, then stage 1 from checkpoint 4.
+  std::vector<int64_t> committed;
+  TrainerOptions stage0;
+  stage0.resume_from_step = -1;
+  stage0.stop_after_step = 4;
+  stage0.apply_retention = false;
+  stage0.on_checkpoint = [&](const CheckpointInfo& info) {
+    EXPECT_TRUE(fs::exists(fs::path(info.directory) / "model.safetensors"));
+    EXPECT_EQ(info.metadata["step"], info.step);
+    committed.push_back(info.step);
+    return absl::OkStatus();
+  };
+  auto first = Train("staged", SpecText(), stage0);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_FALSE(first->completed);
+  EXPECT_EQ(first->steps, 4);
+  EXPECT_EQ(committed, (std::vector<int64_t>{2, 4}));
+  TrainerOptions stage1;
+  stage1.resume_from_step = 4;
+  stage1.stop_after_step = 7;
+  stage1.apply_retention = false;
+  std::vector<std::string> events;
+  stage1.on_event = [&](const std::string& e) { events.push_back(e); };
+  auto second = Train("staged", SpecText(), stage1);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_TRUE(second->completed);
+  EXPECT_THAT(events.front(), HasSubstr("(step 4 of 7)"));
+  EXPECT_EQ(FinalHash("staged"), FinalHash("straight"));
+  const auto staged = CheckpointHashes(root_ / "staged");
+  EXPECT_EQ(staged, CheckpointHashes(root_ / "straight"));
+  // Steps 2, 4, 6 and 7, nothing deleted.
+  EXPECT_TRUE(staged.count("step-000000000002/optimizer.safetensors"));
+  EXPECT_TRUE(staged.count("step-000000000007/model.safetensors"));
+}
+
+TEST_F(TrainerTest, ResumeFromStepIsExactOrRefused) {
+  TrainerOptions first;
+  first.stop_after_step = 4;
+  first.apply_retention = false;
+  ASSERT_TRUE(Train("run", SpecText(), first).ok());
+  // -1 ignores the checkpoints on disk: it trains steps 1-2 again.
+  std::vector<StepReport> reports;
+  TrainerOptions fresh;
+  fresh.resume_from_step = -1;
+  fresh.stop_after_step = 2;
+  fresh.on_step = [&](const StepReport& r) { reports.push_back(r); };
+  auto again = Train("run", SpecText(), fresh);
+  ASSERT_TRUE(again.ok()) << again.status();
+  ASSERT_EQ(reports.size(), 2u);
+  EXPECT_EQ(reports.front().step, 1);
+  // An absent step.
+  TrainerOptions absent;
+  absent.resume_from_step = 3;
+  auto missing = Train("run", SpecText(), absent);
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound) << missing.status();
+  EXPECT_THAT(std::string(missing.status().message()), HasSubstr("step-000000000003"));
+  // A damaged one is not replaced by an older one.
+  {
+    std::fstream f(root_ / "run" / "checkpoints" / "step-000000000004" / "model.safetensors",
+                   std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(-3, std::ios::end);
+    f.put('\x7f');
+  }
+  TrainerOptions damaged;
+  damaged.resume_from_step = 4;
+  auto refused = Train("run", SpecText(), damaged);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kDataLoss) << refused.status();
+  TrainerOptions bad;
+  bad.resume_from_step = -2;
+  EXPECT_EQ(Train("run", SpecText(), bad).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(TrainerTest, CancelledStopsBetweenSteps) {
+  int64_t steps_done = 0;
+  bool cancel = false;
+  TrainerOptions options;
+  options.on_step = [&](const StepReport& r) {
+    steps_done = r.step;
+    if (r.step == 3) cancel = true;
+  };
+  options.cancelled = [&] { return cancel; };
+  auto result = Train("run", SpecText(), options);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_THAT(std::string(result.status().message()), HasSubstr("training cancelled at step 3"));
+  EXPECT_EQ(steps_done, 3);
+  // Cancelled before anything: no step at all.
+  TrainerOptions at_once;
+  at_once.cancelled = [] { return true; };
+  at_once.on_step = [](const StepReport&) { ADD_FAILURE() << "trained a step"; };
+  EXPECT_EQ(Train("other", SpecText(), at_once).status().code(), absl::StatusCode::kCancelled);
+}
+
+TEST_F(TrainerTest, ACheckpointCallbackErrorStopsTheRun) {
+  std::vector<int64_t> steps;
+  TrainerOptions options;
+  options.on_step = [&](const StepReport& r) { steps.push_back(r.step); };
+  options.on_checkpoint = [](const CheckpointInfo& info) {
+    return info.step == 2 ? absl::AbortedError("not committed") : absl::OkStatus();
+  };
+  auto result = Train("run", SpecText(), options);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kAborted);
+  EXPECT_THAT(std::string(result.status().message()), HasSubstr("not committed"));
+  EXPECT_EQ(steps, (std::vector<int64_t>{1, 2}));
+}
+
+TEST_F(TrainerTest, WithoutRetentionEveryCheckpointStays) {
+  std::vector<TrainerPhase> phases;
+  TrainerOptions options;
+  options.apply_retention = false;
+  options.on_phase = [&](TrainerPhase p) { phases.push_back(p); };
+  ASSERT_TRUE(Train("run", SpecText(), options).ok());
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(root_ / "run" / "checkpoints")) {
+    names.push_back(e.path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"step-000000000002", "step-000000000004",
+                                             "step-000000000006", "step-000000000007"}));
+  EXPECT_EQ(std::count(phases.begin(), phases.end(), TrainerPhase::kCheckpointing), 4);
+  EXPECT_EQ(std::count(phases.begin(), phases.end(), TrainerPhase::kEvaluating), 3);  // 3, 6, 7
+  EXPECT_EQ(phases.back(), TrainerPhase::kTraining);
+}
+
+TEST_F(TrainerTest, DataParallelGroupsAreNotAvailableYet) {
+  TrainerOptions two;
+  two.world_size = 2;
+  two.rank = 1;
+  auto result = Train("run", SpecText(), two);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(std::string(result.status().message()),
+              HasSubstr("data-parallel training across 2 workers is not available yet"));
+  EXPECT_FALSE(fs::exists(root_ / "run"));
+  TrainerOptions bad_rank;
+  bad_rank.rank = 1;
+  EXPECT_EQ(Train("run", SpecText(), bad_rank).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace
