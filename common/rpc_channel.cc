@@ -13,6 +13,7 @@
 #include "common/grpc_status.h"
 #include "common/rpc_security.h"
 #include "common/status_macros.h"
+#include "common/tls_files.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
@@ -23,23 +24,12 @@ namespace {
 // absl here is built with its own string_view; the headers speak std::string_view.
 absl::string_view Av(std::string_view s) { return absl::string_view(s.data(), s.size()); }
 
-constexpr size_t kMaxPemFileBytes = 1 << 20;
 constexpr size_t kMaxReasonChars = 160;
 // After the coordinator went away, reconnect attempts back off to at most this, so that a
 // restarted coordinator is found again within about a second.
 constexpr int kMaxReconnectBackoffMs = 1000;
-
-absl::StatusOr<std::string> ReadPem(absl::string_view flag, const std::string& path) {
-  absl::StatusOr<std::string> pem = ReadFileToString(path, kMaxPemFileBytes);
-  if (!pem.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(flag, " ", path, ": ", pem.status().message()));
-  }
-  if (!absl::StrContains(*pem, "-----BEGIN ")) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(flag, " ", path, ": not a PEM file (no \"-----BEGIN\" line)"));
-  }
-  return pem;
-}
+constexpr int kKeepaliveTimeMs = 20000;
+constexpr int kKeepaliveTimeoutMs = 10000;
 
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeCredentials(
     const ChannelOptions& options) {
@@ -58,10 +48,13 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeCredentials(
                                                                : "--tls-cert needs --tls-key");
   }
   grpc::SslCredentialsOptions ssl;
-  QTRAIN_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPem("--tls-ca", options.tls_ca));
+  QTRAIN_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadCertificateFile("--tls-ca", options.tls_ca));
   if (!options.tls_cert.empty()) {
-    QTRAIN_ASSIGN_OR_RETURN(ssl.pem_cert_chain, ReadPem("--tls-cert", options.tls_cert));
-    QTRAIN_ASSIGN_OR_RETURN(ssl.pem_private_key, ReadPem("--tls-key", options.tls_key));
+    QTRAIN_ASSIGN_OR_RETURN(ssl.pem_cert_chain,
+                            ReadCertificateFile("--tls-cert", options.tls_cert));
+    QTRAIN_ASSIGN_OR_RETURN(ssl.pem_private_key, ReadPrivateKeyFile("--tls-key", options.tls_key));
+    QTRAIN_RETURN_IF_ERROR(CheckKeyMatchesCertificate("--tls-cert", ssl.pem_cert_chain, "--tls-key",
+                                                      ssl.pem_private_key));
   }
   return grpc::SslCredentials(ssl);
 }
@@ -112,6 +105,10 @@ absl::StatusOr<RpcClient> RpcClient::Create(const ChannelOptions& options) {
   args.SetMaxReceiveMessageSize(options.max_message_bytes);
   args.SetMaxSendMessageSize(options.max_message_bytes);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, kMaxReconnectBackoffMs);
+  // Pings on open calls (a Heartbeat or Watch stream) notice a coordinator whose machine
+  // vanished; the server permits one every 10 s.
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, kKeepaliveTimeMs);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, kKeepaliveTimeoutMs);
   if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
   client.channel_ = grpc::CreateCustomChannel(options.address, credentials, args);
   client.last_timeout_ = std::make_shared<std::atomic<int64_t>>(-1);
