@@ -43,10 +43,12 @@ absl::Status CheckFiles(const v1::CommitCheckpointRequest& r) {
           absl::StrCat(field, ".path: must be a relative path inside the checkpoint directory"));
     }
     if (!seen.insert(f.path()).second) {
-      return absl::InvalidArgumentError(absl::StrCat(field, ".path: ", f.path(), " is listed twice"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".path: ", f.path(), " is listed twice"));
     }
     if (!f.sha256().empty() && !IsHex64(f.sha256())) {
-      return absl::InvalidArgumentError(absl::StrCat(field, ".sha256: not 64 lowercase hex digits"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".sha256: not 64 lowercase hex digits"));
     }
     if (f.size_bytes() < 0) {
       return absl::InvalidArgumentError(absl::StrCat(field, ".size_bytes: must be >= 0"));
@@ -69,9 +71,9 @@ absl::Status CheckFilesOnDisk(const v1::CommitCheckpointRequest& r) {
     }
     const uintmax_t size = std::filesystem::file_size(path, ec);
     if (ec || static_cast<int64_t>(size) != f.size_bytes()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("checkpoint file ", path.string(), " has ", ec ? 0 : size,
-                       " bytes, not the ", f.size_bytes(), " reported"));
+      return absl::FailedPreconditionError(absl::StrCat("checkpoint file ", path.string(), " has ",
+                                                        ec ? 0 : size, " bytes, not the ",
+                                                        f.size_bytes(), " reported"));
     }
   }
   return absl::OkStatus();
@@ -170,8 +172,8 @@ void Coordinator::ApplyRetentionLocked(JobRecord& record, StoreBatch& batch) {
     if (c.state() != v1::CHECKPOINT_STATE_COMMITTED) continue;
     if (newer++ < keep_last || stage_ends.count(c.step())) continue;
     // Only a directory of this job's layout is ever removed.
-    const std::string expected = absl::StrCat(record.job.run_directory(), "/checkpoints/",
-                                              CheckpointDirName(c.step()));
+    const std::string expected =
+        absl::StrCat(record.job.run_directory(), "/checkpoints/", CheckpointDirName(c.step()));
     if (c.directory() == expected) {
       std::error_code ec;
       std::filesystem::remove_all(c.directory(), ec);

@@ -12,7 +12,6 @@
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "coordinator/names.h"
-#include "coordinator/shard_plan.h"
 #include "coordinator/time_util.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "worker/model/model_source.h"
@@ -78,7 +77,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(
   }
   CoordinatorOptions resolved = options;
   if (!resolved.clock) resolved.clock = [] { return absl::Now(); };
-  if (!resolved.plan_data) resolved.plan_data = DefaultDataPlanner();
+  if (!resolved.plan_data) return absl::InvalidArgumentError("coordinator: no data planner");
   std::error_code ec;
   std::filesystem::create_directories(resolved.run_root, ec);
   if (ec) {
@@ -164,8 +163,8 @@ absl::StatusOr<Coordinator::JobRecord*> Coordinator::FindJobLocked(absl::string_
   return it->second;
 }
 
-absl::StatusOr<Coordinator::WorkerRecord*> Coordinator::FindWorkerLocked(
-    absl::string_view name, absl::string_view field) {
+absl::StatusOr<Coordinator::WorkerRecord*> Coordinator::FindWorkerLocked(absl::string_view name,
+                                                                         absl::string_view field) {
   QTRAIN_ASSIGN_OR_RETURN(std::string id, ParseWorkerName(name, field));
   auto it = workers_by_id_.find(id);
   if (it == workers_by_id_.end()) {
@@ -175,8 +174,10 @@ absl::StatusOr<Coordinator::WorkerRecord*> Coordinator::FindWorkerLocked(
   return it->second;
 }
 
-absl::StatusOr<Coordinator::JobRecord*> Coordinator::FindRoundLocked(
-    absl::string_view worker, absl::string_view job, int64_t round, std::optional<int64_t> rank) {
+absl::StatusOr<Coordinator::JobRecord*> Coordinator::FindRoundLocked(absl::string_view worker,
+                                                                     absl::string_view job,
+                                                                     int64_t round,
+                                                                     std::optional<int64_t> rank) {
   QTRAIN_ASSIGN_OR_RETURN(WorkerRecord * w, FindWorkerLocked(worker, "worker"));
   QTRAIN_ASSIGN_OR_RETURN(JobRecord * record, FindJobLocked(job, "job"));
   if (round <= 0) {
@@ -195,9 +196,9 @@ absl::StatusOr<Coordinator::JobRecord*> Coordinator::FindRoundLocked(
                                                      r.members.size(), ") for round ", round));
     }
     if (r.members[*rank] != w->worker.name().substr(8)) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("rank ", *rank, " of round ", round, " of ", record->job.name(),
-                       " is not ", w->worker.name()));
+      return absl::FailedPreconditionError(absl::StrCat("rank ", *rank, " of round ", round, " of ",
+                                                        record->job.name(), " is not ",
+                                                        w->worker.name()));
     }
   }
   return record;
@@ -237,9 +238,9 @@ absl::StatusOr<v1::Job> Coordinator::CreateJob(const v1::CreateJobRequest& reque
     if (google::protobuf::util::MessageDifferencer::Equals(existing.spec(), spec)) {
       return existing;
     }
-    return absl::AlreadyExistsError(
-        absl::StrCat("request_id ", request.request_id(), " already created ", existing.name(),
-                     " with another spec"));
+    return absl::AlreadyExistsError(absl::StrCat("request_id ", request.request_id(),
+                                                 " already created ", existing.name(),
+                                                 " with another spec"));
   }
   const int64_t number = next_job_number_;
   const std::string id =
@@ -339,8 +340,9 @@ absl::StatusOr<v1::Job> Coordinator::CancelJob(const v1::CancelJobRequest& reque
     default:
       break;
   }
-  const std::string reason =
-      request.reason().empty() ? std::string("cancelled") : absl::StrCat("cancelled: ", request.reason());
+  const std::string reason = request.reason().empty()
+                                 ? std::string("cancelled")
+                                 : absl::StrCat("cancelled: ", request.reason());
   StoreBatch batch;
   Round& round = record->round;
   if (round.live && !round.delivered.empty()) {

@@ -18,13 +18,13 @@
 #include <optional>
 #include <set>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <unordered_map>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "coordinator/store.h"
@@ -45,8 +45,8 @@ struct CoordinatorOptions {
   std::string run_root;    // job run directories: <run_root>/<ID>
   absl::Duration lease = absl::Seconds(10);
   absl::Duration settle = absl::Seconds(1);
-  Clock clock;  // default: absl::Now
-  DataPlanner plan_data;  // default: train::PlanShardAssignment (shard_plan.h)
+  Clock clock;            // default: absl::Now
+  DataPlanner plan_data;  // required; DefaultDataPlanner() in shard_plan.h
 };
 
 // Result of GetKey, delivered to its callback exactly once.
@@ -171,8 +171,8 @@ class Coordinator {
   // Appends an event with the job's next sequence to `batch`.
   void AddEventLocked(JobRecord& record, v1::JobEvent event, StoreBatch& batch)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void SetStateLocked(JobRecord& record, v1::JobState state, std::string message,
-                      StoreBatch& batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SetStateLocked(JobRecord& record, v1::JobState state, std::string message, StoreBatch& batch)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<JobRecord*> FindJobLocked(absl::string_view name, absl::string_view field)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<WorkerRecord*> FindWorkerLocked(absl::string_view name, absl::string_view field)
@@ -218,8 +218,7 @@ class Coordinator {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MarkStoppedLocked(JobRecord& record, int64_t rank, StoreBatch& batch)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void PutWorkerLocked(WorkerRecord& worker, StoreBatch& batch)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PutWorkerLocked(WorkerRecord& worker, StoreBatch& batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // checkpoints.cc
   void ApplyRetentionLocked(JobRecord& record, StoreBatch& batch)

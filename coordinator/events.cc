@@ -41,8 +41,9 @@ absl::StatusOr<Coordinator::EventPage> Coordinator::ReadEvents(absl::string_view
   page.scanned = std::max(after_sequence, last);
   if (after_sequence < last) {
     absl::MutexLock lock(&store_mu_);
-    QTRAIN_ASSIGN_OR_RETURN(page.events, options_.store->ReadEvents(JobName(Id(job)), after_sequence,
-                                                                    limit, include_step_metrics));
+    QTRAIN_ASSIGN_OR_RETURN(
+        page.events,
+        options_.store->ReadEvents(JobName(Id(job)), after_sequence, limit, include_step_metrics));
   }
   while (!page.events.empty() && page.events.back().sequence() > last) page.events.pop_back();
   if (static_cast<int>(page.events.size()) == limit) page.scanned = page.events.back().sequence();

@@ -97,7 +97,8 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent>,
   void OnWriteDone(bool ok) override {
     absl::MutexLock lock(&mu_);
     writing_ = false;
-    if (!ok || cancelled_) return FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "the watcher went away"));
+    if (!ok || cancelled_)
+      return FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "the watcher went away"));
     const bool terminal = IsTerminalEvent(buffer_.front());
     last_ = buffer_.front().sequence();
     scanned_ = std::max(scanned_, last_);
@@ -119,7 +120,8 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent>,
 
   void Stop() {
     absl::MutexLock lock(&mu_);
-    if (!writing_) FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the coordinator is stopping"));
+    if (!writing_)
+      FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the coordinator is stopping"));
     cancelled_ = true;
   }
 
@@ -156,7 +158,8 @@ void EventPump::Run() {
     {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(
-          +[](EventPump* p) ABSL_NO_THREAD_SAFETY_ANALYSIS { return p->stop_ || !p->queue_.empty(); },
+          +[](EventPump* p)
+               ABSL_NO_THREAD_SAFETY_ANALYSIS { return p->stop_ || !p->queue_.empty(); },
           this));
       if (stop_) return;
       next = std::move(queue_.front());
@@ -174,7 +177,8 @@ struct JobService::Impl : public v1::JobService::CallbackService {
   grpc::ServerUnaryReactor* CreateJob(grpc::CallbackServerContext* ctx,
                                       const v1::CreateJobRequest* request,
                                       v1::Job* response) override {
-    return RunUnary(ctx, security, Realm::kUser, response, [&] { return core->CreateJob(*request); });
+    return RunUnary(ctx, security, Realm::kUser, response,
+                    [&] { return core->CreateJob(*request); });
   }
   grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* ctx,
                                    const v1::GetJobRequest* request, v1::Job* response) override {
@@ -183,12 +187,14 @@ struct JobService::Impl : public v1::JobService::CallbackService {
   grpc::ServerUnaryReactor* ListJobs(grpc::CallbackServerContext* ctx,
                                      const v1::ListJobsRequest* request,
                                      v1::ListJobsResponse* response) override {
-    return RunUnary(ctx, security, Realm::kUser, response, [&] { return core->ListJobs(*request); });
+    return RunUnary(ctx, security, Realm::kUser, response,
+                    [&] { return core->ListJobs(*request); });
   }
   grpc::ServerUnaryReactor* CancelJob(grpc::CallbackServerContext* ctx,
                                       const v1::CancelJobRequest* request,
                                       v1::Job* response) override {
-    return RunUnary(ctx, security, Realm::kUser, response, [&] { return core->CancelJob(*request); });
+    return RunUnary(ctx, security, Realm::kUser, response,
+                    [&] { return core->CancelJob(*request); });
   }
   grpc::ServerUnaryReactor* ListCheckpoints(grpc::CallbackServerContext* ctx,
                                             const v1::ListCheckpointsRequest* request,

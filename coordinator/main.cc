@@ -31,8 +31,8 @@ struct Flags {
 
 absl::Status CheckSeconds(double value, const char* flag, bool zero_ok) {
   if (!std::isfinite(value) || value < 0 || (!zero_ok && value == 0) || value > 86400 * 365) {
-    return absl::InvalidArgumentError(absl::StrCat(flag, ": must be ", zero_ok ? ">= 0" : "> 0",
-                                                   " seconds (got ", value, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, ": must be ", zero_ok ? ">= 0" : "> 0", " seconds (got ", value, ")"));
   }
   return absl::OkStatus();
 }
@@ -41,9 +41,8 @@ absl::Status Run(const Flags& flags, const sigset_t& signals) {
   QTRAIN_RETURN_IF_ERROR(CheckSeconds(flags.lease_seconds, "--lease-seconds", false));
   QTRAIN_RETURN_IF_ERROR(CheckSeconds(flags.settle_seconds, "--settle-seconds", true));
   if (flags.max_message_bytes < 1024 || flags.max_message_bytes > (int64_t{1} << 30)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--max-message-bytes: must be in [1024, 2^30] (got ",
-                     flags.max_message_bytes, ")"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max-message-bytes: must be in [1024, 2^30] (got ", flags.max_message_bytes, ")"));
   }
   qtrain::coordinator::CoordinatorServerOptions options;
   options.state_dir = flags.state_dir;
@@ -61,8 +60,8 @@ absl::Status Run(const Flags& flags, const sigset_t& signals) {
   if (!flags.address_file.empty()) {
     QTRAIN_RETURN_IF_ERROR(qtrain::WriteAddressFile(flags.address_file, server->address()));
   }
-  QTRAIN_LOG(INFO) << "coordinator ready on " << server->address() << " (state "
-                   << flags.state_dir << ", runs " << flags.run_root << ")";
+  QTRAIN_LOG(INFO) << "coordinator ready on " << server->address() << " (state " << flags.state_dir
+                   << ", runs " << flags.run_root << ")";
   int received = 0;
   sigwait(&signals, &received);
   QTRAIN_LOG(INFO) << "signal " << received << ": stopping";
@@ -102,8 +101,7 @@ int main(int argc, char** argv) {
   app.add_option("--tls-cert", flags.tls_cert, "PEM server certificate (serve TLS)");
   app.add_option("--tls-key", flags.tls_key, "PEM private key of --tls-cert");
   app.add_option("--tls-client-ca", flags.tls_client_ca, "PEM CA: require client certificates");
-  app.add_option("--max-message-bytes", flags.max_message_bytes,
-                 "Largest request accepted")
+  app.add_option("--max-message-bytes", flags.max_message_bytes, "Largest request accepted")
       ->capture_default_str();
   app.add_option("--log-level", flags.log_level, "DEBUG, INFO, WARNING or ERROR")
       ->capture_default_str();

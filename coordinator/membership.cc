@@ -20,7 +20,8 @@ absl::Status CheckRegisterRequest(const v1::RegisterWorkerRequest& r) {
   QTRAIN_RETURN_IF_ERROR(CheckLength(r.metrics_address(), kMaxShortStringBytes, "metrics_address"));
   QTRAIN_RETURN_IF_ERROR(CheckLength(r.peer_host(), kMaxShortStringBytes, "peer_host"));
   if (!v1::DeviceKind_IsValid(r.device())) {
-    return absl::InvalidArgumentError(absl::StrCat("device: ", r.device(), " is not a device kind"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("device: ", r.device(), " is not a device kind"));
   }
   if (r.device_count() < 0 || r.device_count() > 65536) {
     return absl::InvalidArgumentError("device_count: must be in [0, 65536]");
@@ -164,8 +165,7 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
         v1::Directive directive;
         v1::Abort* abort = directive.mutable_abort();
         abort->set_job(request.has_progress() ? request.progress().job() : worker->last_job);
-        abort->set_round(request.has_progress() ? request.progress().round()
-                                                : worker->last_round);
+        abort->set_round(request.has_progress() ? request.progress().round() : worker->last_round);
         abort->set_reason(absl::StrCat(w.name(), " lost its lease; its round is over"));
         worker->pending.push_back(std::move(directive));
       }
@@ -191,7 +191,8 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
       v1::Directive& directive = worker->pending.front();
       if (directive.has_assign()) {
         auto job = jobs_by_id_.find(Id(directive.assign().job()));
-        if (job != jobs_by_id_.end()) job->second->round.delivered.insert(directive.assign().rank());
+        if (job != jobs_by_id_.end())
+          job->second->round.delivered.insert(directive.assign().rank());
       }
       *response.mutable_directive() = std::move(directive);
       worker->pending.pop_front();
@@ -213,11 +214,10 @@ void Coordinator::HandleProgressLocked(WorkerRecord& worker, const v1::Heartbeat
                        record->round.members[p.rank()] == Id(worker.worker.name());
   if (!current) {
     // A stale round (or a finished job): tell the worker to stop it, once.
-    const bool queued = std::any_of(worker.pending.begin(), worker.pending.end(),
-                                    [&](const v1::Directive& d) {
-                                      return d.has_abort() && d.abort().job() == p.job() &&
-                                             d.abort().round() == p.round();
-                                    });
+    const bool queued =
+        std::any_of(worker.pending.begin(), worker.pending.end(), [&](const v1::Directive& d) {
+          return d.has_abort() && d.abort().job() == p.job() && d.abort().round() == p.round();
+        });
     if (!queued && request.phase() != v1::WORKER_PHASE_IDLE &&
         request.phase() != v1::WORKER_PHASE_STOPPED) {
       v1::Directive directive;
@@ -227,8 +227,7 @@ void Coordinator::HandleProgressLocked(WorkerRecord& worker, const v1::Heartbeat
       abort->set_reason(record == nullptr
                             ? absl::StrCat("no job named ", p.job())
                             : absl::StrCat("round ", p.round(), " of ", p.job(),
-                                           " is over; the current round is ",
-                                           record->job.round()));
+                                           " is over; the current round is ", record->job.round()));
       worker.pending.push_front(std::move(directive));
     }
     if (record == nullptr || !record->round.live || p.round() != record->job.round()) {
@@ -356,8 +355,7 @@ void Coordinator::ReleaseRoundLocked(JobRecord& record, const std::string& abort
       PutWorkerLocked(w, batch);
     }
   }
-  AbortKeyWaitersLocked(round, absl::StrCat("round ", round.number, " of ", job.name(),
-                                            " ended"));
+  AbortKeyWaitersLocked(round, absl::StrCat("round ", round.number, " of ", job.name(), " ended"));
   auto& steps = checkpoints_[Id(job.name())];
   for (auto& [step, ranks] : round.checkpoint_ranks) {
     auto c = steps.find(step);
@@ -396,8 +394,8 @@ void Coordinator::FailRoundLocked(JobRecord& record, FailureKind kind, const std
     return;
   }
   job.set_restarts(job.restarts() + 1);
-  QTRAIN_LOG(INFO) << "restart " << job.restarts() << "/" << allowed << " of " << job.name()
-                   << ": " << reason;
+  QTRAIN_LOG(INFO) << "restart " << job.restarts() << "/" << allowed << " of " << job.name() << ": "
+                   << reason;
   SetStateLocked(record, v1::JOB_STATE_RESTARTING, reason, batch);
 }
 

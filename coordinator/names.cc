@@ -5,10 +5,10 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
 
 namespace qtrain::coordinator {
 namespace {
@@ -21,10 +21,9 @@ absl::StatusOr<std::string> ParseId(absl::string_view id, absl::string_view full
                                     absl::string_view field, absl::string_view what) {
   if (id.empty() || id.size() > kMaxIdBytes || !std::all_of(id.begin(), id.end(), IsIdChar) ||
       id == "." || id == "..") {
-    return absl::InvalidArgumentError(
-        absl::StrCat(field, ": \"", absl::CHexEscape(full.substr(0, 200)), "\" is not a ", what,
-                     " name (", what, "s/ID, ID of at most ", kMaxIdBytes,
-                     " letters, digits, '-', '_' or '.')"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": \"", absl::CHexEscape(full.substr(0, 200)), "\" is not a ", what, " name (", what,
+        "s/ID, ID of at most ", kMaxIdBytes, " letters, digits, '-', '_' or '.')"));
   }
   return std::string(id);
 }

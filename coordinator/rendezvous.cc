@@ -25,9 +25,9 @@ absl::Status Coordinator::PutKey(const v1::PutKeyRequest& request) {
     auto it = round.kv.find(request.key());
     if (it == round.kv.end()) {
       if (static_cast<int>(round.kv.size()) >= kMaxKeysPerRound) {
-        return absl::ResourceExhaustedError(absl::StrCat(
-            "key: round ", round.number, " of ", record->job.name(), " already holds ",
-            kMaxKeysPerRound, " keys"));
+        return absl::ResourceExhaustedError(absl::StrCat("key: round ", round.number, " of ",
+                                                         record->job.name(), " already holds ",
+                                                         kMaxKeysPerRound, " keys"));
       }
       round.kv.emplace(request.key(), request.value());
     } else {
@@ -63,8 +63,7 @@ int64_t Coordinator::GetKey(const v1::GetKeyRequest& request, absl::Time deadlin
         FindRoundLocked(request.worker(), request.job(), request.round(), std::nullopt);
     if (!record.ok()) {
       deferred_.push_back([done, s = record.status()] { done(s); });
-    } else if (auto it = (*record)->round.kv.find(request.key());
-               it != (*record)->round.kv.end()) {
+    } else if (auto it = (*record)->round.kv.find(request.key()); it != (*record)->round.kv.end()) {
       deferred_.push_back([done, value = it->second] { done(value); });
     } else if (Now() >= deadline) {
       deferred_.push_back([done, key = request.key()] {
@@ -90,9 +89,8 @@ void Coordinator::CancelGetKey(int64_t id) {
   auto& waiters = job->second->round.waiters;
   for (auto w = waiters.begin(); w != waiters.end(); ++w) {
     if (w->id == id) {
-      deferred_.push_back([done = std::move(w->done)] {
-        done(absl::CancelledError("the call was cancelled"));
-      });
+      deferred_.push_back(
+          [done = std::move(w->done)] { done(absl::CancelledError("the call was cancelled")); });
       waiters.erase(w);
       break;
     }

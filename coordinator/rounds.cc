@@ -21,12 +21,10 @@ absl::Status Coordinator::ReportFailure(const v1::ReportFailureRequest& request)
     if (record->job.state() == v1::JOB_STATE_CANCELLING) {
       MarkStoppedLocked(*record, request.rank(), batch);
     } else {
-      const std::string what =
-          request.message().empty() ? request.code() : request.message();
-      const std::string reason =
-          absl::StrCat("rank ", request.rank(), " (", WorkerName(Id(request.worker())),
-                       ") failed", request.code().empty() ? "" : absl::StrCat(" with ", request.code()),
-                       ": ", what);
+      const std::string what = request.message().empty() ? request.code() : request.message();
+      const std::string reason = absl::StrCat(
+          "rank ", request.rank(), " (", WorkerName(Id(request.worker())), ") failed",
+          request.code().empty() ? "" : absl::StrCat(" with ", request.code()), ": ", what);
       QTRAIN_LOG(WARNING) << record->job.name() << " round " << request.round() << ": " << reason
                           << (request.retryable() ? " (retryable)" : "")
                           << (request.drained() ? " (drained)" : "");
@@ -58,17 +56,16 @@ absl::Status Coordinator::CompleteAssignment(const v1::CompleteAssignmentRequest
     v1::Job& job = record->job;
     if (round.completed.count(request.rank())) return absl::OkStatus();
     if (request.step() != round.end_step) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("step: the assignment of round ", round.number, " ends at step ",
-                       round.end_step, ", not ", request.step()));
+      return absl::FailedPreconditionError(absl::StrCat("step: the assignment of round ",
+                                                        round.number, " ends at step ",
+                                                        round.end_step, ", not ", request.step()));
     }
     auto& steps = checkpoints_[Id(job.name())];
     auto c = steps.find(round.end_step);
     if (c == steps.end() || c->second.state() != v1::CHECKPOINT_STATE_COMMITTED) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("the checkpoint of step ", round.end_step, " (",
-                       CheckpointName(Id(job.name()), round.end_step),
-                       ") is not committed; commit it first"));
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the checkpoint of step ", round.end_step, " (",
+          CheckpointName(Id(job.name()), round.end_step), ") is not committed; commit it first"));
     }
     const bool last_stage = round.stage + 1 == job.spec().curriculum_size();
     if (last_stage && request.rank() == 0) {

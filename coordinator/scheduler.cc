@@ -57,8 +57,8 @@ void Coordinator::ScheduleLocked() {
       if (it != workers_by_id_.end() && usable(*it->second)) candidates.push_back(it->second);
     }
     for (auto& w : workers_) {
-      if (usable(*w) && std::find(candidates.begin(), candidates.end(), w.get()) ==
-                            candidates.end()) {
+      if (usable(*w) &&
+          std::find(candidates.begin(), candidates.end(), w.get()) == candidates.end()) {
         candidates.push_back(w.get());
       }
     }
@@ -199,11 +199,11 @@ absl::Status Coordinator::FormGroupLocked(JobRecord& record,
     restarted->set_round(round_number);
     AddEventLocked(record, std::move(event), batch);
   }
-  SetStateLocked(record, v1::JOB_STATE_SCHEDULING,
-                 absl::StrCat("round ", round_number, ": ", workers.size(), " worker",
-                              workers.size() == 1 ? "" : "s", ", stage ", stage, " from step ",
-                              start),
-                 batch);
+  SetStateLocked(
+      record, v1::JOB_STATE_SCHEDULING,
+      absl::StrCat("round ", round_number, ": ", workers.size(), " worker",
+                   workers.size() == 1 ? "" : "s", ", stage ", stage, " from step ", start),
+      batch);
   if (start == record.stage_starts[stage]) {
     v1::JobEvent event;
     v1::StageStarted* started = event.mutable_stage_started();

@@ -14,6 +14,7 @@
 #include "absl/strings/strip.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "coordinator/shard_plan.h"
 
 namespace qtrain::coordinator {
 namespace {
@@ -41,8 +42,8 @@ absl::StatusOr<ScopedFd> LockStateDir(const std::string& dir) {
         holder = absl::StrCat("process ", pid);
       }
     }
-    return absl::FailedPreconditionError(absl::StrCat(
-        "--state-dir ", dir, " is in use by another coordinator (", holder, ")"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("--state-dir ", dir, " is in use by another coordinator (", holder, ")"));
   }
   const std::string pid = absl::StrCat(getpid(), "\n");
   if (ftruncate(fd.get(), 0) != 0 || pwrite(fd.get(), pid.data(), pid.size(), 0) < 0) {
@@ -69,13 +70,13 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   core.run_root = options.run_root;
   core.lease = options.lease;
   core.settle = options.settle;
-  core.plan_data = options.plan_data;
+  core.plan_data = options.plan_data ? options.plan_data : DefaultDataPlanner();
   QTRAIN_ASSIGN_OR_RETURN(server->coordinator_, Coordinator::Create(core));
   server->job_service_ = std::make_unique<JobService>(server->coordinator_.get(), security);
   server->worker_service_ = std::make_unique<WorkerService>(server->coordinator_.get(), security);
-  QTRAIN_ASSIGN_OR_RETURN(
-      server->rpc_, RpcServer::Start(options.rpc, {server->job_service_->service(),
-                                                   server->worker_service_->service()}));
+  QTRAIN_ASSIGN_OR_RETURN(server->rpc_,
+                          RpcServer::Start(options.rpc, {server->job_service_->service(),
+                                                         server->worker_service_->service()}));
   server->ticker_ = std::thread([s = server.get(), tick = options.tick] {
     while (!s->stop_.WaitForNotificationWithTimeout(tick)) s->coordinator_->Tick();
   });

@@ -16,8 +16,8 @@ namespace qtrain::coordinator {
 // and finishes the RPC with its result.
 template <typename Response, typename Call>
 grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* context,
-                                   const ServerSecurity& security, Realm realm,
-                                   Response* response, Call&& call) {
+                                   const ServerSecurity& security, Realm realm, Response* response,
+                                   Call&& call) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   if (grpc::Status auth = security.Check(*context, realm); !auth.ok()) {
     reactor->Finish(auth);

@@ -68,8 +68,8 @@ class GetKeyReactor : public grpc::ServerUnaryReactor {
     // The callback may finish (and delete) this reactor on another thread before GetKey
     // returns: only the shared wait id is touched afterwards.
     std::shared_ptr<WaitId> wait = wait_;
-    const int64_t id = coordinator_->GetKey(
-        *request, deadline, [this](absl::StatusOr<std::string> value) {
+    const int64_t id =
+        coordinator_->GetKey(*request, deadline, [this](absl::StatusOr<std::string> value) {
           if (value.ok()) response_->set_value(*std::move(value));
           Finish(ToGrpcStatus(value.status()));
         });
