@@ -12,7 +12,10 @@ namespace qtrain::worker {
 class Backoff {
  public:
   Backoff(absl::Duration initial, absl::Duration max)
-      : initial_(initial), max_(std::max(initial, max)), current_(initial), rng_(std::random_device{}()) {}
+      : initial_(initial),
+        max_(std::max(initial, max)),
+        current_(initial),
+        rng_(std::random_device{}()) {}
 
   // The next wait: the current delay, jittered by +-20% (workers that lost the same coordinator
   // do not all come back at once), never above the maximum. The delay then doubles.

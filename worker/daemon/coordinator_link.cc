@@ -29,7 +29,9 @@ CoordinatorLink::CoordinatorLink(RpcClient client, const WorkDir* work_dir, Link
 
 CoordinatorLink::~CoordinatorLink() { Stop(); }
 
-void CoordinatorLink::Start() { thread_ = std::thread([this] { Run(); }); }
+void CoordinatorLink::Start() {
+  thread_ = std::thread([this] { Run(); });
+}
 
 void CoordinatorLink::Stop() {
   {
@@ -97,9 +99,8 @@ absl::Status CoordinatorLink::Register() {
   const std::string name = response.worker().name();
   const absl::string_view id = absl::StripPrefix(name, kWorkersPrefix);
   if (!absl::StartsWith(name, kWorkersPrefix) || !IsValidWorkerId(id)) {
-    return absl::InternalError(
-        absl::StrCat("the coordinator answered RegisterWorker with an invalid worker name '",
-                     name, "'"));
+    return absl::InternalError(absl::StrCat(
+        "the coordinator answered RegisterWorker with an invalid worker name '", name, "'"));
   }
   if (!saved->has_value() || **saved != id) {
     QTRAIN_RETURN_IF_ERROR(work_dir_->WriteWorkerId(std::string(id)));
@@ -168,6 +169,7 @@ void CoordinatorLink::Run() {
       need_register = need_register_;
     }
     absl::Status status = need_register ? Register() : absl::OkStatus();
+    const char* what = status.ok() ? "heartbeat stream broke: " : "registration failed: ";
     if (status.ok()) {
       const absl::Time opened = absl::Now();
       status = RunStream();
@@ -180,8 +182,7 @@ void CoordinatorLink::Run() {
     const absl::Duration wait = backoff.Next();
     if (status.ToString() != last_error) {
       // One line per distinct problem, not one per attempt.
-      QTRAIN_LOG(WARNING) << (need_register ? "registration failed: " : "heartbeat stream broke: ")
-                          << status.message() << "; reconnecting (backoff up to "
+      QTRAIN_LOG(WARNING) << what << status.message() << "; reconnecting (backoff up to "
                           << absl::FormatDuration(options_.reconnect_max) << ")";
       last_error = status.ToString();
     }

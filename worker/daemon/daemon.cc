@@ -76,9 +76,7 @@ class WorkerDaemon::Impl {
     link.rpc_timeout = options_.rpc_timeout;
     link.reconnect_initial = options_.reconnect_initial;
     link.reconnect_max = options_.reconnect_max;
-    link.on_directive = [this](const v1::Directive& d) {
-      Post([this, d] { HandleDirective(d); });
-    };
+    link.on_directive = [this](const v1::Directive& d) { Post([this, d] { HandleDirective(d); }); };
     link.on_connected = [this] { Post([this] { heartbeat_now_ = true; }); };
     link_ = std::make_unique<CoordinatorLink>(std::move(client), &work_dir_, std::move(link));
   }
@@ -207,8 +205,12 @@ class WorkerDaemon::Impl {
     if (runner_ != nullptr || pending_assignment_) return false;
     if (hard_stop_) return true;
     if (!exit_when_drained_) return false;
-    // Reports of the last assignment go out first, unless the drain ran out of time.
-    return pending_rpcs_ == 0 || absl::Now() >= drain_deadline_;
+    // Reports of the last assignment go out first (for at most one call's deadline once the
+    // drain is over).
+    if (pending_rpcs_ == 0) return true;
+    const absl::Time now = absl::Now();
+    if (!exit_deadline_) exit_deadline_ = std::max(now, drain_deadline_) + options_.rpc_timeout;
+    return now >= *exit_deadline_;
   }
 
   void WaitForWork() {
@@ -261,8 +263,8 @@ class WorkerDaemon::Impl {
         HandleAbort(d.abort());
         break;
       case v1::Directive::kDrain:
-        BeginDrain(/*exit_when_drained=*/false, absl::StrCat("the coordinator asked: ",
-                                                             d.drain().reason()));
+        BeginDrain(/*exit_when_drained=*/false,
+                   absl::StrCat("the coordinator asked: ", d.drain().reason()));
         break;
       default:
         break;
@@ -321,8 +323,8 @@ class WorkerDaemon::Impl {
                                       .threads = options_.threads,
                                       .parent_timeout = ParentTimeout(),
                                       .ping_interval = options_.ping_interval};
-    absl::StatusOr<std::unique_ptr<StageRunner>> runner = StageRunner::Start(
-        a, work_dir_.AssignmentPath(AssignmentFileName(a)), runner_options);
+    absl::StatusOr<std::unique_ptr<StageRunner>> runner =
+        StageRunner::Start(a, work_dir_.AssignmentPath(AssignmentFileName(a)), runner_options);
     if (!runner.ok()) {
       QTRAIN_LOG(ERROR) << "cannot start the training child for " << Describe(a) << ": "
                         << runner.status().message();
@@ -382,7 +384,7 @@ class WorkerDaemon::Impl {
         p.set_round(a.round());
         p.set_rank(a.rank());
         progress_ = std::move(p);
-        heartbeat_now_ = true;
+        SendHeartbeat();  // one per step, as it happens
         break;
       }
       case v1::StageChildEvent::kCheckpoint:
@@ -430,8 +432,8 @@ class WorkerDaemon::Impl {
     } else if (run_.error_seen) {
       phase_ = v1::WORKER_PHASE_STOPPED;
     } else {
-      const std::string why = absl::StrCat("the training child (pid ", pid, ") ",
-                                           exit.Describe(), " without reporting an error");
+      const std::string why = absl::StrCat("the training child (pid ", pid, ") ", exit.Describe(),
+                                           " without reporting an error");
       QTRAIN_LOG(WARNING) << Describe(a) << ": " << why;
       phase_ = v1::WORKER_PHASE_STOPPED;
       ReportFailure(a, "INTERNAL", why, /*retryable=*/true, /*drained=*/false, run_.generation);
@@ -473,8 +475,8 @@ class WorkerDaemon::Impl {
     if (runner_ == nullptr || run_.generation != generation || run_.stopped_by_us) return;
     const v1::Assignment& a = runner_->assignment();
     if (status.ok()) {
-      QTRAIN_LOG(INFO) << "checkpoint committed: " << a.job() << " step " << request.step()
-                       << " (" << v1::CheckpointState_Name(response.checkpoint().state()) << ")";
+      QTRAIN_LOG(INFO) << "checkpoint committed: " << a.job() << " step " << request.step() << " ("
+                       << v1::CheckpointState_Name(response.checkpoint().state()) << ")";
       AckChild(true, "");
       if (draining_ && request.step() < a.end_step()) {
         QTRAIN_LOG(INFO) << "draining: stopping " << Describe(a) << " after the checkpoint of step "
@@ -546,8 +548,7 @@ class WorkerDaemon::Impl {
     } else if (live_generation_ == generation) {
       QTRAIN_LOG(WARNING) << "CompleteAssignment of " << Describe(a)
                           << " failed: " << status.message();
-      ReportFailure(a, "INTERNAL",
-                    absl::StrCat("CompleteAssignment failed: ", status.message()),
+      ReportFailure(a, "INTERNAL", absl::StrCat("CompleteAssignment failed: ", status.message()),
                     /*retryable=*/true, /*drained=*/false, generation);
     }
     if (run_.generation != generation) return;
@@ -613,9 +614,9 @@ class WorkerDaemon::Impl {
     const v1::Assignment& a = runner_->assignment();
     QTRAIN_LOG(WARNING) << "drain timeout: stopping " << Describe(a)
                         << " before its next checkpoint";
-    run_.drain_report =
-        absl::StrCat(link_->worker_name(), " is draining: stopped before its next checkpoint (drain timeout ",
-                     absl::FormatDuration(options_.drain_timeout), ")");
+    run_.drain_report = absl::StrCat(
+        link_->worker_name(), " is draining: stopped before its next checkpoint (drain timeout ",
+        absl::FormatDuration(options_.drain_timeout), ")");
     run_.drained_after_checkpoint = false;
     StopChild();
   }
@@ -651,6 +652,7 @@ class WorkerDaemon::Impl {
   bool draining_ = false;
   bool exit_when_drained_ = false;
   absl::Time drain_deadline_ = absl::InfiniteFuture();
+  std::optional<absl::Time> exit_deadline_;
 
   // Read by the RPC thread's retry loops.
   std::atomic<uint64_t> live_generation_{0};
@@ -686,6 +688,7 @@ absl::StatusOr<std::unique_ptr<WorkerDaemon>> WorkerDaemon::Start(const DaemonOp
   return std::unique_ptr<WorkerDaemon>(new WorkerDaemon(std::move(impl)));
 }
 
+WorkerDaemon::WorkerDaemon(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 WorkerDaemon::~WorkerDaemon() = default;
 
 void WorkerDaemon::Drain(bool exit_when_drained) { impl_->Drain(exit_when_drained); }

@@ -38,7 +38,6 @@ struct DaemonOptions {
   std::string version;
 };
 
-
 class WorkerDaemon {
  public:
   // Checks the device, locks the work directory, and starts registering and heartbeating in
@@ -62,7 +61,7 @@ class WorkerDaemon {
   class Impl;
 
  private:
-  explicit WorkerDaemon(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+  explicit WorkerDaemon(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -17,14 +17,16 @@ namespace {
 
 constexpr absl::Duration kWriteTimeout = absl::Milliseconds(200);
 
-absl::StatusOr<std::string> ToJson(const google::protobuf::Message& message) {
+absl::StatusOr<std::string> ToJson(const google::protobuf::Message& message,
+                                   bool print_defaults = false) {
   google::protobuf::util::JsonPrintOptions options;
   options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = print_defaults;
   std::string json;
   const auto status = google::protobuf::util::MessageToJsonString(message, &json, options);
   if (!status.ok()) {
-    return absl::InternalError(absl::StrCat("cannot encode ", message.GetTypeName(), " as JSON: ",
-                                            std::string(status.message())));
+    return absl::InternalError(absl::StrCat("cannot encode ", message.GetTypeName(),
+                                            " as JSON: ", std::string(status.message())));
   }
   return json;
 }
@@ -38,20 +40,21 @@ std::string AssignmentFileName(const v1::Assignment& assignment) {
   return absl::StrCat(id, "-r", assignment.round(), "-rank", assignment.rank(), ".json");
 }
 
-absl::StatusOr<std::unique_ptr<StageRunner>> StageRunner::Start(
-    const v1::Assignment& assignment, const std::string& assignment_path,
-    const StageRunnerOptions& options) {
+absl::StatusOr<std::unique_ptr<StageRunner>> StageRunner::Start(const v1::Assignment& assignment,
+                                                                const std::string& assignment_path,
+                                                                const StageRunnerOptions& options) {
   QTRAIN_ASSIGN_OR_RETURN(std::string json, ToJson(assignment));
-  QTRAIN_RETURN_IF_ERROR(Annotate(WriteFileAtomically(assignment_path, json + "\n"),
-                                  "writing the assignment file"));
+  QTRAIN_RETURN_IF_ERROR(
+      Annotate(WriteFileAtomically(assignment_path, json + "\n"), "writing the assignment file"));
   ChildSpec spec;
   spec.argv = options.command;
   spec.argv.insert(spec.argv.end(), {"--assignment", assignment_path});
   if (options.threads > 0) {
     spec.argv.insert(spec.argv.end(), {"--threads", absl::StrCat(options.threads)});
   }
-  spec.argv.insert(spec.argv.end(), {"--parent-timeout-ms",
-                                     absl::StrCat(absl::ToInt64Milliseconds(options.parent_timeout))});
+  spec.argv.insert(
+      spec.argv.end(),
+      {"--parent-timeout-ms", absl::StrCat(absl::ToInt64Milliseconds(options.parent_timeout))});
   QTRAIN_ASSIGN_OR_RETURN(std::unique_ptr<ChildProcess> child, ChildProcess::Spawn(spec));
   return std::unique_ptr<StageRunner>(
       new StageRunner(assignment, std::move(child), options.ping_interval));
@@ -95,7 +98,7 @@ absl::Status StageRunner::Ack(bool ok, const std::string& message) {
   v1::StageParentMessage reply;
   reply.mutable_checkpoint_ack()->set_ok(ok);
   if (!ok) reply.mutable_checkpoint_ack()->set_message(message);
-  QTRAIN_ASSIGN_OR_RETURN(std::string json, ToJson(reply));
+  QTRAIN_ASSIGN_OR_RETURN(std::string json, ToJson(reply, /*print_defaults=*/true));
   return child_->WriteLine(json, absl::Seconds(1));
 }
 
