@@ -353,7 +353,12 @@ absl::StatusOr<std::string> Worker::WaitForId(absl::Duration timeout) {
         return !id.empty() || process_->Poll();
       },
       timeout, absl::Milliseconds(20));
-  if (!found || id.empty()) {
+  if (found && id.empty()) {
+    return absl::UnavailableError(
+        absl::StrCat("worker ", options_.name, " ended (", process_->DescribeStatus(),
+                     ") before registering:\n", Tail(process_->log_path(), 4000)));
+  }
+  if (!found) {
     return absl::DeadlineExceededError(absl::StrCat(
         "worker ", options_.name, " (", process_->DescribeStatus(), ") wrote no ", file.string(),
         " in ", absl::FormatDuration(timeout), ":\n", Tail(process_->log_path(), 4000)));
