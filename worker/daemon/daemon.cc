@@ -182,15 +182,17 @@ class WorkerDaemon::Impl {
 
   void ControlLoop() {
     next_heartbeat_ = absl::Now();
-    while (!ShouldExit()) {
+    while (true) {
       RunPosted();
       const absl::Time now = absl::Now();
       if (runner_ != nullptr) ServeChild(now);
       CheckDrain(now);
       if (heartbeat_now_ || now >= next_heartbeat_) SendHeartbeat();
+      if (ShouldExit()) break;
       WaitForWork();
     }
-    QTRAIN_LOG(INFO) << "worker " << link_->worker_name() << " exits";
+    const std::string name = link_->worker_name();
+    QTRAIN_LOG(INFO) << "worker " << (name.empty() ? "(not registered)" : name) << " exits";
     link_->Stop();
     {
       absl::MutexLock lock(&mu_);
