@@ -395,15 +395,14 @@ std::string CliOutput::Describe() const {
 fs::path Client::NextLog(const std::string& what) {
   std::error_code error;
   fs::create_directories(log_dir_, error);
-  const fs::path log = log_dir_ / absl::StrCat("qtrain-", ++runs_, "-", what, ".log");
-  RegisterLog(log);
-  return log;
+  return log_dir_ / absl::StrCat("qtrain-", ++runs_, "-", what, ".log");
 }
 
 CliOutput Client::Run(const std::vector<std::string>& args, double timeout_seconds) {
   std::vector<std::string> argv = {testing_cli::QtrainBinary(), "--coordinator", address_};
   argv.insert(argv.end(), args.begin(), args.end());
   const fs::path log = NextLog(args.empty() ? "none" : args[0]);
+  RegisterLog(log);  // Spawn() registers the logs of the processes it starts
   testing_cli::CliOptions options;
   options.env = {"OMP_NUM_THREADS=1"};
   options.stdout_path = fs::path(log.string() + ".out");

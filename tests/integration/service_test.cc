@@ -3,12 +3,17 @@
 // or a worker killed mid-stage, a worker stopped past its lease) and must end with the same bytes
 // as `qtrain train` of the same spec; cancel and bad data end a job promptly and leave no
 // training process behind.
+//
+// A failed test prints the logs of every process it ran; QTRAIN_SERVICE_TEST_LOGS=1 prints them
+// for passing tests too.
 #include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <map>
 #include <memory>
 #include <set>
@@ -124,7 +129,7 @@ class ServiceTest : public ::testing::Test {
   }
 
   void TearDown() override {
-    if (HasFailure()) {
+    if (HasFailure() || std::getenv("QTRAIN_SERVICE_TEST_LOGS") != nullptr) {
       std::cerr << "---- service logs ----\n" << testing_service::AllLogs() << "\n";
     }
     workers_.clear();  // training children first, then the daemons
