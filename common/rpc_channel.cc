@@ -1,5 +1,6 @@
 #include "common/rpc_channel.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <string>
@@ -29,6 +30,7 @@ constexpr size_t kMaxReasonChars = 160;
 // restarted coordinator is found again within about a second.
 constexpr int kMaxReconnectBackoffMs = 1000;
 constexpr int kKeepaliveTimeMs = 20000;
+constexpr absl::Duration kLongestDeadline = absl::Hours(24 * 365);
 constexpr int kKeepaliveTimeoutMs = 10000;
 
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeCredentials(
@@ -59,30 +61,44 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeCredentials(
   return grpc::SslCredentials(ssl);
 }
 
-// A few words for why a connection failed, instead of gRPC's chain of internal errors.
-std::string ShortReason(absl::string_view message) {
-  static constexpr std::pair<absl::string_view, absl::string_view> kReasons[] = {
-      {"connection refused", "connection refused"},
-      {"handshake", "the TLS handshake failed; check --tls-ca, --tls-cert and --tls-server-name"},
-      {"ssl", "the TLS handshake failed; check --tls-ca, --tls-cert and --tls-server-name"},
-      {"dns resolution failed", "the host name does not resolve"},
-      {"domain name not found", "the host name does not resolve"},
-      {"connection timed out", "the connection timed out"},
-      {"network is unreachable", "the network is unreachable"},
-      {"no route to host", "no route to host"},
-      {"connection reset", "the connection was reset"},
-      {"socket closed", "the connection was closed"},
-      {"broken pipe", "the connection was closed"},
-      {"goaway", "the server is shutting down"},
+// A few words for why a connection failed, instead of gRPC's chain of internal errors, and
+// whether asking "is it running?" makes sense (not for a TLS or name problem).
+struct Reason {
+  std::string text;
+  bool ask_running = true;
+};
+
+Reason ShortReason(absl::string_view message) {
+  static constexpr absl::string_view kTls =
+      "the TLS handshake failed (check --tls-ca, --tls-cert, --tls-key and --tls-server-name)";
+  static constexpr struct {
+    absl::string_view needle;
+    absl::string_view text;
+    bool ask_running;
+  } kReasons[] = {
+      {"connection refused", "connection refused", true},
+      {"handshake", kTls, false},
+      {"ssl", kTls, false},
+      {"dns resolution failed", "the host name does not resolve", false},
+      {"domain name not found", "the host name does not resolve", false},
+      {"connection timed out", "the connection timed out", true},
+      {"network is unreachable", "the network is unreachable", false},
+      {"no route to host", "no route to host", false},
+      {"connection reset", "the connection was reset", true},
+      {"socket closed", "the connection was closed", true},
+      {"broken pipe", "the connection was closed", true},
+      {"goaway", "the server is shutting down", true},
   };
   const std::string lower = absl::AsciiStrToLower(message);
-  for (const auto& [needle, reason] : kReasons) {
-    if (absl::StrContains(lower, needle)) return std::string(reason);
+  for (const auto& reason : kReasons) {
+    if (absl::StrContains(lower, reason.needle)) {
+      return {std::string(reason.text), reason.ask_running};
+    }
   }
   absl::string_view line = message.substr(0, message.find('\n'));
-  if (line.empty()) return "unavailable";
-  if (line.size() > kMaxReasonChars) return absl::StrCat(line.substr(0, kMaxReasonChars), "...");
-  return std::string(line);
+  if (line.empty()) return {"unavailable"};
+  if (line.size() > kMaxReasonChars) return {absl::StrCat(line.substr(0, kMaxReasonChars), "...")};
+  return {std::string(line)};
 }
 
 }  // namespace
@@ -117,7 +133,11 @@ absl::StatusOr<RpcClient> RpcClient::Create(const ChannelOptions& options) {
 
 std::unique_ptr<grpc::ClientContext> RpcClient::NewContext(absl::Duration timeout) const {
   auto context = NewStreamContext();
-  context->set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(timeout));
+  // An infinite (or absurdly long) timeout means no deadline rather than an overflow.
+  if (timeout < kLongestDeadline) {
+    context->set_deadline(std::chrono::system_clock::now() +
+                          absl::ToChronoMilliseconds(std::max(timeout, absl::ZeroDuration())));
+  }
   if (last_timeout_ != nullptr) last_timeout_->store(absl::ToInt64Milliseconds(timeout));
   return context;
 }
@@ -140,9 +160,12 @@ absl::Status RpcClient::Describe(const grpc::Status& status, std::string_view wh
   if (status.ok()) return absl::OkStatus();
   const std::string& message = status.error_message();
   switch (status.error_code()) {
-    case grpc::StatusCode::UNAVAILABLE:
+    case grpc::StatusCode::UNAVAILABLE: {
+      const Reason reason = ShortReason(message);
       return absl::UnavailableError(absl::StrCat("cannot reach the coordinator at ", address_, ": ",
-                                                 ShortReason(message), "; is it running?"));
+                                                 reason.text,
+                                                 reason.ask_running ? "; is it running?" : ""));
+    }
     case grpc::StatusCode::DEADLINE_EXCEEDED:
       return absl::DeadlineExceededError(absl::StrCat(
           "cannot reach the coordinator at ", address_, ": ", Av(what), " did not answer",

@@ -80,7 +80,7 @@ std::optional<absl::string_view> BearerToken(const grpc::ServerContextBase& cont
 
 // Hashing first makes the loop length fixed: timing tells nothing about the expected token.
 bool ConstantTimeEquals(std::string_view a, std::string_view b) {
-  Sha256 ha, hb;  // Update takes std::string_view
+  Sha256 ha, hb;
   ha.Update(a);
   hb.Update(b);
   const std::array<uint8_t, 32> da = ha.Finish();

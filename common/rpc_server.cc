@@ -120,10 +120,9 @@ void EnableHealthAndReflection() {
 }
 
 // Binds a plain socket to a numeric address first, so that a busy or foreign address is
-// reported with the system's reason; gRPC only says that no address could be added. Port 0
-// always binds, and host names are left to gRPC.
+// reported with the system's reason; gRPC only says that no address could be added. Host
+// names are left to gRPC.
 absl::Status ProbeBind(const std::string& host, int port, absl::string_view listen) {
-  if (port == 0) return absl::OkStatus();
   sockaddr_storage storage{};
   socklen_t size = 0;
   auto* v4 = reinterpret_cast<sockaddr_in*>(&storage);
