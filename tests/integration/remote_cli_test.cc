@@ -9,6 +9,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -46,34 +47,45 @@ batch: {global_tokens: 1024}
 
 std::string BinDir() { return fs::path(QtrainBinary()).parent_path().string(); }
 
+std::string ReadAll(const fs::path& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
 // One line of output (trailing newline aside).
 bool IsOneLine(const std::string& s) {
-  const std::string_view trimmed = absl::StripSuffix(s, "\n");
-  return !trimmed.empty() && trimmed.find('\n') == std::string_view::npos;
+  const absl::string_view trimmed = absl::StripSuffix(s, "\n");
+  return !trimmed.empty() && trimmed.find('\n') == absl::string_view::npos;
 }
 
 // A qtrain-coordinator on an ephemeral port, killed (SIGKILL) and reaped when the test ends.
 class Coordinator {
  public:
   explicit Coordinator(const fs::path& root) : root_(root) {}
-  ~Coordinator() {
+  ~Coordinator() { Kill(); }
+
+  void Kill() {
     if (pid_ > 0) {
       ::kill(pid_, SIGKILL);
       ::waitpid(pid_, nullptr, 0);
     }
+    pid_ = -1;
   }
 
   // Empty on success, else why it did not start.
-  std::string Start() {
+  std::string Start(const std::string& listen = "127.0.0.1:0") {
     const std::string bin = BinDir() + "/qtrain-coordinator";
     if (::access(bin.c_str(), X_OK) != 0) return "no " + bin;
     fs::create_directories(root_ / "state");
     fs::create_directories(root_ / "runs");
     const std::string address_file = (root_ / "address").string();
     const std::string log = (root_ / "coordinator.log").string();
+    fs::remove(address_file);
     std::vector<std::string> args = {bin,
                                      "--listen",
-                                     "127.0.0.1:0",
+                                     listen,
                                      "--address-file",
                                      address_file,
                                      "--state-dir",
@@ -362,13 +374,13 @@ TEST_F(RemoteCliCoordinatorTest, CancelQueuedJobThenWatchExitsTwo) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1500));
     CliOptions options;
     options.timeout_seconds = 20;
-    RunCli({QtrainBinary(), "--coordinator", address_, "cancel", "gamma-" + std::to_string(3)},
-           root_ / "cancel.log", options);
+    RunCli({QtrainBinary(), "--coordinator", address_, "cancel", "gamma-2"}, root_ / "cancel.log",
+           options);
   });
   r = Run({"--coordinator", address_, "submit", spec.string(), "--watch"}, 30);
   canceller.join();
   EXPECT_TRUE(r.exited && r.exit_code == 2) << r;
-  EXPECT_THAT(stdout_, HasSubstr("jobs/gamma-3"));
+  EXPECT_THAT(stdout_, HasSubstr("jobs/gamma-2"));
   EXPECT_THAT(stdout_, HasSubstr("QUEUED -> CANCELLED"));
 }
 
@@ -422,6 +434,37 @@ TEST_F(RemoteCliCoordinatorTest, EmptyCheckpointsAndWorkers) {
   r = Run({"--coordinator", address_, "checkpoints", "nope-1"});
   EXPECT_TRUE(r.exited && r.exit_code == 1) << r;
   EXPECT_THAT(r.output, HasSubstr("NOT_FOUND"));
+}
+
+TEST_F(RemoteCliCoordinatorTest, WatchReconnectsToARestartedCoordinator) {
+  RunJson(address_, {"submit", WriteSpec("zeta").string()});
+  std::string restart_error = "not restarted";
+  std::thread restarter([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+    coordinator_->Kill();
+    // Longer than one reconnect probe (2 s), so the watch says it lost the stream.
+    std::this_thread::sleep_for(std::chrono::milliseconds(3500));
+    restart_error = coordinator_->Start(address_);
+    if (!restart_error.empty()) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    CliOptions options;
+    options.timeout_seconds = 20;
+    RunCli({QtrainBinary(), "--coordinator", address_, "cancel", "zeta-1"}, root_ / "cancel.log",
+           options);
+  });
+  const CliResult r = Run({"--coordinator", address_, "watch", "zeta-1"}, 40);
+  restarter.join();
+  ASSERT_EQ(restart_error, "");
+  EXPECT_TRUE(r.exited && r.exit_code == 2)
+      << r << "\ncancel: " << ReadAll(root_ / "cancel.log")
+      << "\ncoordinator: " << ReadAll(root_ / "coordinator" / "coordinator.log");
+  EXPECT_THAT(r.output, HasSubstr("reconnecting"));
+  EXPECT_THAT(r.output, HasSubstr("reconnected"));
+  // Every event once: the replay after the reconnect starts after the last one seen.
+  EXPECT_THAT(stdout_, HasSubstr("QUEUED -> CANCELLED"));
+  const std::vector<std::string> lines = absl::StrSplit(stdout_, '\n', absl::SkipEmpty());
+  std::set<std::string> unique(lines.begin(), lines.end());
+  EXPECT_EQ(unique.size(), lines.size()) << stdout_;
 }
 
 TEST_F(RemoteCliCoordinatorTest, WatchGivesUpWhenTheCoordinatorStaysAway) {
