@@ -97,7 +97,8 @@ absl::StatusOr<v1::CommitCheckpointResponse> Coordinator::CommitCheckpoint(
   }
   const std::string directory =
       absl::StrCat(job.run_directory(), "/checkpoints/", CheckpointDirName(request.step()));
-  std::string given = request.directory();
+  // The job's own layout only (retention deletes these directories).
+  std::string given = std::filesystem::path(request.directory()).lexically_normal().string();
   while (given.size() > 1 && given.back() == '/') given.pop_back();
   if (given != directory) {
     return absl::InvalidArgumentError(

@@ -2,6 +2,7 @@
 
 #include <deque>
 #include <memory>
+#include <optional>
 #include <thread>
 
 #include "absl/synchronization/mutex.h"
@@ -56,7 +57,7 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent>,
         pump_(pump),
         job_(request.name()),
         include_steps_(request.include_step_metrics()),
-        last_(request.after_sequence()),
+        last_read_(request.after_sequence()),
         scanned_(request.after_sequence()) {}
 
   // Keeps itself alive until gRPC is done with it.
@@ -67,74 +68,106 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent>,
 
   // On the pump thread: fetch more events, or wait for them, or end.
   void Step() {
-    absl::MutexLock lock(&mu_);
-    if (finished_ || writing_) return;
-    if (buffer_.empty()) {
-      absl::StatusOr<Coordinator::EventPage> page;
-      {
-        mu_.Unlock();
-        page = coordinator_->ReadEvents(job_, last_, kReadBatch, include_steps_);
-        mu_.Lock();
-      }
-      if (finished_) return;
-      if (!page.ok()) return FinishLocked(ToGrpcStatus(page.status()));
-      for (v1::JobEvent& e : page->events) buffer_.push_back(std::move(e));
-      scanned_ = std::max(scanned_, page->scanned);
+    auto keep = shared_from_this();
+    Action action;
+    {
+      absl::MutexLock lock(&mu_);
+      if (finished_ || writing_) return;
       if (buffer_.empty()) {
-        if (page->ended) return FinishLocked(grpc::Status::OK);
-        std::weak_ptr<WatchReactor> weak = weak_from_this();
-        EventPump* pump = pump_;
-        wait_id_ = coordinator_->WaitForEvents(job_, scanned_, [weak, pump] {
-          if (auto self = weak.lock()) pump->Schedule(std::move(self));
-        });
-        return;
+        mu_.Unlock();
+        absl::StatusOr<Coordinator::EventPage> page =
+            coordinator_->ReadEvents(job_, last_read_, kReadBatch, include_steps_);
+        mu_.Lock();
+        if (finished_ || writing_) return;
+        if (!page.ok()) {
+          action = FinishLocked(ToGrpcStatus(page.status()));
+        } else {
+          for (v1::JobEvent& e : page->events) buffer_.push_back(std::move(e));
+          scanned_ = std::max(scanned_, page->scanned);
+          last_read_ = scanned_;
+          if (buffer_.empty()) {
+            if (page->ended) {
+              action = FinishLocked(grpc::Status::OK);
+            } else {
+              std::weak_ptr<WatchReactor> weak = weak_from_this();
+              EventPump* pump = pump_;
+              wait_id_ = coordinator_->WaitForEvents(job_, scanned_, [weak, pump] {
+                if (auto self = weak.lock()) pump->Schedule(std::move(self));
+              });
+            }
+          }
+        }
       }
+      if (!action.finish && !buffer_.empty()) action = WriteLocked();
     }
-    writing_ = true;
-    StartWrite(&buffer_.front());
+    Perform(action);
   }
 
   void OnWriteDone(bool ok) override {
-    absl::MutexLock lock(&mu_);
-    writing_ = false;
-    if (!ok || cancelled_)
-      return FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "the watcher went away"));
-    const bool terminal = IsTerminalEvent(buffer_.front());
-    last_ = buffer_.front().sequence();
-    scanned_ = std::max(scanned_, last_);
-    buffer_.pop_front();
-    if (terminal) return FinishLocked(grpc::Status::OK);
-    if (!buffer_.empty()) {
-      writing_ = true;
-      StartWrite(&buffer_.front());
-      return;
+    auto keep = shared_from_this();
+    Action action;
+    bool more = false;
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      if (!ok || cancelled_) {
+        action = FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "the watcher went away"));
+      } else {
+        const bool terminal = IsTerminalEvent(buffer_.front());
+        buffer_.pop_front();
+        if (terminal) {
+          action = FinishLocked(grpc::Status::OK);
+        } else if (!buffer_.empty()) {
+          action = WriteLocked();
+        } else {
+          more = true;
+        }
+      }
     }
-    pump_->Schedule(shared_from_this());
+    Perform(action);
+    if (more) pump_->Schedule(std::move(keep));
   }
 
-  void OnCancel() override {
-    absl::MutexLock lock(&mu_);
-    cancelled_ = true;
-    if (!writing_) FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
-  }
+  void OnCancel() override { Stop(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled")); }
 
-  void Stop() {
-    absl::MutexLock lock(&mu_);
-    if (!writing_)
-      FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the coordinator is stopping"));
-    cancelled_ = true;
+  void Stop(grpc::Status status) {
+    auto keep = shared_from_this();
+    Action action;
+    {
+      absl::MutexLock lock(&mu_);
+      cancelled_ = true;
+      if (!writing_) action = FinishLocked(std::move(status));
+    }
+    Perform(action);
   }
 
   void OnDone() override {
     coordinator_->CancelWait(wait_id_);
-    self_.reset();  // may destroy this
+    self_.reset();  // may destroy this once the last user lets go
   }
 
  private:
-  void FinishLocked(grpc::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (finished_) return;
+  // What to do once the lock is released (gRPC may run reactions inline).
+  struct Action {
+    const v1::JobEvent* write = nullptr;
+    std::optional<grpc::Status> finish;
+  };
+  Action WriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    writing_ = true;
+    Action action;
+    action.write = &buffer_.front();
+    return action;
+  }
+  Action FinishLocked(grpc::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    Action action;
+    if (finished_) return action;
     finished_ = true;
-    Finish(std::move(status));
+    action.finish = std::move(status);
+    return action;
+  }
+  void Perform(Action& action) {
+    if (action.write != nullptr) StartWrite(action.write);
+    if (action.finish) Finish(*std::move(action.finish));
   }
 
   Coordinator* const coordinator_;
@@ -142,8 +175,8 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent>,
   const std::string job_;
   const bool include_steps_;
   absl::Mutex mu_;
-  int64_t last_ ABSL_GUARDED_BY(mu_);     // the last sequence written
-  int64_t scanned_ ABSL_GUARDED_BY(mu_);  // every event up to here was considered
+  int64_t last_read_ ABSL_GUARDED_BY(mu_);  // events up to here are read (or filtered out)
+  int64_t scanned_ ABSL_GUARDED_BY(mu_);    // every event up to here was considered
   std::deque<v1::JobEvent> buffer_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
@@ -234,7 +267,9 @@ struct JobService::Impl : public v1::JobService::CallbackService {
   void Shutdown() {
     absl::MutexLock lock(&watchers_mu);
     for (auto& weak : watchers) {
-      if (auto w = weak.lock()) w->Stop();
+      if (auto w = weak.lock()) {
+        w->Stop(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the coordinator is stopping"));
+      }
     }
   }
 

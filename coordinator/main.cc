@@ -1,10 +1,13 @@
 // qtrain-coordinator: schedules jobs onto workers and keeps the service's durable state.
-#include <pthread.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <string>
 
 #include "CLI/CLI.hpp"
@@ -37,7 +40,36 @@ absl::Status CheckSeconds(double value, const char* flag, bool zero_ok) {
   return absl::OkStatus();
 }
 
-absl::Status Run(const Flags& flags, const sigset_t& signals) {
+// SIGTERM/SIGINT write their number to this pipe; the main thread waits on it. (A handler,
+// not a blocked mask: threads started before main() would not inherit the mask.)
+int signal_pipe[2] = {-1, -1};
+
+void OnSignal(int signal) {
+  const unsigned char byte = static_cast<unsigned char>(signal);
+  [[maybe_unused]] ssize_t n = write(signal_pipe[1], &byte, 1);
+}
+
+absl::Status InstallSignalHandlers() {
+  if (pipe2(signal_pipe, O_CLOEXEC) != 0) {
+    return absl::InternalError(absl::StrCat("pipe: ", std::strerror(errno)));
+  }
+  struct sigaction action = {};
+  action.sa_handler = OnSignal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGINT, &action, nullptr);
+  return absl::OkStatus();
+}
+
+int WaitForSignal() {
+  unsigned char byte = 0;
+  while (read(signal_pipe[0], &byte, 1) < 0 && errno == EINTR) {
+  }
+  return byte;
+}
+
+absl::Status Run(const Flags& flags) {
   QTRAIN_RETURN_IF_ERROR(CheckSeconds(flags.lease_seconds, "--lease-seconds", false));
   QTRAIN_RETURN_IF_ERROR(CheckSeconds(flags.settle_seconds, "--settle-seconds", true));
   if (flags.max_message_bytes < 1024 || flags.max_message_bytes > (int64_t{1} << 30)) {
@@ -62,8 +94,7 @@ absl::Status Run(const Flags& flags, const sigset_t& signals) {
   }
   QTRAIN_LOG(INFO) << "coordinator ready on " << server->address() << " (state " << flags.state_dir
                    << ", runs " << flags.run_root << ")";
-  int received = 0;
-  sigwait(&signals, &received);
+  const int received = WaitForSignal();
   QTRAIN_LOG(INFO) << "signal " << received << ": stopping";
   server->Shutdown();
   return absl::OkStatus();
@@ -73,12 +104,10 @@ absl::Status Run(const Flags& flags, const sigset_t& signals) {
 
 int main(int argc, char** argv) {
   std::signal(SIGPIPE, SIG_IGN);
-  // SIGTERM/SIGINT are taken with sigwait by the main thread; every thread inherits the mask.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  if (absl::Status s = InstallSignalHandlers(); !s.ok()) {
+    std::fprintf(stderr, "qtrain-coordinator: %s\n", std::string(s.message()).c_str());
+    return 1;
+  }
 
   CLI::App app{"qtrain-coordinator: schedules qtrain jobs onto workers"};
   Flags flags;
@@ -119,7 +148,7 @@ int main(int argc, char** argv) {
   qtrain::SetMinLogLevel(level);
   absl::Status status;
   try {
-    status = Run(flags, signals);
+    status = Run(flags);
   } catch (const std::exception& e) {
     status = absl::InternalError(std::string("unexpected error: ") + e.what());
   }
