@@ -84,8 +84,10 @@ absl::Status CoordinatorLink::Register() {
   if (saved->has_value()) request.set_worker_id(**saved);
   v1::RegisterWorkerResponse response;
   auto call = [&](const v1::RegisterWorkerRequest& r) {
-    std::unique_ptr<grpc::ClientContext> context = client_.NewContext(options_.rpc_timeout);
-    return client_.Describe(stub_->RegisterWorker(context.get(), r, &response), "RegisterWorker");
+    return CallOnce("RegisterWorker",
+                    [&](v1::WorkerService::Stub& stub, grpc::ClientContext* context) {
+                      return stub.RegisterWorker(context, r, &response);
+                    });
   };
   absl::Status status = call(request);
   if (absl::IsNotFound(status) && !request.worker_id().empty()) {
@@ -202,24 +204,27 @@ bool CoordinatorLink::SendHeartbeat(v1::HeartbeatRequest request) {
   return stream_->Write(request);
 }
 
+absl::Status CoordinatorLink::CallOnce(absl::string_view what, const UnaryCall& call) {
+  std::unique_ptr<grpc::ClientContext> context = client_.NewContext(options_.rpc_timeout);
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return absl::CancelledError(absl::StrCat(what, ": the worker is stopping"));
+    call_contexts_.push_back(context.get());
+  }
+  const grpc::Status result = call(*stub_, context.get());
+  {
+    absl::MutexLock lock(&mu_);
+    std::erase(call_contexts_, context.get());
+  }
+  return client_.Describe(result, std::string_view(what.data(), what.size()));
+}
+
 absl::Status CoordinatorLink::Call(absl::string_view what, const UnaryCall& call,
                                    const std::function<bool()>& keep_trying) {
   Backoff backoff(options_.reconnect_initial, options_.reconnect_max);
   bool logged = false;
   while (true) {
-    std::unique_ptr<grpc::ClientContext> context = client_.NewContext(options_.rpc_timeout);
-    {
-      absl::MutexLock lock(&mu_);
-      if (stopping_) return absl::CancelledError(absl::StrCat(what, ": the worker is stopping"));
-      call_contexts_.push_back(context.get());
-    }
-    const grpc::Status result = call(*stub_, context.get());
-    {
-      absl::MutexLock lock(&mu_);
-      std::erase(call_contexts_, context.get());
-    }
-    const absl::Status status =
-        client_.Describe(result, std::string_view(what.data(), what.size()));
+    const absl::Status status = CallOnce(what, call);
     NoteNotFound(status);
     if (!Retryable(status) || stopping() || !keep_trying()) return status;
     if (!logged) {

@@ -64,6 +64,8 @@ class CoordinatorLink {
 
  private:
   void Run();
+  // One attempt, cancelled by Stop().
+  absl::Status CallOnce(absl::string_view what, const UnaryCall& call);
   // Registers once; OK or the error.
   absl::Status Register();
   // One stream's life: returns how it ended.

@@ -30,8 +30,10 @@ namespace {
 // How often the loop looks at a child whose output ended but which is not reaped yet.
 constexpr absl::Duration kReapPoll = absl::Milliseconds(10);
 
-bool SameRound(const v1::Assignment& a, const v1::Assignment& b) {
-  return a.job() == b.job() && a.round() == b.round() && a.rank() == b.rank();
+// The same assignment sent again (the coordinator repeats a directive it is not sure arrived).
+bool SameAssignment(const v1::Assignment& a, const v1::Assignment& b) {
+  return a.job() == b.job() && a.round() == b.round() && a.rank() == b.rank() &&
+         a.stage() == b.stage() && a.start_step() == b.start_step();
 }
 
 // "jobs/x round 3 rank 0".
@@ -182,15 +184,17 @@ class WorkerDaemon::Impl {
 
   void ControlLoop() {
     next_heartbeat_ = absl::Now();
-    while (!ShouldExit()) {
+    while (true) {
       RunPosted();
       const absl::Time now = absl::Now();
       if (runner_ != nullptr) ServeChild(now);
       CheckDrain(now);
       if (heartbeat_now_ || now >= next_heartbeat_) SendHeartbeat();
+      if (ShouldExit()) break;
       WaitForWork();
     }
-    QTRAIN_LOG(INFO) << "worker " << link_->worker_name() << " exits";
+    const std::string name = link_->worker_name();
+    QTRAIN_LOG(INFO) << "worker " << (name.empty() ? "(not registered)" : name) << " exits";
     link_->Stop();
     {
       absl::MutexLock lock(&mu_);
@@ -272,7 +276,8 @@ class WorkerDaemon::Impl {
   }
 
   void HandleAssign(const v1::Assignment& a) {
-    if (runner_ != nullptr && SameRound(runner_->assignment(), a)) return;  // a repeat
+    if (runner_ != nullptr && SameAssignment(runner_->assignment(), a)) return;
+    if (pending_assignment_ && SameAssignment(*pending_assignment_, a)) return;
     if (draining_ || hard_stop_) {
       QTRAIN_LOG(WARNING) << "refusing the assignment of " << Describe(a)
                           << ": the worker is draining";
@@ -281,9 +286,13 @@ class WorkerDaemon::Impl {
       return;
     }
     if (runner_ != nullptr) {
-      QTRAIN_LOG(INFO) << "assignment of " << Describe(a) << " while running "
-                       << Describe(runner_->assignment()) << ": stopping that one first";
-      if (!run_.stopped_by_us) StopChild();
+      // One child at a time: the new one starts once the old one is gone. A child that said
+      // it is done exits by itself.
+      if (!run_.stopped_by_us && !run_.done_seen) {
+        QTRAIN_LOG(INFO) << "assignment of " << Describe(a) << " while running "
+                         << Describe(runner_->assignment()) << ": stopping that one first";
+        StopChild();
+      }
       pending_assignment_ = a;
       return;
     }
@@ -348,8 +357,7 @@ class WorkerDaemon::Impl {
     run_.stopped_by_us = true;
     ++live_generation_;
     runner_->Stop(options_.kill_grace);
-    phase_ = v1::WORKER_PHASE_STOPPED;
-    heartbeat_now_ = true;
+    // The phase stays until the child is gone: STOPPED means its run directory is free.
   }
 
   void ServeChild(absl::Time now) {
