@@ -82,7 +82,7 @@ std::string DescribeEvent(const v1::JobEvent& event, const std::vector<std::stri
     }
     case v1::JobEvent::kEvalMetrics: {
       const v1::EvalMetrics& e = event.eval_metrics();
-      return absl::StrFormat("eval at step %d (%s): loss %.4f over %d tokens", e.step(),
+      return absl::StrFormat("eval at step %d (%s): loss %.4f, %d tokens seen", e.step(),
                              StageLabel(e.stage(), names), e.loss(), e.tokens());
     }
     case v1::JobEvent::EVENT_NOT_SET:

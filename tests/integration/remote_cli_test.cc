@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -483,6 +484,136 @@ TEST_F(RemoteCliCoordinatorTest, WatchGivesUpWhenTheCoordinatorStaysAway) {
   EXPECT_THAT(r.output, HasSubstr("cannot reach the coordinator at " + address_));
   EXPECT_THAT(r.output, HasSubstr("gave up"));
   EXPECT_LT(seconds, 15);
+}
+
+// `qtrain local`: a tiny two-stage job through a real coordinator, worker and training child.
+class LocalCliTest : public RemoteCliTest {
+ protected:
+  void SetUp() override {
+    RemoteCliTest::SetUp();
+    for (const char* bin : {"qtrain-coordinator", "qtrain-worker"}) {
+      if (::access((BinDir() + "/" + bin).c_str(), X_OK) != 0) GTEST_SKIP() << "no " << bin;
+    }
+    ASSERT_TRUE(testing_cli::WriteWordCorpus(
+        root_ / "text.txt",
+        {"the", "model", "learns", "tokens", "from", "a", "small", "corpus", "and", "predicts"},
+        4000, /*seed=*/7, /*sentence_every=*/9));
+    CliResult r = Run({"train-tokenizer", "--vocab-size", "300", "--out", (root_ / "tok").string(),
+                       (root_ / "text.txt").string()});
+    ASSERT_TRUE(r.exited && r.exit_code == 0) << r;
+    r = Run({"tokenize", "--tokenizer", (root_ / "tok" / "tokenizer.json").string(), "--out",
+             (root_ / "shards").string(), (root_ / "text.txt").string()});
+    ASSERT_TRUE(r.exited && r.exit_code == 0) << r;
+    std::ofstream(root_ / "job.yaml")
+        << "name: tiny\nseed: 3\n"
+        << "model: {config: {vocab_size: 320, hidden_size: 32, intermediate_size: 48, "
+           "num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, "
+           "max_position_embeddings: 128}}\n"
+        << "tokenizer: " << (root_ / "tok" / "tokenizer.json").string() << "\n"
+        << "data: {manifest: " << (root_ / "shards" / "manifest.json").string()
+        << ", validation_fraction: 0.1}\n"
+        << "curriculum:\n"
+        << "  - {name: short, seq_len: 16, tokens: 1024, micro_batch: 4}\n"
+        << "  - {name: long, seq_len: 64, tokens: 512, micro_batch: 2}\n"
+        << "optimizer: {lr: 1e-2, warmup_steps: 1}\n"
+        << "batch: {global_tokens: 256}\n"
+        << "checkpoint: {every_steps: 2, keep_last: 1}\n";
+  }
+
+  // Processes whose command line mentions `needle` (the children of a run, by their run root).
+  static std::vector<std::string> ProcessesMentioning(const std::string& needle) {
+    std::vector<std::string> found;
+    for (const auto& entry : fs::directory_iterator("/proc")) {
+      const std::string name = entry.path().filename().string();
+      if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+      std::string cmdline = ReadAll(entry.path() / "cmdline");
+      std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+      if (cmdline.find(needle) != std::string::npos) found.push_back(name + ": " + cmdline);
+    }
+    return found;
+  }
+};
+
+TEST_F(LocalCliTest, TwoStageJobSucceedsAndLeavesNothingRunning) {
+  const fs::path run_root = root_ / "local";
+  const CliResult r = Run({"local", (root_ / "job.yaml").string(), "--workers", "1", "--run-root",
+                           run_root.string(), "--threads", "1", "--lease-seconds", "5"},
+                          180);
+  ASSERT_TRUE(r.exited && r.exit_code == 0)
+      << r << "\nstdout: " << stdout_
+      << "\ncoordinator: " << ReadAll(run_root / ".logs" / "coordinator.log")
+      << "\nworker: " << ReadAll(run_root / ".logs" / "worker-0.log");
+  EXPECT_THAT(stdout_, HasSubstr("jobs/tiny-1"));
+  EXPECT_THAT(stdout_, HasSubstr("stage 1 'long' started"));
+  EXPECT_THAT(stdout_, HasSubstr("-> SUCCEEDED"));
+  EXPECT_THAT(stdout_, HasSubstr("final model: " + (run_root / "tiny-1" / "final").string()));
+  EXPECT_TRUE(fs::exists(run_root / "tiny-1" / "final" / "model.safetensors"));
+  EXPECT_THAT(r.output, HasSubstr((run_root / ".logs").string()));
+  EXPECT_TRUE(fs::exists(run_root / ".logs" / "coordinator.log"));
+  EXPECT_TRUE(fs::exists(run_root / ".logs" / "worker-0.log"));
+  EXPECT_THAT(ProcessesMentioning(run_root.string()), ::testing::IsEmpty());
+}
+
+TEST_F(LocalCliTest, SigtermCancelsTheJobAndStopsEveryChild) {
+  const fs::path run_root = root_ / "local";
+  const std::string log = (root_ / "sigterm.log").string();
+  std::vector<std::string> args = {QtrainBinary(),    "local",     (root_ / "job.yaml").string(),
+                                   "--workers",       "1",         "--run-root",
+                                   run_root.string(), "--threads", "1"};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::setenv("QTRAIN_TEST_STEP_DELAY_MS", "300", 1);
+    FILE* out = std::freopen(log.c_str(), "w", stdout);
+    (void)out;
+    ::dup2(1, 2);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  ASSERT_GT(pid, 0);
+  // Wait until it trains.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (ReadAll(log).find("-> RUNNING") == std::string::npos &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_THAT(ReadAll(log), HasSubstr("-> RUNNING"));
+  ::kill(pid, SIGTERM);
+  int status = 0;
+  const auto stop_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  pid_t done = 0;
+  while ((done = ::waitpid(pid, &status, WNOHANG)) == 0 &&
+         std::chrono::steady_clock::now() < stop_deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  if (done == 0) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, &status, 0);
+    FAIL() << "qtrain local did not stop within 20 s of SIGTERM:\n" << ReadAll(log);
+  }
+  EXPECT_TRUE(WIFEXITED(status)) << ReadAll(log);
+  EXPECT_EQ(WEXITSTATUS(status), 2) << ReadAll(log);
+  EXPECT_THAT(ReadAll(log), HasSubstr("-> CANCELLED"));
+  EXPECT_THAT(ProcessesMentioning(run_root.string()), ::testing::IsEmpty());
+}
+
+TEST_F(RemoteCliTest, LocalNeedsItsSiblingBinaries) {
+  const fs::path lonely = root_ / "bin";
+  fs::create_directories(lonely);
+  fs::copy_file(QtrainBinary(), lonely / "qtrain");
+  const fs::path spec = WriteSpec("solo");
+  const std::vector<std::string> args = {
+      (lonely / "qtrain").string(), "local", spec.string(), "--workers", "1", "--run-root",
+      (root_ / "runs").string()};
+  CliOptions options;
+  options.timeout_seconds = 30;
+  const CliResult r = RunCli(args, root_ / "lonely.log", options);
+  EXPECT_TRUE(r.exited && r.exit_code == 1) << r;
+  EXPECT_THAT(r.output, HasSubstr("qtrain-coordinator"));
+  EXPECT_THAT(r.output, HasSubstr("missing"));
+  EXPECT_TRUE(IsOneLine(r.output)) << r.output;
 }
 
 }  // namespace
