@@ -29,6 +29,7 @@ absl::StatusOr<JobClient> JobClient::Connect(const ChannelOptions& options,
                                              absl::Duration timeout) {
   QTRAIN_ASSIGN_OR_RETURN(RpcClient rpc, RpcClient::Create(options));
   JobClient client;
+  client.options_ = options;
   client.rpc_ = std::make_unique<RpcClient>(std::move(rpc));
   client.stub_ = v1::JobService::NewStub(client.rpc_->channel());
   client.timeout_ = timeout;

@@ -30,6 +30,7 @@ class JobClient {
   absl::StatusOr<v1::ListWorkersResponse> ListWorkers();
 
   const RpcClient& rpc() const { return *rpc_; }
+  const ChannelOptions& channel_options() const { return options_; }
   absl::Duration timeout() const { return timeout_; }
 
  private:
@@ -39,6 +40,7 @@ class JobClient {
                                                                              Response*),
                                 const Request& request, absl::string_view what);
 
+  ChannelOptions options_;
   std::unique_ptr<RpcClient> rpc_;
   std::unique_ptr<v1::JobService::Stub> stub_;
   absl::Duration timeout_;

@@ -295,7 +295,7 @@ absl::StatusOr<int> RunLocal(const LocalArgs& args) {
   WatchOptions watch;
   watch.call_timeout = absl::Seconds(10);
   watch.canceller = &canceller;
-  absl::StatusOr<int> code = WatchJob(client.rpc(), job.name(), watch);
+  absl::StatusOr<int> code = WatchJob(client.channel_options(), job.name(), watch);
   if (!code.ok()) {
     const std::string reason = monitor.StopReason();
     if (absl::IsCancelled(code.status()) && !reason.empty()) return absl::AbortedError(reason);

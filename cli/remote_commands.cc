@@ -46,7 +46,7 @@ absl::StatusOr<int> RunWatch(JobClient& client, const std::string& name, bool js
   options.include_steps = include_steps;
   options.call_timeout = client.timeout();
   options.reconnect_timeout = absl::Seconds(reconnect_seconds);
-  return WatchJob(client.rpc(), name, options);
+  return WatchJob(client.channel_options(), name, options);
 }
 
 struct SubmitArgs {

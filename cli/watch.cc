@@ -13,6 +13,7 @@
 #include "absl/strings/str_split.h"
 #include "cli/output.h"
 #include "common/file_util.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
 #include "qtrain/v1/jobs.grpc.pb.h"
 
@@ -81,7 +82,7 @@ std::string DescribeEvent(const v1::JobEvent& event, const std::vector<std::stri
     }
     case v1::JobEvent::kEvalMetrics: {
       const v1::EvalMetrics& e = event.eval_metrics();
-      return absl::StrFormat("eval at step %d (%s): loss %.4f over %d tokens", e.step(),
+      return absl::StrFormat("eval at step %d (%s): loss %.4f, %d tokens seen", e.step(),
                              StageLabel(e.stage(), names), e.loss(), e.tokens());
     }
     case v1::JobEvent::EVENT_NOT_SET:
@@ -109,9 +110,10 @@ bool Retryable(grpc::StatusCode code) {
 // Reads one stream until it ends or the job reaches a final state.
 class Watcher {
  public:
-  Watcher(const RpcClient& client, std::string job, const WatchOptions& options)
-      : client_(client),
-        stub_(v1::JobService::NewStub(client.channel())),
+  Watcher(RpcClient client, ChannelOptions channel, std::string job, const WatchOptions& options)
+      : client_(std::move(client)),
+        channel_(std::move(channel)),
+        stub_(v1::JobService::NewStub(client_.channel())),
         job_(std::move(job)),
         options_(options),
         display_(
@@ -124,13 +126,19 @@ class Watcher {
   absl::StatusOr<int> Run();
 
  private:
-  absl::StatusOr<v1::Job> GetJob() {
+  // `probe`: while reconnecting, wait up to the timeout for the channel to connect instead of
+  // failing at once with the channel's last error (gRPC does not always retry a channel in
+  // TRANSIENT_FAILURE on its own).
+  absl::StatusOr<v1::Job> GetJob(bool probe = false) {
     v1::GetJobRequest request;
     request.set_name(job_);
     v1::Job job;
-    std::unique_ptr<grpc::ClientContext> context = client_.NewContext(options_.call_timeout);
+    const absl::Duration timeout =
+        probe ? std::min(options_.call_timeout, absl::Seconds(2)) : options_.call_timeout;
+    std::unique_ptr<grpc::ClientContext> context = client_.NewContext(timeout);
+    if (probe) context->set_wait_for_ready(true);
     const grpc::Status status = stub_->GetJob(context.get(), request, &job);
-    if (!status.ok()) return client_.Describe(status, "GetJob");
+    if (!status.ok()) return client_.Describe(status, "GetJob", timeout);
     return job;
   }
 
@@ -156,7 +164,17 @@ class Watcher {
     }
   }
 
-  const RpcClient& client_;
+  // A new channel: one that failed for a while may stay in TRANSIENT_FAILURE even after the
+  // coordinator is back.
+  void NewChannel() {
+    absl::StatusOr<RpcClient> client = RpcClient::Create(channel_);
+    if (!client.ok()) return;  // the options were valid once; keep the old channel
+    client_ = *std::move(client);
+    stub_ = v1::JobService::NewStub(client_.channel());
+  }
+
+  RpcClient client_;
+  ChannelOptions channel_;
   std::unique_ptr<v1::JobService::Stub> stub_;
   std::string job_;
   WatchOptions options_;
@@ -244,7 +262,7 @@ absl::StatusOr<int> Watcher::Run() {
     }
     // The stream ended without the final state: if the coordinator answers and says the job is
     // over, that is the end; otherwise reconnect after the last event seen.
-    absl::StatusOr<v1::Job> now = GetJob();
+    absl::StatusOr<v1::Job> now = GetJob(/*probe=*/true);
     if (now.ok()) {
       if (IsFinalState(now->state()) && status.ok()) {
         display_.Finish();
@@ -256,6 +274,7 @@ absl::StatusOr<int> Watcher::Run() {
         announced = false;
       }
     } else {
+      QTRAIN_LOG(DEBUG) << "watch: " << job_ << ": " << now.status().message();
       if (!absl::IsUnavailable(now.status()) && !absl::IsDeadlineExceeded(now.status())) {
         display_.Finish();
         return now.status();
@@ -268,6 +287,7 @@ absl::StatusOr<int> Watcher::Run() {
             absl::StrCat(now.status().message(), "; gave up watching ", job_, " after ",
                          HumanDuration(options_.reconnect_timeout), " without the coordinator"));
       }
+      NewChannel();
       if (!announced) {
         std::fprintf(stderr, "qtrain: lost the event stream of %s (%s); reconnecting\n",
                      job_.c_str(), std::string(now.status().message()).c_str());
@@ -356,9 +376,10 @@ void WatchCanceller::SetContext(grpc::ClientContext* context) {
   if (cancelled_ && context_ != nullptr) context_->TryCancel();
 }
 
-absl::StatusOr<int> WatchJob(const RpcClient& client, const std::string& job,
+absl::StatusOr<int> WatchJob(const ChannelOptions& channel, const std::string& job,
                              const WatchOptions& options) {
-  Watcher watcher(client, job, options);
+  QTRAIN_ASSIGN_OR_RETURN(RpcClient client, RpcClient::Create(channel));
+  Watcher watcher(std::move(client), channel, job, options);
   return watcher.Run();
 }
 

@@ -81,7 +81,7 @@ struct WatchOptions {
 
 // Watches `job` ("jobs/ID") until it ends. Returns the exit code of its final state; an error
 // when the job does not exist, the coordinator stays unreachable or the watch was cancelled.
-absl::StatusOr<int> WatchJob(const RpcClient& client, const std::string& job,
+absl::StatusOr<int> WatchJob(const ChannelOptions& channel, const std::string& job,
                              const WatchOptions& options);
 
 }  // namespace qtrain::cli

@@ -67,7 +67,7 @@ TEST(FormatEventLineTest, CheckpointRestartEval) {
   ev.mutable_eval_metrics()->set_loss(3.14159);
   ev.mutable_eval_metrics()->set_tokens(4096);
   EXPECT_THAT(FormatEventLine(ev, kStages),
-              HasSubstr("eval at step 80 (stage 1 'long'): loss 3.1416 over 4096 tokens"));
+              HasSubstr("eval at step 80 (stage 1 'long'): loss 3.1416, 4096 tokens seen"));
 }
 
 TEST(FormatEventLineTest, StepMetricsAndUnknown) {

@@ -86,7 +86,7 @@ absl::StatusOr<v1::RegisterWorkerResponse> Coordinator::RegisterWorker(
         absl::StrCat(SanitizeWorkerPrefix(request.hostname()), "-", next_worker_number_);
     record->worker.set_name(WorkerName(id));
     *record->worker.mutable_register_time() = ToProto(now);
-  } else if (record->worker.state() == v1::WORKER_STATE_ASSIGNED) {
+  } else if (!record->worker.job().empty()) {
     // The daemon restarted: the child of its round is gone.
     auto job = jobs_by_id_.find(Id(record->worker.job()));
     if (job != jobs_by_id_.end() && job->second->round.live) {
@@ -172,9 +172,10 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
     } else {
       if (request.draining() != worker->draining) {
         worker->draining = request.draining();
-        if (w.state() == v1::WORKER_STATE_IDLE || w.state() == v1::WORKER_STATE_DRAINING) {
-          w.set_state(worker->draining ? v1::WORKER_STATE_DRAINING : v1::WORKER_STATE_IDLE);
-        }
+        // A member keeps its round (job and rank) while it drains.
+        w.set_state(worker->draining  ? v1::WORKER_STATE_DRAINING
+                    : w.job().empty() ? v1::WORKER_STATE_IDLE
+                                      : v1::WORKER_STATE_ASSIGNED);
         changed = true;
       }
       if (request.has_progress()) {
@@ -288,7 +289,7 @@ void Coordinator::HandleProgressLocked(WorkerRecord& worker, const v1::Heartbeat
 }
 
 void Coordinator::HandleIdleMemberLocked(WorkerRecord& worker, StoreBatch& batch) {
-  if (worker.worker.state() != v1::WORKER_STATE_ASSIGNED) return;
+  if (worker.worker.job().empty()) return;
   auto it = jobs_by_id_.find(Id(worker.worker.job()));
   if (it == jobs_by_id_.end() || !it->second->round.live) return;
   JobRecord& record = *it->second;
@@ -348,8 +349,10 @@ void Coordinator::ReleaseRoundLocked(JobRecord& record, const std::string& abort
       directive.mutable_abort()->set_reason(abort_reason);
       w.pending.push_back(std::move(directive));
     }
-    if (w.worker.state() == v1::WORKER_STATE_ASSIGNED && w.worker.job() == job.name()) {
-      w.worker.set_state(w.draining ? v1::WORKER_STATE_DRAINING : v1::WORKER_STATE_IDLE);
+    if (w.worker.job() == job.name()) {
+      if (w.worker.state() != v1::WORKER_STATE_LOST) {
+        w.worker.set_state(w.draining ? v1::WORKER_STATE_DRAINING : v1::WORKER_STATE_IDLE);
+      }
       w.worker.clear_job();
       w.worker.set_rank(0);
       PutWorkerLocked(w, batch);
@@ -411,7 +414,7 @@ void Coordinator::CheckLeasesLocked() {
                      absl::FormatDuration(options_.lease), ")");
     QTRAIN_LOG(WARNING) << reason;
     const std::string job_name = w.worker.job();
-    const bool assigned = w.worker.state() == v1::WORKER_STATE_ASSIGNED;
+    const bool assigned = !w.worker.job().empty();
     const int64_t rank = w.worker.rank();
     w.worker.set_state(v1::WORKER_STATE_LOST);
     w.pending.clear();

@@ -104,7 +104,7 @@ absl::Status Coordinator::Load() {
     for (size_t rank = 0; rank < round.members.size(); ++rank) {
       auto w = workers_by_id_.find(round.members[rank]);
       const bool member = w != workers_by_id_.end() &&
-                          w->second->worker.state() == v1::WORKER_STATE_ASSIGNED &&
+                          w->second->worker.state() != v1::WORKER_STATE_LOST &&
                           w->second->worker.job() == job.name();
       if (member) {
         w->second->last_job = job.name();
@@ -124,10 +124,13 @@ absl::Status Coordinator::Load() {
   }
   // Workers assigned to a job without a live round are free again.
   for (auto& w : workers_) {
-    if (w->worker.state() != v1::WORKER_STATE_ASSIGNED) continue;
+    if (w->worker.job().empty()) continue;
     auto it = jobs_by_id_.find(Id(w->worker.job()));
-    if (it == jobs_by_id_.end() || !it->second->round.live) {
-      w->worker.set_state(v1::WORKER_STATE_IDLE);
+    if (it == jobs_by_id_.end() || !it->second->round.live ||
+        w->worker.state() == v1::WORKER_STATE_LOST) {
+      if (w->worker.state() != v1::WORKER_STATE_LOST) {
+        w->worker.set_state(w->draining ? v1::WORKER_STATE_DRAINING : v1::WORKER_STATE_IDLE);
+      }
       w->worker.clear_job();
       PutWorkerLocked(*w, batch);
     }

@@ -6,9 +6,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -46,34 +48,45 @@ batch: {global_tokens: 1024}
 
 std::string BinDir() { return fs::path(QtrainBinary()).parent_path().string(); }
 
+std::string ReadAll(const fs::path& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
 // One line of output (trailing newline aside).
 bool IsOneLine(const std::string& s) {
-  const std::string_view trimmed = absl::StripSuffix(s, "\n");
-  return !trimmed.empty() && trimmed.find('\n') == std::string_view::npos;
+  const absl::string_view trimmed = absl::StripSuffix(s, "\n");
+  return !trimmed.empty() && trimmed.find('\n') == absl::string_view::npos;
 }
 
 // A qtrain-coordinator on an ephemeral port, killed (SIGKILL) and reaped when the test ends.
 class Coordinator {
  public:
   explicit Coordinator(const fs::path& root) : root_(root) {}
-  ~Coordinator() {
+  ~Coordinator() { Kill(); }
+
+  void Kill() {
     if (pid_ > 0) {
       ::kill(pid_, SIGKILL);
       ::waitpid(pid_, nullptr, 0);
     }
+    pid_ = -1;
   }
 
   // Empty on success, else why it did not start.
-  std::string Start() {
+  std::string Start(const std::string& listen = "127.0.0.1:0") {
     const std::string bin = BinDir() + "/qtrain-coordinator";
     if (::access(bin.c_str(), X_OK) != 0) return "no " + bin;
     fs::create_directories(root_ / "state");
     fs::create_directories(root_ / "runs");
     const std::string address_file = (root_ / "address").string();
     const std::string log = (root_ / "coordinator.log").string();
+    fs::remove(address_file);
     std::vector<std::string> args = {bin,
                                      "--listen",
-                                     "127.0.0.1:0",
+                                     listen,
                                      "--address-file",
                                      address_file,
                                      "--state-dir",
@@ -362,13 +375,13 @@ TEST_F(RemoteCliCoordinatorTest, CancelQueuedJobThenWatchExitsTwo) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1500));
     CliOptions options;
     options.timeout_seconds = 20;
-    RunCli({QtrainBinary(), "--coordinator", address_, "cancel", "gamma-" + std::to_string(3)},
-           root_ / "cancel.log", options);
+    RunCli({QtrainBinary(), "--coordinator", address_, "cancel", "gamma-2"}, root_ / "cancel.log",
+           options);
   });
   r = Run({"--coordinator", address_, "submit", spec.string(), "--watch"}, 30);
   canceller.join();
   EXPECT_TRUE(r.exited && r.exit_code == 2) << r;
-  EXPECT_THAT(stdout_, HasSubstr("jobs/gamma-3"));
+  EXPECT_THAT(stdout_, HasSubstr("jobs/gamma-2"));
   EXPECT_THAT(stdout_, HasSubstr("QUEUED -> CANCELLED"));
 }
 
@@ -424,6 +437,37 @@ TEST_F(RemoteCliCoordinatorTest, EmptyCheckpointsAndWorkers) {
   EXPECT_THAT(r.output, HasSubstr("NOT_FOUND"));
 }
 
+TEST_F(RemoteCliCoordinatorTest, WatchReconnectsToARestartedCoordinator) {
+  RunJson(address_, {"submit", WriteSpec("zeta").string()});
+  std::string restart_error = "not restarted";
+  std::thread restarter([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+    coordinator_->Kill();
+    // Longer than one reconnect probe (2 s), so the watch says it lost the stream.
+    std::this_thread::sleep_for(std::chrono::milliseconds(3500));
+    restart_error = coordinator_->Start(address_);
+    if (!restart_error.empty()) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    CliOptions options;
+    options.timeout_seconds = 20;
+    RunCli({QtrainBinary(), "--coordinator", address_, "cancel", "zeta-1"}, root_ / "cancel.log",
+           options);
+  });
+  const CliResult r = Run({"--coordinator", address_, "watch", "zeta-1"}, 40);
+  restarter.join();
+  ASSERT_EQ(restart_error, "");
+  EXPECT_TRUE(r.exited && r.exit_code == 2)
+      << r << "\ncancel: " << ReadAll(root_ / "cancel.log")
+      << "\ncoordinator: " << ReadAll(root_ / "coordinator" / "coordinator.log");
+  EXPECT_THAT(r.output, HasSubstr("reconnecting"));
+  EXPECT_THAT(r.output, HasSubstr("reconnected"));
+  // Every event once: the replay after the reconnect starts after the last one seen.
+  EXPECT_THAT(stdout_, HasSubstr("QUEUED -> CANCELLED"));
+  const std::vector<std::string> lines = absl::StrSplit(stdout_, '\n', absl::SkipEmpty());
+  std::set<std::string> unique(lines.begin(), lines.end());
+  EXPECT_EQ(unique.size(), lines.size()) << stdout_;
+}
+
 TEST_F(RemoteCliCoordinatorTest, WatchGivesUpWhenTheCoordinatorStaysAway) {
   RunJson(address_, {"submit", WriteSpec("eps").string()});
   std::thread killer([&] {
@@ -440,6 +484,136 @@ TEST_F(RemoteCliCoordinatorTest, WatchGivesUpWhenTheCoordinatorStaysAway) {
   EXPECT_THAT(r.output, HasSubstr("cannot reach the coordinator at " + address_));
   EXPECT_THAT(r.output, HasSubstr("gave up"));
   EXPECT_LT(seconds, 15);
+}
+
+// `qtrain local`: a tiny two-stage job through a real coordinator, worker and training child.
+class LocalCliTest : public RemoteCliTest {
+ protected:
+  void SetUp() override {
+    RemoteCliTest::SetUp();
+    for (const char* bin : {"qtrain-coordinator", "qtrain-worker"}) {
+      if (::access((BinDir() + "/" + bin).c_str(), X_OK) != 0) GTEST_SKIP() << "no " << bin;
+    }
+    ASSERT_TRUE(testing_cli::WriteWordCorpus(
+        root_ / "text.txt",
+        {"the", "model", "learns", "tokens", "from", "a", "small", "corpus", "and", "predicts"},
+        4000, /*seed=*/7, /*sentence_every=*/9));
+    CliResult r = Run({"train-tokenizer", "--vocab-size", "300", "--out", (root_ / "tok").string(),
+                       (root_ / "text.txt").string()});
+    ASSERT_TRUE(r.exited && r.exit_code == 0) << r;
+    r = Run({"tokenize", "--tokenizer", (root_ / "tok" / "tokenizer.json").string(), "--out",
+             (root_ / "shards").string(), (root_ / "text.txt").string()});
+    ASSERT_TRUE(r.exited && r.exit_code == 0) << r;
+    std::ofstream(root_ / "job.yaml")
+        << "name: tiny\nseed: 3\n"
+        << "model: {config: {vocab_size: 320, hidden_size: 32, intermediate_size: 48, "
+           "num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, "
+           "max_position_embeddings: 128}}\n"
+        << "tokenizer: " << (root_ / "tok" / "tokenizer.json").string() << "\n"
+        << "data: {manifest: " << (root_ / "shards" / "manifest.json").string()
+        << ", validation_fraction: 0.1}\n"
+        << "curriculum:\n"
+        << "  - {name: short, seq_len: 16, tokens: 1024, micro_batch: 4}\n"
+        << "  - {name: long, seq_len: 64, tokens: 512, micro_batch: 2}\n"
+        << "optimizer: {lr: 1e-2, warmup_steps: 1}\n"
+        << "batch: {global_tokens: 256}\n"
+        << "checkpoint: {every_steps: 2, keep_last: 1}\n";
+  }
+
+  // Processes whose command line mentions `needle` (the children of a run, by their run root).
+  static std::vector<std::string> ProcessesMentioning(const std::string& needle) {
+    std::vector<std::string> found;
+    for (const auto& entry : fs::directory_iterator("/proc")) {
+      const std::string name = entry.path().filename().string();
+      if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+      std::string cmdline = ReadAll(entry.path() / "cmdline");
+      std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+      if (cmdline.find(needle) != std::string::npos) found.push_back(name + ": " + cmdline);
+    }
+    return found;
+  }
+};
+
+TEST_F(LocalCliTest, TwoStageJobSucceedsAndLeavesNothingRunning) {
+  const fs::path run_root = root_ / "local";
+  const CliResult r = Run({"local", (root_ / "job.yaml").string(), "--workers", "1", "--run-root",
+                           run_root.string(), "--threads", "1", "--lease-seconds", "5"},
+                          180);
+  ASSERT_TRUE(r.exited && r.exit_code == 0)
+      << r << "\nstdout: " << stdout_
+      << "\ncoordinator: " << ReadAll(run_root / ".logs" / "coordinator.log")
+      << "\nworker: " << ReadAll(run_root / ".logs" / "worker-0.log");
+  EXPECT_THAT(stdout_, HasSubstr("jobs/tiny-1"));
+  EXPECT_THAT(stdout_, HasSubstr("stage 1 'long' started"));
+  EXPECT_THAT(stdout_, HasSubstr("-> SUCCEEDED"));
+  EXPECT_THAT(stdout_, HasSubstr("final model: " + (run_root / "tiny-1" / "final").string()));
+  EXPECT_TRUE(fs::exists(run_root / "tiny-1" / "final" / "model.safetensors"));
+  EXPECT_THAT(r.output, HasSubstr((run_root / ".logs").string()));
+  EXPECT_TRUE(fs::exists(run_root / ".logs" / "coordinator.log"));
+  EXPECT_TRUE(fs::exists(run_root / ".logs" / "worker-0.log"));
+  EXPECT_THAT(ProcessesMentioning(run_root.string()), ::testing::IsEmpty());
+}
+
+TEST_F(LocalCliTest, SigtermCancelsTheJobAndStopsEveryChild) {
+  const fs::path run_root = root_ / "local";
+  const std::string log = (root_ / "sigterm.log").string();
+  std::vector<std::string> args = {QtrainBinary(),    "local",     (root_ / "job.yaml").string(),
+                                   "--workers",       "1",         "--run-root",
+                                   run_root.string(), "--threads", "1"};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::setenv("QTRAIN_TEST_STEP_DELAY_MS", "300", 1);
+    FILE* out = std::freopen(log.c_str(), "w", stdout);
+    (void)out;
+    ::dup2(1, 2);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  ASSERT_GT(pid, 0);
+  // Wait until it trains.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (ReadAll(log).find("-> RUNNING") == std::string::npos &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_THAT(ReadAll(log), HasSubstr("-> RUNNING"));
+  ::kill(pid, SIGTERM);
+  int status = 0;
+  const auto stop_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  pid_t done = 0;
+  while ((done = ::waitpid(pid, &status, WNOHANG)) == 0 &&
+         std::chrono::steady_clock::now() < stop_deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  if (done == 0) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, &status, 0);
+    FAIL() << "qtrain local did not stop within 20 s of SIGTERM:\n" << ReadAll(log);
+  }
+  EXPECT_TRUE(WIFEXITED(status)) << ReadAll(log);
+  EXPECT_EQ(WEXITSTATUS(status), 2) << ReadAll(log);
+  EXPECT_THAT(ReadAll(log), HasSubstr("-> CANCELLED"));
+  EXPECT_THAT(ProcessesMentioning(run_root.string()), ::testing::IsEmpty());
+}
+
+TEST_F(RemoteCliTest, LocalNeedsItsSiblingBinaries) {
+  const fs::path lonely = root_ / "bin";
+  fs::create_directories(lonely);
+  fs::copy_file(QtrainBinary(), lonely / "qtrain");
+  const fs::path spec = WriteSpec("solo");
+  const std::vector<std::string> args = {
+      (lonely / "qtrain").string(), "local", spec.string(), "--workers", "1", "--run-root",
+      (root_ / "runs").string()};
+  CliOptions options;
+  options.timeout_seconds = 30;
+  const CliResult r = RunCli(args, root_ / "lonely.log", options);
+  EXPECT_TRUE(r.exited && r.exit_code == 1) << r;
+  EXPECT_THAT(r.output, HasSubstr("qtrain-coordinator"));
+  EXPECT_THAT(r.output, HasSubstr("missing"));
+  EXPECT_TRUE(IsOneLine(r.output)) << r.output;
 }
 
 }  // namespace
