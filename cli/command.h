@@ -3,7 +3,8 @@
 // Each module adds its subcommands in its own file (cli/<area>_commands.cc) through one
 // Add<Area>Commands(CLI::App&, CommandSelection&) function. A subcommand's parse callback stores
 // the action to run; main() runs the selected action after parsing and turns its Status into the
-// exit code and a one-line error on stderr.
+// exit code and a one-line error on stderr. A command with exit codes of its own (`watch`: 0, 1
+// or 2 by the job's end) sets coded_action instead, which returns the exit code.
 #ifndef QTRAIN_CLI_COMMAND_H_
 #define QTRAIN_CLI_COMMAND_H_
 
@@ -11,11 +12,13 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace qtrain::cli {
 
 struct CommandSelection {
   std::function<absl::Status()> action;
+  std::function<absl::StatusOr<int>()> coded_action;
 };
 
 // Local tools that need no server: validate, safetensors (cli/foundation_commands.cc).
@@ -26,6 +29,11 @@ void AddTokenizerCommands(CLI::App& app, CommandSelection& selection);
 void AddModelCommands(CLI::App& app, CommandSelection& selection);
 // train (cli/train_commands.cc).
 void AddTrainCommands(CLI::App& app, CommandSelection& selection);
+// submit, get, list, cancel, watch, checkpoints, workers and their global flags
+// (cli/remote_commands.cc).
+void AddRemoteCommands(CLI::App& app, CommandSelection& selection);
+// local: a coordinator and workers as child processes for one job (cli/local_command.cc).
+void AddLocalCommand(CLI::App& app, CommandSelection& selection);
 
 }  // namespace qtrain::cli
 

@@ -50,6 +50,8 @@ int main(int argc, char** argv) {
   qtrain::cli::AddTokenizerCommands(app, selection);
   qtrain::cli::AddModelCommands(app, selection);
   qtrain::cli::AddTrainCommands(app, selection);
+  qtrain::cli::AddRemoteCommands(app, selection);
+  qtrain::cli::AddLocalCommand(app, selection);
 
   try {
     app.parse(argc, argv);
@@ -72,13 +74,23 @@ int main(int argc, char** argv) {
     return 2;
   }
   qtrain::SetMinLogLevel(level);
-  if (!selection.action) return 2;
+  if (!selection.action && !selection.coded_action) return 2;
   absl::Status status;
+  int code = 0;
   // Library code reports failures as Status; these catches are the last line for an exception
   // from a dependency (an allocation in a parser, say), so that it still ends with a message and
   // exit code 1 rather than std::terminate.
   try {
-    status = selection.action();
+    if (selection.coded_action) {
+      absl::StatusOr<int> result = selection.coded_action();
+      if (result.ok()) {
+        code = *result;
+      } else {
+        status = result.status();
+      }
+    } else {
+      status = selection.action();
+    }
   } catch (const std::bad_alloc&) {
     status = absl::ResourceExhaustedError("out of memory");
   } catch (const std::exception& e) {
@@ -91,5 +103,5 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "qtrain: %s\n", status.ToString().c_str());
     return 1;
   }
-  return 0;
+  return code;
 }

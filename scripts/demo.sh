@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The demo behind `make demo`: on a corpus from Debian's fortune packages (English `fortunes`,
 # Chinese `fortunes-zh`), train a byte-level BPE tokenizer, tokenize the corpus into shards,
-# train a tiny Qwen2 through a two-stage curriculum (short then long context, larger RoPE base),
-# and sample from it. Everything lands in BUILD/demo.
+# train a tiny Qwen2 through a two-stage curriculum (short then long context, larger RoPE base)
+# on a coordinator and one worker started for the job (`qtrain local`), and sample from it.
+# Everything lands in BUILD/demo.
 set -euo pipefail
 build=${1:-build}
 qtrain="$build/bin/qtrain"
 out="$build/demo"
 fortunes=/usr/share/games/fortunes
-[ -x "$qtrain" ] || { echo "demo: $qtrain is missing; run 'make build' first" >&2; exit 1; }
+for bin in qtrain qtrain-coordinator qtrain-worker; do
+  [ -x "$build/bin/$bin" ] || { echo "demo: $build/bin/$bin is missing; run 'make build' first" >&2; exit 1; }
+done
 [ -d "$fortunes" ] || { echo "demo: $fortunes is missing; run scripts/setup.sh" >&2; exit 1; }
 
 rm -rf "$out"
@@ -59,12 +62,16 @@ checkpoint: {every_steps: 100, keep_last: 2}
 eval: {every_steps: 80, batches: 8}
 YAML
 "$qtrain" validate "$out/job.yaml" > /dev/null
-"$qtrain" train "$out/job.yaml" --run-dir "$out/run"
+# A coordinator and one worker as child processes; the job's run directory is
+# <run-root>/<job ID>/, its logs in <run-root>/.logs/.
+"$qtrain" local "$out/job.yaml" --workers 1 --run-root "$out/local" | tee "$out/local.out"
+run=$(sed -n 's/^final model: \(.*\)\/final$/\1/p' "$out/local.out" | tail -n 1)
+[ -n "$run" ] && [ -d "$run/final" ] || { echo "demo: the job left no final model" >&2; exit 1; }
 
 step "5/5 samples from the trained model"
 for prompt in "The secret of" "Q: What is" "Linux is"; do
   printf -- '--- %s' "$prompt"
-  "$qtrain" generate --model "$out/run/final" --tokenizer "$out/run/final/tokenizer.json" \
+  "$qtrain" generate --model "$run/final" --tokenizer "$run/final/tokenizer.json" \
     --prompt "$prompt" --max-new-tokens 40 --temperature 0.8 --top-p 0.9 --seed 1
   echo
 done
@@ -72,8 +79,9 @@ done
 cat >&2 <<TXT
 
 demo: done.
-  run directory:   $out/run
-  loss curve:      $out/run/loss.svg
-  metrics:         $out/run/metrics.jsonl
-  exported model:  $out/run/final (transformers format, with its tokenizer)
+  run directory:   $run
+  loss curve:      $run/loss.svg
+  metrics:         $run/metrics.jsonl
+  exported model:  $run/final (transformers format, with its tokenizer)
+  service logs:    $out/local/.logs/
 TXT

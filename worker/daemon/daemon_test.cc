@@ -1,0 +1,523 @@
+// The daemon against an in-process fake coordinator (a WorkerService that records every call
+// and hands out directives), with shell scripts standing in for the training child.
+#include "worker/daemon/daemon.h"
+
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "common/rpc_server.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "qtrain/v1/worker.grpc.pb.h"
+#include "worker/daemon/fake_coordinator_test_util.h"
+
+namespace qtrain::worker {
+namespace {
+
+using ::testing::HasSubstr;
+
+// Scripts standing in for `train-stage`. Each writes its pid and arguments beside itself.
+constexpr char kPrologue[] = R"(
+dir=$(dirname "$0")
+echo $$ > "$dir/child.pid"
+printf '%s\n' "$@" > "$dir/child.args"
+wait_ack() { while read -r line; do case "$line" in *checkpoint_ack*) echo "$line" > "$dir/ack"; return;; esac; done; exit 4; }
+)";
+
+constexpr char kGoodChild[] = R"(
+echo '{"phase":"WORKER_PHASE_LOADING"}'
+echo '{"phase":"WORKER_PHASE_TRAINING"}'
+echo '{"progress":{"stage":"0","step":"1","loss":2.5}}'
+echo '{"phase":"WORKER_PHASE_CHECKPOINTING"}'
+echo '{"checkpoint":{"step":"2","stage":"0","directory":"/runs/j/checkpoints/step-000000000002"}}'
+wait_ack
+echo '{"progress":{"stage":"0","step":"2","loss":2.0}}'
+echo '{"done":{"stage":"0","step":"2"}}'
+exit 0
+)";
+
+// Trains "forever", ignoring SIGTERM: only SIGKILL ends it.
+constexpr char kStubbornChild[] = R"(
+trap '' TERM
+echo '{"phase":"WORKER_PHASE_TRAINING"}'
+step=0
+while :; do step=$((step+1)); echo "{\"progress\":{\"step\":\"$step\"}}"; sleep 0.1; done
+)";
+
+constexpr char kCrashingChild[] = R"(
+echo '{"phase":"WORKER_PHASE_TRAINING"}'
+sleep 0.2
+kill -9 $$
+)";
+
+constexpr char kFailingChild[] = R"(
+echo '{"phase":"WORKER_PHASE_LOADING"}'
+echo '{"error":{"code":"INVALID_ARGUMENT","message":"data manifest changed","retryable":false}}'
+exit 1
+)";
+
+// A checkpoint every 0.3 s, each waiting for its ack, until step 100.
+constexpr char kCheckpointingChild[] = R"(
+echo '{"phase":"WORKER_PHASE_TRAINING"}'
+step=0
+while [ $step -lt 100 ]; do
+  step=$((step+1)); sleep 0.3
+  echo "{\"checkpoint\":{\"step\":\"$step\",\"stage\":\"0\",\"directory\":\"/d\"}}"
+  wait_ack
+done
+echo '{"done":{"stage":"0","step":"100"}}'
+)";
+
+v1::Directive AssignDirective(const std::string& job, int64_t round) {
+  v1::Directive d;
+  v1::Assignment* a = d.mutable_assign();
+  a->set_job(job);
+  a->set_round(round);
+  a->set_rank(0);
+  a->set_world_size(1);
+  a->set_stage(0);
+  a->set_start_step(0);
+  a->set_end_step(100);
+  a->set_run_directory("/runs/j");
+  a->set_checkpoint_directory("/runs/j/checkpoints");
+  return d;
+}
+
+v1::Directive AbortDirective(const std::string& job, int64_t round) {
+  v1::Directive d;
+  d.mutable_abort()->set_job(job);
+  d.mutable_abort()->set_round(round);
+  d.mutable_abort()->set_reason("test abort");
+  return d;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+bool ProcessGone(int pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  if (!stat) return true;
+  std::string content((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  const size_t paren = content.rfind(')');
+  return paren != std::string::npos && paren + 2 < content.size() && content[paren + 2] == 'Z';
+}
+
+class DaemonTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = ::testing::TempDir() + "/" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    std::filesystem::remove_all(root_);
+    std::filesystem::create_directories(root_ + "/child");
+    StartServer("127.0.0.1:0");
+  }
+
+  void TearDown() override {
+    if (daemon_ != nullptr) {
+      daemon_->Stop();
+      EXPECT_TRUE(daemon_->Wait().ok());
+      daemon_.reset();
+    }
+    if (server_ != nullptr) server_->Shutdown(absl::Milliseconds(100));
+  }
+
+  // `known`: a worker id the new coordinator already knows (its state survived).
+  void StartServer(const std::string& listen, const std::string& known = "") {
+    fake_ = std::make_unique<FakeCoordinator>();
+    if (!known.empty()) fake_->KnowWorker(known);
+    absl::StatusOr<std::unique_ptr<RpcServer>> server =
+        RpcServer::Start({.listen = listen}, {fake_.get()});
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+    server_->SetServing(true);
+    address_ = server_->address();
+  }
+
+  void StopServer() {
+    server_->Shutdown(absl::Milliseconds(100));
+    server_.reset();
+  }
+
+  std::string WriteChild(const char* body) {
+    const std::string path = root_ + "/child/child.sh";
+    std::ofstream(path) << "#!/bin/sh\n" << kPrologue << body;
+    return path;
+  }
+
+  DaemonOptions Options(const std::string& child) {
+    DaemonOptions options;
+    options.channel.address = address_;
+    options.work_dir = root_ + "/work";
+    options.name = "test";
+    options.threads = 2;
+    options.drain_timeout = absl::Seconds(20);
+    options.child_command = {"/bin/sh", child};
+    options.version = "test";
+    return options;
+  }
+
+  void StartDaemon(const DaemonOptions& options) {
+    absl::StatusOr<std::unique_ptr<WorkerDaemon>> daemon = WorkerDaemon::Start(options);
+    ASSERT_TRUE(daemon.ok()) << daemon.status();
+    daemon_ = std::move(*daemon);
+  }
+
+  int ChildPid() {
+    int pid = 0;
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (absl::Now() < deadline) {
+      if (absl::SimpleAtoi(absl::StripAsciiWhitespace(ReadFile(root_ + "/child/child.pid")),
+                           &pid)) {
+        return pid;
+      }
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    return 0;
+  }
+
+  std::string root_;
+  std::string address_;  // of the latest server
+  std::unique_ptr<FakeCoordinator> fake_;
+  std::unique_ptr<RpcServer> server_;
+  std::unique_ptr<WorkerDaemon> daemon_;
+};
+
+TEST_F(DaemonTest, RegistersHeartbeatsAndKeepsItsId) {
+  StartDaemon(Options(WriteChild(kGoodChild)));
+  ASSERT_TRUE(fake_->WaitFor([](FakeCoordinator& f) { return f.heartbeats_.size() >= 3; }));
+  fake_->Read([](FakeCoordinator& f) {
+    ASSERT_EQ(f.registrations_.size(), 1u);
+    const v1::RegisterWorkerRequest& r = f.registrations_[0];
+    EXPECT_EQ(r.worker_id(), "");
+    EXPECT_EQ(r.hostname(), "test");
+    EXPECT_EQ(r.device(), v1::DEVICE_KIND_CPU);
+    EXPECT_EQ(r.device_count(), 1);
+    EXPECT_EQ(r.version(), "test");
+    EXPECT_FALSE(r.peer_host().empty());
+    for (const auto& h : f.heartbeats_) {
+      EXPECT_EQ(h.worker(), "workers/fake-1");
+      EXPECT_EQ(h.phase(), v1::WORKER_PHASE_IDLE);
+      EXPECT_FALSE(h.draining());
+    }
+    // Sequence numbers increase.
+    for (size_t i = 1; i < f.heartbeats_.size(); ++i) {
+      EXPECT_GT(f.heartbeats_[i].sequence(), f.heartbeats_[i - 1].sequence());
+    }
+  });
+  EXPECT_EQ(ReadFile(root_ + "/work/worker_id"), "fake-1\n");
+  EXPECT_EQ(daemon_->worker_name(), "workers/fake-1");
+
+  // One daemon per work directory.
+  absl::StatusOr<std::unique_ptr<WorkerDaemon>> second =
+      WorkerDaemon::Start(Options(root_ + "/child/child.sh"));
+  ASSERT_FALSE(second.ok());
+  EXPECT_THAT(second.status().ToString(), HasSubstr("in use by qtrain-worker process"));
+
+  // A restarted daemon registers with the id it was given.
+  daemon_->Stop();
+  ASSERT_TRUE(daemon_->Wait().ok());
+  daemon_.reset();
+  StartDaemon(Options(root_ + "/child/child.sh"));
+  ASSERT_TRUE(fake_->WaitFor([](FakeCoordinator& f) { return f.registrations_.size() == 2; }));
+  fake_->Read([](FakeCoordinator& f) { EXPECT_EQ(f.registrations_[1].worker_id(), "fake-1"); });
+}
+
+TEST_F(DaemonTest, RunsAnAssignmentToItsEnd) {
+  StartDaemon(Options(WriteChild(kGoodChild)));
+  fake_->Send(AssignDirective("jobs/demo-1", 3));
+  ASSERT_TRUE(fake_->WaitFor([](FakeCoordinator& f) { return !f.completions_.empty(); }));
+  fake_->Read([](FakeCoordinator& f) {
+    ASSERT_EQ(f.commits_.size(), 1u);
+    const v1::CommitCheckpointRequest& c = f.commits_[0];
+    EXPECT_EQ(c.worker(), "workers/fake-1");
+    EXPECT_EQ(c.job(), "jobs/demo-1");
+    EXPECT_EQ(c.round(), 3);
+    EXPECT_EQ(c.step(), 2);
+    EXPECT_EQ(c.directory(), "/runs/j/checkpoints/step-000000000002");
+    const v1::CompleteAssignmentRequest& done = f.completions_[0];
+    EXPECT_EQ(done.job(), "jobs/demo-1");
+    EXPECT_EQ(done.round(), 3);
+    EXPECT_EQ(done.step(), 2);
+    EXPECT_TRUE(f.failures_.empty());
+  });
+  // Progress was forwarded, with the assignment's job and round.
+  ASSERT_TRUE(fake_->WaitFor([](FakeCoordinator& f) {
+    for (const auto& h : f.heartbeats_) {
+      if (h.phase() == v1::WORKER_PHASE_TRAINING && h.progress().job() == "jobs/demo-1" &&
+          h.progress().round() == 3 && h.progress().step() == 1 && h.progress().loss() == 2.5) {
+        return true;
+      }
+    }
+    return false;
+  }));
+  // Then idle again, without progress.
+  ASSERT_TRUE(fake_->WaitFor([](FakeCoordinator& f) {
+    const auto& h = f.heartbeats_.back();
+    return h.phase() == v1::WORKER_PHASE_IDLE && !h.has_progress();
+  }));
+  EXPECT_THAT(ReadFile(root_ + "/child/ack"), HasSubstr("\"ok\":true"));
+  const std::string assignment_file = root_ + "/work/assignments/demo-1-r3-rank0.json";
+  EXPECT_THAT(ReadFile(assignment_file), HasSubstr("\"job\":\"jobs/demo-1\""));
+  const std::string args = ReadFile(root_ + "/child/child.args");
+  EXPECT_THAT(args, HasSubstr("--assignment\n" + assignment_file + "\n"));
+  EXPECT_THAT(args, HasSubstr("--threads\n2\n"));
+  EXPECT_THAT(args, HasSubstr("--parent-timeout-ms\n1500\n"));
+}
+
+TEST_F(DaemonTest, AbortKillsTheChildWithinThreeSeconds) {
+  StartDaemon(Options(WriteChild(kStubbornChild)));
+  fake_->Send(AssignDirective("jobs/a-1", 1));
+  const int pid = ChildPid();
+  ASSERT_GT(pid, 0);
+  ASSERT_TRUE(
+      fake_->WaitFor([](FakeCoordinator& f) { return f.SawPhase(v1::WORKER_PHASE_TRAINING); }));
+  // An abort for another round leaves it alone.
+  fake_->Send(AbortDirective("jobs/a-1", 7));
+  absl::SleepFor(absl::Milliseconds(400));
+  ASSERT_FALSE(ProcessGone(pid));
+
+  fake_->Send(AbortDirective("jobs/a-1", 1));
+  const absl::Time start = absl::Now();
+  while (!ProcessGone(pid) && absl::Now() - start < absl::Seconds(5)) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_TRUE(ProcessGone(pid));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+  // STOPPED for that round, then IDLE; an abort is not a failure to report.
+  ASSERT_TRUE(fake_->WaitFor([](FakeCoordinator& f) {
+    bool stopped = false;
+    for (const auto& h : f.heartbeats_) {
+      if (h.phase() == v1::WORKER_PHASE_STOPPED && h.progress().job() == "jobs/a-1") {
+        stopped = true;
+      }
+      if (stopped && h.phase() == v1::WORKER_PHASE_IDLE) return true;
+    }
+    return false;
+  }));
+  fake_->Read([](FakeCoordinator& f) { EXPECT_TRUE(f.failures_.empty()); });
+}
+
+TEST_F(DaemonTest, ReportsAChildThatDies) {
+  StartDaemon(Options(WriteChild(kCrashingChild)));
+  fake_->Send(AssignDirective("jobs/c-1", 2));
+  ASSERT_TRUE(fake_->WaitFor([](FakeCoordinator& f) { return !f.failures_.empty(); }));
+  fake_->Read([](FakeCoordinator& f) {
+    const v1::ReportFailureRequest& r = f.failures_[0];
+    EXPECT_EQ(r.job(), "jobs/c-1");
+    EXPECT_EQ(r.round(), 2);
+    EXPECT_EQ(r.code(), "INTERNAL");
+    EXPECT_TRUE(r.retryable());
+    EXPECT_THAT(r.message(), HasSubstr("killed by signal 9"));
+  });
+}
+
+TEST_F(DaemonTest, ForwardsTheChildsError) {
+  StartDaemon(Options(WriteChild(kFailingChild)));
+  fake_->Send(AssignDirective("jobs/e-1", 1));
+  ASSERT_TRUE(fake_->WaitFor([](FakeCoordinator& f) { return !f.failures_.empty(); }));
+  absl::SleepFor(absl::Milliseconds(300));  // no second report for its exit
+  fake_->Read([](FakeCoordinator& f) {
+    ASSERT_EQ(f.failures_.size(), 1u);
+    EXPECT_EQ(f.failures_[0].code(), "INVALID_ARGUMENT");
+    EXPECT_EQ(f.failures_[0].message(), "data manifest changed");
+    EXPECT_FALSE(f.failures_[0].retryable());
+  });
+}
+
+TEST_F(DaemonTest, StopsTheChildWhenItsRoundIsOver) {
+  fake_->FailCommits(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                                  "round 1 of jobs/s-1 is over; the current round is 2"));
+  StartDaemon(Options(WriteChild(kCheckpointingChild)));
+  fake_->Send(AssignDirective("jobs/s-1", 1));
+  const int pid = ChildPid();
+  ASSERT_GT(pid, 0);
+  ASSERT_TRUE(fake_->WaitFor([](FakeCoordinator& f) { return !f.commits_.empty(); }));
+  const absl::Time start = absl::Now();
+  while (!ProcessGone(pid) && absl::Now() - start < absl::Seconds(5)) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_TRUE(ProcessGone(pid));
+  ASSERT_TRUE(fake_->WaitFor(
+      [](FakeCoordinator& f) { return f.heartbeats_.back().phase() == v1::WORKER_PHASE_IDLE; }));
+  fake_->Read([](FakeCoordinator& f) { EXPECT_TRUE(f.failures_.empty()); });
+}
+
+TEST_F(DaemonTest, RefusedCheckpointIsAnsweredNotOk) {
+  fake_->FailCommits(
+      grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "file model.safetensors: wrong size"));
+  StartDaemon(Options(WriteChild(kCheckpointingChild)));
+  fake_->Send(AssignDirective("jobs/r-1", 1));
+  const std::string ack = root_ + "/child/ack";
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (ReadFile(ack).empty() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(10));
+  EXPECT_THAT(ReadFile(ack), HasSubstr("wrong size"));
+  EXPECT_THAT(ReadFile(ack), HasSubstr("\"ok\":false"));
+}
+
+TEST_F(DaemonTest, ReconnectsWhenTheCoordinatorRestarts) {
+  StartDaemon(Options(WriteChild(kStubbornChild)));
+  fake_->Send(AssignDirective("jobs/k-1", 1));
+  const int pid = ChildPid();
+  ASSERT_GT(pid, 0);
+  ASSERT_TRUE(
+      fake_->WaitFor([](FakeCoordinator& f) { return f.SawPhase(v1::WORKER_PHASE_TRAINING); }));
+  const std::string address = server_->address();
+  StopServer();
+  absl::SleepFor(absl::Seconds(1));
+  // The new coordinator knows the worker (its state survived): no re-registration.
+  StartServer(address, "fake-1");
+  const absl::Time restarted = absl::Now();
+  ASSERT_TRUE(
+      fake_->WaitFor([](FakeCoordinator& f) { return !f.heartbeats_.empty(); }, absl::Seconds(10)));
+  // Back within the reconnect backoff's ceiling, well inside a lease.
+  EXPECT_LT(absl::Now() - restarted, absl::Milliseconds(2500));
+  ASSERT_TRUE(fake_->WaitFor([](FakeCoordinator& f) { return f.heartbeats_.size() >= 3; },
+                             absl::Seconds(10)));
+  fake_->Read([](FakeCoordinator& f) {
+    EXPECT_TRUE(f.registrations_.empty());
+    const auto& h = f.heartbeats_.back();
+    EXPECT_EQ(h.worker(), "workers/fake-1");
+    EXPECT_EQ(h.progress().job(), "jobs/k-1");
+  });
+  // The child kept running through it.
+  EXPECT_FALSE(ProcessGone(pid));
+}
+
+TEST_F(DaemonTest, RetriesACommitUntilTheCoordinatorIsBack) {
+  StartDaemon(Options(WriteChild(kCheckpointingChild)));
+  fake_->Send(AssignDirective("jobs/m-1", 1));
+  const int pid = ChildPid();
+  ASSERT_TRUE(fake_->WaitFor([](FakeCoordinator& f) { return !f.commits_.empty(); }));
+  const std::string address = server_->address();
+  StopServer();
+  absl::SleepFor(absl::Seconds(2));  // the child's next checkpoint waits meanwhile
+  StartServer(address, "fake-1");
+  ASSERT_TRUE(
+      fake_->WaitFor([](FakeCoordinator& f) { return f.commits_.size() >= 2; }, absl::Seconds(10)));
+  fake_->Read([](FakeCoordinator& f) {
+    EXPECT_TRUE(f.registrations_.empty());
+    EXPECT_TRUE(f.failures_.empty());
+    EXPECT_EQ(f.commits_[1].step(), f.commits_[0].step() + 1);
+  });
+  EXPECT_FALSE(ProcessGone(pid));
+}
+
+TEST_F(DaemonTest, RegistersAgainWhenTheCoordinatorForgotIt) {
+  StartDaemon(Options(WriteChild(kGoodChild)));
+  ASSERT_TRUE(fake_->WaitFor([](FakeCoordinator& f) { return !f.heartbeats_.empty(); }));
+  const std::string address = server_->address();
+  StopServer();
+  StartServer(address);  // a coordinator with no state: NOT_FOUND for the worker
+  ASSERT_TRUE(
+      fake_->WaitFor([](FakeCoordinator& f) { return !f.heartbeats_.empty(); }, absl::Seconds(10)));
+  fake_->Read([](FakeCoordinator& f) {
+    ASSERT_EQ(f.registrations_.size(), 1u);
+    EXPECT_EQ(f.registrations_[0].worker_id(), "fake-1");
+  });
+}
+
+TEST_F(DaemonTest, DrainWhenIdleExitsAtOnce) {
+  StartDaemon(Options(WriteChild(kGoodChild)));
+  ASSERT_TRUE(fake_->WaitFor([](FakeCoordinator& f) { return !f.heartbeats_.empty(); }));
+  const absl::Time start = absl::Now();
+  daemon_->Drain(/*exit_when_drained=*/true);
+  ASSERT_TRUE(daemon_->Wait().ok());
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+  EXPECT_TRUE(daemon_->done());
+}
+
+TEST_F(DaemonTest, DrainStopsAtTheNextCheckpoint) {
+  StartDaemon(Options(WriteChild(kCheckpointingChild)));
+  fake_->Send(AssignDirective("jobs/d-1", 1));
+  ASSERT_TRUE(fake_->WaitFor([](FakeCoordinator& f) { return !f.commits_.empty(); }));
+  const int pid = ChildPid();
+  daemon_->Drain(/*exit_when_drained=*/true);
+  ASSERT_TRUE(daemon_->Wait().ok());
+  EXPECT_TRUE(ProcessGone(pid));
+  fake_->Read([](FakeCoordinator& f) {
+    ASSERT_EQ(f.failures_.size(), 1u);
+    const v1::ReportFailureRequest& r = f.failures_[0];
+    EXPECT_TRUE(r.drained());
+    EXPECT_TRUE(r.retryable());
+    EXPECT_THAT(r.message(), HasSubstr("draining"));
+    // It stopped right after a committed checkpoint, and said it was draining.
+    EXPECT_THAT(r.message(), HasSubstr(absl::StrCat("step ", f.commits_.back().step())));
+    bool draining = false;
+    for (const auto& h : f.heartbeats_) draining = draining || h.draining();
+    EXPECT_TRUE(draining);
+  });
+}
+
+TEST_F(DaemonTest, DrainTimeoutStopsTheChild) {
+  DaemonOptions options = Options(WriteChild(kStubbornChild));
+  options.drain_timeout = absl::Milliseconds(500);
+  StartDaemon(options);
+  fake_->Send(AssignDirective("jobs/t-1", 1));
+  const int pid = ChildPid();
+  ASSERT_TRUE(
+      fake_->WaitFor([](FakeCoordinator& f) { return f.SawPhase(v1::WORKER_PHASE_TRAINING); }));
+  const absl::Time start = absl::Now();
+  daemon_->Drain(/*exit_when_drained=*/true);
+  ASSERT_TRUE(daemon_->Wait().ok());
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  EXPECT_TRUE(ProcessGone(pid));
+  fake_->Read([](FakeCoordinator& f) {
+    ASSERT_EQ(f.failures_.size(), 1u);
+    EXPECT_FALSE(f.failures_[0].drained());
+    EXPECT_THAT(f.failures_[0].message(), HasSubstr("drain timeout"));
+  });
+}
+
+TEST_F(DaemonTest, StopAbortsTheChild) {
+  StartDaemon(Options(WriteChild(kStubbornChild)));
+  fake_->Send(AssignDirective("jobs/x-1", 1));
+  const int pid = ChildPid();
+  ASSERT_TRUE(
+      fake_->WaitFor([](FakeCoordinator& f) { return f.SawPhase(v1::WORKER_PHASE_TRAINING); }));
+  const absl::Time start = absl::Now();
+  daemon_->Stop();
+  ASSERT_TRUE(daemon_->Wait().ok());
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+  EXPECT_TRUE(ProcessGone(pid));
+}
+
+TEST_F(DaemonTest, WaitsForACoordinatorThatIsNotUpYet) {
+  const std::string address = server_->address();
+  StopServer();
+  StartDaemon(Options(WriteChild(kGoodChild)));
+  absl::SleepFor(absl::Milliseconds(700));
+  StartServer(address);
+  ASSERT_TRUE(
+      fake_->WaitFor([](FakeCoordinator& f) { return !f.heartbeats_.empty(); }, absl::Seconds(10)));
+}
+
+TEST_F(DaemonTest, RefusesCudaWithoutCuda) {
+  DaemonOptions options = Options(WriteChild(kGoodChild));
+  options.device = v1::DEVICE_KIND_CUDA;
+  absl::StatusOr<std::unique_ptr<WorkerDaemon>> daemon = WorkerDaemon::Start(options);
+#ifndef QTRAIN_WORKER_HAVE_CUDA
+  ASSERT_FALSE(daemon.ok());
+  EXPECT_THAT(daemon.status().ToString(), HasSubstr("built without CUDA"));
+#endif
+}
+
+}  // namespace
+}  // namespace qtrain::worker

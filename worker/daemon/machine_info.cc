@@ -1,0 +1,64 @@
+#include "worker/daemon/machine_info.h"
+
+#include <limits.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <system_error>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+
+namespace qtrain::worker {
+
+MachineInfo DescribeMachine() {
+  MachineInfo info;
+  char host[HOST_NAME_MAX + 1] = {};
+  if (::gethostname(host, sizeof(host) - 1) == 0) info.hostname = host;
+  if (info.hostname.empty()) info.hostname = "localhost";
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  for (std::string line; std::getline(cpuinfo, line);) {
+    if (absl::StartsWith(line, "model name")) {
+      const size_t colon = line.find(':');
+      if (colon != std::string::npos) {
+        info.cpu_model = std::string(absl::StripAsciiWhitespace(line.substr(colon + 1)));
+      }
+      break;
+    }
+  }
+  const long pages = ::sysconf(_SC_PHYS_PAGES);
+  const long page_size = ::sysconf(_SC_PAGESIZE);
+  if (pages > 0 && page_size > 0) info.memory_bytes = int64_t{pages} * page_size;
+  return info;
+}
+
+absl::Status CheckDevice(v1::DeviceKind device) {
+  switch (device) {
+    case v1::DEVICE_KIND_UNSPECIFIED:
+    case v1::DEVICE_KIND_CPU:
+      return absl::OkStatus();
+    case v1::DEVICE_KIND_CUDA: {
+#ifdef QTRAIN_WORKER_HAVE_CUDA
+      std::error_code ec;
+      if (std::filesystem::is_directory("/proc/driver/nvidia/gpus", ec) &&
+          !std::filesystem::is_empty("/proc/driver/nvidia/gpus", ec)) {
+        return absl::OkStatus();
+      }
+      return absl::FailedPreconditionError(
+          "--device cuda: no CUDA device found on this machine (no NVIDIA driver or GPU); use "
+          "--device cpu");
+#else
+      return absl::FailedPreconditionError(
+          "--device cuda: this qtrain-worker was built without CUDA support (configure with "
+          "-DQTRAIN_CUDA=ON where the CUDA toolkit is installed); use --device cpu");
+#endif
+    }
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("unknown device kind ", device));
+  }
+}
+
+}  // namespace qtrain::worker

@@ -1,0 +1,207 @@
+// qtrain-worker: the worker daemon, and (`train-stage`) the training child it spawns.
+//
+// Test hook: QTRAIN_TEST_STEP_DELAY_MS=N in the environment makes the training child sleep N ms
+// after every optimizer step, so that tests can act while a stage is running.
+#include <signal.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <memory>
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "common/logging.h"
+#include "worker/daemon/daemon.h"
+#include "worker/daemon/stage_child.h"
+
+#ifndef QTRAIN_VERSION
+#define QTRAIN_VERSION "0.0.0"
+#endif
+
+namespace {
+
+constexpr int kMaxThreads = 4096;
+constexpr size_t kMaxNameBytes = 100;
+constexpr double kMaxDrainSeconds = 1e7;
+constexpr int64_t kMaxParentTimeoutMs = int64_t{24} * 3600 * 1000;
+
+struct DaemonFlags {
+  std::string coordinator;
+  std::string work_dir;
+  std::string device = "cpu";
+  std::string name;
+  int threads = 0;
+  std::string cluster_token_file, tls_ca, tls_cert, tls_key, tls_server_name;
+  double drain_timeout_seconds = 300;
+};
+
+struct StageFlags {
+  std::string assignment;
+  int threads = 0;
+  int64_t parent_timeout_ms = 5000;
+};
+
+// Runs the daemon until a signal (or Stop) ends it: the first SIGTERM/SIGINT drains, a second
+// one aborts the child. Signals are taken synchronously (blocked in every thread, waited for
+// here), so no handler ever runs in the middle of the daemon's work.
+int RunDaemon(const DaemonFlags& flags) {
+  qtrain::worker::DaemonOptions options;
+  options.channel.address = flags.coordinator;
+  options.channel.token_file = flags.cluster_token_file;
+  options.channel.tls_ca = flags.tls_ca;
+  options.channel.tls_cert = flags.tls_cert;
+  options.channel.tls_key = flags.tls_key;
+  options.channel.tls_server_name = flags.tls_server_name;
+  options.work_dir = flags.work_dir;
+  options.device =
+      flags.device == "cuda" ? qtrain::v1::DEVICE_KIND_CUDA : qtrain::v1::DEVICE_KIND_CPU;
+  options.name = flags.name;
+  options.threads = flags.threads;
+  options.drain_timeout = absl::Seconds(flags.drain_timeout_seconds);
+  options.version = QTRAIN_VERSION;
+
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  absl::StatusOr<std::unique_ptr<qtrain::worker::WorkerDaemon>> daemon =
+      qtrain::worker::WorkerDaemon::Start(options);
+  if (!daemon.ok()) {
+    std::fprintf(stderr, "qtrain-worker: %s\n", std::string(daemon.status().message()).c_str());
+    return 1;
+  }
+  int received = 0;
+  while (!(*daemon)->done()) {
+    const timespec tick{0, 200 * 1000 * 1000};
+    const int sig = sigtimedwait(&signals, nullptr, &tick);
+    if (sig != SIGTERM && sig != SIGINT) continue;
+    if (++received == 1) {
+      QTRAIN_LOG(INFO) << "signal " << sig << ": draining, then exiting (again to abort now)";
+      (*daemon)->Drain(/*exit_when_drained=*/true);
+    } else if (received == 2) {
+      QTRAIN_LOG(INFO) << "signal " << sig << " again: aborting the training child and exiting";
+      (*daemon)->Stop();
+    }
+  }
+  const absl::Status status = (*daemon)->Wait();
+  if (!status.ok()) {
+    std::fprintf(stderr, "qtrain-worker: %s\n", std::string(status.message()).c_str());
+    return 1;
+  }
+  return 0;
+}
+
+int RunTrainStage(const StageFlags& flags) {
+  qtrain::worker::StageChildOptions options;
+  options.assignment_path = flags.assignment;
+  options.threads = flags.threads;
+  options.parent_timeout = absl::Milliseconds(flags.parent_timeout_ms);
+  return qtrain::worker::RunStageChild(options);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Writes to a closed pipe are errors to handle, not a silent death.
+  ::signal(SIGPIPE, SIG_IGN);
+  CLI::App app{
+      "qtrain-worker: a qtrain worker daemon; it registers with the coordinator and "
+      "trains what it is assigned"};
+  app.set_version_flag("--version", std::string("qtrain-worker ") + QTRAIN_VERSION);
+  app.require_subcommand(0, 1);
+
+  DaemonFlags daemon;
+  if (const char* env = std::getenv("QTRAIN_COORDINATOR"); env != nullptr) {
+    daemon.coordinator = env;
+  }
+  std::string log_level = "INFO";
+  app.add_option("--coordinator", daemon.coordinator,
+                 "the coordinator's HOST:PORT (default: $QTRAIN_COORDINATOR)");
+  app.add_option("--work-dir", daemon.work_dir,
+                 "the worker's directory (its id, lock and assignment files)");
+  app.add_option("--device", daemon.device, "cpu or cuda")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
+  app.add_option("--name", daemon.name, "the worker's name (default: the hostname)");
+  app.add_option("--threads", daemon.threads, "CPU threads for training (0: all)")
+      ->check(CLI::Range(0, kMaxThreads))
+      ->capture_default_str();
+  app.add_option("--cluster-token-file", daemon.cluster_token_file,
+                 "file with the cluster token sent to the coordinator")
+      ->check(CLI::ExistingFile);
+  app.add_option("--tls-ca", daemon.tls_ca, "PEM of the CA of the coordinator's certificate")
+      ->check(CLI::ExistingFile);
+  app.add_option("--tls-cert", daemon.tls_cert, "PEM client certificate (mTLS)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--tls-key", daemon.tls_key, "PEM client key (mTLS)")->check(CLI::ExistingFile);
+  app.add_option("--tls-server-name", daemon.tls_server_name,
+                 "the name to check in the coordinator's certificate");
+  app.add_option("--drain-timeout-seconds", daemon.drain_timeout_seconds,
+                 "on SIGTERM, how long the current assignment may run to its next checkpoint")
+      ->check(CLI::Range(0.0, kMaxDrainSeconds))
+      ->capture_default_str();
+  app.add_option("--log-level", log_level, "DEBUG, INFO, WARNING or ERROR")->capture_default_str();
+
+  StageFlags stage;
+  CLI::App* train_stage = app.add_subcommand(
+      "train-stage", "the training child the daemon spawns for an assignment (not for users)");
+  train_stage->add_option("--assignment", stage.assignment, "the assignment (proto JSON)")
+      ->required();
+  train_stage->add_option("--threads", stage.threads, "CPU threads (0: all)")
+      ->check(CLI::Range(0, kMaxThreads));
+  train_stage
+      ->add_option("--parent-timeout-ms", stage.parent_timeout_ms,
+                   "stop when the daemon is silent this long")
+      ->check(CLI::Range(int64_t{1}, kMaxParentTimeoutMs));
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  qtrain::LogLevel level;
+  if (!qtrain::ParseLogLevel(log_level, &level)) {
+    std::fprintf(stderr, "qtrain-worker: --log-level: unknown level '%s'\n", log_level.c_str());
+    return 2;
+  }
+  qtrain::SetMinLogLevel(level);
+
+  try {
+    if (train_stage->parsed()) return RunTrainStage(stage);
+    if (daemon.coordinator.empty()) {
+      std::fprintf(stderr,
+                   "qtrain-worker: --coordinator HOST:PORT is required (or set "
+                   "QTRAIN_COORDINATOR)\n");
+      return 2;
+    }
+    if (daemon.work_dir.empty()) {
+      std::fprintf(stderr, "qtrain-worker: --work-dir DIR is required\n");
+      return 2;
+    }
+    if (!daemon.name.empty() && (daemon.name.size() > kMaxNameBytes ||
+                                 std::none_of(daemon.name.begin(), daemon.name.end(),
+                                              [](unsigned char c) { return std::isalnum(c); }))) {
+      std::fprintf(stderr,
+                   "qtrain-worker: --name: '%s' cannot name a worker (give up to %zu characters "
+                   "with letters or digits)\n",
+                   daemon.name.substr(0, kMaxNameBytes).c_str(), kMaxNameBytes);
+      return 2;
+    }
+    if (!(daemon.drain_timeout_seconds >= 0)) {  // NaN passes the range check
+      std::fprintf(stderr, "qtrain-worker: --drain-timeout-seconds: not a number of seconds\n");
+      return 2;
+    }
+    return RunDaemon(daemon);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "qtrain-worker: unexpected error: %s\n", e.what());
+    return 1;
+  }
+}

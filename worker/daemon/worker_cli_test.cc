@@ -1,0 +1,304 @@
+// The qtrain-worker binary: its flags, the work-directory lock, and signals, against an
+// in-process fake coordinator.
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "common/job_spec.h"
+#include "common/rpc_server.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/integration/cli_process.h"
+#include "worker/daemon/child_process.h"
+#include "worker/daemon/fake_coordinator_test_util.h"
+#include "worker/train/shard_assignment.h"
+#include "worker/train/test_dataset.h"
+
+namespace qtrain::worker {
+namespace {
+
+using ::qtrain::testing_cli::CliResult;
+using ::qtrain::testing_cli::RunCli;
+using ::testing::HasSubstr;
+
+std::string WorkerBinary() {
+  const char* dir = std::getenv("QTRAIN_BIN_DIR");
+  return std::string(dir != nullptr ? dir : "build/bin") + "/qtrain-worker";
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// The processes whose parent is `parent` (any of its threads).
+std::vector<int> ChildrenOf(int parent) {
+  std::vector<int> out;
+  std::error_code ec;
+  for (const auto& task :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(parent) + "/task", ec)) {
+    for (absl::string_view pid :
+         absl::StrSplit(ReadFile(task.path().string() + "/children"), ' ', absl::SkipEmpty())) {
+      int n;
+      if (absl::SimpleAtoi(pid, &n)) out.push_back(n);
+    }
+  }
+  return out;
+}
+
+bool ProcessGone(int pid) {
+  const std::string stat = ReadFile("/proc/" + std::to_string(pid) + "/stat");
+  const size_t paren = stat.rfind(')');
+  return stat.empty() ||
+         (paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z');
+}
+
+class WorkerCliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = ::testing::TempDir() + "/" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    std::filesystem::remove_all(root_);
+    std::filesystem::create_directories(root_);
+    absl::StatusOr<std::unique_ptr<RpcServer>> server =
+        RpcServer::Start({.listen = "127.0.0.1:0"}, {&fake_});
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+  }
+  void TearDown() override { server_->Shutdown(absl::Milliseconds(100)); }
+
+  CliResult Run(std::vector<std::string> args, std::vector<std::string> env = {}) {
+    args.insert(args.begin(), WorkerBinary());
+    return RunCli(args, root_ + "/run.log", {.env = std::move(env), .timeout_seconds = 30});
+  }
+
+  // Starts the daemon in the background, its stderr in `log`.
+  std::unique_ptr<ChildProcess> StartDaemon(const std::string& work_dir, const std::string& log,
+                                            std::vector<std::string> env = {}) {
+    std::vector<std::string> argv = {
+        "/bin/sh",      "-c",         "exec \"$0\" \"$@\" 2>>\"$DAEMON_LOG\"",
+        WorkerBinary(), "--work-dir", work_dir};
+    if (env.empty()) argv.insert(argv.end(), {"--coordinator", server_->address()});
+    env.push_back("DAEMON_LOG=" + log);
+    absl::StatusOr<std::unique_ptr<ChildProcess>> child =
+        ChildProcess::Spawn({.argv = argv, .env = env});
+    EXPECT_TRUE(child.ok()) << child.status();
+    return child.ok() ? std::move(*child) : nullptr;
+  }
+
+  // A real tiny job (train/test_dataset.h): stage 0 is steps [0, 4), checkpoints every 2.
+  v1::Directive RealAssignment() {
+    auto data = train::testing::WriteTestDataset(root_ + "/data", 70000, 1000);
+    EXPECT_TRUE(data.ok()) << data.status();
+    auto spec = ParseJobSpec(train::testing::TestJobSpec(*data), "spec.yaml");
+    EXPECT_TRUE(spec.ok()) << spec.status();
+    v1::Directive d;
+    v1::Assignment* a = d.mutable_assign();
+    a->set_job("jobs/stage-test-1");
+    *a->mutable_spec() = *spec;
+    a->set_round(1);
+    a->set_world_size(1);
+    a->set_end_step(4);
+    a->set_backend(v1::COLLECTIVE_BACKEND_GLOO);
+    a->set_run_directory(root_ + "/run");
+    a->set_checkpoint_directory(root_ + "/run/checkpoints");
+    auto assigned = train::PlanShardAssignment(*spec, 0, 0, 4, 0, 1);
+    EXPECT_TRUE(assigned.ok()) << assigned.status();
+    if (assigned.ok()) *a->mutable_data() = *assigned;
+    return d;
+  }
+
+  // The daemon's training child, once it has one.
+  int WaitForTrainingChild(int daemon) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(20);
+    while (absl::Now() < deadline) {
+      std::vector<int> children = ChildrenOf(daemon);
+      if (!children.empty()) return children[0];
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    return 0;
+  }
+
+  std::string root_;
+  FakeCoordinator fake_;
+  std::unique_ptr<RpcServer> server_;
+};
+
+TEST_F(WorkerCliTest, RefusesBadFlags) {
+  const std::string dir = root_ + "/w";
+  EXPECT_CLEAN_FAILURE(Run({"--work-dir", dir}, {"QTRAIN_COORDINATOR="}), "--coordinator");
+  EXPECT_CLEAN_FAILURE(Run({"--coordinator", "127.0.0.1:1"}), "--work-dir");
+  EXPECT_CLEAN_FAILURE(Run({"--coordinator", "127.0.0.1:1", "--work-dir", dir, "--device", "gpu"}),
+                       "--device");
+  EXPECT_CLEAN_FAILURE(Run({"--coordinator", "127.0.0.1:1", "--work-dir", dir, "--threads", "-1"}),
+                       "--threads");
+  EXPECT_CLEAN_FAILURE(
+      Run({"--coordinator", "127.0.0.1:1", "--work-dir", dir, "--drain-timeout-seconds", "soon"}),
+      "--drain-timeout-seconds");
+  EXPECT_CLEAN_FAILURE(
+      Run({"--coordinator", "127.0.0.1:1", "--work-dir", dir, "--tls-ca", root_ + "/missing.pem"}),
+      "missing.pem");
+  EXPECT_CLEAN_FAILURE(Run({"--coordinator", "no-port", "--work-dir", dir}), "no-port");
+  EXPECT_CLEAN_FAILURE(Run({"--coordinator", "127.0.0.1:1", "--work-dir", dir, "--name", "!!"}),
+                       "--name");
+  EXPECT_CLEAN_FAILURE(Run({"train-stage"}), "--assignment");
+  EXPECT_CLEAN_FAILURE(Run({"train-stage", "--assignment", "a.json", "--parent-timeout-ms", "0"}),
+                       "--parent-timeout-ms");
+}
+
+TEST_F(WorkerCliTest, RefusesCudaWithoutCuda) {
+  const CliResult r =
+      Run({"--coordinator", server_->address(), "--work-dir", root_ + "/w", "--device", "cuda"});
+#ifndef QTRAIN_WORKER_HAVE_CUDA
+  EXPECT_CLEAN_FAILURE(r, "built without CUDA");
+  EXPECT_EQ(r.exit_code, 1);
+#endif
+}
+
+TEST_F(WorkerCliTest, RegistersAndExitsOnSigtermWhenIdle) {
+  const std::string work = root_ + "/w";
+  auto daemon = StartDaemon(work, root_ + "/daemon.log");
+  ASSERT_NE(daemon, nullptr);
+  ASSERT_TRUE(fake_.WaitFor([](FakeCoordinator& f) { return f.heartbeats_.size() >= 2; }))
+      << ReadFile(root_ + "/daemon.log");
+  EXPECT_EQ(ReadFile(work + "/worker_id"), "fake-1\n");
+
+  // A second daemon on the same directory refuses, naming the first.
+  const CliResult second = Run({"--coordinator", server_->address(), "--work-dir", work});
+  EXPECT_CLEAN_FAILURE(second, absl::StrCat("in use by qtrain-worker process ", daemon->pid()));
+  EXPECT_EQ(second.exit_code, 1);
+
+  const absl::Time start = absl::Now();
+  daemon->SignalGroup(SIGTERM);
+  std::optional<ExitStatus> status = daemon->WaitFor(absl::Seconds(10));
+  ASSERT_TRUE(status.has_value()) << ReadFile(root_ + "/daemon.log");
+  EXPECT_TRUE(status->success()) << status->Describe() << "\n" << ReadFile(root_ + "/daemon.log");
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+  EXPECT_THAT(ReadFile(root_ + "/daemon.log"), HasSubstr("registered as workers/fake-1"));
+}
+
+TEST_F(WorkerCliTest, TakesTheCoordinatorFromTheEnvironment) {
+  auto daemon = StartDaemon(root_ + "/w", root_ + "/daemon.log",
+                            {"QTRAIN_COORDINATOR=" + server_->address()});
+  ASSERT_NE(daemon, nullptr);
+  ASSERT_TRUE(fake_.WaitFor([](FakeCoordinator& f) { return !f.heartbeats_.empty(); }))
+      << ReadFile(root_ + "/daemon.log");
+  daemon->SignalGroup(SIGINT);
+  std::optional<ExitStatus> status = daemon->WaitFor(absl::Seconds(10));
+  ASSERT_TRUE(status.has_value());
+  EXPECT_TRUE(status->success()) << status->Describe();
+}
+
+TEST_F(WorkerCliTest, TrainsARealAssignment) {
+  auto daemon = StartDaemon(root_ + "/w", root_ + "/daemon.log");
+  ASSERT_NE(daemon, nullptr);
+  fake_.Send(RealAssignment());
+  ASSERT_TRUE(
+      fake_.WaitFor([](FakeCoordinator& f) { return !f.completions_.empty(); }, absl::Seconds(60)))
+      << ReadFile(root_ + "/daemon.log");
+  fake_.Read([&](FakeCoordinator& f) {
+    ASSERT_EQ(f.commits_.size(), 2u);
+    EXPECT_EQ(f.commits_[0].step(), 2);
+    EXPECT_EQ(f.commits_[1].step(), 4);
+    EXPECT_EQ(f.commits_[1].job(), "jobs/stage-test-1");
+    EXPECT_FALSE(f.commits_[1].files().empty());
+    EXPECT_EQ(f.completions_[0].step(), 4);
+    EXPECT_TRUE(f.failures_.empty()) << f.failures_[0].message();
+    int steps = 0;
+    for (const auto& h : f.heartbeats_) {
+      if (h.phase() == v1::WORKER_PHASE_TRAINING && h.progress().step() > 0) ++steps;
+    }
+    EXPECT_GE(steps, 4);
+  });
+  EXPECT_TRUE(std::filesystem::exists(root_ + "/run/checkpoints/step-000000000004"));
+  ASSERT_TRUE(fake_.WaitFor(
+      [](FakeCoordinator& f) { return f.heartbeats_.back().phase() == v1::WORKER_PHASE_IDLE; }));
+  daemon->SignalGroup(SIGTERM);
+  std::optional<ExitStatus> status = daemon->WaitFor(absl::Seconds(10));
+  ASSERT_TRUE(status.has_value());
+  EXPECT_TRUE(status->success()) << status->Describe();
+}
+
+TEST_F(WorkerCliTest, SigtermDrainsToTheNextCheckpoint) {
+  auto daemon =
+      StartDaemon(root_ + "/w", root_ + "/daemon.log",
+                  {"QTRAIN_TEST_STEP_DELAY_MS=400", "QTRAIN_COORDINATOR=" + server_->address()});
+  ASSERT_NE(daemon, nullptr);
+  fake_.Send(RealAssignment());
+  ASSERT_TRUE(fake_.WaitFor(
+      [](FakeCoordinator& f) {
+        return !f.heartbeats_.empty() && f.heartbeats_.back().progress().step() >= 1;
+      },
+      absl::Seconds(60)))
+      << ReadFile(root_ + "/daemon.log");
+  const int child = WaitForTrainingChild(daemon->pid());
+  ASSERT_GT(child, 0);
+  daemon->SignalGroup(SIGTERM);
+  std::optional<ExitStatus> status = daemon->WaitFor(absl::Seconds(30));
+  ASSERT_TRUE(status.has_value()) << ReadFile(root_ + "/daemon.log");
+  EXPECT_TRUE(status->success()) << status->Describe();
+  EXPECT_TRUE(ProcessGone(child));
+  fake_.Read([&](FakeCoordinator& f) {
+    ASSERT_EQ(f.commits_.size(), 1u) << ReadFile(root_ + "/daemon.log");
+    EXPECT_EQ(f.commits_[0].step(), 2);
+    ASSERT_EQ(f.failures_.size(), 1u);
+    EXPECT_TRUE(f.failures_[0].drained());
+    EXPECT_TRUE(f.completions_.empty());
+  });
+}
+
+TEST_F(WorkerCliTest, SecondSigtermAbortsTheChild) {
+  auto daemon =
+      StartDaemon(root_ + "/w", root_ + "/daemon.log",
+                  {"QTRAIN_TEST_STEP_DELAY_MS=5000", "QTRAIN_COORDINATOR=" + server_->address()});
+  ASSERT_NE(daemon, nullptr);
+  fake_.Send(RealAssignment());
+  ASSERT_TRUE(fake_.WaitFor(
+      [](FakeCoordinator& f) {
+        return !f.heartbeats_.empty() && f.heartbeats_.back().progress().step() >= 1;
+      },
+      absl::Seconds(60)))
+      << ReadFile(root_ + "/daemon.log");
+  const int child = WaitForTrainingChild(daemon->pid());
+  ASSERT_GT(child, 0);
+  daemon->SignalGroup(SIGTERM);
+  absl::SleepFor(absl::Milliseconds(300));
+  const absl::Time start = absl::Now();
+  daemon->SignalGroup(SIGTERM);
+  std::optional<ExitStatus> status = daemon->WaitFor(absl::Seconds(10));
+  ASSERT_TRUE(status.has_value()) << ReadFile(root_ + "/daemon.log");
+  EXPECT_TRUE(status->success()) << status->Describe();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(4));
+  EXPECT_TRUE(ProcessGone(child));
+}
+
+TEST_F(WorkerCliTest, KilledDaemonTakesItsChildAlong) {
+  auto daemon =
+      StartDaemon(root_ + "/w", root_ + "/daemon.log",
+                  {"QTRAIN_TEST_STEP_DELAY_MS=5000", "QTRAIN_COORDINATOR=" + server_->address()});
+  ASSERT_NE(daemon, nullptr);
+  fake_.Send(RealAssignment());
+  const int child = WaitForTrainingChild(daemon->pid());
+  ASSERT_GT(child, 0);
+  daemon->SignalGroup(SIGKILL);
+  ASSERT_TRUE(daemon->WaitFor(absl::Seconds(10)).has_value());
+  const absl::Time deadline = absl::Now() + absl::Seconds(3);
+  while (!ProcessGone(child) && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(10));
+  EXPECT_TRUE(ProcessGone(child));
+}
+
+}  // namespace
+}  // namespace qtrain::worker
