@@ -86,8 +86,19 @@ absl::StatusOr<v1::CommitCheckpointResponse> Coordinator::CommitCheckpoint(
   QTRAIN_RETURN_IF_ERROR(CheckLength(request.directory(), kMaxPathBytes, "directory"));
   QTRAIN_RETURN_IF_ERROR(CheckFiles(request));
   absl::MutexLock lock(&mu_);
-  QTRAIN_ASSIGN_OR_RETURN(JobRecord * record, FindRoundLocked(request.worker(), request.job(),
-                                                              request.round(), request.rank()));
+  absl::StatusOr<JobRecord*> found =
+      FindRoundLocked(request.worker(), request.job(), request.round(), request.rank());
+  if (absl::IsFailedPrecondition(found.status())) {
+    // A retry whose first try was answered after all (the reply was lost) while the round
+    // moved on: the checkpoint it reported for is committed with this rank's files.
+    if (const v1::Checkpoint* done =
+            CommittedWithRankLocked(request.job(), request.step(), request.rank())) {
+      v1::CommitCheckpointResponse response;
+      *response.mutable_checkpoint() = *done;
+      return response;
+    }
+  }
+  QTRAIN_ASSIGN_OR_RETURN(JobRecord * record, std::move(found));
   Round& round = record->round;
   v1::Job& job = record->job;
   if (request.step() <= round.start_step || request.step() > round.end_step) {
@@ -160,6 +171,22 @@ absl::StatusOr<v1::CommitCheckpointResponse> Coordinator::CommitCheckpoint(
   v1::CommitCheckpointResponse response;
   *response.mutable_checkpoint() = steps[request.step()];
   return response;
+}
+
+const v1::Checkpoint* Coordinator::CommittedWithRankLocked(absl::string_view job, int64_t step,
+                                                           int64_t rank) {
+  absl::StatusOr<std::string> id = ParseJobName(job, "job");
+  if (!id.ok()) return nullptr;
+  auto steps = checkpoints_.find(*id);
+  if (steps == checkpoints_.end()) return nullptr;
+  auto c = steps->second.find(step);
+  if (c == steps->second.end() || c->second.state() != v1::CHECKPOINT_STATE_COMMITTED) {
+    return nullptr;
+  }
+  for (const v1::CheckpointFile& f : c->second.files()) {
+    if (f.rank() == rank) return &c->second;
+  }
+  return nullptr;
 }
 
 void Coordinator::ApplyRetentionLocked(JobRecord& record, StoreBatch& batch) {

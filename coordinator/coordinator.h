@@ -221,6 +221,11 @@ class Coordinator {
   void PutWorkerLocked(WorkerRecord& worker, StoreBatch& batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // checkpoints.cc
+  // The COMMITTED checkpoint of `job` at `step` if `rank` reported files for it.
+  const v1::Checkpoint* CommittedWithRankLocked(absl::string_view job, int64_t step, int64_t rank)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool AlreadyCompletedLocked(const v1::CompleteAssignmentRequest& request)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ApplyRetentionLocked(JobRecord& record, StoreBatch& batch)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FinishRoundLocked(JobRecord& record, StoreBatch& batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -50,8 +50,12 @@ absl::Status Coordinator::CompleteAssignment(const v1::CompleteAssignmentRequest
   QTRAIN_RETURN_IF_ERROR(CheckLength(request.final_directory(), kMaxPathBytes, "final_directory"));
   {
     absl::MutexLock lock(&mu_);
-    QTRAIN_ASSIGN_OR_RETURN(JobRecord * record, FindRoundLocked(request.worker(), request.job(),
-                                                                request.round(), request.rank()));
+    absl::StatusOr<JobRecord*> found =
+        FindRoundLocked(request.worker(), request.job(), request.round(), request.rank());
+    if (absl::IsFailedPrecondition(found.status()) && AlreadyCompletedLocked(request)) {
+      return absl::OkStatus();  // a retry after the round moved on
+    }
+    QTRAIN_ASSIGN_OR_RETURN(JobRecord * record, std::move(found));
     Round& round = record->round;
     v1::Job& job = record->job;
     if (round.completed.count(request.rank())) return absl::OkStatus();
@@ -89,6 +93,24 @@ absl::Status Coordinator::CompleteAssignment(const v1::CompleteAssignmentRequest
   }
   RunDeferred();
   return absl::OkStatus();
+}
+
+bool Coordinator::AlreadyCompletedLocked(const v1::CompleteAssignmentRequest& request) {
+  absl::StatusOr<std::string> id = ParseJobName(request.job(), "job");
+  if (!id.ok()) return false;
+  auto it = jobs_by_id_.find(*id);
+  if (it == jobs_by_id_.end()) return false;
+  const JobRecord& record = *it->second;
+  const int64_t stage = request.stage();
+  if (request.round() >= record.job.round() && record.round.live) return false;
+  if (stage < 0 || stage + 1 >= static_cast<int64_t>(record.stage_starts.size()) ||
+      request.step() != record.stage_starts[stage + 1]) {
+    return false;
+  }
+  // The stage's final checkpoint is committed and the job went past it.
+  return CommittedWithRankLocked(request.job(), request.step(), request.rank()) != nullptr &&
+         (record.job.state() == v1::JOB_STATE_SUCCEEDED || record.job.progress().stage() > stage ||
+          (!record.round.live && record.job.progress().step() >= request.step()));
 }
 
 void Coordinator::FinishRoundLocked(JobRecord& record, StoreBatch& batch) {

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <thread>
 
+#include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 
@@ -103,6 +104,45 @@ bool WriteWordCorpus(const std::filesystem::path& path, const std::vector<std::s
     text += (rng >> 8) % sentence_every == 0 ? ".\n" : " ";
   }
   return WriteFileAtomically(path.string(), text).ok();
+}
+
+absl::StatusOr<TrainingData> PrepareTrainingData(const std::filesystem::path& root,
+                                                 const TrainingDataOptions& options) {
+  TrainingData data{.corpus = root / "corpus" / "text.txt",
+                    .tokenizer = root / "tok" / "tokenizer.json",
+                    .manifest = root / "shards" / "manifest.json"};
+  std::error_code error;
+  std::filesystem::create_directories(data.corpus.parent_path(), error);
+  if (error || !WriteWordCorpus(data.corpus, options.words, options.word_count, options.seed,
+                                options.sentence_every)) {
+    return absl::InternalError(absl::StrCat("cannot write the corpus ", data.corpus.string()));
+  }
+  CliOptions run;
+  run.address_space_bytes = 4ull << 30;
+  run.timeout_seconds = 120;
+  const CliResult tok = RunCli({QtrainBinary(), "train-tokenizer", "--quiet", "--vocab-size",
+                                std::to_string(options.vocab_size), "--out",
+                                data.tokenizer.parent_path().string(), data.corpus.string()},
+                               root / "train_tokenizer.log", run);
+  if (!tok.exited || tok.exit_code != 0) {
+    return absl::InternalError(absl::StrCat("qtrain train-tokenizer: ", tok.Describe()));
+  }
+  std::vector<std::string> tokenize = {QtrainBinary(),
+                                       "tokenize",
+                                       "--quiet",
+                                       "--tokenizer",
+                                       data.tokenizer.string(),
+                                       "--out",
+                                       data.manifest.parent_path().string()};
+  if (options.shard_tokens > 0) {
+    tokenize.insert(tokenize.end(), {"--shard-tokens", std::to_string(options.shard_tokens)});
+  }
+  tokenize.push_back(data.corpus.string());
+  const CliResult shards = RunCli(tokenize, root / "tokenize.log", run);
+  if (!shards.exited || shards.exit_code != 0) {
+    return absl::InternalError(absl::StrCat("qtrain tokenize: ", shards.Describe()));
+  }
+  return data;
 }
 
 }  // namespace qtrain::testing_cli

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
+
 namespace qtrain::testing_cli {
 
 struct CliOptions {
@@ -42,6 +44,25 @@ CliResult RunCli(const std::vector<std::string>& args, const std::filesystem::pa
 // about once in `sentence_every` words. Returns false when the file cannot be written.
 bool WriteWordCorpus(const std::filesystem::path& path, const std::vector<std::string>& words,
                      int count, uint32_t seed, uint32_t sentence_every);
+
+// A word corpus, a byte-level BPE tokenizer trained on it and the corpus tokenized into shards,
+// made with the `qtrain` binary: the inputs of a training job.
+struct TrainingDataOptions {
+  std::vector<std::string> words;
+  int word_count = 6000;
+  uint32_t seed = 7;
+  uint32_t sentence_every = 9;
+  int vocab_size = 300;
+  int64_t shard_tokens = 0;  // 0: the tool's default
+};
+struct TrainingData {
+  std::filesystem::path corpus;     // <root>/corpus/text.txt
+  std::filesystem::path tokenizer;  // <root>/tok/tokenizer.json
+  std::filesystem::path manifest;   // <root>/shards/manifest.json
+};
+// Writes them under `root` (logs in <root>/*.log); an error names the step that failed.
+absl::StatusOr<TrainingData> PrepareTrainingData(const std::filesystem::path& root,
+                                                 const TrainingDataOptions& options);
 
 // gtest-friendly printing.
 inline std::ostream& operator<<(std::ostream& os, const CliResult& r) { return os << r.Describe(); }

@@ -30,6 +30,7 @@ CoordinatorLink::CoordinatorLink(RpcClient client, const WorkDir* work_dir, Link
 CoordinatorLink::~CoordinatorLink() { Stop(); }
 
 void CoordinatorLink::Start() {
+  QTRAIN_LOG(INFO) << "connecting to the coordinator at " << client_.address();
   thread_ = std::thread([this] { Run(); });
 }
 
@@ -122,6 +123,9 @@ absl::Status CoordinatorLink::Register() {
 
 absl::Status CoordinatorLink::RunStream() {
   std::unique_ptr<grpc::ClientContext> context = client_.NewStreamContext();
+  // Wait for the channel to connect rather than fail on its last (cached) failure: the stream
+  // then opens as soon as a restarted coordinator listens. Stop() cancels the wait.
+  context->set_wait_for_ready(true);
   {
     absl::MutexLock lock(&mu_);
     if (stopping_) return absl::CancelledError("stopping");
@@ -181,7 +185,10 @@ void CoordinatorLink::Run() {
       NoteNotFound(status);
       broken_ = true;
     }
+    if (stopping()) break;  // the error is the cancellation
     const absl::Duration wait = backoff.Next();
+    QTRAIN_LOG(DEBUG) << what << status.message() << "; next attempt in "
+                      << absl::FormatDuration(wait);
     if (status.ToString() != last_error) {
       // One line per distinct problem, not one per attempt.
       QTRAIN_LOG(WARNING) << what << status.message() << "; reconnecting (backoff up to "
@@ -206,6 +213,7 @@ bool CoordinatorLink::SendHeartbeat(v1::HeartbeatRequest request) {
 
 absl::Status CoordinatorLink::CallOnce(absl::string_view what, const UnaryCall& call) {
   std::unique_ptr<grpc::ClientContext> context = client_.NewContext(options_.rpc_timeout);
+  context->set_wait_for_ready(true);  // as for the stream, within the call's deadline
   {
     absl::MutexLock lock(&mu_);
     if (stopping_) return absl::CancelledError(absl::StrCat(what, ": the worker is stopping"));

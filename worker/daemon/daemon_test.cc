@@ -384,6 +384,11 @@ TEST_F(DaemonTest, ReconnectsWhenTheCoordinatorRestarts) {
   absl::SleepFor(absl::Seconds(1));
   // The new coordinator knows the worker (its state survived): no re-registration.
   StartServer(address, "fake-1");
+  const absl::Time restarted = absl::Now();
+  ASSERT_TRUE(
+      fake_->WaitFor([](FakeCoordinator& f) { return !f.heartbeats_.empty(); }, absl::Seconds(10)));
+  // Back within the reconnect backoff's ceiling, well inside a lease.
+  EXPECT_LT(absl::Now() - restarted, absl::Milliseconds(2500));
   ASSERT_TRUE(fake_->WaitFor([](FakeCoordinator& f) { return f.heartbeats_.size() >= 3; },
                              absl::Seconds(10)));
   fake_->Read([](FakeCoordinator& f) {
@@ -393,6 +398,25 @@ TEST_F(DaemonTest, ReconnectsWhenTheCoordinatorRestarts) {
     EXPECT_EQ(h.progress().job(), "jobs/k-1");
   });
   // The child kept running through it.
+  EXPECT_FALSE(ProcessGone(pid));
+}
+
+TEST_F(DaemonTest, RetriesACommitUntilTheCoordinatorIsBack) {
+  StartDaemon(Options(WriteChild(kCheckpointingChild)));
+  fake_->Send(AssignDirective("jobs/m-1", 1));
+  const int pid = ChildPid();
+  ASSERT_TRUE(fake_->WaitFor([](FakeCoordinator& f) { return !f.commits_.empty(); }));
+  const std::string address = server_->address();
+  StopServer();
+  absl::SleepFor(absl::Seconds(2));  // the child's next checkpoint waits meanwhile
+  StartServer(address, "fake-1");
+  ASSERT_TRUE(
+      fake_->WaitFor([](FakeCoordinator& f) { return f.commits_.size() >= 2; }, absl::Seconds(10)));
+  fake_->Read([](FakeCoordinator& f) {
+    EXPECT_TRUE(f.registrations_.empty());
+    EXPECT_TRUE(f.failures_.empty());
+    EXPECT_EQ(f.commits_[1].step(), f.commits_[0].step() + 1);
+  });
   EXPECT_FALSE(ProcessGone(pid));
 }
 
