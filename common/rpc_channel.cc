@@ -1,5 +1,6 @@
 #include "common/rpc_channel.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <string>
@@ -13,6 +14,7 @@
 #include "common/grpc_status.h"
 #include "common/rpc_security.h"
 #include "common/status_macros.h"
+#include "common/tls_files.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
@@ -23,23 +25,13 @@ namespace {
 // absl here is built with its own string_view; the headers speak std::string_view.
 absl::string_view Av(std::string_view s) { return absl::string_view(s.data(), s.size()); }
 
-constexpr size_t kMaxPemFileBytes = 1 << 20;
 constexpr size_t kMaxReasonChars = 160;
 // After the coordinator went away, reconnect attempts back off to at most this, so that a
 // restarted coordinator is found again within about a second.
 constexpr int kMaxReconnectBackoffMs = 1000;
-
-absl::StatusOr<std::string> ReadPem(absl::string_view flag, const std::string& path) {
-  absl::StatusOr<std::string> pem = ReadFileToString(path, kMaxPemFileBytes);
-  if (!pem.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(flag, " ", path, ": ", pem.status().message()));
-  }
-  if (!absl::StrContains(*pem, "-----BEGIN ")) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(flag, " ", path, ": not a PEM file (no \"-----BEGIN\" line)"));
-  }
-  return pem;
-}
+constexpr int kKeepaliveTimeMs = 20000;
+constexpr absl::Duration kLongestDeadline = absl::Hours(24 * 365);
+constexpr int kKeepaliveTimeoutMs = 10000;
 
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeCredentials(
     const ChannelOptions& options) {
@@ -58,38 +50,55 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeCredentials(
                                                                : "--tls-cert needs --tls-key");
   }
   grpc::SslCredentialsOptions ssl;
-  QTRAIN_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPem("--tls-ca", options.tls_ca));
+  QTRAIN_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadCertificateFile("--tls-ca", options.tls_ca));
   if (!options.tls_cert.empty()) {
-    QTRAIN_ASSIGN_OR_RETURN(ssl.pem_cert_chain, ReadPem("--tls-cert", options.tls_cert));
-    QTRAIN_ASSIGN_OR_RETURN(ssl.pem_private_key, ReadPem("--tls-key", options.tls_key));
+    QTRAIN_ASSIGN_OR_RETURN(ssl.pem_cert_chain,
+                            ReadCertificateFile("--tls-cert", options.tls_cert));
+    QTRAIN_ASSIGN_OR_RETURN(ssl.pem_private_key, ReadPrivateKeyFile("--tls-key", options.tls_key));
+    QTRAIN_RETURN_IF_ERROR(CheckKeyMatchesCertificate("--tls-cert", ssl.pem_cert_chain, "--tls-key",
+                                                      ssl.pem_private_key));
   }
   return grpc::SslCredentials(ssl);
 }
 
-// A few words for why a connection failed, instead of gRPC's chain of internal errors.
-std::string ShortReason(absl::string_view message) {
-  static constexpr std::pair<absl::string_view, absl::string_view> kReasons[] = {
-      {"connection refused", "connection refused"},
-      {"handshake", "the TLS handshake failed; check --tls-ca, --tls-cert and --tls-server-name"},
-      {"ssl", "the TLS handshake failed; check --tls-ca, --tls-cert and --tls-server-name"},
-      {"dns resolution failed", "the host name does not resolve"},
-      {"domain name not found", "the host name does not resolve"},
-      {"connection timed out", "the connection timed out"},
-      {"network is unreachable", "the network is unreachable"},
-      {"no route to host", "no route to host"},
-      {"connection reset", "the connection was reset"},
-      {"socket closed", "the connection was closed"},
-      {"broken pipe", "the connection was closed"},
-      {"goaway", "the server is shutting down"},
+// A few words for why a connection failed, instead of gRPC's chain of internal errors, and
+// whether asking "is it running?" makes sense (not for a TLS or name problem).
+struct Reason {
+  std::string text;
+  bool ask_running = true;
+};
+
+Reason ShortReason(absl::string_view message) {
+  static constexpr absl::string_view kTls =
+      "the TLS handshake failed (check --tls-ca, --tls-cert, --tls-key and --tls-server-name)";
+  static constexpr struct {
+    absl::string_view needle;
+    absl::string_view text;
+    bool ask_running;
+  } kReasons[] = {
+      {"connection refused", "connection refused", true},
+      {"handshake", kTls, false},
+      {"ssl", kTls, false},
+      {"dns resolution failed", "the host name does not resolve", false},
+      {"domain name not found", "the host name does not resolve", false},
+      {"connection timed out", "the connection timed out", true},
+      {"network is unreachable", "the network is unreachable", false},
+      {"no route to host", "no route to host", false},
+      {"connection reset", "the connection was reset", true},
+      {"socket closed", "the connection was closed", true},
+      {"broken pipe", "the connection was closed", true},
+      {"goaway", "the server is shutting down", true},
   };
   const std::string lower = absl::AsciiStrToLower(message);
-  for (const auto& [needle, reason] : kReasons) {
-    if (absl::StrContains(lower, needle)) return std::string(reason);
+  for (const auto& reason : kReasons) {
+    if (absl::StrContains(lower, reason.needle)) {
+      return {std::string(reason.text), reason.ask_running};
+    }
   }
   absl::string_view line = message.substr(0, message.find('\n'));
-  if (line.empty()) return "unavailable";
-  if (line.size() > kMaxReasonChars) return absl::StrCat(line.substr(0, kMaxReasonChars), "...");
-  return std::string(line);
+  if (line.empty()) return {"unavailable"};
+  if (line.size() > kMaxReasonChars) return {absl::StrCat(line.substr(0, kMaxReasonChars), "...")};
+  return {std::string(line)};
 }
 
 }  // namespace
@@ -112,6 +121,10 @@ absl::StatusOr<RpcClient> RpcClient::Create(const ChannelOptions& options) {
   args.SetMaxReceiveMessageSize(options.max_message_bytes);
   args.SetMaxSendMessageSize(options.max_message_bytes);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, kMaxReconnectBackoffMs);
+  // Pings on open calls (a Heartbeat or Watch stream) notice a coordinator whose machine
+  // vanished; the server permits one every 10 s.
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, kKeepaliveTimeMs);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, kKeepaliveTimeoutMs);
   if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
   client.channel_ = grpc::CreateCustomChannel(options.address, credentials, args);
   client.last_timeout_ = std::make_shared<std::atomic<int64_t>>(-1);
@@ -120,7 +133,11 @@ absl::StatusOr<RpcClient> RpcClient::Create(const ChannelOptions& options) {
 
 std::unique_ptr<grpc::ClientContext> RpcClient::NewContext(absl::Duration timeout) const {
   auto context = NewStreamContext();
-  context->set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(timeout));
+  // An infinite (or absurdly long) timeout means no deadline rather than an overflow.
+  if (timeout < kLongestDeadline) {
+    context->set_deadline(std::chrono::system_clock::now() +
+                          absl::ToChronoMilliseconds(std::max(timeout, absl::ZeroDuration())));
+  }
   if (last_timeout_ != nullptr) last_timeout_->store(absl::ToInt64Milliseconds(timeout));
   return context;
 }
@@ -143,9 +160,12 @@ absl::Status RpcClient::Describe(const grpc::Status& status, std::string_view wh
   if (status.ok()) return absl::OkStatus();
   const std::string& message = status.error_message();
   switch (status.error_code()) {
-    case grpc::StatusCode::UNAVAILABLE:
+    case grpc::StatusCode::UNAVAILABLE: {
+      const Reason reason = ShortReason(message);
       return absl::UnavailableError(absl::StrCat("cannot reach the coordinator at ", address_, ": ",
-                                                 ShortReason(message), "; is it running?"));
+                                                 reason.text,
+                                                 reason.ask_running ? "; is it running?" : ""));
+    }
     case grpc::StatusCode::DEADLINE_EXCEEDED:
       return absl::DeadlineExceededError(absl::StrCat(
           "cannot reach the coordinator at ", address_, ": ", Av(what), " did not answer",

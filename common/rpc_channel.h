@@ -20,16 +20,18 @@
 namespace qtrain {
 
 struct ChannelOptions {
-  std::string address;     // HOST:PORT
-  std::string token_file;  // bearer token sent on every call (optional)
-  std::string tls_ca;      // PEM of the CA that signed the server's cert: use TLS
-  std::string tls_cert;    // PEM client certificate and key (mTLS), with tls_ca
+  std::string address;          // HOST:PORT
+  std::string token_file;       // bearer token sent on every call (optional)
+  std::string tls_ca;           // PEM of the CA that signed the server's cert: use TLS
+  std::string tls_cert;         // PEM client certificate and key (mTLS), with tls_ca
   std::string tls_key;
   std::string tls_server_name;  // override the name checked in the server's certificate
   int max_message_bytes = 64 << 20;
 };
 
-// A connected-on-demand channel plus what every call needs.
+// A connected-on-demand channel plus what every call needs. After a lost connection the
+// channel retries with a backoff of at most 1 s, so a restarted coordinator is found quickly;
+// open calls send keepalive pings every 20 s, so a vanished one is noticed.
 class RpcClient {
  public:
   // Reads the token and TLS files; INVALID_ARGUMENT naming a bad address or file.
@@ -38,7 +40,7 @@ class RpcClient {
   const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
   const std::string& address() const { return address_; }
 
-  // A context with the deadline (now + timeout) and the token.
+  // A context with the deadline (now + timeout; none for an infinite timeout) and the token.
   std::unique_ptr<grpc::ClientContext> NewContext(absl::Duration timeout) const;
   // The same for a stream that lives as long as the caller wants (no deadline).
   std::unique_ptr<grpc::ClientContext> NewStreamContext() const;

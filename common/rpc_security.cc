@@ -16,6 +16,7 @@
 #include "common/file_util.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
+#include "common/tls_files.h"
 #include "grpcpp/security/server_credentials.h"
 
 namespace qtrain {
@@ -25,7 +26,6 @@ namespace {
 absl::string_view Av(std::string_view s) { return absl::string_view(s.data(), s.size()); }
 
 constexpr size_t kMaxTokenFileBytes = 4096;
-constexpr size_t kMaxPemFileBytes = 1 << 20;
 constexpr absl::string_view kAuthorizationKey = "authorization";
 constexpr absl::string_view kBearerScheme = "bearer ";
 
@@ -50,19 +50,6 @@ bool IsLoopbackIpv6(const std::string& host) {
   if (IN6_IS_ADDR_LOOPBACK(&addr)) return true;
   // ::ffff:127.x.y.z reaches the IPv4 loopback.
   return IN6_IS_ADDR_V4MAPPED(&addr) && addr.s6_addr[12] == 127;
-}
-
-// Reads a PEM file named by `flag`; INVALID_ARGUMENT naming the flag and the problem.
-absl::StatusOr<std::string> ReadPemFile(absl::string_view flag, const std::string& path) {
-  absl::StatusOr<std::string> pem = ReadFileToString(path, kMaxPemFileBytes);
-  if (!pem.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(flag, " ", path, ": ", pem.status().message()));
-  }
-  if (!absl::StrContains(*pem, "-----BEGIN ")) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(flag, " ", path, ": not a PEM file (no \"-----BEGIN\" line)"));
-  }
-  return pem;
 }
 
 absl::StatusOr<std::optional<std::string>> ReadOptionalToken(absl::string_view flag,
@@ -93,7 +80,7 @@ std::optional<absl::string_view> BearerToken(const grpc::ServerContextBase& cont
 
 // Hashing first makes the loop length fixed: timing tells nothing about the expected token.
 bool ConstantTimeEquals(std::string_view a, std::string_view b) {
-  Sha256 ha, hb;  // Update takes std::string_view
+  Sha256 ha, hb;
   ha.Update(a);
   hb.Update(b);
   const std::array<uint8_t, 32> da = ha.Finish();
@@ -206,12 +193,15 @@ absl::StatusOr<ServerSecurity> ServerSecurity::Load(const ServerSecurityOptions&
         "--tls-client-ca needs --tls-cert and --tls-key (client certificates need TLS)");
   }
   if (!options.tls_cert.empty()) {
-    QTRAIN_ASSIGN_OR_RETURN(security.cert_pem_, ReadPemFile("--tls-cert", options.tls_cert));
-    QTRAIN_ASSIGN_OR_RETURN(security.key_pem_, ReadPemFile("--tls-key", options.tls_key));
+    QTRAIN_ASSIGN_OR_RETURN(security.cert_pem_,
+                            ReadCertificateFile("--tls-cert", options.tls_cert));
+    QTRAIN_ASSIGN_OR_RETURN(security.key_pem_, ReadPrivateKeyFile("--tls-key", options.tls_key));
+    QTRAIN_RETURN_IF_ERROR(CheckKeyMatchesCertificate("--tls-cert", security.cert_pem_, "--tls-key",
+                                                      security.key_pem_));
   }
   if (!options.tls_client_ca.empty()) {
     QTRAIN_ASSIGN_OR_RETURN(security.client_ca_pem_,
-                            ReadPemFile("--tls-client-ca", options.tls_client_ca));
+                            ReadCertificateFile("--tls-client-ca", options.tls_client_ca));
   }
   return security;
 }

@@ -1,6 +1,12 @@
 #include "common/rpc_server.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -113,6 +119,52 @@ void EnableHealthAndReflection() {
   });
 }
 
+// Binds a plain socket to a numeric address first, so that a busy or foreign address is
+// reported with the system's reason; gRPC only says that no address could be added. Host
+// names are left to gRPC.
+absl::Status ProbeBind(const std::string& host, int port, absl::string_view listen) {
+  sockaddr_storage storage{};
+  socklen_t size = 0;
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&storage);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&storage);
+  if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(static_cast<uint16_t>(port));
+    size = sizeof(*v4);
+  } else if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(static_cast<uint16_t>(port));
+    size = sizeof(*v6);
+  } else {
+    return absl::OkStatus();
+  }
+  ScopedFd fd(socket(storage.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (fd.get() < 0) return absl::OkStatus();
+  const int one = 1;
+  // As gRPC does: a port in TIME_WAIT from an earlier server is free.
+  setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (bind(fd.get(), reinterpret_cast<sockaddr*>(&storage), size) != 0) {
+    const int err = errno;
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", listen, ": ", std::strerror(err),
+                     err == EADDRINUSE ? " (is another server running?)" : ""));
+  }
+  return absl::OkStatus();
+}
+
+// Message limits, no shared ports, and keepalive: pings find a vanished peer (a machine gone
+// without closing its connections) in about 40 s; clients may ping every 10 s or more.
+void ConfigureChannel(const RpcServerOptions& options, grpc::ServerBuilder* builder) {
+  // gRPC sets SO_REUSEPORT by default, which would let a second server share a busy port.
+  builder->AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder->SetMaxReceiveMessageSize(options.max_receive_message_bytes);
+  builder->SetMaxSendMessageSize(options.max_send_message_bytes);
+  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  builder->AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
+  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+}
+
 absl::Status CheckMessageLimit(absl::string_view name, int bytes) {
   if (bytes <= 0) {
     return absl::InvalidArgumentError(absl::StrCat(name, " must be positive, got ", bytes));
@@ -129,20 +181,21 @@ absl::StatusOr<std::unique_ptr<RpcServer>> RpcServer::Start(
       CheckMessageLimit("the maximum received message size", options.max_receive_message_bytes));
   QTRAIN_RETURN_IF_ERROR(
       CheckMessageLimit("the maximum sent message size", options.max_send_message_bytes));
+  for (const grpc::Service* service : services) {
+    if (service == nullptr) return absl::InvalidArgumentError("RpcServer::Start: a null service");
+  }
   ServerSecurityOptions security_options = options.security;
   security_options.listen = options.listen;
 
   std::unique_ptr<RpcServer> server(new RpcServer());
   QTRAIN_ASSIGN_OR_RETURN(server->security_, ServerSecurity::Load(security_options));
+  QTRAIN_RETURN_IF_ERROR(ProbeBind(host_port.first, host_port.second, options.listen));
   EnableHealthAndReflection();
 
   grpc::ServerBuilder builder;
   int selected_port = 0;
   builder.AddListeningPort(options.listen, server->security_.credentials(), &selected_port);
-  // gRPC sets SO_REUSEPORT by default, which would let a second server share a busy port.
-  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  builder.SetMaxReceiveMessageSize(options.max_receive_message_bytes);
-  builder.SetMaxSendMessageSize(options.max_send_message_bytes);
+  ConfigureChannel(options, &builder);
   for (grpc::Service* service : services) builder.RegisterService(service);
   auto names = std::make_shared<std::vector<std::string>>();
   builder.SetOption(std::make_unique<ServiceListOption>(names));
@@ -188,6 +241,7 @@ void RpcServer::Shutdown(absl::Duration grace) {
   // thread and the destructor), so server_ stays until the RpcServer goes.
   server_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoNanoseconds(grace));
   server_->Wait();
+  if (!stopped_.exchange(true)) QTRAIN_LOG(INFO) << "stopped serving on " << address_;
 }
 
 absl::Status WriteAddressFile(const std::string& path, const std::string& address) {

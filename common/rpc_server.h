@@ -8,6 +8,7 @@
 #ifndef QTRAIN_COMMON_RPC_SERVER_H_
 #define QTRAIN_COMMON_RPC_SERVER_H_
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -51,6 +52,7 @@ class RpcServer {
   std::vector<std::string> service_names_;
   std::string address_;
   ServerSecurity security_;
+  std::atomic<bool> stopped_{false};  // logged once, whichever thread shuts down
 };
 
 // Writes "HOST:PORT\n" to `path` atomically (readers never see a partial address).

@@ -26,6 +26,10 @@
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "openssl/bio.h"
+#include "openssl/evp.h"
+#include "openssl/pem.h"
+#include "openssl/x509.h"
 #include "qtrain/v1/jobs.grpc.pb.h"
 #include "qtrain/v1/worker.grpc.pb.h"
 
@@ -426,7 +430,36 @@ TEST(RpcServerTest, BusyPortIsUnavailableNamingTheAddress) {
   absl::Status status = second.Start({.listen = first.server->address()});
   EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(std::string(status.message()), HasSubstr(first.server->address()));
+  EXPECT_THAT(std::string(status.message()), HasSubstr("in use"));
   EXPECT_TRUE(GetJob(MakeClient({.address = first.server->address()}), "jobs/a").ok());
+}
+
+TEST(RpcServerTest, ForeignAddressIsUnavailableWithTheReason) {
+  TestServer server;
+  // 192.0.2.0/24 is reserved for documentation: no machine has it.
+  absl::Status status = server.Start(TokenOptions("192.0.2.1:7070"));
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("cannot listen on 192.0.2.1:7070"));
+  status = server.Start(TokenOptions("192.0.2.1:0"));
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("Cannot assign requested address"));
+}
+
+TEST(RpcServerTest, ListensOnLocalhostAndIpv6Loopback) {
+  TestServer by_name;
+  ASSERT_TRUE(by_name.Start({.listen = "localhost:0"}).ok());
+  auto split = SplitHostPort(by_name.server->address());
+  ASSERT_TRUE(split.ok()) << split.status();
+  EXPECT_EQ(split->first, "localhost");
+  EXPECT_TRUE(GetJob(MakeClient({.address = by_name.server->address()}), "jobs/l").ok());
+
+  if (ReadAll("/proc/net/if_inet6").find("00000000000000000000000000000001") == std::string::npos) {
+    GTEST_SKIP() << "no IPv6 loopback on this machine";
+  }
+  TestServer v6;
+  ASSERT_TRUE(v6.Start({.listen = "[::1]:0"}).ok());
+  EXPECT_EQ(v6.server->address().rfind("[::1]:", 0), 0u) << v6.server->address();
+  EXPECT_TRUE(GetJob(MakeClient({.address = v6.server->address()}), "jobs/6").ok());
 }
 
 TEST(RpcServerTest, BadOptionsAreRefused) {
@@ -446,6 +479,23 @@ TEST(RpcServerTest, OversizedRequestIsResourceExhausted) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
   // The server is still there.
   EXPECT_TRUE(GetJob(client, "jobs/small").ok());
+}
+
+TEST(RpcServerTest, OversizedResponsesAreResourceExhausted) {
+  TestServer server;
+  ASSERT_TRUE(server.Start({.listen = "127.0.0.1:0", .max_send_message_bytes = 4096}).ok());
+  // The test service echoes the name: a large request makes a large response.
+  grpc::Status status =
+      GetJob(MakeClient({.address = server.server->address()}), std::string(8 << 10, 'y'));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+
+  TestServer roomy;
+  ASSERT_TRUE(roomy.Start({.listen = "127.0.0.1:0"}).ok());
+  RpcClient small = MakeClient({.address = roomy.server->address(), .max_message_bytes = 4096});
+  status = GetJob(small, std::string(3 << 10, 'z'));
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  status = GetJob(small, std::string(8 << 10, 'z'));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
 }
 
 TEST(RpcServerTest, ShutdownStopsServingAndIsIdempotent) {
@@ -528,6 +578,20 @@ TEST(RpcClientTest, DescribeDeadline) {
               HasSubstr("did not answer within 10s"));
 }
 
+TEST(RpcClientTest, ContextDeadlines) {
+  RpcClient client = MakeClient({.address = "127.0.0.1:1"});
+  const auto now = std::chrono::system_clock::now();
+  auto bounded = client.NewContext(absl::Seconds(10));
+  EXPECT_GT(bounded->deadline(), now + std::chrono::seconds(9));
+  EXPECT_LT(bounded->deadline(), now + std::chrono::seconds(11));
+  auto unbounded = client.NewContext(absl::InfiniteDuration());
+  EXPECT_GT(unbounded->deadline(), now + std::chrono::hours(24 * 365 * 10));
+  auto stream = client.NewStreamContext();
+  EXPECT_GT(stream->deadline(), now + std::chrono::hours(24 * 365 * 10));
+  auto past = client.NewContext(-absl::Seconds(5));
+  EXPECT_LE(past->deadline(), std::chrono::system_clock::now());
+}
+
 TEST(RpcClientTest, DescribeOtherCodes) {
   RpcClient client = MakeClient({.address = "127.0.0.1:1"});
   EXPECT_TRUE(client.Describe(grpc::Status::OK, "GetJob").ok());
@@ -567,7 +631,8 @@ class TlsTest : public ::testing::Test {
         "ca ca; ca other_ca\n",
         "leaf server 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth' "
         "2\n",
-        "leaf client 'extendedKeyUsage=clientAuth' 3\n");
+        "leaf client 'extendedKeyUsage=clientAuth' 3\n",
+        "openssl pkey -in server.key -aes256 -passout pass:secret -out encrypted.key\n");
     const std::string script_path = absl::StrCat(*dir_, ".sh");
     std::ofstream(script_path) << script;
     const int rc = std::system(
@@ -597,6 +662,89 @@ class TlsTest : public ::testing::Test {
 std::string* TlsTest::dir_ = nullptr;
 bool TlsTest::made_ = false;
 
+// A self-signed certificate for `key_pem` that expired yesterday (the openssl tool cannot make
+// one without a CA database).
+std::string ExpiredCertificatePem(const std::string& key_pem) {
+  BIO* key_bio = BIO_new_mem_buf(key_pem.data(), static_cast<int>(key_pem.size()));
+  EVP_PKEY* key = PEM_read_bio_PrivateKey(key_bio, nullptr, nullptr, nullptr);
+  X509* cert = X509_new();
+  X509_set_version(cert, 2);
+  ASN1_INTEGER_set(X509_get_serialNumber(cert), 7);
+  X509_gmtime_adj(X509_getm_notBefore(cert), -2 * 86400);
+  X509_gmtime_adj(X509_getm_notAfter(cert), -86400);
+  X509_set_pubkey(cert, key);
+  X509_NAME* name = X509_get_subject_name(cert);
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>("expired"), -1, -1, 0);
+  X509_set_issuer_name(cert, name);
+  X509_sign(cert, key, EVP_sha256());
+  BIO* out = BIO_new(BIO_s_mem());
+  PEM_write_bio_X509(out, cert);
+  char* data = nullptr;
+  const long size = BIO_get_mem_data(out, &data);
+  std::string pem(data, static_cast<size_t>(size));
+  BIO_free(out);
+  X509_free(cert);
+  EVP_PKEY_free(key);
+  BIO_free(key_bio);
+  return pem;
+}
+
+TEST_F(TlsTest, BadFilesAreRefusedAtStart) {
+  const std::string expired =
+      WriteFile("expired.pem", ExpiredCertificatePem(ReadAll(File("server.key"))));
+  struct Case {
+    ServerSecurityOptions options;
+    const char* expected;
+  };
+  const Case cases[] = {
+      {{.tls_cert = File("server.pem"), .tls_key = File("client.key")},
+       "the key of --tls-key is not the one of the certificate of --tls-cert"},
+      {{.tls_cert = File("server.pem"), .tls_key = File("server.pem")},
+       "no readable unencrypted PEM private key"},
+      {{.tls_cert = File("server.pem"), .tls_key = File("encrypted.key")},
+       "no readable unencrypted PEM private key"},
+      {{.tls_cert = File("server.key"), .tls_key = File("server.key")},
+       "no readable PEM certificate"},
+      {{.tls_cert = expired, .tls_key = File("server.key")}, "expired"},
+      {{.tls_cert = File("server.pem"), .tls_key = File("server.key"), .tls_client_ca = *dir_},
+       "--tls-client-ca"},
+      {{.tls_cert = File("server.pem"),
+        .tls_key = File("server.key"),
+        .tls_client_ca = File("server.key")},
+       "--tls-client-ca"},
+  };
+  for (const Case& c : cases) {
+    RpcServerOptions options;
+    options.security = c.options;
+    TestServer server;
+    absl::Status status = server.Start(options);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << c.expected << ": " << status;
+    EXPECT_THAT(std::string(status.message()), HasSubstr(c.expected));
+    EXPECT_THAT(std::string(status.message()), Not(HasSubstr("PRIVATE KEY-----")));
+  }
+
+  const ChannelOptions client_cases[] = {
+      {.address = "127.0.0.1:1", .tls_ca = File("server.key")},
+      {.address = "127.0.0.1:1",
+       .tls_ca = File("ca.pem"),
+       .tls_cert = File("client.pem"),
+       .tls_key = File("server.key")},
+      {.address = "127.0.0.1:1",
+       .tls_ca = File("ca.pem"),
+       .tls_cert = expired,
+       .tls_key = File("server.key")},
+      {.address = "127.0.0.1:1",
+       .tls_ca = File("ca.pem"),
+       .tls_cert = File("client.pem"),
+       .tls_key = File("encrypted.key")},
+  };
+  for (const ChannelOptions& options : client_cases) {
+    auto client = RpcClient::Create(options);
+    EXPECT_EQ(client.status().code(), absl::StatusCode::kInvalidArgument) << client.status();
+  }
+}
+
 TEST_F(TlsTest, CallsNeedTheCa) {
   TestServer server;
   ASSERT_TRUE(server.Start(TlsOptions(/*mtls=*/false)).ok());
@@ -618,8 +766,10 @@ TEST_F(TlsTest, CallsNeedTheCa) {
   RpcClient other = MakeClient({.address = address, .tls_ca = File("other_ca.pem")});
   status = GetJob(other, "jobs/t", absl::Seconds(5));
   EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
-  EXPECT_THAT(std::string(other.Describe(status, "GetJob").message()),
-              HasSubstr("cannot reach the coordinator at " + address));
+  const std::string described(other.Describe(status, "GetJob").message());
+  EXPECT_THAT(described, HasSubstr("cannot reach the coordinator at " + address));
+  EXPECT_THAT(described, HasSubstr("TLS handshake failed"));
+  EXPECT_THAT(described, Not(HasSubstr("is it running")));
   // A name the certificate does not carry.
   status = GetJob(MakeClient({.address = address,
                               .tls_ca = File("ca.pem"),

@@ -76,7 +76,12 @@ absl::Status ApplyOne(sqlite3* db, absl::string_view path, const Migration& migr
 std::span<const Migration> StoreMigrations() { return kMigrations; }
 
 absl::Status ApplyMigrations(sqlite3* db, absl::string_view path, int from_version) {
-  for (const Migration& migration : kMigrations) {
+  return ApplyMigrations(db, path, from_version, kMigrations);
+}
+
+absl::Status ApplyMigrations(sqlite3* db, absl::string_view path, int from_version,
+                             std::span<const Migration> migrations) {
+  for (const Migration& migration : migrations) {
     if (migration.version <= from_version) continue;
     QTRAIN_RETURN_IF_ERROR(ApplyOne(db, path, migration));
   }

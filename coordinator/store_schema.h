@@ -23,8 +23,12 @@ struct Migration {
 // Every migration, in version order; the last one's version is kStoreSchemaVersion.
 std::span<const Migration> StoreMigrations();
 
-// Applies, each in its own transaction, the migrations above `from_version`.
+// Applies, each in its own transaction, the migrations above `from_version`: a failing one
+// leaves the database at the version before it.
 absl::Status ApplyMigrations(sqlite3* db, absl::string_view path, int from_version);
+// The same with another list (tests).
+absl::Status ApplyMigrations(sqlite3* db, absl::string_view path, int from_version,
+                             std::span<const Migration> migrations);
 
 }  // namespace qtrain::coordinator
 

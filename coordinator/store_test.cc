@@ -17,6 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "coordinator/store_schema.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "gtest/gtest.h"
@@ -445,6 +446,57 @@ TEST(StoreTest, ReopenDoesNotRerunMigrations) {
   sqlite3_close(db);
 }
 
+int RawUserVersion(sqlite3* db) {
+  sqlite3_stmt* stmt = nullptr;
+  EXPECT_EQ(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &stmt, nullptr), SQLITE_OK);
+  EXPECT_EQ(sqlite3_step(stmt), SQLITE_ROW);
+  const int version = sqlite3_column_int(stmt, 0);
+  sqlite3_finalize(stmt);
+  return version;
+}
+
+TEST(StoreSchemaTest, EachMigrationIsItsOwnTransaction) {
+  const std::string path = TestDir("migration_tx") + "/db";
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  const Migration migrations[] = {
+      {1, "CREATE TABLE a(x INTEGER);"},
+      {2, "CREATE TABLE b(x INTEGER); INSERT INTO a VALUES (1); THIS IS NOT SQL;"},
+      {3, "CREATE TABLE c(x INTEGER);"},
+  };
+  absl::Status status = ApplyMigrations(db, path, 0, migrations);
+  EXPECT_FALSE(status.ok());
+  EXPECT_THAT(status.message(), HasSubstr("schema version 2"));
+  EXPECT_THAT(status.message(), HasSubstr(path));
+  // Version 1 stayed; nothing of version 2 (nor 3) is there.
+  EXPECT_EQ(RawUserVersion(db), 1);
+  sqlite3_stmt* stmt = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db,
+                               "SELECT (SELECT COUNT(*) FROM sqlite_master WHERE name IN "
+                               "('b', 'c')), (SELECT COUNT(*) FROM a)",
+                               -1, &stmt, nullptr),
+            SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(stmt), SQLITE_ROW);
+  EXPECT_EQ(sqlite3_column_int(stmt, 0), 0);
+  EXPECT_EQ(sqlite3_column_int(stmt, 1), 0);
+  sqlite3_finalize(stmt);
+  // Once fixed, the rest applies from where it stopped.
+  const Migration fixed[] = {migrations[0], {2, "CREATE TABLE b(x INTEGER);"}, migrations[2]};
+  EXPECT_TRUE(ApplyMigrations(db, path, RawUserVersion(db), fixed).ok());
+  EXPECT_EQ(RawUserVersion(db), 3);
+  sqlite3_close(db);
+}
+
+TEST(StoreSchemaTest, MigrationsEndAtTheSchemaVersion) {
+  ASSERT_FALSE(StoreMigrations().empty());
+  int previous = 0;
+  for (const Migration& migration : StoreMigrations()) {
+    EXPECT_EQ(migration.version, previous + 1);
+    previous = migration.version;
+  }
+  EXPECT_EQ(previous, kStoreSchemaVersion);
+}
+
 TEST(StoreTest, NewerSchemaVersionIsRefused) {
   const std::string path = TestDir("newer") + "/coordinator.db";
   {
@@ -510,7 +562,8 @@ TEST(StoreTest, TruncatedDatabaseIsDataLoss) {
   ASSERT_FALSE(std::filesystem::exists(path + "-wal"));
   const uintmax_t size = std::filesystem::file_size(path);
   ASSERT_GT(size, 100000u);
-  for (uintmax_t keep : {size / 2, uintmax_t{4096} + 100, size - 1000}) {
+  for (uintmax_t keep : {size / 2, uintmax_t{4096}, uintmax_t{8192}, uintmax_t{4096} + 100,
+                         uintmax_t{50}, size - 1000, size - 4096}) {
     const std::string copy = absl::StrCat(path, ".", keep);
     std::filesystem::copy_file(path, copy);
     std::filesystem::resize_file(copy, keep);

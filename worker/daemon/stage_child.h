@@ -16,6 +16,9 @@
 //  - exit 3 (after a StageError, CANCELLED) on SIGTERM/SIGINT: it stops between two steps;
 //  - exit 4 when the parent is silent for parent_timeout (no ping, no message) or its stdin
 //    closes: a stopped, hung or dead parent never leaves a child training.
+//
+// Test hook: with QTRAIN_TEST_STEP_DELAY_MS=N in the environment, the child sleeps N ms after
+// every optimizer step (cut short by a stop), so that tests can act while a stage is under way.
 #ifndef QTRAIN_WORKER_DAEMON_STAGE_CHILD_H_
 #define QTRAIN_WORKER_DAEMON_STAGE_CHILD_H_
 

@@ -75,6 +75,13 @@ absl::StatusOr<v1::DataAssignment> PlanShardAssignment(const v1::JobSpec& spec, 
       CheckRange(spec, stage_start, stage, start_step, end_step, rank, world_size));
   const v1::CurriculumStage& s = spec.curriculum(stage);
   const int64_t seq_len = s.seq_len();
+  // ValidateJobSpec refuses these; a planner must not divide by them all the same.
+  if (seq_len <= 0 || s.micro_batch() <= 0 || spec.batch().global_tokens() < seq_len) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("shard assignment: stage '", s.name(), "' has seq_len ", seq_len,
+                     " and micro_batch ", s.micro_batch(), " with batch.global_tokens ",
+                     spec.batch().global_tokens(), "; validate the spec first"));
+  }
   const int64_t windows_per_step = spec.batch().global_tokens() / seq_len;
   if (windows_per_step % world_size != 0) {
     return absl::InvalidArgumentError(

@@ -234,6 +234,11 @@ TEST_F(ShardAssignmentTest, BadRequestsAreClearErrors) {
   huge.mutable_curriculum(0)->set_tokens(int64_t{1} << 40);
   auto refused = PlanShardAssignment(huge, 0, 0, int64_t{1} << 32, 0, 1);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+  // A spec nobody validated.
+  v1::JobSpec unvalidated = spec_;
+  unvalidated.mutable_curriculum(0)->set_seq_len(0);
+  EXPECT_EQ(PlanShardAssignment(unvalidated, 0, 0, 4, 0, 1).status().code(),
+            absl::StatusCode::kInvalidArgument);
   // A missing manifest.
   v1::JobSpec gone = spec_;
   gone.mutable_data()->set_manifest((root_ / "nope" / "manifest.json").string());

@@ -61,6 +61,9 @@ absl::StatusOr<ShardTokenSource> ShardTokenSource::Open(const std::string& manif
 absl::StatusOr<ShardTokenSource> ShardTokenSource::OpenAssigned(
     const std::string& manifest_path, const v1::DataAssignment& assignment,
     tokenizer::DatasetOptions options) {
+  if (assignment.manifest_sha256().empty()) {
+    return absl::InvalidArgumentError("data assignment: manifest_sha256 is empty");
+  }
   options.manifest_sha256 = assignment.manifest_sha256();
   std::vector<size_t> indices;
   for (const v1::AssignedShard& shard : assignment.shards()) {

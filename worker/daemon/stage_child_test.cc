@@ -1,0 +1,487 @@
+#include "worker/daemon/stage_child.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "common/file_util.h"
+#include "common/job_spec.h"
+#include "common/run_dir_lock.h"
+#include "common/sha256.h"
+#include "gmock/gmock.h"
+#include "google/protobuf/util/json_util.h"
+#include "gtest/gtest.h"
+#include "qtrain/v1/stage.pb.h"
+#include "qtrain/v1/worker.pb.h"
+#include "worker/train/job_setup.h"
+#include "worker/train/shard_assignment.h"
+#include "worker/train/test_dataset.h"
+#include "worker/train/trainer.h"
+
+namespace qtrain::worker {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+std::string ToJson(const google::protobuf::Message& message) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions print;
+  print.preserve_proto_field_names = true;
+  EXPECT_TRUE(google::protobuf::util::MessageToJsonString(message, &out, print).ok());
+  return out;
+}
+
+// The daemon's side of the pipes, in this process: runs RunStageChild on a thread, reads its
+// events, answers its checkpoints with `ack` and pings it every 100 ms (unless told not to).
+class FakeParent {
+ public:
+  using AckPolicy = std::function<v1::CheckpointAck(const v1::CommitCheckpointRequest&)>;
+
+  FakeParent(StageChildOptions options, AckPolicy ack, bool ping = true) : ack_(std::move(ack)) {
+    int events[2], control[2];
+    EXPECT_EQ(::pipe(events), 0);
+    EXPECT_EQ(::pipe(control), 0);
+    events_read_ = events[0];
+    events_write_ = events[1];
+    control_read_ = control[0];
+    control_write_ = control[1];
+    options.events_fd = events_write_;
+    options.control_fd = control_read_;
+    reader_ = std::thread([this] { ReadEvents(); });
+    if (ping) {
+      pinger_ = std::thread([this] {
+        while (!stop_pings_.load()) {
+          Send(R"({"ping": {}})");
+          std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+      });
+    }
+    child_ = std::thread([this, options] {
+      const int code = RunStageChild(options);
+      absl::MutexLock lock(&mu_);
+      exit_code_ = code;
+      finished_ = true;
+    });
+  }
+  ~FakeParent() { Wait(); }
+
+  // Joins the child and closes everything. A child that runs past 120 s aborts the test
+  // binary: a thread cannot be killed, and a hung test must not hang the suite.
+  int Wait() {
+    if (child_.joinable()) {
+      {
+        absl::MutexLock lock(&mu_);
+        if (!mu_.AwaitWithTimeout(absl::Condition(&finished_), absl::Seconds(120))) {
+          std::fprintf(stderr, "the stage child did not end within 120 s\n");
+          std::abort();
+        }
+      }
+      child_.join();
+    }
+    stop_pings_ = true;
+    if (pinger_.joinable()) pinger_.join();
+    if (events_write_ >= 0) ::close(events_write_), events_write_ = -1;
+    if (reader_.joinable()) reader_.join();
+    for (int* fd : {&events_read_, &control_read_, &control_write_}) {
+      if (*fd >= 0) ::close(*fd), *fd = -1;
+    }
+    absl::MutexLock lock(&mu_);
+    return exit_code_;
+  }
+  // The parent goes away: its end of the child's stdin closes.
+  void CloseControl() {
+    stop_pings_ = true;
+    if (pinger_.joinable()) pinger_.join();
+    absl::MutexLock lock(&mu_);
+    ::close(control_write_);
+    control_write_ = -1;
+  }
+  // Blocks until `predicate` holds for the events seen so far (or 60 s pass).
+  bool WaitFor(const std::function<bool(const std::vector<v1::StageChildEvent>&)>& predicate) {
+    absl::MutexLock lock(&mu_);
+    const auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return predicate(events_); };
+    return mu_.AwaitWithTimeout(absl::Condition(&ready), absl::Seconds(60));
+  }
+  std::vector<v1::StageChildEvent> events() {
+    absl::MutexLock lock(&mu_);
+    return events_;
+  }
+
+ private:
+  void Send(const std::string& line) {
+    absl::MutexLock lock(&mu_);
+    if (control_write_ < 0) return;
+    const std::string text = line + "\n";
+    (void)!::write(control_write_, text.data(), text.size());
+  }
+  void ReadEvents() {
+    std::string buffer;
+    char chunk[4096];
+    while (true) {
+      const ssize_t n = ::read(events_read_, chunk, sizeof(chunk));
+      if (n <= 0) return;
+      buffer.append(chunk, static_cast<size_t>(n));
+      size_t end;
+      while ((end = buffer.find('\n')) != std::string::npos) {
+        v1::StageChildEvent event;
+        const std::string line = buffer.substr(0, end);
+        buffer.erase(0, end + 1);
+        EXPECT_TRUE(google::protobuf::util::JsonStringToMessage(line, &event).ok()) << line;
+        {
+          absl::MutexLock lock(&mu_);
+          events_.push_back(event);
+        }
+        if (event.has_checkpoint() && ack_)
+          Send(ToJson([&] {
+            v1::StageParentMessage message;
+            *message.mutable_checkpoint_ack() = ack_(event.checkpoint());
+            return message;
+          }()));
+      }
+    }
+  }
+
+  AckPolicy ack_;
+  int events_read_ = -1, events_write_ = -1, control_read_ = -1, control_write_ = -1;
+  std::atomic<bool> stop_pings_{false};
+  std::thread reader_, pinger_, child_;
+  absl::Mutex mu_;
+  std::vector<v1::StageChildEvent> events_ ABSL_GUARDED_BY(mu_);
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  int exit_code_ ABSL_GUARDED_BY(mu_) = -1;
+};
+
+v1::CheckpointAck Accept(const v1::CommitCheckpointRequest&) {
+  v1::CheckpointAck ack;
+  ack.set_ok(true);
+  return ack;
+}
+
+// The error event the child ended with.
+std::optional<v1::StageError> ErrorOf(const std::vector<v1::StageChildEvent>& events) {
+  if (events.empty() || !events.back().has_error()) return std::nullopt;
+  return events.back().error();
+}
+
+class StageChildTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = fs::path(::testing::TempDir()) /
+            ("stage_child_" + std::to_string(::getpid()) + "_" +
+             ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(root_);
+    auto data = train::testing::WriteTestDataset(root_.string(), 70000, 1000);
+    ASSERT_TRUE(data.ok()) << data.status();
+    data_ = *data;
+    auto spec = ParseJobSpec(train::testing::TestJobSpec(data_), "spec.yaml");
+    ASSERT_TRUE(spec.ok()) << spec.status();
+    spec_ = *spec;
+  }
+  void TearDown() override {
+    unsetenv("QTRAIN_TEST_STEP_DELAY_MS");
+    fs::remove_all(root_);
+  }
+
+  // The assignment of `stage` (0: steps 0-4, 1: steps 4-7), written to a file.
+  std::string WriteAssignment(int stage, const v1::Checkpoint* resume_from = nullptr,
+                              const std::string& name = "assignment.json") {
+    v1::Assignment a;
+    a.set_job("jobs/stage-test-1");
+    *a.mutable_spec() = spec_;
+    a.set_round(3);
+    a.set_rank(0);
+    a.set_world_size(1);
+    a.set_stage(stage);
+    a.set_start_step(stage == 0 ? 0 : 4);
+    a.set_end_step(stage == 0 ? 4 : 7);
+    if (resume_from != nullptr) *a.mutable_resume_from() = *resume_from;
+    a.set_backend(v1::COLLECTIVE_BACKEND_GLOO);
+    a.set_run_directory((root_ / "run").string());
+    a.set_checkpoint_directory((root_ / "run" / "checkpoints").string());
+    auto data = train::PlanShardAssignment(spec_, stage, a.start_step(), a.end_step(), 0, 1);
+    EXPECT_TRUE(data.ok()) << data.status();
+    *a.mutable_data() = *data;
+    const std::string path = (root_ / name).string();
+    EXPECT_TRUE(WriteFileAtomically(path, ToJson(a)).ok());
+    return path;
+  }
+  StageChildOptions Options(const std::string& assignment) {
+    StageChildOptions options;
+    options.assignment_path = assignment;
+    options.threads = 1;
+    options.lock_wait = absl::Seconds(5);
+    return options;
+  }
+  // The committed checkpoint a coordinator would hand the next stage.
+  static v1::Checkpoint Committed(const v1::CommitCheckpointRequest& request) {
+    v1::Checkpoint c;
+    c.set_step(request.step());
+    c.set_stage(request.stage());
+    c.set_tokens_seen(request.tokens_seen());
+    c.set_directory(request.directory());
+    *c.mutable_files() = request.files();
+    c.set_data_plan_sha256(request.data_plan_sha256());
+    c.set_state(v1::CHECKPOINT_STATE_COMMITTED);
+    return c;
+  }
+  static std::vector<v1::CommitCheckpointRequest> Checkpoints(
+      const std::vector<v1::StageChildEvent>& events) {
+    std::vector<v1::CommitCheckpointRequest> out;
+    for (const auto& e : events) {
+      if (e.has_checkpoint()) out.push_back(e.checkpoint());
+    }
+    return out;
+  }
+  // Stage 0 run as a child, acked; returns its last checkpoint (step 4).
+  v1::CommitCheckpointRequest RunStageZero() {
+    FakeParent parent(Options(WriteAssignment(0)), Accept);
+    EXPECT_EQ(parent.Wait(), kStageChildOk);
+    const auto checkpoints = Checkpoints(parent.events());
+    EXPECT_FALSE(checkpoints.empty());
+    return checkpoints.empty() ? v1::CommitCheckpointRequest() : checkpoints.back();
+  }
+
+  fs::path root_;
+  train::testing::TestDataset data_;
+  v1::JobSpec spec_;
+};
+
+TEST_F(StageChildTest, TwoStagesAsTwoChildrenEndLikeOneUninterruptedRun) {
+  // The reference: `qtrain train`'s steps in this process.
+  auto job = train::PrepareJob(spec_);
+  ASSERT_TRUE(job.ok()) << job.status();
+  train::TrainerOptions options;
+  options.run_dir = (root_ / "reference").string();
+  auto trainer = train::Trainer::Create(spec_, job->config, std::nullopt, *job->data, options);
+  ASSERT_TRUE(trainer.ok()) << trainer.status();
+  auto summary = (*trainer)->Run();
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  ASSERT_TRUE(train::WriteTokenizerFiles(job->tokenizer_files, summary->final_dir).ok());
+
+  // Stage 0 from the initialization.
+  FakeParent first(Options(WriteAssignment(0)), Accept);
+  ASSERT_EQ(first.Wait(), kStageChildOk);
+  const auto events = first.events();
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.front().phase(), v1::WORKER_PHASE_LOADING);
+  std::vector<int64_t> steps;
+  bool training = false, checkpointing = false, evaluating = false;
+  for (const auto& e : events) {
+    if (e.has_progress()) {
+      steps.push_back(e.progress().step());
+      EXPECT_EQ(e.progress().job(), "jobs/stage-test-1");
+      EXPECT_EQ(e.progress().round(), 3);
+      EXPECT_EQ(e.progress().stage(), 0);
+      EXPECT_EQ(e.progress().total_steps(), 7);
+      EXPECT_EQ(e.progress().tokens_seen(), e.progress().step() * 256);
+      EXPECT_GT(e.progress().loss(), 0);
+      EXPECT_EQ(e.progress().has_eval_loss(), e.progress().step() == 3);
+    }
+    training |= e.phase() == v1::WORKER_PHASE_TRAINING;
+    checkpointing |= e.phase() == v1::WORKER_PHASE_CHECKPOINTING;
+    evaluating |= e.phase() == v1::WORKER_PHASE_EVALUATING;
+  }
+  EXPECT_EQ(steps, (std::vector<int64_t>{1, 2, 3, 4}));
+  EXPECT_TRUE(training && checkpointing && evaluating);
+  ASSERT_TRUE(events.back().has_done());
+  EXPECT_EQ(events.back().done().stage(), 0);
+  EXPECT_EQ(events.back().done().step(), 4);
+  EXPECT_EQ(events.back().done().final_directory(), "");
+  const auto checkpoints = Checkpoints(events);
+  ASSERT_EQ(checkpoints.size(), 2u);  // steps 2 and 4
+  const v1::CommitCheckpointRequest& end = checkpoints[1];
+  EXPECT_EQ(end.step(), 4);
+  EXPECT_EQ(end.stage(), 0);
+  EXPECT_EQ(end.job(), "jobs/stage-test-1");
+  EXPECT_EQ(end.round(), 3);
+  EXPECT_EQ(end.tokens_seen(), 4 * 256);
+  EXPECT_EQ(end.data_plan_sha256().size(), 64u);
+  EXPECT_EQ(end.directory(), (root_ / "run" / "checkpoints" / "step-000000000004").string());
+  std::vector<std::string> names;
+  for (const auto& file : end.files()) {
+    names.push_back(file.path());
+    const std::string path = end.directory() + "/" + file.path();
+    EXPECT_EQ(Sha256File(path).value(), file.sha256()) << path;
+    EXPECT_EQ(static_cast<int64_t>(fs::file_size(path)), file.size_bytes());
+  }
+  EXPECT_THAT(names, ::testing::UnorderedElementsAre("config.json", "model.safetensors",
+                                                     "optimizer.safetensors", "manifest.json"));
+  // Nothing deleted: retention is the coordinator's.
+  EXPECT_TRUE(fs::exists(root_ / "run" / "checkpoints" / "step-000000000002"));
+
+  // Stage 1 from the committed checkpoint, as a second child.
+  const v1::Checkpoint committed = Committed(end);
+  FakeParent second(Options(WriteAssignment(1, &committed)), Accept);
+  ASSERT_EQ(second.Wait(), kStageChildOk);
+  const auto later = second.events();
+  ASSERT_TRUE(later.back().has_done()) << later.back().DebugString();
+  EXPECT_EQ(later.back().done().step(), 7);
+  EXPECT_EQ(later.back().done().final_directory(), (root_ / "run" / "final").string());
+  for (const char* file :
+       {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"}) {
+    SCOPED_TRACE(file);
+    EXPECT_EQ(Sha256File((root_ / "run" / "final" / file).string()).value(),
+              Sha256File((root_ / "reference" / "final" / file).string()).value());
+  }
+}
+
+TEST_F(StageChildTest, ARefusedCheckpointStopsTheChild) {
+  FakeParent parent(Options(WriteAssignment(0)), [](const v1::CommitCheckpointRequest&) {
+    v1::CheckpointAck ack;
+    ack.set_message("round 3 of jobs/stage-test-1 is over; the current round is 4");
+    return ack;
+  });
+  EXPECT_EQ(parent.Wait(), kStageChildFailed);
+  const auto events = parent.events();
+  std::optional<v1::StageError> error = ErrorOf(events);
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(error->code(), "ABORTED");
+  EXPECT_THAT(error->message(), HasSubstr("checkpoint of step 2 was not committed: round 3"));
+  EXPECT_TRUE(error->retryable());
+  EXPECT_EQ(Checkpoints(events).size(), 1u);  // it waited for the answer, and stopped
+}
+
+TEST_F(StageChildTest, AParentThatGoesAwayEndsTheChild) {
+  setenv("QTRAIN_TEST_STEP_DELAY_MS", "200", 1);
+  FakeParent parent(Options(WriteAssignment(0)), Accept);
+  ASSERT_TRUE(parent.WaitFor([](const auto& events) {
+    return std::any_of(events.begin(), events.end(),
+                       [](const auto& e) { return e.has_progress(); });
+  }));
+  parent.CloseControl();
+  EXPECT_EQ(parent.Wait(), kStageChildOrphaned);
+  for (const auto& e : parent.events()) EXPECT_FALSE(e.has_done());
+}
+
+TEST_F(StageChildTest, ASilentParentEndsTheChild) {
+  setenv("QTRAIN_TEST_STEP_DELAY_MS", "200", 1);
+  StageChildOptions options = Options(WriteAssignment(0));
+  options.parent_timeout = absl::Milliseconds(300);
+  FakeParent parent(options, Accept, /*ping=*/false);
+  EXPECT_EQ(parent.Wait(), kStageChildOrphaned);
+  std::optional<v1::StageError> error = ErrorOf(parent.events());
+  ASSERT_TRUE(error.has_value());
+  EXPECT_THAT(error->message(), HasSubstr("no message from the parent"));
+}
+
+TEST_F(StageChildTest, SigtermStopsItBetweenSteps) {
+  setenv("QTRAIN_TEST_STEP_DELAY_MS", "200", 1);
+  FakeParent parent(Options(WriteAssignment(0)), Accept);
+  ASSERT_TRUE(parent.WaitFor([](const auto& events) {
+    return std::any_of(events.begin(), events.end(),
+                       [](const auto& e) { return e.has_progress(); });
+  }));
+  ::kill(::getpid(), SIGTERM);  // handled by the child's handler while it runs
+  EXPECT_EQ(parent.Wait(), kStageChildCancelled);
+  std::optional<v1::StageError> error = ErrorOf(parent.events());
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(error->code(), "CANCELLED");
+}
+
+TEST_F(StageChildTest, ItWaitsABoundedTimeForTheRunDirectory) {
+  auto held = RunDirLock::Acquire((root_ / "run").string());
+  ASSERT_TRUE(held.ok()) << held.status();
+  StageChildOptions options = Options(WriteAssignment(0));
+  options.lock_wait = absl::Milliseconds(400);
+  FakeParent refused(options, Accept);
+  EXPECT_EQ(refused.Wait(), kStageChildFailed);
+  std::optional<v1::StageError> error = ErrorOf(refused.events());
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(error->code(), "UNAVAILABLE");
+  EXPECT_THAT(error->message(), HasSubstr(absl::StrCat("held by process ", ::getpid())));
+  EXPECT_TRUE(error->retryable());
+  // A holder that lets go in time.
+  options.lock_wait = absl::Seconds(30);
+  FakeParent waited(options, Accept);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  held->Release();
+  EXPECT_EQ(waited.Wait(), kStageChildOk);
+}
+
+TEST_F(StageChildTest, AMissingShardIsNotRetryable) {
+  const std::string assignment = WriteAssignment(0);
+  v1::Assignment a;
+  ASSERT_TRUE(
+      google::protobuf::util::JsonStringToMessage(ReadFileToString(assignment).value(), &a).ok());
+  const std::string shard = a.data().shards(0).path();
+  ASSERT_TRUE(fs::remove(root_ / "data" / shard));
+  FakeParent parent(Options(assignment), Accept);
+  EXPECT_EQ(parent.Wait(), kStageChildFailed);
+  std::optional<v1::StageError> error = ErrorOf(parent.events());
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(error->code(), "NOT_FOUND");
+  EXPECT_THAT(error->message(), HasSubstr(shard));
+  EXPECT_FALSE(error->retryable());
+}
+
+TEST_F(StageChildTest, AChangedManifestIsNotRetryable) {
+  const std::string assignment = WriteAssignment(0);
+  const std::string manifest = ReadFileToString(data_.manifest_path).value();
+  ASSERT_TRUE(WriteFileAtomically(data_.manifest_path, manifest + "\n").ok());
+  FakeParent parent(Options(assignment), Accept);
+  EXPECT_EQ(parent.Wait(), kStageChildFailed);
+  std::optional<v1::StageError> error = ErrorOf(parent.events());
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(error->code(), "FAILED_PRECONDITION");
+  EXPECT_THAT(error->message(), HasSubstr("changed since the job was scheduled"));
+  EXPECT_FALSE(error->retryable());
+}
+
+TEST_F(StageChildTest, AResumeCheckpointUnlikeTheCommittedOneIsDataLoss) {
+  v1::Checkpoint committed = Committed(RunStageZero());
+  ASSERT_GT(committed.files_size(), 0);
+  committed.mutable_files(0)->set_sha256(std::string(64, '0'));
+  FakeParent parent(Options(WriteAssignment(1, &committed)), Accept);
+  EXPECT_EQ(parent.Wait(), kStageChildFailed);
+  std::optional<v1::StageError> error = ErrorOf(parent.events());
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(error->code(), "DATA_LOSS");
+  EXPECT_THAT(error->message(), HasSubstr(committed.files(0).path()));
+}
+
+TEST_F(StageChildTest, BadAssignmentFilesAreUsageErrors) {
+  FakeParent missing(Options((root_ / "nope.json").string()), Accept);
+  EXPECT_EQ(missing.Wait(), kStageChildUsage);
+  std::optional<v1::StageError> error = ErrorOf(missing.events());
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(error->code(), "NOT_FOUND");
+  EXPECT_FALSE(error->retryable());
+
+  ASSERT_TRUE(WriteFileAtomically((root_ / "bad.json").string(), "{\"job\": 3, ").ok());
+  FakeParent bad(Options((root_ / "bad.json").string()), Accept);
+  EXPECT_EQ(bad.Wait(), kStageChildUsage);
+  error = ErrorOf(bad.events());
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(error->code(), "INVALID_ARGUMENT");
+  EXPECT_THAT(error->message(), HasSubstr("bad.json"));
+
+  // A well-formed assignment that does not fit its spec: steps that do not end the stage.
+  const std::string path = WriteAssignment(0);
+  v1::Assignment a;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(ReadFileToString(path).value(), &a).ok());
+  a.set_end_step(3);
+  ASSERT_TRUE(WriteFileAtomically(path, ToJson(a)).ok());
+  FakeParent short_stage(Options(path), Accept);
+  EXPECT_EQ(short_stage.Wait(), kStageChildFailed);
+  error = ErrorOf(short_stage.events());
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(error->code(), "INVALID_ARGUMENT");
+  EXPECT_FALSE(error->retryable());
+}
+
+}  // namespace
+}  // namespace qtrain::worker
