@@ -40,6 +40,7 @@ void CheckSpecBounds(const v1::JobSpec& spec, std::vector<std::string>& problems
     check(spec.model().init_from(), kMaxPathBytes, "spec.model.init_from");
   }
   check(spec.model().preset(), kMaxShortStringBytes, "spec.model.preset");
+  check(spec.name(), kMaxShortStringBytes, "spec.name");
   if (spec.labels_size() > kMaxLabels) {
     problems.push_back(absl::StrCat("spec.labels: at most ", kMaxLabels, " labels"));
   }

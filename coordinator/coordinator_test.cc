@@ -68,6 +68,14 @@ TEST(CoordinatorTest, CreateJobIsIdempotentAcrossRestarts) {
   *bad.mutable_spec() = unnamed;
   bad.set_request_id("req-3");
   EXPECT_EQ(h.c().CreateJob(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  // Strings that are not UTF-8 could not be read back from the store.
+  v1::CreateJobRequest binary;
+  *binary.mutable_spec() = TestSpec();
+  binary.mutable_spec()->set_tokenizer("/data/\xff\xfe.json");
+  binary.set_request_id("req-4");
+  auto refused = h.c().CreateJob(binary);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(refused.status().message(), HasSubstr("spec.tokenizer: not valid UTF-8"));
 }
 
 TEST(CoordinatorTest, GetAndCancelCheckNames) {
@@ -747,6 +755,32 @@ TEST(CoordinatorTest, DrainingWorkerFinishesAndGetsNothingNew) {
   list = h.c().ListWorkers(v1::ListWorkersRequest());
   EXPECT_EQ(list->workers(0).state(), v1::WORKER_STATE_DRAINING);
   EXPECT_TRUE(list->workers(0).job().empty());
+}
+
+}  // namespace
+}  // namespace qtrain::coordinator
+
+namespace qtrain::coordinator {
+namespace {
+
+TEST(NamesTest, Utf8AndNames) {
+  EXPECT_TRUE(IsValidUtf8("plain"));
+  EXPECT_TRUE(IsValidUtf8("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"));
+  EXPECT_FALSE(IsValidUtf8("\xff"));
+  EXPECT_FALSE(IsValidUtf8("\xc3"));              // truncated
+  EXPECT_FALSE(IsValidUtf8("\xc0\xaf"));          // overlong
+  EXPECT_FALSE(IsValidUtf8("\xed\xa0\x80"));      // surrogate
+  EXPECT_FALSE(IsValidUtf8("\xf4\x90\x80\x80"));  // past U+10FFFF
+  EXPECT_EQ(*ParseJobName("jobs/a.b-1", "name"), "a.b-1");
+  EXPECT_FALSE(ParseJobName("jobs/", "name").ok());
+  EXPECT_FALSE(ParseJobName("jobs/..", "name").ok());
+  EXPECT_FALSE(ParseJobName("workers/a", "name").ok());
+  EXPECT_EQ(*ParseWorkerName("a-1", "worker"), "a-1");
+  EXPECT_EQ(*ParseWorkerName("workers/a-1", "worker"), "a-1");
+  EXPECT_EQ(SanitizeWorkerPrefix("Node_07.Example.COM"), "node-07-example-com");
+  EXPECT_EQ(SanitizeWorkerPrefix("__"), "worker");
+  EXPECT_EQ(*DecodePageToken(EncodePageToken("jobs", 17), "jobs", "t"), 17);
+  EXPECT_FALSE(DecodePageToken(EncodePageToken("workers", 17), "jobs", "t").ok());
 }
 
 }  // namespace

@@ -18,8 +18,8 @@ inline constexpr size_t kMaxMessageBytes = 64 << 10;  // failure messages
 inline constexpr size_t kMaxPathBytes = 4096;
 inline constexpr int kMaxLabels = 64;
 inline constexpr size_t kMaxLabelBytes = 256;
-inline constexpr int kMaxRepeated = 1024;  // device names, list filters
-inline constexpr int kMaxCheckpointFiles = 100000;
+inline constexpr int kMaxRepeated = 1024;          // device names, list filters
+inline constexpr int kMaxCheckpointFiles = 10000;  // a stored checkpoint stays far below 16 MiB
 inline constexpr size_t kMaxKeyBytes = 512;
 inline constexpr size_t kMaxValueBytes = 1 << 20;
 inline constexpr int kMaxKeysPerRound = 10000;
@@ -40,7 +40,11 @@ std::string CheckpointDirName(int64_t step);
 // A hostname (or --name) made into an id prefix: [a-z0-9-], no leading/trailing '-'.
 std::string SanitizeWorkerPrefix(absl::string_view name);
 
-// INVALID_ARGUMENT "<field>: at most N bytes" when too long.
+// True when `text` is well-formed UTF-8 (protobuf refuses to parse strings that are not: a
+// stored job holding one could not be loaded again).
+bool IsValidUtf8(absl::string_view text);
+
+// INVALID_ARGUMENT "<field>: at most N bytes" when too long (or not UTF-8).
 absl::Status CheckLength(absl::string_view value, size_t max, absl::string_view field);
 
 // Opaque page tokens holding a position.

@@ -16,7 +16,10 @@ absl::Status CheckKey(absl::string_view key) {
 
 absl::Status Coordinator::PutKey(const v1::PutKeyRequest& request) {
   QTRAIN_RETURN_IF_ERROR(CheckKey(request.key()));
-  QTRAIN_RETURN_IF_ERROR(CheckLength(request.value(), kMaxValueBytes, "value"));
+  if (request.value().size() > kMaxValueBytes) {  // bytes: any content
+    return absl::InvalidArgumentError(absl::StrCat("value: at most ", kMaxValueBytes,
+                                                   " bytes (got ", request.value().size(), ")"));
+  }
   {
     absl::MutexLock lock(&mu_);
     QTRAIN_ASSIGN_OR_RETURN(JobRecord * record, FindRoundLocked(request.worker(), request.job(),

@@ -1,4 +1,4 @@
-// One helper for every unary callback handler: the realm check, the call, the status.
+// Every unary callback handler in one function: the realm check, the call, the status.
 #ifndef QTRAIN_COORDINATOR_UNARY_H_
 #define QTRAIN_COORDINATOR_UNARY_H_
 
