@@ -3,6 +3,8 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "coordinator/coordinator_test_util.h"
@@ -316,6 +318,69 @@ TEST_F(ServiceTest, JobsSurviveARestart) {
   v1::Job got;
   ASSERT_TRUE(jobs_->GetJob(Context().get(), get, &got).ok());
   EXPECT_EQ(got.state(), v1::JOB_STATE_QUEUED);
+}
+
+}  // namespace
+}  // namespace qtrain::coordinator
+
+namespace qtrain::coordinator {
+namespace {
+
+TEST_F(ServiceTest, ManyWatchersEachSeeEveryEventOnceInOrder) {
+  Start();
+  const std::string job = Create("many");
+  Coordinator& core = *server_->coordinator();
+  v1::RegisterWorkerRequest reg;
+  reg.set_hostname("w");
+  auto registered = core.RegisterWorker(reg);
+  ASSERT_TRUE(registered.ok());
+  const std::string worker = registered->worker().name();
+  v1::HeartbeatRequest beat;
+  beat.set_worker(worker);
+  v1::Assignment assignment;
+  for (int i = 0; i < 10 && !assignment.has_spec(); ++i) {
+    auto r = core.Heartbeat(beat);
+    ASSERT_TRUE(r.ok());
+    if (r->directive().has_assign()) assignment = r->directive().assign();
+  }
+  ASSERT_TRUE(assignment.has_spec());
+  constexpr int kWatchers = 12;
+  std::vector<std::vector<int64_t>> seen(kWatchers);
+  std::vector<grpc::Status> statuses(kWatchers);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kWatchers; ++i) {
+    threads.emplace_back([&, i] {
+      v1::WatchJobRequest watch;
+      watch.set_name(job);
+      watch.set_include_step_metrics(true);
+      grpc::ClientContext context;
+      context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+      auto reader = jobs_->WatchJob(&context, watch);
+      seen[i] = ReadAll(*reader, &statuses[i]);
+    });
+  }
+  // Steps (one StepMetrics event each) while the watchers replay and follow.
+  beat.set_phase(v1::WORKER_PHASE_TRAINING);
+  for (int step = 1; step <= 200; ++step) {
+    *beat.mutable_progress() = testing::Harness::Progress(assignment, step);
+    ASSERT_TRUE(core.Heartbeat(beat).ok());
+  }
+  v1::CancelJobRequest cancel;
+  cancel.set_name(job);
+  ASSERT_TRUE(core.CancelJob(cancel).ok());
+  beat.set_phase(v1::WORKER_PHASE_STOPPED);
+  ASSERT_TRUE(core.Heartbeat(beat).ok());
+  for (auto& t : threads) t.join();
+  auto events = core.ReadEvents(job, 0, 100000, true);
+  ASSERT_TRUE(events.ok());
+  ASSERT_TRUE(events->ended);
+  const int64_t last = events->events.back().sequence();
+  EXPECT_GT(last, 200);
+  for (int i = 0; i < kWatchers; ++i) {
+    EXPECT_TRUE(statuses[i].ok()) << statuses[i].error_message();
+    ASSERT_EQ(static_cast<int64_t>(seen[i].size()), last) << "watcher " << i;
+    for (int64_t k = 0; k < last; ++k) ASSERT_EQ(seen[i][k], k + 1) << "watcher " << i;
+  }
 }
 
 }  // namespace

@@ -74,9 +74,10 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent>,
       absl::MutexLock lock(&mu_);
       if (finished_ || writing_) return;
       if (buffer_.empty()) {
+        const int64_t after = last_read_;
         mu_.Unlock();
         absl::StatusOr<Coordinator::EventPage> page =
-            coordinator_->ReadEvents(job_, last_read_, kReadBatch, include_steps_);
+            coordinator_->ReadEvents(job_, after, kReadBatch, include_steps_);
         mu_.Lock();
         if (finished_ || writing_) return;
         if (!page.ok()) {
