@@ -30,6 +30,7 @@ CoordinatorLink::CoordinatorLink(RpcClient client, const WorkDir* work_dir, Link
 CoordinatorLink::~CoordinatorLink() { Stop(); }
 
 void CoordinatorLink::Start() {
+  QTRAIN_LOG(INFO) << "connecting to the coordinator at " << client_.address();
   thread_ = std::thread([this] { Run(); });
 }
 
@@ -184,6 +185,7 @@ void CoordinatorLink::Run() {
       NoteNotFound(status);
       broken_ = true;
     }
+    if (stopping()) break;  // the error is the cancellation
     const absl::Duration wait = backoff.Next();
     QTRAIN_LOG(DEBUG) << what << status.message() << "; next attempt in "
                       << absl::FormatDuration(wait);

@@ -15,6 +15,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "common/file_util.h"
 #include "common/logging.h"
@@ -46,6 +47,23 @@ bool IsStaleRound(const absl::Status& status) {
   return absl::IsFailedPrecondition(status) &&
          (absl::StrContains(status.message(), "is over") ||
           absl::StrContains(status.message(), "current round"));
+}
+
+// What makes an assignment impossible to run, if anything (the coordinator's fields).
+std::optional<std::string> AssignmentProblem(const v1::Assignment& a) {
+  const absl::string_view id = absl::StripPrefix(a.job(), "jobs/");
+  if (!absl::StartsWith(a.job(), "jobs/") || id.empty() || absl::StrContains(id, "/")) {
+    return absl::StrCat("job: '", a.job(), "' is not a job name (jobs/ID)");
+  }
+  if (a.world_size() < 1) return absl::StrCat("world_size: ", a.world_size(), " is not >= 1");
+  if (a.rank() < 0 || a.rank() >= a.world_size()) {
+    return absl::StrCat("rank: ", a.rank(), " is not in [0, ", a.world_size(), ")");
+  }
+  if (a.round() < 1) return absl::StrCat("round: ", a.round(), " is not >= 1");
+  if (a.start_step() < 0 || a.end_step() <= a.start_step()) {
+    return absl::StrCat("steps: [", a.start_step(), ", ", a.end_step(), ") is empty");
+  }
+  return std::nullopt;
 }
 
 v1::WorkerProgress BaseProgress(const v1::Assignment& a) {
@@ -328,6 +346,13 @@ class WorkerDaemon::Impl {
     run_ = RunState{.generation = ++live_generation_};
     progress_ = BaseProgress(a);
     heartbeat_now_ = true;
+    if (std::optional<std::string> problem = AssignmentProblem(a)) {
+      QTRAIN_LOG(ERROR) << "refusing the assignment of " << Describe(a) << ": " << *problem;
+      phase_ = v1::WORKER_PHASE_STOPPED;
+      ReportFailure(a, "INVALID_ARGUMENT", absl::StrCat("invalid assignment: ", *problem),
+                    /*retryable=*/false, /*drained=*/false, run_.generation);
+      return;
+    }
     StageRunnerOptions runner_options{.command = options_.child_command,
                                       .threads = options_.threads,
                                       .parent_timeout = ParentTimeout(),

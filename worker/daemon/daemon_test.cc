@@ -342,6 +342,20 @@ TEST_F(DaemonTest, ForwardsTheChildsError) {
   });
 }
 
+TEST_F(DaemonTest, RefusesAnAssignmentThatCannotRun) {
+  StartDaemon(Options(WriteChild(kGoodChild)));
+  v1::Directive bad = AssignDirective("jobs/b-1", 1);
+  bad.mutable_assign()->set_rank(3);  // of a world of 1
+  fake_->Send(bad);
+  ASSERT_TRUE(fake_->WaitFor([](FakeCoordinator& f) { return !f.failures_.empty(); }));
+  fake_->Read([](FakeCoordinator& f) {
+    EXPECT_EQ(f.failures_[0].code(), "INVALID_ARGUMENT");
+    EXPECT_FALSE(f.failures_[0].retryable());
+    EXPECT_THAT(f.failures_[0].message(), HasSubstr("rank: 3 is not in [0, 1)"));
+  });
+  EXPECT_FALSE(std::filesystem::exists(root_ + "/child/child.pid"));
+}
+
 TEST_F(DaemonTest, StopsTheChildWhenItsRoundIsOver) {
   fake_->FailCommits(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                                   "round 1 of jobs/s-1 is over; the current round is 2"));

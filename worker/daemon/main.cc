@@ -4,6 +4,8 @@
 // after every optimizer step, so that tests can act while a stage is running.
 #include <signal.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -25,6 +27,7 @@
 namespace {
 
 constexpr int kMaxThreads = 4096;
+constexpr size_t kMaxNameBytes = 100;
 constexpr double kMaxDrainSeconds = 1e7;
 constexpr int64_t kMaxParentTimeoutMs = int64_t{24} * 3600 * 1000;
 
@@ -181,6 +184,15 @@ int main(int argc, char** argv) {
     }
     if (daemon.work_dir.empty()) {
       std::fprintf(stderr, "qtrain-worker: --work-dir DIR is required\n");
+      return 2;
+    }
+    if (!daemon.name.empty() && (daemon.name.size() > kMaxNameBytes ||
+                                 std::none_of(daemon.name.begin(), daemon.name.end(),
+                                              [](unsigned char c) { return std::isalnum(c); }))) {
+      std::fprintf(stderr,
+                   "qtrain-worker: --name: '%s' cannot name a worker (give up to %zu characters "
+                   "with letters or digits)\n",
+                   daemon.name.substr(0, kMaxNameBytes).c_str(), kMaxNameBytes);
       return 2;
     }
     if (!(daemon.drain_timeout_seconds >= 0)) {  // NaN passes the range check

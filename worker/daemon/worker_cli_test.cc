@@ -152,6 +152,8 @@ TEST_F(WorkerCliTest, RefusesBadFlags) {
       Run({"--coordinator", "127.0.0.1:1", "--work-dir", dir, "--tls-ca", root_ + "/missing.pem"}),
       "missing.pem");
   EXPECT_CLEAN_FAILURE(Run({"--coordinator", "no-port", "--work-dir", dir}), "no-port");
+  EXPECT_CLEAN_FAILURE(Run({"--coordinator", "127.0.0.1:1", "--work-dir", dir, "--name", "!!"}),
+                       "--name");
   EXPECT_CLEAN_FAILURE(Run({"train-stage"}), "--assignment");
   EXPECT_CLEAN_FAILURE(Run({"train-stage", "--assignment", "a.json", "--parent-timeout-ms", "0"}),
                        "--parent-timeout-ms");
