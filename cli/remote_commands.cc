@@ -23,6 +23,9 @@
 namespace qtrain::cli {
 namespace {
 
+// How long `watch` (and `submit --watch`) keeps reconnecting to an unreachable coordinator.
+constexpr double kDefaultReconnectSeconds = 60;
+
 absl::Status Print(const google::protobuf::Message& message, OutputFormat format,
                    const std::string& table) {
   QTRAIN_ASSIGN_OR_RETURN(const std::string text, Render(message, format, table));
@@ -72,7 +75,8 @@ absl::StatusOr<int> RunSubmit(const RemoteFlags& flags, const SubmitArgs& args) 
     }
     return 0;
   }
-  return RunWatch(client, job.name(), format == OutputFormat::kJson, false, 60);
+  return RunWatch(client, job.name(), format == OutputFormat::kJson, /*include_steps=*/false,
+                  kDefaultReconnectSeconds);
 }
 
 struct ListArgs {
@@ -216,7 +220,7 @@ void AddRemoteCommands(CLI::App& app, CommandSelection& selection) {
     auto job = std::make_shared<std::string>();
     auto include_steps = std::make_shared<bool>(false);
     auto output = std::make_shared<std::string>("table");
-    auto reconnect = std::make_shared<double>(60);
+    auto reconnect = std::make_shared<double>(kDefaultReconnectSeconds);
     CLI::App* cmd = AddRemoteSubcommand(
         app, "watch",
         "Follow a job's events until it ends; exit 0 SUCCEEDED, 1 FAILED, 2 CANCELLED");

@@ -173,8 +173,16 @@ class Watcher {
     stub_ = v1::JobService::NewStub(client_.channel());
   }
 
+  // After "lost the event stream": says so once the coordinator answers again.
+  void AnnounceReconnected() {
+    if (!announced_) return;
+    std::fprintf(stderr, "qtrain: reconnected to %s\n", client_.address().c_str());
+    announced_ = false;
+  }
+
   RpcClient client_;
   ChannelOptions channel_;
+  bool announced_ = false;  // the loss of the stream was reported
   std::unique_ptr<v1::JobService::Stub> stub_;
   std::string job_;
   WatchOptions options_;
@@ -219,6 +227,7 @@ std::optional<int> Watcher::ReadStream(grpc::Status* status, bool* got_events) {
   v1::JobEvent event;
   while (reader->Read(&event)) {
     *got_events = true;
+    AnnounceReconnected();
     if (event.sequence() <= last_sequence_) continue;  // already seen before a reconnect
     last_sequence_ = event.sequence();
     code = Handle(event);
@@ -240,7 +249,6 @@ absl::StatusOr<int> Watcher::Run() {
   }
   absl::Time outage_start = absl::InfiniteFuture();
   absl::Duration backoff = absl::Milliseconds(100);
-  bool announced = false;
   while (true) {
     if (Cancelled()) return absl::CancelledError("the watch was interrupted");
     grpc::Status status;
@@ -269,10 +277,7 @@ absl::StatusOr<int> Watcher::Run() {
         return ExitCodeForState(now->state());
       }
       outage_start = absl::InfiniteFuture();
-      if (announced) {
-        std::fprintf(stderr, "qtrain: reconnected to %s\n", client_.address().c_str());
-        announced = false;
-      }
+      AnnounceReconnected();
     } else {
       QTRAIN_LOG(DEBUG) << "watch: " << job_ << ": " << now.status().message();
       if (!absl::IsUnavailable(now.status()) && !absl::IsDeadlineExceeded(now.status())) {
@@ -288,10 +293,10 @@ absl::StatusOr<int> Watcher::Run() {
                          HumanDuration(options_.reconnect_timeout), " without the coordinator"));
       }
       NewChannel();
-      if (!announced) {
+      if (!announced_) {
         std::fprintf(stderr, "qtrain: lost the event stream of %s (%s); reconnecting\n",
                      job_.c_str(), std::string(now.status().message()).c_str());
-        announced = true;
+        announced_ = true;
       }
     }
     Sleep(backoff);
