@@ -392,8 +392,10 @@ TEST_F(ServiceTest, TwoStageJobEndsWithTheBytesOfLocalTraining) {
 }
 
 TEST_F(ServiceTest, CoordinatorKilledMidStageRestartsWithTheJob) {
-  // A lease long enough for the worker to reconnect on a busy machine: the round must survive.
-  ASSERT_NO_FATAL_FAILURE(StartCoordinator(/*lease_seconds=*/20));
+  // Down for longer than a lease: the restarted coordinator gives each worker a fresh lease from
+  // its start, so the live round survives when the worker reconnects.
+  constexpr double kLeaseSeconds = 4;
+  ASSERT_NO_FATAL_FAILURE(StartCoordinator(kLeaseSeconds));
   ASSERT_NE(StartWorker("alpha", kSlowStepMs), nullptr);
   const fs::path spec = WriteSpec("job.yaml", "durable");
   absl::StatusOr<json> submitted = Submit(spec, "durable-request");
@@ -406,7 +408,7 @@ TEST_F(ServiceTest, CoordinatorKilledMidStageRestartsWithTheJob) {
   absl::StatusOr<json> mid = WaitForJob(id, MidStageAfterCheckpoint);
   ASSERT_OK(mid);
   coordinator_->Kill();
-  absl::SleepFor(absl::Milliseconds(500));  // the worker notices and keeps training
+  absl::SleepFor(absl::Seconds(kLeaseSeconds + 1));  // the worker keeps training meanwhile
   ASSERT_OK(coordinator_->Restart());
 
   absl::StatusOr<json> done = WaitForEnd(id);
