@@ -26,7 +26,6 @@ namespace {
 
 // How long a statement waits for a lock another connection holds before failing UNAVAILABLE.
 constexpr int kBusyTimeoutMs = 5000;
-constexpr absl::string_view kNextJobNumberKey = "next_job_number";
 
 struct DbCloser {
   void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
