@@ -31,10 +31,16 @@ void HoldClosedStandardDescriptors() {
   }
 }
 
+// Run from the executable's .preinit_array, before the initializers of the shared libraries:
+// libgrpc opens an eventfd in its own, which would otherwise take a closed descriptor 0.
+void HoldClosedStandardDescriptorsAtLoad(int, char**, char**) { HoldClosedStandardDescriptors(); }
+[[gnu::section(".preinit_array"), gnu::used]] void (*hold_standard_descriptors)(int, char**,
+                                                                               char**) =
+    &HoldClosedStandardDescriptorsAtLoad;
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  HoldClosedStandardDescriptors();
   qtrain::ConfigureRuntimeEnvironment(argv);
   // A closed stdout pipe (`qtrain encode ... | head -1`) is then a write error (EPIPE) that the
   // command reports, instead of a signal that kills it without a word.

@@ -54,7 +54,9 @@ CliResult RunCli(const std::vector<std::string>& args, const std::filesystem::pa
     return result;
   }
   if (pid == 0) {
-    // Only async-signal-safe calls between fork and exec.
+    // Only async-signal-safe calls between fork and exec. Its own process group, so that a
+    // timeout also ends what it started (a shell's commands).
+    ::setpgid(0, 0);
     const int log_fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     int out_fd = log_fd;
     if (!out.empty()) out_fd = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -81,6 +83,7 @@ CliResult RunCli(const std::vector<std::string>& args, const std::filesystem::pa
     if (done < 0 && errno != EINTR) break;
     if (std::chrono::steady_clock::now() > deadline) {
       result.timed_out = true;
+      ::kill(-pid, SIGKILL);
       ::kill(pid, SIGKILL);
       ::waitpid(pid, &status, 0);
       break;
