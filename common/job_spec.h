@@ -62,6 +62,11 @@ struct ModelLimits {
 // under `model`.
 using ModelResolver = std::function<absl::StatusOr<ModelLimits>(const v1::ModelSpec&)>;
 
+// The largest group the trainer trains today: data-parallel training across several workers is
+// not built yet, so the coordinator forms groups of at most this many ranks when a spec allows
+// more (the result does not depend on the worker count), and the trainer refuses larger ones.
+inline constexpr int64_t kMaxTrainableWorldSize = 1;
+
 struct JobSpecOptions {
   ModelResolver resolve_model;  // optional
 };

@@ -45,6 +45,10 @@ struct CoordinatorOptions {
   std::string run_root;    // job run directories: <run_root>/<ID>
   absl::Duration lease = absl::Seconds(10);
   absl::Duration settle = absl::Seconds(1);
+  // Groups have at most this many ranks, whatever world.max_workers allows (0: no cap; the
+  // binary uses kMaxTrainableWorldSize). A job whose min_workers is larger still forms, and
+  // its workers report why they cannot train it.
+  int64_t max_group_size = 0;
   Clock clock;            // default: absl::Now
   DataPlanner plan_data;  // required; DefaultDataPlanner() in shard_plan.h
 };

@@ -215,6 +215,36 @@ TEST(CoordinatorTest, RunsStagesToSuccess) {
   EXPECT_TRUE(page->ended);
 }
 
+// While the trainer trains one rank per job, a spec that allows more runs on one worker (its
+// result does not depend on the worker count); one that needs more still forms, and its
+// workers say why they cannot train it.
+TEST(CoordinatorTest, GroupsAreCappedAtTheTrainableWorldSize) {
+  Harness h("cap");
+  h.max_group_size = 1;
+  h.Reopen();
+  v1::JobSpec spec = TestSpec();
+  spec.mutable_world()->set_min_workers(1);
+  spec.mutable_world()->set_max_workers(2);
+  h.Submit(spec, "capped");
+  const std::string w0 = h.Register("w");
+  const std::string w1 = h.Register("w");
+  h.Advance(absl::Seconds(5));  // past the settle window
+  auto a0 = h.TakeAssignment(w0);
+  ASSERT_TRUE(a0);
+  EXPECT_EQ(a0->world_size(), 1);
+  EXPECT_FALSE(h.TakeAssignment(w1));
+
+  v1::JobSpec wide = TestSpec();
+  wide.mutable_world()->set_min_workers(2);
+  wide.mutable_world()->set_max_workers(2);
+  h.Submit(wide, "wide");
+  const std::string w2 = h.Register("w");
+  h.Advance(absl::Seconds(1));
+  auto b = h.TakeAssignment(w1);
+  ASSERT_TRUE(b);
+  EXPECT_EQ(b->world_size(), 2);
+}
+
 TEST(CoordinatorTest, CheckpointCommitsWhenEveryRankReported) {
   Harness h("ranks");
   v1::JobSpec spec = TestSpec();

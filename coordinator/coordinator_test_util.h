@@ -64,6 +64,7 @@ class Harness {
     options.run_root = run_root();
     options.lease = lease_;
     options.settle = settle_;
+    options.max_group_size = max_group_size;
     options.clock = [this] { return now_; };
     options.plan_data = [](const v1::JobSpec& spec, int stage, int64_t start, int64_t end, int rank,
                            int world) -> absl::StatusOr<v1::DataAssignment> {
@@ -81,6 +82,9 @@ class Harness {
     ASSERT_TRUE(c.ok()) << c.status();
     c_ = *std::move(c);
   }
+  // CoordinatorOptions::max_group_size of the next Open()/Reopen().
+  int64_t max_group_size = 0;
+
   // A coordinator restart on the same state.
   void Reopen() {
     c_.reset();

@@ -43,8 +43,9 @@ void Coordinator::ScheduleLocked() {
     const v1::WorldSpec& world = record.job.spec().world();
     const v1::DeviceKind device = Normalize(world.device());
     const size_t min_workers = static_cast<size_t>(std::max<int64_t>(1, world.min_workers()));
-    const size_t max_workers =
-        std::max(min_workers, static_cast<size_t>(std::max<int64_t>(1, world.max_workers())));
+    int64_t allowed = std::max<int64_t>(1, world.max_workers());
+    if (options_.max_group_size > 0) allowed = std::min(allowed, options_.max_group_size);
+    const size_t max_workers = std::max(min_workers, static_cast<size_t>(allowed));
     auto usable = [&](const WorkerRecord& w) {
       return w.worker.state() == v1::WORKER_STATE_IDLE && !w.draining &&
              Normalize(w.worker.device()) == device && taken.count(&w) == 0;

@@ -96,7 +96,7 @@ absl::Status CheckGroup(const v1::JobSpec& spec, const TrainerOptions& options) 
     return absl::InvalidArgumentError(
         absl::StrCat("trainer: rank ", options.rank, " of ", options.world_size, " workers"));
   }
-  if (options.world_size > 1) {
+  if (options.world_size > kMaxTrainableWorldSize) {
     return absl::UnimplementedError(absl::StrCat(
         "data-parallel training across ", options.world_size, " workers is not available yet"));
   }
