@@ -34,9 +34,9 @@ void HoldClosedStandardDescriptors() {
 // Run from the executable's .preinit_array, before the initializers of the shared libraries:
 // libgrpc opens an eventfd in its own, which would otherwise take a closed descriptor 0.
 void HoldClosedStandardDescriptorsAtLoad(int, char**, char**) { HoldClosedStandardDescriptors(); }
-[[gnu::section(".preinit_array"), gnu::used]] void (*hold_standard_descriptors)(int, char**,
-                                                                               char**) =
-    &HoldClosedStandardDescriptorsAtLoad;
+[[gnu::section(".preinit_array"),
+  gnu::used]] void (*hold_standard_descriptors)(int, char**,
+                                                char**) = &HoldClosedStandardDescriptorsAtLoad;
 
 }  // namespace
 

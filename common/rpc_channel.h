@@ -20,10 +20,10 @@
 namespace qtrain {
 
 struct ChannelOptions {
-  std::string address;          // HOST:PORT
-  std::string token_file;       // bearer token sent on every call (optional)
-  std::string tls_ca;           // PEM of the CA that signed the server's cert: use TLS
-  std::string tls_cert;         // PEM client certificate and key (mTLS), with tls_ca
+  std::string address;     // HOST:PORT
+  std::string token_file;  // bearer token sent on every call (optional)
+  std::string tls_ca;      // PEM of the CA that signed the server's cert: use TLS
+  std::string tls_cert;    // PEM client certificate and key (mTLS), with tls_ca
   std::string tls_key;
   std::string tls_server_name;  // override the name checked in the server's certificate
   int max_message_bytes = 64 << 20;

@@ -48,7 +48,7 @@ struct ServerSecurityOptions {
   std::string cluster_token_file;  // workers (WorkerService)
   std::string tls_cert;            // PEM; with tls_key: serve TLS
   std::string tls_key;
-  std::string tls_client_ca;       // PEM; require and verify client certificates
+  std::string tls_client_ca;  // PEM; require and verify client certificates
 };
 
 // Which token an RPC needs.

@@ -7,11 +7,9 @@
 // only events are read back on demand (WatchJob replay). Rows hold the protos as binary blobs
 // plus the columns that are queried.
 //
-//   QTRAIN_ASSIGN_OR_RETURN(std::unique_ptr<Store> store, Store::Open(state_dir + "/coordinator.db"));
-//   QTRAIN_ASSIGN_OR_RETURN(StoredState state, store->LoadState());
-//   StoreBatch batch;
-//   batch.PutJob(job);
-//   batch.AppendEvent(event);
+//   QTRAIN_ASSIGN_OR_RETURN(std::unique_ptr<Store> store, Store::Open(state_dir +
+//   "/coordinator.db")); QTRAIN_ASSIGN_OR_RETURN(StoredState state, store->LoadState()); StoreBatch
+//   batch; batch.PutJob(job); batch.AppendEvent(event);
 //   QTRAIN_RETURN_IF_ERROR(store->Commit(batch));   // durable when this returns
 //
 // Schema versions: PRAGMA user_version; Open() applies every migration above the file's
@@ -94,9 +92,8 @@ class Store {
 
   // Up to `limit` events of `job` with sequence > after_sequence, in sequence order. With
   // `include_step_metrics` false, step_metrics events are left out.
-  absl::StatusOr<std::vector<v1::JobEvent>> ReadEvents(std::string_view job,
-                                                       int64_t after_sequence, int limit,
-                                                       bool include_step_metrics);
+  absl::StatusOr<std::vector<v1::JobEvent>> ReadEvents(std::string_view job, int64_t after_sequence,
+                                                       int limit, bool include_step_metrics);
 
   struct Impl;
 

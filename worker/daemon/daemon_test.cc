@@ -528,7 +528,8 @@ TEST_F(DaemonTest, RefusesCudaWithoutCuda) {
   options.device = v1::DEVICE_KIND_CUDA;
   absl::StatusOr<std::unique_ptr<WorkerDaemon>> daemon = WorkerDaemon::Start(options);
   ASSERT_FALSE(daemon.ok());
-  EXPECT_THAT(daemon.status().ToString(), HasSubstr("--device cuda: this qtrain-worker has no CUDA"));
+  EXPECT_THAT(daemon.status().ToString(),
+              HasSubstr("--device cuda: this qtrain-worker has no CUDA"));
 }
 
 }  // namespace
