@@ -35,7 +35,6 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr absl::Duration kStartTimeout = absl::Seconds(60);
-constexpr absl::Duration kStopGrace = absl::Seconds(5);
 // After Ctrl-C the job is cancelled; this long is given to see it CANCELLED before stopping.
 constexpr absl::Duration kCancelGrace = absl::Seconds(5);
 constexpr int kLogTailLines = 20;

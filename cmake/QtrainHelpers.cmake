@@ -66,6 +66,9 @@ function(qtrain_cc_test)
     WORKING_DIRECTORY ${PROJECT_SOURCE_DIR}
     PROPERTIES LABELS "${Q_LABELS}" TIMEOUT ${Q_TIMEOUT})
   add_dependencies(qtrain_all_tests ${Q_NAME})
+  if("unit" IN_LIST Q_LABELS)
+    add_dependencies(qtrain_unit_tests ${Q_NAME})
+  endif()
 endfunction()
 
 # Registers test binary NAME's tests once more, prefixed "portable/", with the CPU kernels'
