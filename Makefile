@@ -46,6 +46,7 @@ asan: setup
 	  -DQTRAIN_SANITIZE=$(SANITIZERS) -DQTRAIN_CUDA=OFF -DQTRAIN_BUILD_BENCH=OFF $(CMAKE_FLAGS)
 	cmake --build $(BUILD)/asan --target qtrain_unit_tests -j $(JOBS)
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp \
 	  ctest --test-dir $(BUILD)/asan -L unit --output-on-failure -j $(JOBS)
 
 demo: build
