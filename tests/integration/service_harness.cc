@@ -90,8 +90,11 @@ std::string DescribeWaitStatus(int status) {
   return absl::StrCat("wait status ", status);
 }
 
+// Stops the process before its children are killed, so that it cannot see them end and exit on
+// its own (a shell's `wait`, a daemon reaping its child) before its own SIGKILL arrives.
 void KillTree(pid_t pid) {
-  for (const ProcessId& child : ChildrenOf(pid)) ::kill(child.pid, SIGKILL);
+  ::kill(pid, SIGSTOP);
+  for (const ProcessId& child : ChildrenOf(pid)) KillTree(child.pid);
   ::kill(pid, SIGKILL);
 }
 
