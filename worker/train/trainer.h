@@ -7,8 +7,13 @@
 // Run directory layout:
 //   qtrain.lock                      held (flock) by the process training into the directory
 //   job.json                         the spec as run
-//   checkpoints/step-NNNNNNNNNNNN/   model (transformers format), optimizer state, manifest
-//                                    (with the trainer state and the spec trained with)
+//   checkpoints/step-NNNNNNNNNNNN/   model (transformers format), the optimizer state as one
+//                                    file per rank (optimizer-RRRRR-of-WWWWW.safetensors: the
+//                                    AdamW moments of the rank's ZeRO-1 shard), manifest (with
+//                                    the trainer state, the world size, the shard layout and
+//                                    the spec trained with)
+//   checkpoints/.shards-step-N/      ranks > 0 stage their optimizer shards here; rank 0 moves
+//                                    them into the checkpoint it commits
 //   metrics.jsonl                    one JSON object per step (and per evaluation)
 //   final/                           the exported model (config.json, model.safetensors)
 //
@@ -32,6 +37,7 @@
 #include "absl/status/statusor.h"
 #include "common/run_dir_lock.h"
 #include "qtrain/v1/jobs.pb.h"
+#include "worker/comm/communicator.h"
 #include "worker/model/config.h"
 #include "worker/train/checkpoint_store.h"
 #include "worker/train/token_source.h"
@@ -53,6 +59,7 @@ struct StepReport {
   double eta_seconds = 0;
   double step_seconds = 0;
   double data_seconds = 0;  // of step_seconds, spent reading tokens
+  double comm_seconds = 0;  // of step_seconds, spent in collectives (waiting included)
   std::optional<double> eval_loss;
 };
 
@@ -85,15 +92,23 @@ struct TrainerOptions {
   // initialization, whatever the directory holds. N >= 0: from checkpoint step N exactly,
   // NOT_FOUND when it is absent, DATA_LOSS when it does not verify.
   std::optional<int64_t> resume_from_step;
-  // This process's place in a data-parallel group. world_size > 1 is UNIMPLEMENTED (at Create)
-  // until a collective backend exists.
+  // This process's place in a data-parallel group, and the group's collectives
+  // (communicator->rank() / world_size() must match). Required when world_size > 1; with
+  // world_size 1 and none given, the trainer uses a group of one. Every rank of a group runs
+  // Run() with the same spec, data and resume point. Rank 0 alone takes the run directory's
+  // lock, writes job.json, metrics.jsonl, the model files of each checkpoint and final/; every
+  // rank writes its own optimizer shard (see the checkpoint layout above). The trainer calls
+  // communicator->Abort() when it stops on an error, so that its peers fail fast.
   int rank = 0;
   int world_size = 1;
+  comm::Communicator* communicator = nullptr;
   // Asked between steps (before each one); true stops Run() with CANCELLED "training cancelled
   // at step N". Optional.
   std::function<bool()> cancelled;
-  // Called once a checkpoint is committed to disk (before retention). A non-OK status stops
-  // Run() with that status. Optional.
+  // Called on every rank once a checkpoint is committed to disk (before retention), with
+  // info.files holding only the files this rank wrote (rank 0: config.json,
+  // model.safetensors and its optimizer shard; rank r: its shard). A non-OK status stops Run()
+  // with that status. Optional.
   std::function<absl::Status(const CheckpointInfo&)> on_checkpoint;
   // Called when the trainer starts evaluating or writing a checkpoint, and when it goes back to
   // training. Optional.
