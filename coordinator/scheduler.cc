@@ -1,11 +1,13 @@
-// The scheduler: FIFO over the jobs that need a group, the settle window, group formation
-// (rounds) and the assignments sent to each rank.
+// The scheduler: FIFO over the jobs that need a group, the settle and regroup windows, group
+// formation (rounds) and the assignments sent to each rank.
 #include <algorithm>
+#include <cmath>
 #include <set>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/job_spec.h"
 #include "common/logging.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/names.h"
@@ -30,6 +32,22 @@ bool Coordinator::NeedsGroup(const JobRecord& record) const {
   }
 }
 
+bool Coordinator::WaitsForMoreWorkersLocked(JobRecord& record, absl::Time now) {
+  if (record.job.state() == v1::JOB_STATE_RESTARTING) {
+    // A lost member may be replaced: wait for one up to regroup_seconds after the failure,
+    // then continue with the workers there are (the job grows back at a stage boundary).
+    if (!record.failed_at) record.failed_at = now;
+    const v1::WorldSpec& world = record.job.spec().world();
+    const double seconds =
+        world.has_regroup_seconds() ? world.regroup_seconds() : kDefaultRegroupSeconds;
+    const absl::Duration regroup =
+        std::isfinite(seconds) && seconds > 0 ? absl::Seconds(seconds) : absl::ZeroDuration();
+    return now - *record.failed_at < regroup;
+  }
+  if (!record.settle_since) record.settle_since = now;
+  return now - *record.settle_since < options_.settle;
+}
+
 void Coordinator::ScheduleLocked() {
   const absl::Time now = Now();
   std::set<const WorkerRecord*> taken;  // formed or held by a settling job in this pass
@@ -38,6 +56,7 @@ void Coordinator::ScheduleLocked() {
     JobRecord& record = *owned;
     if (!NeedsGroup(record)) {
       record.settle_since.reset();
+      if (record.job.state() != v1::JOB_STATE_RESTARTING) record.failed_at.reset();
       continue;
     }
     const v1::WorldSpec& world = record.job.spec().world();
@@ -67,15 +86,13 @@ void Coordinator::ScheduleLocked() {
       record.settle_since.reset();
       continue;
     }
-    if (candidates.size() < max_workers) {
-      if (!record.settle_since) record.settle_since = now;
-      if (now - *record.settle_since < options_.settle) {
-        for (WorkerRecord* w : candidates) taken.insert(w);
-        continue;
-      }
+    if (candidates.size() < max_workers && WaitsForMoreWorkersLocked(record, now)) {
+      for (WorkerRecord* w : candidates) taken.insert(w);  // held while it waits
+      continue;
     }
     candidates.resize(std::min(candidates.size(), max_workers));
     record.settle_since.reset();
+    record.failed_at.reset();
     FormGroupLocked(record, candidates, batch).IgnoreError();  // a failed job is FAILED
     for (WorkerRecord* w : candidates) taken.insert(w);
   }
