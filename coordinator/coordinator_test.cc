@@ -915,6 +915,9 @@ TEST(RegroupTest, LostMemberWithAnIdleReplacementReformsAtTwoAtOnce) {
   fleet.Advance(10, {w0, spare});
   EXPECT_EQ(h.State(job), v1::JOB_STATE_RUNNING);
   fleet.Advance(1, {w0, spare});
+  EXPECT_EQ(h.State(job), v1::JOB_STATE_RESTARTING);
+  // At the next tick both have sent a heartbeat since the failure: no wait for regroup_seconds.
+  fleet.Advance(1, {w0, spare});
   const v1::Job job_now = h.Job(job);
   EXPECT_EQ(job_now.state(), v1::JOB_STATE_SCHEDULING);
   EXPECT_EQ(job_now.round(), 2);
@@ -965,6 +968,41 @@ TEST(RegroupTest, WithoutAReplacementContinuesOnOneAfterRegroupSeconds) {
   EXPECT_EQ(restarted, 1);
 }
 
+// A member killed with its daemon: its peer's collective breaks and is reported at once, while
+// the dead worker is still within its lease (IDLE once the round is released). The group
+// re-forms with the live replacement, not with the silent member.
+TEST(RegroupTest, AReportedFailureRegroupsOnlyWorkersThatBeatSinceIt) {
+  Harness h("regroup_silent");
+  Fleet fleet(h);
+  const std::string job = h.Submit(ElasticSpec(1, 30), "r");
+  const std::string w0 = h.Register("w");
+  const std::string w1 = h.Register("w");
+  StartPair(h, job, w0, w1);
+  const std::string spare = h.Register("spare");
+  fleet.Advance(2, {w0, w1, spare});
+  // w1 dies half a second after its last heartbeat; w0 reports the broken collective.
+  h.Advance(absl::Milliseconds(500));
+  v1::ReportFailureRequest failure;
+  failure.set_worker(w0);
+  failure.set_job(job);
+  failure.set_round(1);
+  failure.set_rank(0);
+  failure.set_code("UNAVAILABLE");
+  failure.set_message("collective ReduceScatterSum: connection to rank 1 closed");
+  failure.set_retryable(true);
+  ASSERT_TRUE(h.c().ReportFailure(failure).ok());
+  EXPECT_EQ(h.State(job), v1::JOB_STATE_RESTARTING);
+  EXPECT_EQ(h.Job(job).restarts(), 1);
+  fleet.Advance(2, {w0, spare});  // their heartbeats, then the next tick
+  const v1::Job regrouped = h.Job(job);
+  EXPECT_EQ(regrouped.state(), v1::JOB_STATE_SCHEDULING);
+  EXPECT_THAT(regrouped.workers(), ::testing::ElementsAre(w0, spare));
+  // w1's lease ends later: it is in no round, so nothing else restarts.
+  fleet.Advance(12, {w0, spare});
+  EXPECT_EQ(h.Job(job).restarts(), 1);
+  EXPECT_EQ(h.Job(job).round(), 2);
+}
+
 TEST(RegroupTest, ZeroRegroupSecondsContinuesAtOnce) {
   Harness h("regroup_zero");
   Fleet fleet(h);
@@ -972,7 +1010,7 @@ TEST(RegroupTest, ZeroRegroupSecondsContinuesAtOnce) {
   const std::string w0 = h.Register("w");
   const std::string w1 = h.Register("w");
   StartPair(h, job, w0, w1);
-  fleet.Advance(11, {w0});
+  fleet.Advance(12, {w0});  // the failure, then w0's next heartbeat
   EXPECT_EQ(h.State(job), v1::JOB_STATE_SCHEDULING);
   EXPECT_THAT(h.Job(job).workers(), ::testing::ElementsAre(w0));
 }
@@ -1065,7 +1103,7 @@ TEST(RegroupTest, RestartsAreCountedAcrossRegroups) {
   const std::string w1 = h.Register("w");
   StartPair(h, job, w0, w1);
   const std::string spare = h.Register("spare");
-  fleet.Advance(11, {w0, spare});  // w1 lost: restart 1 of 1, the spare replaces it
+  fleet.Advance(12, {w0, spare});  // w1 lost: restart 1 of 1, the spare replaces it
   ASSERT_EQ(h.Job(job).restarts(), 1);
   auto b1 = fleet.Assignment(spare, 1);
   ASSERT_TRUE(b1);

@@ -65,9 +65,17 @@ void Coordinator::ScheduleLocked() {
     int64_t allowed = std::max<int64_t>(1, world.max_workers());
     if (options_.max_group_size > 0) allowed = std::min(allowed, options_.max_group_size);
     const size_t max_workers = std::max(min_workers, static_cast<size_t>(allowed));
+    // After a failure a worker must have sent a heartbeat since: a member that died with the
+    // round (its peer reported the broken collective first) stays IDLE until its lease ends,
+    // and must not be regrouped in place of a live replacement.
+    const absl::Time alive_since =
+        record.job.state() == v1::JOB_STATE_RESTARTING && record.failed_at.has_value()
+            ? *record.failed_at
+            : absl::InfinitePast();
     auto usable = [&](const WorkerRecord& w) {
       return w.worker.state() == v1::WORKER_STATE_IDLE && !w.draining &&
-             Normalize(w.worker.device()) == device && taken.count(&w) == 0;
+             Normalize(w.worker.device()) == device && taken.count(&w) == 0 &&
+             w.last_heartbeat >= alive_since;
     };
     // The previous group first (a stage change normally keeps its workers), then by
     // registration order.
