@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 #include <iostream>
 #include <mutex>
@@ -467,7 +468,11 @@ TEST(GlooCommunicatorTest, BadSizesAreInvalidArguments) {
 
 TEST(GlooCommunicatorTest, ConnectsThroughADirectoryStoreAcrossProcesses) {
   Watchdog watchdog(std::chrono::seconds(60));
-  const std::string dir = absl::StrCat(::testing::TempDir(), "/gloo-dir-store-", ::getpid());
+  // A fresh directory: addresses left by an earlier run would be read as this one's.
+  static int run = 0;
+  const std::string dir =
+      absl::StrCat(::testing::TempDir(), "/gloo-dir-store-", ::getpid(), "-", run++);
+  std::filesystem::remove_all(dir);
   const pid_t child = ::fork();
   ASSERT_GE(child, 0);
   if (child == 0) {
