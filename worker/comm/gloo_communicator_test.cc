@@ -261,6 +261,12 @@ TEST(GlooCommunicatorTest, ARankThatNeverCallsTheOpIsADeadline) {
   EXPECT_EQ(later.code(), absl::StatusCode::kFailedPrecondition) << later;
   EXPECT_THAT(later.message(), HasSubstr("DEADLINE_EXCEEDED"));
   EXPECT_THAT(later.message(), HasSubstr("waiting for rank 1"));
+  // The failed rank closed its connections: the late peer fails at once, not at its timeout.
+  const absl::Time late = absl::Now();
+  absl::Status peer = group[1]->AllReduceSum(std::span<float>(data));
+  EXPECT_EQ(peer.code(), absl::StatusCode::kUnavailable) << peer;
+  EXPECT_THAT(peer.message(), HasSubstr("rank 0"));
+  EXPECT_LT(absl::Now() - late, timeout / 2);
 }
 
 TEST(GlooCommunicatorTest, OneAbsentRankOfThreeFailsTheOthersInTime) {
