@@ -35,6 +35,7 @@
 #include "gloo/transport/device.h"
 #include "gloo/transport/tcp/device.h"
 #include "gloo/transport/unbound_buffer.h"
+#include "worker/comm/gloo_peer_watch.h"
 #include "worker/comm/gloo_store.h"
 #include "worker/comm/tree_sum.h"
 
@@ -144,7 +145,10 @@ class GlooCommunicatorImpl final : public Communicator {
   GlooCommunicatorImpl(std::shared_ptr<gloo::transport::Device> device,
                        std::shared_ptr<gloo::rendezvous::Context> context,
                        absl::Duration op_timeout)
-      : device_(std::move(device)), context_(std::move(context)), op_timeout_(op_timeout) {}
+      : device_(std::move(device)),
+        context_(std::move(context)),
+        op_timeout_(op_timeout),
+        peer_watch_(std::make_unique<GlooPeerWatch>(*context_)) {}
 
   ~GlooCommunicatorImpl() override {
     // Closing first makes the peers' pending transfers fail at once rather than time out.
@@ -233,6 +237,7 @@ class GlooCommunicatorImpl final : public Communicator {
     (send ? stats_.bytes_sent : stats_.bytes_received) += static_cast<int64_t>(bytes);
   }
   gloo::Context& context() { return *context_; }
+  GlooPeerWatch& peer_watch() { return *peer_watch_; }
 
  private:
   absl::Status Usable() const {
@@ -284,7 +289,11 @@ class GlooCommunicatorImpl final : public Communicator {
         status = absl::CancelledError(
             absl::StrCat("collective ", OpName(code), ": the communicator was aborted"));
       }
-      if (first_error_.ok()) first_error_ = status;
+      if (first_error_.ok()) {
+        first_error_ = status;
+        QTRAIN_LOG(WARNING) << "collectives of rank " << rank() << " of " << world_size()
+                            << " broken: " << status.message();
+      }
     }
     return status;
   }
@@ -313,6 +322,8 @@ class GlooCommunicatorImpl final : public Communicator {
   absl::Status first_error_ ABSL_GUARDED_BY(mu_);
   std::vector<gloo::transport::UnboundBuffer*> pending_ ABSL_GUARDED_BY(mu_);
   CommStats stats_ ABSL_GUARDED_BY(mu_);
+  // Last: stopped before the context goes.
+  std::unique_ptr<GlooPeerWatch> peer_watch_;
 };
 
 Op::Op(GlooCommunicatorImpl& comm, OpCode code, uint64_t sequence, absl::Duration timeout)
@@ -374,13 +385,18 @@ absl::Status Op::Wait(int handle) {
   const absl::Duration left = std::max(deadline_ - absl::Now(), absl::Milliseconds(1));
   const auto timeout = std::chrono::milliseconds(absl::ToInt64Milliseconds(left) + 1);
   bool completed = false;
+  std::optional<std::string> lost;
+  comm_.peer_watch().Watch(t.buffer.get(), t.peer, t.send);
   try {
     completed =
         t.send ? t.buffer->waitSend(nullptr, timeout) : t.buffer->waitRecv(nullptr, timeout);
   } catch (const std::exception& e) {
+    comm_.peer_watch().Unwatch();
     return Classify(e.what(), t.peer);
   }
+  lost = comm_.peer_watch().Unwatch();
   if (!completed) {
+    if (lost.has_value() && !comm_.aborted()) return Classify(lost->c_str(), t.peer);
     return absl::CancelledError(
         absl::StrCat("collective ", name(), ": the communicator was aborted"));
   }

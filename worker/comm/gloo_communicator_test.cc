@@ -1,5 +1,6 @@
 #include "worker/comm/gloo_communicator.h"
 
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -504,6 +505,55 @@ TEST(GlooCommunicatorTest, ConnectsThroughADirectoryStoreAcrossProcesses) {
   ASSERT_EQ(::waitpid(child, &wstatus, 0), child);
   EXPECT_TRUE(WIFEXITED(wstatus));
   EXPECT_EQ(WEXITSTATUS(wstatus), 0);
+}
+
+TEST(GlooCommunicatorTest, APeerProcessKilledMidTransferIsUnavailable) {
+  Watchdog watchdog(std::chrono::seconds(60));
+  static int run = 0;
+  const std::string dir =
+      absl::StrCat(::testing::TempDir(), "/gloo-killed-peer-", ::getpid(), "-", run++);
+  std::filesystem::remove_all(dir);
+  auto layout = ShardLayout::Create(int64_t{1} << 21, 2);
+  ASSERT_TRUE(layout.ok());
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // Rank 1 gathers until it is killed.
+    ::alarm(30);
+    auto store = MakeDirectoryStore(dir);
+    if (!store.ok()) ::_exit(2);
+    auto comm = GlooCommunicator::Connect(Options(1, 2, *store, absl::Seconds(10)));
+    if (!comm.ok()) ::_exit(3);
+    std::vector<float> shard(layout->ShardSize(1), 1.0f), full(layout->total());
+    while ((*comm)->AllGather(shard, full, *layout).ok()) {
+    }
+    ::_exit(4);
+  }
+  auto store = MakeDirectoryStore(dir);
+  ASSERT_TRUE(store.ok());
+  const absl::Duration timeout = absl::Seconds(5);
+  auto comm = GlooCommunicator::Connect(Options(0, 2, *store, timeout));
+  ASSERT_TRUE(comm.ok()) << comm.status();
+  std::vector<float> shard(layout->ShardSize(0), 2.0f), full(layout->total());
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE((*comm)->AllGather(shard, full, *layout).ok());
+  std::thread killer([child] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    ::kill(child, SIGKILL);
+  });
+  // This process survives the dead socket (no SIGPIPE) and its op fails within the timeout.
+  absl::Status status;
+  const absl::Time start = absl::Now();
+  while (status.ok() && absl::Now() - start < absl::Seconds(20)) {
+    status = (*comm)->AllGather(shard, full, *layout);
+  }
+  killer.join();
+  EXPECT_TRUE(status.code() == absl::StatusCode::kUnavailable ||
+              status.code() == absl::StatusCode::kDeadlineExceeded)
+      << status;
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(100) + timeout * 3);
+  int wstatus = 0;
+  ASSERT_EQ(::waitpid(child, &wstatus, 0), child);
+  EXPECT_TRUE(WIFSIGNALED(wstatus));
 }
 
 // The cost of one ZeRO-1 step's gradient and parameter traffic between two ranks over
