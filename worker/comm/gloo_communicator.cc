@@ -717,6 +717,7 @@ absl::Status ConnectError(const GlooOptions& o, const GlooStoreAdapter& store,
         absl::FormatDuration(o.connect_timeout), " (", store_error.message(), ")"));
   }
   if (!store_error.ok()) {
+    if (store_error.code() == absl::StatusCode::kCancelled) return store_error;
     return absl::Status(store_error.code(), absl::StrCat("collectives rendezvous (", who,
                                                          "): ", store_error.message()));
   }
@@ -779,7 +780,8 @@ absl::StatusOr<std::unique_ptr<Communicator>> GlooCommunicator::Connect(
   }
   auto context = std::make_shared<gloo::rendezvous::Context>(options.rank, options.world_size);
   context->setTimeout(ToChrono(options.connect_timeout));
-  GlooStoreAdapter store(options.store, options.prefix, absl::Now() + options.connect_timeout);
+  GlooStoreAdapter store(options.store, options.prefix, absl::Now() + options.connect_timeout,
+                         options.cancel);
   try {
     context->connectFullMesh(store, device);
   } catch (const std::exception& e) {

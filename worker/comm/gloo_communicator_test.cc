@@ -389,6 +389,23 @@ TEST(GlooCommunicatorTest, ConnectWithAMissingRankNamesIt) {
   }
 }
 
+TEST(GlooCommunicatorTest, ConnectCanBeCancelled) {
+  Watchdog watchdog(std::chrono::seconds(60));
+  std::atomic<bool> cancel{false};
+  GlooOptions o = Options(0, 2, MakeInMemoryStore());
+  o.connect_timeout = absl::Seconds(30);
+  o.cancel = &cancel;
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    cancel = true;
+  });
+  const absl::Time start = absl::Now();
+  absl::Status status = GlooCommunicator::Connect(o).status();
+  canceller.join();
+  EXPECT_EQ(status.code(), absl::StatusCode::kCancelled) << status;
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+}
+
 TEST(GlooCommunicatorTest, BadOptionsAreInvalidArguments) {
   auto store = MakeInMemoryStore();
   GlooOptions o = Options(2, 2, store);
