@@ -107,7 +107,8 @@ std::vector<float> RandomFloats(size_t n, uint32_t seed) {
 
 template <typename T>
 bool SameBits(std::span<const T> a, std::span<const T> b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+  return a.size() == b.size() &&
+         (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
 }
 
 struct LayoutCase {
