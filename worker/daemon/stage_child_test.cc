@@ -30,6 +30,7 @@
 #include "worker/comm/communicator.h"
 #include "worker/comm/rendezvous_store.h"
 #include "worker/daemon/cancellable_store.h"
+#include "worker/daemon/group_connect.h"
 #include "worker/train/job_setup.h"
 #include "worker/train/shard_assignment.h"
 #include "worker/train/test_dataset.h"
@@ -675,6 +676,38 @@ TEST_F(StageChildTest, SigtermDuringTheRendezvousEndsTheChild) {
   EXPECT_THAT(error->message(), HasSubstr("rendezvous"));
   EXPECT_TRUE(error->retryable());
   EXPECT_GT(store->gets.load(), 1);  // it waited in slices
+}
+
+TEST_F(StageChildTest, APeerThatNeverComesFailsWithinTheTimeout) {
+  // Rank 1 of 2 over Gloo; rank 0 never shows up.
+  UseGroup(1, 2);
+  auto store = comm::MakeInMemoryStore();
+  StageChildOptions options = Options(WriteAssignment(0));
+  options.collective_timeout = absl::Seconds(2);
+  options.connect_group = [store](const GroupMember& m) { return ConnectGlooGroupOver(m, store); };
+  const absl::Time start = absl::Now();
+  FakeParent parent(options, Accept);
+  EXPECT_EQ(parent.Wait(), kStageChildFailed);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(20));
+  std::optional<v1::StageError> error = ErrorOf(parent.events());
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(error->code(), "DEADLINE_EXCEEDED") << error->message();
+  EXPECT_THAT(error->message(), HasSubstr("joining the group of 2 workers as rank 1"));
+  EXPECT_TRUE(error->retryable());
+}
+
+TEST_F(StageChildTest, AGroupWithoutTheCoordinatorIsRefused) {
+  // The production connector needs the coordinator (the rendezvous) and the worker's name.
+  UseGroup(1, 2);
+  StageChildOptions options = Options(WriteAssignment(0));
+  options.connect_group = ConnectGlooGroup;
+  FakeParent parent(options, Accept);
+  EXPECT_EQ(parent.Wait(), kStageChildFailed);
+  std::optional<v1::StageError> error = ErrorOf(parent.events());
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(error->code(), "INVALID_ARGUMENT") << error->message();
+  EXPECT_THAT(error->message(), HasSubstr("--coordinator"));
+  EXPECT_FALSE(error->retryable());
 }
 
 TEST(CancellableStoreTest, GivesUpWhenCancelledAndKeepsTheDeadline) {

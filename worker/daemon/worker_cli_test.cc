@@ -154,6 +154,27 @@ TEST_F(WorkerCliTest, RefusesBadFlags) {
   EXPECT_CLEAN_FAILURE(Run({"--coordinator", "no-port", "--work-dir", dir}), "no-port");
   EXPECT_CLEAN_FAILURE(Run({"--coordinator", "127.0.0.1:1", "--work-dir", dir, "--name", "!!"}),
                        "--name");
+  EXPECT_CLEAN_FAILURE(
+      Run({"--coordinator", "127.0.0.1:1", "--work-dir", dir, "--peer-host", "no such host"}),
+      "--peer-host: 'no such host' is not a host name or IP address");
+  EXPECT_CLEAN_FAILURE(Run({"--coordinator", "127.0.0.1:1", "--work-dir", dir, "--peer-host", ""}),
+                       "--peer-host: is empty");
+  for (const char* bad : {"0", "-1", "nan", "soon", "86401"}) {
+    EXPECT_CLEAN_FAILURE(Run({"--coordinator", "127.0.0.1:1", "--work-dir", dir,
+                              "--collective-timeout-seconds", bad}),
+                         "--collective-timeout-seconds");
+  }
+  EXPECT_CLEAN_FAILURE(
+      Run({"train-stage", "--assignment", "a.json", "--collective-timeout-ms", "0"}),
+      "--collective-timeout-ms");
+  EXPECT_CLEAN_FAILURE(
+      Run({"train-stage", "--assignment", "a.json", "--cluster-token-file", root_ + "/none"}),
+      "none");
+  // Checked by the child itself (a StageError on stdout, exit 2).
+  EXPECT_CLEAN_FAILURE(Run({"train-stage", "--assignment", "a.json", "--worker", "w-1"}),
+                       "--worker: 'w-1' is not a worker name (workers/ID)");
+  EXPECT_CLEAN_FAILURE(Run({"train-stage", "--assignment", "a.json", "--peer-host", "a;b"}),
+                       "--peer-host");
   EXPECT_CLEAN_FAILURE(Run({"train-stage"}), "--assignment");
   EXPECT_CLEAN_FAILURE(Run({"train-stage", "--assignment", "a.json", "--parent-timeout-ms", "0"}),
                        "--parent-timeout-ms");
