@@ -39,9 +39,10 @@ class CoordinatorStore final : public RendezvousStore {
       v1::PutKeyResponse response;
       const grpc::Status status = stub_->PutKey(context.get(), request, &response);
       if (status.ok()) return absl::OkStatus();
-      if (status.error_code() != grpc::StatusCode::UNAVAILABLE || !Sleep(backoff, give_up)) {
+      if (status.error_code() != grpc::StatusCode::UNAVAILABLE || absl::Now() >= give_up) {
         return Annotate(client_.Describe(status, "PutKey", timeout), key);
       }
+      Sleep(backoff, give_up);
     }
   }
 
@@ -52,9 +53,14 @@ class CoordinatorStore final : public RendezvousStore {
     request.set_round(options_.round);
     request.set_key(key);
     absl::Duration backoff = kInitialBackoff;
+    absl::Status unreachable;  // the latest UNAVAILABLE, for the message at the deadline
     while (true) {
       const absl::Duration left = deadline - absl::Now();
-      if (left <= absl::ZeroDuration()) return NotSet(key, deadline);
+      if (left <= absl::ZeroDuration()) {
+        if (unreachable.ok()) return NotSet(key, deadline);
+        return absl::DeadlineExceededError(absl::StrCat(
+            "rendezvous key '", key, "' was not read by the deadline: ", unreachable.message()));
+      }
       std::unique_ptr<grpc::ClientContext> context = client_.NewContext(left);
       v1::GetKeyResponse response;
       const grpc::Status status = stub_->GetKey(context.get(), request, &response);
@@ -65,21 +71,16 @@ class CoordinatorStore final : public RendezvousStore {
       if (status.error_code() != grpc::StatusCode::UNAVAILABLE) {
         return Annotate(client_.Describe(status, "GetKey", left), key);
       }
-      if (!Sleep(backoff, deadline)) {
-        absl::Status last = client_.Describe(status, "GetKey", left);
-        return absl::DeadlineExceededError(absl::StrCat(
-            "rendezvous key '", key, "' was not read by the deadline: ", last.message()));
-      }
+      unreachable = client_.Describe(status, "GetKey", left);
+      Sleep(backoff, deadline);
     }
   }
 
  private:
-  // Sleeps the backoff (doubling it) unless that passes `limit`; false then.
-  static bool Sleep(absl::Duration& backoff, absl::Time limit) {
-    if (absl::Now() + backoff >= limit) return false;
-    absl::SleepFor(backoff);
+  // Sleeps the backoff, or until `limit` when sooner, and doubles the backoff.
+  static void Sleep(absl::Duration& backoff, absl::Time limit) {
+    absl::SleepFor(std::max(absl::ZeroDuration(), std::min(backoff, limit - absl::Now())));
     backoff = std::min(kMaxBackoff, backoff * 2);
-    return true;
   }
   absl::Status NotSet(const std::string& key, absl::Time deadline) const {
     return absl::DeadlineExceededError(

@@ -251,8 +251,11 @@ class GlooCommunicatorImpl final : public Communicator {
   absl::Status Precheck(absl::Status local) {
     QTRAIN_RETURN_IF_ERROR(Usable());
     if (!local.ok()) {
-      absl::MutexLock lock(&mu_);
-      if (first_error_.ok()) first_error_ = local;
+      {
+        absl::MutexLock lock(&mu_);
+        if (first_error_.ok()) first_error_ = local;
+      }
+      CloseConnections();
     }
     return local;
   }
@@ -270,6 +273,9 @@ class GlooCommunicatorImpl final : public Communicator {
       status = ExchangeHeaders(op, shape, own, expected_own);
       if (status.ok()) status = body(op);
       if (status.ok()) status = op.WaitAll();
+      // Closed before the op's buffers go: nothing more arrives for them, and the peers
+      // still waiting in the op fail at once instead of at their timeout.
+      if (!status.ok()) CloseConnections();
     }
     absl::MutexLock lock(&mu_);
     stats_.time_in_ops += absl::Now() - start;
@@ -418,15 +424,16 @@ absl::Status GlooCommunicatorImpl::ExchangeHeaders(Op& op, std::array<int64_t, 2
   mine.shape[1] = shape[1];
   mine.own = own;
   std::vector<Header> theirs(size);
-  std::vector<int> recvs(size, -1);
   for (int peer = 0; peer < size; ++peer) {
     if (peer == rank()) continue;
-    QTRAIN_ASSIGN_OR_RETURN(recvs[peer], op.Recv(peer, &theirs[peer], sizeof(Header), 0));
+    QTRAIN_RETURN_IF_ERROR(op.Recv(peer, &theirs[peer], sizeof(Header), 0).status());
     QTRAIN_RETURN_IF_ERROR(op.Send(peer, &mine, sizeof(Header), 0).status());
   }
+  // Every header is sent and received before any is judged, so that a mismatch is reported
+  // by every rank, not cut short by the first rank to see it closing its connections.
+  QTRAIN_RETURN_IF_ERROR(op.WaitAll());
   for (int peer = 0; peer < size; ++peer) {
     if (peer == rank()) continue;
-    QTRAIN_RETURN_IF_ERROR(op.Wait(recvs[peer]));
     const Header& h = theirs[peer];
     if (h.magic != Header::kMagic) {
       return absl::InternalError(
