@@ -119,88 +119,95 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
     const v1::JobSpec& spec, const model::ModelConfig& base_config,
     std::optional<std::vector<float>> initial_params, const TokenSource& data,
     TrainerOptions options) {
-  QTRAIN_RETURN_IF_ERROR(ValidateJobSpec(spec));
-  QTRAIN_RETURN_IF_ERROR(model::ValidateConfig(base_config));
-  if (options.run_dir.empty()) return absl::InvalidArgumentError("trainer: no run directory");
-  QTRAIN_RETURN_IF_ERROR(CheckGroup(spec, options));
-  if (spec.world().device() != v1::DEVICE_KIND_CPU) {
-    return absl::UnimplementedError("world.device: only cpu is available to local runs");
-  }
-  QTRAIN_RETURN_IF_ERROR(ValidateAllowedSpecChanges(options.allowed_spec_changes));
-  auto state = std::make_unique<State>();
-  state->spec = spec;
-  state->spec_json = JobSpecToJson(spec);
-  state->training_spec_sha256 = TrainingSpecSha256(state->spec_json);
-  state->base_config = base_config;
-  state->initial_params = std::move(initial_params);
-  state->data = &data;
-  state->options = std::move(options);
-  state->global_tokens = spec.batch().global_tokens();
+  // A rank that cannot start must not leave its peers waiting for it.
+  comm::Communicator* const group = options.communicator;
+  const auto create = [&]() -> absl::StatusOr<std::unique_ptr<Trainer>> {
+    QTRAIN_RETURN_IF_ERROR(ValidateJobSpec(spec));
+    QTRAIN_RETURN_IF_ERROR(model::ValidateConfig(base_config));
+    if (options.run_dir.empty()) return absl::InvalidArgumentError("trainer: no run directory");
+    QTRAIN_RETURN_IF_ERROR(CheckGroup(spec, options));
+    if (spec.world().device() != v1::DEVICE_KIND_CPU) {
+      return absl::UnimplementedError("world.device: only cpu is available to local runs");
+    }
+    QTRAIN_RETURN_IF_ERROR(ValidateAllowedSpecChanges(options.allowed_spec_changes));
+    auto state = std::make_unique<State>();
+    state->spec = spec;
+    state->spec_json = JobSpecToJson(spec);
+    state->training_spec_sha256 = TrainingSpecSha256(state->spec_json);
+    state->base_config = base_config;
+    state->initial_params = std::move(initial_params);
+    state->data = &data;
+    state->options = std::move(options);
+    state->global_tokens = spec.batch().global_tokens();
 
-  for (int i = 0; i < spec.curriculum_size(); ++i) {
-    const v1::CurriculumStage& stage = spec.curriculum(i);
-    QTRAIN_ASSIGN_OR_RETURN(model::ModelConfig config, StageConfig(base_config, stage));
-    if (stage.seq_len() > config.max_position_embeddings) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("curriculum[", i, "].seq_len: ", stage.seq_len(), " exceeds the model's ",
-                       config.max_position_embeddings, " positions"));
+    for (int i = 0; i < spec.curriculum_size(); ++i) {
+      const v1::CurriculumStage& stage = spec.curriculum(i);
+      QTRAIN_ASSIGN_OR_RETURN(model::ModelConfig config, StageConfig(base_config, stage));
+      if (stage.seq_len() > config.max_position_embeddings) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("curriculum[", i, "].seq_len: ", stage.seq_len(), " exceeds the model's ",
+                         config.max_position_embeddings, " positions"));
+      }
+      if (!CheckedMul(stage.micro_batch(), stage.seq_len())) {
+        return Overflow(absl::StrCat("curriculum[", i, "]: micro_batch x seq_len"));
+      }
+      if (!CheckedMul(spec.eval().batches(), stage.micro_batch())) {
+        return Overflow(absl::StrCat("curriculum[", i, "]: eval.batches x micro_batch"));
+      }
+      state->stage_configs.push_back(std::move(config));
     }
-    if (!CheckedMul(stage.micro_batch(), stage.seq_len())) {
-      return Overflow(absl::StrCat("curriculum[", i, "]: micro_batch x seq_len"));
+    QTRAIN_ASSIGN_OR_RETURN(state->stage_start, StageStartSteps(spec));
+    state->total_steps = state->stage_start.back();
+    // tokens_seen grows to total_steps x global_tokens.
+    if (!CheckedMul(state->total_steps, state->global_tokens)) {
+      return Overflow(absl::StrCat("the job's tokens (", state->total_steps,
+                                   " steps x batch.global_tokens ", state->global_tokens, ")"));
     }
-    if (!CheckedMul(spec.eval().batches(), stage.micro_batch())) {
-      return Overflow(absl::StrCat("curriculum[", i, "]: eval.batches x micro_batch"));
+    // The options the shard dispatch plans with (shard_assignment.h).
+    QTRAIN_ASSIGN_OR_RETURN(const DataPlanOptions plan_options, JobDataPlanOptions(spec));
+    QTRAIN_ASSIGN_OR_RETURN(DataPlan plan, DataPlan::Create(data.size(), plan_options));
+    for (int i = 0; i < spec.curriculum_size(); ++i) {
+      const v1::CurriculumStage& stage = spec.curriculum(i);
+      const int64_t windows = spec.batch().global_tokens() / stage.seq_len();
+      if (plan.TrainingWindowCount(stage.seq_len()) < windows) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("curriculum[", i, "]: the data has ",
+                         plan.TrainingWindowCount(stage.seq_len()), " training windows of ",
+                         stage.seq_len(), " tokens, fewer than one global batch (", windows, ")"));
+      }
+      const int64_t eval_windows = spec.eval().batches() * stage.micro_batch();  // checked above
+      if (plan.ValidationWindowCount(stage.seq_len()) < eval_windows) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "eval.batches: stage '", stage.name(), "' needs ", eval_windows,
+            " validation windows of ", stage.seq_len(), " tokens, the held-out data has ",
+            plan.ValidationWindowCount(stage.seq_len()), " (raise data.validation_fraction)"));
+      }
     }
-    state->stage_configs.push_back(std::move(config));
-  }
-  QTRAIN_ASSIGN_OR_RETURN(state->stage_start, StageStartSteps(spec));
-  state->total_steps = state->stage_start.back();
-  // tokens_seen grows to total_steps x global_tokens.
-  if (!CheckedMul(state->total_steps, state->global_tokens)) {
-    return Overflow(absl::StrCat("the job's tokens (", state->total_steps,
-                                 " steps x batch.global_tokens ", state->global_tokens, ")"));
-  }
-  // The options the shard dispatch plans with (shard_assignment.h).
-  QTRAIN_ASSIGN_OR_RETURN(const DataPlanOptions plan_options, JobDataPlanOptions(spec));
-  QTRAIN_ASSIGN_OR_RETURN(DataPlan plan, DataPlan::Create(data.size(), plan_options));
-  for (int i = 0; i < spec.curriculum_size(); ++i) {
-    const v1::CurriculumStage& stage = spec.curriculum(i);
-    const int64_t windows = spec.batch().global_tokens() / stage.seq_len();
-    if (plan.TrainingWindowCount(stage.seq_len()) < windows) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("curriculum[", i, "]: the data has ",
-                       plan.TrainingWindowCount(stage.seq_len()), " training windows of ",
-                       stage.seq_len(), " tokens, fewer than one global batch (", windows, ")"));
+    state->plan = std::move(plan);
+    // Everything the data order depends on.
+    Sha256 plan_hash;
+    plan_hash.Update(absl::StrCat(
+        "data=", data.fingerprint(), ";tokens=", data.size(), ";seed=", spec.seed(),
+        ";validation=", spec.data().validation_fraction(), ";block=", plan_options.block_tokens,
+        ";global=", spec.batch().global_tokens()));
+    for (const v1::CurriculumStage& stage : spec.curriculum()) {
+      plan_hash.Update(absl::StrCat(";stage=", stage.seq_len(), "/", stage.tokens()));
     }
-    const int64_t eval_windows = spec.eval().batches() * stage.micro_batch();  // checked above
-    if (plan.ValidationWindowCount(stage.seq_len()) < eval_windows) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "eval.batches: stage '", stage.name(), "' needs ", eval_windows,
-          " validation windows of ", stage.seq_len(), " tokens, the held-out data has ",
-          plan.ValidationWindowCount(stage.seq_len()), " (raise data.validation_fraction)"));
-    }
-  }
-  state->plan = std::move(plan);
-  // Everything the data order depends on.
-  Sha256 plan_hash;
-  plan_hash.Update(
-      absl::StrCat("data=", data.fingerprint(), ";tokens=", data.size(), ";seed=", spec.seed(),
-                   ";validation=", spec.data().validation_fraction(),
-                   ";block=", plan_options.block_tokens, ";global=", spec.batch().global_tokens()));
-  for (const v1::CurriculumStage& stage : spec.curriculum()) {
-    plan_hash.Update(absl::StrCat(";stage=", stage.seq_len(), "/", stage.tokens()));
-  }
-  state->plan_sha256 = plan_hash.FinishHex();
-  const v1::OptimizerSpec& o = spec.optimizer();
-  state->schedule = LrScheduleParams{.lr = o.lr(),
-                                     .min_lr = o.min_lr(),
-                                     .warmup_steps = o.warmup_steps(),
-                                     .total_steps = state->total_steps,
-                                     .decay = ToDecay(o.schedule())};
+    state->plan_sha256 = plan_hash.FinishHex();
+    const v1::OptimizerSpec& o = spec.optimizer();
+    state->schedule = LrScheduleParams{.lr = o.lr(),
+                                       .min_lr = o.min_lr(),
+                                       .warmup_steps = o.warmup_steps(),
+                                       .total_steps = state->total_steps,
+                                       .decay = ToDecay(o.schedule())};
 
-  auto trainer = std::unique_ptr<Trainer>(new Trainer());
-  trainer->state_ = std::move(state);
-  return trainer;
+    auto trainer = std::unique_ptr<Trainer>(new Trainer());
+    trainer->state_ = std::move(state);
+    return trainer;
+  };
+  absl::StatusOr<std::unique_ptr<Trainer>> created = create();
+  if (!created.ok() && group != nullptr) group->Abort();
+  return created;
 }
 
 Trainer::~Trainer() = default;

@@ -120,8 +120,7 @@ class TrainerRanksTest : public ::testing::Test {
         auto trainer = Trainer::Create(*spec, *model::PresetConfig("qwen2-test"), std::nullopt,
                                        data_, std::move(options));
         if (!trainer.ok()) {
-          out.summary = trainer.status();
-          group[r]->Abort();
+          out.summary = trainer.status();  // Create has aborted the group
           return;
         }
         out.summary = (*trainer)->Run();
@@ -296,6 +295,19 @@ TEST_F(TrainerRanksTest, ARankThatFailsEndsTheOthersWithoutAHang) {
     ASSERT_FALSE(run.reports.empty());
     EXPECT_EQ(run.reports.back().step, 2);
   }
+
+  // A rank that cannot even start.
+  const absl::Time create_start = absl::Now();
+  runs = TrainGroup(
+      "not_created", 2,
+      [](int rank, TrainerOptions& o) {
+        if (rank == 1) o.shard_block_elements = 0;
+      },
+      absl::Seconds(120));
+  EXPECT_LT(absl::Now() - create_start, absl::Seconds(60));
+  EXPECT_EQ(runs[1].summary.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(runs[0].summary.status().code(), absl::StatusCode::kUnavailable)
+      << runs[0].summary.status();
 
   // A rank that hangs inside a step: the others time out, naming it; it fails afterwards.
   const absl::Time hang_start = absl::Now();
