@@ -206,7 +206,13 @@ absl::Status Trainer::State::ResumeFrom(int64_t checkpoint_step) {
   const int64_t skipped = m["skipped_steps"].get<int64_t>();
   const int64_t updates = checkpoint_step - skipped;
   if (HasShardedOptimizer(info)) {
-    // Whatever world size wrote it: this rank reads its range from the files that overlap it.
+    // Every rank checks every shard's header, so that all of them accept or skip a checkpoint
+    // alike; then, whatever world size wrote it, this rank reads its range from the files that
+    // overlap it.
+    for (const OptimizerShardFile& file : OptimizerShardFiles(info)) {
+      QTRAIN_RETURN_IF_ERROR(AsDamage(CheckOptimizerShard(file, layout->total_size(), updates),
+                                      damaged("bad optimizer shard")));
+    }
     QTRAIN_RETURN_IF_ERROR(AsDamage(optimizer->LoadShards(OptimizerShardFiles(info), updates),
                                     damaged("cannot load the optimizer state")));
   } else {

@@ -358,6 +358,33 @@ void EditManifest(const fs::path& checkpoint_dir,
   std::ofstream(path, std::ios::trunc) << manifest.dump();
 }
 
+// Records the current sha256 and size of `file` in the manifest of `dir`.
+void Rehash(const fs::path& dir, const std::string& file) {
+  const std::string sha = Sha256File((dir / file).string()).value();
+  const auto size = fs::file_size(dir / file);
+  EditManifest(dir, [&](nlohmann::json& manifest) {
+    for (auto& f : manifest["files"]) {
+      if (f["path"] == file) f = {{"path", file}, {"sha256", sha}, {"size", size}};
+    }
+  });
+}
+
+// Rewrites an optimizer shard with another step count in its metadata (and rehashes it, so only
+// the header tells).
+void RewriteShardStep(const fs::path& dir, const std::string& file, const std::string& step) {
+  auto shard = SafetensorsFile::Open((dir / file).string());
+  ASSERT_TRUE(shard.ok());
+  SafetensorsWriter writer;
+  for (const char* name : {"exp_avg", "exp_avg_sq"}) {
+    const std::vector<float> moment = *shard->ReadAsFloat(name);
+    ASSERT_TRUE(writer.AddFloat(name, {static_cast<int64_t>(moment.size())}, moment).ok());
+  }
+  for (const auto& [key, value] : shard->metadata()) writer.SetMetadata(key, value);
+  writer.SetMetadata("step", step);
+  ASSERT_TRUE(writer.WriteFile((dir / file).string()).ok());
+  Rehash(dir, file);
+}
+
 TEST_F(TrainerRanksTest, DamagedShardsAreDataLossNamingTheFile) {
   ExpectAllOk(TrainGroup("base", 2, [](int, TrainerOptions& o) { o.stop_after_step = 4; }));
   struct Damage {
@@ -396,6 +423,10 @@ TEST_F(TrainerRanksTest, DamagedShardsAreDataLossNamingTheFile) {
          EditManifest(dir, [](nlohmann::json& m) { m["metadata"]["optimizer_shards"].erase(1); });
        },
        "metadata.optimizer_shards is not a list of 2 shards"},
+      // Rank 0 checks every shard's header, so the group skips this one together.
+      {"another rank's shard claims another step",
+       [&](const fs::path& dir) { RewriteShardStep(dir, shard1, "99"); },
+       shard1 + ": has taken 99 updates, the checkpoint says 4"},
       {"a shard's range in the file disagrees",
        [&](const fs::path& dir) {
          EditManifest(dir, [](nlohmann::json& m) {
