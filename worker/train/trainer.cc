@@ -11,6 +11,7 @@
 #include "common/checked_math.h"
 #include "common/file_util.h"
 #include "common/job_spec.h"
+#include "common/logging.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "google/protobuf/util/json_util.h"
@@ -625,6 +626,10 @@ absl::StatusOr<TrainerSummary> Trainer::Run() {
   };
   absl::StatusOr<TrainerSummary> summary = run();
   // The peers, blocked in a collective or about to be, fail at once instead of timing out.
+  if (!summary.ok() && s.comm != nullptr && s.options.world_size > 1) {
+    QTRAIN_LOG(WARNING) << "rank " << s.options.rank << " of " << s.options.world_size
+                        << " stops its group: " << summary.status();
+  }
   if (!summary.ok() && s.comm != nullptr) s.comm->Abort();
   s.Release();
   return summary;
