@@ -1,11 +1,14 @@
-// `qtrain local SPEC --workers N`: the service on one machine for one job. Starts a coordinator
-// and N workers as child processes (found beside the qtrain binary), submits the job, watches it
-// as `qtrain watch` does, stops everything (also on Ctrl-C or SIGTERM) and exits with the job's
-// code: 0 SUCCEEDED, 1 FAILED, 2 CANCELLED.
+// `qtrain local SPEC [--workers N]`: the service on one machine for one job. Starts a
+// coordinator and N workers as child processes (found beside the qtrain binary), submits the
+// job, watches it as `qtrain watch` does (the progress line is rank 0's), stops everything (also
+// on Ctrl-C or SIGTERM) and exits with the job's code: 0 SUCCEEDED, 1 FAILED, 2 CANCELLED. With
+// N > 1 the workers train the job as one data-parallel group over the loopback interface, each
+// with its share of the CPU threads.
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
@@ -38,6 +41,9 @@ constexpr absl::Duration kStartTimeout = absl::Seconds(60);
 // After Ctrl-C the job is cancelled; this long is given to see it CANCELLED before stopping.
 constexpr absl::Duration kCancelGrace = absl::Seconds(5);
 constexpr int kLogTailLines = 20;
+constexpr int kMaxLocalWorkers = 64;
+// The address the local workers' collectives listen on.
+constexpr char kLocalPeerHost[] = "127.0.0.1";
 
 struct LocalArgs {
   std::string spec;
@@ -227,14 +233,54 @@ absl::StatusOr<Layout> MakeLayout(const std::string& run_root, int workers) {
   return l;
 }
 
+// The job's world range must hold `workers`: every worker joins the job's group.
+absl::Status CheckWorldRange(const std::string& spec_path, const v1::JobSpec& spec, int workers) {
+  const int64_t min = spec.world().min_workers(), max = spec.world().max_workers();
+  if (workers < min || workers > max) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(spec_path, ": --workers ", workers, " is outside the job's world range ", min,
+                     "-", max, " (world.min_workers ", min, ", world.max_workers ", max,
+                     "); change --workers or the spec's world"));
+  }
+  return absl::OkStatus();
+}
+
+// Each worker's --threads: the total (--threads, else every core) shared out, at least 1; 0
+// (the worker's default: every core) for a single worker without --threads.
+int ThreadsPerWorker(int threads, int workers) {
+  if (threads <= 0 && workers == 1) return 0;
+  const int total =
+      threads > 0 ? threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  return std::max(1, total / workers);
+}
+
+std::vector<std::string> WorkerArgv(const std::string& worker_bin, const std::string& address,
+                                    const Layout& layout, int i, const LocalArgs& args) {
+  std::vector<std::string> argv = {
+      worker_bin,
+      "--coordinator",
+      address,
+      "--work-dir",
+      layout.worker_dir(i),
+      "--name",
+      args.workers == 1 ? std::string("local") : absl::StrCat("local-", i),
+      "--peer-host",
+      kLocalPeerHost};
+  if (const int threads = ThreadsPerWorker(args.threads, args.workers); threads > 0) {
+    argv.push_back("--threads");
+    argv.push_back(absl::StrCat(threads));
+  }
+  return argv;
+}
+
 absl::StatusOr<int> RunLocal(const LocalArgs& args) {
+  if (args.workers < 1 || args.workers > kMaxLocalWorkers) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--workers: ", args.workers, " is not in 1-", kMaxLocalWorkers));
+  }
   QTRAIN_ASSIGN_OR_RETURN(const v1::JobSpec spec,
                           LoadJobSpecFile(args.spec, model::ModelAwareJobSpecOptions()));
-  if (spec.world().min_workers() > args.workers) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(args.spec, ": the job needs ", spec.world().min_workers(),
-                     " workers (world.min_workers) and --workers is ", args.workers));
-  }
+  QTRAIN_RETURN_IF_ERROR(CheckWorldRange(args.spec, spec, args.workers));
   QTRAIN_ASSIGN_OR_RETURN(const std::string coordinator_bin, BesideSelf("qtrain-coordinator"));
   QTRAIN_ASSIGN_OR_RETURN(const std::string worker_bin, BesideSelf("qtrain-worker"));
   QTRAIN_ASSIGN_OR_RETURN(const Layout layout, MakeLayout(args.run_root, args.workers));
@@ -268,17 +314,20 @@ absl::StatusOr<int> RunLocal(const LocalArgs& args) {
       const std::string address,
       WaitForAddress(layout.address_file, monitor, children, layout.coordinator_log()));
   for (int i = 0; i < args.workers; ++i) {
-    std::vector<std::string> argv = {worker_bin,           "--coordinator", address, "--work-dir",
-                                     layout.worker_dir(i), "--name",        "local"};
-    if (args.threads > 0) {
-      argv.push_back("--threads");
-      argv.push_back(absl::StrCat(args.threads));
-    }
-    QTRAIN_ASSIGN_OR_RETURN(const pid_t pid, SpawnLogged(argv, layout.worker_log(i)));
+    QTRAIN_ASSIGN_OR_RETURN(
+        const pid_t pid,
+        SpawnLogged(WorkerArgv(worker_bin, address, layout, i, args), layout.worker_log(i)));
     children.Add(absl::StrCat("worker ", i), pid, layout.worker_log(i));
   }
-  std::fprintf(stderr, "qtrain local: coordinator at %s, %d worker%s\n", address.c_str(),
-               args.workers, args.workers == 1 ? "" : "s");
+  if (args.workers == 1) {
+    std::fprintf(stderr, "qtrain local: coordinator at %s, 1 worker\n", address.c_str());
+  } else {
+    std::fprintf(stderr,
+                 "qtrain local: coordinator at %s, %d workers (%s threads each; progress of "
+                 "rank 0)\n",
+                 address.c_str(), args.workers,
+                 absl::StrCat(ThreadsPerWorker(args.threads, args.workers)).c_str());
+  }
 
   ChannelOptions options;
   options.address = address;
@@ -318,13 +367,17 @@ void AddLocalCommand(CLI::App& app, CommandSelection& selection) {
       "Run a job on this machine through a coordinator and workers started for it (exit 0 "
       "SUCCEEDED, 1 FAILED, 2 CANCELLED)");
   cmd->add_option("spec", args->spec, "Job spec (YAML or JSON)")->required();
-  cmd->add_option("--workers", args->workers, "Worker processes to start")
-      ->required()
-      ->check(CLI::Range(1, 256));
+  cmd->add_option("--workers", args->workers,
+                  "Worker processes to start; more than one train the job as one data-parallel "
+                  "group (within the spec's world.min_workers-max_workers)")
+      ->check(CLI::Range(1, kMaxLocalWorkers))
+      ->capture_default_str();
   cmd->add_option("--run-root", args->run_root,
                   "Directory of the job's run directory, the coordinator's state and the logs")
       ->capture_default_str();
-  cmd->add_option("--threads", args->threads, "CPU threads of each worker's training")
+  cmd->add_option("--threads", args->threads,
+                  "CPU threads in all, shared out among the workers (each gets at least 1; "
+                  "default: every core)")
       ->check(CLI::Range(1, 4096));
   cmd->add_option("--lease-seconds", args->lease_seconds,
                   "A worker silent this long is lost (the coordinator's default: 10)")

@@ -227,21 +227,61 @@ void CheckActivationSizes(const v1::CurriculumStage& stage, const ModelLimits& l
   }
 }
 
-// Every world size the job may run with must split the global batch evenly.
+bool IsPowerOfTwo(int64_t n) { return n > 0 && (n & (n - 1)) == 0; }
+
+std::string Workers(int64_t n) { return absl::StrCat(n, n == 1 ? " worker" : " workers"); }
+
+// Without worker invariance only an even split is needed: seq_len x micro_batch x W must
+// divide batch.global_tokens for every W.
+void CheckEvenSplits(const v1::JobSpec& spec, int i, int64_t micro_batches, const std::string& path,
+                     Problems& problems) {
+  const v1::CurriculumStage& stage = spec.curriculum(i);
+  for (int64_t w = spec.world().min_workers(); w <= spec.world().max_workers(); ++w) {
+    if (micro_batches % w == 0) continue;
+    problems.Add(path + ".micro_batch",
+                 absl::StrCat("batch.global_tokens ", spec.batch().global_tokens(),
+                              " is not a multiple of seq_len x micro_batch x workers = ",
+                              stage.seq_len(), " x ", stage.micro_batch(), " x ", w));
+    return;
+  }
+}
+
+// Every world size W the job may run with must give each rank the same power-of-two share of
+// the step's M micro-batches: the pairwise summation tree of M leaves then splits into W equal
+// subtrees, so the summed gradient is the same bytes for every W. The first bad W is reported.
 void CheckBatchSplits(const v1::JobSpec& spec, int i, const std::string& path, Problems& problems) {
   const v1::CurriculumStage& stage = spec.curriculum(i);
   const int64_t global_tokens = spec.batch().global_tokens();
-  for (int64_t w = spec.world().min_workers(); w <= spec.world().max_workers(); ++w) {
-    const std::optional<int64_t> per_pass =
-        CheckedProduct({stage.seq_len(), stage.micro_batch(), w});
-    if (!per_pass || global_tokens % *per_pass != 0) {
-      problems.Add(path + ".micro_batch",
-                   absl::StrCat("batch.global_tokens ", global_tokens,
-                                " is not a multiple of seq_len x micro_batch x workers = ",
-                                stage.seq_len(), " x ", stage.micro_batch(), " x ", w, " = ",
-                                per_pass ? absl::StrCat(*per_pass) : "(overflows int64)"));
-      return;
-    }
+  // Both are bounded (kMaxMicroBatchTokens), so the product fits.
+  const int64_t per_micro_batch = stage.seq_len() * stage.micro_batch();
+  if (global_tokens % per_micro_batch != 0) {
+    problems.Add(path + ".micro_batch",
+                 absl::StrCat("batch.global_tokens ", global_tokens,
+                              " is not a multiple of seq_len x micro_batch = ", stage.seq_len(),
+                              " x ", stage.micro_batch(), " = ", per_micro_batch));
+    return;
+  }
+  const int64_t m = global_tokens / per_micro_batch;
+  if (!spec.batch().worker_invariant()) {
+    CheckEvenSplits(spec, i, m, path, problems);
+    return;
+  }
+  const int64_t lo = spec.world().min_workers(), hi = spec.world().max_workers();
+  for (int64_t w = lo; w <= hi; ++w) {
+    if (m % w == 0 && IsPowerOfTwo(m / w)) continue;
+    const std::string stage_name = stage.name().empty()
+                                       ? absl::StrCat("stage ", i)
+                                       : absl::StrCat("stage '", stage.name(), "'");
+    const std::string share =
+        m % w != 0 ? absl::StrCat(m, "/", w) : absl::StrCat(m, "/", w, " = ", m / w);
+    const std::string sizes = lo == hi
+                                  ? absl::StrCat("world size ", lo, " must give")
+                                  : absl::StrCat("world sizes ", lo, "-", hi, " must each give");
+    problems.Add(path + ".micro_batch",
+                 absl::StrCat(stage_name, ": ", m, " micro-batches per step over ", Workers(w),
+                              " is ", share, ", not a power of two per worker (", sizes,
+                              " every rank 2^k micro-batches)"));
+    return;
   }
 }
 
@@ -353,6 +393,8 @@ void ApplyJobSpecDefaults(v1::JobSpec* spec) {
   if (!w->has_max_workers()) w->set_max_workers(w->min_workers());
   if (w->device() == v1::DEVICE_KIND_UNSPECIFIED) w->set_device(v1::DEVICE_KIND_CPU);
   if (!w->has_max_restarts()) w->set_max_restarts(3);
+  if (!w->has_regroup_seconds()) w->set_regroup_seconds(kDefaultRegroupSeconds);
+  if (!spec->batch().has_worker_invariant()) spec->mutable_batch()->set_worker_invariant(true);
 }
 
 absl::Status ValidateJobSpec(const v1::JobSpec& spec, const JobSpecOptions& options,
@@ -379,6 +421,16 @@ absl::Status ValidateJobSpec(const v1::JobSpec& spec, const JobSpecOptions& opti
   const bool world_ok = ValidateWorld(spec.world(), problems);
   CheckInt(problems, "world.max_restarts", spec.world().max_restarts(), 0, kMaxRestarts,
            "must be >= 0");
+  const double regroup = spec.world().regroup_seconds();
+  if (!(regroup >= 0 && regroup <= kMaxRegroupSeconds)) {  // also NaN
+    problems.Add("world.regroup_seconds",
+                 absl::StrCat("must be in [0, ", kMaxRegroupSeconds, "] seconds, got ", regroup));
+  }
+  if (!spec.batch().worker_invariant()) {
+    problems.Add("batch.worker_invariant",
+                 "false (a ring all-reduce) is not available; use true (the default): the "
+                 "step's gradient is then the same bytes for every worker count");
+  }
   ValidateCurriculum(spec, limits, world_ok, problems);
   ValidateOptimizer(spec.optimizer(), problems);
   CheckWarmupFitsTheJob(spec, problems);

@@ -36,6 +36,8 @@ inline constexpr int64_t kMaxStepCount = int64_t{1} << 50;  // warmup, every_ste
 inline constexpr int64_t kMaxKeepLast = int64_t{1} << 20;
 inline constexpr int64_t kMaxEvalBatches = int64_t{1} << 20;
 inline constexpr int64_t kMaxRestarts = 1000000;
+inline constexpr double kDefaultRegroupSeconds = 30;  // world.regroup_seconds
+inline constexpr double kMaxRegroupSeconds = 86400;   // one day
 inline constexpr double kMaxYarnFactor = 1024;
 inline constexpr double kMaxRopeTheta = 1e12;
 // Model sizes (vocab_size, hidden_size, ...) and max_position_embeddings.
@@ -61,11 +63,6 @@ struct ModelLimits {
 // `model` ("model.config.vocab_size: must be <= 16777216"); a line without one is reported
 // under `model`.
 using ModelResolver = std::function<absl::StatusOr<ModelLimits>(const v1::ModelSpec&)>;
-
-// The largest group the trainer trains today: data-parallel training across several workers is
-// not built yet, so the coordinator forms groups of at most this many ranks when a spec allows
-// more (the result does not depend on the worker count), and the trainer refuses larger ones.
-inline constexpr int64_t kMaxTrainableWorldSize = 1;
 
 struct JobSpecOptions {
   ModelResolver resolve_model;  // optional

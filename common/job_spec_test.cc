@@ -3,8 +3,10 @@
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -12,6 +14,7 @@ namespace qtrain {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 constexpr char kValid[] = R"(
 name: demo
@@ -98,14 +101,127 @@ TEST(JobSpecTest, OutOfRangeValues) {
                 "PRECISION_BF16 needs world.device: cuda");
 }
 
-TEST(JobSpecTest, BatchMustDivideForEveryWorldSize) {
+TEST(JobSpecTest, BatchMustDivideIntoMicroBatches) {
   ExpectInvalid(ValidWith("micro_batch: 4,", "micro_batch: 3,"), "curriculum[1].micro_batch",
-                "batch.global_tokens 32768 is not a multiple of seq_len x micro_batch x workers = "
-                "512 x 3 x 1 = 1536");
+                "batch.global_tokens 32768 is not a multiple of seq_len x micro_batch = "
+                "512 x 3 = 1536");
+}
+
+// kValid's stages are 2048 tokens per micro-batch each; `global` sets M = global / 2048.
+std::string WithBatchAndWorld(int64_t global, int64_t min_workers, int64_t max_workers) {
+  return ValidWith("global_tokens: 32768", absl::StrCat("global_tokens: ", global)) +
+         absl::StrCat("world: {min_workers: ", min_workers, ", max_workers: ", max_workers, "}\n");
+}
+
+TEST(JobSpecTest, EveryWorldSizeGivesEachRankAPowerOfTwoMicroBatches) {
+  const struct {
+    int64_t m, lo, hi;
+  } accepted[] = {{16, 1, 2}, {16, 2, 2}, {4, 4, 4},  {4, 2, 2},   {4, 1, 2},
+                  {12, 3, 3}, {12, 6, 6}, {1, 1, 1},  {2, 1, 2},   {16, 16, 16},
+                  {16, 1, 1}, {8, 8, 8},  {24, 3, 3}, {24, 12, 12}};
+  for (const auto& c : accepted) {
+    auto spec = ParseJobSpec(WithBatchAndWorld(c.m * 2048, c.lo, c.hi), "job.yaml");
+    EXPECT_TRUE(spec.ok()) << "M = " << c.m << ", W in [" << c.lo << ", " << c.hi
+                           << "]: " << spec.status();
+  }
+  // W does not divide M.
+  ExpectInvalid(WithBatchAndWorld(16 * 2048, 1, 3), "curriculum[0].micro_batch",
+                "stage 'short': 16 micro-batches per step over 3 workers is 16/3, not a power of "
+                "two per worker (world sizes 1-3 must each give every rank 2^k micro-batches)");
+  ExpectInvalid(WithBatchAndWorld(12 * 2048, 5, 5), "curriculum[0].micro_batch",
+                "stage 'short': 12 micro-batches per step over 5 workers is 12/5, not a power of "
+                "two per worker (world size 5 must give every rank 2^k micro-batches)");
+  // W divides M but the share is not a power of two; the first bad W is named.
+  ExpectInvalid(WithBatchAndWorld(12 * 2048, 3, 6), "curriculum[1].micro_batch",
+                "stage 'long': 12 micro-batches per step over 4 workers is 12/4 = 3, not a power "
+                "of two per worker (world sizes 3-6 must each give every rank 2^k micro-batches)");
+  ExpectInvalid(WithBatchAndWorld(12 * 2048, 1, 1), "curriculum[0].micro_batch",
+                "stage 'short': 12 micro-batches per step over 1 worker is 12/1 = 12, not a power "
+                "of two per worker (world size 1 must give every rank 2^k micro-batches)");
+  ExpectInvalid(WithBatchAndWorld(4 * 2048, 4, 8), "curriculum[0].micro_batch",
+                "stage 'short': 4 micro-batches per step over 5 workers is 4/5");
   ExpectInvalid(kValid + std::string("world: {min_workers: 2, max_workers: 3}\n"),
                 "curriculum[0].micro_batch",
-                "batch.global_tokens 32768 is not a multiple of seq_len x micro_batch x workers = "
-                "128 x 16 x 3 = 6144");
+                "stage 'short': 16 micro-batches per step over 3 workers is 16/3");
+}
+
+TEST(JobSpecTest, OneWorldSizeProblemPerStage) {
+  const auto spec = ParseJobSpec(WithBatchAndWorld(12 * 2048, 1, 5), "job.yaml");
+  ASSERT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument);
+  const std::string message(spec.status().message());
+  const std::vector<std::string> lines = absl::StrSplit(message, '\n');
+  ASSERT_EQ(lines.size(), 2u) << message;
+  EXPECT_THAT(lines[0], HasSubstr("job.yaml: curriculum[0].micro_batch: stage 'short': 12 "
+                                  "micro-batches per step over 1 worker is 12/1 = 12"));
+  EXPECT_THAT(lines[1], HasSubstr("job.yaml: curriculum[1].micro_batch: stage 'long': 12 "
+                                  "micro-batches per step over 1 worker is 12/1 = 12"));
+}
+
+TEST(JobSpecTest, MultiWorkerExampleRangesAreValid) {
+  // The 0.5B example trains on 8 workers: 128 and 64 micro-batches per step.
+  auto spec = LoadJobSpecFile("examples/qwen2-0.5b-long-context.json");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  for (int64_t w : {1, 2, 4, 8, 16, 32, 64}) {
+    v1::JobSpec copy = *spec;
+    copy.mutable_world()->set_min_workers(w);
+    copy.mutable_world()->set_max_workers(w);
+    EXPECT_TRUE(ValidateJobSpec(copy).ok()) << w;
+  }
+  v1::JobSpec copy = *spec;
+  copy.mutable_world()->set_min_workers(1);
+  copy.mutable_world()->set_max_workers(128);
+  EXPECT_THAT(std::string(ValidateJobSpec(copy).message()),
+              HasSubstr("curriculum[0].micro_batch: stage '4k': 128 micro-batches per step over "
+                        "3 workers is 128/3"));
+}
+
+TEST(JobSpecTest, RegroupSecondsHasADefaultAndBounds) {
+  auto spec = ParseJobSpec(kValid, "job.yaml");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_TRUE(spec->world().has_regroup_seconds());
+  EXPECT_EQ(spec->world().regroup_seconds(), 30);
+  for (const char* ok : {"0", "0.5", "86400", "120"}) {
+    auto given = ParseJobSpec(kValid + absl::StrCat("world: {regroup_seconds: ", ok, "}\n"), "j");
+    ASSERT_TRUE(given.ok()) << ok << ": " << given.status();
+    EXPECT_EQ(given->world().regroup_seconds(), std::stod(ok));
+  }
+  ExpectInvalid(kValid + std::string("world: {regroup_seconds: -1}\n"), "world.regroup_seconds",
+                "must be in [0, 86400] seconds, got -1");
+  ExpectInvalid(kValid + std::string("world: {regroup_seconds: 86400.5}\n"),
+                "world.regroup_seconds", "must be in [0, 86400] seconds, got 86400.5");
+  // Not finite (a spec built in code; YAML refuses these before validation).
+  for (double bad : {std::nan(""), double{INFINITY}, -double{INFINITY}}) {
+    v1::JobSpec copy = *spec;
+    copy.mutable_world()->set_regroup_seconds(bad);
+    const absl::Status status = ValidateJobSpec(copy);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(std::string(status.message()),
+                HasSubstr("world.regroup_seconds: must be in [0, 86400] seconds"));
+  }
+}
+
+TEST(JobSpecTest, WorkerInvariantDefaultsToTrueAndFalseIsRefused) {
+  auto spec = ParseJobSpec(kValid, "job.yaml");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_TRUE(spec->batch().has_worker_invariant());
+  EXPECT_TRUE(spec->batch().worker_invariant());
+  EXPECT_TRUE(ParseJobSpec(ValidWith("{global_tokens: 32768}",
+                                     "{global_tokens: 32768, "
+                                     "worker_invariant: true}"),
+                           "j")
+                  .ok());
+  ExpectInvalid(
+      ValidWith("{global_tokens: 32768}", "{global_tokens: 32768, worker_invariant: false}"),
+      "batch.worker_invariant", "false (a ring all-reduce) is not available; use true");
+  // Without invariance the world sizes are only checked for an even split.
+  const auto uneven = ParseJobSpec(
+      ValidWith("{global_tokens: 32768}", "{global_tokens: 24576, worker_invariant: false}") +
+          "world: {min_workers: 1, max_workers: 5}\n",
+      "job.yaml");
+  const std::string message(uneven.status().message());
+  EXPECT_THAT(message, HasSubstr("curriculum[0].micro_batch: batch.global_tokens 24576 is not a "
+                                 "multiple of seq_len x micro_batch x workers = 128 x 16 x 5"));
+  EXPECT_THAT(message, Not(HasSubstr("power of two")));
 }
 
 TEST(JobSpecTest, StageNamesAreUniqueAndTokensCoverABatch) {

@@ -44,10 +44,12 @@ struct CoordinatorOptions {
   Store* store = nullptr;  // not owned; must outlive the coordinator
   std::string run_root;    // job run directories: <run_root>/<ID>
   absl::Duration lease = absl::Seconds(10);
+  // A first formation (and a stage boundary's) with fewer than world.max_workers idle
+  // workers waits this long for more. A restart after a failure waits the job's
+  // world.regroup_seconds instead, counted from the failure.
   absl::Duration settle = absl::Seconds(1);
-  // Groups have at most this many ranks, whatever world.max_workers allows (0: no cap; the
-  // binary uses kMaxTrainableWorldSize). A job whose min_workers is larger still forms, and
-  // its workers report why they cannot train it.
+  // Groups have at most this many ranks, whatever world.max_workers allows (0, the default:
+  // no cap). A job whose min_workers is larger still forms with min_workers. For tests.
   int64_t max_group_size = 0;
   Clock clock;            // default: absl::Now
   DataPlanner plan_data;  // required; DefaultDataPlanner() in shard_plan.h
@@ -145,6 +147,8 @@ class Coordinator {
     std::vector<int64_t> stage_starts;  // StageStartSteps(spec)
     Round round;
     std::optional<absl::Time> settle_since;
+    // When the job's last round failed (it is RESTARTING): the regroup window starts here.
+    std::optional<absl::Time> failed_at;
     int64_t last_metrics_step = -1;
     int64_t last_eval_step = -1;
     std::vector<std::pair<int64_t, std::function<void()>>> event_waiters;
@@ -189,6 +193,10 @@ class Coordinator {
   // scheduler.cc
   void ScheduleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool NeedsGroup(const JobRecord& record) const;
+  // Whether a job that has at least min_workers but fewer than max_workers idle workers waits
+  // for more: the settle window, or the regroup window of a restart.
+  bool WaitsForMoreWorkersLocked(JobRecord& record, absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status FormGroupLocked(JobRecord& record, const std::vector<WorkerRecord*>& workers,
                                StoreBatch& batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::optional<v1::Checkpoint> LatestCommittedLocked(const JobRecord& record) const

@@ -1,7 +1,11 @@
 #include "coordinator/coordinator.h"
 
 #include <filesystem>
+#include <map>
+#include <optional>
 #include <set>
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "coordinator/coordinator_test_util.h"
@@ -215,10 +219,33 @@ TEST(CoordinatorTest, RunsStagesToSuccess) {
   EXPECT_TRUE(page->ended);
 }
 
-// While the trainer trains one rank per job, a spec that allows more runs on one worker (its
-// result does not depend on the worker count); one that needs more still forms, and its
-// workers say why they cannot train it.
-TEST(CoordinatorTest, GroupsAreCappedAtTheTrainableWorldSize) {
+TEST(CoordinatorTest, GroupsTakeEveryIdleWorkerUpToMaxWorkers) {
+  Harness h("wide");
+  v1::JobSpec spec = TestSpec();
+  spec.mutable_world()->set_min_workers(1);
+  spec.mutable_world()->set_max_workers(2);
+  const std::string job = h.Submit(spec, "two");
+  const std::string w0 = h.Register("w");
+  const std::string w1 = h.Register("w");
+  const std::string w2 = h.Register("w");
+  auto a0 = h.TakeAssignment(w0);
+  auto a1 = h.TakeAssignment(w1);
+  ASSERT_TRUE(a0 && a1);
+  EXPECT_FALSE(h.TakeAssignment(w2));  // max_workers 2
+  for (const v1::Assignment* a : {&*a0, &*a1}) {
+    EXPECT_EQ(a->world_size(), 2);
+    EXPECT_EQ(a->backend(), v1::COLLECTIVE_BACKEND_GLOO);
+    EXPECT_EQ(a->rendezvous_prefix(), job + "/rounds/1/");
+    EXPECT_EQ(a->data().total_tokens(), a->rank() * 1000 + 2);  // each rank's own plan
+  }
+  EXPECT_EQ(a0->rank(), 0);
+  EXPECT_EQ(a1->rank(), 1);
+  EXPECT_EQ(h.Job(job).workers_size(), 2);
+}
+
+// CoordinatorOptions::max_group_size (tests only) caps a group below world.max_workers; a job
+// whose min_workers is larger still forms with min_workers.
+TEST(CoordinatorTest, MaxGroupSizeOptionCapsGroups) {
   Harness h("cap");
   h.max_group_size = 1;
   h.Reopen();
@@ -811,6 +838,283 @@ TEST(NamesTest, Utf8AndNames) {
   EXPECT_EQ(SanitizeWorkerPrefix("__"), "worker");
   EXPECT_EQ(*DecodePageToken(EncodePageToken("jobs", 17), "jobs", "t"), 17);
   EXPECT_FALSE(DecodePageToken(EncodePageToken("workers", 17), "jobs", "t").ok());
+}
+
+}  // namespace
+}  // namespace qtrain::coordinator
+
+namespace qtrain::coordinator {
+namespace {
+
+// Workers driven one heartbeat a second; the assignments they receive are kept.
+class Fleet {
+ public:
+  explicit Fleet(Harness& h) : h_(h) {}
+
+  void Beat(const std::string& worker) {
+    auto r = h_.Beat(worker);
+    ASSERT_TRUE(r.ok()) << r.status();
+    if (r->has_directive() && r->directive().has_assign()) {
+      assigned_[worker] = r->directive().assign();
+    }
+  }
+  // `seconds` ticks of one second, each followed by an idle heartbeat of every `alive` worker.
+  void Advance(int seconds, const std::vector<std::string>& alive) {
+    for (int i = 0; i < seconds; ++i) {
+      h_.Advance(absl::Seconds(1));
+      for (const std::string& w : alive) Beat(w);
+    }
+  }
+  // The newest assignment `worker` received (of round > `after_round`), beating it a few times.
+  std::optional<v1::Assignment> Assignment(const std::string& worker, int64_t after_round) {
+    for (int i = 0; i < 4; ++i) {
+      auto it = assigned_.find(worker);
+      if (it != assigned_.end() && it->second.round() > after_round) return it->second;
+      Beat(worker);
+    }
+    return std::nullopt;
+  }
+
+ private:
+  Harness& h_;
+  std::map<std::string, v1::Assignment> assigned_;
+};
+
+v1::JobSpec ElasticSpec(int64_t min_workers, double regroup_seconds) {
+  v1::JobSpec spec = TestSpec();
+  spec.mutable_world()->set_min_workers(min_workers);
+  spec.mutable_world()->set_max_workers(2);
+  spec.mutable_world()->set_regroup_seconds(regroup_seconds);
+  return spec;
+}
+
+// A 2-worker round 1 of `job` on w0 and w1 with step 2 committed by both ranks.
+void StartPair(Harness& h, const std::string& job, const std::string& w0, const std::string& w1) {
+  auto a0 = h.TakeAssignment(w0);
+  auto a1 = h.TakeAssignment(w1);
+  ASSERT_TRUE(a0 && a1);
+  ASSERT_EQ(a0->world_size(), 2);
+  ASSERT_EQ(a0->rank(), 0);
+  ASSERT_EQ(a1->rank(), 1);
+  ASSERT_TRUE(h.Train(w0, *a0, 1).ok());
+  ASSERT_EQ(h.State(job), v1::JOB_STATE_RUNNING);
+  ASSERT_EQ(h.Commit(w0, *a0, 2)->state(), v1::CHECKPOINT_STATE_WRITING);
+  ASSERT_EQ(h.Commit(w1, *a1, 2)->state(), v1::CHECKPOINT_STATE_COMMITTED);
+}
+
+TEST(RegroupTest, LostMemberWithAnIdleReplacementReformsAtTwoAtOnce) {
+  Harness h("regroup_replace");
+  Fleet fleet(h);
+  const std::string job = h.Submit(ElasticSpec(1, 30), "r");
+  const std::string w0 = h.Register("w");
+  const std::string w1 = h.Register("w");
+  StartPair(h, job, w0, w1);
+  const std::string spare = h.Register("spare");
+  EXPECT_EQ(h.Job(job).round(), 1);  // the spare is not taken by a running job
+  // w1 goes silent; its lease ends 11 s after its last heartbeat.
+  fleet.Advance(10, {w0, spare});
+  EXPECT_EQ(h.State(job), v1::JOB_STATE_RUNNING);
+  fleet.Advance(1, {w0, spare});
+  EXPECT_EQ(h.State(job), v1::JOB_STATE_RESTARTING);
+  // At the next tick both have sent a heartbeat since the failure: no wait for regroup_seconds.
+  fleet.Advance(1, {w0, spare});
+  const v1::Job job_now = h.Job(job);
+  EXPECT_EQ(job_now.state(), v1::JOB_STATE_SCHEDULING);
+  EXPECT_EQ(job_now.round(), 2);
+  EXPECT_EQ(job_now.restarts(), 1);
+  EXPECT_THAT(job_now.workers(), ::testing::ElementsAre(w0, spare));
+  auto b0 = fleet.Assignment(w0, 1);
+  auto b1 = fleet.Assignment(spare, 1);
+  ASSERT_TRUE(b0 && b1);
+  EXPECT_EQ(b0->world_size(), 2);
+  EXPECT_EQ(b0->rank(), 0);
+  EXPECT_EQ(b1->rank(), 1);
+  EXPECT_EQ(b1->rendezvous_prefix(), job + "/rounds/2/");
+  EXPECT_EQ(b0->resume_from().step(), 2);
+  EXPECT_EQ(b1->start_step(), 2);
+  EXPECT_EQ(b1->data().total_tokens(), 1002);
+}
+
+TEST(RegroupTest, WithoutAReplacementContinuesOnOneAfterRegroupSeconds) {
+  Harness h("regroup_shrink");
+  Fleet fleet(h);
+  const std::string job = h.Submit(ElasticSpec(1, 30), "r");
+  const std::string w0 = h.Register("w");
+  const std::string w1 = h.Register("w");
+  StartPair(h, job, w0, w1);
+  fleet.Advance(11, {w0});  // w1 is lost: the failure
+  EXPECT_EQ(h.State(job), v1::JOB_STATE_RESTARTING);
+  EXPECT_EQ(h.Job(job).restarts(), 1);
+  fleet.Advance(10, {w0});
+  // A coordinator restart does not restart the window: it runs from the failure.
+  h.Reopen();
+  fleet.Advance(19, {w0});  // 29 s after the failure
+  EXPECT_EQ(h.State(job), v1::JOB_STATE_RESTARTING);
+  EXPECT_EQ(h.Job(job).round(), 1);
+  fleet.Advance(1, {w0});  // 30 s
+  const v1::Job shrunk = h.Job(job);
+  EXPECT_EQ(shrunk.state(), v1::JOB_STATE_SCHEDULING);
+  EXPECT_EQ(shrunk.round(), 2);
+  EXPECT_THAT(shrunk.workers(), ::testing::ElementsAre(w0));
+  auto b = fleet.Assignment(w0, 1);
+  ASSERT_TRUE(b);
+  EXPECT_EQ(b->world_size(), 1);
+  EXPECT_EQ(b->rank(), 0);
+  EXPECT_EQ(b->start_step(), 2);
+  EXPECT_EQ(b->resume_from().step(), 2);
+  EXPECT_EQ(b->data().total_tokens(), 1);
+  int restarted = 0;
+  for (const auto& e : h.Events(job)) restarted += e.has_restarted();
+  EXPECT_EQ(restarted, 1);
+}
+
+// A member killed with its daemon: its peer's collective breaks and is reported at once, while
+// the dead worker is still within its lease (IDLE once the round is released). The group
+// re-forms with the live replacement, not with the silent member.
+TEST(RegroupTest, AReportedFailureRegroupsOnlyWorkersThatBeatSinceIt) {
+  Harness h("regroup_silent");
+  Fleet fleet(h);
+  const std::string job = h.Submit(ElasticSpec(1, 30), "r");
+  const std::string w0 = h.Register("w");
+  const std::string w1 = h.Register("w");
+  StartPair(h, job, w0, w1);
+  const std::string spare = h.Register("spare");
+  fleet.Advance(2, {w0, w1, spare});
+  // w1 dies half a second after its last heartbeat; w0 reports the broken collective.
+  h.Advance(absl::Milliseconds(500));
+  v1::ReportFailureRequest failure;
+  failure.set_worker(w0);
+  failure.set_job(job);
+  failure.set_round(1);
+  failure.set_rank(0);
+  failure.set_code("UNAVAILABLE");
+  failure.set_message("collective ReduceScatterSum: connection to rank 1 closed");
+  failure.set_retryable(true);
+  ASSERT_TRUE(h.c().ReportFailure(failure).ok());
+  EXPECT_EQ(h.State(job), v1::JOB_STATE_RESTARTING);
+  EXPECT_EQ(h.Job(job).restarts(), 1);
+  fleet.Advance(2, {w0, spare});  // their heartbeats, then the next tick
+  const v1::Job regrouped = h.Job(job);
+  EXPECT_EQ(regrouped.state(), v1::JOB_STATE_SCHEDULING);
+  EXPECT_THAT(regrouped.workers(), ::testing::ElementsAre(w0, spare));
+  // w1's lease ends later: it is in no round, so nothing else restarts.
+  fleet.Advance(12, {w0, spare});
+  EXPECT_EQ(h.Job(job).restarts(), 1);
+  EXPECT_EQ(h.Job(job).round(), 2);
+}
+
+TEST(RegroupTest, ZeroRegroupSecondsContinuesAtOnce) {
+  Harness h("regroup_zero");
+  Fleet fleet(h);
+  const std::string job = h.Submit(ElasticSpec(1, 0), "r");
+  const std::string w0 = h.Register("w");
+  const std::string w1 = h.Register("w");
+  StartPair(h, job, w0, w1);
+  fleet.Advance(12, {w0});  // the failure, then w0's next heartbeat
+  EXPECT_EQ(h.State(job), v1::JOB_STATE_SCHEDULING);
+  EXPECT_THAT(h.Job(job).workers(), ::testing::ElementsAre(w0));
+}
+
+TEST(RegroupTest, BelowMinWorkersTheJobWaitsForAReplacement) {
+  Harness h("regroup_min");
+  Fleet fleet(h);
+  const std::string job = h.Submit(ElasticSpec(2, 30), "r");
+  const std::string w0 = h.Register("w");
+  const std::string w1 = h.Register("w");
+  StartPair(h, job, w0, w1);
+  fleet.Advance(11, {w0});
+  fleet.Advance(120, {w0});  // long past regroup_seconds: one worker is not enough
+  EXPECT_EQ(h.State(job), v1::JOB_STATE_RESTARTING);
+  EXPECT_EQ(h.Job(job).round(), 1);
+  // The lost worker comes back: the group re-forms at two.
+  fleet.Beat(w1);
+  const v1::Job back = h.Job(job);
+  EXPECT_EQ(back.state(), v1::JOB_STATE_SCHEDULING);
+  EXPECT_EQ(back.round(), 2);
+  EXPECT_EQ(back.workers_size(), 2);
+  auto b0 = fleet.Assignment(w0, 1);
+  ASSERT_TRUE(b0);
+  EXPECT_EQ(b0->world_size(), 2);
+}
+
+TEST(RegroupTest, AShrunkJobGrowsBackAtTheNextStageBoundary) {
+  Harness h("regroup_grow");
+  Fleet fleet(h);
+  const std::string job = h.Submit(ElasticSpec(1, 5), "r");
+  const std::string w0 = h.Register("w");
+  const std::string w1 = h.Register("w");
+  StartPair(h, job, w0, w1);
+  fleet.Advance(11 + 5, {w0});
+  auto b = fleet.Assignment(w0, 1);
+  ASSERT_TRUE(b);
+  ASSERT_EQ(b->world_size(), 1);
+  ASSERT_TRUE(h.Train(w0, *b, 3).ok());
+  // A worker becomes idle mid-stage: the running round keeps its one worker.
+  const std::string w2 = h.Register("w");
+  fleet.Advance(2, {w0, w2});
+  EXPECT_EQ(h.Job(job).round(), 2);
+  EXPECT_FALSE(fleet.Assignment(w2, 0));
+  // The stage ends: the next round takes every idle worker up to max_workers.
+  ASSERT_EQ(h.Commit(w0, *b, 4)->state(), v1::CHECKPOINT_STATE_COMMITTED);
+  ASSERT_TRUE(h.Complete(w0, *b).ok());
+  const v1::Job grown = h.Job(job);
+  EXPECT_EQ(grown.state(), v1::JOB_STATE_SCHEDULING);
+  EXPECT_EQ(grown.round(), 3);
+  EXPECT_THAT(grown.workers(), ::testing::ElementsAre(w0, w2));
+  EXPECT_EQ(grown.restarts(), 1);
+  auto c0 = fleet.Assignment(w0, 2);
+  auto c1 = fleet.Assignment(w2, 2);
+  ASSERT_TRUE(c0 && c1);
+  EXPECT_EQ(c0->world_size(), 2);
+  EXPECT_EQ(c1->rank(), 1);
+  EXPECT_EQ(c1->stage(), 1);
+  EXPECT_EQ(c1->start_step(), 4);
+  EXPECT_EQ(c1->resume_from().step(), 4);
+  // Its checkpoints again need both ranks.
+  ASSERT_EQ(h.Commit(w0, *c0, 5)->state(), v1::CHECKPOINT_STATE_WRITING);
+  ASSERT_EQ(h.Commit(w2, *c1, 5)->state(), v1::CHECKPOINT_STATE_COMMITTED);
+}
+
+TEST(RegroupTest, StageBoundaryWithOneIdleWorkerKeepsTheSettleWindow) {
+  Harness h("regroup_settle", absl::Seconds(10), absl::Seconds(3));
+  Fleet fleet(h);
+  const std::string job = h.Submit(ElasticSpec(1, 30), "r");
+  const std::string w0 = h.Register("w");
+  fleet.Advance(3, {w0});  // the first formation waited the settle window
+  auto a = fleet.Assignment(w0, 0);
+  ASSERT_TRUE(a);
+  ASSERT_EQ(a->world_size(), 1);
+  ASSERT_EQ(h.Commit(w0, *a, 4)->state(), v1::CHECKPOINT_STATE_COMMITTED);
+  ASSERT_TRUE(h.Complete(w0, *a).ok());
+  fleet.Advance(2, {w0});
+  EXPECT_EQ(h.Job(job).round(), 1);  // settling, not the 30 s regroup window
+  fleet.Advance(1, {w0});
+  EXPECT_EQ(h.Job(job).round(), 2);
+  EXPECT_EQ(h.Job(job).workers_size(), 1);
+}
+
+TEST(RegroupTest, RestartsAreCountedAcrossRegroups) {
+  Harness h("regroup_budget");
+  Fleet fleet(h);
+  v1::JobSpec spec = ElasticSpec(1, 30);
+  spec.mutable_world()->set_max_restarts(1);
+  const std::string job = h.Submit(spec, "r");
+  const std::string w0 = h.Register("w");
+  const std::string w1 = h.Register("w");
+  StartPair(h, job, w0, w1);
+  const std::string spare = h.Register("spare");
+  fleet.Advance(12, {w0, spare});  // w1 lost: restart 1 of 1, the spare replaces it
+  ASSERT_EQ(h.Job(job).restarts(), 1);
+  auto b1 = fleet.Assignment(spare, 1);
+  ASSERT_TRUE(b1);
+  ASSERT_EQ(h.Job(job).round(), 2);
+  fleet.Advance(11, {w0});  // the spare is lost too: the budget is spent
+  const v1::Job failed = h.Job(job);
+  EXPECT_EQ(failed.state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(failed.restarts(), 1);
+  EXPECT_THAT(failed.state_message(), HasSubstr("1 restart allowed, 1 used"));
+  fleet.Advance(60, {w0});  // nothing re-forms a failed job
+  EXPECT_EQ(h.Job(job).round(), 2);
 }
 
 }  // namespace

@@ -385,6 +385,7 @@ void Coordinator::FailRoundLocked(JobRecord& record, FailureKind kind, const std
   }
   if (kind == FailureKind::kDrained) {
     QTRAIN_LOG(INFO) << job.name() << ": re-forming its group (" << reason << ")";
+    record.failed_at = Now();
     SetStateLocked(record, v1::JOB_STATE_RESTARTING, reason, batch);
     return;
   }
@@ -399,6 +400,7 @@ void Coordinator::FailRoundLocked(JobRecord& record, FailureKind kind, const std
   job.set_restarts(job.restarts() + 1);
   QTRAIN_LOG(INFO) << "restart " << job.restarts() << "/" << allowed << " of " << job.name() << ": "
                    << reason;
+  record.failed_at = Now();
   SetStateLocked(record, v1::JOB_STATE_RESTARTING, reason, batch);
 }
 

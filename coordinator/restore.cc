@@ -71,6 +71,10 @@ absl::Status Coordinator::Load() {
     record->stage_starts = *std::move(starts);
     record->job = std::move(job);
     record->last_metrics_step = record->job.progress().step();
+    if (record->job.state() == v1::JOB_STATE_RESTARTING && record->job.has_update_time()) {
+      // The regroup window runs from the failure (the state's last change), not the restart.
+      record->failed_at = std::min(now, FromProto(record->job.update_time()));
+    }
     const std::string id = Id(record->job.name());
     jobs_by_id_[id] = record.get();
     jobs_by_request_[record->job.request_id()] = record.get();

@@ -1,11 +1,13 @@
-// The scheduler: FIFO over the jobs that need a group, the settle window, group formation
-// (rounds) and the assignments sent to each rank.
+// The scheduler: FIFO over the jobs that need a group, the settle and regroup windows, group
+// formation (rounds) and the assignments sent to each rank.
 #include <algorithm>
+#include <cmath>
 #include <set>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/job_spec.h"
 #include "common/logging.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/names.h"
@@ -30,6 +32,22 @@ bool Coordinator::NeedsGroup(const JobRecord& record) const {
   }
 }
 
+bool Coordinator::WaitsForMoreWorkersLocked(JobRecord& record, absl::Time now) {
+  if (record.job.state() == v1::JOB_STATE_RESTARTING) {
+    // A lost member may be replaced: wait for one up to regroup_seconds after the failure,
+    // then continue with the workers there are (the job grows back at a stage boundary).
+    if (!record.failed_at) record.failed_at = now;
+    const v1::WorldSpec& world = record.job.spec().world();
+    const double seconds =
+        world.has_regroup_seconds() ? world.regroup_seconds() : kDefaultRegroupSeconds;
+    const absl::Duration regroup =
+        std::isfinite(seconds) && seconds > 0 ? absl::Seconds(seconds) : absl::ZeroDuration();
+    return now - *record.failed_at < regroup;
+  }
+  if (!record.settle_since) record.settle_since = now;
+  return now - *record.settle_since < options_.settle;
+}
+
 void Coordinator::ScheduleLocked() {
   const absl::Time now = Now();
   std::set<const WorkerRecord*> taken;  // formed or held by a settling job in this pass
@@ -38,6 +56,7 @@ void Coordinator::ScheduleLocked() {
     JobRecord& record = *owned;
     if (!NeedsGroup(record)) {
       record.settle_since.reset();
+      if (record.job.state() != v1::JOB_STATE_RESTARTING) record.failed_at.reset();
       continue;
     }
     const v1::WorldSpec& world = record.job.spec().world();
@@ -46,9 +65,17 @@ void Coordinator::ScheduleLocked() {
     int64_t allowed = std::max<int64_t>(1, world.max_workers());
     if (options_.max_group_size > 0) allowed = std::min(allowed, options_.max_group_size);
     const size_t max_workers = std::max(min_workers, static_cast<size_t>(allowed));
+    // After a failure a worker must have sent a heartbeat since: a member that died with the
+    // round (its peer reported the broken collective first) stays IDLE until its lease ends,
+    // and must not be regrouped in place of a live replacement.
+    const absl::Time alive_since =
+        record.job.state() == v1::JOB_STATE_RESTARTING && record.failed_at.has_value()
+            ? *record.failed_at
+            : absl::InfinitePast();
     auto usable = [&](const WorkerRecord& w) {
       return w.worker.state() == v1::WORKER_STATE_IDLE && !w.draining &&
-             Normalize(w.worker.device()) == device && taken.count(&w) == 0;
+             Normalize(w.worker.device()) == device && taken.count(&w) == 0 &&
+             w.last_heartbeat >= alive_since;
     };
     // The previous group first (a stage change normally keeps its workers), then by
     // registration order.
@@ -67,15 +94,13 @@ void Coordinator::ScheduleLocked() {
       record.settle_since.reset();
       continue;
     }
-    if (candidates.size() < max_workers) {
-      if (!record.settle_since) record.settle_since = now;
-      if (now - *record.settle_since < options_.settle) {
-        for (WorkerRecord* w : candidates) taken.insert(w);
-        continue;
-      }
+    if (candidates.size() < max_workers && WaitsForMoreWorkersLocked(record, now)) {
+      for (WorkerRecord* w : candidates) taken.insert(w);  // held while it waits
+      continue;
     }
     candidates.resize(std::min(candidates.size(), max_workers));
     record.settle_since.reset();
+    record.failed_at.reset();
     FormGroupLocked(record, candidates, batch).IgnoreError();  // a failed job is FAILED
     for (WorkerRecord* w : candidates) taken.insert(w);
   }

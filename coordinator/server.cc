@@ -12,7 +12,6 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
-#include "common/job_spec.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "coordinator/shard_plan.h"
@@ -71,7 +70,6 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   core.run_root = options.run_root;
   core.lease = options.lease;
   core.settle = options.settle;
-  core.max_group_size = kMaxTrainableWorldSize;
   core.plan_data = options.plan_data ? options.plan_data : DefaultDataPlanner();
   QTRAIN_ASSIGN_OR_RETURN(server->coordinator_, Coordinator::Create(core));
   server->job_service_ = std::make_unique<JobService>(server->coordinator_.get(), security);

@@ -2,7 +2,8 @@
 # The demo behind `make demo`: on a corpus from Debian's fortune packages (English `fortunes`,
 # Chinese `fortunes-zh`), train a byte-level BPE tokenizer, tokenize the corpus into shards,
 # train a tiny Qwen2 through a two-stage curriculum (short then long context, larger RoPE base)
-# on a coordinator and one worker started for the job (`qtrain local`), and sample from it.
+# on a coordinator and two workers started for the job (`qtrain local --workers 2`: one
+# data-parallel group), and sample from it.
 # Everything lands in BUILD/demo.
 set -euo pipefail
 build=${1:-build}
@@ -60,11 +61,13 @@ optimizer: {lr: 4e-3, min_lr: 4e-4, warmup_steps: 20}
 batch: {global_tokens: 4096}
 checkpoint: {every_steps: 100, keep_last: 2}
 eval: {every_steps: 80, batches: 8}
+world: {min_workers: 1, max_workers: 2, device: cpu}
 YAML
 "$qtrain" validate "$out/job.yaml" > /dev/null
-# A coordinator and one worker as child processes; the job's run directory is
-# <run-root>/<job ID>/, its logs in <run-root>/.logs/.
-"$qtrain" local "$out/job.yaml" --workers 1 --run-root "$out/local" | tee "$out/local.out"
+# A coordinator and two workers as child processes (each with half the cores), training the
+# job as one group; the job's run directory is <run-root>/<job ID>/, its logs in
+# <run-root>/.logs/.
+"$qtrain" local "$out/job.yaml" --workers 2 --run-root "$out/local" | tee "$out/local.out"
 run=$(sed -n 's/^final model: \(.*\)\/final$/\1/p' "$out/local.out" | tail -n 1)
 [ -n "$run" ] && [ -d "$run/final" ] || { echo "demo: the job left no final model" >&2; exit 1; }
 

@@ -242,8 +242,10 @@ TEST_F(RemoteCliTest, BadFlagsAreUsageErrors) {
       {{"submit"}, "spec"},
       {{"submit", "x.yaml", "--request-id", ""}, "request-id"},
       {{"watch", "demo-1", "--reconnect-timeout", "-1"}, "reconnect-timeout"},
-      {{"local", "x.yaml"}, "workers"},
+      {{"local"}, "spec"},
       {{"local", "x.yaml", "--workers", "0"}, "workers"},
+      {{"local", "x.yaml", "--workers", "65"}, "workers"},
+      {{"local", "x.yaml", "--workers", "two"}, "workers"},
   };
   for (const Case& c : cases) {
     const CliResult r = Run(c.args, 20);
@@ -597,6 +599,22 @@ TEST_F(LocalCliTest, SigtermCancelsTheJobAndStopsEveryChild) {
   EXPECT_EQ(WEXITSTATUS(status), 2) << ReadAll(log);
   EXPECT_THAT(ReadAll(log), HasSubstr("-> CANCELLED"));
   EXPECT_THAT(ProcessesMentioning(run_root.string()), ::testing::IsEmpty());
+}
+
+TEST_F(RemoteCliTest, LocalRefusesAWorkerCountOutsideTheJobsWorld) {
+  // The default world is one worker.
+  CliResult r = Run({"local", WriteSpec("solo").string(), "--workers", "2", "--run-root",
+                     (root_ / "runs").string()});
+  EXPECT_TRUE(r.exited && r.exit_code == 1) << r;
+  EXPECT_THAT(r.output, HasSubstr("--workers 2 is outside the job's world range 1-1"));
+  EXPECT_THAT(r.output, HasSubstr("world.max_workers 1"));
+  EXPECT_TRUE(IsOneLine(r.output)) << r.output;
+  r = Run({"local", WriteSpec("pair", "world: {min_workers: 2, max_workers: 2}\n").string(),
+           "--run-root", (root_ / "runs").string()});
+  EXPECT_TRUE(r.exited && r.exit_code == 1) << r;
+  EXPECT_THAT(r.output, HasSubstr("--workers 1 is outside the job's world range 2-2"));
+  EXPECT_THAT(r.output, HasSubstr("world.min_workers 2"));
+  EXPECT_FALSE(fs::exists(root_ / "runs")) << "nothing is started for a refused run";
 }
 
 TEST_F(RemoteCliTest, LocalNeedsItsSiblingBinaries) {

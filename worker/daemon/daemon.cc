@@ -22,6 +22,7 @@
 #include "common/status_macros.h"
 #include "worker/daemon/coordinator_link.h"
 #include "worker/daemon/machine_info.h"
+#include "worker/daemon/peer_host.h"
 #include "worker/daemon/stage_runner.h"
 #include "worker/daemon/work_dir.h"
 
@@ -91,7 +92,8 @@ class WorkerDaemon::Impl {
     if (!machine.cpu_model.empty()) r.add_device_names(machine.cpu_model);
     r.set_device_memory_bytes(machine.memory_bytes);
     r.set_version(options_.version);
-    r.set_peer_host(machine.hostname);
+    peer_host_ = options_.peer_host.empty() ? machine.hostname : options_.peer_host;
+    r.set_peer_host(peer_host_);
     (*r.mutable_labels())["hostname"] = machine.hostname;
     link.rpc_timeout = options_.rpc_timeout;
     link.reconnect_initial = options_.reconnect_initial;
@@ -356,7 +358,11 @@ class WorkerDaemon::Impl {
     StageRunnerOptions runner_options{.command = options_.child_command,
                                       .threads = options_.threads,
                                       .parent_timeout = ParentTimeout(),
-                                      .ping_interval = options_.ping_interval};
+                                      .ping_interval = options_.ping_interval,
+                                      .coordinator = options_.channel,
+                                      .worker = link_->worker_name(),
+                                      .peer_host = peer_host_,
+                                      .collective_timeout = options_.collective_timeout};
     absl::StatusOr<std::unique_ptr<StageRunner>> runner =
         StageRunner::Start(a, work_dir_.AssignmentPath(AssignmentFileName(a)), runner_options);
     if (!runner.ok()) {
@@ -666,6 +672,7 @@ class WorkerDaemon::Impl {
   };
 
   DaemonOptions options_;
+  std::string peer_host_;  // options_.peer_host, or the hostname
   WorkDir work_dir_;
   std::unique_ptr<CoordinatorLink> link_;
   int wake_fd_ = -1;
@@ -706,6 +713,14 @@ absl::StatusOr<std::unique_ptr<WorkerDaemon>> WorkerDaemon::Start(const DaemonOp
   }
   if (options.drain_timeout < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--drain-timeout-seconds: must not be negative");
+  }
+  if (!options.peer_host.empty()) {
+    if (std::optional<std::string> problem = PeerHostProblem(options.peer_host)) {
+      return absl::InvalidArgumentError(absl::StrCat("--peer-host: ", *problem));
+    }
+  }
+  if (std::optional<std::string> problem = CollectiveTimeoutProblem(options.collective_timeout)) {
+    return absl::InvalidArgumentError(absl::StrCat("--collective-timeout-seconds: ", *problem));
   }
   if (options.child_command.empty()) {
     return absl::InvalidArgumentError("no training child command");

@@ -26,6 +26,11 @@ struct DaemonOptions {
   v1::DeviceKind device = v1::DEVICE_KIND_CPU;
   std::string name;  // the worker's name (its id's prefix); empty: the hostname
   int threads = 0;   // passed to the training child; 0: its default
+  // The address this worker's collectives listen on, told the coordinator
+  // (RegisterWorker.peer_host) and given to the training child; empty: the hostname.
+  std::string peer_host;
+  // A collective (or a group's rendezvous) that has not completed within this fails the round.
+  absl::Duration collective_timeout = absl::Seconds(300);
   absl::Duration drain_timeout = absl::Seconds(300);
   absl::Duration rpc_timeout = absl::Seconds(10);
   absl::Duration reconnect_initial = absl::Milliseconds(100);

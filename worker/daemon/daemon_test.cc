@@ -24,11 +24,14 @@
 #include "gtest/gtest.h"
 #include "qtrain/v1/worker.grpc.pb.h"
 #include "worker/daemon/fake_coordinator_test_util.h"
+#include "worker/daemon/machine_info.h"
+#include "worker/daemon/stage_runner.h"
 
 namespace qtrain::worker {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 // Scripts standing in for `train-stage`. Each writes its pid and arguments beside itself.
 constexpr char kPrologue[] = R"(
@@ -211,7 +214,8 @@ TEST_F(DaemonTest, RegistersHeartbeatsAndKeepsItsId) {
     EXPECT_EQ(r.device(), v1::DEVICE_KIND_CPU);
     EXPECT_EQ(r.device_count(), 1);
     EXPECT_EQ(r.version(), "test");
-    EXPECT_FALSE(r.peer_host().empty());
+    // No --peer-host: the hostname.
+    EXPECT_EQ(r.peer_host(), DescribeMachine().hostname);
     for (const auto& h : f.heartbeats_) {
       EXPECT_EQ(h.worker(), "workers/fake-1");
       EXPECT_EQ(h.phase(), v1::WORKER_PHASE_IDLE);
@@ -530,6 +534,83 @@ TEST_F(DaemonTest, RefusesCudaWithoutCuda) {
   ASSERT_FALSE(daemon.ok());
   EXPECT_THAT(daemon.status().ToString(),
               HasSubstr("--device cuda: this qtrain-worker has no CUDA"));
+}
+
+TEST_F(DaemonTest, GivesTheChildItsGroupFlags) {
+  const std::string token = root_ + "/token";
+  std::ofstream(token) << "secret\n";
+  DaemonOptions options = Options(WriteChild(kGoodChild));
+  options.channel.token_file = token;
+  options.peer_host = "10.1.2.3";
+  options.collective_timeout = absl::Seconds(7);
+  StartDaemon(options);
+  fake_->Send(AssignDirective("jobs/g-1", 1));
+  ASSERT_TRUE(fake_->WaitFor([](FakeCoordinator& f) { return !f.completions_.empty(); }));
+  fake_->Read([](FakeCoordinator& f) {
+    ASSERT_FALSE(f.registrations_.empty());
+    EXPECT_EQ(f.registrations_[0].peer_host(), "10.1.2.3");
+  });
+  const std::string args = ReadFile(root_ + "/child/child.args");
+  EXPECT_THAT(args, HasSubstr("--coordinator\n" + address_ + "\n"));
+  EXPECT_THAT(args, HasSubstr("--cluster-token-file\n" + token + "\n"));
+  EXPECT_THAT(args, HasSubstr("--worker\nworkers/fake-1\n"));
+  EXPECT_THAT(args, HasSubstr("--peer-host\n10.1.2.3\n"));
+  EXPECT_THAT(args, HasSubstr("--collective-timeout-ms\n7000\n"));
+  // No TLS configured: no TLS flags (the child would refuse empty file names).
+  EXPECT_THAT(args, Not(HasSubstr("--tls")));
+}
+
+TEST_F(DaemonTest, RefusesBadGroupFlags) {
+  struct Case {
+    std::string peer_host;
+    absl::Duration timeout;
+    std::string needle;
+  };
+  const std::vector<Case> cases = {
+      {"bad host", absl::Seconds(1), "--peer-host: 'bad host' is not a host name"},
+      {"-x", absl::Seconds(1), "--peer-host"},
+      {std::string(300, 'a'), absl::Seconds(1), "--peer-host: is 300 bytes long"},
+      {"", absl::ZeroDuration(), "--collective-timeout-seconds: must be positive"},
+      {"", -absl::Seconds(3), "--collective-timeout-seconds: must be positive"},
+      {"", absl::Hours(25), "--collective-timeout-seconds: 25h is more than 24h"},
+  };
+  for (const Case& c : cases) {
+    DaemonOptions options = Options(WriteChild(kGoodChild));
+    options.peer_host = c.peer_host;
+    options.collective_timeout = c.timeout;
+    absl::StatusOr<std::unique_ptr<WorkerDaemon>> daemon = WorkerDaemon::Start(options);
+    ASSERT_FALSE(daemon.ok()) << c.needle;
+    EXPECT_TRUE(absl::IsInvalidArgument(daemon.status())) << daemon.status();
+    EXPECT_THAT(daemon.status().message(), HasSubstr(c.needle));
+  }
+}
+
+TEST(StageChildArgvTest, PassesTheConnectionItHasAndNothingEmpty) {
+  StageRunnerOptions options;
+  options.command = {"/bin/worker", "train-stage"};
+  options.threads = 3;
+  options.parent_timeout = absl::Milliseconds(1500);
+  options.coordinator.address = "coord:7070";
+  options.coordinator.tls_ca = "/ca.pem";
+  options.coordinator.tls_cert = "/cert.pem";
+  options.coordinator.tls_key = "/key.pem";
+  options.coordinator.tls_server_name = "coord.example";
+  options.worker = "workers/w-1";
+  options.peer_host = "192.168.1.5";
+  options.collective_timeout = absl::Seconds(2);
+  EXPECT_THAT(StageChildArgv("/a.json", options),
+              ::testing::ElementsAre(
+                  "/bin/worker", "train-stage", "--assignment", "/a.json", "--threads", "3",
+                  "--parent-timeout-ms", "1500", "--coordinator", "coord:7070", "--tls-ca",
+                  "/ca.pem", "--tls-cert", "/cert.pem", "--tls-key", "/key.pem",
+                  "--tls-server-name", "coord.example", "--worker", "workers/w-1", "--peer-host",
+                  "192.168.1.5", "--collective-timeout-ms", "2000"));
+  StageRunnerOptions bare;
+  bare.command = {"/bin/worker"};
+  EXPECT_THAT(
+      StageChildArgv("/a.json", bare),
+      ::testing::ElementsAre("/bin/worker", "--assignment", "/a.json", "--parent-timeout-ms",
+                             "5000", "--collective-timeout-ms", "300000"));
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <exception>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "CLI/CLI.hpp"
@@ -18,6 +19,8 @@
 #include "absl/time/time.h"
 #include "common/logging.h"
 #include "worker/daemon/daemon.h"
+#include "worker/daemon/group_connect.h"
+#include "worker/daemon/peer_host.h"
 #include "worker/daemon/stage_child.h"
 
 #ifndef QTRAIN_VERSION
@@ -30,6 +33,8 @@ constexpr int kMaxThreads = 4096;
 constexpr size_t kMaxNameBytes = 100;
 constexpr double kMaxDrainSeconds = 1e7;
 constexpr int64_t kMaxParentTimeoutMs = int64_t{24} * 3600 * 1000;
+constexpr double kMaxCollectiveSeconds = 86400;
+constexpr int64_t kMaxCollectiveMs = int64_t{24} * 3600 * 1000;
 
 struct DaemonFlags {
   std::string coordinator;
@@ -39,12 +44,19 @@ struct DaemonFlags {
   int threads = 0;
   std::string cluster_token_file, tls_ca, tls_cert, tls_key, tls_server_name;
   double drain_timeout_seconds = 300;
+  std::string peer_host;
+  double collective_timeout_seconds = 300;
 };
 
 struct StageFlags {
   std::string assignment;
   int threads = 0;
   int64_t parent_timeout_ms = 5000;
+  // The group's rendezvous (world_size > 1).
+  std::string coordinator, cluster_token_file, tls_ca, tls_cert, tls_key, tls_server_name;
+  std::string worker;
+  std::string peer_host = "127.0.0.1";
+  int64_t collective_timeout_ms = 300 * 1000;
 };
 
 // Runs the daemon until a signal (or Stop) ends it: the first SIGTERM/SIGINT drains, a second
@@ -64,6 +76,8 @@ int RunDaemon(const DaemonFlags& flags) {
   options.name = flags.name;
   options.threads = flags.threads;
   options.drain_timeout = absl::Seconds(flags.drain_timeout_seconds);
+  options.peer_host = flags.peer_host;
+  options.collective_timeout = absl::Seconds(flags.collective_timeout_seconds);
   options.version = QTRAIN_VERSION;
 
   sigset_t signals;
@@ -104,6 +118,16 @@ int RunTrainStage(const StageFlags& flags) {
   options.assignment_path = flags.assignment;
   options.threads = flags.threads;
   options.parent_timeout = absl::Milliseconds(flags.parent_timeout_ms);
+  options.coordinator.address = flags.coordinator;
+  options.coordinator.token_file = flags.cluster_token_file;
+  options.coordinator.tls_ca = flags.tls_ca;
+  options.coordinator.tls_cert = flags.tls_cert;
+  options.coordinator.tls_key = flags.tls_key;
+  options.coordinator.tls_server_name = flags.tls_server_name;
+  options.worker = flags.worker;
+  options.peer_host = flags.peer_host;
+  options.collective_timeout = absl::Milliseconds(flags.collective_timeout_ms);
+  options.connect_group = qtrain::worker::ConnectGlooGroup;
   return qtrain::worker::RunStageChild(options);
 }
 
@@ -148,6 +172,13 @@ int main(int argc, char** argv) {
                  "on SIGTERM, how long the current assignment may run to its next checkpoint")
       ->check(CLI::Range(0.0, kMaxDrainSeconds))
       ->capture_default_str();
+  app.add_option("--peer-host", daemon.peer_host,
+                 "the address this worker's collectives listen on, told to its peers (default: "
+                 "the hostname)");
+  app.add_option("--collective-timeout-seconds", daemon.collective_timeout_seconds,
+                 "a collective (or a group's rendezvous) not done within this fails the round")
+      ->check(CLI::Range(0.001, kMaxCollectiveSeconds))
+      ->capture_default_str();
   app.add_option("--log-level", log_level, "DEBUG, INFO, WARNING or ERROR")->capture_default_str();
 
   StageFlags stage;
@@ -161,6 +192,25 @@ int main(int argc, char** argv) {
       ->add_option("--parent-timeout-ms", stage.parent_timeout_ms,
                    "stop when the daemon is silent this long")
       ->check(CLI::Range(int64_t{1}, kMaxParentTimeoutMs));
+  train_stage->add_option("--coordinator", stage.coordinator,
+                          "the coordinator's HOST:PORT (the group's rendezvous)");
+  train_stage->add_option("--cluster-token-file", stage.cluster_token_file, "the cluster token")
+      ->check(CLI::ExistingFile);
+  train_stage->add_option("--tls-ca", stage.tls_ca, "PEM of the coordinator's CA")
+      ->check(CLI::ExistingFile);
+  train_stage->add_option("--tls-cert", stage.tls_cert, "PEM client certificate")
+      ->check(CLI::ExistingFile);
+  train_stage->add_option("--tls-key", stage.tls_key, "PEM client key")->check(CLI::ExistingFile);
+  train_stage->add_option("--tls-server-name", stage.tls_server_name,
+                          "the name to check in the coordinator's certificate");
+  train_stage->add_option("--worker", stage.worker, "this worker's name (workers/ID)");
+  train_stage->add_option("--peer-host", stage.peer_host, "the address collectives listen on")
+      ->capture_default_str();
+  train_stage
+      ->add_option("--collective-timeout-ms", stage.collective_timeout_ms,
+                   "a collective not done within this fails")
+      ->check(CLI::Range(int64_t{1}, kMaxCollectiveMs))
+      ->capture_default_str();
 
   try {
     app.parse(argc, argv);
@@ -194,6 +244,17 @@ int main(int argc, char** argv) {
                    "with letters or digits)\n",
                    daemon.name.substr(0, kMaxNameBytes).c_str(), kMaxNameBytes);
       return 2;
+    }
+    if (!(daemon.collective_timeout_seconds > 0)) {  // NaN passes the range check
+      std::fprintf(stderr,
+                   "qtrain-worker: --collective-timeout-seconds: not a number of seconds\n");
+      return 2;
+    }
+    if (!daemon.peer_host.empty()) {
+      if (std::optional<std::string> problem = qtrain::worker::PeerHostProblem(daemon.peer_host)) {
+        std::fprintf(stderr, "qtrain-worker: --peer-host: %s\n", problem->c_str());
+        return 2;
+      }
     }
     if (!(daemon.drain_timeout_seconds >= 0)) {  // NaN passes the range check
       std::fprintf(stderr, "qtrain-worker: --drain-timeout-seconds: not a number of seconds\n");

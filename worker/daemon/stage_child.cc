@@ -14,9 +14,12 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
 #include "common/file_util.h"
 #include "common/job_spec.h"
 #include "common/logging.h"
@@ -26,6 +29,9 @@
 #include "google/protobuf/util/json_util.h"
 #include "qtrain/v1/worker.pb.h"
 #include "worker/daemon/parent_link.h"
+#include "worker/daemon/peer_host.h"
+#include "worker/daemon/watched_communicator.h"
+#include "worker/daemon/work_dir.h"
 #include "worker/model/model_source.h"
 #include "worker/train/checkpoint_store.h"
 #include "worker/train/job_setup.h"
@@ -125,6 +131,8 @@ class StageChild {
         parent_(parent),
         step_delay_ms_(StepDelayMsFromEnvironment()) {}
 
+  ~StageChild() { StopWatching(); }
+
   // OK once StageDone is written.
   absl::Status Run();
   // Whether a failure of Run() is worth another try.
@@ -135,6 +143,16 @@ class StageChild {
   absl::Status CheckAssignment();
   absl::StatusOr<RunDirLock> LockRunDirectory();
   absl::Status VerifyResumeCheckpoint() const;
+  // world_size > 1: joins the group (phase RENDEZVOUS) and starts watching for a stop.
+  absl::Status JoinGroup();
+  // Aborts the group's collectives once the child is stopping (a signal, or the parent gone),
+  // so that an op blocked on a peer returns; runs on a thread of its own, never in a signal
+  // handler.
+  void WatchForStop();
+  void StopWatching();
+  // Whether `status`, the end of training, came from the group (a collective that failed or
+  // timed out, or the rendezvous): another try, with a new group, may succeed.
+  bool IsGroupFailure(const absl::Status& status) const;
   absl::Status Train(train::PreparedJob& job, std::shared_ptr<const RunDirLock> lock);
   absl::Status OnCheckpoint(const train::CheckpointInfo& info);
   void OnStep(const train::StepReport& report);
@@ -153,7 +171,86 @@ class StageChild {
   std::vector<int64_t> stage_start_;
   bool retryable_ = true;
   absl::Status emit_error_;  // the first failed write of an event from a trainer callback
+  bool join_failed_ = false;
+  // The group (world_size > 1); outlives the trainer that uses it and the watcher.
+  std::unique_ptr<WatchedCommunicator> group_;
+  std::thread watcher_;
+  absl::Mutex watch_mu_;
+  bool watch_done_ ABSL_GUARDED_BY(watch_mu_) = false;
 };
+
+absl::Status StageChild::JoinGroup() {
+  const v1::Assignment& a = assignment_;
+  if (!options_.connect_group) {
+    return absl::FailedPreconditionError(absl::StrCat("assignment: world_size ", a.world_size(),
+                                                      ", and this worker cannot join a group"));
+  }
+  if (a.rendezvous_prefix().empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("assignment: rendezvous_prefix is empty (world_size ", a.world_size(), ")"));
+  }
+  QTRAIN_RETURN_IF_ERROR(EmitPhase(v1::WORKER_PHASE_RENDEZVOUS));
+  GroupMember member;
+  member.rank = static_cast<int>(a.rank());
+  member.world_size = static_cast<int>(a.world_size());
+  member.job = a.job();
+  member.round = a.round();
+  member.rendezvous_prefix = a.rendezvous_prefix();
+  member.worker = options_.worker;
+  member.coordinator = options_.coordinator;
+  member.peer_host = options_.peer_host;
+  member.timeout = options_.collective_timeout;
+  member.cancelled = [this] { return stopping(); };
+  QTRAIN_LOG(INFO) << "stage child: joining the group of " << a.world_size() << " as rank "
+                   << a.rank() << " (listening on " << options_.peer_host << ", timeout "
+                   << absl::FormatDuration(options_.collective_timeout) << ")";
+  const absl::Time start = absl::Now();
+  absl::StatusOr<std::unique_ptr<comm::Communicator>> joined = options_.connect_group(member);
+  if (!joined.ok()) {
+    join_failed_ = true;
+    return absl::Status(joined.status().code(),
+                        absl::StrCat("joining the group of ", a.world_size(), " workers as rank ",
+                                     a.rank(), ": ", joined.status().message()));
+  }
+  if (*joined == nullptr || (*joined)->rank() != member.rank ||
+      (*joined)->world_size() != member.world_size) {
+    return absl::InternalError(absl::StrCat("joining the group of ", a.world_size(),
+                                            " workers as rank ", a.rank(),
+                                            ": the communicator has another place in it"));
+  }
+  group_ = std::make_unique<WatchedCommunicator>(*std::move(joined));
+  QTRAIN_LOG(INFO) << "stage child: rank " << a.rank() << " of " << a.world_size()
+                   << " joined its group (" << group_->backend() << ") in "
+                   << absl::FormatDuration(absl::Trunc(absl::Now() - start, absl::Milliseconds(1)));
+  watcher_ = std::thread([this] { WatchForStop(); });
+  return absl::OkStatus();
+}
+
+void StageChild::WatchForStop() {
+  absl::MutexLock lock(&watch_mu_);
+  while (!watch_done_) {
+    if (stopping()) {
+      QTRAIN_LOG(INFO) << "stage child: stopping: aborting the group's collectives";
+      group_->Abort();
+      return;
+    }
+    watch_mu_.AwaitWithTimeout(absl::Condition(&watch_done_), absl::Milliseconds(20));
+  }
+}
+
+void StageChild::StopWatching() {
+  {
+    absl::MutexLock lock(&watch_mu_);
+    watch_done_ = true;
+  }
+  if (watcher_.joinable()) watcher_.join();
+}
+
+bool StageChild::IsGroupFailure(const absl::Status& status) const {
+  if (status.ok()) return false;
+  if (join_failed_) return !absl::IsInvalidArgument(status) && !absl::IsFailedPrecondition(status);
+  return group_ != nullptr && !group_->first_error().ok();
+}
 
 absl::Status StageChild::Emit(const v1::StageChildEvent& event) {
   absl::Status written = events_.Write(event);
@@ -292,6 +389,21 @@ void StageChild::OnStep(const train::StepReport& r) {
   }
 }
 
+// Adds the checkpoint's manifest to the files of `request`.
+absl::Status AddManifest(const std::string& directory, v1::CommitCheckpointRequest* request) {
+  const std::string manifest = directory + "/" + train::CheckpointStore::kManifestName;
+  QTRAIN_ASSIGN_OR_RETURN(const std::string manifest_sha, Sha256File(manifest));
+  std::error_code ec;
+  const uintmax_t manifest_size = fs::file_size(manifest, ec);
+  if (ec) return absl::InternalError(absl::StrCat(manifest, ": ", ec.message()));
+  v1::CheckpointFile* file = request->add_files();
+  file->set_path(train::CheckpointStore::kManifestName);
+  file->set_sha256(manifest_sha);
+  file->set_size_bytes(static_cast<int64_t>(manifest_size));
+  file->set_rank(request->rank());
+  return absl::OkStatus();
+}
+
 absl::Status StageChild::OnCheckpoint(const train::CheckpointInfo& info) {
   v1::StageChildEvent event;
   v1::CommitCheckpointRequest* request = event.mutable_checkpoint();
@@ -316,18 +428,9 @@ absl::Status StageChild::OnCheckpoint(const train::CheckpointInfo& info) {
     file->set_size_bytes(static_cast<int64_t>(entry.size));
     file->set_rank(assignment_.rank());
   }
-  // The manifest too: it holds the trainer state the files are resumed with.
-  const std::string manifest = info.directory + "/" + train::CheckpointStore::kManifestName;
-  QTRAIN_ASSIGN_OR_RETURN(const std::string manifest_sha, Sha256File(manifest));
-  std::error_code ec;
-  const uintmax_t manifest_size = fs::file_size(manifest, ec);
-  if (ec) return absl::InternalError(absl::StrCat(manifest, ": ", ec.message()));
-  v1::CheckpointFile* file = request->add_files();
-  file->set_path(train::CheckpointStore::kManifestName);
-  file->set_sha256(manifest_sha);
-  file->set_size_bytes(static_cast<int64_t>(manifest_size));
-  file->set_rank(assignment_.rank());
-
+  // Each rank reports the files it wrote; the manifest is rank 0's (it holds the trainer state
+  // the files are resumed with).
+  if (assignment_.rank() == 0) QTRAIN_RETURN_IF_ERROR(AddManifest(info.directory, request));
   parent_.ExpectAck();
   QTRAIN_RETURN_IF_ERROR(Emit(event));
   QTRAIN_ASSIGN_OR_RETURN(const v1::CheckpointAck ack,
@@ -349,7 +452,8 @@ absl::Status StageChild::Train(train::PreparedJob& job, std::shared_ptr<const Ru
   options.stop_after_step = a.end_step();
   options.rank = static_cast<int>(a.rank());
   options.world_size = static_cast<int>(a.world_size());
-  options.apply_retention = false;  // the coordinator's: it knows which ones are committed
+  options.communicator = group_.get();  // null at world_size 1: the trainer's group of one
+  options.apply_retention = false;      // the coordinator's: it knows which ones are committed
   options.cancelled = [this] { return stopping(); };
   options.on_event = [](const std::string& text) { QTRAIN_LOG(INFO) << "stage child: " << text; };
   options.on_step = [this](const train::StepReport& r) { OnStep(r); };
@@ -410,10 +514,22 @@ absl::Status StageChild::Run() {
   retryable_ = true;
   const absl::Status trained = [&]() -> absl::Status {
     if (stopping()) return absl::CancelledError("stopped before training");
-    QTRAIN_ASSIGN_OR_RETURN(RunDirLock lock, LockRunDirectory());
+    // Rank 0 alone owns the run directory; the other ranks write only their optimizer shards.
+    std::shared_ptr<const RunDirLock> lock;
+    if (assignment_.rank() == 0) {
+      QTRAIN_ASSIGN_OR_RETURN(RunDirLock held, LockRunDirectory());
+      lock = std::make_shared<const RunDirLock>(std::move(held));
+    }
     QTRAIN_RETURN_IF_ERROR(VerifyResumeCheckpoint());
-    return Train(*job, std::make_shared<const RunDirLock>(std::move(lock)));
+    if (assignment_.world_size() > 1) QTRAIN_RETURN_IF_ERROR(JoinGroup());
+    return Train(*job, std::move(lock));
   }();
+  StopWatching();
+  if (IsGroupFailure(trained)) {
+    // A peer died, hung or was cut off (or this rank was stopped): a new group may do better.
+    retryable_ = true;
+    return trained;
+  }
   const absl::StatusCode code = trained.code();
   // Deterministic failures: another try would fail the same way.
   if (code == absl::StatusCode::kInvalidArgument || code == absl::StatusCode::kUnimplemented ||
@@ -432,11 +548,34 @@ void WriteError(EventWriter& events, const absl::Status& status, bool retryable)
   (void)events.Write(event);
 }
 
+// The flags of a rank's group (their use needs world_size > 1, their form is checked always).
+absl::Status CheckGroupFlags(const StageChildOptions& options) {
+  if (!options.worker.empty()) {
+    const absl::string_view id = absl::StripPrefix(options.worker, "workers/");
+    if (!absl::StartsWith(options.worker, "workers/") || !IsValidWorkerId(id)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--worker: '", options.worker, "' is not a worker name (workers/ID)"));
+    }
+  }
+  if (std::optional<std::string> problem = PeerHostProblem(options.peer_host)) {
+    return absl::InvalidArgumentError(absl::StrCat("--peer-host: ", *problem));
+  }
+  if (std::optional<std::string> problem = CollectiveTimeoutProblem(options.collective_timeout)) {
+    return absl::InvalidArgumentError(absl::StrCat("--collective-timeout-ms: ", *problem));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 int RunStageChild(const StageChildOptions& options) {
   ScopedStopSignals signals;
   EventWriter events(options.events_fd);
+  if (absl::Status flags = CheckGroupFlags(options); !flags.ok()) {
+    QTRAIN_LOG(ERROR) << "stage child: " << flags;
+    WriteError(events, flags, /*retryable=*/false);
+    return kStageChildUsage;
+  }
   absl::StatusOr<v1::Assignment> assignment = ReadAssignment(options.assignment_path);
   if (!assignment.ok()) {
     QTRAIN_LOG(ERROR) << "stage child: " << assignment.status();

@@ -7,6 +7,12 @@
 // only the shards of `data`. It speaks the stage.proto protocol: StageChildEvent lines on
 // `events_fd` (stdout), StageParentMessage lines on `control_fd` (stdin); its stderr is its log.
 //
+// A rank of a group (world_size > 1) first joins its group (phase RENDEZVOUS): the
+// coordinator's rendezvous keys under the assignment's rendezvous_prefix and a Gloo mesh
+// (options.connect_group), listening on options.peer_host. A failed or timed-out collective
+// ends the child with a retryable error; SIGTERM aborts a collective under way. Only rank 0
+// takes the run directory's lock (the others write only their optimizer shards).
+//
 // It ends on its own:
 //  - exit 0 after a StageDone event (end_step reached, its checkpoint committed, and on the
 //    job's last stage the model exported to <run_directory>/final/ exactly as `qtrain train`
@@ -22,11 +28,36 @@
 #ifndef QTRAIN_WORKER_DAEMON_STAGE_CHILD_H_
 #define QTRAIN_WORKER_DAEMON_STAGE_CHILD_H_
 
+#include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/rpc_channel.h"
+#include "worker/comm/communicator.h"
 
 namespace qtrain::worker {
+
+// A rank's place in its group, as a group connector is given it.
+struct GroupMember {
+  int rank = 0;
+  int world_size = 1;
+  std::string job;  // "jobs/<id>"
+  int64_t round = 0;
+  std::string rendezvous_prefix;  // the assignment's
+  std::string worker;             // "workers/<id>"
+  ChannelOptions coordinator;
+  std::string peer_host;   // where this rank listens
+  absl::Duration timeout;  // for the rendezvous and for every collective
+  // True once the child is stopping: a rendezvous under way then gives up (CANCELLED).
+  std::function<bool()> cancelled;
+};
+
+// Joins the group: a communicator of member.rank of member.world_size.
+using GroupConnector =
+    std::function<absl::StatusOr<std::unique_ptr<comm::Communicator>>(const GroupMember&)>;
 
 struct StageChildOptions {
   std::string assignment_path;
@@ -36,6 +67,14 @@ struct StageChildOptions {
   absl::Duration parent_timeout = absl::Seconds(5);
   // How long to wait for the run directory's lock when another process holds it.
   absl::Duration lock_wait = absl::Seconds(30);
+  // For world_size > 1: the coordinator (the rendezvous), this worker's name (workers/ID), the
+  // address its collectives listen on, their timeout, and how the group is joined
+  // (ConnectGlooGroup in production; null: a group is refused).
+  ChannelOptions coordinator;
+  std::string worker;
+  std::string peer_host = "127.0.0.1";
+  absl::Duration collective_timeout = absl::Seconds(300);
+  GroupConnector connect_group;
 };
 
 // Exit codes of the child.

@@ -17,6 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "common/file_util.h"
 #include "common/job_spec.h"
 #include "common/run_dir_lock.h"
@@ -26,6 +27,9 @@
 #include "gtest/gtest.h"
 #include "qtrain/v1/stage.pb.h"
 #include "qtrain/v1/worker.pb.h"
+#include "worker/comm/communicator.h"
+#include "worker/comm/rendezvous_store.h"
+#include "worker/daemon/cancellable_store.h"
 #include "worker/train/job_setup.h"
 #include "worker/train/shard_assignment.h"
 #include "worker/train/test_dataset.h"
@@ -203,8 +207,9 @@ class StageChildTest : public ::testing::Test {
     a.set_job("jobs/stage-test-1");
     *a.mutable_spec() = spec_;
     a.set_round(3);
-    a.set_rank(0);
-    a.set_world_size(1);
+    a.set_rank(rank_);
+    a.set_world_size(world_);
+    if (world_ > 1) a.set_rendezvous_prefix("jobs/stage-test-1/rounds/3/");
     a.set_stage(stage);
     a.set_start_step(stage == 0 ? 0 : 4);
     a.set_end_step(stage == 0 ? 4 : 7);
@@ -212,7 +217,8 @@ class StageChildTest : public ::testing::Test {
     a.set_backend(v1::COLLECTIVE_BACKEND_GLOO);
     a.set_run_directory((root_ / "run").string());
     a.set_checkpoint_directory((root_ / "run" / "checkpoints").string());
-    auto data = train::PlanShardAssignment(spec_, stage, a.start_step(), a.end_step(), 0, 1);
+    auto data =
+        train::PlanShardAssignment(spec_, stage, a.start_step(), a.end_step(), rank_, world_);
     EXPECT_TRUE(data.ok()) << data.status();
     *a.mutable_data() = *data;
     const std::string path = (root_ / name).string();
@@ -255,9 +261,55 @@ class StageChildTest : public ::testing::Test {
     return checkpoints.empty() ? v1::CommitCheckpointRequest() : checkpoints.back();
   }
 
+  // The next assignments' place in a group; a group of 2 fits the test spec (4 micro-batches).
+  void UseGroup(int rank, int world) {
+    rank_ = rank;
+    world_ = world;
+    spec_.mutable_world()->set_max_workers(std::max(world, 1));
+  }
+
   fs::path root_;
   train::testing::TestDataset data_;
   v1::JobSpec spec_;
+  int rank_ = 0;
+  int world_ = 1;
+};
+
+bool SawPhase(const std::vector<v1::StageChildEvent>& events, v1::WorkerPhase phase) {
+  return std::any_of(events.begin(), events.end(),
+                     [phase](const auto& e) { return e.has_phase() && e.phase() == phase; });
+}
+
+// What a connector was asked, and how often.
+struct ConnectLog {
+  absl::Mutex mu;
+  std::vector<GroupMember> members ABSL_GUARDED_BY(mu);
+  size_t calls() {
+    absl::MutexLock lock(&mu);
+    return members.size();
+  }
+};
+
+// A connector that records its member and fails as a group whose peer never came.
+GroupConnector FailingConnector(ConnectLog* log, absl::Status status) {
+  return
+      [log, status](const GroupMember& m) -> absl::StatusOr<std::unique_ptr<comm::Communicator>> {
+        absl::MutexLock lock(&log->mu);
+        log->members.push_back(m);
+        return status;
+      };
+}
+
+// A store whose keys are never set: Get waits for its deadline.
+class EmptyStore final : public comm::RendezvousStore {
+ public:
+  absl::Status Set(const std::string&, const std::string&) override { return absl::OkStatus(); }
+  absl::StatusOr<std::string> Get(const std::string& key, absl::Time deadline) override {
+    absl::SleepFor(std::max(absl::ZeroDuration(), deadline - absl::Now()));
+    ++gets;
+    return absl::DeadlineExceededError(absl::StrCat("key ", key, " not set"));
+  }
+  std::atomic<int> gets{0};
 };
 
 TEST_F(StageChildTest, TwoStagesAsTwoChildrenEndLikeOneUninterruptedRun) {
@@ -481,6 +533,173 @@ TEST_F(StageChildTest, BadAssignmentFilesAreUsageErrors) {
   ASSERT_TRUE(error.has_value());
   EXPECT_EQ(error->code(), "INVALID_ARGUMENT");
   EXPECT_FALSE(error->retryable());
+}
+
+TEST_F(StageChildTest, BadGroupFlagsAreUsageErrors) {
+  struct Case {
+    std::function<void(StageChildOptions&)> set;
+    std::string needle;
+  };
+  const std::vector<Case> cases = {
+      {[](StageChildOptions& o) { o.worker = "fake-1"; }, "--worker: 'fake-1' is not a worker"},
+      {[](StageChildOptions& o) { o.worker = "workers/"; }, "--worker"},
+      {[](StageChildOptions& o) { o.peer_host = ""; }, "--peer-host: is empty"},
+      {[](StageChildOptions& o) { o.peer_host = "a b"; }, "--peer-host: 'a b'"},
+      {[](StageChildOptions& o) { o.collective_timeout = absl::ZeroDuration(); },
+       "--collective-timeout-ms: must be positive"},
+      {[](StageChildOptions& o) { o.collective_timeout = absl::Hours(48); },
+       "--collective-timeout-ms"},
+  };
+  const std::string assignment = WriteAssignment(0);
+  for (const Case& c : cases) {
+    StageChildOptions options = Options(assignment);
+    c.set(options);
+    FakeParent parent(options, Accept);
+    EXPECT_EQ(parent.Wait(), kStageChildUsage) << c.needle;
+    std::optional<v1::StageError> error = ErrorOf(parent.events());
+    ASSERT_TRUE(error.has_value()) << c.needle;
+    EXPECT_EQ(error->code(), "INVALID_ARGUMENT");
+    EXPECT_FALSE(error->retryable());
+    EXPECT_THAT(error->message(), HasSubstr(c.needle));
+  }
+  EXPECT_FALSE(fs::exists(root_ / "run" / "checkpoints"));
+}
+
+TEST_F(StageChildTest, AGroupNeedsAConnector) {
+  UseGroup(0, 2);
+  FakeParent parent(Options(WriteAssignment(0)), Accept);
+  EXPECT_EQ(parent.Wait(), kStageChildFailed);
+  std::optional<v1::StageError> error = ErrorOf(parent.events());
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(error->code(), "FAILED_PRECONDITION");
+  EXPECT_THAT(error->message(), HasSubstr("world_size 2, and this worker cannot join a group"));
+  EXPECT_FALSE(error->retryable());
+}
+
+TEST_F(StageChildTest, ARankAboveZeroTakesNoRunDirectoryLock) {
+  // Rank 0 (here: the test) holds the run directory; rank 1 goes on to its rendezvous at once.
+  auto held = RunDirLock::Acquire((root_ / "run").string());
+  ASSERT_TRUE(held.ok()) << held.status();
+  UseGroup(1, 2);
+  ConnectLog log;
+  StageChildOptions options = Options(WriteAssignment(0));
+  options.lock_wait = absl::Seconds(60);
+  options.worker = "workers/w-2";
+  options.peer_host = "127.0.0.1";
+  options.coordinator.address = "127.0.0.1:7070";
+  options.collective_timeout = absl::Seconds(9);
+  options.connect_group =
+      FailingConnector(&log, absl::DeadlineExceededError("rank 0 did not show up within 9s"));
+  const absl::Time start = absl::Now();
+  FakeParent parent(options, Accept);
+  EXPECT_EQ(parent.Wait(), kStageChildFailed);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(30));
+  std::optional<v1::StageError> error = ErrorOf(parent.events());
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(error->code(), "DEADLINE_EXCEEDED");
+  EXPECT_THAT(error->message(),
+              HasSubstr("joining the group of 2 workers as rank 1: rank 0 did not show up"));
+  EXPECT_TRUE(error->retryable());  // a new group may do better
+  EXPECT_TRUE(SawPhase(parent.events(), v1::WORKER_PHASE_RENDEZVOUS));
+  absl::MutexLock lock(&log.mu);
+  ASSERT_EQ(log.members.size(), 1u);
+  const GroupMember& m = log.members[0];
+  EXPECT_EQ(m.rank, 1);
+  EXPECT_EQ(m.world_size, 2);
+  EXPECT_EQ(m.job, "jobs/stage-test-1");
+  EXPECT_EQ(m.round, 3);
+  EXPECT_EQ(m.rendezvous_prefix, "jobs/stage-test-1/rounds/3/");
+  EXPECT_EQ(m.worker, "workers/w-2");
+  EXPECT_EQ(m.peer_host, "127.0.0.1");
+  EXPECT_EQ(m.coordinator.address, "127.0.0.1:7070");
+  EXPECT_EQ(m.timeout, absl::Seconds(9));
+}
+
+TEST_F(StageChildTest, RankZeroOfAGroupTakesTheLockBeforeJoining) {
+  auto held = RunDirLock::Acquire((root_ / "run").string());
+  ASSERT_TRUE(held.ok()) << held.status();
+  UseGroup(0, 2);
+  ConnectLog log;
+  StageChildOptions options = Options(WriteAssignment(0));
+  options.lock_wait = absl::Milliseconds(300);
+  options.connect_group = FailingConnector(&log, absl::DeadlineExceededError("unexpected"));
+  FakeParent parent(options, Accept);
+  EXPECT_EQ(parent.Wait(), kStageChildFailed);
+  std::optional<v1::StageError> error = ErrorOf(parent.events());
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(error->code(), "UNAVAILABLE");
+  EXPECT_THAT(error->message(), HasSubstr(absl::StrCat("held by process ", ::getpid())));
+  EXPECT_EQ(log.calls(), 0u);
+}
+
+TEST_F(StageChildTest, ABadGroupSetupIsNotRetryable) {
+  UseGroup(1, 2);
+  ConnectLog log;
+  StageChildOptions options = Options(WriteAssignment(0));
+  options.connect_group =
+      FailingConnector(&log, absl::InvalidArgumentError("--coordinator is required"));
+  FakeParent parent(options, Accept);
+  EXPECT_EQ(parent.Wait(), kStageChildFailed);
+  std::optional<v1::StageError> error = ErrorOf(parent.events());
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(error->code(), "INVALID_ARGUMENT");
+  EXPECT_FALSE(error->retryable());
+}
+
+TEST_F(StageChildTest, SigtermDuringTheRendezvousEndsTheChild) {
+  UseGroup(1, 2);
+  auto store = std::make_shared<EmptyStore>();
+  StageChildOptions options = Options(WriteAssignment(0));
+  options.collective_timeout = absl::Seconds(60);
+  options.connect_group =
+      [store](const GroupMember& m) -> absl::StatusOr<std::unique_ptr<comm::Communicator>> {
+    // What a Gloo rendezvous does first: wait for a peer's address.
+    std::shared_ptr<comm::RendezvousStore> cancellable =
+        MakeCancellableStore(store, m.cancelled, absl::Milliseconds(50));
+    absl::StatusOr<std::string> peer =
+        cancellable->Get(m.rendezvous_prefix + "0", absl::Now() + m.timeout);
+    if (!peer.ok()) return peer.status();
+    return absl::InternalError("the empty store had a key");
+  };
+  FakeParent parent(options, Accept);
+  ASSERT_TRUE(parent.WaitFor(
+      [](const auto& events) { return SawPhase(events, v1::WORKER_PHASE_RENDEZVOUS); }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const absl::Time signalled = absl::Now();
+  ::kill(::getpid(), SIGTERM);
+  EXPECT_EQ(parent.Wait(), kStageChildCancelled);
+  EXPECT_LT(absl::Now() - signalled, absl::Seconds(5));
+  std::optional<v1::StageError> error = ErrorOf(parent.events());
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(error->code(), "CANCELLED");
+  EXPECT_THAT(error->message(), HasSubstr("rendezvous"));
+  EXPECT_TRUE(error->retryable());
+  EXPECT_GT(store->gets.load(), 1);  // it waited in slices
+}
+
+TEST(CancellableStoreTest, GivesUpWhenCancelledAndKeepsTheDeadline) {
+  auto store = std::make_shared<EmptyStore>();
+  std::atomic<bool> cancelled{false};
+  std::shared_ptr<comm::RendezvousStore> s = MakeCancellableStore(
+      store, [&] { return cancelled.load(); }, absl::Milliseconds(20));
+  // Not cancelled: the deadline holds, and the error is the store's (naming the key).
+  const absl::Time start = absl::Now();
+  absl::StatusOr<std::string> value = s->Get("k", start + absl::Milliseconds(200));
+  EXPECT_TRUE(absl::IsDeadlineExceeded(value.status())) << value.status();
+  EXPECT_THAT(value.status().message(), HasSubstr("key k"));
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(200));
+  EXPECT_GE(store->gets.load(), 5);
+  // Cancelled meanwhile: CANCELLED soon, long before the deadline.
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    cancelled = true;
+  });
+  const absl::Time again = absl::Now();
+  value = s->Get("k", again + absl::Seconds(60));
+  canceller.join();
+  EXPECT_TRUE(absl::IsCancelled(value.status())) << value.status();
+  EXPECT_LT(absl::Now() - again, absl::Seconds(5));
+  EXPECT_TRUE(absl::IsCancelled(s->Set("k", "v")));
 }
 
 }  // namespace

@@ -40,6 +40,29 @@ std::string AssignmentFileName(const v1::Assignment& assignment) {
   return absl::StrCat(id, "-r", assignment.round(), "-rank", assignment.rank(), ".json");
 }
 
+std::vector<std::string> StageChildArgv(const std::string& assignment_path,
+                                        const StageRunnerOptions& options) {
+  std::vector<std::string> argv = options.command;
+  const auto add = [&argv](const char* flag, const std::string& value) {
+    if (!value.empty()) argv.insert(argv.end(), {flag, value});
+  };
+  add("--assignment", assignment_path);
+  if (options.threads > 0) add("--threads", absl::StrCat(options.threads));
+  add("--parent-timeout-ms", absl::StrCat(absl::ToInt64Milliseconds(options.parent_timeout)));
+  const ChannelOptions& c = options.coordinator;
+  add("--coordinator", c.address);
+  add("--cluster-token-file", c.token_file);
+  add("--tls-ca", c.tls_ca);
+  add("--tls-cert", c.tls_cert);
+  add("--tls-key", c.tls_key);
+  add("--tls-server-name", c.tls_server_name);
+  add("--worker", options.worker);
+  add("--peer-host", options.peer_host);
+  add("--collective-timeout-ms",
+      absl::StrCat(absl::ToInt64Milliseconds(options.collective_timeout)));
+  return argv;
+}
+
 absl::StatusOr<std::unique_ptr<StageRunner>> StageRunner::Start(const v1::Assignment& assignment,
                                                                 const std::string& assignment_path,
                                                                 const StageRunnerOptions& options) {
@@ -47,14 +70,7 @@ absl::StatusOr<std::unique_ptr<StageRunner>> StageRunner::Start(const v1::Assign
   QTRAIN_RETURN_IF_ERROR(
       Annotate(WriteFileAtomically(assignment_path, json + "\n"), "writing the assignment file"));
   ChildSpec spec;
-  spec.argv = options.command;
-  spec.argv.insert(spec.argv.end(), {"--assignment", assignment_path});
-  if (options.threads > 0) {
-    spec.argv.insert(spec.argv.end(), {"--threads", absl::StrCat(options.threads)});
-  }
-  spec.argv.insert(
-      spec.argv.end(),
-      {"--parent-timeout-ms", absl::StrCat(absl::ToInt64Milliseconds(options.parent_timeout))});
+  spec.argv = StageChildArgv(assignment_path, options);
   QTRAIN_ASSIGN_OR_RETURN(std::unique_ptr<ChildProcess> child, ChildProcess::Spawn(spec));
   return std::unique_ptr<StageRunner>(
       new StageRunner(assignment, std::move(child), options.ping_interval));

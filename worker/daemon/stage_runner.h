@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/rpc_channel.h"
 #include "qtrain/v1/stage.pb.h"
 #include "qtrain/v1/worker.pb.h"
 #include "worker/daemon/child_process.h"
@@ -19,13 +20,25 @@
 namespace qtrain::worker {
 
 struct StageRunnerOptions {
-  // The child's program and leading arguments; --assignment, --threads and
-  // --parent-timeout-ms are appended.
+  // The child's program and leading arguments; --assignment, --threads, --parent-timeout-ms
+  // and the group flags below are appended.
   std::vector<std::string> command;
   int threads = 0;  // 0: not passed (the child's default)
   absl::Duration parent_timeout = absl::Seconds(5);
   absl::Duration ping_interval = absl::Milliseconds(500);
+  // What a rank of a group needs to rendezvous through the coordinator: its connection
+  // (--coordinator and, those set, --cluster-token-file, --tls-*), the worker's name
+  // (--worker), the address its collectives listen on (--peer-host) and their timeout
+  // (--collective-timeout-ms). Empty strings are not passed.
+  ChannelOptions coordinator;
+  std::string worker;
+  std::string peer_host;
+  absl::Duration collective_timeout = absl::Seconds(300);
 };
+
+// The arguments of the child: options.command and the flags above.
+std::vector<std::string> StageChildArgv(const std::string& assignment_path,
+                                        const StageRunnerOptions& options);
 
 // "<work-dir>/assignments/<ID>-r<round>-rank<r>.json" for jobs/<ID>.
 std::string AssignmentFileName(const v1::Assignment& assignment);

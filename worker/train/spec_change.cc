@@ -138,9 +138,9 @@ nlohmann::json JobSpecToJson(const v1::JobSpec& spec) {
 }
 
 const std::vector<std::string>& BookkeepingSpecFields() {
-  static const auto* fields =
-      new std::vector<std::string>{"checkpoint.every_steps", "checkpoint.keep_last",
-                                   "eval.every_steps", "labels", "world.max_restarts"};
+  static const auto* fields = new std::vector<std::string>{
+      "checkpoint.every_steps", "checkpoint.keep_last", "eval.every_steps", "labels",
+      "world.max_restarts",     "world.regroup_seconds"};
   return *fields;
 }
 

@@ -86,7 +86,8 @@ TEST(SpecChangeTest, BookkeepingChangesAreAcceptedAndDoNotChangeTheHash) {
   const nlohmann::json base = SpecJson("", "");
   for (const auto& [from, to] :
        {std::pair{"keep_last: 2", "keep_last: 5"}, std::pair{"every_steps: 2", "every_steps: 1"},
-        std::pair{"{team: x}", "{team: w}"}}) {
+        std::pair{"{team: x}", "{team: w}"},
+        std::pair{"{team: x}", "{team: x}\nworld: {regroup_seconds: 5}"}}) {
     SCOPED_TRACE(from);
     const nlohmann::json changed = SpecJson(from, to);
     auto accepted = CheckSpecChanges(base, changed, {});

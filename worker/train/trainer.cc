@@ -96,10 +96,6 @@ absl::Status CheckGroup(const v1::JobSpec& spec, const TrainerOptions& options) 
     return absl::InvalidArgumentError(
         absl::StrCat("trainer: rank ", options.rank, " of ", options.world_size, " workers"));
   }
-  if (options.world_size > kMaxTrainableWorldSize) {
-    return absl::UnimplementedError(absl::StrCat(
-        "data-parallel training across ", options.world_size, " workers is not available yet"));
-  }
   if (options.world_size < spec.world().min_workers() ||
       options.world_size > spec.world().max_workers()) {
     return absl::InvalidArgumentError(
