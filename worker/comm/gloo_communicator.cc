@@ -35,6 +35,7 @@
 #include "gloo/transport/device.h"
 #include "gloo/transport/tcp/device.h"
 #include "gloo/transport/unbound_buffer.h"
+#include "worker/comm/gloo_peer_watch.h"
 #include "worker/comm/gloo_store.h"
 #include "worker/comm/tree_sum.h"
 
@@ -144,7 +145,10 @@ class GlooCommunicatorImpl final : public Communicator {
   GlooCommunicatorImpl(std::shared_ptr<gloo::transport::Device> device,
                        std::shared_ptr<gloo::rendezvous::Context> context,
                        absl::Duration op_timeout)
-      : device_(std::move(device)), context_(std::move(context)), op_timeout_(op_timeout) {}
+      : device_(std::move(device)),
+        context_(std::move(context)),
+        op_timeout_(op_timeout),
+        peer_watch_(std::make_unique<GlooPeerWatch>(*context_)) {}
 
   ~GlooCommunicatorImpl() override {
     // Closing first makes the peers' pending transfers fail at once rather than time out.
@@ -169,8 +173,8 @@ class GlooCommunicatorImpl final : public Communicator {
       if (data.empty()) return absl::OkStatus();
       if (rank() == root) {
         for (int peer = 0; peer < world_size(); ++peer) {
-          if (peer != rank())
-            QTRAIN_RETURN_IF_ERROR(op.Send(peer, data.data(), data.size(), 1).status());
+          if (peer == rank()) continue;
+          QTRAIN_RETURN_IF_ERROR(op.Send(peer, data.data(), data.size(), 1).status());
         }
       } else {
         QTRAIN_RETURN_IF_ERROR(op.Recv(root, data.data(), data.size(), 1).status());
@@ -233,6 +237,7 @@ class GlooCommunicatorImpl final : public Communicator {
     (send ? stats_.bytes_sent : stats_.bytes_received) += static_cast<int64_t>(bytes);
   }
   gloo::Context& context() { return *context_; }
+  GlooPeerWatch& peer_watch() { return *peer_watch_; }
 
  private:
   absl::Status Usable() const {
@@ -284,7 +289,11 @@ class GlooCommunicatorImpl final : public Communicator {
         status = absl::CancelledError(
             absl::StrCat("collective ", OpName(code), ": the communicator was aborted"));
       }
-      if (first_error_.ok()) first_error_ = status;
+      if (first_error_.ok()) {
+        first_error_ = status;
+        QTRAIN_LOG(WARNING) << "collectives of rank " << rank() << " of " << world_size()
+                            << " broken: " << status.message();
+      }
     }
     return status;
   }
@@ -294,6 +303,12 @@ class GlooCommunicatorImpl final : public Communicator {
 
   template <typename T>
   absl::Status AllReduce(OpCode code, std::span<T> data);
+  // ReduceScatterSum's two halves: this rank's slices of the other shards to their owners,
+  // and the sum of every rank's slice of this rank's shard.
+  absl::Status SendSlicesToOwners(Op& op, std::span<const float> partial,
+                                  const ShardLayout& layout);
+  absl::Status ReduceOwnShard(Op& op, std::span<const float> partial, std::span<float> shard,
+                              const ShardLayout& layout);
 
   void CloseConnections() {
     try {
@@ -313,6 +328,8 @@ class GlooCommunicatorImpl final : public Communicator {
   absl::Status first_error_ ABSL_GUARDED_BY(mu_);
   std::vector<gloo::transport::UnboundBuffer*> pending_ ABSL_GUARDED_BY(mu_);
   CommStats stats_ ABSL_GUARDED_BY(mu_);
+  // Last: stopped before the context goes.
+  std::unique_ptr<GlooPeerWatch> peer_watch_;
 };
 
 Op::Op(GlooCommunicatorImpl& comm, OpCode code, uint64_t sequence, absl::Duration timeout)
@@ -374,13 +391,18 @@ absl::Status Op::Wait(int handle) {
   const absl::Duration left = std::max(deadline_ - absl::Now(), absl::Milliseconds(1));
   const auto timeout = std::chrono::milliseconds(absl::ToInt64Milliseconds(left) + 1);
   bool completed = false;
+  std::optional<std::string> lost;
+  comm_.peer_watch().Watch(t.buffer.get(), t.peer, t.send);
   try {
     completed =
         t.send ? t.buffer->waitSend(nullptr, timeout) : t.buffer->waitRecv(nullptr, timeout);
   } catch (const std::exception& e) {
+    comm_.peer_watch().Unwatch();
     return Classify(e.what(), t.peer);
   }
+  lost = comm_.peer_watch().Unwatch();
   if (!completed) {
+    if (lost.has_value() && !comm_.aborted()) return Classify(lost->c_str(), t.peer);
     return absl::CancelledError(
         absl::StrCat("collective ", name(), ": the communicator was aborted"));
   }
@@ -497,73 +519,84 @@ absl::Status GlooCommunicatorImpl::ReduceScatterSum(std::span<const float> parti
                                                     const ShardLayout& layout) {
   QTRAIN_RETURN_IF_ERROR(Precheck(
       CheckLayout("ReduceScatterSum", layout, rank(), world_size(), partial.size(), shard.size())));
-  const int size = world_size();
-  const int me = rank();
   return Run(OpCode::kReduceScatter, {layout.total(), layout.block_elements()}, 0, {},
              [&](Op& op) -> absl::Status {
-               // Every other owner's range, chunk by chunk, straight from `partial`.
-               for (int owner = 0; owner < size; ++owner) {
-                 if (owner == me) continue;
-                 uint64_t index = 1;
-                 for (int64_t at = layout.ShardBegin(owner); at < layout.ShardEnd(owner);
-                      at += kChunkElements, ++index) {
-                   const int64_t n = std::min(kChunkElements, layout.ShardEnd(owner) - at);
-                   QTRAIN_RETURN_IF_ERROR(
-                       op.Send(owner, partial.data() + at, n * sizeof(float), index).status());
-                 }
-               }
-               // This rank's range: the peers' chunks into one of two staging areas while the other
-               // is summed.
-               const int64_t begin = layout.ShardBegin(me);
-               const int64_t end = layout.ShardEnd(me);
-               const int64_t chunks = (end - begin + kChunkElements - 1) / kChunkElements;
-               const int64_t staged = std::min(kChunkElements, end - begin);
-               std::vector<float> staging[2];
-               std::vector<int> handles[2];
-               auto post = [&](int64_t c) -> absl::Status {
-                 std::vector<float>& area = staging[c % 2];
-                 area.resize(static_cast<size_t>(staged * size));
-                 handles[c % 2].assign(size, -1);
-                 const int64_t at = begin + c * kChunkElements;
-                 const int64_t n = std::min(kChunkElements, end - at);
-                 for (int peer = 0; peer < size; ++peer) {
-                   if (peer == me) continue;
-                   QTRAIN_ASSIGN_OR_RETURN(
-                       handles[c % 2][peer],
-                       op.Recv(peer, area.data() + staged * peer, n * sizeof(float),
-                               static_cast<uint64_t>(c + 1)));
-                 }
-                 return absl::OkStatus();
-               };
-               if (chunks > 0) QTRAIN_RETURN_IF_ERROR(post(0));
-               std::vector<float> column(size);
-               for (int64_t c = 0; c < chunks; ++c) {
-                 if (c + 1 < chunks) QTRAIN_RETURN_IF_ERROR(post(c + 1));
-                 for (int peer = 0; peer < size; ++peer) {
-                   if (peer != me) QTRAIN_RETURN_IF_ERROR(op.Wait(handles[c % 2][peer]));
-                 }
-                 const std::vector<float>& area = staging[c % 2];
-                 const int64_t at = begin + c * kChunkElements;
-                 const int64_t n = std::min(kChunkElements, end - at);
-                 if (size == 2) {
-                   // TreeSumOf of two values is their sum: the common case, without the column
-                   // copy.
-                   const float* other = area.data() + staged * (1 - me);
-                   for (int64_t i = 0; i < n; ++i) {
-                     const float own = partial[at + i];
-                     shard[at - begin + i] = me == 0 ? own + other[i] : other[i] + own;
-                   }
-                   continue;
-                 }
-                 for (int64_t i = 0; i < n; ++i) {
-                   for (int r = 0; r < size; ++r) {
-                     column[r] = r == me ? partial[at + i] : area[staged * r + i];
-                   }
-                   shard[at - begin + i] = TreeSumOf<float>(column);
-                 }
-               }
-               return absl::OkStatus();
+               QTRAIN_RETURN_IF_ERROR(SendSlicesToOwners(op, partial, layout));
+               return ReduceOwnShard(op, partial, shard, layout);
              });
+}
+
+absl::Status GlooCommunicatorImpl::SendSlicesToOwners(Op& op, std::span<const float> partial,
+                                                      const ShardLayout& layout) {
+  for (int owner = 0; owner < world_size(); ++owner) {
+    if (owner == rank()) continue;
+    uint64_t index = 1;
+    for (int64_t at = layout.ShardBegin(owner); at < layout.ShardEnd(owner);
+         at += kChunkElements, ++index) {
+      const int64_t n = std::min(kChunkElements, layout.ShardEnd(owner) - at);
+      QTRAIN_RETURN_IF_ERROR(
+          op.Send(owner, partial.data() + at, n * sizeof(float), index).status());
+    }
+  }
+  return absl::OkStatus();
+}
+
+// out[i] = TreeSumOf, in rank order, of the ranks' values of element i: this rank's in `own`,
+// rank r's at staged[r * stride + i].
+void SumChunk(int me, int size, std::span<const float> own, const float* staged, int64_t stride,
+              std::span<float> out) {
+  const int64_t n = static_cast<int64_t>(out.size());
+  if (size == 2) {
+    // TreeSumOf of two values is their sum: the common case, without the column copy.
+    const float* other = staged + stride * (1 - me);
+    for (int64_t i = 0; i < n; ++i) out[i] = me == 0 ? own[i] + other[i] : other[i] + own[i];
+    return;
+  }
+  std::vector<float> column(size);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int r = 0; r < size; ++r) column[r] = r == me ? own[i] : staged[stride * r + i];
+    out[i] = TreeSumOf<float>(column);
+  }
+}
+
+// The peers' slices of this rank's shard arrive chunk by chunk into one of two staging areas
+// while the other is summed.
+absl::Status GlooCommunicatorImpl::ReduceOwnShard(Op& op, std::span<const float> partial,
+                                                  std::span<float> shard,
+                                                  const ShardLayout& layout) {
+  const int size = world_size();
+  const int me = rank();
+  const int64_t begin = layout.ShardBegin(me);
+  const int64_t end = layout.ShardEnd(me);
+  const int64_t chunks = (end - begin + kChunkElements - 1) / kChunkElements;
+  const int64_t stride = std::min(kChunkElements, end - begin);
+  auto chunk_size = [&](int64_t c) {
+    return std::min(kChunkElements, end - begin - c * kChunkElements);
+  };
+  std::vector<float> staging[2];
+  std::vector<int> handles[2];
+  auto post = [&](int64_t c) -> absl::Status {
+    staging[c % 2].resize(static_cast<size_t>(stride * size));
+    handles[c % 2].assign(size, -1);
+    for (int peer = 0; peer < size; ++peer) {
+      if (peer == me) continue;
+      QTRAIN_ASSIGN_OR_RETURN(handles[c % 2][peer],
+                              op.Recv(peer, staging[c % 2].data() + stride * peer,
+                                      chunk_size(c) * sizeof(float), static_cast<uint64_t>(c + 1)));
+    }
+    return absl::OkStatus();
+  };
+  if (chunks > 0) QTRAIN_RETURN_IF_ERROR(post(0));
+  for (int64_t c = 0; c < chunks; ++c) {
+    if (c + 1 < chunks) QTRAIN_RETURN_IF_ERROR(post(c + 1));
+    for (int peer = 0; peer < size; ++peer) {
+      if (peer != me) QTRAIN_RETURN_IF_ERROR(op.Wait(handles[c % 2][peer]));
+    }
+    const int64_t at = c * kChunkElements;
+    SumChunk(me, size, partial.subspan(begin + at, chunk_size(c)), staging[c % 2].data(), stride,
+             shard.subspan(at, chunk_size(c)));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status GlooCommunicatorImpl::AllGather(std::span<const float> shard, std::span<float> full,
@@ -684,6 +717,7 @@ absl::Status ConnectError(const GlooOptions& o, const GlooStoreAdapter& store,
         absl::FormatDuration(o.connect_timeout), " (", store_error.message(), ")"));
   }
   if (!store_error.ok()) {
+    if (store_error.code() == absl::StatusCode::kCancelled) return store_error;
     return absl::Status(store_error.code(), absl::StrCat("collectives rendezvous (", who,
                                                          "): ", store_error.message()));
   }
@@ -746,7 +780,8 @@ absl::StatusOr<std::unique_ptr<Communicator>> GlooCommunicator::Connect(
   }
   auto context = std::make_shared<gloo::rendezvous::Context>(options.rank, options.world_size);
   context->setTimeout(ToChrono(options.connect_timeout));
-  GlooStoreAdapter store(options.store, options.prefix, absl::Now() + options.connect_timeout);
+  GlooStoreAdapter store(options.store, options.prefix, absl::Now() + options.connect_timeout,
+                         options.cancel);
   try {
     context->connectFullMesh(store, device);
   } catch (const std::exception& e) {

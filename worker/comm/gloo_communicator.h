@@ -8,6 +8,7 @@
 #ifndef QTRAIN_WORKER_COMM_GLOO_COMMUNICATOR_H_
 #define QTRAIN_WORKER_COMM_GLOO_COMMUNICATOR_H_
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -31,6 +32,9 @@ struct GlooOptions {
   absl::Duration connect_timeout = absl::Seconds(60);
   // Every op fails with DEADLINE_EXCEEDED when it has not completed within this.
   absl::Duration op_timeout = absl::Seconds(60);
+  // When set (the caller owns it; any thread may set it to true), a Connect still waiting for
+  // its peers' addresses gives up with CANCELLED within about a quarter of a second.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 class GlooCommunicator {

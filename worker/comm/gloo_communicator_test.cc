@@ -1,5 +1,6 @@
 #include "worker/comm/gloo_communicator.h"
 
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -106,7 +107,8 @@ std::vector<float> RandomFloats(size_t n, uint32_t seed) {
 
 template <typename T>
 bool SameBits(std::span<const T> a, std::span<const T> b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+  return a.size() == b.size() &&
+         (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
 }
 
 struct LayoutCase {
@@ -388,6 +390,23 @@ TEST(GlooCommunicatorTest, ConnectWithAMissingRankNamesIt) {
   }
 }
 
+TEST(GlooCommunicatorTest, ConnectCanBeCancelled) {
+  Watchdog watchdog(std::chrono::seconds(60));
+  std::atomic<bool> cancel{false};
+  GlooOptions o = Options(0, 2, MakeInMemoryStore());
+  o.connect_timeout = absl::Seconds(30);
+  o.cancel = &cancel;
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    cancel = true;
+  });
+  const absl::Time start = absl::Now();
+  absl::Status status = GlooCommunicator::Connect(o).status();
+  canceller.join();
+  EXPECT_EQ(status.code(), absl::StatusCode::kCancelled) << status;
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+}
+
 TEST(GlooCommunicatorTest, BadOptionsAreInvalidArguments) {
   auto store = MakeInMemoryStore();
   GlooOptions o = Options(2, 2, store);
@@ -504,6 +523,55 @@ TEST(GlooCommunicatorTest, ConnectsThroughADirectoryStoreAcrossProcesses) {
   ASSERT_EQ(::waitpid(child, &wstatus, 0), child);
   EXPECT_TRUE(WIFEXITED(wstatus));
   EXPECT_EQ(WEXITSTATUS(wstatus), 0);
+}
+
+TEST(GlooCommunicatorTest, APeerProcessKilledMidTransferIsUnavailable) {
+  Watchdog watchdog(std::chrono::seconds(60));
+  static int run = 0;
+  const std::string dir =
+      absl::StrCat(::testing::TempDir(), "/gloo-killed-peer-", ::getpid(), "-", run++);
+  std::filesystem::remove_all(dir);
+  auto layout = ShardLayout::Create(int64_t{1} << 21, 2);
+  ASSERT_TRUE(layout.ok());
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // Rank 1 gathers until it is killed.
+    ::alarm(30);
+    auto store = MakeDirectoryStore(dir);
+    if (!store.ok()) ::_exit(2);
+    auto comm = GlooCommunicator::Connect(Options(1, 2, *store, absl::Seconds(10)));
+    if (!comm.ok()) ::_exit(3);
+    std::vector<float> shard(layout->ShardSize(1), 1.0f), full(layout->total());
+    while ((*comm)->AllGather(shard, full, *layout).ok()) {
+    }
+    ::_exit(4);
+  }
+  auto store = MakeDirectoryStore(dir);
+  ASSERT_TRUE(store.ok());
+  const absl::Duration timeout = absl::Seconds(5);
+  auto comm = GlooCommunicator::Connect(Options(0, 2, *store, timeout));
+  ASSERT_TRUE(comm.ok()) << comm.status();
+  std::vector<float> shard(layout->ShardSize(0), 2.0f), full(layout->total());
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE((*comm)->AllGather(shard, full, *layout).ok());
+  std::thread killer([child] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    ::kill(child, SIGKILL);
+  });
+  // This process survives the dead socket (no SIGPIPE) and its op fails within the timeout.
+  absl::Status status;
+  const absl::Time start = absl::Now();
+  while (status.ok() && absl::Now() - start < absl::Seconds(20)) {
+    status = (*comm)->AllGather(shard, full, *layout);
+  }
+  killer.join();
+  EXPECT_TRUE(status.code() == absl::StatusCode::kUnavailable ||
+              status.code() == absl::StatusCode::kDeadlineExceeded)
+      << status;
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(100) + timeout * 3);
+  int wstatus = 0;
+  ASSERT_EQ(::waitpid(child, &wstatus, 0), child);
+  EXPECT_TRUE(WIFSIGNALED(wstatus));
 }
 
 // The cost of one ZeRO-1 step's gradient and parameter traffic between two ranks over

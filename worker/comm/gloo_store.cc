@@ -1,14 +1,22 @@
 #include "worker/comm/gloo_store.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "gloo/common/error.h"
 
 namespace qtrain::comm {
 
+namespace {
+
+// How often a wait looks at the cancel flag.
+constexpr absl::Duration kCancelPoll = absl::Milliseconds(250);
+
+}  // namespace
+
 GlooStoreAdapter::GlooStoreAdapter(std::shared_ptr<RendezvousStore> store, std::string prefix,
-                                   absl::Time deadline)
-    : store_(std::move(store)), prefix_(std::move(prefix)), deadline_(deadline) {}
+                                   absl::Time deadline, const std::atomic<bool>* cancel)
+    : store_(std::move(store)), prefix_(std::move(prefix)), deadline_(deadline), cancel_(cancel) {}
 
 void GlooStoreAdapter::set(const std::string& key, const std::vector<char>& data) {
   absl::Status status = store_->Set(prefix_ + key, std::string(data.begin(), data.end()));
@@ -44,7 +52,20 @@ const std::string& GlooStoreAdapter::Fetch(const std::string& key, absl::Time de
     auto it = cache_.find(key);
     if (it != cache_.end()) return it->second;
   }
-  absl::StatusOr<std::string> value = store_->Get(prefix_ + key, deadline);
+  absl::StatusOr<std::string> value;
+  while (true) {
+    if (cancel_ != nullptr && cancel_->load()) {
+      Fail(absl::CancelledError("collectives rendezvous: cancelled"));
+    }
+    // In slices when it can be cancelled, so that the flag is seen.
+    const absl::Time until =
+        cancel_ == nullptr ? deadline : std::min(deadline, absl::Now() + kCancelPoll);
+    value = store_->Get(prefix_ + key, until);
+    if (value.ok() || value.status().code() != absl::StatusCode::kDeadlineExceeded ||
+        until >= deadline) {
+      break;
+    }
+  }
   if (!value.ok()) Fail(value.status());
   absl::MutexLock lock(&mu_);
   // std::map never moves its elements, so the reference outlives the lock.

@@ -1,10 +1,12 @@
 // Gloo's rendezvous store interface over a RendezvousStore: every key under a prefix, every
-// wait bounded by the connect deadline (and by the timeout Gloo passes, when sooner). Gloo
+// wait bounded by the connect deadline (and by the timeout Gloo passes, when sooner), and
+// given up when the cancel flag is set. Gloo
 // only knows exceptions, so a failure is thrown as gloo::IoException and kept, with its code,
 // for the caller to return.
 #ifndef QTRAIN_WORKER_COMM_GLOO_STORE_H_
 #define QTRAIN_WORKER_COMM_GLOO_STORE_H_
 
+#include <atomic>
 #include <chrono>
 #include <map>
 #include <memory>
@@ -21,7 +23,8 @@ namespace qtrain::comm {
 
 class GlooStoreAdapter final : public gloo::rendezvous::Store {
  public:
-  GlooStoreAdapter(std::shared_ptr<RendezvousStore> store, std::string prefix, absl::Time deadline);
+  GlooStoreAdapter(std::shared_ptr<RendezvousStore> store, std::string prefix, absl::Time deadline,
+                   const std::atomic<bool>* cancel = nullptr);
 
   void set(const std::string& key, const std::vector<char>& data) override;
   std::vector<char> get(const std::string& key) override;
@@ -40,6 +43,7 @@ class GlooStoreAdapter final : public gloo::rendezvous::Store {
   const std::shared_ptr<RendezvousStore> store_;
   const std::string prefix_;
   const absl::Time deadline_;
+  const std::atomic<bool>* const cancel_;
   mutable absl::Mutex mu_;
   std::map<std::string, std::string> cache_ ABSL_GUARDED_BY(mu_);
   absl::Status error_ ABSL_GUARDED_BY(mu_);
