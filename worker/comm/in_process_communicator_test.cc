@@ -4,8 +4,10 @@
 #include <functional>
 #include <random>
 #include <thread>
+#include <tuple>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "worker/comm/tree_sum.h"
@@ -40,10 +42,14 @@ bool SameBytes(std::span<const float> a, std::span<const float> b) {
 }
 
 TEST(InProcessGroupTest, ReduceScatterIsTheTreeSumInRankOrderAndAllGatherRestoresIt) {
-  for (int w : {1, 2, 3, 4}) {
-    SCOPED_TRACE(w);
-    constexpr int64_t kTotal = 1000;
-    auto layout = ShardLayout::Create(kTotal, w, /*block_elements=*/64);
+  // (4 ranks over 2 blocks: ranks 0 and 2 own nothing.)
+  for (auto [w, kTotal, block] : {std::tuple<int, int64_t, int64_t>{1, 1000, 64},
+                                  {2, 1000, 64},
+                                  {3, 1000, 64},
+                                  {4, 1000, 64},
+                                  {4, 100, 64}}) {
+    SCOPED_TRACE(absl::StrCat(w, " ranks, ", kTotal, " elements"));
+    auto layout = ShardLayout::Create(kTotal, w, block);
     ASSERT_TRUE(layout.ok());
     std::vector<std::vector<float>> partials;
     for (int r = 0; r < w; ++r) partials.push_back(Values(kTotal, 7u + r));

@@ -48,7 +48,38 @@ void CopyElements(std::span<const std::byte> bytes, int64_t from, int64_t to, fl
               static_cast<size_t>(to - from) * sizeof(float));
 }
 
+// The shard file of `entry`, checked: its metadata says entry's range of `total` elements after
+// `updates` steps, and it holds exactly the two moments of that range.
+absl::StatusOr<SafetensorsFile> OpenShard(const OptimizerShardFile& entry, int64_t total,
+                                          int64_t updates) {
+  QTRAIN_ASSIGN_OR_RETURN(SafetensorsFile file, SafetensorsFile::Open(entry.path));
+  QTRAIN_ASSIGN_OR_RETURN(const int64_t step, ShardMetadata(file, "step"));
+  QTRAIN_ASSIGN_OR_RETURN(const int64_t begin, ShardMetadata(file, "begin"));
+  QTRAIN_ASSIGN_OR_RETURN(const int64_t end, ShardMetadata(file, "end"));
+  QTRAIN_ASSIGN_OR_RETURN(const int64_t file_total, ShardMetadata(file, "total"));
+  if (begin != entry.begin || end != entry.end || file_total != total) {
+    return absl::DataLossError(absl::StrCat(entry.path, ": holds [", begin, ", ", end, ") of ",
+                                            file_total, " elements, the checkpoint lists [",
+                                            entry.begin, ", ", entry.end, ") of ", total));
+  }
+  if (step != updates) {
+    return absl::DataLossError(
+        absl::StrCat(entry.path, ": has taken ", step, " updates, the checkpoint says ", updates));
+  }
+  if (file.tensors().size() != 2) {
+    return absl::DataLossError(absl::StrCat(entry.path, ": ", file.tensors().size(),
+                                            " tensors, an optimizer shard has 2"));
+  }
+  QTRAIN_RETURN_IF_ERROR(ShardTensor(file, kExpAvg, end - begin).status());
+  QTRAIN_RETURN_IF_ERROR(ShardTensor(file, kExpAvgSq, end - begin).status());
+  return file;
+}
+
 }  // namespace
+
+absl::Status CheckOptimizerShard(const OptimizerShardFile& file, int64_t total, int64_t updates) {
+  return OpenShard(file, total, updates).status();
+}
 
 Optimizer::Optimizer(const model::ParameterLayout& layout, const OptimizerSettings& settings,
                      int64_t begin, int64_t end, kernels::Backend& backend)
@@ -158,29 +189,13 @@ absl::Status Optimizer::LoadShards(std::span<const OptimizerShardFile> files, in
     const int64_t from = std::max(begin_, entry.begin);
     const int64_t to = std::min(end_, entry.end);
     if (from >= to) continue;
-    QTRAIN_ASSIGN_OR_RETURN(SafetensorsFile file, SafetensorsFile::Open(entry.path));
-    QTRAIN_ASSIGN_OR_RETURN(const int64_t step, ShardMetadata(file, "step"));
-    QTRAIN_ASSIGN_OR_RETURN(const int64_t begin, ShardMetadata(file, "begin"));
-    QTRAIN_ASSIGN_OR_RETURN(const int64_t end, ShardMetadata(file, "end"));
-    QTRAIN_ASSIGN_OR_RETURN(const int64_t total, ShardMetadata(file, "total"));
-    if (begin != entry.begin || end != entry.end || total != layout_->total_size()) {
-      return absl::DataLossError(absl::StrCat(entry.path, ": holds [", begin, ", ", end, ") of ",
-                                              total, " elements, the checkpoint lists [",
-                                              entry.begin, ", ", entry.end, ") of ",
-                                              layout_->total_size()));
-    }
-    if (step != updates) {
-      return absl::DataLossError(absl::StrCat(entry.path, ": has taken ", step,
-                                              " updates, the checkpoint says ", updates));
-    }
-    if (file.tensors().size() != 2) {
-      return absl::DataLossError(absl::StrCat(entry.path, ": ", file.tensors().size(),
-                                              " tensors, an optimizer shard has 2"));
-    }
+    QTRAIN_ASSIGN_OR_RETURN(const SafetensorsFile file,
+                            OpenShard(entry, layout_->total_size(), updates));
+    const int64_t begin = entry.begin;
     QTRAIN_ASSIGN_OR_RETURN(const std::span<const std::byte> m,
-                            ShardTensor(file, kExpAvg, end - begin));
+                            ShardTensor(file, kExpAvg, entry.end - begin));
     QTRAIN_ASSIGN_OR_RETURN(const std::span<const std::byte> v,
-                            ShardTensor(file, kExpAvgSq, end - begin));
+                            ShardTensor(file, kExpAvgSq, entry.end - begin));
     CopyElements(m, from - begin, to - begin, exp_avg.data() + (from - begin_));
     CopyElements(v, from - begin, to - begin, exp_avg_sq.data() + (from - begin_));
     covered += to - from;

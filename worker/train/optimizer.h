@@ -94,6 +94,11 @@ class Optimizer {
   int64_t step_count_ = 0;
 };
 
+// Checks one file of a sharded state without reading its moments: its header says the entry's
+// range of `total` elements after `updates` steps, and it holds the two moments of that range.
+// DATA_LOSS naming the file otherwise.
+absl::Status CheckOptimizerShard(const OptimizerShardFile& file, int64_t total, int64_t updates);
+
 // The gradient norm's rule, the same for every sharding: for each block of
 // comm::kDefaultBlockElements, an fp64 sum of squares in element order; the blocks' sums added
 // left to right in block order; the square root.

@@ -11,6 +11,7 @@
 #include "common/checked_math.h"
 #include "common/file_util.h"
 #include "common/job_spec.h"
+#include "common/logging.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "google/protobuf/util/json_util.h"
@@ -28,20 +29,13 @@
 #include "worker/train/sharded_checkpoint.h"
 #include "worker/train/sharded_step.h"
 #include "worker/train/spec_change.h"
+#include "worker/train/trainer_state.h"
 
 namespace qtrain::train {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
 constexpr char kJobFile[] = "job.json";
 constexpr char kMetricsFile[] = "metrics.jsonl";
-// What model::SaveCheckpoint writes: a checkpoint lacking any of them is damaged. The optimizer
-// state's files are named by the metadata (sharded_checkpoint.h) and checked with it.
-const std::vector<std::string>& RequiredCheckpointFiles() {
-  static const auto* files = new std::vector<std::string>{"config.json", "model.safetensors"};
-  return *files;
-}
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
@@ -60,35 +54,6 @@ DecayKind ToDecay(v1::LrSchedule schedule) {
 // overflow of adding global_tokens - 1 first.
 absl::Status Overflow(absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(what, " does not fit in a 64-bit integer"));
-}
-
-// metadata[key] as an int64 (DATA_LOSS when missing, not an integer, or out of range).
-absl::StatusOr<int64_t> MetadataInt(const nlohmann::json& m, const char* key) {
-  const auto it = m.find(key);
-  if (it == m.end()) return absl::DataLossError(absl::StrCat("metadata.", key, " is missing"));
-  if (it->is_number_unsigned() && it->get<uint64_t>() > uint64_t{INT64_MAX}) {
-    return absl::DataLossError(absl::StrCat("metadata.", key, " ", it->dump(), " is out of range"));
-  }
-  if (!it->is_number_integer()) {
-    return absl::DataLossError(
-        absl::StrCat("metadata.", key, " is ", it->dump(), ", not an integer"));
-  }
-  return it->get<int64_t>();
-}
-
-bool IsSha256Hex(const nlohmann::json& value) {
-  if (!value.is_string()) return false;
-  const std::string& s = value.get_ref<const std::string&>();
-  return s.size() == 64 && std::all_of(s.begin(), s.end(), [](char c) {
-           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
-         });
-}
-
-// A failure to load a checkpoint's (verified) files means the checkpoint is unusable; running
-// out of memory does not.
-absl::Status AsDamage(const absl::Status& status, absl::string_view what) {
-  if (status.ok() || absl::IsResourceExhausted(status)) return status;
-  return absl::DataLossError(absl::StrCat(what, ": ", status.message()));
 }
 
 // The process's place in its group, and where it resumes.
@@ -130,130 +95,6 @@ absl::Status CheckGroup(const v1::JobSpec& spec, const TrainerOptions& options) 
 
 }  // namespace
 
-struct Trainer::State {
-  v1::JobSpec spec;
-  nlohmann::json spec_json;  // JobSpecToJson(spec), stored in every checkpoint
-  std::string training_spec_sha256;
-  model::ModelConfig base_config;
-  std::vector<model::ModelConfig> stage_configs;  // StageConfig of each stage
-  std::optional<std::vector<float>> initial_params;
-  const TokenSource* data = nullptr;
-  TrainerOptions options;
-
-  std::optional<DataPlan> plan;
-  std::string plan_sha256;
-  std::vector<int64_t> stage_start;  // first job step of each stage; back() = total steps
-  int64_t total_steps = 0;
-  int64_t global_tokens = 0;
-  LrScheduleParams schedule;
-
-  // Where the run is.
-  int64_t step = 0;
-  int64_t tokens_seen = 0;
-  int64_t skipped_steps = 0;
-  int64_t consecutive_nonfinite = 0;
-  double last_loss = NAN;
-  std::optional<double> last_eval_loss;
-
-  // What one Run() holds (Setup() to Release()).
-  std::shared_ptr<const RunDirLock> lock;
-  std::optional<CheckpointStore> store;
-  std::optional<model::ParameterLayout> layout;
-  std::vector<float> params;
-  std::optional<Optimizer> optimizer;
-  std::optional<MetricsLog> metrics;  // rank 0
-  std::unique_ptr<model::Model> model;
-  int model_stage = -1;
-  // The group: options.communicator, or a group of one.
-  std::unique_ptr<comm::Communicator> own_comm;
-  comm::Communicator* comm = nullptr;
-  std::optional<comm::ShardLayout> shards;                  // the ZeRO-1 layout of the parameters
-  std::vector<float> grad_shard;                            // this rank's reduced gradient
-  std::optional<comm::TreeAccumulator<float>> accumulator;  // the micro-batches' sum
-  std::vector<double> micro_batch_losses;
-  Clock::time_point started;
-  int64_t tokens_this_process = 0;
-  std::vector<int32_t> ids, targets, scratch;
-
-  // One optimizer step's outcome, for the report.
-  struct StepResult {
-    Clock::time_point start;
-    Clock::duration data_time{};
-    Clock::duration comm_time{};
-    double loss = 0;
-    double learning_rate = 0;
-    StepStats stats;
-  };
-
-  int StageOf(int64_t job_step) const {
-    int stage = 0;
-    while (stage + 1 < spec.curriculum_size() && job_step >= stage_start[stage + 1]) ++stage;
-    return stage;
-  }
-  void Event(const std::string& text) const {
-    if (options.on_event) options.on_event(text);
-  }
-  void Fault(std::string_view point) const {
-    if (options.fault_hook) options.fault_hook(point, step);
-  }
-  void Phase(TrainerPhase phase) const {
-    if (options.on_phase) options.on_phase(phase);
-  }
-  bool lead() const { return options.rank == 0; }
-  int64_t shard_begin() const { return shards->ShardBegin(options.rank); }
-  std::span<float> param_shard() {
-    return model->params().subspan(static_cast<size_t>(shard_begin()), grad_shard.size());
-  }
-  // Runs a collective, adding its time to `time`.
-  template <typename Op>
-  absl::Status Timed(Clock::duration& time, Op op) {
-    const Clock::time_point start = Clock::now();
-    absl::Status status = op();
-    time += Clock::now() - start;
-    return status;
-  }
-
-  // Run() in order: Setup, then per step EnterStage (on a stage change), TrainStep, Report,
-  // MaybeCheckpoint; then Finish.
-  absl::Status Setup();
-  absl::Status EnterStage(int stage_index);
-  absl::StatusOr<StepResult> TrainStep(int stage_index);
-  absl::Status Report(int stage_index, const StepResult& result);
-  absl::Status MaybeCheckpoint(int stage_index, int64_t stop_at);
-  absl::StatusOr<TrainerSummary> Finish();
-  void Release();
-
-  // Setup's parts.
-  absl::Status LockRunDir();
-  absl::Status OpenStore();
-  absl::Status InitializeParams();
-  absl::StatusOr<Optimizer> MakeOptimizer() const;
-  absl::Status Resume();
-  absl::Status ResumeFromNewest();
-  absl::StatusOr<int64_t> PickNewest();
-  absl::Status ResumeFrom(int64_t checkpoint_step);
-  absl::Status ResetState();
-  absl::Status ValidateCheckpointMetadata(const CheckpointInfo& info) const;
-  absl::Status WriteJobFile() const;
-
-  absl::Status ReadBatch(const v1::CurriculumStage& stage, const std::vector<Window>& windows,
-                         size_t first, std::vector<int32_t>& ids, std::vector<int32_t>& targets,
-                         std::vector<int32_t>& scratch) const;
-  // TrainStep's parts.
-  absl::Status AccumulateGradients(const v1::CurriculumStage& stage,
-                                   const std::vector<Window>& windows, StepResult& result);
-  absl::Status ReduceGradients(StepResult& result);
-  absl::Status ApplyUpdate(StepResult& result);
-
-  absl::StatusOr<double> Evaluate(model::Model& model, const v1::CurriculumStage& stage);
-  absl::StatusOr<double> UnigramEntropy(const v1::CurriculumStage& stage) const;
-  absl::Status SaveCheckpoint();
-  absl::StatusOr<CheckpointInfo> CommitCheckpoint();
-  absl::StatusOr<CheckpointInfo> AwaitCommit();
-  nlohmann::json CheckpointMetadata() const;
-  absl::Status ExportFinal(TrainerSummary& summary);
-};
-
 absl::StatusOr<model::ModelConfig> Trainer::StageConfig(const model::ModelConfig& base,
                                                         const v1::CurriculumStage& stage) {
   model::ModelConfig config = base;
@@ -279,88 +120,95 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
     const v1::JobSpec& spec, const model::ModelConfig& base_config,
     std::optional<std::vector<float>> initial_params, const TokenSource& data,
     TrainerOptions options) {
-  QTRAIN_RETURN_IF_ERROR(ValidateJobSpec(spec));
-  QTRAIN_RETURN_IF_ERROR(model::ValidateConfig(base_config));
-  if (options.run_dir.empty()) return absl::InvalidArgumentError("trainer: no run directory");
-  QTRAIN_RETURN_IF_ERROR(CheckGroup(spec, options));
-  if (spec.world().device() != v1::DEVICE_KIND_CPU) {
-    return absl::UnimplementedError("world.device: only cpu is available to local runs");
-  }
-  QTRAIN_RETURN_IF_ERROR(ValidateAllowedSpecChanges(options.allowed_spec_changes));
-  auto state = std::make_unique<State>();
-  state->spec = spec;
-  state->spec_json = JobSpecToJson(spec);
-  state->training_spec_sha256 = TrainingSpecSha256(state->spec_json);
-  state->base_config = base_config;
-  state->initial_params = std::move(initial_params);
-  state->data = &data;
-  state->options = std::move(options);
-  state->global_tokens = spec.batch().global_tokens();
+  // A rank that cannot start must not leave its peers waiting for it.
+  comm::Communicator* const group = options.communicator;
+  const auto create = [&]() -> absl::StatusOr<std::unique_ptr<Trainer>> {
+    QTRAIN_RETURN_IF_ERROR(ValidateJobSpec(spec));
+    QTRAIN_RETURN_IF_ERROR(model::ValidateConfig(base_config));
+    if (options.run_dir.empty()) return absl::InvalidArgumentError("trainer: no run directory");
+    QTRAIN_RETURN_IF_ERROR(CheckGroup(spec, options));
+    if (spec.world().device() != v1::DEVICE_KIND_CPU) {
+      return absl::UnimplementedError("world.device: only cpu is available to local runs");
+    }
+    QTRAIN_RETURN_IF_ERROR(ValidateAllowedSpecChanges(options.allowed_spec_changes));
+    auto state = std::make_unique<State>();
+    state->spec = spec;
+    state->spec_json = JobSpecToJson(spec);
+    state->training_spec_sha256 = TrainingSpecSha256(state->spec_json);
+    state->base_config = base_config;
+    state->initial_params = std::move(initial_params);
+    state->data = &data;
+    state->options = std::move(options);
+    state->global_tokens = spec.batch().global_tokens();
 
-  for (int i = 0; i < spec.curriculum_size(); ++i) {
-    const v1::CurriculumStage& stage = spec.curriculum(i);
-    QTRAIN_ASSIGN_OR_RETURN(model::ModelConfig config, StageConfig(base_config, stage));
-    if (stage.seq_len() > config.max_position_embeddings) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("curriculum[", i, "].seq_len: ", stage.seq_len(), " exceeds the model's ",
-                       config.max_position_embeddings, " positions"));
+    for (int i = 0; i < spec.curriculum_size(); ++i) {
+      const v1::CurriculumStage& stage = spec.curriculum(i);
+      QTRAIN_ASSIGN_OR_RETURN(model::ModelConfig config, StageConfig(base_config, stage));
+      if (stage.seq_len() > config.max_position_embeddings) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("curriculum[", i, "].seq_len: ", stage.seq_len(), " exceeds the model's ",
+                         config.max_position_embeddings, " positions"));
+      }
+      if (!CheckedMul(stage.micro_batch(), stage.seq_len())) {
+        return Overflow(absl::StrCat("curriculum[", i, "]: micro_batch x seq_len"));
+      }
+      if (!CheckedMul(spec.eval().batches(), stage.micro_batch())) {
+        return Overflow(absl::StrCat("curriculum[", i, "]: eval.batches x micro_batch"));
+      }
+      state->stage_configs.push_back(std::move(config));
     }
-    if (!CheckedMul(stage.micro_batch(), stage.seq_len())) {
-      return Overflow(absl::StrCat("curriculum[", i, "]: micro_batch x seq_len"));
+    QTRAIN_ASSIGN_OR_RETURN(state->stage_start, StageStartSteps(spec));
+    state->total_steps = state->stage_start.back();
+    // tokens_seen grows to total_steps x global_tokens.
+    if (!CheckedMul(state->total_steps, state->global_tokens)) {
+      return Overflow(absl::StrCat("the job's tokens (", state->total_steps,
+                                   " steps x batch.global_tokens ", state->global_tokens, ")"));
     }
-    if (!CheckedMul(spec.eval().batches(), stage.micro_batch())) {
-      return Overflow(absl::StrCat("curriculum[", i, "]: eval.batches x micro_batch"));
+    // The options the shard dispatch plans with (shard_assignment.h).
+    QTRAIN_ASSIGN_OR_RETURN(const DataPlanOptions plan_options, JobDataPlanOptions(spec));
+    QTRAIN_ASSIGN_OR_RETURN(DataPlan plan, DataPlan::Create(data.size(), plan_options));
+    for (int i = 0; i < spec.curriculum_size(); ++i) {
+      const v1::CurriculumStage& stage = spec.curriculum(i);
+      const int64_t windows = spec.batch().global_tokens() / stage.seq_len();
+      if (plan.TrainingWindowCount(stage.seq_len()) < windows) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("curriculum[", i, "]: the data has ",
+                         plan.TrainingWindowCount(stage.seq_len()), " training windows of ",
+                         stage.seq_len(), " tokens, fewer than one global batch (", windows, ")"));
+      }
+      const int64_t eval_windows = spec.eval().batches() * stage.micro_batch();  // checked above
+      if (plan.ValidationWindowCount(stage.seq_len()) < eval_windows) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "eval.batches: stage '", stage.name(), "' needs ", eval_windows,
+            " validation windows of ", stage.seq_len(), " tokens, the held-out data has ",
+            plan.ValidationWindowCount(stage.seq_len()), " (raise data.validation_fraction)"));
+      }
     }
-    state->stage_configs.push_back(std::move(config));
-  }
-  QTRAIN_ASSIGN_OR_RETURN(state->stage_start, StageStartSteps(spec));
-  state->total_steps = state->stage_start.back();
-  // tokens_seen grows to total_steps x global_tokens.
-  if (!CheckedMul(state->total_steps, state->global_tokens)) {
-    return Overflow(absl::StrCat("the job's tokens (", state->total_steps,
-                                 " steps x batch.global_tokens ", state->global_tokens, ")"));
-  }
-  // The options the shard dispatch plans with (shard_assignment.h).
-  QTRAIN_ASSIGN_OR_RETURN(const DataPlanOptions plan_options, JobDataPlanOptions(spec));
-  QTRAIN_ASSIGN_OR_RETURN(DataPlan plan, DataPlan::Create(data.size(), plan_options));
-  for (int i = 0; i < spec.curriculum_size(); ++i) {
-    const v1::CurriculumStage& stage = spec.curriculum(i);
-    const int64_t windows = spec.batch().global_tokens() / stage.seq_len();
-    if (plan.TrainingWindowCount(stage.seq_len()) < windows) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("curriculum[", i, "]: the data has ",
-                       plan.TrainingWindowCount(stage.seq_len()), " training windows of ",
-                       stage.seq_len(), " tokens, fewer than one global batch (", windows, ")"));
+    state->plan = std::move(plan);
+    // Everything the data order depends on.
+    Sha256 plan_hash;
+    plan_hash.Update(absl::StrCat(
+        "data=", data.fingerprint(), ";tokens=", data.size(), ";seed=", spec.seed(),
+        ";validation=", spec.data().validation_fraction(), ";block=", plan_options.block_tokens,
+        ";global=", spec.batch().global_tokens()));
+    for (const v1::CurriculumStage& stage : spec.curriculum()) {
+      plan_hash.Update(absl::StrCat(";stage=", stage.seq_len(), "/", stage.tokens()));
     }
-    const int64_t eval_windows = spec.eval().batches() * stage.micro_batch();  // checked above
-    if (plan.ValidationWindowCount(stage.seq_len()) < eval_windows) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "eval.batches: stage '", stage.name(), "' needs ", eval_windows,
-          " validation windows of ", stage.seq_len(), " tokens, the held-out data has ",
-          plan.ValidationWindowCount(stage.seq_len()), " (raise data.validation_fraction)"));
-    }
-  }
-  state->plan = std::move(plan);
-  // Everything the data order depends on.
-  Sha256 plan_hash;
-  plan_hash.Update(
-      absl::StrCat("data=", data.fingerprint(), ";tokens=", data.size(), ";seed=", spec.seed(),
-                   ";validation=", spec.data().validation_fraction(),
-                   ";block=", plan_options.block_tokens, ";global=", spec.batch().global_tokens()));
-  for (const v1::CurriculumStage& stage : spec.curriculum()) {
-    plan_hash.Update(absl::StrCat(";stage=", stage.seq_len(), "/", stage.tokens()));
-  }
-  state->plan_sha256 = plan_hash.FinishHex();
-  const v1::OptimizerSpec& o = spec.optimizer();
-  state->schedule = LrScheduleParams{.lr = o.lr(),
-                                     .min_lr = o.min_lr(),
-                                     .warmup_steps = o.warmup_steps(),
-                                     .total_steps = state->total_steps,
-                                     .decay = ToDecay(o.schedule())};
+    state->plan_sha256 = plan_hash.FinishHex();
+    const v1::OptimizerSpec& o = spec.optimizer();
+    state->schedule = LrScheduleParams{.lr = o.lr(),
+                                       .min_lr = o.min_lr(),
+                                       .warmup_steps = o.warmup_steps(),
+                                       .total_steps = state->total_steps,
+                                       .decay = ToDecay(o.schedule())};
 
-  auto trainer = std::unique_ptr<Trainer>(new Trainer());
-  trainer->state_ = std::move(state);
-  return trainer;
+    auto trainer = std::unique_ptr<Trainer>(new Trainer());
+    trainer->state_ = std::move(state);
+    return trainer;
+  };
+  absl::StatusOr<std::unique_ptr<Trainer>> created = create();
+  if (!created.ok() && group != nullptr) group->Abort();
+  return created;
 }
 
 Trainer::~Trainer() = default;
@@ -495,30 +343,6 @@ absl::Status Trainer::State::LockRunDir() {
   return absl::OkStatus();
 }
 
-// Rank 0 opens the store as its writer (removing what an interrupted run left) before the
-// others open it to read: the first collective orders the two.
-absl::Status Trainer::State::OpenStore() {
-  const std::string root = options.run_dir + "/checkpoints";
-  CheckpointStoreOptions store_options{.required_files = RequiredCheckpointFiles(),
-                                       .validate_metadata = [this](const CheckpointInfo& info) {
-                                         return ValidateCheckpointMetadata(info);
-                                       }};
-  if (lead()) {
-    QTRAIN_ASSIGN_OR_RETURN(CheckpointStore opened,
-                            CheckpointStore::Open(root, std::move(store_options)));
-    store.emplace(std::move(opened));
-    QTRAIN_RETURN_IF_ERROR(RemoveShardStaging(root));
-  }
-  QTRAIN_RETURN_IF_ERROR(comm->Barrier());
-  if (!lead()) {
-    store_options.read_only = true;
-    QTRAIN_ASSIGN_OR_RETURN(CheckpointStore opened,
-                            CheckpointStore::Open(root, std::move(store_options)));
-    store.emplace(std::move(opened));
-  }
-  return absl::OkStatus();
-}
-
 absl::Status Trainer::State::InitializeParams() {
   QTRAIN_ASSIGN_OR_RETURN(params, model::MakeHostVector<float>({layout->total_size()},
                                                                "the model parameters (host copy)"));
@@ -551,159 +375,6 @@ absl::Status Trainer::State::WriteJobFile() const {
   print.preserve_proto_field_names = true;
   (void)google::protobuf::util::MessageToJsonString(spec, &spec_text, print);
   return WriteFileAtomically(options.run_dir + "/" + kJobFile, spec_text);
-}
-
-// The manifest's trainer state must agree with itself, the directory and this job: a checkpoint
-// that claims another step, stage or token count than its step implies is damaged.
-absl::Status Trainer::State::ValidateCheckpointMetadata(const CheckpointInfo& info) const {
-  const nlohmann::json& m = info.metadata;
-  const auto plan_it = m.find("data_plan_sha256");
-  if (plan_it == m.end() || !IsSha256Hex(*plan_it)) {
-    return absl::DataLossError("metadata.data_plan_sha256 is missing or not a sha256");
-  }
-  if (*plan_it != plan_sha256) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("checkpoint ", info.directory,
-                     " was trained with another data plan (different data, "
-                     "seed, or curriculum); use a new run directory"));
-  }
-  QTRAIN_ASSIGN_OR_RETURN(const int64_t ckpt_step, MetadataInt(m, "step"));
-  if (ckpt_step != info.step) {
-    return absl::DataLossError(
-        absl::StrCat("metadata.step ", ckpt_step, " does not match the checkpoint's ", info.step));
-  }
-  if (ckpt_step < 0 || ckpt_step > total_steps) {
-    return absl::DataLossError(
-        absl::StrCat("metadata.step ", ckpt_step, " is outside the job's 0-", total_steps));
-  }
-  QTRAIN_ASSIGN_OR_RETURN(const int64_t stage, MetadataInt(m, "stage"));
-  if (stage != StageOf(ckpt_step)) {
-    return absl::DataLossError(absl::StrCat("metadata.stage ", stage, " is not the stage of step ",
-                                            ckpt_step, " (", StageOf(ckpt_step), ")"));
-  }
-  QTRAIN_ASSIGN_OR_RETURN(const int64_t tokens, MetadataInt(m, "tokens_seen"));
-  const int64_t expected_tokens = ckpt_step * global_tokens;  // <= total tokens, checked in Create
-  if (tokens != expected_tokens) {
-    return absl::DataLossError(absl::StrCat("metadata.tokens_seen ", tokens, " is not step ",
-                                            ckpt_step, " x batch.global_tokens ", global_tokens,
-                                            " = ", expected_tokens));
-  }
-  QTRAIN_ASSIGN_OR_RETURN(const int64_t skipped, MetadataInt(m, "skipped_steps"));
-  if (skipped < 0 || skipped > ckpt_step) {
-    return absl::DataLossError(
-        absl::StrCat("metadata.skipped_steps ", skipped, " is outside 0-", ckpt_step));
-  }
-  QTRAIN_ASSIGN_OR_RETURN(const int64_t in_a_row, MetadataInt(m, "consecutive_nonfinite_steps"));
-  if (in_a_row < 0 || in_a_row > skipped) {
-    return absl::DataLossError(absl::StrCat("metadata.consecutive_nonfinite_steps ", in_a_row,
-                                            " is outside 0-", skipped, " (the skipped steps)"));
-  }
-  const auto name_it = m.find("job_name");
-  if (name_it == m.end() || !name_it->is_string()) {
-    return absl::DataLossError("metadata.job_name is missing or not a string");
-  }
-  const auto spec_it = m.find("spec");
-  const auto spec_sha_it = m.find("spec_sha256");
-  if (spec_it == m.end() || !spec_it->is_object() || spec_sha_it == m.end() ||
-      !IsSha256Hex(*spec_sha_it)) {
-    return absl::DataLossError("metadata lacks the job spec ('spec', 'spec_sha256')");
-  }
-  if (*spec_sha_it != TrainingSpecSha256(*spec_it)) {
-    return absl::DataLossError("metadata.spec does not match metadata.spec_sha256");
-  }
-  return ValidateShardMetadata(info, layout->total_size(), ckpt_step - skipped);
-}
-
-// An explicit resume point is found by every rank; otherwise rank 0 picks the newest good
-// checkpoint and tells the others (every rank then loads it, each its own shard of the moments).
-absl::Status Trainer::State::Resume() {
-  if (!options.resume_from_step) return ResumeFromNewest();
-  const int64_t wanted = *options.resume_from_step;
-  if (wanted < 0) {
-    Event("starting from the initialization (checkpoints in the run directory are not used)");
-    return absl::OkStatus();
-  }
-  QTRAIN_ASSIGN_OR_RETURN(std::vector<int64_t> steps, store->ListSteps());
-  if (std::find(steps.begin(), steps.end(), wanted) == steps.end()) {
-    return absl::NotFoundError(absl::StrCat("checkpoint of step ", wanted, " not found: ",
-                                            store->DirectoryFor(wanted), " does not exist"));
-  }
-  return ResumeFrom(wanted);
-}
-
-absl::Status Trainer::State::ResumeFromNewest() {
-  int64_t chosen = -1;  // -1: a fresh start
-  if (lead()) {
-    QTRAIN_ASSIGN_OR_RETURN(chosen, PickNewest());
-  }
-  QTRAIN_RETURN_IF_ERROR(comm->Broadcast(std::as_writable_bytes(std::span(&chosen, 1)), 0));
-  if (lead() || chosen < 0) return absl::OkStatus();  // rank 0 has loaded it already
-  return ResumeFrom(chosen);
-}
-
-// Rank 0: the newest checkpoint that loads (its own shard of it), skipping damaged ones.
-absl::StatusOr<int64_t> Trainer::State::PickNewest() {
-  QTRAIN_ASSIGN_OR_RETURN(std::vector<int64_t> steps, store->ListSteps());
-  for (int64_t checkpoint_step : steps) {
-    const absl::Status resumed = ResumeFrom(checkpoint_step);
-    if (resumed.ok()) return checkpoint_step;
-    if (!absl::IsDataLoss(resumed)) return resumed;
-    Event(absl::StrCat("skipping damaged ", resumed.message()));
-    QTRAIN_RETURN_IF_ERROR(ResetState());
-  }
-  return -1;
-}
-
-// A failed load may have written part of the weights or moments: start them over.
-absl::Status Trainer::State::ResetState() {
-  QTRAIN_RETURN_IF_ERROR(InitializeParams());
-  QTRAIN_ASSIGN_OR_RETURN(Optimizer fresh, MakeOptimizer());
-  optimizer.emplace(std::move(fresh));
-  return absl::OkStatus();
-}
-
-absl::Status Trainer::State::ResumeFrom(int64_t checkpoint_step) {
-  QTRAIN_ASSIGN_OR_RETURN(CheckpointInfo info, store->Verify(checkpoint_step));
-  const nlohmann::json& m = info.metadata;  // validated by ValidateCheckpointMetadata
-  absl::StatusOr<std::vector<SpecChange>> changes =
-      CheckSpecChanges(m["spec"], spec_json, options.allowed_spec_changes);
-  if (!changes.ok()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("checkpoint ", info.directory, ": ", changes.status().message()));
-  }
-  const auto damaged = [&](absl::string_view what) {
-    return absl::StrCat("checkpoint ", info.directory, ": ", what);
-  };
-  const model::ModelConfig& config =
-      stage_configs[StageOf(std::max<int64_t>(checkpoint_step - 1, 0))];
-  QTRAIN_RETURN_IF_ERROR(AsDamage(model::LoadWeights(info.directory, config, params),
-                                  damaged("cannot load the weights")));
-  const int64_t skipped = m["skipped_steps"].get<int64_t>();
-  const int64_t updates = checkpoint_step - skipped;
-  if (HasShardedOptimizer(info)) {
-    // Whatever world size wrote it: this rank reads its range from the files that overlap it.
-    QTRAIN_RETURN_IF_ERROR(AsDamage(optimizer->LoadShards(OptimizerShardFiles(info), updates),
-                                    damaged("cannot load the optimizer state")));
-  } else {
-    QTRAIN_RETURN_IF_ERROR(
-        AsDamage(optimizer->LoadSingleFile(info.directory + "/" + kSingleFileOptimizer),
-                 damaged("cannot load the optimizer state")));
-    if (optimizer->step_count() != updates) {
-      return absl::DataLossError(
-          damaged(absl::StrCat(kSingleFileOptimizer, " has taken ", optimizer->step_count(),
-                               " updates, the trainer state says ", updates, " (step ",
-                               checkpoint_step, " less ", skipped, " skipped)")));
-    }
-  }
-  step = checkpoint_step;
-  tokens_seen = m["tokens_seen"].get<int64_t>();
-  skipped_steps = skipped;
-  consecutive_nonfinite = m["consecutive_nonfinite_steps"].get<int64_t>();
-  Event(absl::StrCat("resumed from ", info.directory, " (step ", step, " of ", total_steps, ")"));
-  for (const SpecChange& change : *changes) {
-    Event(absl::StrCat("spec changed since the checkpoint: ", change.Describe()));
-  }
-  return absl::OkStatus();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -870,89 +541,6 @@ absl::Status Trainer::State::Report(int stage_index, const StepResult& result) {
   return absl::OkStatus();
 }
 
-absl::Status Trainer::State::MaybeCheckpoint(int stage_index, int64_t stop_at) {
-  const bool stage_ends = step == stage_start[stage_index + 1];
-  const int64_t every = spec.checkpoint().every_steps();
-  if ((every > 0 && step % every == 0) || stage_ends || step == stop_at) {
-    return SaveCheckpoint();
-  }
-  return absl::OkStatus();
-}
-
-// The write protocol of a group (sharded_checkpoint.h): ranks > 0 stage their optimizer shard,
-// then rank 0 writes the model and its shard, adopts the staged shards and commits; its verdict
-// (1 committed, 0 failed) is broadcast, and every rank reports the files it wrote.
-absl::Status Trainer::State::SaveCheckpoint() {
-  Phase(TrainerPhase::kCheckpointing);
-  if (!lead()) {
-    QTRAIN_RETURN_IF_ERROR(
-        StageOptimizerShard(*optimizer, store->root(), step, options.rank, options.world_size));
-    Fault("checkpoint_written");
-  }
-  QTRAIN_RETURN_IF_ERROR(comm->Barrier());
-  QTRAIN_ASSIGN_OR_RETURN(CheckpointInfo info, lead() ? CommitCheckpoint() : AwaitCommit());
-  Event(absl::StrCat("checkpoint at step ", step, ": ", info.directory));
-  if (options.on_checkpoint) {
-    CheckpointInfo own = info;
-    own.files = FilesWrittenBy(info.files, options.rank, options.world_size);
-    QTRAIN_RETURN_IF_ERROR(options.on_checkpoint(own));
-  }
-  if (lead() && options.apply_retention) {
-    QTRAIN_RETURN_IF_ERROR(store->ApplyRetention(spec.checkpoint().keep_last()));
-  }
-  Phase(TrainerPhase::kTraining);
-  return absl::OkStatus();
-}
-
-// Rank 0: the checkpoint, committed, and the verdict sent to the others.
-absl::StatusOr<CheckpointInfo> Trainer::State::CommitCheckpoint() {
-  const auto commit = [&]() -> absl::StatusOr<CheckpointInfo> {
-    QTRAIN_ASSIGN_OR_RETURN(CheckpointWriter writer, store->Begin(step));
-    QTRAIN_RETURN_IF_ERROR(
-        model::SaveCheckpoint(writer.directory(), model->config(), model->params()));
-    QTRAIN_RETURN_IF_ERROR(
-        optimizer->Save(writer.PathFor(OptimizerShardFileName(0, options.world_size))));
-    QTRAIN_RETURN_IF_ERROR(
-        AdoptStagedShards(store->root(), step, options.world_size, writer.directory()));
-    Fault("checkpoint_written");
-    return writer.Commit(CheckpointMetadata());
-  };
-  absl::StatusOr<CheckpointInfo> info = commit();
-  char verdict = info.ok() ? 1 : 0;
-  const absl::Status sent =
-      comm->Broadcast(std::as_writable_bytes(std::span(&verdict, 1)), /*root=*/0);
-  if (!info.ok()) return info.status();
-  QTRAIN_RETURN_IF_ERROR(sent);
-  return info;
-}
-
-// Ranks > 0: rank 0's verdict, and the committed checkpoint's manifest.
-absl::StatusOr<CheckpointInfo> Trainer::State::AwaitCommit() {
-  char verdict = 0;
-  QTRAIN_RETURN_IF_ERROR(comm->Broadcast(std::as_writable_bytes(std::span(&verdict, 1)), 0));
-  if (verdict != 1) {
-    return absl::AbortedError(absl::StrCat("rank 0 could not commit checkpoint ", step));
-  }
-  const std::string dir = store->DirectoryFor(step);
-  QTRAIN_ASSIGN_OR_RETURN(std::string manifest,
-                          ReadFileToString(dir + "/" + CheckpointStore::kManifestName));
-  return ParseCheckpointManifest(manifest, dir, step);
-}
-
-nlohmann::json Trainer::State::CheckpointMetadata() const {
-  nlohmann::json metadata = {{"step", step},
-                             {"stage", StageOf(step)},
-                             {"tokens_seen", tokens_seen},
-                             {"skipped_steps", skipped_steps},
-                             {"consecutive_nonfinite_steps", consecutive_nonfinite},
-                             {"data_plan_sha256", plan_sha256},
-                             {"job_name", spec.name()},
-                             {"spec", spec_json},
-                             {"spec_sha256", training_spec_sha256}};
-  metadata.update(ShardMetadata(*shards, optimizer->step_count()));
-  return metadata;
-}
-
 // ---------------------------------------------------------------------------------------------
 // The end: the summary and, when the job is complete, the exported model and the loss curve.
 
@@ -1038,6 +626,10 @@ absl::StatusOr<TrainerSummary> Trainer::Run() {
   };
   absl::StatusOr<TrainerSummary> summary = run();
   // The peers, blocked in a collective or about to be, fail at once instead of timing out.
+  if (!summary.ok() && s.comm != nullptr && s.options.world_size > 1) {
+    QTRAIN_LOG(WARNING) << "rank " << s.options.rank << " of " << s.options.world_size
+                        << " stops its group: " << summary.status();
+  }
   if (!summary.ok() && s.comm != nullptr) s.comm->Abort();
   s.Release();
   return summary;

@@ -80,7 +80,8 @@ struct TrainerOptions {
   // Stop (returning OK) once this many steps are complete; 0: run to the end. For tests and
   // for running a job in pieces.
   int64_t stop_after_step = 0;
-  // Test hook: sees the gradients of every step before the optimizer does.
+  // Test hook: sees the gradients of every step before the optimizer does (this rank's reduced
+  // shard of them: all of them in a group of one).
   std::function<void(int64_t step, std::span<float> grads)> gradient_hook;
   // Fault injection for tests (a hook may kill the process): called at "step_done" (after step
   // `step` is logged, before its checkpoint) and "checkpoint_written" (a checkpoint's files are
@@ -129,7 +130,7 @@ struct TrainerSummary {
   bool completed = false;
   std::optional<double> final_eval_loss;
   // Entropy (nats) of the unigram distribution of the final evaluation's target tokens: the
-  // loss of the best model that ignores context, on the same tokens.
+  // loss of the best model that ignores context, on the same tokens. Rank 0 only.
   std::optional<double> validation_unigram_entropy;
   std::string final_dir;  // set when completed
 };
@@ -146,7 +147,7 @@ class Trainer {
 
   // Trains from options.resume_from_step (by default the newest good checkpoint in the run
   // directory, or from scratch) to the end of the job, or to options.stop_after_step (which
-  // gets a checkpoint).
+  // gets a checkpoint). Create and Run call options.communicator->Abort() when they fail.
   absl::StatusOr<TrainerSummary> Run();
 
   // The model configuration of stage `stage` (RoPE base and YaRN applied). INVALID_ARGUMENT

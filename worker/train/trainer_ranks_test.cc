@@ -120,8 +120,7 @@ class TrainerRanksTest : public ::testing::Test {
         auto trainer = Trainer::Create(*spec, *model::PresetConfig("qwen2-test"), std::nullopt,
                                        data_, std::move(options));
         if (!trainer.ok()) {
-          out.summary = trainer.status();
-          group[r]->Abort();
+          out.summary = trainer.status();  // Create has aborted the group
           return;
         }
         out.summary = (*trainer)->Run();
@@ -297,6 +296,19 @@ TEST_F(TrainerRanksTest, ARankThatFailsEndsTheOthersWithoutAHang) {
     EXPECT_EQ(run.reports.back().step, 2);
   }
 
+  // A rank that cannot even start.
+  const absl::Time create_start = absl::Now();
+  runs = TrainGroup(
+      "not_created", 2,
+      [](int rank, TrainerOptions& o) {
+        if (rank == 1) o.shard_block_elements = 0;
+      },
+      absl::Seconds(120));
+  EXPECT_LT(absl::Now() - create_start, absl::Seconds(60));
+  EXPECT_EQ(runs[1].summary.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(runs[0].summary.status().code(), absl::StatusCode::kUnavailable)
+      << runs[0].summary.status();
+
   // A rank that hangs inside a step: the others time out, naming it; it fails afterwards.
   const absl::Time hang_start = absl::Now();
   runs = TrainGroup(
@@ -346,6 +358,33 @@ void EditManifest(const fs::path& checkpoint_dir,
   std::ofstream(path, std::ios::trunc) << manifest.dump();
 }
 
+// Records the current sha256 and size of `file` in the manifest of `dir`.
+void Rehash(const fs::path& dir, const std::string& file) {
+  const std::string sha = Sha256File((dir / file).string()).value();
+  const auto size = fs::file_size(dir / file);
+  EditManifest(dir, [&](nlohmann::json& manifest) {
+    for (auto& f : manifest["files"]) {
+      if (f["path"] == file) f = {{"path", file}, {"sha256", sha}, {"size", size}};
+    }
+  });
+}
+
+// Rewrites an optimizer shard with another step count in its metadata (and rehashes it, so only
+// the header tells).
+void RewriteShardStep(const fs::path& dir, const std::string& file, const std::string& step) {
+  auto shard = SafetensorsFile::Open((dir / file).string());
+  ASSERT_TRUE(shard.ok());
+  SafetensorsWriter writer;
+  for (const char* name : {"exp_avg", "exp_avg_sq"}) {
+    const std::vector<float> moment = *shard->ReadAsFloat(name);
+    ASSERT_TRUE(writer.AddFloat(name, {static_cast<int64_t>(moment.size())}, moment).ok());
+  }
+  for (const auto& [key, value] : shard->metadata()) writer.SetMetadata(key, value);
+  writer.SetMetadata("step", step);
+  ASSERT_TRUE(writer.WriteFile((dir / file).string()).ok());
+  Rehash(dir, file);
+}
+
 TEST_F(TrainerRanksTest, DamagedShardsAreDataLossNamingTheFile) {
   ExpectAllOk(TrainGroup("base", 2, [](int, TrainerOptions& o) { o.stop_after_step = 4; }));
   struct Damage {
@@ -384,6 +423,10 @@ TEST_F(TrainerRanksTest, DamagedShardsAreDataLossNamingTheFile) {
          EditManifest(dir, [](nlohmann::json& m) { m["metadata"]["optimizer_shards"].erase(1); });
        },
        "metadata.optimizer_shards is not a list of 2 shards"},
+      // Rank 0 checks every shard's header, so the group skips this one together.
+      {"another rank's shard claims another step",
+       [&](const fs::path& dir) { RewriteShardStep(dir, shard1, "99"); },
+       shard1 + ": has taken 99 updates, the checkpoint says 4"},
       {"a shard's range in the file disagrees",
        [&](const fs::path& dir) {
          EditManifest(dir, [](nlohmann::json& m) {

@@ -1,0 +1,162 @@
+// The state of a Trainer (trainer.h) and its steps, shared by the files that implement it:
+// trainer.cc (setup, the training steps, evaluation, the end) and trainer_checkpoint.cc (the
+// checkpoint store, resume, and the checkpoint write protocol of a group). Not an interface.
+#ifndef QTRAIN_WORKER_TRAIN_TRAINER_STATE_H_
+#define QTRAIN_WORKER_TRAIN_TRAINER_STATE_H_
+
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "nlohmann/json.hpp"
+#include "qtrain/v1/jobs.pb.h"
+#include "worker/comm/communicator.h"
+#include "worker/comm/shard_layout.h"
+#include "worker/comm/tree_sum.h"
+#include "worker/model/model.h"
+#include "worker/model/param_layout.h"
+#include "worker/train/checkpoint_store.h"
+#include "worker/train/data_plan.h"
+#include "worker/train/lr_schedule.h"
+#include "worker/train/metrics_log.h"
+#include "worker/train/optimizer.h"
+#include "worker/train/trainer.h"
+
+namespace qtrain::train {
+
+using Clock = std::chrono::steady_clock;
+
+struct Trainer::State {
+  v1::JobSpec spec;
+  nlohmann::json spec_json;  // JobSpecToJson(spec), stored in every checkpoint
+  std::string training_spec_sha256;
+  model::ModelConfig base_config;
+  std::vector<model::ModelConfig> stage_configs;  // StageConfig of each stage
+  std::optional<std::vector<float>> initial_params;
+  const TokenSource* data = nullptr;
+  TrainerOptions options;
+
+  std::optional<DataPlan> plan;
+  std::string plan_sha256;
+  std::vector<int64_t> stage_start;  // first job step of each stage; back() = total steps
+  int64_t total_steps = 0;
+  int64_t global_tokens = 0;
+  LrScheduleParams schedule;
+
+  // Where the run is.
+  int64_t step = 0;
+  int64_t tokens_seen = 0;
+  int64_t skipped_steps = 0;
+  int64_t consecutive_nonfinite = 0;
+  double last_loss = NAN;
+  std::optional<double> last_eval_loss;
+
+  // What one Run() holds (Setup() to Release()).
+  std::shared_ptr<const RunDirLock> lock;
+  std::optional<CheckpointStore> store;
+  std::optional<model::ParameterLayout> layout;
+  std::vector<float> params;
+  std::optional<Optimizer> optimizer;
+  std::optional<MetricsLog> metrics;  // rank 0
+  std::unique_ptr<model::Model> model;
+  int model_stage = -1;
+  // The group: options.communicator, or a group of one.
+  std::unique_ptr<comm::Communicator> own_comm;
+  comm::Communicator* comm = nullptr;
+  std::optional<comm::ShardLayout> shards;                  // the ZeRO-1 layout of the parameters
+  std::vector<float> grad_shard;                            // this rank's reduced gradient
+  std::optional<comm::TreeAccumulator<float>> accumulator;  // the micro-batches' sum
+  std::vector<double> micro_batch_losses;
+  Clock::time_point started;
+  int64_t tokens_this_process = 0;
+  std::vector<int32_t> ids, targets, scratch;
+
+  // One optimizer step's outcome, for the report.
+  struct StepResult {
+    Clock::time_point start;
+    Clock::duration data_time{};
+    Clock::duration comm_time{};
+    double loss = 0;
+    double learning_rate = 0;
+    StepStats stats;
+  };
+
+  int StageOf(int64_t job_step) const {
+    int stage = 0;
+    while (stage + 1 < spec.curriculum_size() && job_step >= stage_start[stage + 1]) ++stage;
+    return stage;
+  }
+  void Event(const std::string& text) const {
+    if (options.on_event) options.on_event(text);
+  }
+  void Fault(std::string_view point) const {
+    if (options.fault_hook) options.fault_hook(point, step);
+  }
+  void Phase(TrainerPhase phase) const {
+    if (options.on_phase) options.on_phase(phase);
+  }
+  bool lead() const { return options.rank == 0; }
+  int64_t shard_begin() const { return shards->ShardBegin(options.rank); }
+  std::span<float> param_shard() {
+    return model->params().subspan(static_cast<size_t>(shard_begin()), grad_shard.size());
+  }
+  // Runs a collective, adding its time to `time`.
+  template <typename Op>
+  absl::Status Timed(Clock::duration& time, Op op) {
+    const Clock::time_point start = Clock::now();
+    absl::Status status = op();
+    time += Clock::now() - start;
+    return status;
+  }
+
+  // Run() in order: Setup, then per step EnterStage (on a stage change), TrainStep, Report,
+  // MaybeCheckpoint; then Finish.
+  absl::Status Setup();
+  absl::Status EnterStage(int stage_index);
+  absl::StatusOr<StepResult> TrainStep(int stage_index);
+  absl::Status Report(int stage_index, const StepResult& result);
+  absl::Status MaybeCheckpoint(int stage_index, int64_t stop_at);
+  absl::StatusOr<TrainerSummary> Finish();
+  void Release();
+
+  // Setup's parts.
+  absl::Status LockRunDir();
+  absl::Status OpenStore();
+  absl::Status InitializeParams();
+  absl::StatusOr<Optimizer> MakeOptimizer() const;
+  absl::Status Resume();
+  absl::Status ResumeFromNewest();
+  absl::StatusOr<int64_t> PickNewest();
+  absl::Status ResumeFrom(int64_t checkpoint_step);
+  absl::Status ResetState();
+  absl::Status ValidateCheckpointMetadata(const CheckpointInfo& info) const;
+  absl::Status WriteJobFile() const;
+
+  absl::Status ReadBatch(const v1::CurriculumStage& stage, const std::vector<Window>& windows,
+                         size_t first, std::vector<int32_t>& ids, std::vector<int32_t>& targets,
+                         std::vector<int32_t>& scratch) const;
+  // TrainStep's parts.
+  absl::Status AccumulateGradients(const v1::CurriculumStage& stage,
+                                   const std::vector<Window>& windows, StepResult& result);
+  absl::Status ReduceGradients(StepResult& result);
+  absl::Status ApplyUpdate(StepResult& result);
+
+  absl::StatusOr<double> Evaluate(model::Model& model, const v1::CurriculumStage& stage);
+  absl::StatusOr<double> UnigramEntropy(const v1::CurriculumStage& stage) const;
+  absl::Status SaveCheckpoint();
+  absl::StatusOr<CheckpointInfo> CommitCheckpoint();
+  absl::StatusOr<CheckpointInfo> AwaitCommit();
+  nlohmann::json CheckpointMetadata() const;
+  absl::Status ExportFinal(TrainerSummary& summary);
+};
+
+}  // namespace qtrain::train
+
+#endif  // QTRAIN_WORKER_TRAIN_TRAINER_STATE_H_
