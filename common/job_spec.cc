@@ -227,6 +227,11 @@ void CheckActivationSizes(const v1::CurriculumStage& stage, const ModelLimits& l
   }
 }
 
+// Unset (a spec without defaults applied) is the default, true.
+bool WorkerInvariant(const v1::JobSpec& spec) {
+  return !spec.batch().has_worker_invariant() || spec.batch().worker_invariant();
+}
+
 bool IsPowerOfTwo(int64_t n) { return n > 0 && (n & (n - 1)) == 0; }
 
 std::string Workers(int64_t n) { return absl::StrCat(n, n == 1 ? " worker" : " workers"); }
@@ -262,7 +267,7 @@ void CheckBatchSplits(const v1::JobSpec& spec, int i, const std::string& path, P
     return;
   }
   const int64_t m = global_tokens / per_micro_batch;
-  if (!spec.batch().worker_invariant()) {
+  if (!WorkerInvariant(spec)) {
     CheckEvenSplits(spec, i, m, path, problems);
     return;
   }
@@ -426,7 +431,7 @@ absl::Status ValidateJobSpec(const v1::JobSpec& spec, const JobSpecOptions& opti
     problems.Add("world.regroup_seconds",
                  absl::StrCat("must be in [0, ", kMaxRegroupSeconds, "] seconds, got ", regroup));
   }
-  if (!spec.batch().worker_invariant()) {
+  if (!WorkerInvariant(spec)) {
     problems.Add("batch.worker_invariant",
                  "false (a ring all-reduce) is not available; use true (the default): the "
                  "step's gradient is then the same bytes for every worker count");

@@ -222,6 +222,12 @@ TEST(JobSpecTest, WorkerInvariantDefaultsToTrueAndFalseIsRefused) {
   EXPECT_THAT(message, HasSubstr("curriculum[0].micro_batch: batch.global_tokens 24576 is not a "
                                  "multiple of seq_len x micro_batch x workers = 128 x 16 x 5"));
   EXPECT_THAT(message, Not(HasSubstr("power of two")));
+  // A spec built in code without defaults is worker-invariant.
+  v1::JobSpec unset = *spec;
+  unset.mutable_batch()->clear_worker_invariant();
+  EXPECT_TRUE(ValidateJobSpec(unset).ok());
+  unset.mutable_world()->set_max_workers(3);
+  EXPECT_THAT(std::string(ValidateJobSpec(unset).message()), HasSubstr("16/3, not a power of two"));
 }
 
 TEST(JobSpecTest, StageNamesAreUniqueAndTokensCoverABatch) {
