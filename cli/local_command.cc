@@ -322,11 +322,11 @@ absl::StatusOr<int> RunLocal(const LocalArgs& args) {
   if (args.workers == 1) {
     std::fprintf(stderr, "qtrain local: coordinator at %s, 1 worker\n", address.c_str());
   } else {
+    const int threads = ThreadsPerWorker(args.threads, args.workers);
     std::fprintf(stderr,
-                 "qtrain local: coordinator at %s, %d workers (%s threads each; progress of "
+                 "qtrain local: coordinator at %s, %d workers (%d thread%s each; progress of "
                  "rank 0)\n",
-                 address.c_str(), args.workers,
-                 absl::StrCat(ThreadsPerWorker(args.threads, args.workers)).c_str());
+                 address.c_str(), args.workers, threads, threads == 1 ? "" : "s");
   }
 
   ChannelOptions options;

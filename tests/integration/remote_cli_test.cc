@@ -10,12 +10,14 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "gmock/gmock.h"
@@ -554,6 +556,44 @@ TEST_F(LocalCliTest, TwoStageJobSucceedsAndLeavesNothingRunning) {
   EXPECT_TRUE(fs::exists(run_root / ".logs" / "coordinator.log"));
   EXPECT_TRUE(fs::exists(run_root / ".logs" / "worker-0.log"));
   EXPECT_THAT(ProcessesMentioning(run_root.string()), ::testing::IsEmpty());
+}
+
+TEST_F(LocalCliTest, TwoWorkersTrainTheSameModelAsOne) {
+  // 4 then 2 micro-batches per step: 1 or 2 workers each get a power of two.
+  std::ofstream(root_ / "job.yaml", std::ios::app) << "world: {min_workers: 1, max_workers: 2}\n";
+  std::map<int, std::string> models;
+  for (const int workers : {2, 1}) {
+    const fs::path run_root = root_ / absl::StrCat("local-", workers);
+    const CliResult r =
+        Run({"local", (root_ / "job.yaml").string(), "--workers", absl::StrCat(workers),
+             "--run-root", run_root.string(), "--threads", "2", "--lease-seconds", "5"},
+            240);
+    ASSERT_TRUE(r.exited && r.exit_code == 0)
+        << r << "\nstdout: " << stdout_
+        << "\ncoordinator: " << ReadAll(run_root / ".logs" / "coordinator.log")
+        << "\nworker 0: " << ReadAll(run_root / ".logs" / "worker-0.log")
+        << "\nworker 1: " << ReadAll(run_root / ".logs" / "worker-1.log");
+    EXPECT_THAT(stdout_, HasSubstr("-> SUCCEEDED"));
+    const fs::path run = run_root / "tiny-1";
+    models[workers] = ReadAll(run / "final" / "model.safetensors");
+    ASSERT_FALSE(models[workers].empty());
+    EXPECT_THAT(ProcessesMentioning(run_root.string()), ::testing::IsEmpty());
+    if (workers == 2) {
+      EXPECT_THAT(r.output, HasSubstr("2 workers (1 thread each; progress of rank 0)"));
+      // Both ranks trained: the last checkpoint holds the optimizer shard of each.
+      std::vector<std::string> shards;
+      for (const auto& step : fs::directory_iterator(run / "checkpoints")) {
+        for (const auto& file : fs::directory_iterator(step.path())) {
+          const std::string name = file.path().filename().string();
+          if (name.rfind("optimizer-", 0) == 0) shards.push_back(name);
+        }
+      }
+      EXPECT_THAT(shards, ::testing::Contains("optimizer-00000-of-00002.safetensors"));
+      EXPECT_THAT(shards, ::testing::Contains("optimizer-00001-of-00002.safetensors"));
+      EXPECT_THAT(ReadAll(run_root / ".logs" / "worker-1.log"), HasSubstr("joined its group"));
+    }
+  }
+  EXPECT_TRUE(models[1] == models[2]) << "2 workers trained other bytes than 1";
 }
 
 TEST_F(LocalCliTest, SigtermCancelsTheJobAndStopsEveryChild) {

@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "worker/comm/coordinator_store.h"
 #include "worker/comm/gloo_communicator.h"
@@ -24,6 +25,15 @@ absl::StatusOr<std::unique_ptr<comm::Communicator>> ConnectGlooGroupOver(
 }
 
 absl::StatusOr<std::unique_ptr<comm::Communicator>> ConnectGlooGroup(const GroupMember& member) {
+  if (member.coordinator.address.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("--coordinator: a rank of a group of ",
+                                                   member.world_size,
+                                                   " needs the coordinator (its rendezvous)"));
+  }
+  if (member.worker.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("--worker: a rank of a group of ",
+                                                   member.world_size, " needs its worker's name"));
+  }
   QTRAIN_ASSIGN_OR_RETURN(std::shared_ptr<comm::RendezvousStore> store,
                           comm::MakeCoordinatorStore({.channel = member.coordinator,
                                                       .worker = member.worker,

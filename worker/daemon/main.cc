@@ -172,9 +172,10 @@ int main(int argc, char** argv) {
                  "on SIGTERM, how long the current assignment may run to its next checkpoint")
       ->check(CLI::Range(0.0, kMaxDrainSeconds))
       ->capture_default_str();
-  app.add_option("--peer-host", daemon.peer_host,
-                 "the address this worker's collectives listen on, told to its peers (default: "
-                 "the hostname)");
+  CLI::Option* peer_host_option =
+      app.add_option("--peer-host", daemon.peer_host,
+                     "the address this worker's collectives listen on, told to its peers (default: "
+                     "the hostname)");
   app.add_option("--collective-timeout-seconds", daemon.collective_timeout_seconds,
                  "a collective (or a group's rendezvous) not done within this fails the round")
       ->check(CLI::Range(0.001, kMaxCollectiveSeconds))
@@ -250,7 +251,7 @@ int main(int argc, char** argv) {
                    "qtrain-worker: --collective-timeout-seconds: not a number of seconds\n");
       return 2;
     }
-    if (!daemon.peer_host.empty()) {
+    if (peer_host_option->count() > 0) {  // given, even if empty
       if (std::optional<std::string> problem = qtrain::worker::PeerHostProblem(daemon.peer_host)) {
         std::fprintf(stderr, "qtrain-worker: --peer-host: %s\n", problem->c_str());
         return 2;

@@ -274,6 +274,11 @@ absl::Status StageChild::CheckAssignment() {
   if (a.run_directory().empty()) {
     return absl::InvalidArgumentError("assignment: run_directory is empty");
   }
+  if (a.world_size() < 1 || a.world_size() > INT32_MAX || a.rank() < 0 ||
+      a.rank() >= a.world_size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("assignment: rank ", a.rank(), " of ", a.world_size(), " workers"));
+  }
   options_checkpoint_root_ = a.run_directory() + "/checkpoints";
   if (!a.checkpoint_directory().empty() &&
       !SameDirectory(a.checkpoint_directory(), options_checkpoint_root_)) {
@@ -459,10 +464,6 @@ absl::Status StageChild::Train(train::PreparedJob& job, std::shared_ptr<const Ru
   options.on_step = [this](const train::StepReport& r) { OnStep(r); };
   options.on_phase = [this](train::TrainerPhase phase) { (void)EmitPhase(ToWorkerPhase(phase)); };
   options.on_checkpoint = [this](const train::CheckpointInfo& info) { return OnCheckpoint(info); };
-  if (a.rank() < 0 || a.rank() > INT32_MAX || a.world_size() < 0 || a.world_size() > INT32_MAX) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("assignment: rank ", a.rank(), " of ", a.world_size(), " workers"));
-  }
   absl::StatusOr<std::unique_ptr<train::Trainer>> trainer = train::Trainer::Create(
       a.spec(), job.config, std::move(job.initial_params), *job.data, std::move(options));
   if (!trainer.ok()) {

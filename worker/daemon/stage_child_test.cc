@@ -30,6 +30,7 @@
 #include "worker/comm/communicator.h"
 #include "worker/comm/rendezvous_store.h"
 #include "worker/daemon/cancellable_store.h"
+#include "worker/daemon/group_connect.h"
 #include "worker/train/job_setup.h"
 #include "worker/train/shard_assignment.h"
 #include "worker/train/test_dataset.h"
@@ -300,6 +301,55 @@ GroupConnector FailingConnector(ConnectLog* log, absl::Status status) {
       };
 }
 
+// A group whose peers never answer: every op blocks until Abort(), then fails CANCELLED.
+class StuckCommunicator final : public comm::Communicator {
+ public:
+  StuckCommunicator(int rank, int world_size) : rank_(rank), world_size_(world_size) {}
+  int rank() const override { return rank_; }
+  int world_size() const override { return world_size_; }
+  std::string_view backend() const override { return "stuck"; }
+  absl::Status Barrier() override { return Block(); }
+  absl::Status Broadcast(std::span<std::byte>, int) override { return Block(); }
+  absl::Status AllReduceSum(std::span<float>) override { return Block(); }
+  absl::Status AllReduceSum(std::span<double>) override { return Block(); }
+  absl::Status ReduceScatterSum(std::span<const float>, std::span<float>,
+                                const comm::ShardLayout&) override {
+    return Block();
+  }
+  absl::Status AllGather(std::span<const float>, std::span<float>,
+                         const comm::ShardLayout&) override {
+    return Block();
+  }
+  absl::Status AllGatherV(std::span<const double>, std::span<double>,
+                          std::span<const int64_t>) override {
+    return Block();
+  }
+  void Abort() override {
+    absl::MutexLock lock(&mu_);
+    aborted_ = true;
+  }
+  comm::CommStats stats() const override { return {}; }
+
+  // Ops that were blocked (or started) when the group was aborted.
+  static std::atomic<int> blocked_ops;
+
+ private:
+  absl::Status Block() {
+    ++blocked_ops;
+    absl::MutexLock lock(&mu_);
+    // A hung peer: no timeout of its own here, only an abort ends the wait (120 s: the test's).
+    if (!mu_.AwaitWithTimeout(absl::Condition(&aborted_), absl::Seconds(120))) {
+      return absl::DeadlineExceededError("the test's stuck op was never aborted");
+    }
+    return absl::CancelledError("collective aborted");
+  }
+
+  const int rank_, world_size_;
+  absl::Mutex mu_;
+  bool aborted_ ABSL_GUARDED_BY(mu_) = false;
+};
+std::atomic<int> StuckCommunicator::blocked_ops{0};
+
 // A store whose keys are never set: Get waits for its deadline.
 class EmptyStore final : public comm::RendezvousStore {
  public:
@@ -566,6 +616,23 @@ TEST_F(StageChildTest, BadGroupFlagsAreUsageErrors) {
   EXPECT_FALSE(fs::exists(root_ / "run" / "checkpoints"));
 }
 
+TEST_F(StageChildTest, ARankOutsideItsWorldIsRefused) {
+  UseGroup(1, 2);
+  const std::string path = WriteAssignment(0);
+  v1::Assignment a;
+  ASSERT_TRUE(
+      google::protobuf::util::JsonStringToMessage(*ReadFileToString(path, 1 << 24), &a).ok());
+  a.set_rank(2);
+  ASSERT_TRUE(WriteFileAtomically(path, ToJson(a)).ok());
+  FakeParent parent(Options(path), Accept);
+  EXPECT_EQ(parent.Wait(), kStageChildFailed);
+  std::optional<v1::StageError> error = ErrorOf(parent.events());
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(error->code(), "INVALID_ARGUMENT");
+  EXPECT_THAT(error->message(), HasSubstr("assignment: rank 2 of 2 workers"));
+  EXPECT_FALSE(error->retryable());
+}
+
 TEST_F(StageChildTest, AGroupNeedsAConnector) {
   UseGroup(0, 2);
   FakeParent parent(Options(WriteAssignment(0)), Accept);
@@ -676,6 +743,64 @@ TEST_F(StageChildTest, SigtermDuringTheRendezvousEndsTheChild) {
   EXPECT_THAT(error->message(), HasSubstr("rendezvous"));
   EXPECT_TRUE(error->retryable());
   EXPECT_GT(store->gets.load(), 1);  // it waited in slices
+}
+
+TEST_F(StageChildTest, APeerThatNeverComesFailsWithinTheTimeout) {
+  // Rank 1 of 2 over Gloo; rank 0 never shows up.
+  UseGroup(1, 2);
+  auto store = comm::MakeInMemoryStore();
+  StageChildOptions options = Options(WriteAssignment(0));
+  options.collective_timeout = absl::Seconds(2);
+  options.connect_group = [store](const GroupMember& m) { return ConnectGlooGroupOver(m, store); };
+  const absl::Time start = absl::Now();
+  FakeParent parent(options, Accept);
+  EXPECT_EQ(parent.Wait(), kStageChildFailed);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(20));
+  std::optional<v1::StageError> error = ErrorOf(parent.events());
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(error->code(), "DEADLINE_EXCEEDED") << error->message();
+  EXPECT_THAT(error->message(), HasSubstr("joining the group of 2 workers as rank 1"));
+  EXPECT_TRUE(error->retryable());
+}
+
+TEST_F(StageChildTest, AGroupWithoutTheCoordinatorIsRefused) {
+  // The production connector needs the coordinator (the rendezvous) and the worker's name.
+  UseGroup(1, 2);
+  StageChildOptions options = Options(WriteAssignment(0));
+  options.connect_group = ConnectGlooGroup;
+  FakeParent parent(options, Accept);
+  EXPECT_EQ(parent.Wait(), kStageChildFailed);
+  std::optional<v1::StageError> error = ErrorOf(parent.events());
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(error->code(), "INVALID_ARGUMENT") << error->message();
+  EXPECT_THAT(error->message(), HasSubstr("--coordinator"));
+  EXPECT_FALSE(error->retryable());
+}
+
+TEST_F(StageChildTest, SigtermAbortsACollectiveThatWaitsForAPeer) {
+  UseGroup(0, 2);
+  StuckCommunicator::blocked_ops = 0;
+  StageChildOptions options = Options(WriteAssignment(0));
+  options.connect_group =
+      [](const GroupMember& m) -> absl::StatusOr<std::unique_ptr<comm::Communicator>> {
+    return std::make_unique<StuckCommunicator>(m.rank, m.world_size);
+  };
+  FakeParent parent(options, Accept);
+  // Wait until the trainer is blocked in a collective.
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  while (StuckCommunicator::blocked_ops.load() == 0 && absl::Now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_GT(StuckCommunicator::blocked_ops.load(), 0) << "no collective was called";
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const absl::Time signalled = absl::Now();
+  ::kill(::getpid(), SIGTERM);
+  EXPECT_EQ(parent.Wait(), kStageChildCancelled);
+  EXPECT_LT(absl::Now() - signalled, absl::Seconds(5));
+  std::optional<v1::StageError> error = ErrorOf(parent.events());
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(error->code(), "CANCELLED");
+  EXPECT_TRUE(error->retryable());
 }
 
 TEST(CancellableStoreTest, GivesUpWhenCancelledAndKeepsTheDeadline) {

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -87,10 +88,12 @@ class WorkerCliTest : public ::testing::Test {
 
   // Starts the daemon in the background, its stderr in `log`.
   std::unique_ptr<ChildProcess> StartDaemon(const std::string& work_dir, const std::string& log,
-                                            std::vector<std::string> env = {}) {
+                                            std::vector<std::string> env = {},
+                                            const std::vector<std::string>& flags = {}) {
     std::vector<std::string> argv = {
         "/bin/sh",      "-c",         "exec \"$0\" \"$@\" 2>>\"$DAEMON_LOG\"",
         WorkerBinary(), "--work-dir", work_dir};
+    argv.insert(argv.end(), flags.begin(), flags.end());
     if (env.empty()) argv.insert(argv.end(), {"--coordinator", server_->address()});
     env.push_back("DAEMON_LOG=" + log);
     absl::StatusOr<std::unique_ptr<ChildProcess>> child =
@@ -154,6 +157,27 @@ TEST_F(WorkerCliTest, RefusesBadFlags) {
   EXPECT_CLEAN_FAILURE(Run({"--coordinator", "no-port", "--work-dir", dir}), "no-port");
   EXPECT_CLEAN_FAILURE(Run({"--coordinator", "127.0.0.1:1", "--work-dir", dir, "--name", "!!"}),
                        "--name");
+  EXPECT_CLEAN_FAILURE(
+      Run({"--coordinator", "127.0.0.1:1", "--work-dir", dir, "--peer-host", "no such host"}),
+      "--peer-host: 'no such host' is not a host name or IP address");
+  EXPECT_CLEAN_FAILURE(Run({"--coordinator", "127.0.0.1:1", "--work-dir", dir, "--peer-host", ""}),
+                       "--peer-host: is empty");
+  for (const char* bad : {"0", "-1", "nan", "soon", "86401"}) {
+    EXPECT_CLEAN_FAILURE(Run({"--coordinator", "127.0.0.1:1", "--work-dir", dir,
+                              "--collective-timeout-seconds", bad}),
+                         "--collective-timeout-seconds");
+  }
+  EXPECT_CLEAN_FAILURE(
+      Run({"train-stage", "--assignment", "a.json", "--collective-timeout-ms", "0"}),
+      "--collective-timeout-ms");
+  EXPECT_CLEAN_FAILURE(
+      Run({"train-stage", "--assignment", "a.json", "--cluster-token-file", root_ + "/none"}),
+      "none");
+  // Checked by the child itself (a StageError on stdout, exit 2).
+  EXPECT_CLEAN_FAILURE(Run({"train-stage", "--assignment", "a.json", "--worker", "w-1"}),
+                       "--worker: 'w-1' is not a worker name (workers/ID)");
+  EXPECT_CLEAN_FAILURE(Run({"train-stage", "--assignment", "a.json", "--peer-host", "a;b"}),
+                       "--peer-host");
   EXPECT_CLEAN_FAILURE(Run({"train-stage"}), "--assignment");
   EXPECT_CLEAN_FAILURE(Run({"train-stage", "--assignment", "a.json", "--parent-timeout-ms", "0"}),
                        "--parent-timeout-ms");
@@ -224,6 +248,43 @@ TEST_F(WorkerCliTest, TrainsARealAssignment) {
   EXPECT_TRUE(std::filesystem::exists(root_ + "/run/checkpoints/step-000000000004"));
   ASSERT_TRUE(fake_.WaitFor(
       [](FakeCoordinator& f) { return f.heartbeats_.back().phase() == v1::WORKER_PHASE_IDLE; }));
+  daemon->SignalGroup(SIGTERM);
+  std::optional<ExitStatus> status = daemon->WaitFor(absl::Seconds(10));
+  ASSERT_TRUE(status.has_value());
+  EXPECT_TRUE(status->success()) << status->Describe();
+}
+
+TEST_F(WorkerCliTest, GivesItsPeerHostToTheCoordinatorAndTheChild) {
+  auto daemon =
+      StartDaemon(root_ + "/w", root_ + "/daemon.log",
+                  {"QTRAIN_COORDINATOR=" + server_->address(), "QTRAIN_TEST_STEP_DELAY_MS=300"},
+                  {"--peer-host", "127.0.0.1", "--collective-timeout-seconds", "7.5"});
+  ASSERT_NE(daemon, nullptr);
+  fake_.Send(RealAssignment());
+  const int child = WaitForTrainingChild(daemon->pid());
+  ASSERT_GT(child, 0) << ReadFile(root_ + "/daemon.log");
+  // Once it has exec'd (a forked child has the daemon's command line for a moment).
+  std::string cmdline;
+  for (const absl::Time end = absl::Now() + absl::Seconds(10);
+       cmdline.find("train-stage") == std::string::npos && absl::Now() < end;
+       absl::SleepFor(absl::Milliseconds(10))) {
+    cmdline = ReadFile("/proc/" + std::to_string(child) + "/cmdline");
+    std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+  }
+  EXPECT_THAT(cmdline, HasSubstr("train-stage"));
+  EXPECT_THAT(cmdline, HasSubstr("--coordinator " + server_->address()));
+  EXPECT_THAT(cmdline, HasSubstr("--worker workers/fake-1"));
+  EXPECT_THAT(cmdline, HasSubstr("--peer-host 127.0.0.1"));
+  EXPECT_THAT(cmdline, HasSubstr("--collective-timeout-ms 7500"));
+  fake_.Read([](FakeCoordinator& f) {
+    ASSERT_FALSE(f.registrations_.empty());
+    EXPECT_EQ(f.registrations_[0].peer_host(), "127.0.0.1");
+  });
+  // The child accepted its flags: it trains the (one-worker) assignment to its end.
+  ASSERT_TRUE(
+      fake_.WaitFor([](FakeCoordinator& f) { return !f.completions_.empty(); }, absl::Seconds(60)))
+      << ReadFile(root_ + "/daemon.log");
+  fake_.Read([](FakeCoordinator& f) { EXPECT_TRUE(f.failures_.empty()); });
   daemon->SignalGroup(SIGTERM);
   std::optional<ExitStatus> status = daemon->WaitFor(absl::Seconds(10));
   ASSERT_TRUE(status.has_value());
