@@ -70,6 +70,21 @@ print(len(value) if isinstance(value, list) else value)
 PY
 }
 
+# job_view JOB_JSON_FILE: "STATE STEP WORKERS RANK0 RANK1" of a job (one python start per poll,
+# so that the kill lands close to the drawn step).
+job_view() {
+  python3 - "$1" <<'PY'
+import json, sys
+try:
+    job = json.load(open(sys.argv[1]))
+except (OSError, ValueError):
+    job = {}
+workers = job.get("workers", [])
+print(job.get("state", "-"), job.get("progress", {}).get("step", 0), len(workers),
+      *(workers + ["-", "-"])[:2])
+PY
+}
+
 qtrain() { "$bin/qtrain" "$@"; }
 
 echo "kill_soak: $runs runs, seed $seed, in $work"
@@ -158,7 +173,7 @@ for _ in 1 2 3; do start_worker; done
 identical=0
 for run in $(seq "$runs"); do
   victim_rank=$((RANDOM % 2))
-  kill_step=$((1 + RANDOM % (kTotalSteps - 2)))
+  kill_step=$((1 + RANDOM % (kTotalSteps - 4)))  # 1..14: a kill lands before the last step
   job=soak-$run
   spec "$job" "min_workers: 2, max_workers: 2, max_restarts: 5" >"$work/$job.yaml"
   qtrain --coordinator "$address" submit "$work/$job.yaml" --request-id "$job" -o json \
@@ -171,13 +186,12 @@ for run in $(seq "$runs"); do
   # Wait for the step, then kill the rank's daemon and child.
   killed="" state="" deadline=$((SECONDS + kJobTimeout))
   while ((SECONDS < deadline)); do
-    qtrain --coordinator "$address" get "$id" -o json >"$get" 2>/dev/null || { sleep 0.1; continue; }
-    state=$(field "$get" state)
+    qtrain --coordinator "$address" get "$id" -o json >"$get" 2>/dev/null || { sleep 0.05; continue; }
+    read -r state at_step group rank0 rank1 <<<"$(job_view "$get")"
     [[ $state == JOB_STATE_SUCCEEDED || $state == JOB_STATE_FAILED || $state == JOB_STATE_CANCELLED ]] && break
-    at_step=$(field "$get" progress step)
-    if [[ $state == JOB_STATE_RUNNING && $(field "$get" workers) == 2 ]] &&
-      ((${at_step:-0} >= kill_step)); then
-      worker_id=$(field "$get" workers "$victim_rank")
+    if [[ $state == JOB_STATE_RUNNING && $group == 2 ]] && ((at_step >= kill_step)); then
+      worker_id=$rank0
+      ((victim_rank == 0)) || worker_id=$rank1
       killed=$(worker_named "${worker_id#workers/}")
       [[ -n $killed ]] || { echo "run $run: $worker_id is none of the started workers"; break; }
       kill_tree "${worker_pid[$killed]}"
@@ -186,7 +200,7 @@ for run in $(seq "$runs"); do
       start_worker  # the next spare
       break
     fi
-    sleep 0.1
+    sleep 0.05
   done
   if [[ -z $killed ]]; then
     echo "run $run: FAILED: no kill happened (state ${state:-unknown}, drawn step $kill_step)"
@@ -208,7 +222,11 @@ for run in $(seq "$runs"); do
   digest=$(sha256sum "$model" 2>/dev/null | cut -d' ' -f1)
   if [[ $digest == "$reference" ]]; then
     identical=$((identical + 1))
-    echo "run $run: byte-identical (restarts ${restarts:-0})"
+    if [[ ${restarts:-0} == 0 ]]; then
+      echo "run $run: byte-identical (no restart: the kill came after the last step)"
+    else
+      echo "run $run: byte-identical (restarts $restarts)"
+    fi
   else
     echo "run $run: DIFFERENT: $model has sha256 ${digest:-missing}, the reference $reference"
   fi
