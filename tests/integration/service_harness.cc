@@ -230,7 +230,8 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(const Coordinato
   fs::create_directories(options.state_dir, error);
   fs::create_directories(options.run_root, error);
   fs::create_directories(options.log_dir, error);
-  QTRAIN_RETURN_IF_ERROR(coordinator->Launch("127.0.0.1:0", absl::Seconds(30)));
+  QTRAIN_RETURN_IF_ERROR(
+      coordinator->Launch(absl::StrCat(options.listen_host, ":0"), absl::Seconds(30)));
   return coordinator;
 }
 
@@ -265,7 +266,9 @@ absl::Status Coordinator::Launch(const std::string& listen, absl::Duration timeo
           port <= 0) {
         return absl::InternalError(absl::StrCat("bad address file: '", text, "'"));
       }
-      address_ = address;
+      // A wildcard listener is reached through the loopback address.
+      const std::string host = address.substr(0, colon);
+      address_ = host == "0.0.0.0" || host == "[::]" ? absl::StrCat("127.0.0.1:", port) : address;
       port_ = port;
       return absl::OkStatus();
     }
@@ -305,7 +308,7 @@ absl::Status Coordinator::Stop(absl::Duration timeout) {
 
 absl::Status Coordinator::Restart() {
   Kill();
-  const std::string listen = absl::StrCat("127.0.0.1:", port_);
+  const std::string listen = absl::StrCat(options_.listen_host, ":", port_);
   // The old socket may linger a moment; a failed bind ends the process, so try again.
   const absl::Time deadline = absl::Now() + absl::Seconds(15);
   absl::Status status;
@@ -322,13 +325,10 @@ absl::Status Coordinator::Restart() {
 absl::StatusOr<std::unique_ptr<Worker>> Worker::Start(const WorkerOptions& options) {
   std::error_code error;
   fs::create_directories(options.work_dir, error);
-  std::vector<std::string> args = {WorkerBinary(),
-                                   "--coordinator",
-                                   options.coordinator,
-                                   "--work-dir",
-                                   options.work_dir.string(),
-                                   "--threads",
-                                   std::to_string(options.threads)};
+  std::vector<std::string> args = options.command_prefix;
+  args.insert(args.end(),
+              {WorkerBinary(), "--coordinator", options.coordinator, "--work-dir",
+               options.work_dir.string(), "--threads", std::to_string(options.threads)});
   if (!options.name.empty()) args.insert(args.end(), {"--name", options.name});
   args.insert(args.end(), options.extra_flags.begin(), options.extra_flags.end());
   const fs::path log =
@@ -403,6 +403,7 @@ fs::path Client::NextLog(const std::string& what) {
 
 CliOutput Client::Run(const std::vector<std::string>& args, double timeout_seconds) {
   std::vector<std::string> argv = {testing_cli::QtrainBinary(), "--coordinator", address_};
+  argv.insert(argv.end(), flags_.begin(), flags_.end());
   argv.insert(argv.end(), args.begin(), args.end());
   const fs::path log = NextLog(args.empty() ? "none" : args[0]);
   RegisterLog(log);  // Spawn() registers the logs of the processes it starts
@@ -442,6 +443,7 @@ absl::StatusOr<nlohmann::json> Client::GetJob(const std::string& job) {
 
 absl::StatusOr<std::unique_ptr<Process>> Client::Spawn(const std::vector<std::string>& args) {
   std::vector<std::string> argv = {testing_cli::QtrainBinary(), "--coordinator", address_};
+  argv.insert(argv.end(), flags_.begin(), flags_.end());
   argv.insert(argv.end(), args.begin(), args.end());
   return Process::Spawn(argv, {}, NextLog(args.empty() ? "none" : args[0]));
 }

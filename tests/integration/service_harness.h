@@ -81,6 +81,9 @@ struct CoordinatorOptions {
   std::filesystem::path run_root;
   double lease_seconds = 10;
   double settle_seconds = 0.2;
+  // The host of --listen: "0.0.0.0" serves every interface (workers in other network
+  // namespaces); address() then names 127.0.0.1.
+  std::string listen_host = "127.0.0.1";
   std::vector<std::string> extra_flags;
   std::filesystem::path log_dir;  // logs: coordinator-<n>.log
 };
@@ -121,6 +124,9 @@ struct WorkerOptions {
   int threads = 1;
   std::vector<std::string> env;  // e.g. QTRAIN_TEST_STEP_DELAY_MS=100
   std::vector<std::string> extra_flags;
+  // Runs the daemon under this command, e.g. {"/usr/sbin/ip", "netns", "exec", "NS"} (it must
+  // exec the daemon in its own process, so that pid() stays the daemon's).
+  std::vector<std::string> command_prefix;
   std::filesystem::path log;
 };
 
@@ -166,6 +172,8 @@ class Client {
   Client(std::string address, std::filesystem::path log_dir)
       : address_(std::move(address)), log_dir_(std::move(log_dir)) {}
   void set_address(std::string address) { address_ = std::move(address); }
+  // Flags every run gets after --coordinator, e.g. {"--auth-token-file", PATH}.
+  void set_flags(std::vector<std::string> flags) { flags_ = std::move(flags); }
   const std::string& address() const { return address_; }
 
   // Runs `qtrain --coordinator ADDRESS args...`.
@@ -182,6 +190,7 @@ class Client {
  private:
   std::filesystem::path NextLog(const std::string& what);
   std::string address_;
+  std::vector<std::string> flags_;
   std::filesystem::path log_dir_;
   int runs_ = 0;
 };
