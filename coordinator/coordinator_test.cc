@@ -319,6 +319,33 @@ TEST(CoordinatorTest, CheckpointCommitsWhenEveryRankReported) {
   EXPECT_EQ(h.c().ListCheckpoints(list)->checkpoints_size(), 1);
 }
 
+// A rank of a group may finish its stage before the others have reported the stage's last
+// checkpoint: its completion is accepted once its own files are reported, and the round ends
+// when every rank has completed (the checkpoint then committed).
+TEST(CoordinatorTest, ARankMayCompleteBeforeTheGroupsCheckpointCommits) {
+  Harness h("early");
+  v1::JobSpec spec = TestSpec();
+  spec.mutable_world()->set_min_workers(2);
+  spec.mutable_world()->set_max_workers(2);
+  const std::string job = h.Submit(spec, "e");
+  const std::string w0 = h.Register("w");
+  const std::string w1 = h.Register("w");
+  auto a0 = h.TakeAssignment(w0);
+  auto a1 = h.TakeAssignment(w1);
+  ASSERT_TRUE(a0 && a1);
+  const int64_t end = a1->end_step();
+  // Not reported at all: refused.
+  EXPECT_EQ(h.Complete(w1, *a1).code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_EQ(h.Commit(w1, *a1, end)->state(), v1::CHECKPOINT_STATE_WRITING);
+  ASSERT_TRUE(h.Complete(w1, *a1).ok());
+  EXPECT_TRUE(h.Complete(w1, *a1).ok());  // a retry
+  EXPECT_EQ(h.Job(job).round(), a1->round()) << "the round goes on until every rank is done";
+  ASSERT_EQ(h.Commit(w0, *a0, end)->state(), v1::CHECKPOINT_STATE_COMMITTED);
+  ASSERT_TRUE(h.Complete(w0, *a0).ok());
+  EXPECT_EQ(h.Job(job).progress().step(), end);
+  EXPECT_GT(h.Job(job).round(), a0->round()) << "the next stage's round";
+}
+
 TEST(CoordinatorTest, RetentionKeepsNewestAndStageFinals) {
   Harness h("retention");
   v1::JobSpec spec = TestSpec();

@@ -66,7 +66,16 @@ absl::Status Coordinator::CompleteAssignment(const v1::CompleteAssignmentRequest
     }
     auto& steps = checkpoints_[Id(job.name())];
     auto c = steps.find(round.end_step);
-    if (c == steps.end() || c->second.state() != v1::CHECKPOINT_STATE_COMMITTED) {
+    const bool committed =
+        c != steps.end() && c->second.state() == v1::CHECKPOINT_STATE_COMMITTED;
+    // In a group, a rank may finish before the others have reported their files of the
+    // stage's last checkpoint: its own report is enough here, and the round ends (below) once
+    // every rank has completed, by which time every rank has reported and the checkpoint is
+    // committed.
+    const auto reported = round.checkpoint_ranks.find(round.end_step);
+    const bool reported_by_rank =
+        reported != round.checkpoint_ranks.end() && reported->second.count(request.rank()) > 0;
+    if (!committed && !reported_by_rank) {
       return absl::FailedPreconditionError(absl::StrCat(
           "the checkpoint of step ", round.end_step, " (",
           CheckpointName(Id(job.name()), round.end_step), ") is not committed; commit it first"));
@@ -87,7 +96,13 @@ absl::Status Coordinator::CompleteAssignment(const v1::CompleteAssignmentRequest
     }
     round.completed.insert(request.rank());
     StoreBatch batch;
-    if (round.completed.size() == round.members.size()) FinishRoundLocked(*record, batch);
+    const bool all_committed = [&] {
+      auto done = steps.find(round.end_step);
+      return done != steps.end() && done->second.state() == v1::CHECKPOINT_STATE_COMMITTED;
+    }();
+    if (round.completed.size() == round.members.size() && all_committed) {
+      FinishRoundLocked(*record, batch);
+    }
     QTRAIN_RETURN_IF_ERROR(CommitLocked(batch));
     ScheduleLocked();
   }
