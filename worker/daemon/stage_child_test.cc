@@ -319,7 +319,8 @@ TEST_F(StageChildTest, TwoStagesAsTwoChildrenEndLikeOneUninterruptedRun) {
     EXPECT_EQ(static_cast<int64_t>(fs::file_size(path)), file.size_bytes());
   }
   EXPECT_THAT(names, ::testing::UnorderedElementsAre("config.json", "model.safetensors",
-                                                     "optimizer.safetensors", "manifest.json"));
+                                                     "optimizer-00000-of-00001.safetensors",
+                                                     "manifest.json"));
   // Nothing deleted: retention is the coordinator's.
   EXPECT_TRUE(fs::exists(root_ / "run" / "checkpoints" / "step-000000000002"));
 

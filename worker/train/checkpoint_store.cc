@@ -214,6 +214,12 @@ absl::StatusOr<CheckpointStore> CheckpointStore::Open(const std::string& root,
                                                       CheckpointStoreOptions options) {
   if (root.empty()) return absl::InvalidArgumentError("checkpoint store: empty directory name");
   std::error_code ec;
+  if (options.read_only) {
+    if (!fs::is_directory(root, ec)) {
+      return absl::NotFoundError(absl::StrCat("checkpoint directory ", root, " does not exist"));
+    }
+    return CheckpointStore(root, std::move(options));
+  }
   fs::create_directories(root, ec);
   if (ec) return FsError(ec, "cannot create checkpoint directory", root);
   CheckpointStore store(root, std::move(options));
@@ -252,6 +258,10 @@ std::string CheckpointStore::DirectoryFor(int64_t step) const {
 
 absl::StatusOr<CheckpointWriter> CheckpointStore::Begin(int64_t step) const {
   if (step < 0) return absl::InvalidArgumentError("checkpoint step must be >= 0");
+  if (options_.read_only) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("checkpoint store ", root_, " is open read-only"));
+  }
   static std::atomic<int> counter{0};
   const std::string temp_dir = absl::StrCat(root_, "/", kTempPrefix, absl::StrFormat("%012d", step),
                                             "-", ::getpid(), "-", counter.fetch_add(1));
@@ -427,6 +437,10 @@ absl::StatusOr<CheckpointInfo> CheckpointStore::LatestGood(
 
 absl::Status CheckpointStore::ApplyRetention(int64_t keep_last) const {
   if (keep_last <= 0) return absl::OkStatus();
+  if (options_.read_only) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("checkpoint store ", root_, " is open read-only"));
+  }
   QTRAIN_ASSIGN_OR_RETURN(std::vector<int64_t> steps, ListSteps());
   // The newest checkpoint that verifies survives whatever keep_last says.
   int64_t newest_good = -1;

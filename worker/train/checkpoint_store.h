@@ -59,6 +59,9 @@ struct CheckpointStoreOptions {
   // Checks a manifest's metadata against what the caller knows (optional). DATA_LOSS: the
   // checkpoint is damaged (skipped in favour of an older one); any other error stops the search.
   std::function<absl::Status(const CheckpointInfo&)> validate_metadata;
+  // A reader beside the process that writes the store (the other ranks of a data-parallel
+  // group): Open neither creates the root nor removes anything, Begin and ApplyRetention refuse.
+  bool read_only = false;
 };
 
 // A checkpoint being written. Write files into directory(), then Commit(). Destroying it
@@ -102,6 +105,7 @@ class CheckpointStore {
 
   // Creates `root` if needed and removes the temporary directories of writers that are gone
   // (never those of a live process); finishes an interrupted replacement of a checkpoint.
+  // Read-only: NOT_FOUND when `root` does not exist, nothing changed.
   static absl::StatusOr<CheckpointStore> Open(const std::string& root,
                                               CheckpointStoreOptions options = {});
 

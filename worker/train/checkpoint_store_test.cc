@@ -359,3 +359,37 @@ TEST_F(CheckpointStoreTest, ParseCheckpointManifestNeedsNoFiles) {
 
 }  // namespace
 }  // namespace qtrain::train
+
+namespace qtrain::train {
+namespace {
+
+TEST(CheckpointStoreReadOnlyTest, ReadsWithoutTouchingTheDirectory) {
+  const fs::path root =
+      fs::path(::testing::TempDir()) / ("ckpt_read_only_" + std::to_string(::getpid()));
+  fs::remove_all(root);
+  EXPECT_EQ(CheckpointStore::Open(root.string(), {.read_only = true}).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_FALSE(fs::exists(root));
+  auto writer_store = CheckpointStore::Open(root.string());
+  ASSERT_TRUE(writer_store.ok());
+  {
+    auto writer = writer_store->Begin(3);
+    ASSERT_TRUE(writer.ok());
+    ASSERT_TRUE(WriteFileAtomically(writer->PathFor("a.bin"), "abc").ok());
+    ASSERT_TRUE(writer->Commit(nlohmann::json::object()).ok());
+  }
+  // A writer's temporary directory of a process that is gone stays: only the writer cleans.
+  const fs::path stale = root / ".tmp-step-000000000009-999999999-0";
+  fs::create_directories(stale);
+  auto reader = CheckpointStore::Open(root.string(), {.read_only = true});
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  EXPECT_TRUE(fs::exists(stale));
+  EXPECT_THAT(*reader->ListSteps(), ElementsAre(3));
+  EXPECT_TRUE(reader->Verify(3).ok());
+  EXPECT_EQ(reader->Begin(4).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(reader->ApplyRetention(1).code(), absl::StatusCode::kFailedPrecondition);
+  fs::remove_all(root);
+}
+
+}  // namespace
+}  // namespace qtrain::train

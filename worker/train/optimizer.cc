@@ -1,6 +1,8 @@
 #include "worker/train/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <optional>
 
 #include "absl/strings/numbers.h"
@@ -8,16 +10,59 @@
 #include "common/checked_math.h"
 #include "common/safetensors.h"
 #include "common/status_macros.h"
+#include "worker/comm/shard_layout.h"
 #include "worker/model/buffer.h"
 
 namespace qtrain::train {
+namespace {
+
+constexpr char kExpAvg[] = "exp_avg";
+constexpr char kExpAvgSq[] = "exp_avg_sq";
+
+// metadata[key] of a shard file as an int64; DATA_LOSS naming the file otherwise.
+absl::StatusOr<int64_t> ShardMetadata(const SafetensorsFile& file, const char* key) {
+  const auto it = file.metadata().find(key);
+  int64_t value = 0;
+  if (it == file.metadata().end() || !absl::SimpleAtoi(it->second, &value) || value < 0) {
+    return absl::DataLossError(
+        absl::StrCat(file.source(), ": optimizer state lacks a valid '", key, "'"));
+  }
+  return value;
+}
+
+// The F32 tensor `name` of `elements` elements (a shard file's moment): its little-endian bytes
+// (not necessarily aligned for floats).
+absl::StatusOr<std::span<const std::byte>> ShardTensor(const SafetensorsFile& file,
+                                                       const char* name, int64_t elements) {
+  QTRAIN_ASSIGN_OR_RETURN(const TensorInfo* info, file.Find(name));
+  if (info->dtype != DType::kF32 || info->shape != std::vector<int64_t>{elements}) {
+    return absl::DataLossError(
+        absl::StrCat(file.source(), ": tensor '", name, "' is not F32 [", elements, "]"));
+  }
+  return file.Data(*info);
+}
+
+// Elements [from, to) of a moment's bytes into out.
+void CopyElements(std::span<const std::byte> bytes, int64_t from, int64_t to, float* out) {
+  std::memcpy(out, bytes.data() + from * static_cast<int64_t>(sizeof(float)),
+              static_cast<size_t>(to - from) * sizeof(float));
+}
+
+}  // namespace
+
 Optimizer::Optimizer(const model::ParameterLayout& layout, const OptimizerSettings& settings,
-                     kernels::Backend& backend)
-    : layout_(&layout), settings_(settings), backend_(&backend) {}
+                     int64_t begin, int64_t end, kernels::Backend& backend)
+    : layout_(&layout), settings_(settings), begin_(begin), end_(end), backend_(&backend) {}
 
 absl::StatusOr<Optimizer> Optimizer::Create(const model::ParameterLayout& layout,
                                             const OptimizerSettings& settings,
                                             kernels::Backend& backend) {
+  return Create(layout, settings, 0, layout.total_size(), backend);
+}
+
+absl::StatusOr<Optimizer> Optimizer::Create(const model::ParameterLayout& layout,
+                                            const OptimizerSettings& settings, int64_t begin,
+                                            int64_t end, kernels::Backend& backend) {
   if (backend.name() != "cpu") {
     return absl::UnimplementedError("the optimizer keeps its moments in host memory: CPU only");
   }
@@ -25,42 +70,50 @@ absl::StatusOr<Optimizer> Optimizer::Create(const model::ParameterLayout& layout
         settings.eps > 0 && settings.weight_decay >= 0 && settings.grad_clip >= 0)) {
     return absl::InvalidArgumentError("optimizer: settings out of range");
   }
-  Optimizer optimizer(layout, settings, backend);
-  QTRAIN_RETURN_IF_ERROR(model::ResizeHostVector(optimizer.exp_avg_, {layout.total_size()},
+  if (begin < 0 || begin > end || end > layout.total_size()) {
+    return absl::InvalidArgumentError(absl::StrCat("optimizer: range [", begin, ", ", end,
+                                                   ") of a buffer of ", layout.total_size()));
+  }
+  Optimizer optimizer(layout, settings, begin, end, backend);
+  QTRAIN_RETURN_IF_ERROR(model::ResizeHostVector(optimizer.exp_avg_, {end - begin},
                                                  "the optimizer state (exp_avg)", 0.0f));
-  QTRAIN_RETURN_IF_ERROR(model::ResizeHostVector(optimizer.exp_avg_sq_, {layout.total_size()},
+  QTRAIN_RETURN_IF_ERROR(model::ResizeHostVector(optimizer.exp_avg_sq_, {end - begin},
                                                  "the optimizer state (exp_avg_sq)", 0.0f));
   return optimizer;
 }
 
 absl::StatusOr<StepStats> Optimizer::Step(std::span<float> params, std::span<const float> grads,
                                           double lr) {
-  const size_t total = static_cast<size_t>(layout_->total_size());
-  if (params.size() != total || grads.size() != total) {
+  if (begin_ != 0 || end_ != layout_->total_size()) {
+    return absl::FailedPreconditionError(
+        "optimizer: a shard's step needs the norm of the whole gradient");
+  }
+  return Step(params, grads, lr, GradNormOf(grads));
+}
+
+absl::StatusOr<StepStats> Optimizer::Step(std::span<float> params, std::span<const float> grads,
+                                          double lr, double grad_norm) {
+  const auto size = static_cast<size_t>(end_ - begin_);
+  if (params.size() != size || grads.size() != size) {
     return absl::InvalidArgumentError(absl::StrCat("optimizer: buffers of ", params.size(), " and ",
-                                                   grads.size(), " floats, layout has ", total));
+                                                   grads.size(), " floats for the range [", begin_,
+                                                   ", ", end_, ")"));
   }
-  std::vector<const float*> tensors;
-  std::vector<int64_t> sizes;
-  for (const model::TensorSlot& slot : layout_->tensors()) {
-    tensors.push_back(grads.data() + slot.offset);
-    sizes.push_back(slot.size);
-  }
-  double sum_squares = 0;
-  QTRAIN_RETURN_IF_OP_ERROR(backend_->SumOfSquares(
-      tensors.data(), sizes.data(), static_cast<int64_t>(tensors.size()), &sum_squares));
   StepStats stats;
-  stats.grad_norm = std::sqrt(sum_squares);
-  if (!std::isfinite(stats.grad_norm)) {
+  stats.grad_norm = grad_norm;
+  if (!std::isfinite(grad_norm)) {
     stats.skipped = true;
     return stats;
   }
   // As torch.nn.utils.clip_grad_norm_: scale by clip / (norm + 1e-6) when that is below 1.
   if (settings_.grad_clip > 0) {
-    stats.clip_scale = std::min(1.0, settings_.grad_clip / (stats.grad_norm + 1e-6));
+    stats.clip_scale = std::min(1.0, settings_.grad_clip / (grad_norm + 1e-6));
   }
   ++step_count_;
   for (const model::TensorSlot& slot : layout_->tensors()) {
+    const int64_t from = std::max(begin_, slot.offset);
+    const int64_t to = std::min(end_, slot.offset + slot.size);
+    if (from >= to) continue;
     kernels::AdamWParams p;
     p.lr = lr;
     p.beta1 = settings_.beta1;
@@ -70,9 +123,10 @@ absl::StatusOr<StepStats> Optimizer::Step(std::span<float> params, std::span<con
     p.apply_weight_decay = DecaysWeight(slot);
     p.step = step_count_;
     p.grad_scale = static_cast<float>(stats.clip_scale);
-    QTRAIN_RETURN_IF_OP_ERROR(backend_->AdamWStep(
-        params.data() + slot.offset, grads.data() + slot.offset, exp_avg_.data() + slot.offset,
-        exp_avg_sq_.data() + slot.offset, slot.size, p));
+    const int64_t at = from - begin_;
+    QTRAIN_RETURN_IF_OP_ERROR(backend_->AdamWStep(params.data() + at, grads.data() + at,
+                                                  exp_avg_.data() + at, exp_avg_sq_.data() + at,
+                                                  to - from, p));
   }
   return stats;
 }
@@ -81,57 +135,121 @@ absl::Status Optimizer::Save(const std::string& path) const {
   // The writer copies both moments and serializes them.
   return model::CatchAllocationFailure(
       absl::StrCat("the optimizer state for ", path),
-      CheckedBytes(layout_->total_size(), 4 * sizeof(float)), [&] {
+      CheckedBytes(end_ - begin_, 4 * sizeof(float)), [&] {
         SafetensorsWriter writer;
-        for (const model::TensorSlot& slot : layout_->tensors()) {
-          const auto size = static_cast<size_t>(slot.size);
-          QTRAIN_RETURN_IF_ERROR(writer.AddFloat("exp_avg." + slot.name, slot.shape,
-                                                 std::span(exp_avg_).subspan(slot.offset, size)));
-          QTRAIN_RETURN_IF_ERROR(
-              writer.AddFloat("exp_avg_sq." + slot.name, slot.shape,
-                              std::span(exp_avg_sq_).subspan(slot.offset, size)));
-        }
+        QTRAIN_RETURN_IF_ERROR(writer.AddFloat(kExpAvg, {end_ - begin_}, exp_avg_));
+        QTRAIN_RETURN_IF_ERROR(writer.AddFloat(kExpAvgSq, {end_ - begin_}, exp_avg_sq_));
         writer.SetMetadata("step", absl::StrCat(step_count_));
+        writer.SetMetadata("begin", absl::StrCat(begin_));
+        writer.SetMetadata("end", absl::StrCat(end_));
+        writer.SetMetadata("total", absl::StrCat(layout_->total_size()));
         return writer.WriteFile(path);
       });
 }
 
-absl::Status Optimizer::Load(const std::string& path) {
-  QTRAIN_ASSIGN_OR_RETURN(SafetensorsFile file, SafetensorsFile::Open(path));
-  int64_t step = 0;
-  const auto step_it = file.metadata().find("step");
-  if (step_it == file.metadata().end() || !absl::SimpleAtoi(step_it->second, &step) || step < 0) {
-    return absl::DataLossError(absl::StrCat(path, ": optimizer state lacks a valid 'step'"));
-  }
-  const auto total = static_cast<int64_t>(exp_avg_.size());
+absl::Status Optimizer::LoadShards(std::span<const OptimizerShardFile> files, int64_t updates) {
+  const int64_t size = end_ - begin_;
   QTRAIN_ASSIGN_OR_RETURN(std::vector<float> exp_avg,
-                          model::MakeHostVector<float>({total}, "the loaded optimizer state"));
+                          model::MakeHostVector<float>({size}, "the loaded optimizer state"));
   QTRAIN_ASSIGN_OR_RETURN(std::vector<float> exp_avg_sq,
-                          model::MakeHostVector<float>({total}, "the loaded optimizer state"));
-  for (const model::TensorSlot& slot : layout_->tensors()) {
-    const std::optional<size_t> bytes = CheckedBytes(slot.size, sizeof(float));
-    QTRAIN_ASSIGN_OR_RETURN(
-        std::vector<float> m,
-        model::CatchAllocationFailure(
-            absl::StrCat(path, ": tensor 'exp_avg.", slot.name, "'"), bytes,
-            [&] { return file.ReadAsFloat("exp_avg." + slot.name, slot.shape); }));
-    QTRAIN_ASSIGN_OR_RETURN(
-        std::vector<float> v,
-        model::CatchAllocationFailure(
-            absl::StrCat(path, ": tensor 'exp_avg_sq.", slot.name, "'"), bytes,
-            [&] { return file.ReadAsFloat("exp_avg_sq." + slot.name, slot.shape); }));
-    std::copy(m.begin(), m.end(), exp_avg.begin() + slot.offset);
-    std::copy(v.begin(), v.end(), exp_avg_sq.begin() + slot.offset);
+                          model::MakeHostVector<float>({size}, "the loaded optimizer state"));
+  int64_t covered = 0;
+  for (const OptimizerShardFile& entry : files) {
+    const int64_t from = std::max(begin_, entry.begin);
+    const int64_t to = std::min(end_, entry.end);
+    if (from >= to) continue;
+    QTRAIN_ASSIGN_OR_RETURN(SafetensorsFile file, SafetensorsFile::Open(entry.path));
+    QTRAIN_ASSIGN_OR_RETURN(const int64_t step, ShardMetadata(file, "step"));
+    QTRAIN_ASSIGN_OR_RETURN(const int64_t begin, ShardMetadata(file, "begin"));
+    QTRAIN_ASSIGN_OR_RETURN(const int64_t end, ShardMetadata(file, "end"));
+    QTRAIN_ASSIGN_OR_RETURN(const int64_t total, ShardMetadata(file, "total"));
+    if (begin != entry.begin || end != entry.end || total != layout_->total_size()) {
+      return absl::DataLossError(absl::StrCat(entry.path, ": holds [", begin, ", ", end, ") of ",
+                                              total, " elements, the checkpoint lists [",
+                                              entry.begin, ", ", entry.end, ") of ",
+                                              layout_->total_size()));
+    }
+    if (step != updates) {
+      return absl::DataLossError(absl::StrCat(entry.path, ": has taken ", step,
+                                              " updates, the checkpoint says ", updates));
+    }
+    if (file.tensors().size() != 2) {
+      return absl::DataLossError(absl::StrCat(entry.path, ": ", file.tensors().size(),
+                                              " tensors, an optimizer shard has 2"));
+    }
+    QTRAIN_ASSIGN_OR_RETURN(const std::span<const std::byte> m,
+                            ShardTensor(file, kExpAvg, end - begin));
+    QTRAIN_ASSIGN_OR_RETURN(const std::span<const std::byte> v,
+                            ShardTensor(file, kExpAvgSq, end - begin));
+    CopyElements(m, from - begin, to - begin, exp_avg.data() + (from - begin_));
+    CopyElements(v, from - begin, to - begin, exp_avg_sq.data() + (from - begin_));
+    covered += to - from;
   }
+  if (covered != size) {
+    return absl::DataLossError(absl::StrCat("the optimizer shards cover ", covered, " of the ",
+                                            size, " elements [", begin_, ", ", end_, ")"));
+  }
+  exp_avg_ = std::move(exp_avg);
+  exp_avg_sq_ = std::move(exp_avg_sq);
+  step_count_ = updates;
+  return absl::OkStatus();
+}
+
+absl::Status Optimizer::LoadSingleFile(const std::string& path) {
+  QTRAIN_ASSIGN_OR_RETURN(SafetensorsFile file, SafetensorsFile::Open(path));
+  QTRAIN_ASSIGN_OR_RETURN(const int64_t step, ShardMetadata(file, "step"));
+  const int64_t size = end_ - begin_;
+  QTRAIN_ASSIGN_OR_RETURN(std::vector<float> exp_avg,
+                          model::MakeHostVector<float>({size}, "the loaded optimizer state"));
+  QTRAIN_ASSIGN_OR_RETURN(std::vector<float> exp_avg_sq,
+                          model::MakeHostVector<float>({size}, "the loaded optimizer state"));
   if (file.tensors().size() != 2 * layout_->tensors().size()) {
     return absl::DataLossError(absl::StrCat(path, ": optimizer state has ", file.tensors().size(),
                                             " tensors, the model needs ",
                                             2 * layout_->tensors().size()));
   }
+  for (const model::TensorSlot& slot : layout_->tensors()) {
+    const int64_t from = std::max(begin_, slot.offset);
+    const int64_t to = std::min(end_, slot.offset + slot.size);
+    if (from >= to) continue;
+    const std::optional<size_t> bytes = CheckedBytes(slot.size, sizeof(float));
+    for (const auto& [prefix, out] :
+         {std::pair<std::string, std::vector<float>*>{"exp_avg.", &exp_avg},
+          std::pair<std::string, std::vector<float>*>{"exp_avg_sq.", &exp_avg_sq}}) {
+      QTRAIN_ASSIGN_OR_RETURN(
+          std::vector<float> moment,
+          model::CatchAllocationFailure(
+              absl::StrCat(path, ": tensor '", prefix, slot.name, "'"), bytes,
+              [&] { return file.ReadAsFloat(prefix + slot.name, slot.shape); }));
+      std::copy(moment.begin() + (from - slot.offset), moment.begin() + (to - slot.offset),
+                out->begin() + (from - begin_));
+    }
+  }
   exp_avg_ = std::move(exp_avg);
   exp_avg_sq_ = std::move(exp_avg_sq);
   step_count_ = step;
   return absl::OkStatus();
+}
+
+std::vector<double> BlockSumsOfSquares(std::span<const float> values, int64_t block_elements) {
+  std::vector<double> sums;
+  for (size_t first = 0; first < values.size(); first += static_cast<size_t>(block_elements)) {
+    const size_t last = std::min(values.size(), first + static_cast<size_t>(block_elements));
+    double sum = 0.0;
+    for (size_t i = first; i < last; ++i) sum += static_cast<double>(values[i]) * values[i];
+    sums.push_back(sum);
+  }
+  return sums;
+}
+
+double NormOfBlockSums(std::span<const double> block_sums) {
+  double total = 0.0;
+  for (double s : block_sums) total += s;
+  return std::sqrt(total);
+}
+
+double GradNormOf(std::span<const float> grads) {
+  return NormOfBlockSums(BlockSumsOfSquares(grads, comm::kDefaultBlockElements));
 }
 
 }  // namespace qtrain::train

@@ -1,6 +1,8 @@
-// AdamW over the model's parameter buffer: decoupled weight decay on matrices and embeddings
-// only (never on norms and biases), global-norm gradient clipping, and skipping of steps whose
-// gradients are not finite. The moments live in buffers with the model's parameter layout.
+// AdamW over a range of the model's parameter buffer (the rank's ZeRO-1 shard, or all of it):
+// decoupled weight decay on matrices and embeddings only (never on norms and biases),
+// global-norm gradient clipping, and skipping of steps whose gradients are not finite. The
+// moments of [begin, end) live here; the gradient norm comes from the caller (the whole
+// group's, see sharded_step.h).
 #ifndef QTRAIN_WORKER_TRAIN_OPTIMIZER_H_
 #define QTRAIN_WORKER_TRAIN_OPTIMIZER_H_
 
@@ -30,8 +32,21 @@ struct StepStats {
   bool skipped = false;   // the gradients were not finite: nothing changed
 };
 
+// One file of a sharded optimizer state: the moments of elements [begin, end).
+struct OptimizerShardFile {
+  std::string path;
+  int64_t begin = 0;
+  int64_t end = 0;
+};
+
 class Optimizer {
  public:
+  // The moments of elements [begin, end) of the layout's buffer.
+  static absl::StatusOr<Optimizer> Create(const model::ParameterLayout& layout,
+                                          const OptimizerSettings& settings, int64_t begin,
+                                          int64_t end,
+                                          kernels::Backend& backend = kernels::CpuBackend());
+  // Of the whole buffer.
   static absl::StatusOr<Optimizer> Create(const model::ParameterLayout& layout,
                                           const OptimizerSettings& settings,
                                           kernels::Backend& backend = kernels::CpuBackend());
@@ -39,26 +54,55 @@ class Optimizer {
   // Whether a tensor gets weight decay: matrices and embeddings (2-D) do, norms and biases don't.
   static bool DecaysWeight(const model::TensorSlot& slot) { return slot.shape.size() >= 2; }
 
-  // One update of `params` from `grads` (both laid out by the layout) at learning rate `lr`.
+  int64_t begin() const { return begin_; }
+  int64_t end() const { return end_; }
+
+  // One update of `params` from `grads`, both elements [begin, end), at learning rate `lr`,
+  // where `grad_norm` is the norm of the whole gradient (every rank's shard): the clipping
+  // scale comes from it, and a norm that is not finite skips the step. Each tensor overlapping
+  // the range is updated on the overlap, with its own weight-decay flag.
+  absl::StatusOr<StepStats> Step(std::span<float> params, std::span<const float> grads, double lr,
+                                 double grad_norm);
+  // With the norm of `grads` itself (GradNormOf): an optimizer of the whole buffer only.
   absl::StatusOr<StepStats> Step(std::span<float> params, std::span<const float> grads, double lr);
 
   // Updates applied so far (skipped steps not counted).
   int64_t step_count() const { return step_count_; }
 
-  // The moments and the step count, as safetensors ("exp_avg.<name>", "exp_avg_sq.<name>").
+  // The moments of [begin, end) as safetensors: F32 "exp_avg" and "exp_avg_sq" of end - begin
+  // elements, metadata "step", "begin", "end", "total".
   absl::Status Save(const std::string& path) const;
-  absl::Status Load(const std::string& path);
+  // Reads the moments of [begin, end) from the files of a sharded state (as Save writes them,
+  // for any sharding: `files` tile [0, total)), opening only those that overlap the range; each
+  // must have taken `updates` steps. DATA_LOSS naming the file when one does not match its
+  // entry. Nothing changes on error.
+  absl::Status LoadShards(std::span<const OptimizerShardFile> files, int64_t updates);
+  // Reads the moments of [begin, end) from a single-file state of the whole buffer, one tensor
+  // per parameter ("exp_avg.<name>", "exp_avg_sq.<name>"), and its step count.
+  absl::Status LoadSingleFile(const std::string& path);
 
  private:
-  Optimizer(const model::ParameterLayout& layout, const OptimizerSettings& settings,
-            kernels::Backend& backend);
+  Optimizer(const model::ParameterLayout& layout, const OptimizerSettings& settings, int64_t begin,
+            int64_t end, kernels::Backend& backend);
   const model::ParameterLayout* layout_;
   OptimizerSettings settings_;
+  int64_t begin_;
+  int64_t end_;
   kernels::Backend* backend_;
-  std::vector<float> exp_avg_;
+  std::vector<float> exp_avg_;  // elements [begin, end)
   std::vector<float> exp_avg_sq_;
   int64_t step_count_ = 0;
 };
+
+// The gradient norm's rule, the same for every sharding: for each block of
+// comm::kDefaultBlockElements, an fp64 sum of squares in element order; the blocks' sums added
+// left to right in block order; the square root.
+// The block sums of `values`, which start at a block boundary (a shard).
+std::vector<double> BlockSumsOfSquares(std::span<const float> values, int64_t block_elements);
+// sqrt of the blocks' sums added in order.
+double NormOfBlockSums(std::span<const double> block_sums);
+// The norm of a whole buffer.
+double GradNormOf(std::span<const float> grads);
 
 }  // namespace qtrain::train
 

@@ -14,6 +14,7 @@
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "google/protobuf/util/json_util.h"
+#include "worker/comm/tree_sum.h"
 #include "worker/model/buffer.h"
 #include "worker/model/checkpoint_io.h"
 #include "worker/model/init.h"
@@ -24,6 +25,8 @@
 #include "worker/train/metrics_log.h"
 #include "worker/train/optimizer.h"
 #include "worker/train/shard_assignment.h"
+#include "worker/train/sharded_checkpoint.h"
+#include "worker/train/sharded_step.h"
 #include "worker/train/spec_change.h"
 
 namespace qtrain::train {
@@ -31,14 +34,12 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-constexpr char kOptimizerFile[] = "optimizer.safetensors";
 constexpr char kJobFile[] = "job.json";
 constexpr char kMetricsFile[] = "metrics.jsonl";
-// What model::SaveCheckpoint writes, and the optimizer state: a checkpoint lacking any of them
-// is damaged.
+// What model::SaveCheckpoint writes: a checkpoint lacking any of them is damaged. The optimizer
+// state's files are named by the metadata (sharded_checkpoint.h) and checked with it.
 const std::vector<std::string>& RequiredCheckpointFiles() {
-  static const auto* files =
-      new std::vector<std::string>{"config.json", "model.safetensors", kOptimizerFile};
+  static const auto* files = new std::vector<std::string>{"config.json", "model.safetensors"};
   return *files;
 }
 
@@ -96,9 +97,22 @@ absl::Status CheckGroup(const v1::JobSpec& spec, const TrainerOptions& options) 
     return absl::InvalidArgumentError(
         absl::StrCat("trainer: rank ", options.rank, " of ", options.world_size, " workers"));
   }
-  if (options.world_size > kMaxTrainableWorldSize) {
-    return absl::UnimplementedError(absl::StrCat(
-        "data-parallel training across ", options.world_size, " workers is not available yet"));
+  if (options.world_size > 1 && options.communicator == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("trainer: rank ", options.rank, " of ",
+                                                   options.world_size,
+                                                   " workers needs a communicator"));
+  }
+  if (options.communicator != nullptr &&
+      (options.communicator->rank() != options.rank ||
+       options.communicator->world_size() != options.world_size)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "trainer: rank ", options.rank, " of ", options.world_size, " workers given the ",
+        std::string(options.communicator->backend()), " communicator of rank ",
+        options.communicator->rank(), " of ", options.communicator->world_size()));
+  }
+  if (options.shard_block_elements < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("trainer: shard_block_elements ",
+                                                   options.shard_block_elements, " must be >= 1"));
   }
   if (options.world_size < spec.world().min_workers() ||
       options.world_size > spec.world().max_workers()) {
@@ -147,9 +161,16 @@ struct Trainer::State {
   std::optional<model::ParameterLayout> layout;
   std::vector<float> params;
   std::optional<Optimizer> optimizer;
-  std::optional<MetricsLog> metrics;
+  std::optional<MetricsLog> metrics;  // rank 0
   std::unique_ptr<model::Model> model;
   int model_stage = -1;
+  // The group: options.communicator, or a group of one.
+  std::unique_ptr<comm::Communicator> own_comm;
+  comm::Communicator* comm = nullptr;
+  std::optional<comm::ShardLayout> shards;                  // the ZeRO-1 layout of the parameters
+  std::vector<float> grad_shard;                            // this rank's reduced gradient
+  std::optional<comm::TreeAccumulator<float>> accumulator;  // the micro-batches' sum
+  std::vector<double> micro_batch_losses;
   Clock::time_point started;
   int64_t tokens_this_process = 0;
   std::vector<int32_t> ids, targets, scratch;
@@ -158,6 +179,7 @@ struct Trainer::State {
   struct StepResult {
     Clock::time_point start;
     Clock::duration data_time{};
+    Clock::duration comm_time{};
     double loss = 0;
     double learning_rate = 0;
     StepStats stats;
@@ -177,6 +199,19 @@ struct Trainer::State {
   void Phase(TrainerPhase phase) const {
     if (options.on_phase) options.on_phase(phase);
   }
+  bool lead() const { return options.rank == 0; }
+  int64_t shard_begin() const { return shards->ShardBegin(options.rank); }
+  std::span<float> param_shard() {
+    return model->params().subspan(static_cast<size_t>(shard_begin()), grad_shard.size());
+  }
+  // Runs a collective, adding its time to `time`.
+  template <typename Op>
+  absl::Status Timed(Clock::duration& time, Op op) {
+    const Clock::time_point start = Clock::now();
+    absl::Status status = op();
+    time += Clock::now() - start;
+    return status;
+  }
 
   // Run() in order: Setup, then per step EnterStage (on a stage change), TrainStep, Report,
   // MaybeCheckpoint; then Finish.
@@ -190,20 +225,33 @@ struct Trainer::State {
 
   // Setup's parts.
   absl::Status LockRunDir();
+  absl::Status OpenStore();
   absl::Status InitializeParams();
   absl::StatusOr<Optimizer> MakeOptimizer() const;
   absl::Status Resume();
   absl::Status ResumeFromNewest();
+  absl::StatusOr<int64_t> PickNewest();
   absl::Status ResumeFrom(int64_t checkpoint_step);
+  absl::Status ResetState();
   absl::Status ValidateCheckpointMetadata(const CheckpointInfo& info) const;
   absl::Status WriteJobFile() const;
 
   absl::Status ReadBatch(const v1::CurriculumStage& stage, const std::vector<Window>& windows,
                          size_t first, std::vector<int32_t>& ids, std::vector<int32_t>& targets,
                          std::vector<int32_t>& scratch) const;
+  // TrainStep's parts.
+  absl::Status AccumulateGradients(const v1::CurriculumStage& stage,
+                                   const std::vector<Window>& windows, StepResult& result);
+  absl::Status ReduceGradients(StepResult& result);
+  absl::Status ApplyUpdate(StepResult& result);
+
   absl::StatusOr<double> Evaluate(model::Model& model, const v1::CurriculumStage& stage);
   absl::StatusOr<double> UnigramEntropy(const v1::CurriculumStage& stage) const;
   absl::Status SaveCheckpoint();
+  absl::StatusOr<CheckpointInfo> CommitCheckpoint();
+  absl::StatusOr<CheckpointInfo> AwaitCommit();
+  nlohmann::json CheckpointMetadata() const;
+  absl::Status ExportFinal(TrainerSummary& summary);
 };
 
 absl::StatusOr<model::ModelConfig> Trainer::StageConfig(const model::ModelConfig& base,
@@ -334,25 +382,30 @@ absl::Status Trainer::State::ReadBatch(const v1::CurriculumStage& stage,
   return absl::OkStatus();
 }
 
+// Batch b of the E evaluation batches is computed by rank b % W; the per-batch loss sums (zero
+// for other ranks' batches) are summed over the group, then added in batch order.
 absl::StatusOr<double> Trainer::State::Evaluate(model::Model& model,
                                                 const v1::CurriculumStage& stage) {
-  const int64_t count = spec.eval().batches() * stage.micro_batch();
+  const int64_t batches = spec.eval().batches();
+  const int64_t count = batches * stage.micro_batch();
   QTRAIN_ASSIGN_OR_RETURN(std::vector<Window> windows,
                           plan->ValidationWindows(stage.seq_len(), count));
   std::vector<int32_t> ids, targets, scratch;
-  double loss_sum = 0;
-  int64_t num_targets = 0;
-  for (size_t first = 0; first < windows.size();
-       first += static_cast<size_t>(stage.micro_batch())) {
-    QTRAIN_RETURN_IF_ERROR(ReadBatch(stage, windows, first, ids, targets, scratch));
+  std::vector<double> batch_loss(static_cast<size_t>(batches), 0.0);
+  for (int64_t b = options.rank; b < batches; b += options.world_size) {
+    QTRAIN_RETURN_IF_ERROR(ReadBatch(stage, windows, static_cast<size_t>(b * stage.micro_batch()),
+                                     ids, targets, scratch));
     QTRAIN_ASSIGN_OR_RETURN(model::ForwardResult result,
                             model.Forward({.batch_size = stage.micro_batch(),
                                            .seq_len = stage.seq_len(),
                                            .ids = ids,
                                            .targets = targets}));
-    loss_sum += result.loss_sum;
-    num_targets += result.num_targets;
+    batch_loss[static_cast<size_t>(b)] = result.loss_sum;
   }
+  QTRAIN_RETURN_IF_ERROR(comm->AllReduceSum(std::span<double>(batch_loss)));
+  double loss_sum = 0;
+  for (double l : batch_loss) loss_sum += l;
+  const int64_t num_targets = count * stage.seq_len();  // checked in Create
   return num_targets > 0 ? loss_sum / static_cast<double>(num_targets) : NAN;
 }
 
@@ -392,27 +445,35 @@ absl::Status Trainer::State::Setup() {
   consecutive_nonfinite = 0;
   last_loss = NAN;
   last_eval_loss.reset();
-  // Nothing in the run directory is touched before its lock is held.
-  QTRAIN_RETURN_IF_ERROR(LockRunDir());
-  QTRAIN_ASSIGN_OR_RETURN(
-      CheckpointStore opened,
-      CheckpointStore::Open(options.run_dir + "/checkpoints",
-                            {.required_files = RequiredCheckpointFiles(),
-                             .validate_metadata = [this](const CheckpointInfo& info) {
-                               return ValidateCheckpointMetadata(info);
-                             }}));
-  store.emplace(std::move(opened));
+  if (options.communicator != nullptr) {
+    comm = options.communicator;
+  } else {
+    own_comm = comm::MakeLocalCommunicator();
+    comm = own_comm.get();
+  }
   layout.emplace(base_config);
+  QTRAIN_ASSIGN_OR_RETURN(comm::ShardLayout sharding,
+                          comm::ShardLayout::Create(layout->total_size(), options.world_size,
+                                                    options.shard_block_elements));
+  shards.emplace(sharding);
+  // Nothing in the run directory is touched before rank 0 holds its lock.
+  if (lead()) QTRAIN_RETURN_IF_ERROR(LockRunDir());
+  QTRAIN_RETURN_IF_ERROR(OpenStore());
   QTRAIN_RETURN_IF_ERROR(InitializeParams());
   QTRAIN_ASSIGN_OR_RETURN(Optimizer fresh, MakeOptimizer());
   optimizer.emplace(std::move(fresh));
   QTRAIN_RETURN_IF_ERROR(Resume());
-  // Written once the spec is known to agree with the checkpoint's, so it never records a spec
-  // the run did not accept.
-  QTRAIN_RETURN_IF_ERROR(WriteJobFile());
-  QTRAIN_ASSIGN_OR_RETURN(MetricsLog log,
-                          MetricsLog::Open(options.run_dir + "/" + kMetricsFile, step));
-  metrics.emplace(std::move(log));
+  if (lead()) {
+    // Written once the spec is known to agree with the checkpoint's, so it never records a
+    // spec the run did not accept.
+    QTRAIN_RETURN_IF_ERROR(WriteJobFile());
+    QTRAIN_ASSIGN_OR_RETURN(MetricsLog log,
+                            MetricsLog::Open(options.run_dir + "/" + kMetricsFile, step));
+    metrics.emplace(std::move(log));
+  }
+  QTRAIN_ASSIGN_OR_RETURN(grad_shard, model::MakeHostVector<float>(
+                                          {shards->ShardSize(options.rank)}, "the gradient shard"));
+  accumulator.emplace(layout->total_size());
   started = Clock::now();
   tokens_this_process = 0;
   return absl::OkStatus();
@@ -434,6 +495,30 @@ absl::Status Trainer::State::LockRunDir() {
   return absl::OkStatus();
 }
 
+// Rank 0 opens the store as its writer (removing what an interrupted run left) before the
+// others open it to read: the first collective orders the two.
+absl::Status Trainer::State::OpenStore() {
+  const std::string root = options.run_dir + "/checkpoints";
+  CheckpointStoreOptions store_options{.required_files = RequiredCheckpointFiles(),
+                                       .validate_metadata = [this](const CheckpointInfo& info) {
+                                         return ValidateCheckpointMetadata(info);
+                                       }};
+  if (lead()) {
+    QTRAIN_ASSIGN_OR_RETURN(CheckpointStore opened,
+                            CheckpointStore::Open(root, std::move(store_options)));
+    store.emplace(std::move(opened));
+    QTRAIN_RETURN_IF_ERROR(RemoveShardStaging(root));
+  }
+  QTRAIN_RETURN_IF_ERROR(comm->Barrier());
+  if (!lead()) {
+    store_options.read_only = true;
+    QTRAIN_ASSIGN_OR_RETURN(CheckpointStore opened,
+                            CheckpointStore::Open(root, std::move(store_options)));
+    store.emplace(std::move(opened));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Trainer::State::InitializeParams() {
   QTRAIN_ASSIGN_OR_RETURN(params, model::MakeHostVector<float>({layout->total_size()},
                                                                "the model parameters (host copy)"));
@@ -450,11 +535,13 @@ absl::Status Trainer::State::InitializeParams() {
 
 absl::StatusOr<Optimizer> Trainer::State::MakeOptimizer() const {
   const v1::OptimizerSpec& o = spec.optimizer();
-  return Optimizer::Create(*layout, {.beta1 = o.beta1(),
-                                     .beta2 = o.beta2(),
-                                     .eps = o.eps(),
-                                     .weight_decay = o.weight_decay(),
-                                     .grad_clip = o.grad_clip()});
+  return Optimizer::Create(*layout,
+                           {.beta1 = o.beta1(),
+                            .beta2 = o.beta2(),
+                            .eps = o.eps(),
+                            .weight_decay = o.weight_decay(),
+                            .grad_clip = o.grad_clip()},
+                           shards->ShardBegin(options.rank), shards->ShardEnd(options.rank));
 }
 
 absl::Status Trainer::State::WriteJobFile() const {
@@ -524,9 +611,11 @@ absl::Status Trainer::State::ValidateCheckpointMetadata(const CheckpointInfo& in
   if (*spec_sha_it != TrainingSpecSha256(*spec_it)) {
     return absl::DataLossError("metadata.spec does not match metadata.spec_sha256");
   }
-  return absl::OkStatus();
+  return ValidateShardMetadata(info, layout->total_size(), ckpt_step - skipped);
 }
 
+// An explicit resume point is found by every rank; otherwise rank 0 picks the newest good
+// checkpoint and tells the others (every rank then loads it, each its own shard of the moments).
 absl::Status Trainer::State::Resume() {
   if (!options.resume_from_step) return ResumeFromNewest();
   const int64_t wanted = *options.resume_from_step;
@@ -543,18 +632,34 @@ absl::Status Trainer::State::Resume() {
 }
 
 absl::Status Trainer::State::ResumeFromNewest() {
+  int64_t chosen = -1;  // -1: a fresh start
+  if (lead()) {
+    QTRAIN_ASSIGN_OR_RETURN(chosen, PickNewest());
+  }
+  QTRAIN_RETURN_IF_ERROR(comm->Broadcast(std::as_writable_bytes(std::span(&chosen, 1)), 0));
+  if (lead() || chosen < 0) return absl::OkStatus();  // rank 0 has loaded it already
+  return ResumeFrom(chosen);
+}
+
+// Rank 0: the newest checkpoint that loads (its own shard of it), skipping damaged ones.
+absl::StatusOr<int64_t> Trainer::State::PickNewest() {
   QTRAIN_ASSIGN_OR_RETURN(std::vector<int64_t> steps, store->ListSteps());
   for (int64_t checkpoint_step : steps) {
     const absl::Status resumed = ResumeFrom(checkpoint_step);
-    if (resumed.ok()) return absl::OkStatus();
+    if (resumed.ok()) return checkpoint_step;
     if (!absl::IsDataLoss(resumed)) return resumed;
     Event(absl::StrCat("skipping damaged ", resumed.message()));
-    // A failed load may have written part of the weights or moments: start them over.
-    QTRAIN_RETURN_IF_ERROR(InitializeParams());
-    QTRAIN_ASSIGN_OR_RETURN(Optimizer fresh, MakeOptimizer());
-    optimizer.emplace(std::move(fresh));
+    QTRAIN_RETURN_IF_ERROR(ResetState());
   }
-  return absl::OkStatus();  // a fresh start
+  return -1;
+}
+
+// A failed load may have written part of the weights or moments: start them over.
+absl::Status Trainer::State::ResetState() {
+  QTRAIN_RETURN_IF_ERROR(InitializeParams());
+  QTRAIN_ASSIGN_OR_RETURN(Optimizer fresh, MakeOptimizer());
+  optimizer.emplace(std::move(fresh));
+  return absl::OkStatus();
 }
 
 absl::Status Trainer::State::ResumeFrom(int64_t checkpoint_step) {
@@ -573,13 +678,22 @@ absl::Status Trainer::State::ResumeFrom(int64_t checkpoint_step) {
       stage_configs[StageOf(std::max<int64_t>(checkpoint_step - 1, 0))];
   QTRAIN_RETURN_IF_ERROR(AsDamage(model::LoadWeights(info.directory, config, params),
                                   damaged("cannot load the weights")));
-  QTRAIN_RETURN_IF_ERROR(AsDamage(optimizer->Load(info.directory + "/" + kOptimizerFile),
-                                  damaged("cannot load the optimizer state")));
   const int64_t skipped = m["skipped_steps"].get<int64_t>();
-  if (optimizer->step_count() != checkpoint_step - skipped) {
-    return absl::DataLossError(damaged(absl::StrCat(
-        kOptimizerFile, " has taken ", optimizer->step_count(), " updates, the trainer state says ",
-        checkpoint_step - skipped, " (step ", checkpoint_step, " less ", skipped, " skipped)")));
+  const int64_t updates = checkpoint_step - skipped;
+  if (HasShardedOptimizer(info)) {
+    // Whatever world size wrote it: this rank reads its range from the files that overlap it.
+    QTRAIN_RETURN_IF_ERROR(AsDamage(optimizer->LoadShards(OptimizerShardFiles(info), updates),
+                                    damaged("cannot load the optimizer state")));
+  } else {
+    QTRAIN_RETURN_IF_ERROR(
+        AsDamage(optimizer->LoadSingleFile(info.directory + "/" + kSingleFileOptimizer),
+                 damaged("cannot load the optimizer state")));
+    if (optimizer->step_count() != updates) {
+      return absl::DataLossError(
+          damaged(absl::StrCat(kSingleFileOptimizer, " has taken ", optimizer->step_count(),
+                               " updates, the trainer state says ", updates, " (step ",
+                               checkpoint_step, " less ", skipped, " skipped)")));
+    }
   }
   step = checkpoint_step;
   tokens_seen = m["tokens_seen"].get<int64_t>();
@@ -608,6 +722,10 @@ absl::Status Trainer::State::EnterStage(int stage_index) {
   return absl::OkStatus();
 }
 
+// One optimizer step of the group (see trainer.h and comm/tree_sum.h for why the bytes do not
+// depend on the world size): this rank's micro-batches, their gradient summed as a tree, the
+// group's reduce-scatter into this rank's shard, the norm and loss over the group, AdamW on the
+// shard, and the all-gather of the updated parameters.
 absl::StatusOr<Trainer::State::StepResult> Trainer::State::TrainStep(int stage_index) {
   const v1::CurriculumStage& stage = spec.curriculum(stage_index);
   StepResult result;
@@ -618,30 +736,10 @@ absl::StatusOr<Trainer::State::StepResult> Trainer::State::TrainStep(int stage_i
       plan->TrainingWindows(stage_index, stage.seq_len(), windows_per_step,
                             step - stage_start[stage_index], options.rank, options.world_size));
   result.data_time += Clock::now() - result.start;
-  QTRAIN_RETURN_IF_ERROR(model->ZeroGrads());
-  double loss_sum = 0;
-  for (size_t first = 0; first < windows.size();
-       first += static_cast<size_t>(stage.micro_batch())) {
-    const Clock::time_point read_start = Clock::now();
-    QTRAIN_RETURN_IF_ERROR(ReadBatch(stage, windows, first, ids, targets, scratch));
-    result.data_time += Clock::now() - read_start;
-    // Every target counts: the loss is the mean over the whole global batch.
-    QTRAIN_ASSIGN_OR_RETURN(model::ForwardResult forward,
-                            model->ForwardBackward({.batch_size = stage.micro_batch(),
-                                                    .seq_len = stage.seq_len(),
-                                                    .ids = ids,
-                                                    .targets = targets,
-                                                    .loss_normalizer = global_tokens}));
-    loss_sum += forward.loss_sum;
-  }
-  result.loss = loss_sum / static_cast<double>(global_tokens);
-  if (options.gradient_hook) options.gradient_hook(step, model->grads());
+  QTRAIN_RETURN_IF_ERROR(AccumulateGradients(stage, windows, result));
+  QTRAIN_RETURN_IF_ERROR(ReduceGradients(result));
   result.learning_rate = LearningRate(schedule, step);
-  result.stats.skipped = true;
-  if (std::isfinite(result.loss)) {
-    QTRAIN_ASSIGN_OR_RETURN(result.stats,
-                            optimizer->Step(model->params(), model->grads(), result.learning_rate));
-  }
+  QTRAIN_RETURN_IF_ERROR(ApplyUpdate(result));
   const v1::OptimizerSpec& o = spec.optimizer();
   if (result.stats.skipped) {
     ++skipped_steps;
@@ -665,6 +763,64 @@ absl::StatusOr<Trainer::State::StepResult> Trainer::State::TrainStep(int stage_i
   return result;
 }
 
+// This rank's micro-batches, each its own gradient (ZeroGrads), summed as a tree into
+// model->grads(): the rank's partial gradient. Their loss sums are kept for the group's sum.
+absl::Status Trainer::State::AccumulateGradients(const v1::CurriculumStage& stage,
+                                                 const std::vector<Window>& windows,
+                                                 StepResult& result) {
+  const auto micro_batch = static_cast<size_t>(stage.micro_batch());
+  const size_t count = windows.size() / micro_batch;
+  micro_batch_losses.clear();
+  for (size_t first = 0; first < windows.size(); first += micro_batch) {
+    const Clock::time_point read_start = Clock::now();
+    QTRAIN_RETURN_IF_ERROR(ReadBatch(stage, windows, first, ids, targets, scratch));
+    result.data_time += Clock::now() - read_start;
+    QTRAIN_RETURN_IF_ERROR(model->ZeroGrads());
+    // Every target counts: the loss is the mean over the whole global batch.
+    QTRAIN_ASSIGN_OR_RETURN(model::ForwardResult forward,
+                            model->ForwardBackward({.batch_size = stage.micro_batch(),
+                                                    .seq_len = stage.seq_len(),
+                                                    .ids = ids,
+                                                    .targets = targets,
+                                                    .loss_normalizer = global_tokens}));
+    micro_batch_losses.push_back(forward.loss_sum);
+    // The tree sum of one leaf is the leaf: no copy.
+    if (count > 1) QTRAIN_RETURN_IF_ERROR(accumulator->Add(model->grads()));
+  }
+  if (count > 1) QTRAIN_RETURN_IF_ERROR(accumulator->Finish(model->grads()));
+  return absl::OkStatus();
+}
+
+// The group's gradient: this rank's shard of the sum over ranks, its norm, and the loss.
+absl::Status Trainer::State::ReduceGradients(StepResult& result) {
+  QTRAIN_RETURN_IF_ERROR(Timed(result.comm_time, [&] {
+    return comm->ReduceScatterSum(model->grads(), grad_shard, *shards);
+  }));
+  if (options.gradient_hook) options.gradient_hook(step, grad_shard);
+  QTRAIN_RETURN_IF_ERROR(Timed(result.comm_time, [&]() -> absl::Status {
+    QTRAIN_ASSIGN_OR_RETURN(result.stats.grad_norm, GroupGradientNorm(*comm, grad_shard, *shards));
+    QTRAIN_ASSIGN_OR_RETURN(const double loss_sum, GroupLossSum(*comm, micro_batch_losses));
+    result.loss = loss_sum / static_cast<double>(global_tokens);
+    return absl::OkStatus();
+  }));
+  return absl::OkStatus();
+}
+
+// AdamW on this rank's shard and the all-gather of the parameters; every rank skips the same
+// steps (a loss or norm that is not finite), as the values are the group's.
+absl::Status Trainer::State::ApplyUpdate(StepResult& result) {
+  if (!std::isfinite(result.loss) || !std::isfinite(result.stats.grad_norm)) {
+    result.stats.skipped = true;
+    return absl::OkStatus();
+  }
+  QTRAIN_ASSIGN_OR_RETURN(
+      result.stats,
+      optimizer->Step(param_shard(), grad_shard, result.learning_rate, result.stats.grad_norm));
+  // The shard is updated in place, at its range of the full buffer.
+  return Timed(result.comm_time,
+               [&] { return comm->AllGather(param_shard(), model->params(), *shards); });
+}
+
 absl::Status Trainer::State::Report(int stage_index, const StepResult& result) {
   const v1::CurriculumStage& stage = spec.curriculum(stage_index);
   StepReport report;
@@ -680,6 +836,7 @@ absl::Status Trainer::State::Report(int stage_index, const StepResult& result) {
   report.tokens_seen = tokens_seen;
   report.step_seconds = Seconds(Clock::now() - result.start);
   report.data_seconds = Seconds(result.data_time);
+  report.comm_seconds = Seconds(result.comm_time);
   const double elapsed = Seconds(Clock::now() - started);
   report.tokens_per_second = elapsed > 0 ? static_cast<double>(tokens_this_process) / elapsed : 0;
   report.eta_seconds = report.tokens_per_second > 0
@@ -705,9 +862,10 @@ absl::Status Trainer::State::Report(int stage_index, const StepResult& result) {
       {"tokens_seen", report.tokens_seen},
       {"tokens_per_second", report.tokens_per_second},
       {"step_seconds", report.step_seconds},
-      {"data_seconds", report.data_seconds}};
+      {"data_seconds", report.data_seconds},
+      {"comm_seconds", report.comm_seconds}};
   if (report.eval_loss) record["eval_loss"] = *report.eval_loss;
-  QTRAIN_RETURN_IF_ERROR(metrics->Append(record));
+  if (lead()) QTRAIN_RETURN_IF_ERROR(metrics->Append(record));
   if (options.on_step) options.on_step(report);
   return absl::OkStatus();
 }
@@ -721,30 +879,78 @@ absl::Status Trainer::State::MaybeCheckpoint(int stage_index, int64_t stop_at) {
   return absl::OkStatus();
 }
 
+// The write protocol of a group (sharded_checkpoint.h): ranks > 0 stage their optimizer shard,
+// then rank 0 writes the model and its shard, adopts the staged shards and commits; its verdict
+// (1 committed, 0 failed) is broadcast, and every rank reports the files it wrote.
 absl::Status Trainer::State::SaveCheckpoint() {
   Phase(TrainerPhase::kCheckpointing);
-  QTRAIN_ASSIGN_OR_RETURN(CheckpointWriter writer, store->Begin(step));
-  QTRAIN_RETURN_IF_ERROR(
-      model::SaveCheckpoint(writer.directory(), model->config(), model->params()));
-  QTRAIN_RETURN_IF_ERROR(optimizer->Save(writer.PathFor(kOptimizerFile)));
-  Fault("checkpoint_written");
-  const nlohmann::json metadata = {{"step", step},
-                                   {"stage", StageOf(step)},
-                                   {"tokens_seen", tokens_seen},
-                                   {"skipped_steps", skipped_steps},
-                                   {"consecutive_nonfinite_steps", consecutive_nonfinite},
-                                   {"data_plan_sha256", plan_sha256},
-                                   {"job_name", spec.name()},
-                                   {"spec", spec_json},
-                                   {"spec_sha256", training_spec_sha256}};
-  QTRAIN_ASSIGN_OR_RETURN(CheckpointInfo info, writer.Commit(metadata));
+  if (!lead()) {
+    QTRAIN_RETURN_IF_ERROR(
+        StageOptimizerShard(*optimizer, store->root(), step, options.rank, options.world_size));
+    Fault("checkpoint_written");
+  }
+  QTRAIN_RETURN_IF_ERROR(comm->Barrier());
+  QTRAIN_ASSIGN_OR_RETURN(CheckpointInfo info, lead() ? CommitCheckpoint() : AwaitCommit());
   Event(absl::StrCat("checkpoint at step ", step, ": ", info.directory));
-  if (options.on_checkpoint) QTRAIN_RETURN_IF_ERROR(options.on_checkpoint(info));
-  if (options.apply_retention) {
+  if (options.on_checkpoint) {
+    CheckpointInfo own = info;
+    own.files = FilesWrittenBy(info.files, options.rank, options.world_size);
+    QTRAIN_RETURN_IF_ERROR(options.on_checkpoint(own));
+  }
+  if (lead() && options.apply_retention) {
     QTRAIN_RETURN_IF_ERROR(store->ApplyRetention(spec.checkpoint().keep_last()));
   }
   Phase(TrainerPhase::kTraining);
   return absl::OkStatus();
+}
+
+// Rank 0: the checkpoint, committed, and the verdict sent to the others.
+absl::StatusOr<CheckpointInfo> Trainer::State::CommitCheckpoint() {
+  const auto commit = [&]() -> absl::StatusOr<CheckpointInfo> {
+    QTRAIN_ASSIGN_OR_RETURN(CheckpointWriter writer, store->Begin(step));
+    QTRAIN_RETURN_IF_ERROR(
+        model::SaveCheckpoint(writer.directory(), model->config(), model->params()));
+    QTRAIN_RETURN_IF_ERROR(
+        optimizer->Save(writer.PathFor(OptimizerShardFileName(0, options.world_size))));
+    QTRAIN_RETURN_IF_ERROR(
+        AdoptStagedShards(store->root(), step, options.world_size, writer.directory()));
+    Fault("checkpoint_written");
+    return writer.Commit(CheckpointMetadata());
+  };
+  absl::StatusOr<CheckpointInfo> info = commit();
+  char verdict = info.ok() ? 1 : 0;
+  const absl::Status sent =
+      comm->Broadcast(std::as_writable_bytes(std::span(&verdict, 1)), /*root=*/0);
+  if (!info.ok()) return info.status();
+  QTRAIN_RETURN_IF_ERROR(sent);
+  return info;
+}
+
+// Ranks > 0: rank 0's verdict, and the committed checkpoint's manifest.
+absl::StatusOr<CheckpointInfo> Trainer::State::AwaitCommit() {
+  char verdict = 0;
+  QTRAIN_RETURN_IF_ERROR(comm->Broadcast(std::as_writable_bytes(std::span(&verdict, 1)), 0));
+  if (verdict != 1) {
+    return absl::AbortedError(absl::StrCat("rank 0 could not commit checkpoint ", step));
+  }
+  const std::string dir = store->DirectoryFor(step);
+  QTRAIN_ASSIGN_OR_RETURN(std::string manifest,
+                          ReadFileToString(dir + "/" + CheckpointStore::kManifestName));
+  return ParseCheckpointManifest(manifest, dir, step);
+}
+
+nlohmann::json Trainer::State::CheckpointMetadata() const {
+  nlohmann::json metadata = {{"step", step},
+                             {"stage", StageOf(step)},
+                             {"tokens_seen", tokens_seen},
+                             {"skipped_steps", skipped_steps},
+                             {"consecutive_nonfinite_steps", consecutive_nonfinite},
+                             {"data_plan_sha256", plan_sha256},
+                             {"job_name", spec.name()},
+                             {"spec", spec_json},
+                             {"spec_sha256", training_spec_sha256}};
+  metadata.update(ShardMetadata(*shards, optimizer->step_count()));
+  return metadata;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -758,24 +964,36 @@ absl::StatusOr<TrainerSummary> Trainer::State::Finish() {
   summary.final_eval_loss = last_eval_loss;
   summary.completed = step == total_steps;
   if (!summary.completed) return summary;
+  // Rank 0 exports; the others return once it has (or fail when it could not).
+  const absl::Status exported = lead() ? ExportFinal(summary) : absl::OkStatus();
+  char verdict = exported.ok() ? 1 : 0;
+  const absl::Status sent =
+      comm->Broadcast(std::as_writable_bytes(std::span(&verdict, 1)), /*root=*/0);
+  QTRAIN_RETURN_IF_ERROR(exported);
+  QTRAIN_RETURN_IF_ERROR(sent);
+  if (verdict != 1) return absl::AbortedError("rank 0 could not export the final model");
+  summary.final_dir = options.run_dir + "/final";
+  return summary;
+}
+
+// Rank 0: the unigram entropy, final/ from the final checkpoint (also when this process trained
+// nothing), and the loss curve.
+absl::Status Trainer::State::ExportFinal(TrainerSummary& summary) {
   if (spec.eval().batches() > 0) {
     QTRAIN_ASSIGN_OR_RETURN(summary.validation_unigram_entropy,
                             UnigramEntropy(spec.curriculum(spec.curriculum_size() - 1)));
   }
-  // The finished model, from the final checkpoint (also when this process trained nothing).
   QTRAIN_ASSIGN_OR_RETURN(CheckpointInfo final_checkpoint, store->LatestGood());
   if (final_checkpoint.step != total_steps) {
     return absl::InternalError("the final checkpoint is missing");
   }
   const model::ModelConfig& final_config = stage_configs.back();
   QTRAIN_RETURN_IF_ERROR(model::LoadWeights(final_checkpoint.directory, final_config, params));
-  summary.final_dir = options.run_dir + "/final";
-  QTRAIN_RETURN_IF_ERROR(model::SaveCheckpoint(summary.final_dir, final_config, params));
+  QTRAIN_RETURN_IF_ERROR(model::SaveCheckpoint(options.run_dir + "/final", final_config, params));
   QTRAIN_ASSIGN_OR_RETURN(std::vector<nlohmann::json> records,
                           MetricsLog::ReadAll(options.run_dir + "/" + kMetricsFile));
   std::vector<int64_t> starts(stage_start.begin(), stage_start.end() - 1);
-  QTRAIN_RETURN_IF_ERROR(WriteLossCurveSvg(options.run_dir + "/loss.svg", records, starts));
-  return summary;
+  return WriteLossCurveSvg(options.run_dir + "/loss.svg", records, starts);
 }
 
 void Trainer::State::Release() {
@@ -787,6 +1005,12 @@ void Trainer::State::Release() {
   ids = {};
   targets = {};
   scratch = {};
+  grad_shard = {};
+  accumulator.reset();
+  micro_batch_losses = {};
+  shards.reset();
+  comm = nullptr;
+  own_comm.reset();
   store.reset();
   layout.reset();
   lock.reset();  // last: nothing of this run writes into the directory after it
@@ -813,6 +1037,8 @@ absl::StatusOr<TrainerSummary> Trainer::Run() {
     return s.Finish();
   };
   absl::StatusOr<TrainerSummary> summary = run();
+  // The peers, blocked in a collective or about to be, fail at once instead of timing out.
+  if (!summary.ok() && s.comm != nullptr) s.comm->Abort();
   s.Release();
   return summary;
 }

@@ -102,6 +102,10 @@ struct TrainerOptions {
   int rank = 0;
   int world_size = 1;
   comm::Communicator* communicator = nullptr;
+  // The ZeRO-1 layout's block size (comm/shard_layout.h), which also fixes the gradient norm's
+  // summation order: every run of a job must use the same. Tests shrink it so that a tiny model
+  // spans every rank.
+  int64_t shard_block_elements = comm::kDefaultBlockElements;
   // Asked between steps (before each one); true stops Run() with CANCELLED "training cancelled
   // at step N". Optional.
   std::function<bool()> cancelled;

@@ -338,7 +338,7 @@ TEST_F(TrainerTest, CheckpointStateThatDisagreesIsDamagedAndThePreviousOneIsUsed
        "metadata.skipped_steps 6 is outside 0-5"},
       {"skipped without the optimizer",
        [](nlohmann::json& m) { m["metadata"]["skipped_steps"] = 1; },
-       "optimizer.safetensors has taken 5 updates, the trainer state says 4"},
+       "metadata.optimizer_updates 5 is not the trainer state's 4"},
       {"in a row past skipped",
        [](nlohmann::json& m) { m["metadata"]["consecutive_nonfinite_steps"] = 2; },
        "metadata.consecutive_nonfinite_steps 2 is outside 0-0"},
@@ -348,10 +348,10 @@ TEST_F(TrainerTest, CheckpointStateThatDisagreesIsDamagedAndThePreviousOneIsUsed
        [](nlohmann::json& m) {
          auto& files = m["files"];
          for (size_t i = 0; i < files.size(); ++i) {
-           if (files[i]["path"] == "optimizer.safetensors") files.erase(i);
+           if (files[i]["path"] == "optimizer-00000-of-00001.safetensors") files.erase(i);
          }
        },
-       "manifest does not list optimizer.safetensors"},
+       "file optimizer-00000-of-00001.safetensors is not among the manifest's files"},
       {"no spec", [](nlohmann::json& m) { m["metadata"].erase("spec"); }, "lacks the job spec"},
       {"spec edited", [](nlohmann::json& m) { m["metadata"]["spec"]["optimizer"]["lr"] = 1; },
        "metadata.spec does not match metadata.spec_sha256"},
@@ -531,7 +531,7 @@ TEST_F(TrainerTest, AStageAtATimeFromNamedCheckpointsEndsIdentically) {
   const auto staged = CheckpointHashes(root_ / "staged");
   EXPECT_EQ(staged, CheckpointHashes(root_ / "straight"));
   // Steps 2, 4, 6 and 7, nothing deleted.
-  EXPECT_TRUE(staged.count("step-000000000002/optimizer.safetensors"));
+  EXPECT_TRUE(staged.count("step-000000000002/optimizer-00000-of-00001.safetensors"));
   EXPECT_TRUE(staged.count("step-000000000007/model.safetensors"));
 }
 
@@ -623,15 +623,22 @@ TEST_F(TrainerTest, WithoutRetentionEveryCheckpointStays) {
   EXPECT_EQ(phases.back(), TrainerPhase::kTraining);
 }
 
-TEST_F(TrainerTest, DataParallelGroupsAreNotAvailableYet) {
+TEST_F(TrainerTest, AGroupNeedsAMatchingCommunicator) {
   TrainerOptions two;
   two.world_size = 2;
   two.rank = 1;
-  auto result = Train("run", SpecText(), two);
-  EXPECT_EQ(result.status().code(), absl::StatusCode::kUnimplemented);
+  auto result =
+      Train("run", SpecText("{lr: 1e-2}") + "world: {min_workers: 1, max_workers: 2}\n", two);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(result.status().message()),
-              HasSubstr("data-parallel training across 2 workers is not available yet"));
+              HasSubstr("rank 1 of 2 workers needs a communicator"));
   EXPECT_FALSE(fs::exists(root_ / "run"));
+  auto local = comm::MakeLocalCommunicator();
+  two.communicator = local.get();
+  result = Train("run", SpecText("{lr: 1e-2}") + "world: {min_workers: 1, max_workers: 2}\n", two);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(result.status().message()),
+              HasSubstr("given the local communicator of rank 0 of 1"));
   TrainerOptions bad_rank;
   bad_rank.rank = 1;
   EXPECT_EQ(Train("run", SpecText(), bad_rank).status().code(), absl::StatusCode::kInvalidArgument);
