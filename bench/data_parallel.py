@@ -11,7 +11,9 @@ vocab 32000) it trains the same global batch of synthetic tokens for a few steps
                Qwen2ForCausalLM with the same config, the same micro-batching (gradient
                accumulation under no_sync), clipping and AdamW, fp32
 and prints one table: tokens/s (the global batch over the mean step time after the warm-up
-steps, on rank 0), the share of step time in collectives, and the ratio to DDP 2x1. The goal:
+steps, on rank 0), the CPU seconds per step of all ranks together (beside the wall time it tells
+computing from waiting for a core on a loaded machine), the share of step time in collectives,
+and the ratio to DDP 2x1. The goal:
 qtrain 2x1 at least 1.5x DDP 2x1. The table is also written as JSON and markdown under --out.
 
 qtrain's comm share is what the trainer measures in its collectives (waiting included). DDP
@@ -141,6 +143,7 @@ def qtrain_run(args, config, workers, threads, tokens_file, scratch):
         result = dict(ranks[0])
         result["comm_share"] = statistics.mean(r["comm_share"] for r in ranks)
         result["comm_share_by_rank"] = [r["comm_share"] for r in ranks]
+        result["cpu_seconds_per_step"] = sum(r["cpu_seconds_per_step"] for r in ranks)
         result["final_sha256"] = sha256_file(f"{root}/run/final/model.safetensors")
         return result
     finally:
@@ -165,10 +168,14 @@ def ddp_run(args, configs, workers, threads, tokens_files):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     outputs = run_group([command + ["--rank", str(r)] for r in range(workers)], env,
                         args.timeout * len(configs))
-    results = [json.loads(line) for line in outputs[0].splitlines() if line.startswith("{")]
-    if [r["config"] for r in results] != list(configs):
-        raise RuntimeError(f"the DDP peer printed results for {[r['config'] for r in results]}")
-    return results
+    by_rank = [[json.loads(line) for line in out.splitlines() if line.startswith("{")]
+               for out in outputs]
+    for results in by_rank:
+        if [r["config"] for r in results] != list(configs):
+            raise RuntimeError(f"the DDP peer printed results for {[r['config'] for r in results]}")
+    for i, result in enumerate(by_rank[0]):  # CPU time of the whole group
+        result["cpu_seconds_per_step"] = sum(ranks[i]["cpu_seconds_per_step"] for ranks in by_rank)
+    return by_rank[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,9 +190,7 @@ def ddp_worker(args):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.port}", rank=args.rank,
                             world_size=args.world_size, timeout=timedelta(seconds=args.timeout))
     for config, tokens_file in zip(args.configs.split(","), args.tokens_files.split(",")):
-        result = ddp_train(args, config, tokens_file)
-        if args.rank == 0:
-            print(json.dumps(result), flush=True)
+        print(json.dumps(ddp_train(args, config, tokens_file)), flush=True)
     dist.destroy_process_group()
 
 
@@ -215,9 +220,9 @@ def ddp_train(args, config_name, tokens_file):
     micro_batches = per_rank // mb
     global_tokens = args.global_batch * seq
     vocab = config.vocab_size
-    step_times, exposed, losses = [], [], []
+    step_times, cpu_times, exposed, losses = [], [], [], []
     for step in range(args.warmup + args.steps):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=False)
         mb_times, loss_sum = [], 0.0
         for k in range(micro_batches):
@@ -240,6 +245,7 @@ def ddp_train(args, config_name, tokens_file):
         elapsed = time.perf_counter() - start
         if step >= args.warmup:
             step_times.append(elapsed)
+            cpu_times.append(time.process_time() - cpu_start)
             if micro_batches > 1:
                 exposed.append(max(0.0, mb_times[-1] - statistics.mean(mb_times[:-1])))
         losses.append(loss_sum * args.world_size / global_tokens)
@@ -248,6 +254,7 @@ def ddp_train(args, config_name, tokens_file):
     return {"impl": "ddp", "config": config_name, "rank": args.rank,
               "world_size": args.world_size, "seconds_per_step": per_step,
               "tokens_per_second": global_tokens / per_step, "step_seconds": step_times,
+              "cpu_seconds_per_step": statistics.mean(cpu_times),
               "comm_share": (statistics.mean(exposed) / per_step) if exposed else None,
               "first_loss": losses[0], "last_loss": losses[-1],
               "torch": torch.__version__}
@@ -297,18 +304,20 @@ def build_rows(args, measured):
                          "tokens_per_second": r["tokens_per_second"],
                          "seconds_per_step": r["seconds_per_step"],
                          "comm_share": r.get("comm_share"), "ratio_to_ddp": ratio,
+                         "cpu_seconds_per_step": r.get("cpu_seconds_per_step"),
                          "first_loss": r.get("first_loss"), "last_loss": r.get("last_loss")})
     return rows
 
 
 def markdown(args, rows, header):
     lines = [header, "",
-             "| config | setup | tokens/s | s/step | comm share | ratio to DDP 2x1 |",
-             "|---|---|---:|---:|---:|---:|"]
+             "| config | setup | tokens/s | s/step | CPU s/step | comm share | ratio to DDP 2x1 |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for row in rows:
         ratio = "n/a" if row["ratio_to_ddp"] is None else f"{row['ratio_to_ddp']:.2f}x"
         lines.append(f"| {row['config']} | {row['setup']} | {row['tokens_per_second']:.1f} | "
-                     f"{row['seconds_per_step']:.3f} | {fmt_share(row['comm_share'])} | {ratio} |")
+                     f"{row['seconds_per_step']:.3f} | {row['cpu_seconds_per_step']:.3f} | "
+                     f"{fmt_share(row['comm_share'])} | {ratio} |")
     return "\n".join(lines)
 
 

@@ -10,6 +10,8 @@
 //
 // With W > 1, start W processes with the same flags but --rank 0..W-1 (same --run-dir and
 // --store-dir; a fresh store directory, or a fresh --prefix, for every group).
+#include <time.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -159,6 +161,14 @@ absl::StatusOr<std::vector<int32_t>> ReadTokens(const std::string& path, int64_t
   return tokens;
 }
 
+// CPU time of the process (all its threads), seconds: beside the wall time it shows whether a
+// slow step computed more or waited for a core (a loaded machine).
+double ProcessCpuSeconds() {
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
 absl::StatusOr<std::unique_ptr<qtrain::comm::Communicator>> ConnectGroup(const Flags& f) {
   if (f.world_size == 1) return nullptr;  // the trainer's own group of one
   QTRAIN_ASSIGN_OR_RETURN(std::shared_ptr<qtrain::comm::RendezvousStore> store,
@@ -173,7 +183,10 @@ absl::StatusOr<std::unique_ptr<qtrain::comm::Communicator>> ConnectGroup(const F
                                                   .op_timeout = timeout});
 }
 
+// cpu_at_step[i]: the process's CPU seconds when step i was reported; cpu_at_start before
+// the first step.
 nlohmann::json Summarize(const Flags& f, const std::vector<StepReport>& reports,
+                         const std::vector<double>& cpu_at_step, double cpu_at_start,
                          const qtrain::comm::Communicator* comm) {
   double step = 0, comm_seconds = 0, data = 0;
   nlohmann::json step_seconds = nlohmann::json::array();
@@ -185,6 +198,7 @@ nlohmann::json Summarize(const Flags& f, const std::vector<StepReport>& reports,
   }
   const double measured = static_cast<double>(reports.size()) - static_cast<double>(f.warmup);
   const double per_step = step / measured;
+  const double cpu_before = f.warmup > 0 ? cpu_at_step[f.warmup - 1] : cpu_at_start;
   nlohmann::json out = {
       {"impl", "qtrain"},
       {"config", f.label.empty() ? (f.hidden > 0 ? "custom" : f.preset) : f.label},
@@ -197,6 +211,7 @@ nlohmann::json Summarize(const Flags& f, const std::vector<StepReport>& reports,
       {"seconds_per_step", per_step},
       {"tokens_per_second", static_cast<double>(f.global_batch * f.seq) / per_step},
       {"comm_seconds_per_step", comm_seconds / measured},
+      {"cpu_seconds_per_step", (cpu_at_step.back() - cpu_before) / measured},
       {"comm_share", step > 0 ? comm_seconds / step : 0.0},
       {"data_share", step > 0 ? data / step : 0.0},
       {"step_seconds", step_seconds},
@@ -232,22 +247,27 @@ absl::Status Run(const Flags& f) {
   QTRAIN_ASSIGN_OR_RETURN(std::unique_ptr<qtrain::comm::Communicator> comm, ConnectGroup(f));
 
   std::vector<StepReport> reports;
+  std::vector<double> cpu_at_step;
   qtrain::train::TrainerOptions options;
   options.run_dir = f.run_dir;
   options.rank = f.rank;
   options.world_size = f.world_size;
   options.communicator = comm.get();
   options.resume_from_step = -1;  // always from the initialization
-  options.on_step = [&reports](const StepReport& r) { reports.push_back(r); };
+  options.on_step = [&reports, &cpu_at_step](const StepReport& r) {
+    reports.push_back(r);
+    cpu_at_step.push_back(ProcessCpuSeconds());
+  };
   QTRAIN_ASSIGN_OR_RETURN(
       std::unique_ptr<qtrain::train::Trainer> trainer,
       qtrain::train::Trainer::Create(spec, config, std::nullopt, data, std::move(options)));
+  const double cpu_at_start = ProcessCpuSeconds();
   QTRAIN_ASSIGN_OR_RETURN(qtrain::train::TrainerSummary summary, trainer->Run());
   if (static_cast<int64_t>(reports.size()) != f.warmup + f.steps) {
     return absl::InternalError(absl::StrCat("trained ", reports.size(), " steps of ",
                                             f.warmup + f.steps, " (", summary.steps, " done)"));
   }
-  std::printf("%s\n", Summarize(f, reports, comm.get()).dump().c_str());
+  std::printf("%s\n", Summarize(f, reports, cpu_at_step, cpu_at_start, comm.get()).dump().c_str());
   std::fflush(stdout);
   return absl::OkStatus();
 }
