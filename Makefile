@@ -16,7 +16,7 @@ SANITIZER_BUILD := -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -gline-tables-only -DNDEBUG" \
   -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O2 -gline-tables-only -DNDEBUG"
 
-.PHONY: all setup build test unit-test fuzz asan demo clean
+.PHONY: all setup build test unit-test fuzz asan demo bench-data-parallel clean
 
 all: build
 
@@ -51,6 +51,14 @@ asan: setup
 
 demo: build
 	scripts/demo.sh $(BUILD)
+
+# Data-parallel throughput (1x1, 2x1, 1x2 workers x threads) beside PyTorch DDP; needs torch and
+# transformers (pip). Flags for bench/data_parallel.py go in BENCH_FLAGS.
+bench-data-parallel: setup
+	cmake -S . -B $(BUILD) -G "$(GENERATOR)" -DQTRAIN_BUILD_BENCH=ON $(CMAKE_FLAGS)
+	cmake --build $(BUILD) --target data_parallel_bench -j $(JOBS)
+	python3 bench/data_parallel.py --bench $(BUILD)/bin/data_parallel_bench --out $(BUILD)/bench \
+	  $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(BUILD)
