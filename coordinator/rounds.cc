@@ -66,8 +66,7 @@ absl::Status Coordinator::CompleteAssignment(const v1::CompleteAssignmentRequest
     }
     auto& steps = checkpoints_[Id(job.name())];
     auto c = steps.find(round.end_step);
-    const bool committed =
-        c != steps.end() && c->second.state() == v1::CHECKPOINT_STATE_COMMITTED;
+    const bool committed = c != steps.end() && c->second.state() == v1::CHECKPOINT_STATE_COMMITTED;
     // In a group, a rank may finish before the others have reported their files of the
     // stage's last checkpoint: its own report is enough here, and the round ends (below) once
     // every rank has completed, by which time every rank has reported and the checkpoint is

@@ -140,10 +140,10 @@ nlohmann::json JobSpecToJson(const v1::JobSpec& spec) {
 const std::vector<std::string>& BookkeepingSpecFields() {
   static const auto* fields = new std::vector<std::string>{
       "checkpoint.every_steps", "checkpoint.keep_last", "eval.every_steps", "labels",
-      "world.max_restarts",     "world.regroup_seconds",
+      "world.max_restarts", "world.regroup_seconds",
       // The weights do not depend on the worker count (the sums are worker-invariant), so a
       // job may be resumed with another world range.
-      "world.min_workers",      "world.max_workers"};
+      "world.min_workers", "world.max_workers"};
   return *fields;
 }
 
