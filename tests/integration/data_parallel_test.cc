@@ -57,6 +57,9 @@ using testing_service::JsonInt;
 using testing_service::JsonString;
 using testing_service::ProcessId;
 using testing_service::WaitFor;
+using testing_service::CheckpointStep;
+using testing_service::Hash;
+using testing_service::ProgressStep;
 using testing_service::Worker;
 
 // The job: M = 4 micro-batches per step in both stages (global_tokens 256 = 32 x 2 x 4 =
@@ -68,31 +71,6 @@ constexpr int kCollectiveTimeoutSeconds = 5;
 constexpr absl::Duration kJobTimeout = absl::Seconds(90);
 constexpr absl::Duration kTestTimeout = absl::Seconds(150);
 
-#define ASSERT_OK(expr)                             \
-  do {                                              \
-    const auto& status_ = (expr);                   \
-    ASSERT_TRUE(status_.ok()) << StatusOf(status_); \
-  } while (0)
-
-absl::Status StatusOf(const absl::Status& status) { return status; }
-template <typename T>
-absl::Status StatusOf(const absl::StatusOr<T>& value) {
-  return value.status();
-}
-
-std::string Hash(const fs::path& path) { return Sha256File(path.string()).value_or("missing"); }
-
-// "jobs/x/checkpoints/step-000000000006" -> 6; -1 when it is not one.
-int64_t CheckpointStep(const std::string& name) {
-  const size_t dash = name.rfind("step-");
-  int64_t step = -1;
-  if (dash == std::string::npos || !absl::SimpleAtoi(name.substr(dash + 5), &step)) return -1;
-  return step;
-}
-
-int64_t ProgressStep(const json& job) {
-  return job.contains("progress") ? JsonInt(job["progress"], "step") : 0;
-}
 int64_t ProgressStage(const json& job) {
   return job.contains("progress") ? JsonInt(job["progress"], "stage") : 0;
 }

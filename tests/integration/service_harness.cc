@@ -23,6 +23,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/file_util.h"
+#include "common/sha256.h"
 #include "common/status_macros.h"
 
 extern char** environ;
@@ -565,6 +566,21 @@ Watchdog::~Watchdog() {
   std::lock_guard lock(state_->mu);
   state_->cancelled = true;
   state_->cv.notify_all();
+}
+
+std::string Hash(const std::filesystem::path& path) {
+  return Sha256File(path.string()).value_or("missing");
+}
+
+int64_t CheckpointStep(const std::string& name) {
+  const size_t dash = name.rfind("step-");
+  int64_t step = -1;
+  if (dash == std::string::npos || !absl::SimpleAtoi(name.substr(dash + 5), &step)) return -1;
+  return step;
+}
+
+int64_t ProgressStep(const nlohmann::json& job) {
+  return job.contains("progress") ? JsonInt(job["progress"], "step") : 0;
 }
 
 }  // namespace qtrain::testing_service

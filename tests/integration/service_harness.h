@@ -237,6 +237,28 @@ class Watchdog {
   std::shared_ptr<State> state_;
 };
 
+// In a test: asserts that an absl::Status or StatusOr is OK, printing the status otherwise.
+#define ASSERT_OK(expr)                                                        \
+  do {                                                                         \
+    const auto& status_ = (expr);                                              \
+    ASSERT_TRUE(status_.ok()) << ::qtrain::testing_service::StatusOf(status_); \
+  } while (0)
+
+inline absl::Status StatusOf(const absl::Status& status) { return status; }
+template <typename T>
+absl::Status StatusOf(const absl::StatusOr<T>& value) {
+  return value.status();
+}
+
+// The sha256 of a file, "missing" when it cannot be read.
+std::string Hash(const std::filesystem::path& path);
+
+// "jobs/x/checkpoints/step-000000000006" -> 6; -1 when it is not one.
+int64_t CheckpointStep(const std::string& name);
+
+// The job's progress.step (0 when it has none).
+int64_t ProgressStep(const nlohmann::json& job);
+
 // The last `max_bytes` of a file ("" when unreadable).
 std::string Tail(const std::filesystem::path& path, size_t max_bytes);
 

@@ -50,6 +50,9 @@ using testing_service::JsonString;
 using testing_service::Process;
 using testing_service::ProcessId;
 using testing_service::WaitFor;
+using testing_service::CheckpointStep;
+using testing_service::Hash;
+using testing_service::ProgressStep;
 using testing_service::Worker;
 
 // The job: stage 0 is steps 1..12, stage 1 steps 13..22; a checkpoint every 3 steps.
@@ -60,32 +63,6 @@ constexpr int64_t kKeepLast = 2;
 constexpr int kSlowStepMs = 250;
 constexpr int kFastStepMs = 10;
 constexpr absl::Duration kJobTimeout = absl::Seconds(90);
-
-#define ASSERT_OK(expr)                             \
-  do {                                              \
-    const auto& status_ = (expr);                   \
-    ASSERT_TRUE(status_.ok()) << StatusOf(status_); \
-  } while (0)
-
-absl::Status StatusOf(const absl::Status& status) { return status; }
-template <typename T>
-absl::Status StatusOf(const absl::StatusOr<T>& value) {
-  return value.status();
-}
-
-std::string Hash(const fs::path& path) { return Sha256File(path.string()).value_or("missing"); }
-
-// "jobs/x/checkpoints/step-000000000006" -> 6; -1 when it is not one.
-int64_t CheckpointStep(const std::string& name) {
-  const size_t dash = name.rfind("step-");
-  int64_t step = -1;
-  if (dash == std::string::npos || !absl::SimpleAtoi(name.substr(dash + 5), &step)) return -1;
-  return step;
-}
-
-int64_t ProgressStep(const json& job) {
-  return job.contains("progress") ? JsonInt(job["progress"], "step") : 0;
-}
 
 // Mid-stage: a checkpoint is committed and the job is training past it, short of a stage end.
 bool MidStageAfterCheckpoint(const json& job) {
