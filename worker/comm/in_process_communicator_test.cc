@@ -43,11 +43,16 @@ bool SameBytes(std::span<const float> a, std::span<const float> b) {
 
 TEST(InProcessGroupTest, ReduceScatterIsTheTreeSumInRankOrderAndAllGatherRestoresIt) {
   // (4 ranks over 2 blocks: ranks 0 and 2 own nothing.)
-  for (auto [w, kTotal, block] : {std::tuple<int, int64_t, int64_t>{1, 1000, 64},
-                                  {2, 1000, 64},
-                                  {3, 1000, 64},
-                                  {4, 1000, 64},
-                                  {4, 100, 64}}) {
+  for (auto sizes : {std::tuple<int, int64_t, int64_t>{1, 1000, 64},
+                     {2, 1000, 64},
+                     {3, 1000, 64},
+                     {4, 1000, 64},
+                     {4, 100, 64}}) {
+    // Plain variables, not structured bindings: a lambda below captures them, which clang 14
+    // refuses for bindings.
+    const int w = std::get<0>(sizes);
+    const int64_t kTotal = std::get<1>(sizes);
+    const int64_t block = std::get<2>(sizes);
     SCOPED_TRACE(absl::StrCat(w, " ranks, ", kTotal, " elements"));
     auto layout = ShardLayout::Create(kTotal, w, block);
     ASSERT_TRUE(layout.ok());
