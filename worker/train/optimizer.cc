@@ -228,9 +228,11 @@ absl::Status Optimizer::LoadSingleFile(const std::string& path) {
     const int64_t to = std::min(end_, slot.offset + slot.size);
     if (from >= to) continue;
     const std::optional<size_t> bytes = CheckedBytes(slot.size, sizeof(float));
-    for (const auto& [prefix, out] :
+    for (const auto& moment_of :
          {std::pair<std::string, std::vector<float>*>{"exp_avg.", &exp_avg},
           std::pair<std::string, std::vector<float>*>{"exp_avg_sq.", &exp_avg_sq}}) {
+      const std::string& prefix = moment_of.first;  // captured below: not a structured binding
+      std::vector<float>* out = moment_of.second;
       QTRAIN_ASSIGN_OR_RETURN(
           std::vector<float> moment,
           model::CatchAllocationFailure(
