@@ -498,19 +498,27 @@ TEST(GlooCommunicatorTest, ConnectsThroughADirectoryStoreAcrossProcesses) {
   const std::string dir =
       absl::StrCat(::testing::TempDir(), "/gloo-dir-store-", ::getpid(), "-", run++);
   std::filesystem::remove_all(dir);
+  // The child exits only once the parent's op is over: a peer that closes its connections
+  // while the other side is still finishing the op is the lost-peer case, tested elsewhere.
+  int done_pipe[2];
+  ASSERT_EQ(::pipe(done_pipe), 0);
   const pid_t child = ::fork();
   ASSERT_GE(child, 0);
   if (child == 0) {
     // Rank 1: sums with rank 0 and exits with 0 only when the result is right.
     ::alarm(30);
+    ::close(done_pipe[1]);
     auto store = MakeDirectoryStore(dir);
     if (!store.ok()) ::_exit(2);
     auto comm = GlooCommunicator::Connect(Options(1, 2, *store, absl::Seconds(10)));
     if (!comm.ok()) ::_exit(3);
     std::vector<double> v = {2.0, 0.25};
     if (!(*comm)->AllReduceSum(std::span<double>(v)).ok()) ::_exit(4);
+    char byte = 0;
+    (void)!::read(done_pipe[0], &byte, 1);
     ::_exit(v[0] == 3.0 && v[1] == 0.5 ? 0 : 5);
   }
+  ::close(done_pipe[0]);
   auto store = MakeDirectoryStore(dir);
   ASSERT_TRUE(store.ok()) << store.status();
   auto comm = GlooCommunicator::Connect(Options(0, 2, *store, absl::Seconds(10)));
@@ -519,6 +527,7 @@ TEST(GlooCommunicatorTest, ConnectsThroughADirectoryStoreAcrossProcesses) {
   EXPECT_TRUE((*comm)->AllReduceSum(std::span<double>(v)).ok());
   EXPECT_EQ(v[0], 3.0);
   EXPECT_EQ(v[1], 0.5);
+  ::close(done_pipe[1]);  // the child's read returns
   int wstatus = 0;
   ASSERT_EQ(::waitpid(child, &wstatus, 0), child);
   EXPECT_TRUE(WIFEXITED(wstatus));
