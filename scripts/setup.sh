@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages that building and testing qtrain need. Idempotent: it does
-# nothing when every package is already installed, so `make` can call it on every run.
+# Installs the Debian 12 packages and the Python tools that building and testing qtrain need.
+# Idempotent: it does nothing when everything is already installed, so `make` can call it on
+# every run.
 set -euo pipefail
+
+# Python tools of the deployment checks (tests/deploy): pinned, from PyPI.
+python_packages=(
+  kubernetes-validate==1.37.0            # Kubernetes schemas, offline (--strict, -k 1.30.0)
+  "grafana-foundation-sdk==1769699379!11.6.0"  # the Grafana 11 dashboard model
+  cloudcoil-models-prometheus-operator==0.80.1.0  # the prometheus-operator CRD types
+  jsonschema PyYAML
+)
 
 packages=(
   build-essential cmake ninja-build pkg-config git python3
@@ -11,6 +20,7 @@ packages=(
   libsqlite3-dev libopenblas-dev libgloo-dev libutf8proc-dev
   nlohmann-json3-dev libyaml-cpp-dev libcli11-dev
   clang libclang-rt-14-dev libomp-14-dev
+  prometheus
 )
 # Extra packages some targets want; absent ones only disable those targets.
 optional=(fortunes fortunes-zh)
@@ -19,14 +29,38 @@ missing=()
 for p in "${packages[@]}" "${optional[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
-
-echo "setup: installing ${missing[*]}" >&2
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null || { echo "setup: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
-  sudo=sudo
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "setup: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
+    sudo=sudo
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+
+# The Python tools: installed when `pip check`-style lookup finds a pin unmet.
+python_missing=()
+for spec in "${python_packages[@]}"; do
+  python3 - "$spec" <<'PY' 2>/dev/null || python_missing+=("$spec")
+import sys
+from importlib.metadata import version, PackageNotFoundError
+name, _, pin = sys.argv[1].partition("==")
+try:
+    installed = version(name)
+except PackageNotFoundError:
+    sys.exit(1)
+sys.exit(0 if not pin or installed == pin else 1)
+PY
+done
+if [ ${#python_missing[@]} -gt 0 ]; then
+  echo "setup: pip installing ${python_missing[*]}" >&2
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    "${python_missing[@]}"
+fi
+
+# kubectl (with its built-in kustomize) renders the manifests in tests/deploy; Debian 12 has no
+# package of it, so it must come with the machine.
+command -v kubectl >/dev/null || echo "setup: kubectl is not installed; the manifest checks will fail" >&2
