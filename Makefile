@@ -1,8 +1,9 @@
 # qtrain: `make demo` runs the demo, `make test` builds and runs every test (see README.md).
 # Both install missing Debian packages first (scripts/setup.sh, idempotent).
 #
-# Build trees: build/ (the default build; binaries in build/bin), build/fuzz (clang + libFuzzer
-# + ASan/UBSan, fuzz targets only), build/asan (clang + ASan/UBSan, unit tests).
+# Build trees: build/ (the default build; binaries in build/bin) and build/sanitize (clang +
+# ASan/UBSan with libFuzzer's coverage instrumentation): the fuzz targets and the unit tests
+# under the sanitizers share its libraries, so CI compiles them once.
 
 BUILD ?= build
 JOBS ?= $(shell nproc)
@@ -16,7 +17,7 @@ SANITIZER_BUILD := -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -gline-tables-only -DNDEBUG" \
   -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O2 -gline-tables-only -DNDEBUG"
 
-.PHONY: all setup build test unit-test fuzz asan demo bench-data-parallel clean
+.PHONY: all setup build test unit-test sanitize-configure fuzz asan demo bench-data-parallel clean
 
 all: build
 
@@ -33,21 +34,22 @@ test: unit-test fuzz
 unit-test: build
 	ctest --test-dir $(BUILD) -L 'unit|integration' --output-on-failure -j $(JOBS)
 
-fuzz: setup
-	CC=clang CXX=clang++ cmake -S . -B $(BUILD)/fuzz -G "$(GENERATOR)" $(SANITIZER_BUILD) \
-	  -DQTRAIN_FUZZ=ON -DQTRAIN_SANITIZE=$(SANITIZERS) -DQTRAIN_CUDA=OFF -DQTRAIN_BUILD_TESTS=OFF \
-	  -DQTRAIN_BUILD_BENCH=OFF -DQTRAIN_FUZZ_SECONDS=$(FUZZ_SECONDS) $(CMAKE_FLAGS)
-	cmake --build $(BUILD)/fuzz --target qtrain_all_fuzzers -j $(JOBS)
-	ctest --test-dir $(BUILD)/fuzz -L fuzz --output-on-failure -j $(JOBS)
+SANITIZE_BUILD := $(BUILD)/sanitize
+sanitize-configure: setup
+	CC=clang CXX=clang++ cmake -S . -B $(SANITIZE_BUILD) -G "$(GENERATOR)" $(SANITIZER_BUILD) \
+	  -DQTRAIN_FUZZ=ON -DQTRAIN_SANITIZE=$(SANITIZERS) -DQTRAIN_CUDA=OFF -DQTRAIN_BUILD_BENCH=OFF \
+	  -DQTRAIN_FUZZ_SECONDS=$(FUZZ_SECONDS) $(CMAKE_FLAGS)
+
+fuzz: sanitize-configure
+	cmake --build $(SANITIZE_BUILD) --target qtrain_all_fuzzers -j $(JOBS)
+	ctest --test-dir $(SANITIZE_BUILD) -L fuzz --output-on-failure -j $(JOBS)
 
 # Unit tests under AddressSanitizer + UndefinedBehaviorSanitizer (CI runs this after `make test`).
-asan: setup
-	CC=clang CXX=clang++ cmake -S . -B $(BUILD)/asan -G "$(GENERATOR)" $(SANITIZER_BUILD) \
-	  -DQTRAIN_SANITIZE=$(SANITIZERS) -DQTRAIN_CUDA=OFF -DQTRAIN_BUILD_BENCH=OFF $(CMAKE_FLAGS)
-	cmake --build $(BUILD)/asan --target qtrain_unit_tests -j $(JOBS)
+asan: sanitize-configure
+	cmake --build $(SANITIZE_BUILD) --target qtrain_unit_tests -j $(JOBS)
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp \
-	  ctest --test-dir $(BUILD)/asan -L unit --output-on-failure -j $(JOBS)
+	  ctest --test-dir $(SANITIZE_BUILD) -L unit --output-on-failure -j $(JOBS)
 
 demo: build
 	scripts/demo.sh $(BUILD)
