@@ -1,48 +1,42 @@
 #include "common/metrics_server.h"
 
-#include <dlfcn.h>
+#include <fcntl.h>
 #include <netdb.h>
-#include <pthread.h>
+#include <poll.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
-#include <exception>
+#include <thread>
 #include <utility>
 #include <vector>
 
-#include "CivetServer.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
-#include "civetweb.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/file_util.h"
 #include "common/status_macros.h"
-#include "prometheus/exposer.h"
+#include "prometheus/text_serializer.h"
 
-// civetweb as Debian builds it gives its threads a fixed 100 KiB stack, and glibc carves the
-// process's static TLS out of that: in a process with large TLS (OpenBLAS alone takes 60 KiB)
-// too little is left, and civetweb's error responses (16+ KiB of buffers) overflow it. Stack
-// sizes asked for below kMinThreadStack are raised to it, for every caller in the process.
-namespace {
-constexpr size_t kMinThreadStack = size_t{1} << 20;
-}  // namespace
-
-extern "C" int pthread_attr_setstacksize(pthread_attr_t* attr, size_t size) {
-  using Fn = int (*)(pthread_attr_t*, size_t);
-  static const Fn real = reinterpret_cast<Fn>(::dlsym(RTLD_NEXT, "pthread_attr_setstacksize"));
-  if (real == nullptr) return EINVAL;
-  return real(attr, std::max(size, kMinThreadStack));
-}
-
+// A small HTTP/1.1 server of its own (one thread, poll, one request per connection) rather than
+// prometheus-cpp's civetweb exposer: it serves exactly GET /metrics, bounds what a client can
+// make it hold, binds IPv6 too, and stops at once.
 namespace qtrain {
 namespace {
 
 constexpr absl::string_view kMetricsPath = "/metrics";
 constexpr size_t kMaxHostBytes = 253;
-constexpr unsigned kCivetIpv6 = 8;  // mg_check_feature's bit for IPv6 support
+constexpr size_t kMaxRequestBytes = 16 << 10;  // request line and headers
+constexpr size_t kMaxConnections = 16;         // open at once
+constexpr absl::Duration kConnectionTimeout = absl::Seconds(10);
 
 struct ListenAddress {
   std::string host;  // without brackets
@@ -94,77 +88,214 @@ absl::StatusOr<ListenAddress> ParseListen(absl::string_view listen, absl::string
   return out;
 }
 
-// The numeric address civetweb binds ("127.0.0.1", "[::1]"): civetweb takes no host names.
-absl::StatusOr<std::string> NumericHost(const ListenAddress& address, absl::string_view listen) {
+// Binds a listening socket to the first address `address` resolves to that can be bound
+// (IPv4 first: what "localhost" usually means to a scraper). Returns the socket.
+absl::StatusOr<int> Bind(const ListenAddress& address, absl::string_view listen) {
   addrinfo hints{};
   hints.ai_family = address.ipv6 ? AF_INET6 : AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_PASSIVE | (address.ipv6 ? AI_NUMERICHOST : 0);
   addrinfo* found = nullptr;
-  const int rc = ::getaddrinfo(address.host.c_str(), nullptr, &hints, &found);
+  const std::string port = absl::StrCat(address.port);
+  const int rc = ::getaddrinfo(address.host.c_str(), port.c_str(), &hints, &found);
   if (rc != 0 || found == nullptr) {
     return absl::UnavailableError(absl::StrCat("metrics server: cannot resolve '", address.host,
                                                "' of ", listen, ": ", ::gai_strerror(rc)));
   }
-  // The first IPv4 address if there is one (what "localhost" usually means to a scraper).
-  const addrinfo* pick = found;
+  std::vector<const addrinfo*> candidates;
   for (const addrinfo* a = found; a != nullptr; a = a->ai_next) {
-    if (a->ai_family == AF_INET) {
-      pick = a;
-      break;
+    if (a->ai_family == AF_INET) candidates.push_back(a);
+  }
+  for (const addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    if (a->ai_family == AF_INET6) candidates.push_back(a);
+  }
+  std::string error = "no IPv4 or IPv6 address";
+  for (const addrinfo* a : candidates) {
+    const int fd = ::socket(a->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      error = std::strerror(errno);
+      continue;
     }
+    const int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (::bind(fd, a->ai_addr, a->ai_addrlen) == 0 && ::listen(fd, 64) == 0) {
+      ::freeaddrinfo(found);
+      return fd;
+    }
+    error = std::strerror(errno);
+    ::close(fd);
   }
-  char text[NI_MAXHOST];
-  const int name_rc = ::getnameinfo(pick->ai_addr, pick->ai_addrlen, text, sizeof(text), nullptr, 0,
-                                    NI_NUMERICHOST);
-  const bool v6 = pick->ai_family == AF_INET6;
   ::freeaddrinfo(found);
-  if (name_rc != 0) {
-    return absl::UnavailableError(
-        absl::StrCat("metrics server: cannot resolve '", address.host, "' of ", listen));
-  }
-  return v6 ? absl::StrCat("[", text, "]") : std::string(text);
+  return absl::UnavailableError(
+      absl::StrCat("metrics server: cannot listen on ", listen, ": ", error));
 }
 
-// A short plain-text answer. (Not mg_send_http_error: it formats into a fixed buffer and
-// has crashed in some processes.)
-void Answer(mg_connection* conn, int status, absl::string_view body, const char* allow) {
-  mg_response_header_start(conn, status);
-  mg_response_header_add(conn, "Content-Type", "text/plain; charset=utf-8", -1);
-  if (allow != nullptr) mg_response_header_add(conn, "Allow", allow, -1);
-  const std::string length = absl::StrCat(body.size());
-  mg_response_header_add(conn, "Content-Length", length.c_str(), -1);
-  mg_response_header_send(conn);
-  if (!body.empty()) mg_write(conn, body.data(), body.size());
+absl::StatusOr<int> BoundPort(int fd) {
+  sockaddr_storage addr{};
+  socklen_t len = sizeof(addr);
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    return absl::InternalError(absl::StrCat("metrics server: getsockname: ", std::strerror(errno)));
+  }
+  if (addr.ss_family == AF_INET6) return ntohs(reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port);
+  return ntohs(reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
 }
 
-// Answers everything but GET /metrics before the exposer's handler sees it: civetweb
-// would otherwise hand it /metrics/anything too.
-int BeginRequest(mg_connection* conn) {
-  const mg_request_info* info = mg_get_request_info(conn);
-  const absl::string_view uri = info->local_uri != nullptr ? info->local_uri : "";
-  const absl::string_view method = info->request_method != nullptr ? info->request_method : "";
-  if (uri != kMetricsPath) {
-    Answer(conn, 404, "not found: only /metrics is served\n", nullptr);
-    return 404;
-  }
-  if (method != "GET") {
-    Answer(conn, 405, "method not allowed: GET /metrics\n", "GET");
-    return 405;
-  }
-  return 0;  // the exposer serves it
+std::string Response(int status, absl::string_view reason, absl::string_view content_type,
+                     absl::string_view body, absl::string_view extra_headers = "") {
+  return absl::StrCat("HTTP/1.1 ", status, " ", reason, "\r\nContent-Type: ", content_type,
+                      "\r\nContent-Length: ", body.size(), "\r\n", extra_headers,
+                      "Connection: close\r\n\r\n", body);
 }
 
-// civetweb's own messages (a client that went away, a bad request) are no daemon events.
-int QuietLog(const mg_connection*, const char*) { return 1; }
+std::string PlainResponse(int status, absl::string_view reason, absl::string_view body,
+                          absl::string_view extra_headers = "") {
+  return Response(status, reason, "text/plain; charset=utf-8", body, extra_headers);
+}
+
+// One client connection: the request read so far, then the response being written.
+struct Connection {
+  ScopedFd fd;
+  absl::Time deadline;
+  std::string request;
+  std::string response;
+  size_t sent = 0;
+  bool answering = false;
+};
 
 }  // namespace
 
 class MetricsServer::Impl {
  public:
-  std::unique_ptr<prometheus::Exposer> exposer;
-  std::shared_ptr<prometheus::Registry> registry;
-  std::string address;
+  Impl(ScopedFd listen_fd, ScopedFd wake_read, ScopedFd wake_write,
+       std::shared_ptr<prometheus::Registry> registry, std::string address)
+      : listen_fd_(std::move(listen_fd)),
+        wake_read_(std::move(wake_read)),
+        wake_write_(std::move(wake_write)),
+        registry_(std::move(registry)),
+        address_(std::move(address)) {
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~Impl() {
+    stop_ = true;
+    const char byte = 0;
+    (void)!::write(wake_write_.get(), &byte, 1);
+    thread_.join();
+  }
+  const std::string& address() const { return address_; }
+
+ private:
+  void Loop() {
+    std::vector<Connection> connections;
+    while (!stop_) {
+      std::vector<pollfd> fds = {{listen_fd_.get(), POLLIN, 0}, {wake_read_.get(), POLLIN, 0}};
+      absl::Time next_deadline = absl::InfiniteFuture();
+      for (const Connection& c : connections) {
+        fds.push_back({c.fd.get(), static_cast<short>(c.answering ? POLLOUT : POLLIN), 0});
+        next_deadline = std::min(next_deadline, c.deadline);
+      }
+      const int wait_ms =
+          next_deadline == absl::InfiniteFuture()
+              ? -1
+              : static_cast<int>(std::clamp<int64_t>(
+                    absl::ToInt64Milliseconds(next_deadline - absl::Now()) + 1, 0, 60000));
+      if (::poll(fds.data(), fds.size(), wait_ms) < 0 && errno != EINTR) return;
+      if (stop_) return;
+      for (size_t i = 0; i < connections.size(); ++i) {
+        if (fds[i + 2].revents != 0) Serve(connections[i], fds[i + 2].revents);
+      }
+      const absl::Time now = absl::Now();
+      std::erase_if(connections,
+                    [now](const Connection& c) { return c.fd.get() < 0 || now >= c.deadline; });
+      if ((fds[0].revents & POLLIN) != 0) Accept(connections);
+    }
+  }
+
+  void Accept(std::vector<Connection>& connections) {
+    while (true) {
+      const int fd = ::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0) return;  // EAGAIN: none left (other errors: the next poll tries again)
+      if (connections.size() >= kMaxConnections) {
+        // Full: the oldest connection still sending its request makes room (stalled clients
+        // cannot keep a scraper out).
+        auto oldest = std::find_if(connections.begin(), connections.end(),
+                                   [](const Connection& c) { return !c.answering; });
+        if (oldest == connections.end()) {
+          ::close(fd);
+          continue;
+        }
+        connections.erase(oldest);
+      }
+      Connection c;
+      c.fd = ScopedFd(fd);
+      c.deadline = absl::Now() + kConnectionTimeout;
+      connections.push_back(std::move(c));
+    }
+  }
+
+  void Serve(Connection& c, short revents) {
+    if (!c.answering) {
+      char buffer[4096];
+      const ssize_t n = ::recv(c.fd.get(), buffer, sizeof(buffer), 0);
+      if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+        c.fd = ScopedFd();  // the client went away
+        return;
+      }
+      if (n > 0) c.request.append(buffer, static_cast<size_t>(n));
+      const size_t end = c.request.find("\r\n\r\n");
+      if (end == std::string::npos && c.request.size() <= kMaxRequestBytes) return;
+      c.response = end == std::string::npos || end > kMaxRequestBytes
+                       ? PlainResponse(400, "Bad Request", "bad request: headers too large\n")
+                       : Answer(c.request.substr(0, end));
+      c.request.clear();
+      c.answering = true;
+    } else if ((revents & (POLLERR | POLLHUP)) != 0 && (revents & POLLOUT) == 0) {
+      c.fd = ScopedFd();
+      return;
+    }
+    while (c.sent < c.response.size()) {
+      const ssize_t n =
+          ::send(c.fd.get(), c.response.data() + c.sent, c.response.size() - c.sent, MSG_NOSIGNAL);
+      if (n < 0) {
+        if (errno != EAGAIN && errno != EINTR) c.fd = ScopedFd();
+        return;
+      }
+      c.sent += static_cast<size_t>(n);
+    }
+    ::shutdown(c.fd.get(), SHUT_WR);
+    c.fd = ScopedFd();
+  }
+
+  // The response to a request whose head (request line and headers) is `head`.
+  std::string Answer(absl::string_view head) const {
+    const absl::string_view line = head.substr(0, head.find("\r\n"));
+    const std::vector<absl::string_view> parts = absl::StrSplit(line, ' ');
+    const bool well_formed = parts.size() == 3 && !parts[0].empty() &&
+                             absl::StartsWith(parts[1], "/") &&
+                             absl::StartsWith(parts[2], "HTTP/") &&
+                             std::all_of(parts[0].begin(), parts[0].end(), absl::ascii_isupper);
+    if (!well_formed) return PlainResponse(400, "Bad Request", "bad request\n");
+    if (parts[2] != "HTTP/1.0" && parts[2] != "HTTP/1.1") {
+      return PlainResponse(505, "HTTP Version Not Supported", "HTTP/1.0 or HTTP/1.1 only\n");
+    }
+    const absl::string_view path = parts[1].substr(0, parts[1].find('?'));
+    if (path != kMetricsPath) {
+      return PlainResponse(404, "Not Found", "not found: only /metrics is served\n");
+    }
+    if (parts[0] != "GET") {
+      return PlainResponse(405, "Method Not Allowed", "method not allowed: GET /metrics\n",
+                           "Allow: GET\r\n");
+    }
+    const std::string body = prometheus::TextSerializer().Serialize(registry_->Collect());
+    return Response(200, "OK", "text/plain; version=0.0.4; charset=utf-8", body);
+  }
+
+  ScopedFd listen_fd_;
+  ScopedFd wake_read_;
+  ScopedFd wake_write_;
+  std::shared_ptr<prometheus::Registry> registry_;
+  const std::string address_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
 };
 
 absl::Status CheckMetricsListen(const std::string& listen, const std::string& flag) {
@@ -175,48 +306,24 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
     const MetricsServerOptions& options, std::shared_ptr<prometheus::Registry> registry) {
   if (registry == nullptr) return absl::InvalidArgumentError("metrics server: no registry");
   QTRAIN_ASSIGN_OR_RETURN(ListenAddress address, ParseListen(options.listen, "--metrics-listen"));
-  QTRAIN_ASSIGN_OR_RETURN(std::string numeric, NumericHost(address, options.listen));
-  if (absl::StartsWith(numeric, "[") && mg_check_feature(kCivetIpv6) == 0) {
-    return absl::UnavailableError(absl::StrCat("metrics server: cannot listen on ", options.listen,
-                                               ": this build's HTTP server has no IPv6 support"));
+  QTRAIN_ASSIGN_OR_RETURN(const int fd, Bind(address, options.listen));
+  ScopedFd listen_fd(fd);
+  QTRAIN_ASSIGN_OR_RETURN(const int port, BoundPort(listen_fd.get()));
+  int wake[2];
+  if (::pipe2(wake, O_CLOEXEC | O_NONBLOCK) != 0) {
+    return absl::InternalError(absl::StrCat("metrics server: pipe: ", std::strerror(errno)));
   }
-  static const CivetCallbacks* const callbacks = [] {
-    auto* c = new CivetCallbacks();
-    c->begin_request = BeginRequest;
-    c->log_message = QuietLog;
-    return c;
-  }();
-  std::vector<std::string> civet_options = {
-      "listening_ports",    absl::StrCat(numeric, ":", address.port),
-      "num_threads",        "2",
-      "request_timeout_ms", "10000",
-      "enable_keep_alive",  "no"};
-  auto impl = std::make_unique<Impl>();
-  try {
-    impl->exposer = std::make_unique<prometheus::Exposer>(std::move(civet_options), callbacks);
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(
-        absl::StrCat("metrics server: cannot listen on ", options.listen, ": ", e.what()));
-  }
-  const std::vector<int> ports = impl->exposer->GetListeningPorts();
-  if (ports.size() != 1 || ports[0] <= 0) {
-    return absl::UnavailableError(
-        absl::StrCat("metrics server: no port bound for ", options.listen));
-  }
-  impl->registry = std::move(registry);
-  impl->exposer->RegisterCollectable(impl->registry, std::string(kMetricsPath));
-  impl->address = address.ipv6 ? absl::StrCat("[", address.host, "]:", ports[0])
-                               : absl::StrCat(address.host, ":", ports[0]);
-  return std::unique_ptr<MetricsServer>(new MetricsServer(std::move(impl)));
+  std::string bound = address.ipv6 ? absl::StrCat("[", address.host, "]:", port)
+                                   : absl::StrCat(address.host, ":", port);
+  return std::unique_ptr<MetricsServer>(new MetricsServer(
+      std::make_unique<Impl>(std::move(listen_fd), ScopedFd(wake[0]), ScopedFd(wake[1]),
+                             std::move(registry), std::move(bound))));
 }
 
 MetricsServer::MetricsServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
-MetricsServer::~MetricsServer() {
-  // Stop serving before the registry reference goes.
-  impl_->exposer.reset();
-}
+MetricsServer::~MetricsServer() = default;
 
-const std::string& MetricsServer::address() const { return impl_->address; }
+const std::string& MetricsServer::address() const { return impl_->address(); }
 
 }  // namespace qtrain
