@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -19,6 +20,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/file_util.h"
 #include "common/logging.h"
+#include "common/rpc_metrics.h"
 #include "common/status_macros.h"
 #include "google/protobuf/message.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -35,32 +37,33 @@ namespace {
 constexpr std::string_view kHealthService = "grpc.health.v1.Health";
 constexpr absl::string_view kReflectionPrefix = "/grpc.reflection.";
 
-// Records the names of the services the server ended up with (ours plus health and
-// reflection), which grpc::Service does not expose.
+// Reports the names of the services the server ended up with (ours plus health and
+// reflection), which grpc::Service does not expose: once before the server starts (the
+// registered services) and once after (with the ones added while starting).
+using ServiceListCallback = std::function<void(const std::vector<std::string>&)>;
+
 class ServiceListPlugin : public grpc::ServerBuilderPlugin {
  public:
-  explicit ServiceListPlugin(std::shared_ptr<std::vector<std::string>> names)
-      : names_(std::move(names)) {}
+  explicit ServiceListPlugin(ServiceListCallback on_list) : on_list_(std::move(on_list)) {}
   std::string name() override { return "qtrain_service_list"; }
-  void InitServer(grpc::ServerInitializer*) override {}
-  void Finish(grpc::ServerInitializer* si) override { *names_ = *si->GetServiceList(); }
+  void InitServer(grpc::ServerInitializer* si) override { on_list_(*si->GetServiceList()); }
+  void Finish(grpc::ServerInitializer* si) override { on_list_(*si->GetServiceList()); }
   void ChangeArguments(const std::string&, void*) override {}
 
  private:
-  std::shared_ptr<std::vector<std::string>> names_;
+  ServiceListCallback on_list_;
 };
 
 class ServiceListOption : public grpc::ServerBuilderOption {
  public:
-  explicit ServiceListOption(std::shared_ptr<std::vector<std::string>> names)
-      : names_(std::move(names)) {}
+  explicit ServiceListOption(ServiceListCallback on_list) : on_list_(std::move(on_list)) {}
   void UpdateArguments(grpc::ChannelArguments*) override {}
   void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
-    plugins->push_back(std::make_unique<ServiceListPlugin>(names_));
+    plugins->push_back(std::make_unique<ServiceListPlugin>(on_list_));
   }
 
  private:
-  std::shared_ptr<std::vector<std::string>> names_;
+  ServiceListCallback on_list_;
 };
 
 // Reflection is gRPC's own service, so its handlers cannot call ServerSecurity::Check. When
@@ -197,13 +200,21 @@ absl::StatusOr<std::unique_ptr<RpcServer>> RpcServer::Start(
   builder.AddListeningPort(options.listen, server->security_.credentials(), &selected_port);
   ConfigureChannel(options, &builder);
   for (grpc::Service* service : services) builder.RegisterService(service);
+  std::shared_ptr<RpcMetrics> metrics;
+  if (options.metrics != nullptr) metrics = std::make_shared<RpcMetrics>(options.metrics);
   auto names = std::make_shared<std::vector<std::string>>();
-  builder.SetOption(std::make_unique<ServiceListOption>(names));
+  builder.SetOption(
+      std::make_unique<ServiceListOption>([names, metrics](const std::vector<std::string>& list) {
+        *names = list;
+        if (metrics != nullptr) metrics->SetServices(list);
+      }));
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> factories;
   if (server->security_.requires_tokens()) {
-    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> factories;
     factories.push_back(std::make_unique<ReflectionAuthFactory>(&server->security_));
-    builder.experimental().SetInterceptorCreators(std::move(factories));
   }
+  // After the reflection check, so that the status it imposes is the one counted.
+  if (metrics != nullptr) factories.push_back(metrics->InterceptorFactory());
+  if (!factories.empty()) builder.experimental().SetInterceptorCreators(std::move(factories));
 
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || selected_port == 0) {

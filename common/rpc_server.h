@@ -19,6 +19,7 @@
 #include "common/rpc_security.h"
 #include "grpcpp/impl/service_type.h"
 #include "grpcpp/server.h"
+#include "prometheus/registry.h"
 
 namespace qtrain {
 
@@ -28,6 +29,9 @@ struct RpcServerOptions {
   // Larger requests are refused with RESOURCE_EXHAUSTED by gRPC before any handler runs.
   int max_receive_message_bytes = 16 << 20;
   int max_send_message_bytes = 64 << 20;
+  // When set, every call is counted and timed on it (rpc_metrics.h: qtrain_rpc_total,
+  // qtrain_rpc_seconds).
+  std::shared_ptr<prometheus::Registry> metrics;
 };
 
 class RpcServer {

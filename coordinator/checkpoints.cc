@@ -83,6 +83,13 @@ absl::Status CheckFilesOnDisk(const v1::CommitCheckpointRequest& r) {
 
 absl::StatusOr<v1::CommitCheckpointResponse> Coordinator::CommitCheckpoint(
     const v1::CommitCheckpointRequest& request) {
+  absl::StatusOr<v1::CommitCheckpointResponse> response = ReportCheckpoint(request);
+  if (!response.ok() && options_.metrics != nullptr) options_.metrics->CheckpointFailed();
+  return response;
+}
+
+absl::StatusOr<v1::CommitCheckpointResponse> Coordinator::ReportCheckpoint(
+    const v1::CommitCheckpointRequest& request) {
   QTRAIN_RETURN_IF_ERROR(CheckLength(request.directory(), kMaxPathBytes, "directory"));
   QTRAIN_RETURN_IF_ERROR(CheckFiles(request));
   absl::MutexLock lock(&mu_);
@@ -168,6 +175,9 @@ absl::StatusOr<v1::CommitCheckpointResponse> Coordinator::CommitCheckpoint(
   batch.PutCheckpoint(checkpoint);
   if (checkpoint.state() == v1::CHECKPOINT_STATE_COMMITTED) ApplyRetentionLocked(*record, batch);
   QTRAIN_RETURN_IF_ERROR(CommitLocked(batch));
+  if (checkpoint.state() == v1::CHECKPOINT_STATE_COMMITTED && options_.metrics != nullptr) {
+    options_.metrics->CheckpointCommitted();
+  }
   v1::CommitCheckpointResponse response;
   *response.mutable_checkpoint() = steps[request.step()];
   return response;

@@ -141,6 +141,7 @@ void Coordinator::SetStateLocked(JobRecord& record, v1::JobState state, std::str
   if (state == v1::JOB_STATE_RUNNING && !job.has_start_time()) {
     *job.mutable_start_time() = ToProto(now);
   }
+  if (state == v1::JOB_STATE_RUNNING && from != state) record.last_progress = now;
   if (IsTerminal(state)) *job.mutable_end_time() = ToProto(now);
   batch.PutJob(job);
   if (from == state) return;
@@ -263,6 +264,7 @@ absl::StatusOr<v1::Job> Coordinator::CreateJob(const v1::CreateJobRequest& reque
   job.set_run_directory(run_directory);
   job.mutable_progress()->set_total_steps(*total_steps);
   *job.mutable_create_time() = ToProto(Now());
+  record->last_progress = Now();
 
   StoreBatch batch;
   batch.SetNextJobNumber(number + 1);

@@ -27,6 +27,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "coordinator/metrics.h"
 #include "coordinator/store.h"
 #include "qtrain/v1/jobs.pb.h"
 #include "qtrain/v1/worker.pb.h"
@@ -53,6 +54,8 @@ struct CoordinatorOptions {
   int64_t max_group_size = 0;
   Clock clock;            // default: absl::Now
   DataPlanner plan_data;  // required; DefaultDataPlanner() in shard_plan.h
+  // Event counters (lease expiries, checkpoint outcomes); not owned. Null: no metrics.
+  CoordinatorMetrics* metrics = nullptr;
 };
 
 // Result of GetKey, delivered to its callback exactly once.
@@ -112,6 +115,9 @@ class Coordinator {
   void Tick();
 
   absl::Duration lease() const { return options_.lease; }
+  // Jobs and workers by state and the unfinished jobs' progress (metrics.cc): a copy taken
+  // under the mutex, cheap enough for every scrape.
+  CoordinatorSnapshot MetricsSnapshot() const;
   absl::Duration heartbeat_interval() const;
 
  private:
@@ -150,6 +156,8 @@ class Coordinator {
     // When the job's last round failed (it is RESTARTING): the regroup window starts here.
     std::optional<absl::Time> failed_at;
     int64_t last_metrics_step = -1;
+    // The last step advance, or when it began RUNNING or came into memory (metrics only).
+    absl::Time last_progress;
     int64_t last_eval_step = -1;
     std::vector<std::pair<int64_t, std::function<void()>>> event_waiters;
   };
@@ -233,6 +241,9 @@ class Coordinator {
   void PutWorkerLocked(WorkerRecord& worker, StoreBatch& batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // checkpoints.cc
+  // CommitCheckpoint without the metrics: one rank's report of a checkpoint.
+  absl::StatusOr<v1::CommitCheckpointResponse> ReportCheckpoint(
+      const v1::CommitCheckpointRequest& request) ABSL_LOCKS_EXCLUDED(mu_);
   // The COMMITTED checkpoint of `job` at `step` if `rank` reported files for it.
   const v1::Checkpoint* CommittedWithRankLocked(absl::string_view job, int64_t step, int64_t rank)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -46,10 +46,11 @@ inline v1::JobSpec TestSpec(const std::string& name = "t") {
 class Harness {
  public:
   explicit Harness(const std::string& name, absl::Duration lease = absl::Seconds(10),
-                   absl::Duration settle = absl::Seconds(1))
+                   absl::Duration settle = absl::Seconds(1), CoordinatorMetrics* metrics = nullptr)
       : dir_((std::filesystem::path(::testing::TempDir()) / ("coord_" + name)).string()),
         lease_(lease),
-        settle_(settle) {
+        settle_(settle),
+        metrics_(metrics) {
     std::filesystem::remove_all(dir_);
     std::filesystem::create_directories(dir_);
     Open();
@@ -65,6 +66,7 @@ class Harness {
     options.lease = lease_;
     options.settle = settle_;
     options.max_group_size = max_group_size;
+    options.metrics = metrics_;
     options.clock = [this] { return now_; };
     options.plan_data = [](const v1::JobSpec& spec, int stage, int64_t start, int64_t end, int rank,
                            int world) -> absl::StatusOr<v1::DataAssignment> {
@@ -221,6 +223,7 @@ class Harness {
  private:
   std::string dir_;
   absl::Duration lease_, settle_;
+  CoordinatorMetrics* metrics_;
   absl::Time now_ = absl::FromUnixSeconds(1800000000);
   std::unique_ptr<Store> store_;
   std::unique_ptr<Coordinator> c_;

@@ -261,6 +261,7 @@ void Coordinator::HandleProgressLocked(WorkerRecord& worker, const v1::Heartbeat
   if (p.has_eval_loss()) progress->set_eval_loss(p.eval_loss());
   if (new_step) {
     record->last_metrics_step = p.step();
+    record->last_progress = Now();
     v1::JobEvent event;
     v1::StepMetrics* m = event.mutable_step_metrics();
     m->set_stage(p.stage());
@@ -365,6 +366,7 @@ void Coordinator::ReleaseRoundLocked(JobRecord& record, const std::string& abort
     if (c != steps.end() && c->second.state() == v1::CHECKPOINT_STATE_WRITING) {
       c->second.set_state(v1::CHECKPOINT_STATE_FAILED);
       batch.PutCheckpoint(c->second);
+      if (options_.metrics != nullptr) options_.metrics->CheckpointFailed();
     }
   }
   round.live = false;
@@ -415,6 +417,7 @@ void Coordinator::CheckLeasesLocked() {
         absl::StrCat("worker ", w.worker.name(), " lost its lease (no heartbeat for ",
                      absl::FormatDuration(options_.lease), ")");
     QTRAIN_LOG(WARNING) << reason;
+    if (options_.metrics != nullptr) options_.metrics->LeaseExpired();
     const std::string job_name = w.worker.job();
     const bool assigned = !w.worker.job().empty();
     const int64_t rank = w.worker.rank();

@@ -71,6 +71,7 @@ absl::Status Coordinator::Load() {
     record->stage_starts = *std::move(starts);
     record->job = std::move(job);
     record->last_metrics_step = record->job.progress().step();
+    record->last_progress = now;
     if (record->job.state() == v1::JOB_STATE_RESTARTING && record->job.has_update_time()) {
       // The regroup window runs from the failure (the state's last change), not the restart.
       record->failed_at = std::min(now, FromProto(record->job.update_time()));

@@ -2,6 +2,7 @@
 
 #include <omp.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -9,6 +10,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -32,6 +34,7 @@
 #include "worker/daemon/peer_host.h"
 #include "worker/daemon/watched_communicator.h"
 #include "worker/daemon/work_dir.h"
+#include "worker/model/flops.h"
 #include "worker/model/model_source.h"
 #include "worker/train/checkpoint_store.h"
 #include "worker/train/job_setup.h"
@@ -46,6 +49,15 @@ namespace fs = std::filesystem;
 std::atomic<bool> g_stop_signal{false};
 
 extern "C" void OnStopSignal(int) { g_stop_signal.store(true); }
+
+// This process's resident set in bytes (/proc/self/statm); 0 when it cannot be read.
+int64_t ResidentBytes() {
+  std::ifstream statm("/proc/self/statm");
+  int64_t size_pages = 0, resident_pages = 0;
+  if (!(statm >> size_pages >> resident_pages)) return 0;
+  const long page = ::sysconf(_SC_PAGESIZE);
+  return page > 0 ? resident_pages * page : 0;
+}
 
 // SIGTERM and SIGINT set g_stop_signal, SIGPIPE is ignored (a closed events pipe is an error of
 // write(), not a death) for the life of the object.
@@ -169,6 +181,7 @@ class StageChild {
   const int64_t step_delay_ms_;
   std::string options_checkpoint_root_;  // <run_directory>/checkpoints
   std::vector<int64_t> stage_start_;
+  model::ModelConfig model_config_;  // the job's model (the stages differ only in RoPE)
   bool retryable_ = true;
   absl::Status emit_error_;  // the first failed write of an event from a trainer callback
   bool join_failed_ = false;
@@ -387,6 +400,15 @@ void StageChild::OnStep(const train::StepReport& r) {
   if (r.eval_loss) p->set_eval_loss(*r.eval_loss);
   p->set_total_steps(r.total_steps);
   p->set_eta_seconds(r.eta_seconds);
+  p->set_step_seconds(r.step_seconds);
+  p->set_data_wait_seconds(r.data_seconds);
+  p->set_comm_seconds(r.comm_seconds);
+  const v1::JobSpec& spec = assignment_.spec();
+  p->set_rank_tokens(spec.batch().global_tokens() / assignment_.world_size());
+  if (r.stage >= 0 && r.stage < spec.curriculum_size()) {
+    p->set_flops_per_token(model::FlopsPerToken(model_config_, spec.curriculum(r.stage).seq_len()));
+  }
+  p->set_memory_bytes(ResidentBytes());
   (void)Emit(event);
   // Test hook: lets a test act while the stage is under way. Cut short by a stop.
   for (int64_t slept = 0; slept < step_delay_ms_ && !stopping(); slept += 10) {
@@ -426,6 +448,7 @@ absl::Status StageChild::OnCheckpoint(const train::CheckpointInfo& info) {
     request->set_data_plan_sha256(it->get<std::string>());
   }
   request->set_directory(info.directory);
+  request->set_write_seconds(info.write_seconds);
   for (const train::CheckpointFileEntry& entry : info.files) {
     v1::CheckpointFile* file = request->add_files();
     file->set_path(entry.path);
@@ -450,6 +473,7 @@ absl::Status StageChild::OnCheckpoint(const train::CheckpointInfo& info) {
 
 absl::Status StageChild::Train(train::PreparedJob& job, std::shared_ptr<const RunDirLock> lock) {
   const v1::Assignment& a = assignment_;
+  model_config_ = job.config;
   train::TrainerOptions options;
   options.run_dir = a.run_directory();
   options.run_dir_lock = std::move(lock);

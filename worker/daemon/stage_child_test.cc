@@ -31,6 +31,7 @@
 #include "worker/comm/rendezvous_store.h"
 #include "worker/daemon/cancellable_store.h"
 #include "worker/daemon/group_connect.h"
+#include "worker/model/flops.h"
 #include "worker/train/job_setup.h"
 #include "worker/train/shard_assignment.h"
 #include "worker/train/test_dataset.h"
@@ -392,6 +393,16 @@ TEST_F(StageChildTest, TwoStagesAsTwoChildrenEndLikeOneUninterruptedRun) {
       EXPECT_EQ(e.progress().tokens_seen(), e.progress().step() * 256);
       EXPECT_GT(e.progress().loss(), 0);
       EXPECT_EQ(e.progress().has_eval_loss(), e.progress().step() == 3);
+      // The step's timings, this rank's tokens, the model's FLOPs and the process's memory.
+      const v1::WorkerProgress& p = e.progress();
+      EXPECT_GT(p.step_seconds(), 0);
+      EXPECT_GE(p.data_wait_seconds(), 0);
+      EXPECT_GE(p.comm_seconds(), 0);
+      EXPECT_LE(p.data_wait_seconds() + p.comm_seconds(), p.step_seconds());
+      EXPECT_EQ(p.rank_tokens(), 256);  // the global batch, one rank
+      EXPECT_DOUBLE_EQ(p.flops_per_token(),
+                       model::FlopsPerToken(job->config, spec_.curriculum(0).seq_len()));
+      EXPECT_GT(p.memory_bytes(), 1 << 20);
     }
     training |= e.phase() == v1::WORKER_PHASE_TRAINING;
     checkpointing |= e.phase() == v1::WORKER_PHASE_CHECKPOINTING;
@@ -412,6 +423,7 @@ TEST_F(StageChildTest, TwoStagesAsTwoChildrenEndLikeOneUninterruptedRun) {
   EXPECT_EQ(end.round(), 3);
   EXPECT_EQ(end.tokens_seen(), 4 * 256);
   EXPECT_EQ(end.data_plan_sha256().size(), 64u);
+  EXPECT_GT(end.write_seconds(), 0);
   EXPECT_EQ(end.directory(), (root_ / "run" / "checkpoints" / "step-000000000004").string());
   std::vector<std::string> names;
   for (const auto& file : end.files()) {

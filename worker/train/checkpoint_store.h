@@ -39,6 +39,9 @@ struct CheckpointInfo {
   std::string directory;
   std::vector<CheckpointFileEntry> files;
   nlohmann::json metadata;  // the caller's object (trainer state, data-plan hash, ...)
+  // Seconds this process spent writing its files of the checkpoint (set by the trainer on what
+  // it hands to on_checkpoint; metrics only).
+  double write_seconds = 0;
 };
 
 // Largest manifest.json read back.

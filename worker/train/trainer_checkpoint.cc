@@ -251,13 +251,17 @@ absl::Status Trainer::State::MaybeCheckpoint(int stage_index, int64_t stop_at) {
 // (1 committed, 0 failed) is broadcast, and every rank reports the files it wrote.
 absl::Status Trainer::State::SaveCheckpoint() {
   Phase(TrainerPhase::kCheckpointing);
+  double staged_seconds = 0;
   if (!lead()) {
+    const Clock::time_point start = Clock::now();
     QTRAIN_RETURN_IF_ERROR(
         StageOptimizerShard(*optimizer, store->root(), step, options.rank, options.world_size));
+    staged_seconds = std::chrono::duration<double>(Clock::now() - start).count();
     Fault("checkpoint_written");
   }
   QTRAIN_RETURN_IF_ERROR(comm->Barrier());
   QTRAIN_ASSIGN_OR_RETURN(CheckpointInfo info, lead() ? CommitCheckpoint() : AwaitCommit());
+  if (!lead()) info.write_seconds = staged_seconds;
   Event(absl::StrCat("checkpoint at step ", step, ": ", info.directory));
   if (options.on_checkpoint) {
     CheckpointInfo own = info;
@@ -284,7 +288,9 @@ absl::StatusOr<CheckpointInfo> Trainer::State::CommitCheckpoint() {
     Fault("checkpoint_written");
     return writer.Commit(CheckpointMetadata());
   };
+  const Clock::time_point start = Clock::now();
   absl::StatusOr<CheckpointInfo> info = commit();
+  if (info.ok()) info->write_seconds = std::chrono::duration<double>(Clock::now() - start).count();
   char verdict = info.ok() ? 1 : 0;
   const absl::Status sent =
       comm->Broadcast(std::as_writable_bytes(std::span(&verdict, 1)), /*root=*/0);

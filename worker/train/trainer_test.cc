@@ -509,6 +509,7 @@ TEST_F(TrainerTest, AStageAtATimeFromNamedCheckpointsEndsIdentically) {
   stage0.on_checkpoint = [&](const CheckpointInfo& info) {
     EXPECT_TRUE(fs::exists(fs::path(info.directory) / "model.safetensors"));
     EXPECT_EQ(info.metadata["step"], info.step);
+    EXPECT_GT(info.write_seconds, 0);  // the time rank 0 spent writing it
     committed.push_back(info.step);
     return absl::OkStatus();
   };
