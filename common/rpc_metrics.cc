@@ -1,5 +1,6 @@
 #include "common/rpc_metrics.h"
 
+#include <atomic>
 #include <string>
 #include <utility>
 
@@ -30,14 +31,16 @@ class MetricsInterceptor : public grpc::experimental::Interceptor {
   MetricsInterceptor(std::shared_ptr<RpcMetrics> metrics, RpcMetrics::Method method)
       : metrics_(std::move(metrics)), method_(std::move(method)), start_(absl::Now()) {}
   ~MetricsInterceptor() override {
-    if (!recorded_) metrics_->Record(method_, grpc::StatusCode::CANCELLED, absl::Now() - start_);
+    if (!recorded_.exchange(true)) {
+      metrics_->Record(method_, grpc::StatusCode::CANCELLED, absl::Now() - start_);
+    }
   }
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
-    if (!recorded_ &&
-        methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
+    // A stream's reads and writes may be intercepted on other threads than its status.
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS) &&
+        !recorded_.exchange(true)) {
       metrics_->Record(method_, methods->GetSendStatus().error_code(), absl::Now() - start_);
-      recorded_ = true;
     }
     methods->Proceed();
   }
@@ -46,7 +49,7 @@ class MetricsInterceptor : public grpc::experimental::Interceptor {
   const std::shared_ptr<RpcMetrics> metrics_;
   const RpcMetrics::Method method_;
   const absl::Time start_;
-  bool recorded_ = false;
+  std::atomic<bool> recorded_{false};
 };
 
 class MetricsInterceptorFactory : public grpc::experimental::ServerInterceptorFactoryInterface {

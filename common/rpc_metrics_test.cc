@@ -3,6 +3,7 @@
 // latency histograms for unary calls only.
 #include "common/rpc_metrics.h"
 
+#include <atomic>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -46,19 +47,24 @@ class TestJobService final : public v1::JobService::CallbackService {
 
   grpc::ServerWriteReactor<v1::JobEvent>* WatchJob(grpc::CallbackServerContext*,
                                                    const v1::WatchJobRequest* request) override {
+    // "jobs/hang" stays open until the client cancels it.
     class Writer : public grpc::ServerWriteReactor<v1::JobEvent> {
      public:
       explicit Writer(const std::string& job) {
         event_.set_job(job);
-        StartWriteAndFinish(&event_, grpc::WriteOptions(), grpc::Status::OK);
+        if (job != "jobs/hang")
+          StartWriteAndFinish(&event_, grpc::WriteOptions(), grpc::Status::OK);
       }
+      void OnCancel() override { Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled")); }
       void OnDone() override { delete this; }
 
      private:
       v1::JobEvent event_;
     };
+    if (request->name() == "jobs/hang") ++hanging;
     return new Writer(request->name());
   }
+  std::atomic<int> hanging{0};  // WatchJob calls of "jobs/hang" started
 
   const ServerSecurity* security = nullptr;
 };
@@ -183,6 +189,29 @@ TEST(RpcMetricsTest, CountsCodesPerMethodAndTimesUnaryCalls) {
   EXPECT_EQ(f.HistogramCount("qtrain.v1.JobService/GetJob"), 3);
   // Streams are counted, not timed.
   EXPECT_EQ(f.HistogramCount("qtrain.v1.JobService/WatchJob"), -1);
+}
+
+TEST(RpcMetricsTest, CountsAStreamTheClientCancelled) {
+  Fixture f;
+  f.Start();
+  const RpcClient client = f.Client();
+  auto stub = v1::JobService::NewStub(client.channel());
+  v1::WatchJobRequest request;
+  request.set_name("jobs/hang");
+  auto context = client.NewContext(absl::Seconds(10));
+  auto reader = stub->WatchJob(context.get(), request);
+  for (int i = 0; i < 500 && f.jobs.hanging.load() == 0; ++i)
+    absl::SleepFor(absl::Milliseconds(10));
+  ASSERT_EQ(f.jobs.hanging.load(), 1);
+  context->TryCancel();
+  v1::JobEvent event;
+  EXPECT_FALSE(reader->Read(&event));
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  for (int i = 0; i < 500 && f.Total("qtrain.v1.JobService/WatchJob", "CANCELLED") < 1; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(f.Total("qtrain.v1.JobService/WatchJob", "CANCELLED"), 1);
+  EXPECT_EQ(f.Total("qtrain.v1.JobService/WatchJob", "OK"), -1);
 }
 
 TEST(RpcMetricsTest, UnknownMethodsShareOneLabel) {

@@ -1,5 +1,8 @@
-// The qtrain-coordinator binary: flags, the address file, the state-dir lock, SIGTERM.
+// The qtrain-coordinator binary: flags, the address file, the state-dir lock, SIGTERM, and
+// the Prometheus endpoint.
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -12,14 +15,19 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "common/rpc_channel.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "qtrain/v1/jobs.grpc.pb.h"
 #include "tests/integration/cli_process.h"
+#include "tests/integration/http_client.h"
 
 namespace {
 
 using ::qtrain::testing_cli::RunCli;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 std::string Binary() {
   const char* dir = std::getenv("QTRAIN_BIN_DIR");
@@ -80,6 +88,28 @@ bool WaitForFile(const std::filesystem::path& path) {
   return false;
 }
 
+std::string ReadFile(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// "HOST:PORT" of an address file, without its newline.
+std::string ReadAddress(const std::filesystem::path& path) {
+  std::string address = ReadFile(path);
+  while (!address.empty() && address.back() == '\n') address.pop_back();
+  return address;
+}
+
+std::string Scrape(const std::string& address) {
+  auto response = qtrain::testing_http::HttpGet(address, "/metrics");
+  EXPECT_TRUE(response.ok()) << response.status();
+  if (!response.ok()) return "";
+  EXPECT_EQ(response->status, 200);
+  return response->body;
+}
+
 TEST(CoordinatorCliTest, ServesWritesTheAddressAndStopsOnSigterm) {
   const auto dir = TestDir("serve");
   const auto address = dir / "address";
@@ -129,6 +159,102 @@ TEST(CoordinatorCliTest, RefusesBadFlags) {
               (dir / "missing").string(), "--cluster-token-file", (dir / "missing").string()},
              dir / "6.log", options),
       "missing");
+}
+
+TEST(CoordinatorCliTest, ServesMetricsWithoutItsTokens) {
+  const auto dir = TestDir("metrics");
+  const std::string user_token = "user-secret-4b1d9e0c7a",
+                    cluster_token = "cluster-secret-93fe21d8";
+  std::ofstream(dir / "user.token") << user_token << "\n";
+  std::ofstream(dir / "cluster.token") << cluster_token << "\n";
+  const auto address_file = dir / "address", metrics_file = dir / "metrics_address";
+  Running coordinator({Binary(), "--listen", "127.0.0.1:0", "--address-file", address_file.string(),
+                       "--metrics-listen", "127.0.0.1:0", "--metrics-address-file",
+                       metrics_file.string(), "--state-dir", (dir / "state").string(), "--run-root",
+                       (dir / "runs").string(), "--auth-token-file", (dir / "user.token").string(),
+                       "--cluster-token-file", (dir / "cluster.token").string()},
+                      dir / "log");
+  ASSERT_TRUE(WaitForFile(address_file)) << ReadFile(dir / "log");
+  ASSERT_TRUE(std::filesystem::exists(metrics_file));
+  EXPECT_THAT(ReadFile(metrics_file), ::testing::MatchesRegex("127\\.0\\.0\\.1:[0-9]+\n"));
+  const std::string metrics = ReadAddress(metrics_file);
+  EXPECT_THAT(ReadFile(dir / "log"), HasSubstr("metrics on http://" + metrics + "/metrics"));
+
+  std::string text = Scrape(metrics);
+  EXPECT_THAT(text, HasSubstr("qtrain_jobs{state=\"QUEUED\"} 0"));
+  EXPECT_THAT(text, HasSubstr("qtrain_workers{state=\"IDLE\"} 0"));
+  EXPECT_THAT(text, HasSubstr("qtrain_checkpoints_total{state=\"FAILED\"} 0"));
+  EXPECT_THAT(text, HasSubstr("qtrain_lease_expiries_total 0"));
+
+  // Calls with the right token, a missing one and a wrong one.
+  std::ofstream(dir / "wrong.token") << "wrong-token\n";
+  for (const std::string& token_file :
+       {(dir / "user.token").string(), std::string(), (dir / "wrong.token").string()}) {
+    auto client =
+        qtrain::RpcClient::Create({.address = ReadAddress(address_file), .token_file = token_file});
+    ASSERT_TRUE(client.ok()) << client.status();
+    auto stub = qtrain::v1::JobService::NewStub(client->channel());
+    qtrain::v1::GetJobRequest request;
+    request.set_name("jobs/nope-1");
+    qtrain::v1::Job job;
+    auto context = client->NewContext(absl::Seconds(10));
+    const grpc::Status status = stub->GetJob(context.get(), request, &job);
+    EXPECT_EQ(status.error_code(),
+              token_file.empty() || token_file.find("wrong") != std::string::npos
+                  ? grpc::StatusCode::UNAUTHENTICATED
+                  : grpc::StatusCode::NOT_FOUND)
+        << status.error_message();
+  }
+  text = Scrape(metrics);
+  EXPECT_THAT(text, HasSubstr("qtrain_rpc_total{code=\"NOT_FOUND\",method=\"qtrain.v1.JobService/"
+                              "GetJob\"} 1"));
+  EXPECT_THAT(text, HasSubstr("qtrain_rpc_total{code=\"UNAUTHENTICATED\",method=\"qtrain.v1."
+                              "JobService/GetJob\"} 2"));
+  EXPECT_THAT(text,
+              HasSubstr("qtrain_rpc_seconds_count{method=\"qtrain.v1.JobService/GetJob\"} 3"));
+  EXPECT_THAT(text, Not(HasSubstr(user_token)));
+  EXPECT_THAT(text, Not(HasSubstr(cluster_token)));
+  EXPECT_EQ(coordinator.Terminate(), 0);
+  const std::string log = ReadFile(dir / "log");
+  EXPECT_THAT(log, Not(HasSubstr(user_token)));
+  EXPECT_THAT(log, Not(HasSubstr(cluster_token)));
+}
+
+TEST(CoordinatorCliTest, RefusesBadMetricsFlags) {
+  const auto dir = TestDir("metrics_flags");
+  const std::vector<std::string> base = {Binary(), "--state-dir", (dir / "state").string(),
+                                         "--run-root", (dir / "runs").string()};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = base;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  };
+  const qtrain::testing_cli::CliOptions options{.timeout_seconds = 30};
+  for (const char* bad : {"nonsense", "127.0.0.1", "127.0.0.1:70000", ":9401"}) {
+    auto r = RunCli(with({"--metrics-listen", bad}), dir / "bad.log", options);
+    EXPECT_CLEAN_FAILURE(r, "--metrics-listen");
+    EXPECT_EQ(r.exit_code, 2) << r;
+  }
+  auto r =
+      RunCli(with({"--metrics-address-file", (dir / "m").string()}), dir / "file.log", options);
+  EXPECT_CLEAN_FAILURE(r, "--metrics-address-file needs --metrics-listen");
+  EXPECT_EQ(r.exit_code, 2) << r;
+
+  // A port another process holds: refused at start, naming the address.
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(listen(fd, 1), 0);
+  socklen_t size = sizeof(addr);
+  ASSERT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &size), 0);
+  const std::string taken = absl::StrCat("127.0.0.1:", ntohs(addr.sin_port));
+  EXPECT_CLEAN_FAILURE(RunCli(with({"--listen", "127.0.0.1:0", "--metrics-listen", taken}),
+                              dir / "taken.log", options),
+                       taken);
+  close(fd);
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/logging.h"
+#include "common/metrics_server.h"
 #include "common/rpc_server.h"
 #include "common/status_macros.h"
 #include "coordinator/server.h"
@@ -31,7 +32,19 @@ struct Flags {
   std::string auth_token_file, cluster_token_file, tls_cert, tls_key, tls_client_ca;
   int64_t max_message_bytes = 16 << 20;
   std::string log_level = "INFO";
+  std::string metrics_listen, metrics_address_file;
 };
+
+// The metrics flags are checked with the others, before anything starts (exit 2).
+absl::Status CheckMetricsFlags(const Flags& flags) {
+  if (flags.metrics_listen.empty()) {
+    if (!flags.metrics_address_file.empty()) {
+      return absl::InvalidArgumentError("--metrics-address-file needs --metrics-listen");
+    }
+    return absl::OkStatus();
+  }
+  return qtrain::CheckMetricsListen(flags.metrics_listen, "--metrics-listen");
+}
 
 absl::Status CheckSeconds(double value, const char* flag, bool zero_ok) {
   if (!std::isfinite(value) || value < 0 || (!zero_ok && value == 0) || value > 86400 * 365) {
@@ -89,7 +102,15 @@ absl::Status Run(const Flags& flags) {
   options.rpc.security.tls_cert = flags.tls_cert;
   options.rpc.security.tls_key = flags.tls_key;
   options.rpc.security.tls_client_ca = flags.tls_client_ca;
+  options.metrics_listen = flags.metrics_listen;
   QTRAIN_ASSIGN_OR_RETURN(auto server, qtrain::coordinator::CoordinatorServer::Start(options));
+  if (!server->metrics_address().empty()) {
+    QTRAIN_LOG(INFO) << "metrics on http://" << server->metrics_address() << "/metrics";
+    if (!flags.metrics_address_file.empty()) {
+      QTRAIN_RETURN_IF_ERROR(
+          qtrain::WriteAddressFile(flags.metrics_address_file, server->metrics_address()));
+    }
+  }
   if (!flags.address_file.empty()) {
     QTRAIN_RETURN_IF_ERROR(qtrain::WriteAddressFile(flags.address_file, server->address()));
   }
@@ -138,6 +159,11 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--log-level", flags.log_level, "DEBUG, INFO, WARNING or ERROR")
       ->capture_default_str();
+  app.add_option("--metrics-listen", flags.metrics_listen,
+                 "HOST:PORT to serve Prometheus metrics on, at /metrics (port 0 picks one; "
+                 "default: off)");
+  app.add_option("--metrics-address-file", flags.metrics_address_file,
+                 "Write the metrics HOST:PORT here once serving (atomically)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -150,6 +176,10 @@ int main(int argc, char** argv) {
     return 2;
   }
   qtrain::SetMinLogLevel(level);
+  if (absl::Status s = CheckMetricsFlags(flags); !s.ok()) {
+    std::fprintf(stderr, "qtrain-coordinator: %s\n", std::string(s.message()).c_str());
+    return 2;
+  }
   absl::Status status;
   try {
     status = Run(flags);

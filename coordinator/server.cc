@@ -58,6 +58,9 @@ absl::StatusOr<ScopedFd> LockStateDir(const std::string& dir) {
 absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     const CoordinatorServerOptions& options) {
   if (options.state_dir.empty()) return absl::InvalidArgumentError("--state-dir: required");
+  if (!options.metrics_listen.empty()) {
+    QTRAIN_RETURN_IF_ERROR(CheckMetricsListen(options.metrics_listen, "--metrics-listen"));
+  }
   std::unique_ptr<CoordinatorServer> server(new CoordinatorServer());
   QTRAIN_ASSIGN_OR_RETURN(server->lock_, LockStateDir(options.state_dir));
   // The listen address and security files are checked before the store is touched.
@@ -71,12 +74,27 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   core.lease = options.lease;
   core.settle = options.settle;
   core.plan_data = options.plan_data ? options.plan_data : DefaultDataPlanner();
+  RpcServerOptions rpc = options.rpc;
+  if (!options.metrics_listen.empty()) {
+    server->metrics_registry_ = std::make_shared<MetricsRegistry>();
+    server->metrics_ = std::make_unique<CoordinatorMetrics>(*server->metrics_registry_);
+    core.metrics = server->metrics_.get();
+    rpc.metrics = server->metrics_registry_;
+  }
   QTRAIN_ASSIGN_OR_RETURN(server->coordinator_, Coordinator::Create(core));
   server->job_service_ = std::make_unique<JobService>(server->coordinator_.get(), security);
   server->worker_service_ = std::make_unique<WorkerService>(server->coordinator_.get(), security);
-  QTRAIN_ASSIGN_OR_RETURN(server->rpc_,
-                          RpcServer::Start(options.rpc, {server->job_service_->service(),
-                                                         server->worker_service_->service()}));
+  QTRAIN_ASSIGN_OR_RETURN(
+      server->rpc_,
+      RpcServer::Start(rpc, {server->job_service_->service(), server->worker_service_->service()}));
+  if (server->metrics_registry_ != nullptr) {
+    server->state_metrics_ =
+        std::make_shared<CoordinatorStateCollector>(server->coordinator_.get());
+    server->metrics_registry_->AddCollectable(server->state_metrics_);
+    QTRAIN_ASSIGN_OR_RETURN(
+        server->metrics_server_,
+        MetricsServer::Start({.listen = options.metrics_listen}, server->metrics_registry_));
+  }
   server->ticker_ = std::thread([s = server.get(), tick = options.tick] {
     while (!s->stop_.WaitForNotificationWithTimeout(tick)) s->coordinator_->Tick();
   });
@@ -84,9 +102,16 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   return server;
 }
 
+const std::string& CoordinatorServer::metrics_address() const {
+  static const std::string* const kNone = new std::string();
+  return metrics_server_ != nullptr ? metrics_server_->address() : *kNone;
+}
+
 void CoordinatorServer::Shutdown() {
   if (shut_down_) return;
   shut_down_ = true;
+  // Scrapes read the coordinator: they stop first.
+  metrics_server_.reset();
   if (rpc_) rpc_->SetServing(false);
   if (job_service_) job_service_->Shutdown();
   if (rpc_) rpc_->Shutdown(absl::Seconds(1));
@@ -97,6 +122,7 @@ void CoordinatorServer::Shutdown() {
 CoordinatorServer::~CoordinatorServer() {
   Shutdown();
   // The services go before the coordinator they call, the server before the services.
+  metrics_server_.reset();
   rpc_.reset();
   job_service_.reset();
   worker_service_.reset();

@@ -15,9 +15,12 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "common/file_util.h"
+#include "common/metrics_registry.h"
+#include "common/metrics_server.h"
 #include "common/rpc_server.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/job_service.h"
+#include "coordinator/metrics.h"
 #include "coordinator/store.h"
 #include "coordinator/worker_service.h"
 
@@ -32,6 +35,8 @@ struct CoordinatorServerOptions {
   // How often leases, the scheduler and rendezvous deadlines are checked.
   absl::Duration tick = absl::Milliseconds(100);
   DataPlanner plan_data;  // default: train::PlanShardAssignment
+  // HOST:PORT of the Prometheus endpoint (GET /metrics; port 0 picks one); empty: none.
+  std::string metrics_listen;
 };
 
 class CoordinatorServer {
@@ -43,6 +48,8 @@ class CoordinatorServer {
   ~CoordinatorServer();  // Shutdown()
 
   const std::string& address() const { return rpc_->address(); }
+  // HOST:PORT of /metrics as bound; empty without metrics_listen.
+  const std::string& metrics_address() const;
   Coordinator* coordinator() { return coordinator_.get(); }
   // Stops serving (open streams end, workers reconnect elsewhere) and the timer. Idempotent.
   void Shutdown();
@@ -55,6 +62,12 @@ class CoordinatorServer {
   std::unique_ptr<JobService> job_service_;
   std::unique_ptr<WorkerService> worker_service_;
   std::unique_ptr<RpcServer> rpc_;
+  // Metrics (all null without metrics_listen): the registry, the counters the coordinator
+  // increments, the state collector over it and the HTTP endpoint.
+  std::shared_ptr<MetricsRegistry> metrics_registry_;
+  std::unique_ptr<CoordinatorMetrics> metrics_;
+  std::shared_ptr<CoordinatorStateCollector> state_metrics_;
+  std::unique_ptr<MetricsServer> metrics_server_;
   absl::Notification stop_;
   std::thread ticker_;
   bool shut_down_ = false;
