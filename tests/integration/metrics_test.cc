@@ -601,6 +601,10 @@ TEST_F(MetricsTest, PrometheusScrapesATrainingJobAndEveryDashboardQueryHasData) 
             (std::set<std::string>{"QtrainJobFailed", "QtrainJobRestartsRising", "QtrainJobStalled",
                                    "QtrainLossNotFinite", "QtrainLossSpike", "QtrainLeaseExpiries",
                                    "QtrainWorkerDown"}));
+  // A healthy job fires none of them.
+  absl::StatusOr<json> firing = prometheus_->Query("ALERTS{alertstate=\"firing\"}");
+  ASSERT_TRUE(firing.ok()) << firing.status();
+  EXPECT_TRUE(firing->empty()) << firing->dump();
 
   // No token in a metrics body now, nor in any log of any process (coordinator, workers and
   // their training children, client runs, Prometheus).
