@@ -1,8 +1,12 @@
 #include "common/metrics_server.h"
 
+#include <dlfcn.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <sys/socket.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <exception>
 #include <utility>
@@ -17,6 +21,21 @@
 #include "civetweb.h"
 #include "common/status_macros.h"
 #include "prometheus/exposer.h"
+
+// civetweb as Debian builds it gives its threads a fixed 100 KiB stack, and glibc carves the
+// process's static TLS out of that: in a process with large TLS (OpenBLAS alone takes 60 KiB)
+// too little is left, and civetweb's error responses (16+ KiB of buffers) overflow it. Stack
+// sizes asked for below kMinThreadStack are raised to it, for every caller in the process.
+namespace {
+constexpr size_t kMinThreadStack = size_t{1} << 20;
+}  // namespace
+
+extern "C" int pthread_attr_setstacksize(pthread_attr_t* attr, size_t size) {
+  using Fn = int (*)(pthread_attr_t*, size_t);
+  static const Fn real = reinterpret_cast<Fn>(::dlsym(RTLD_NEXT, "pthread_attr_setstacksize"));
+  if (real == nullptr) return EINVAL;
+  return real(attr, std::max(size, kMinThreadStack));
+}
 
 namespace qtrain {
 namespace {
@@ -107,21 +126,30 @@ absl::StatusOr<std::string> NumericHost(const ListenAddress& address, absl::stri
   return v6 ? absl::StrCat("[", text, "]") : std::string(text);
 }
 
-// Answers everything but GET/HEAD /metrics before the exposer's handler sees it: civetweb
+// A short plain-text answer. (Not mg_send_http_error: it formats into a fixed buffer and
+// has crashed in some processes.)
+void Answer(mg_connection* conn, int status, absl::string_view body, const char* allow) {
+  mg_response_header_start(conn, status);
+  mg_response_header_add(conn, "Content-Type", "text/plain; charset=utf-8", -1);
+  if (allow != nullptr) mg_response_header_add(conn, "Allow", allow, -1);
+  const std::string length = absl::StrCat(body.size());
+  mg_response_header_add(conn, "Content-Length", length.c_str(), -1);
+  mg_response_header_send(conn);
+  if (!body.empty()) mg_write(conn, body.data(), body.size());
+}
+
+// Answers everything but GET /metrics before the exposer's handler sees it: civetweb
 // would otherwise hand it /metrics/anything too.
 int BeginRequest(mg_connection* conn) {
   const mg_request_info* info = mg_get_request_info(conn);
   const absl::string_view uri = info->local_uri != nullptr ? info->local_uri : "";
   const absl::string_view method = info->request_method != nullptr ? info->request_method : "";
   if (uri != kMetricsPath) {
-    mg_send_http_error(conn, 404, "%s", "Not Found: only /metrics is served\n");
+    Answer(conn, 404, "not found: only /metrics is served\n", nullptr);
     return 404;
   }
-  if (method != "GET" && method != "HEAD") {
-    mg_response_header_start(conn, 405);
-    mg_response_header_add(conn, "Allow", "GET, HEAD", -1);
-    mg_response_header_add(conn, "Content-Length", "0", -1);
-    mg_response_header_send(conn);
+  if (method != "GET") {
+    Answer(conn, 405, "method not allowed: GET /metrics\n", "GET");
     return 405;
   }
   return 0;  // the exposer serves it

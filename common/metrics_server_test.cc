@@ -93,13 +93,52 @@ TEST(MetricsServerTest, OtherPathsAreNotFound) {
 TEST(MetricsServerTest, OtherMethodsAreRefused) {
   std::unique_ptr<MetricsServer> server = StartOrDie("127.0.0.1:0", RegistryWithGauge(1));
   ASSERT_NE(server, nullptr);
-  for (const char* method : {"POST", "PUT", "DELETE"}) {
+  for (const char* method : {"POST", "PUT", "DELETE", "HEAD", "OPTIONS"}) {
     absl::StatusOr<HttpResponse> response =
         HttpRequest(server->address(), method, "/metrics", "a=b");
     ASSERT_TRUE(response.ok()) << method << ": " << response.status();
     EXPECT_EQ(response->status, 405) << method;
     EXPECT_THAT(response->body, Not(HasSubstr("qtrain_test_value"))) << method;
   }
+}
+
+// Sends `request` as is and returns the status line of the answer ("" when none came).
+std::string RawStatusLine(const std::string& address, const std::string& request) {
+  const size_t colon = address.rfind(':');
+  int port = 0;
+  if (!absl::SimpleAtoi(address.substr(colon + 1), &port)) return "";
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return "";
+  timeval timeout{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string answer;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      ::send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
+          static_cast<ssize_t>(request.size())) {
+    char buf[256];
+    const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    if (n > 0) answer.assign(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return answer.substr(0, answer.find("\r\n"));
+}
+
+TEST(MetricsServerTest, MalformedRequestsAreBadRequestsAndServingGoesOn) {
+  std::unique_ptr<MetricsServer> server = StartOrDie("127.0.0.1:0", RegistryWithGauge(5));
+  ASSERT_NE(server, nullptr);
+  for (const std::string& request :
+       {std::string("GARBAGE\r\n\r\n"), std::string("\x01\x02\x03\r\n\r\n"),
+        absl::StrCat("GET /metrics HTTP/1.1\r\nX: ", std::string(70000, 'a'), "\r\n\r\n")}) {
+    EXPECT_THAT(RawStatusLine(server->address(), request), HasSubstr(" 400 "))
+        << request.substr(0, 20);
+  }
+  absl::StatusOr<HttpResponse> response = HttpGet(server->address(), "/metrics");
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_THAT(response->body, HasSubstr("qtrain_test_value{kind=\"probe\"} 5"));
 }
 
 TEST(MetricsServerTest, ServesIpv6Loopback) {

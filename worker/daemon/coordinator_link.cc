@@ -143,6 +143,7 @@ absl::Status CoordinatorLink::RunStream() {
   while (stream->Read(&response)) {
     if (!answered) {
       answered = true;
+      if (options_.on_stream_up) options_.on_stream_up(true);
       if (broken_) {
         QTRAIN_LOG(INFO) << "reconnected to the coordinator at " << client_.address();
         broken_ = false;
@@ -152,6 +153,7 @@ absl::Status CoordinatorLink::RunStream() {
       options_.on_directive(response.directive());
     }
   }
+  if (answered && options_.on_stream_up) options_.on_stream_up(false);
   {
     absl::MutexLock lock(&write_mu_);
     stream_ = nullptr;

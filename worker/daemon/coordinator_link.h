@@ -31,6 +31,9 @@ struct LinkOptions {
   std::function<void(const v1::Directive&)> on_directive;
   // Called on the link's thread each time a stream opened: a good time for a heartbeat.
   std::function<void()> on_connected;
+  // Called on the link's thread with true when a stream got its first answer (the worker is
+  // registered and heard), and with false when that stream ends.
+  std::function<void(bool)> on_stream_up;
 };
 
 class CoordinatorLink {

@@ -25,6 +25,7 @@
 #include "worker/daemon/peer_host.h"
 #include "worker/daemon/stage_runner.h"
 #include "worker/daemon/work_dir.h"
+#include "worker/daemon/worker_metrics.h"
 
 namespace qtrain::worker {
 namespace {
@@ -100,6 +101,15 @@ class WorkerDaemon::Impl {
     link.reconnect_max = options_.reconnect_max;
     link.on_directive = [this](const v1::Directive& d) { Post([this, d] { HandleDirective(d); }); };
     link.on_connected = [this] { Post([this] { heartbeat_now_ = true; }); };
+    if (options_.metrics != nullptr) {
+      metrics_ = std::make_unique<WorkerMetrics>(
+          options_.metrics,
+          options_.peak_flops
+              ? options_.peak_flops
+              : KnownPeakFlops(options_.device,
+                               r.device_names_size() > 0 ? r.device_names(0) : std::string()));
+      link.on_stream_up = [this](bool up) { metrics_->SetUp(up); };
+    }
     link_ = std::make_unique<CoordinatorLink>(std::move(client), &work_dir_, std::move(link));
   }
 
@@ -216,6 +226,7 @@ class WorkerDaemon::Impl {
     const std::string name = link_->worker_name();
     QTRAIN_LOG(INFO) << "worker " << (name.empty() ? "(not registered)" : name) << " exits";
     link_->Stop();
+    if (metrics_ != nullptr) metrics_->SetUp(false);
     {
       absl::MutexLock lock(&mu_);
       rpc_stop_ = true;
@@ -422,11 +433,13 @@ class WorkerDaemon::Impl {
         p.set_job(a.job());
         p.set_round(a.round());
         p.set_rank(a.rank());
+        if (metrics_ != nullptr) metrics_->OnProgress(a, p);
         progress_ = std::move(p);
         SendHeartbeat();  // one per step, as it happens
         break;
       }
       case v1::StageChildEvent::kCheckpoint:
+        if (metrics_ != nullptr) metrics_->OnCheckpoint(a, event.checkpoint().write_seconds());
         CommitCheckpoint(event.checkpoint());
         break;
       case v1::StageChildEvent::kDone:
@@ -450,6 +463,7 @@ class WorkerDaemon::Impl {
     const v1::Assignment a = runner_->assignment();
     const pid_t pid = runner_->pid();
     runner_.reset();
+    if (metrics_ != nullptr) metrics_->OnAssignmentEnded();
     heartbeat_now_ = true;
     if (run_.stopped_by_us) {
       QTRAIN_LOG(INFO) << "training child of " << Describe(a) << " stopped (" << exit.Describe()
@@ -674,6 +688,7 @@ class WorkerDaemon::Impl {
   DaemonOptions options_;
   std::string peer_host_;  // options_.peer_host, or the hostname
   WorkDir work_dir_;
+  std::unique_ptr<WorkerMetrics> metrics_;  // null without a registry; outlives link_
   std::unique_ptr<CoordinatorLink> link_;
   int wake_fd_ = -1;
   std::thread control_thread_;
@@ -721,6 +736,11 @@ absl::StatusOr<std::unique_ptr<WorkerDaemon>> WorkerDaemon::Start(const DaemonOp
   }
   if (std::optional<std::string> problem = CollectiveTimeoutProblem(options.collective_timeout)) {
     return absl::InvalidArgumentError(absl::StrCat("--collective-timeout-seconds: ", *problem));
+  }
+  if (options.peak_flops) {
+    if (std::optional<std::string> problem = PeakFlopsProblem(*options.peak_flops)) {
+      return absl::InvalidArgumentError(absl::StrCat("--peak-flops: ", *problem));
+    }
   }
   if (options.child_command.empty()) {
     return absl::InvalidArgumentError("no training child command");

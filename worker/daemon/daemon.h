@@ -9,6 +9,7 @@
 #define QTRAIN_WORKER_DAEMON_DAEMON_H_
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/rpc_channel.h"
+#include "prometheus/registry.h"
 #include "qtrain/v1/jobs.pb.h"
 
 namespace qtrain::worker {
@@ -41,6 +43,11 @@ struct DaemonOptions {
   // The training child's program and leading arguments.
   std::vector<std::string> child_command = {"/proc/self/exe", "train-stage"};
   std::string version;
+  // Where the worker's metrics go (worker_metrics.h); null: no metrics.
+  std::shared_ptr<prometheus::Registry> metrics;
+  // The device's peak FLOP/s for qtrain_model_flops_utilization; unset: KnownPeakFlops of the
+  // device (none on a CPU).
+  std::optional<double> peak_flops;
 };
 
 class WorkerDaemon {

@@ -18,10 +18,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/logging.h"
+#include "common/metrics_server.h"
+#include "common/rpc_server.h"
 #include "worker/daemon/daemon.h"
 #include "worker/daemon/group_connect.h"
 #include "worker/daemon/peer_host.h"
 #include "worker/daemon/stage_child.h"
+#include "worker/daemon/worker_metrics.h"
 
 #ifndef QTRAIN_VERSION
 #define QTRAIN_VERSION "0.0.0"
@@ -46,6 +49,8 @@ struct DaemonFlags {
   double drain_timeout_seconds = 300;
   std::string peer_host;
   double collective_timeout_seconds = 300;
+  std::string metrics_listen, metrics_address_file;
+  std::optional<double> peak_flops;
 };
 
 struct StageFlags {
@@ -79,12 +84,36 @@ int RunDaemon(const DaemonFlags& flags) {
   options.peer_host = flags.peer_host;
   options.collective_timeout = absl::Seconds(flags.collective_timeout_seconds);
   options.version = QTRAIN_VERSION;
+  options.peak_flops = flags.peak_flops;
 
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  // Serving before the daemon starts: a scrape sees qtrain_worker_up 0 until it registers.
+  std::unique_ptr<qtrain::MetricsServer> metrics_server;
+  if (!flags.metrics_listen.empty()) {
+    options.metrics = std::make_shared<prometheus::Registry>();
+    absl::StatusOr<std::unique_ptr<qtrain::MetricsServer>> server =
+        qtrain::MetricsServer::Start({.listen = flags.metrics_listen}, options.metrics);
+    if (!server.ok()) {
+      std::fprintf(stderr, "qtrain-worker: %s\n", std::string(server.status().message()).c_str());
+      return 1;
+    }
+    metrics_server = *std::move(server);
+    if (!flags.metrics_address_file.empty()) {
+      if (absl::Status written =
+              qtrain::WriteAddressFile(flags.metrics_address_file, metrics_server->address());
+          !written.ok()) {
+        std::fprintf(stderr, "qtrain-worker: --metrics-address-file: %s\n",
+                     std::string(written.message()).c_str());
+        return 1;
+      }
+    }
+    QTRAIN_LOG(INFO) << "metrics on http://" << metrics_server->address() << "/metrics";
+  }
 
   absl::StatusOr<std::unique_ptr<qtrain::worker::WorkerDaemon>> daemon =
       qtrain::worker::WorkerDaemon::Start(options);
@@ -180,6 +209,16 @@ int main(int argc, char** argv) {
                  "a collective (or a group's rendezvous) not done within this fails the round")
       ->check(CLI::Range(0.001, kMaxCollectiveSeconds))
       ->capture_default_str();
+  CLI::Option* metrics_listen_option = app.add_option(
+      "--metrics-listen", daemon.metrics_listen,
+      "HOST:PORT to serve Prometheus metrics on at /metrics (port 0 picks one; default: off)");
+  app.add_option("--metrics-address-file", daemon.metrics_address_file,
+                 "after binding, write the metrics HOST:PORT to this file");
+  double peak_flops = 0;
+  CLI::Option* peak_flops_option =
+      app.add_option("--peak-flops", peak_flops,
+                     "the device's peak FLOP/s at the training precision, for "
+                     "qtrain_model_flops_utilization (default: known GPUs; none on a CPU)");
   app.add_option("--log-level", log_level, "DEBUG, INFO, WARNING or ERROR")->capture_default_str();
 
   StageFlags stage;
@@ -260,6 +299,24 @@ int main(int argc, char** argv) {
     if (!(daemon.drain_timeout_seconds >= 0)) {  // NaN passes the range check
       std::fprintf(stderr, "qtrain-worker: --drain-timeout-seconds: not a number of seconds\n");
       return 2;
+    }
+    if (metrics_listen_option->count() > 0) {  // given, even if empty
+      if (absl::Status bad = qtrain::CheckMetricsListen(daemon.metrics_listen, "--metrics-listen");
+          !bad.ok()) {
+        std::fprintf(stderr, "qtrain-worker: %s\n", std::string(bad.message()).c_str());
+        return 2;
+      }
+    }
+    if (!daemon.metrics_address_file.empty() && daemon.metrics_listen.empty()) {
+      std::fprintf(stderr, "qtrain-worker: --metrics-address-file needs --metrics-listen\n");
+      return 2;
+    }
+    if (peak_flops_option->count() > 0) {
+      if (std::optional<std::string> problem = qtrain::worker::PeakFlopsProblem(peak_flops)) {
+        std::fprintf(stderr, "qtrain-worker: --peak-flops: %s\n", problem->c_str());
+        return 2;
+      }
+      daemon.peak_flops = peak_flops;
     }
     return RunDaemon(daemon);
   } catch (const std::exception& e) {
