@@ -449,7 +449,8 @@ TEST_F(MetricsTest, PrometheusScrapesATrainingJobAndEveryDashboardQueryHasData) 
   ASSERT_NO_FATAL_FAILURE(StartWorker("w1"));
 
   // Only /metrics is served.
-  for (const std::string& address : {coordinator_metrics_, worker_metrics_[0]}) {
+  for (const std::string& address :
+       {coordinator_metrics_, worker_metrics_[0], worker_metrics_[1]}) {
     for (const char* path : {"/", "/metric", "/metrics/x", "/api/v1/query", "/favicon.ico"}) {
       absl::StatusOr<testing_http::HttpResponse> response = HttpGet(address, path);
       ASSERT_TRUE(response.ok()) << address << path << ": " << response.status();
@@ -526,6 +527,9 @@ TEST_F(MetricsTest, PrometheusScrapesATrainingJobAndEveryDashboardQueryHasData) 
       EXPECT_FALSE(result->empty()) << "panel \"" << query.panel << "\" has no data: " << expr;
     }
   }
+
+  std::cerr << queries.size() << " dashboard queries checked over the " << range_seconds
+            << " s of job " << id << "\n";
 
   // Every metric of the contract has a series in the window; the worker series carry the job,
   // both stages and both ranks.
