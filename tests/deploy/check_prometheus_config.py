@@ -12,7 +12,9 @@
    exactly the annotated qtrain pods of its component, on their prometheus.io/port, labelled
    with pod and namespace, besides its static target.
 
-Usage: check_prometheus_config.py CONFIG --promtool PATH [--prometheus PATH]
+Usage: check_prometheus_config.py CONFIG --promtool PATH [--prometheus PATH] [--expect-error TEXT]
+With --expect-error the check must fail with an error containing TEXT (exit 0 then): the
+failing fixtures use it, so that the checker is seen to catch what it claims to.
 """
 
 import argparse
@@ -174,17 +176,30 @@ def main():
     parser.add_argument("config")
     parser.add_argument("--promtool", required=True)
     parser.add_argument("--prometheus")
+    parser.add_argument("--expect-error", help="the check must fail with this in an error")
     args = parser.parse_args()
     for tool in (args.promtool, args.prometheus):
         if tool and not os.access(tool, os.X_OK):
             print(f"{tool!r} is not an executable (scripts/setup.sh installs Prometheus)",
                   file=sys.stderr)
             return 2
-    with open(args.config) as f:
-        config = yaml.safe_load(f)
+    try:
+        with open(args.config) as f:
+            config = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as error:
+        print(f"FAIL: {args.config}: {error}", file=sys.stderr)
+        return 1
+    if not isinstance(config, dict):
+        print(f"FAIL: {args.config}: not a YAML mapping", file=sys.stderr)
+        return 1
     errors = shape_errors(config)
     with tempfile.TemporaryDirectory() as tmp:
-        copy_path = file_discovery_copy(config, os.path.dirname(os.path.abspath(args.config)), tmp)
+        try:
+            copy_path = file_discovery_copy(config, os.path.dirname(os.path.abspath(args.config)),
+                                            tmp)
+        except OSError as error:
+            print(f"FAIL: {args.config}: a rule file cannot be copied: {error}", file=sys.stderr)
+            return 1
         rc, text = promtool_check(args.promtool, args.config)
         print(text.strip())
         if rc != 0 and NO_KUBERNETES in text:
@@ -193,10 +208,16 @@ def main():
             print(text.strip())
         if rc != 0:
             errors.append("promtool check config failed")
-        if args.prometheus and not errors:
+        elif args.prometheus:
             errors += relabel_errors(args.prometheus, copy_path, tmp)
     for error in errors:
-        print(f"FAIL: {error}", file=sys.stderr)
+        print(f"FAIL: {error}", file=sys.stderr if args.expect_error is None else sys.stdout)
+    if args.expect_error is not None:
+        if any(args.expect_error in e for e in errors):
+            print(f"OK: {args.config} is refused with {args.expect_error!r}")
+            return 0
+        print(f"FAIL: expected an error containing {args.expect_error!r}", file=sys.stderr)
+        return 1
     if not errors:
         print(f"OK: {args.config}")
     return 1 if errors else 0

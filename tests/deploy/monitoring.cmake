@@ -48,6 +48,21 @@ qtrain_monitoring_test(prometheus_config_check TOOLS python3 promtool prometheus
   COMMAND ${Python3_EXECUTABLE} ${_qtrain_deploy_checks}/check_prometheus_config.py
           ${_qtrain_prometheus_dir}/prometheus.yml --promtool ${QTRAIN_PROMTOOL}
           --prometheus ${QTRAIN_PROMETHEUS})
+# The checker refuses configurations whose relabelling is wrong.
+foreach(case
+    "keeps_every_pod|qtrain-coordinator keeps"
+    "ignores_port_annotation|qtrain-worker keeps")
+  string(FIND "${case}" "|" bar)
+  string(SUBSTRING "${case}" 0 ${bar} fixture)
+  math(EXPR start "${bar} + 1")
+  string(SUBSTRING "${case}" ${start} -1 expected)
+  qtrain_monitoring_test(prometheus_config_check_refuses_${fixture}
+    TOOLS python3 promtool prometheus
+    COMMAND ${Python3_EXECUTABLE} ${_qtrain_deploy_checks}/check_prometheus_config.py
+            ${_qtrain_deploy_checks}/fixtures/prometheus_${fixture}/prometheus.yml
+            --promtool ${QTRAIN_PROMTOOL} --prometheus ${QTRAIN_PROMETHEUS}
+            --expect-error ${expected})
+endforeach()
 qtrain_monitoring_test(prometheus_rules_check TOOLS promtool
   COMMAND ${QTRAIN_PROMTOOL} check rules ${_qtrain_prometheus_dir}/rules.yml)
 qtrain_monitoring_test(prometheus_rules_test TOOLS promtool
