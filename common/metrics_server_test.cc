@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <array>
 #include <memory>
 #include <string>
 
@@ -20,6 +21,12 @@
 #include "tests/integration/http_client.h"
 
 namespace qtrain {
+
+// Static TLS as large as a worker's (OpenBLAS alone has 60 KiB), which glibc carves out of
+// every thread's stack: the HTTP server's threads must still have room to answer. (External
+// linkage keeps it in the binary.)
+thread_local std::array<char, 96 * 1024> metrics_test_tls_ballast;
+
 namespace {
 
 using ::qtrain::testing_http::HttpGet;
@@ -49,6 +56,7 @@ std::unique_ptr<MetricsServer> StartOrDie(const std::string& listen,
 }
 
 TEST(MetricsServerTest, ServesTheRegistryAtMetrics) {
+  metrics_test_tls_ballast[0] = 1;
   auto registry = RegistryWithGauge(42.5);
   std::unique_ptr<MetricsServer> server = StartOrDie("127.0.0.1:0", registry);
   ASSERT_NE(server, nullptr);

@@ -8,7 +8,10 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
+#include <map>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -22,6 +25,8 @@
 #include "common/rpc_server.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "prometheus/metric_family.h"
+#include "prometheus/registry.h"
 #include "qtrain/v1/worker.grpc.pb.h"
 #include "worker/daemon/fake_coordinator_test_util.h"
 #include "worker/daemon/machine_info.h"
@@ -83,6 +88,16 @@ while [ $step -lt 100 ]; do
   wait_ack
 done
 echo '{"done":{"stage":"0","step":"100"}}'
+)";
+
+// Two steps and a checkpoint with their timings, then trains until stopped.
+constexpr char kTimedChild[] = R"(
+echo '{"phase":"WORKER_PHASE_TRAINING"}'
+echo '{"progress":{"stage":"0","step":"1","loss":2.5,"step_seconds":0.5,"data_wait_seconds":0.125,"rank_tokens":"100","memory_bytes":"4096"}}'
+echo '{"checkpoint":{"step":"1","stage":"0","directory":"/d","write_seconds":1.25}}'
+wait_ack
+echo '{"progress":{"stage":"0","step":"2","loss":2.0,"step_seconds":0.5,"rank_tokens":"100","eval_loss":2.25}}'
+while :; do sleep 0.05; done
 )";
 
 v1::Directive AssignDirective(const std::string& job, int64_t round) {
@@ -582,6 +597,114 @@ TEST_F(DaemonTest, RefusesBadGroupFlags) {
     ASSERT_FALSE(daemon.ok()) << c.needle;
     EXPECT_TRUE(absl::IsInvalidArgument(daemon.status())) << daemon.status();
     EXPECT_THAT(daemon.status().message(), HasSubstr(c.needle));
+  }
+}
+
+// The value of series `name` with `labels` in `registry` (nullopt when there is none).
+std::optional<double> MetricValue(prometheus::Registry& registry, const std::string& name,
+                                  const std::map<std::string, std::string>& labels = {}) {
+  for (const prometheus::MetricFamily& family : registry.Collect()) {
+    for (const prometheus::ClientMetric& m : family.metric) {
+      std::map<std::string, std::string> have;
+      for (const auto& l : m.label) have[l.name] = l.value;
+      if (have != labels) continue;
+      if (family.name == name) {
+        return family.type == prometheus::MetricType::Counter ? m.counter.value : m.gauge.value;
+      }
+      if (family.name + "_count" == name) return m.histogram.sample_count;
+    }
+  }
+  return std::nullopt;
+}
+
+// Polls until series `name` has `value` (nullopt: until it is gone).
+bool WaitForMetric(prometheus::Registry& registry, const std::string& name,
+                   const std::map<std::string, std::string>& labels, std::optional<double> value) {
+  for (const absl::Time end = absl::Now() + absl::Seconds(20); absl::Now() < end;
+       absl::SleepFor(absl::Milliseconds(10))) {
+    if (MetricValue(registry, name, labels) == value) return true;
+  }
+  return false;
+}
+
+TEST_F(DaemonTest, MetricsFollowTheAssignmentAndTheStream) {
+  auto registry = std::make_shared<prometheus::Registry>();
+  DaemonOptions options = Options(WriteChild(kTimedChild));
+  options.metrics = registry;
+  options.peak_flops = 1e9;
+  EXPECT_EQ(MetricValue(*registry, "qtrain_worker_up"), std::nullopt);
+  StartDaemon(options);
+  ASSERT_TRUE(WaitForMetric(*registry, "qtrain_worker_up", {}, 1));
+
+  v1::Directive assign = AssignDirective("jobs/demo-1", 3);
+  assign.mutable_assign()->mutable_spec()->add_curriculum()->set_name("warmup");
+  fake_->Send(assign);
+  const std::map<std::string, std::string> labels = {
+      {"job_id", "demo-1"}, {"stage", "warmup"}, {"rank", "0"}};
+  ASSERT_TRUE(WaitForMetric(*registry, "qtrain_step", labels, 2));
+  EXPECT_EQ(MetricValue(*registry, "qtrain_tokens_total", labels), 200);
+  EXPECT_EQ(MetricValue(*registry, "qtrain_step_seconds_count", labels), 2);
+  EXPECT_EQ(MetricValue(*registry, "qtrain_data_wait_seconds_total", labels), 0.125);
+  EXPECT_EQ(MetricValue(*registry, "qtrain_compute_seconds_total", labels), 0.875);
+  EXPECT_EQ(MetricValue(*registry, "qtrain_checkpoint_seconds_count", labels), 1);
+  EXPECT_EQ(MetricValue(*registry, "qtrain_eval_loss", labels), 2.25);
+  EXPECT_EQ(MetricValue(*registry, "qtrain_train_loss", labels), 2.0);
+  // No FLOPs per token reported: zero utilization, but the series is there (a peak is known).
+  EXPECT_EQ(MetricValue(*registry, "qtrain_model_flops_utilization", labels), 0);
+  fake_->Read([](FakeCoordinator& f) {
+    ASSERT_EQ(f.commits_.size(), 1u);
+    EXPECT_EQ(f.commits_[0].write_seconds(), 1.25);
+  });
+
+  // Aborted: the child goes and its series with it.
+  fake_->Send(AbortDirective("jobs/demo-1", 3));
+  ASSERT_TRUE(WaitForMetric(*registry, "qtrain_step", labels, std::nullopt));
+  for (const prometheus::MetricFamily& family : registry->Collect()) {
+    if (family.name != "qtrain_worker_up") {
+      EXPECT_TRUE(family.metric.empty()) << family.name;
+    }
+  }
+  EXPECT_EQ(MetricValue(*registry, "qtrain_worker_up"), 1);
+
+  // The coordinator gone: down; back: up again.
+  const std::string address = address_;
+  StopServer();
+  ASSERT_TRUE(WaitForMetric(*registry, "qtrain_worker_up", {}, 0));
+  StartServer(address, "fake-1");
+  ASSERT_TRUE(WaitForMetric(*registry, "qtrain_worker_up", {}, 1));
+  daemon_->Stop();
+  ASSERT_TRUE(daemon_->Wait().ok());
+  EXPECT_EQ(MetricValue(*registry, "qtrain_worker_up"), 0);
+}
+
+TEST_F(DaemonTest, SeriesOfAChildThatDiesGo) {
+  auto registry = std::make_shared<prometheus::Registry>();
+  DaemonOptions options = Options(WriteChild(R"(
+echo '{"progress":{"stage":"0","step":"1","step_seconds":0.5,"rank_tokens":"100"}}'
+sleep 0.3
+kill -9 $$
+)"));
+  options.metrics = registry;
+  StartDaemon(options);
+  fake_->Send(AssignDirective("jobs/demo-1", 1));
+  const std::map<std::string, std::string> labels = {
+      {"job_id", "demo-1"}, {"stage", "0"}, {"rank", "0"}};
+  ASSERT_TRUE(WaitForMetric(*registry, "qtrain_step", labels, 1));
+  // No peak given, none known for a CPU: no utilization.
+  EXPECT_EQ(MetricValue(*registry, "qtrain_model_flops_utilization", labels), std::nullopt);
+  ASSERT_TRUE(WaitForMetric(*registry, "qtrain_step", labels, std::nullopt));
+  ASSERT_TRUE(fake_->WaitFor([](FakeCoordinator& f) { return !f.failures_.empty(); }));
+}
+
+TEST_F(DaemonTest, RefusesABadPeak) {
+  for (double peak : {0.0, -1.0, std::numeric_limits<double>::infinity(),
+                      std::numeric_limits<double>::quiet_NaN()}) {
+    DaemonOptions options = Options(WriteChild(kGoodChild));
+    options.peak_flops = peak;
+    absl::StatusOr<std::unique_ptr<WorkerDaemon>> daemon = WorkerDaemon::Start(options);
+    ASSERT_FALSE(daemon.ok()) << peak;
+    EXPECT_TRUE(absl::IsInvalidArgument(daemon.status())) << daemon.status();
+    EXPECT_THAT(daemon.status().message(), HasSubstr("--peak-flops"));
   }
 }
 

@@ -1,17 +1,23 @@
 // The qtrain-worker binary: its flags, the work-directory lock, and signals, against an
 // in-process fake coordinator.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -21,6 +27,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/integration/cli_process.h"
+#include "tests/integration/http_client.h"
 #include "worker/daemon/child_process.h"
 #include "worker/daemon/fake_coordinator_test_util.h"
 #include "worker/train/shard_assignment.h"
@@ -31,7 +38,11 @@ namespace {
 
 using ::qtrain::testing_cli::CliResult;
 using ::qtrain::testing_cli::RunCli;
+using ::qtrain::testing_http::HttpGet;
+using ::qtrain::testing_http::HttpRequest;
+using ::qtrain::testing_http::HttpResponse;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 std::string WorkerBinary() {
   const char* dir = std::getenv("QTRAIN_BIN_DIR");
@@ -65,6 +76,57 @@ bool ProcessGone(int pid) {
   const size_t paren = stat.rfind(')');
   return stat.empty() ||
          (paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z');
+}
+
+// The address in `path` once the process wrote it ("" after 20 s).
+std::string WaitForAddressFile(const std::string& path) {
+  for (const absl::Time end = absl::Now() + absl::Seconds(20); absl::Now() < end;
+       absl::SleepFor(absl::Milliseconds(20))) {
+    const std::string text = ReadFile(path);
+    if (!text.empty() && text.back() == '\n') return text.substr(0, text.size() - 1);
+  }
+  return "";
+}
+
+// The body of GET /metrics ("" when it fails).
+std::string Scrape(const std::string& address) {
+  absl::StatusOr<HttpResponse> response = HttpGet(address, "/metrics", absl::Seconds(5));
+  if (!response.ok() || response->status != 200) return "";
+  return response->body;
+}
+
+// Sends `request` as is and returns the status line of the answer ("" when none came).
+std::string RawStatusLine(const std::string& address, const std::string& request) {
+  int port = 0;
+  if (!absl::SimpleAtoi(address.substr(address.rfind(':') + 1), &port)) return "";
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return "";
+  timeval timeout{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string answer;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      ::send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
+          static_cast<ssize_t>(request.size())) {
+    char buf[256];
+    const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    if (n > 0) answer.assign(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return answer.substr(0, answer.find("\r\n"));
+}
+
+// Scrapes until `pred` holds for the body (false after `timeout`).
+bool WaitForScrape(const std::string& address, const std::function<bool(const std::string&)>& pred,
+                   absl::Duration timeout = absl::Seconds(30)) {
+  for (const absl::Time end = absl::Now() + timeout; absl::Now() < end;
+       absl::SleepFor(absl::Milliseconds(50))) {
+    if (pred(Scrape(address))) return true;
+  }
+  return false;
 }
 
 class WorkerCliTest : public ::testing::Test {
@@ -181,6 +243,128 @@ TEST_F(WorkerCliTest, RefusesBadFlags) {
   EXPECT_CLEAN_FAILURE(Run({"train-stage"}), "--assignment");
   EXPECT_CLEAN_FAILURE(Run({"train-stage", "--assignment", "a.json", "--parent-timeout-ms", "0"}),
                        "--parent-timeout-ms");
+}
+
+TEST_F(WorkerCliTest, RefusesBadMetricsFlags) {
+  const std::string dir = root_ + "/w";
+  for (const char* bad : {":", "host", "h:99999", "h:-1", "h:abc", "", "::1:80"}) {
+    const CliResult r =
+        Run({"--coordinator", "127.0.0.1:1", "--work-dir", dir, "--metrics-listen", bad});
+    EXPECT_CLEAN_FAILURE(r, "--metrics-listen");
+    EXPECT_EQ(r.exit_code, 2) << bad;
+  }
+  for (const char* bad : {"0", "-1", "nan", "inf", "abc", ""}) {
+    const CliResult r =
+        Run({"--coordinator", "127.0.0.1:1", "--work-dir", dir, "--peak-flops", bad});
+    EXPECT_CLEAN_FAILURE(r, "--peak-flops");
+    EXPECT_EQ(r.exit_code, 2) << bad;
+  }
+  const CliResult r = Run({"--coordinator", "127.0.0.1:1", "--work-dir", dir,
+                           "--metrics-address-file", root_ + "/addr"});
+  EXPECT_CLEAN_FAILURE(r, "--metrics-address-file needs --metrics-listen");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_FALSE(std::filesystem::exists(dir));  // refused before it touched anything
+}
+
+TEST_F(WorkerCliTest, ATakenMetricsPortIsAClearError) {
+  // The fake coordinator's port is taken.
+  const CliResult r = Run({"--coordinator", server_->address(), "--work-dir", root_ + "/w",
+                           "--metrics-listen", server_->address()});
+  EXPECT_CLEAN_FAILURE(r, absl::StrCat("cannot listen on ", server_->address()));
+  EXPECT_EQ(r.exit_code, 1);
+}
+
+TEST_F(WorkerCliTest, ServesMetricsWithoutACoordinator) {
+  const std::string address_file = root_ + "/metrics.addr";
+  auto daemon = StartDaemon(root_ + "/w", root_ + "/daemon.log", {"QTRAIN_COORDINATOR=127.0.0.1:1"},
+                            {"--metrics-listen", "127.0.0.1:0", "--metrics-address-file",
+                             address_file, "--peak-flops", "1e12"});
+  ASSERT_NE(daemon, nullptr);
+  const std::string address = WaitForAddressFile(address_file);
+  ASSERT_FALSE(address.empty()) << ReadFile(root_ + "/daemon.log");
+  EXPECT_THAT(address, Not(HasSubstr(":0")));
+  const std::string body = Scrape(address);
+  EXPECT_THAT(body, HasSubstr("# TYPE qtrain_worker_up gauge"));
+  EXPECT_THAT(body, HasSubstr("\nqtrain_worker_up 0\n"));
+  EXPECT_THAT(body, Not(HasSubstr("job_id=")));
+  for (const char* path : {"/", "/metrics/x", "/favicon.ico"}) {
+    absl::StatusOr<HttpResponse> response = HttpGet(address, path);
+    ASSERT_TRUE(response.ok()) << path << ": " << response.status();
+    EXPECT_EQ(response->status, 404) << path;
+  }
+  for (const char* method : {"HEAD", "POST"}) {
+    absl::StatusOr<HttpResponse> response = HttpRequest(address, method, "/metrics");
+    ASSERT_TRUE(response.ok()) << method << ": " << response.status();
+    EXPECT_EQ(response->status, 405) << method;
+  }
+  // Malformed requests get the HTTP server's own error answers; it still serves.
+  EXPECT_THAT(RawStatusLine(address, "GARBAGE\r\n\r\n"), HasSubstr(" 400 "));
+  EXPECT_THAT(RawStatusLine(address, "GET /metrics HTTP/9.9\r\n\r\n"), HasSubstr(" 505 "));
+  EXPECT_THAT(Scrape(address), HasSubstr("qtrain_worker_up 0"));
+  EXPECT_THAT(ReadFile(root_ + "/daemon.log"),
+              HasSubstr(absl::StrCat("metrics on http://", address, "/metrics")));
+  daemon->SignalGroup(SIGTERM);
+  std::optional<ExitStatus> status = daemon->WaitFor(absl::Seconds(10));
+  ASSERT_TRUE(status.has_value()) << ReadFile(root_ + "/daemon.log");
+  EXPECT_TRUE(status->success()) << status->Describe() << "\n" << ReadFile(root_ + "/daemon.log");
+}
+
+TEST_F(WorkerCliTest, MetricsFollowAnAssignment) {
+  const std::string address_file = root_ + "/metrics.addr";
+  auto daemon =
+      StartDaemon(root_ + "/w", root_ + "/daemon.log",
+                  {"QTRAIN_COORDINATOR=" + server_->address(), "QTRAIN_TEST_STEP_DELAY_MS=300"},
+                  {"--metrics-listen", "127.0.0.1:0", "--metrics-address-file", address_file});
+  ASSERT_NE(daemon, nullptr);
+  const std::string address = WaitForAddressFile(address_file);
+  ASSERT_FALSE(address.empty()) << ReadFile(root_ + "/daemon.log");
+  // Up once registered with a live stream.
+  ASSERT_TRUE(WaitForScrape(address, [](const std::string& body) {
+    return absl::StrContains(body, "\nqtrain_worker_up 1\n");
+  })) << Scrape(address);
+
+  fake_.Send(RealAssignment());
+  const std::string labels = R"(job_id="stage-test-1",rank="0",stage="short")";
+  ASSERT_TRUE(WaitForScrape(address,
+                            [&](const std::string& body) {
+                              return absl::StrContains(
+                                  body,
+                                  absl::StrCat("qtrain_checkpoint_seconds_count{", labels, "} 1"));
+                            }))
+      << Scrape(address) << ReadFile(root_ + "/daemon.log");
+  const std::string during = Scrape(address);
+  for (const char* name :
+       {"qtrain_train_loss", "qtrain_learning_rate", "qtrain_grad_norm", "qtrain_tokens_total",
+        "qtrain_tokens_per_second", "qtrain_step_seconds_count", "qtrain_compute_seconds_total",
+        "qtrain_comm_seconds_total", "qtrain_data_wait_seconds_total", "qtrain_skipped_steps_total",
+        "qtrain_step", "qtrain_stage", "qtrain_memory_bytes"}) {
+    EXPECT_THAT(during, HasSubstr(absl::StrCat(name, "{", labels, "}"))) << name;
+  }
+  // A CPU without --peak-flops: no utilization.
+  EXPECT_THAT(during, Not(HasSubstr("qtrain_model_flops_utilization{")));
+  EXPECT_THAT(during, HasSubstr(absl::StrCat("qtrain_stage{", labels, "} 0\n")));
+
+  ASSERT_TRUE(
+      fake_.WaitFor([](FakeCoordinator& f) { return !f.completions_.empty(); }, absl::Seconds(60)))
+      << ReadFile(root_ + "/daemon.log");
+  fake_.Read([](FakeCoordinator& f) {
+    for (const auto& commit : f.commits_) EXPECT_GT(commit.write_seconds(), 0);
+    for (const auto& h : f.heartbeats_) {
+      if (h.progress().step() == 0) continue;
+      EXPECT_EQ(h.progress().rank_tokens(), 256);
+      EXPECT_GT(h.progress().step_seconds(), 0);
+      EXPECT_GT(h.progress().flops_per_token(), 0);
+      EXPECT_GT(h.progress().memory_bytes(), 0);
+    }
+  });
+  // The assignment is over: its series go, the worker stays up.
+  ASSERT_TRUE(WaitForScrape(address, [](const std::string& body) {
+    return absl::StrContains(body, "qtrain_worker_up 1") && !absl::StrContains(body, "job_id=");
+  })) << Scrape(address);
+  daemon->SignalGroup(SIGTERM);
+  std::optional<ExitStatus> status = daemon->WaitFor(absl::Seconds(10));
+  ASSERT_TRUE(status.has_value());
+  EXPECT_TRUE(status->success()) << status->Describe();
 }
 
 TEST_F(WorkerCliTest, RefusesCudaWithoutCuda) {
