@@ -504,6 +504,20 @@ TEST_F(MetricsTest, PrometheusScrapesATrainingJobAndEveryDashboardQueryHasData) 
       "qtrain_jobs{state=\"SUCCEEDED\"}", [](double v) { return v >= 1; }, absl::Seconds(20),
       &last))
       << last;
+  // A finished job leaves no series behind: the workers' per-assignment series and the
+  // coordinator's per-job ones went out of the scrapes (Prometheus marks them stale).
+  for (const std::string& selector :
+       {absl::StrCat("{job=\"qtrain-worker\",job_id=\"", id, "\"}"),
+        absl::StrCat("{job=\"qtrain-coordinator\",job_id=\"", id, "\"}")}) {
+    EXPECT_TRUE(WaitFor(
+        [&] {
+          absl::StatusOr<json> result = prometheus_->Query(selector);
+          last = result.ok() ? result->dump() : result.status().ToString();
+          return result.ok() && result->empty();
+        },
+        absl::Seconds(20), absl::Milliseconds(250)))
+        << selector << " still has series after the job ended: " << last;
+  }
   const absl::Time end = absl::Now();
   const int64_t range_seconds = absl::ToInt64Seconds(end - start) + 1;
 
