@@ -9,6 +9,7 @@
 // A failed test prints the logs of every process it ran; QTRAIN_SERVICE_TEST_LOGS=1 prints them
 // for passing tests too.
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -303,9 +304,11 @@ class MetricsTest : public ::testing::Test {
     watchdog_.reset();
   }
 
-  // Two stages of 10 and 8 steps, a checkpoint every 2 steps and an evaluation every 4, on
-  // exactly two workers.
-  static std::string SpecText(const std::string& name) {
+  // Two stages of 10 and 8 steps, a checkpoint every 2 steps and an evaluation every 4; `world`
+  // is the body of its world section.
+  static std::string SpecText(const std::string& name, const std::string& world =
+                                                           "min_workers: 2, max_workers: 2, "
+                                                           "regroup_seconds: 30, max_restarts: 3") {
     return absl::StrCat(
         "name: ", name, "\nseed: 5\n",
         "model: {config: {vocab_size: 320, hidden_size: 32, intermediate_size: 48, "
@@ -317,7 +320,7 @@ class MetricsTest : public ::testing::Test {
         "  - {name: long, seq_len: 64, tokens: 2048, micro_batch: 1}\n",
         "optimizer: {lr: 1e-2, min_lr: 1e-3, warmup_steps: 2}\n", "batch: {global_tokens: 256}\n",
         "checkpoint: {every_steps: 2, keep_last: 2}\n", "eval: {every_steps: 4, batches: 2}\n",
-        "world: {min_workers: 2, max_workers: 2, regroup_seconds: 30, max_restarts: 3}\n");
+        "world: {", world, "}\n");
   }
 
   void WriteTokens() {
@@ -384,6 +387,56 @@ class MetricsTest : public ::testing::Test {
                         "    static_configs: [{targets: [\"", coordinator_metrics_, "\"]}]\n",
                         "  - job_name: qtrain-worker\n", "    static_configs: [{targets: [",
                         absl::StrJoin(workers, ", "), "]}]\n");
+  }
+
+  // Starts Prometheus on the started daemons and waits until it scrapes them all and sees the
+  // workers connected.
+  void StartPrometheus() {
+    absl::StatusOr<std::unique_ptr<PrometheusServer>> prometheus =
+        PrometheusServer::Start(dir_ / "prometheus", PrometheusConfig());
+    ASSERT_TRUE(prometheus.ok()) << prometheus.status();
+    prometheus_ = *std::move(prometheus);
+    const double targets = 1.0 + worker_metrics_.size();
+    std::string last;
+    ASSERT_TRUE(WaitForQuery(
+        "sum(up{job=~\"qtrain-coordinator|qtrain-worker\"})",
+        [&](double v) { return v == targets; }, absl::Seconds(30), &last))
+        << "the targets are not up: " << last;
+    ASSERT_TRUE(WaitForQuery(
+        "sum(qtrain_worker_up)", [&](double v) { return v == targets - 1; }, absl::Seconds(30),
+        &last))
+        << "the workers are not connected: " << last;
+  }
+
+  // Polls Prometheus until the alert fires for `job_id` (any job when empty); its entry of
+  // /api/v1/alerts.
+  absl::StatusOr<json> WaitForAlert(const std::string& name, const std::string& job_id,
+                                    absl::Duration timeout) {
+    json found;
+    std::string last;
+    WaitFor(
+        [&] {
+          absl::StatusOr<json> alerts = prometheus_->Api("alerts");
+          if (!alerts.ok()) {
+            last = alerts.status().ToString();
+            return false;
+          }
+          last = alerts->dump();
+          for (const json& alert : (*alerts)["alerts"]) {
+            const json& labels = alert["labels"];
+            if (labels.value("alertname", "") == name && alert.value("state", "") == "firing" &&
+                (job_id.empty() || labels.value("job_id", "") == job_id)) {
+              found = alert;
+              return true;
+            }
+          }
+          return false;
+        },
+        timeout, absl::Milliseconds(250));
+    if (found.is_null()) {
+      return absl::DeadlineExceededError(absl::StrCat(name, " did not fire: ", last));
+    }
+    return found;
   }
 
   // Polls Prometheus until `expr` has a sample whose value satisfies `accept`.
@@ -458,20 +511,8 @@ TEST_F(MetricsTest, PrometheusScrapesATrainingJobAndEveryDashboardQueryHasData) 
     }
   }
 
-  absl::StatusOr<std::unique_ptr<PrometheusServer>> prometheus =
-      PrometheusServer::Start(dir_ / "prometheus", PrometheusConfig());
-  ASSERT_TRUE(prometheus.ok()) << prometheus.status();
-  prometheus_ = *std::move(prometheus);
-
-  // All three targets scraped.
+  ASSERT_NO_FATAL_FAILURE(StartPrometheus());
   std::string last;
-  ASSERT_TRUE(WaitForQuery(
-      "sum(up{job=~\"qtrain-coordinator|qtrain-worker\"})", [](double v) { return v == 3; },
-      absl::Seconds(30), &last))
-      << "the targets are not up: " << last;
-  ASSERT_TRUE(WaitForQuery(
-      "sum(qtrain_worker_up)", [](double v) { return v == 2; }, absl::Seconds(30), &last))
-      << "the workers are not connected: " << last;
 
   const absl::Time start = absl::Now() - absl::Seconds(2);
   // An RPC that fails: the error panels have data.
@@ -640,6 +681,63 @@ TEST_F(MetricsTest, PrometheusScrapesATrainingJobAndEveryDashboardQueryHasData) 
                   ReadFileToString(entry.path().string(), 256 << 20).value_or(""));
   }
   EXPECT_GE(logs, 4) << "the logs of the coordinator, the workers and Prometheus";
+}
+
+// The alerts on real series: a job whose training child is killed restarts
+// (QtrainJobRestartsRising, naming the job); killed again with no restart left, it fails
+// (QtrainJobFailed).
+TEST_F(MetricsTest, RestartAndFailureAlertsFireOnARealJob) {
+  WriteTokens();
+  ASSERT_NO_FATAL_FAILURE(StartCoordinator());
+  ASSERT_NO_FATAL_FAILURE(StartWorker("w0"));
+  ASSERT_NO_FATAL_FAILURE(StartPrometheus());
+  std::string last;
+  ASSERT_TRUE(WaitForQuery(
+      "qtrain_jobs{state=\"FAILED\"}", [](double v) { return v == 0; }, absl::Seconds(10), &last))
+      << last;
+
+  std::ofstream(dir_ / "job.yaml")
+      << SpecText("doomed", "min_workers: 1, max_workers: 1, regroup_seconds: 1, max_restarts: 1");
+  absl::StatusOr<json> submitted =
+      client_->Json({"submit", (dir_ / "job.yaml").string(), "--request-id", "doomed-1"});
+  ASSERT_TRUE(submitted.ok()) << submitted.status();
+  const std::string id = JobId(*submitted);
+  Worker& worker = *workers_[0];
+  // Prometheus has seen the job with no restart, then its child dies.
+  ASSERT_TRUE(WaitForQuery(
+      absl::StrCat("qtrain_job_restarts_total{job_id=\"", id, "\"}"),
+      [](double v) { return v == 0; }, kJobTimeout, &last))
+      << last;
+  absl::StatusOr<testing_service::ProcessId> child = worker.WaitForTrainingChild(kJobTimeout);
+  ASSERT_TRUE(child.ok()) << child.status();
+  ASSERT_EQ(::kill(child->pid, SIGKILL), 0);
+
+  absl::StatusOr<json> restarting = WaitForAlert("QtrainJobRestartsRising", id, kJobTimeout);
+  ASSERT_TRUE(restarting.ok()) << restarting.status();
+  EXPECT_EQ((*restarting)["labels"].value("severity", ""), "warning") << restarting->dump();
+  EXPECT_TRUE(absl::StrContains((*restarting)["annotations"].value("summary", ""), id))
+      << restarting->dump();
+
+  // The restarted round trains; its child dies too: no restart is left.
+  absl::StatusOr<testing_service::ProcessId> second = worker.WaitForTrainingChild(kJobTimeout);
+  ASSERT_TRUE(second.ok()) << second.status();
+  ASSERT_NE(second->pid, child->pid);
+  ASSERT_EQ(::kill(second->pid, SIGKILL), 0);
+  absl::StatusOr<json> done = testing_service::WaitForJob(
+      *client_, id, [](const json& job) { return testing_service::IsTerminal(JobState(job)); },
+      kJobTimeout);
+  ASSERT_TRUE(done.ok()) << done.status();
+  ASSERT_EQ(JobState(*done), "JOB_STATE_FAILED") << done->dump();
+
+  absl::StatusOr<json> failed = WaitForAlert("QtrainJobFailed", "", absl::Seconds(30));
+  ASSERT_TRUE(failed.ok()) << failed.status();
+  EXPECT_EQ((*failed)["labels"].value("severity", ""), "critical") << failed->dump();
+  EXPECT_EQ((*failed)["labels"].value("job", ""), "qtrain-coordinator") << failed->dump();
+  // Nothing else is wrong: the loss stayed finite and the worker up.
+  absl::StatusOr<json> others = prometheus_->Query(
+      "ALERTS{alertstate=\"firing\", alertname!~\"QtrainJobFailed|QtrainJobRestartsRising\"}");
+  ASSERT_TRUE(others.ok()) << others.status();
+  EXPECT_TRUE(others->empty()) << others->dump();
 }
 
 }  // namespace
