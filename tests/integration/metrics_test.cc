@@ -4,7 +4,8 @@
 // the Grafana dashboard (deploy/grafana/qtrain.json), its variables substituted, must return
 // data over the job's time window; every metric of the contract must have a series there; the
 // metrics endpoints serve nothing but /metrics; and no token given to a daemon shows in a
-// metrics body or in any log.
+// metrics body or in any log. The alerts of deploy/prometheus/rules.yml fire on the real series
+// of a job that restarts and fails and of a worker that dies.
 //
 // A failed test prints the logs of every process it ran; QTRAIN_SERVICE_TEST_LOGS=1 prints them
 // for passing tests too.
@@ -331,11 +332,11 @@ class MetricsTest : public ::testing::Test {
     std::ofstream(dir_ / "cluster.token") << cluster_token_ << "\n";
   }
 
-  void StartCoordinator() {
+  void StartCoordinator(double lease_seconds = 10) {
     testing_service::CoordinatorOptions options;
     options.state_dir = dir_ / "state";
     options.run_root = dir_ / "runs";
-    options.lease_seconds = 10;
+    options.lease_seconds = lease_seconds;
     options.log_dir = dir_ / "logs";
     options.extra_flags = {"--auth-token-file",      (dir_ / "user.token").string(),
                            "--cluster-token-file",   (dir_ / "cluster.token").string(),
@@ -685,10 +686,11 @@ TEST_F(MetricsTest, PrometheusScrapesATrainingJobAndEveryDashboardQueryHasData) 
 
 // The alerts on real series: a job whose training child is killed restarts
 // (QtrainJobRestartsRising, naming the job); killed again with no restart left, it fails
-// (QtrainJobFailed).
-TEST_F(MetricsTest, RestartAndFailureAlertsFireOnARealJob) {
+// (QtrainJobFailed). Then the worker daemon is killed: its target is down (QtrainWorkerDown
+// pending: it fires after 2 minutes) and its lease expires (QtrainLeaseExpiries).
+TEST_F(MetricsTest, RestartFailureLeaseAndDownAlertsFireOnRealSeries) {
   WriteTokens();
-  ASSERT_NO_FATAL_FAILURE(StartCoordinator());
+  ASSERT_NO_FATAL_FAILURE(StartCoordinator(/*lease_seconds=*/5));
   ASSERT_NO_FATAL_FAILURE(StartWorker("w0"));
   ASSERT_NO_FATAL_FAILURE(StartPrometheus());
   std::string last;
@@ -738,6 +740,22 @@ TEST_F(MetricsTest, RestartAndFailureAlertsFireOnARealJob) {
       "ALERTS{alertstate=\"firing\", alertname!~\"QtrainJobFailed|QtrainJobRestartsRising\"}");
   ASSERT_TRUE(others.ok()) << others.status();
   EXPECT_TRUE(others->empty()) << others->dump();
+
+  worker.Kill();
+  const std::string instance = worker_metrics_[0];
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        absl::StatusOr<json> pending = prometheus_->Query(absl::StrCat(
+            "ALERTS{alertname=\"QtrainWorkerDown\", alertstate=\"pending\", instance=\"", instance,
+            "\", job=\"qtrain-worker\"}"));
+        last = pending.ok() ? pending->dump() : pending.status().ToString();
+        return pending.ok() && !pending->empty();
+      },
+      absl::Seconds(30), absl::Milliseconds(250)))
+      << "QtrainWorkerDown is not pending for the killed worker: " << last;
+  absl::StatusOr<json> expired = WaitForAlert("QtrainLeaseExpiries", "", absl::Seconds(40));
+  ASSERT_TRUE(expired.ok()) << expired.status();
+  EXPECT_EQ((*expired)["labels"].value("severity", ""), "warning") << expired->dump();
 }
 
 }  // namespace
