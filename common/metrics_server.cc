@@ -245,7 +245,7 @@ class MetricsServer::Impl {
       if (end == std::string::npos && c.request.size() <= kMaxRequestBytes) return;
       c.response = end == std::string::npos || end > kMaxRequestBytes
                        ? PlainResponse(400, "Bad Request", "bad request: headers too large\n")
-                       : Answer(c.request.substr(0, end));
+                       : MetricsHttpResponse(c.request.substr(0, end), *registry_);
       c.request.clear();
       c.answering = true;
     } else if ((revents & (POLLERR | POLLHUP)) != 0 && (revents & POLLOUT) == 0) {
@@ -265,30 +265,6 @@ class MetricsServer::Impl {
     c.fd = ScopedFd();
   }
 
-  // The response to a request whose head (request line and headers) is `head`.
-  std::string Answer(absl::string_view head) const {
-    const absl::string_view line = head.substr(0, head.find("\r\n"));
-    const std::vector<absl::string_view> parts = absl::StrSplit(line, ' ');
-    const bool well_formed = parts.size() == 3 && !parts[0].empty() &&
-                             absl::StartsWith(parts[1], "/") &&
-                             absl::StartsWith(parts[2], "HTTP/") &&
-                             std::all_of(parts[0].begin(), parts[0].end(), absl::ascii_isupper);
-    if (!well_formed) return PlainResponse(400, "Bad Request", "bad request\n");
-    if (parts[2] != "HTTP/1.0" && parts[2] != "HTTP/1.1") {
-      return PlainResponse(505, "HTTP Version Not Supported", "HTTP/1.0 or HTTP/1.1 only\n");
-    }
-    const absl::string_view path = parts[1].substr(0, parts[1].find('?'));
-    if (path != kMetricsPath) {
-      return PlainResponse(404, "Not Found", "not found: only /metrics is served\n");
-    }
-    if (parts[0] != "GET") {
-      return PlainResponse(405, "Method Not Allowed", "method not allowed: GET /metrics\n",
-                           "Allow: GET\r\n");
-    }
-    const std::string body = prometheus::TextSerializer().Serialize(registry_->Collect());
-    return Response(200, "OK", "text/plain; version=0.0.4; charset=utf-8", body);
-  }
-
   ScopedFd listen_fd_;
   ScopedFd wake_read_;
   ScopedFd wake_write_;
@@ -297,6 +273,28 @@ class MetricsServer::Impl {
   std::atomic<bool> stop_{false};
   std::thread thread_;
 };
+
+std::string MetricsHttpResponse(absl::string_view head, const prometheus::Collectable& metrics) {
+  const absl::string_view line = head.substr(0, head.find("\r\n"));
+  const std::vector<absl::string_view> parts = absl::StrSplit(line, ' ');
+  const bool well_formed = parts.size() == 3 && !parts[0].empty() &&
+                           absl::StartsWith(parts[1], "/") && absl::StartsWith(parts[2], "HTTP/") &&
+                           std::all_of(parts[0].begin(), parts[0].end(), absl::ascii_isupper);
+  if (!well_formed) return PlainResponse(400, "Bad Request", "bad request\n");
+  if (parts[2] != "HTTP/1.0" && parts[2] != "HTTP/1.1") {
+    return PlainResponse(505, "HTTP Version Not Supported", "HTTP/1.0 or HTTP/1.1 only\n");
+  }
+  const absl::string_view path = parts[1].substr(0, parts[1].find('?'));
+  if (path != kMetricsPath) {
+    return PlainResponse(404, "Not Found", "not found: only /metrics is served\n");
+  }
+  if (parts[0] != "GET") {
+    return PlainResponse(405, "Method Not Allowed", "method not allowed: GET /metrics\n",
+                         "Allow: GET\r\n");
+  }
+  const std::string body = prometheus::TextSerializer().Serialize(metrics.Collect());
+  return Response(200, "OK", "text/plain; version=0.0.4; charset=utf-8", body);
+}
 
 absl::Status CheckMetricsListen(const std::string& listen, const std::string& flag) {
   return ParseListen(listen, flag).status();

@@ -13,6 +13,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "prometheus/collectable.h"
 #include "prometheus/registry.h"
 
 namespace qtrain {
@@ -24,6 +26,12 @@ struct MetricsServerOptions {
 
 // INVALID_ARGUMENT naming the flag when `listen` is not HOST:PORT with a port in [0, 65535].
 absl::Status CheckMetricsListen(const std::string& listen, const std::string& flag);
+
+// The whole HTTP/1.1 response to a request whose head (request line and headers, without the
+// blank line) is `head`: 200 with `metrics` in the text format for GET /metrics (a query string
+// is ignored), 404 for other paths, 405 for other methods, 505 for other HTTP versions, 400 for
+// anything malformed. Never fails; public for tests and the fuzz target.
+std::string MetricsHttpResponse(absl::string_view head, const prometheus::Collectable& metrics);
 
 class MetricsServer {
  public:
