@@ -1,1 +1,51 @@
-# The Kubernetes manifest checks.
+# The Kubernetes manifest checks (deploy/k8s) and the pod security checker with its fixtures.
+# Tools: kubectl (kustomize), kubernetes-validate, cloudcoil-models-prometheus-operator,
+# jsonschema, PyYAML (scripts/setup.sh).
+find_package(Python3 COMPONENTS Interpreter REQUIRED)
+set(_qtrain_deploy ${CMAKE_CURRENT_SOURCE_DIR})
+set(_qtrain_k8s ${PROJECT_SOURCE_DIR}/deploy/k8s)
+
+function(_qtrain_deploy_test name)
+  add_test(NAME ${name} COMMAND ${Python3_EXECUTABLE} ${ARGN}
+           WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
+  set_tests_properties(${name} PROPERTIES LABELS integration TIMEOUT 300)
+endfunction()
+
+# Each overlay renders, validates (Kubernetes 1.30 schemas, strict; PodMonitor types) and meets
+# the restricted Pod Security Standard, with consistent references and no real token.
+foreach(overlay cpu-dev gpu)
+  _qtrain_deploy_test(k8s_overlay_${overlay}
+    ${_qtrain_deploy}/check_manifests.py overlay ${_qtrain_k8s}/overlays/${overlay})
+endforeach()
+_qtrain_deploy_test(k8s_overlays_differ
+  ${_qtrain_deploy}/check_manifests.py overlays ${_qtrain_k8s}/overlays/cpu-dev
+  ${_qtrain_k8s}/overlays/gpu)
+# The checks catch broken copies of the manifests (and a missing kubectl).
+_qtrain_deploy_test(k8s_checks_fail_on_broken_manifests ${_qtrain_deploy}/check_manifests_test.py)
+
+# The PodMonitor schema accepts a valid PodMonitor and refuses misspelled keys.
+set(_pm ${_qtrain_deploy}/fixtures/podmonitor)
+_qtrain_deploy_test(k8s_podmonitor_valid ${_qtrain_deploy}/check_manifests.py podmonitor ${_pm}/valid.yaml)
+_qtrain_deploy_test(k8s_podmonitor_misspelled_key
+  ${_qtrain_deploy}/check_manifests.py podmonitor --expect-invalid intervall ${_pm}/misspelled-key.yaml)
+_qtrain_deploy_test(k8s_podmonitor_misspelled_spec_key
+  ${_qtrain_deploy}/check_manifests.py podmonitor --expect-invalid podMetricEndpoints
+  ${_pm}/misspelled-spec-key.yaml)
+
+# Pod security fixtures: valid Kubernetes objects (so each fails for its control alone); the
+# passing one passes; each failing one, named CONTROL or CONTROL--VARIANT, violates exactly CONTROL.
+set(_pss ${_qtrain_deploy}/fixtures/pss)
+file(GLOB _pss_fail CONFIGURE_DEPENDS ${_pss}/fail/*.yaml)
+file(GLOB _pss_pass CONFIGURE_DEPENDS ${_pss}/pass/*.yaml)
+_qtrain_deploy_test(pss_fixtures_are_valid_objects
+  ${_qtrain_deploy}/check_manifests.py validate ${_pss_pass} ${_pss_fail})
+foreach(fixture ${_pss_pass})
+  get_filename_component(_name ${fixture} NAME_WE)
+  _qtrain_deploy_test(pss_pass_${_name} ${_qtrain_deploy}/check_pod_security.py ${fixture})
+endforeach()
+foreach(fixture ${_pss_fail})
+  get_filename_component(_name ${fixture} NAME_WE)
+  string(REGEX REPLACE "--.*$" "" _control ${_name})
+  _qtrain_deploy_test(pss_fail_${_name}
+    ${_qtrain_deploy}/check_pod_security.py --expect ${_control} ${fixture})
+endforeach()
