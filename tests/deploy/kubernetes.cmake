@@ -1,6 +1,9 @@
 # The Kubernetes manifest checks (deploy/k8s) and the pod security checker with its fixtures.
 # Tools: kubectl (kustomize), kubernetes-validate, cloudcoil-models-prometheus-operator,
 # jsonschema, PyYAML (scripts/setup.sh).
+if(NOT QTRAIN_BUILD_TESTS)
+  return()
+endif()
 find_package(Python3 COMPONENTS Interpreter REQUIRED)
 set(_qtrain_deploy ${CMAKE_CURRENT_SOURCE_DIR})
 set(_qtrain_k8s ${PROJECT_SOURCE_DIR}/deploy/k8s)
@@ -49,3 +52,16 @@ foreach(fixture ${_pss_fail})
   _qtrain_deploy_test(pss_fail_${_name}
     ${_qtrain_deploy}/check_pod_security.py --expect ${_control} ${fixture})
 endforeach()
+
+# The Dockerfiles (no Docker daemon needed): pinned images, the build packages of
+# scripts/setup.sh, the non-root user of the manifests, and runtime packages that cover the
+# libraries the built binaries link.
+set(_qtrain_binaries)
+foreach(bin qtrain qtrain-coordinator qtrain-worker)
+  if(TARGET ${bin})
+    list(APPEND _qtrain_binaries $<TARGET_FILE:${bin}>)
+  endif()
+endforeach()
+_qtrain_deploy_test(docker_files ${_qtrain_deploy}/check_dockerfiles.py --binaries ${_qtrain_binaries})
+_qtrain_deploy_test(docker_checks_fail_on_broken_files
+  ${_qtrain_deploy}/check_dockerfiles_test.py ${_qtrain_binaries})
