@@ -236,7 +236,8 @@ def check_runtime_stage(where, stage, build, root, problems):
             problems.append(f"{where}: the manifests run {command}, which the image does not have")
     user = [i for i in stage.instructions if i.keyword == "USER"]
     if not user:
-        problems.append(f"{where}:{stage.line}: the runtime stage sets no USER (it would run as root)")
+        problems.append(f"{where}:{stage.line}: the runtime stage sets no USER (it would run "
+                        f"as root)")
         return installed
     uid, _, gid = user[-1].args.partition(":")
     if not uid.isdigit() or not gid.isdigit():
@@ -297,7 +298,8 @@ def check_dockerfile(root, device, binaries, problems):
         m_build = re.match(r"nvidia/cuda:(\d+\.\d+(?:\.\d+)?)-devel-(\S+)$", build.image)
         m_run = re.match(r"nvidia/cuda:(\d+\.\d+(?:\.\d+)?)-runtime-(\S+)$", runtime.image)
         if not m_build:
-            problems.append(f"{where}:{build.line}: the build stage is not an nvidia/cuda devel image")
+            problems.append(f"{where}:{build.line}: the build stage is not an nvidia/cuda devel "
+                            f"image")
         if not m_run:
             problems.append(f"{where}:{runtime.line}: the runtime stage is not an nvidia/cuda "
                             f"runtime image")

@@ -122,7 +122,8 @@ class BrokenManifests(unittest.TestCase):
 
     def test_gpu_patch_refuses_a_changed_base(self):
         # The GPU overlay replaces the first worker argument only while it is --device=cpu.
-        self.edit("base/worker.yaml", "            - --device=cpu\n            - --name=$(POD_NAME)\n",
+        self.edit("base/worker.yaml",
+                  "            - --device=cpu\n            - --name=$(POD_NAME)\n",
                   "            - --name=$(POD_NAME)\n            - --device=cpu\n")
         with self.assertRaises(check_manifests.CheckError) as e:
             check_manifests.check_overlay(self.overlay("gpu"))

@@ -139,7 +139,7 @@ def check_pod(where, metadata, spec):
         bad(where, APPARMOR, f"securityContext.appArmorProfile.type is {pod_apparmor}")
     for key, value in annotations.items():
         if key.startswith(APPARMOR_ANNOTATION):
-            if not (value == "runtime/default" or str(value).startswith("localhost/")):
+            if not (value in ("", "runtime/default") or str(value).startswith("localhost/")):
                 bad(where, APPARMOR, f"annotation {key} is {value}")
     # Baseline: SELinux (pod level).
     out.extend(_check_selinux(where, psc.get("seLinuxOptions")))
@@ -230,7 +230,8 @@ def _check_container(where, c, pod_seccomp, pod_non_root, windows):
         bad(CAPABILITIES, "capabilities.drop does not include ALL")
     extra = sorted(added - ALLOWED_ADD_CAPABILITIES)
     if extra:
-        bad(CAPABILITIES, f"capabilities.add has {', '.join(extra)} (only NET_BIND_SERVICE may be added)")
+        bad(CAPABILITIES, f"capabilities.add has {', '.join(extra)} (only NET_BIND_SERVICE may "
+                          f"be added)")
     if sc.get("allowPrivilegeEscalation") is not False:
         bad(PRIVILEGE_ESCALATION, "securityContext.allowPrivilegeEscalation is not false")
     return out
