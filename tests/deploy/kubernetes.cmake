@@ -28,9 +28,11 @@ _qtrain_deploy_test(k8s_checks_fail_on_broken_manifests ${_qtrain_deploy}/check_
 
 # The PodMonitor schema accepts a valid PodMonitor and refuses misspelled keys.
 set(_pm ${_qtrain_deploy}/fixtures/podmonitor)
-_qtrain_deploy_test(k8s_podmonitor_valid ${_qtrain_deploy}/check_manifests.py podmonitor ${_pm}/valid.yaml)
+_qtrain_deploy_test(k8s_podmonitor_valid
+  ${_qtrain_deploy}/check_manifests.py podmonitor ${_pm}/valid.yaml)
 _qtrain_deploy_test(k8s_podmonitor_misspelled_key
-  ${_qtrain_deploy}/check_manifests.py podmonitor --expect-invalid intervall ${_pm}/misspelled-key.yaml)
+  ${_qtrain_deploy}/check_manifests.py podmonitor --expect-invalid intervall
+  ${_pm}/misspelled-key.yaml)
 _qtrain_deploy_test(k8s_podmonitor_misspelled_spec_key
   ${_qtrain_deploy}/check_manifests.py podmonitor --expect-invalid podMetricEndpoints
   ${_pm}/misspelled-spec-key.yaml)
@@ -62,6 +64,16 @@ foreach(bin qtrain qtrain-coordinator qtrain-worker)
     list(APPEND _qtrain_binaries $<TARGET_FILE:${bin}>)
   endif()
 endforeach()
-_qtrain_deploy_test(docker_files ${_qtrain_deploy}/check_dockerfiles.py --binaries ${_qtrain_binaries})
+_qtrain_deploy_test(docker_files
+  ${_qtrain_deploy}/check_dockerfiles.py --binaries ${_qtrain_binaries})
 _qtrain_deploy_test(docker_checks_fail_on_broken_files
   ${_qtrain_deploy}/check_dockerfiles_test.py ${_qtrain_binaries})
+
+# The real daemons start with the command lines the cpu-dev overlay gives its pods (flags,
+# token files, ports), the worker registers under its pod name, and both stop on SIGTERM.
+if(TARGET qtrain AND TARGET qtrain-coordinator AND TARGET qtrain-worker)
+  _qtrain_deploy_test(k8s_daemons_run_with_manifest_flags
+    ${_qtrain_deploy}/check_manifest_daemons.py --coordinator $<TARGET_FILE:qtrain-coordinator>
+    --worker $<TARGET_FILE:qtrain-worker> --cli $<TARGET_FILE:qtrain>
+    ${_qtrain_k8s}/overlays/cpu-dev)
+endif()
