@@ -22,8 +22,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
+# Ubuntu 24.04 has the same library versions as Debian 12 (abseil 20220623, gRPC 1.51, protobuf
+# 3.21) but a newer GCC: its new warnings must not fail a release build (QTRAIN_WERROR=OFF).
 RUN cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DQTRAIN_CUDA=ON \
-      -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHITECTURES}" \
+      -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHITECTURES}" -DQTRAIN_WERROR=OFF \
       -DQTRAIN_BUILD_TESTS=OFF -DQTRAIN_BUILD_BENCH=OFF \
  && cmake --build build --target qtrain qtrain-coordinator qtrain-worker -j "$(nproc)" \
  && deploy/docker/runtime-packages.sh build/bin/qtrain build/bin/qtrain-coordinator \

@@ -13,8 +13,9 @@ Rules (each failure names the file, the line and the rule):
   - the runtime stage installs no -dev package and no compiler, copies qtrain,
     qtrain-coordinator and qtrain-worker to /usr/local/bin (the paths the manifests run), and
     runs as the numeric non-root USER UID:GID that deploy/k8s's pods use (runAsUser/runAsGroup);
-  - cpu: Debian 12 images; the runtime packages cover the libraries the binaries link (with
-    --binaries: deploy/docker/runtime-packages.sh on the built binaries);
+  - cpu: Debian 12 images; every package it installs exists in Debian 12 (looked up with
+    apt-cache when run on Debian 12); the runtime packages cover the libraries the binaries link
+    (with --binaries: deploy/docker/runtime-packages.sh on the built binaries);
   - cuda: nvidia/cuda devel image for the build, the runtime image of the same CUDA version and
     OS for the runtime, and the runtime packages computed from the built binaries;
   - .dockerignore leaves out .git and the build trees.
@@ -25,6 +26,7 @@ import glob
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -273,6 +275,45 @@ def needed_packages(root, binaries):
     return _NEEDED[key]
 
 
+def apt_lookup_possible():
+    """Whether this machine can look package names up: Debian 12 with apt package lists."""
+    try:
+        with open("/etc/debian_version", encoding="utf-8") as f:
+            debian_12 = f.read().startswith("12")
+    except OSError:
+        return False
+    return bool(debian_12 and shutil.which("apt-cache")
+                and glob.glob("/var/lib/apt/lists/*_Packages*"))
+
+
+_KNOWN = {}
+
+
+def known_packages(packages):
+    """The packages of `packages` apt knows (one apt-cache call for those not asked before)."""
+    new = sorted(set(packages) - set(_KNOWN))
+    if new:
+        proc = subprocess.run(["apt-cache", "show", "--no-all-versions", *new],
+                              capture_output=True, text=True, timeout=300)
+        found = set(re.findall(r"^Package: (\S+)$", proc.stdout, re.M))
+        _KNOWN.update({p: p in found for p in new})
+    return {p for p in packages if _KNOWN[p]}
+
+
+def check_known_to_apt(where, stages, problems):
+    """On Debian 12 with package lists, every package the Dockerfile installs exists."""
+    if not apt_lookup_possible():
+        print(f"{where}: not on Debian 12 with apt package lists: package names not looked up")
+        return
+    for stage in stages:
+        for ins in stage.instructions:
+            if ins.keyword != "RUN":
+                continue
+            packages = apt_packages(ins.args)
+            for package in sorted(set(packages) - known_packages(packages)):
+                problems.append(f"{where}:{ins.line}: Debian 12 has no package {package}")
+
+
 def check_dockerfile(root, device, binaries, problems):
     path = os.path.join(root, "deploy", "docker", f"{device}.Dockerfile")
     where = os.path.relpath(path, root)
@@ -289,6 +330,7 @@ def check_dockerfile(root, device, binaries, problems):
         for stage in stages:
             if not re.match(r"debian:(12|bookworm)([.\-]|$)", stage.image):
                 problems.append(f"{where}:{stage.line}: FROM {stage.image} is not Debian 12")
+        check_known_to_apt(where, stages, problems)
         if binaries:
             missing = sorted(needed_packages(root, binaries) - BASE_PACKAGES - set(installed))
             if missing:

@@ -93,6 +93,11 @@ class BrokenDockerfiles(unittest.TestCase):
         self.edit("deploy/docker/cpu.Dockerfile", " libsqlite3-dev ", " ")
         self.assert_problem("does not install libsqlite3-dev")
 
+    @unittest.skipUnless(check_dockerfiles.apt_lookup_possible(), "not Debian 12 with apt lists")
+    def test_unknown_package(self):
+        self.edit("deploy/docker/cpu.Dockerfile", " libsqlite3-0 ", " libsqlite3-0 libsqlite9 ")
+        self.assert_problem("Debian 12 has no package libsqlite9")
+
     def test_recommends(self):
         self.edit("deploy/docker/cuda.Dockerfile",
                   "xargs -r apt-get install -y --no-install-recommends",
