@@ -420,6 +420,68 @@ def _worker_problems(where, args, container):
     return out
 
 
+# --- Resources, probes, policies and budgets -------------------------------------------------------
+
+def _rule_ports(rule):
+    return {(p.get("port"), p.get("endPort")) for p in rule.get("ports") or []}
+
+
+def policy_problems(objects):
+    """Requests, limits and probes on every daemon; the network policies and budgets qtrain
+    relies on."""
+    out = []
+    by_kind = _index(objects)
+    components = {}
+    for obj, meta, spec in _workloads(objects):
+        component = (meta.get("labels") or {}).get("app.kubernetes.io/component")
+        components[component] = meta.get("labels") or {}
+        for c in spec.get("containers") or []:
+            where = f'{name_of(obj)} container "{c.get("name")}"'
+            resources = c.get("resources") or {}
+            for part in ("requests", "limits"):
+                for resource in ("cpu", "memory"):
+                    if resource not in (resources.get(part) or {}):
+                        out.append(f"{where}: no {resource} in resources.{part}")
+            for probe in ("readinessProbe", "livenessProbe"):
+                if probe not in c:
+                    out.append(f"{where}: no {probe}")
+
+    policies = list(by_kind.get("NetworkPolicy", {}).values())
+    if not any((np["spec"].get("podSelector") or {}) == {}
+               and set(np["spec"].get("policyTypes") or []) == {"Ingress", "Egress"}
+               and not np["spec"].get("ingress") and not np["spec"].get("egress")
+               for np in policies):
+        out.append("no default-deny NetworkPolicy (podSelector {}, Ingress and Egress, no rules)")
+
+    def ingress_rules(component):
+        labels = components.get(component) or {}
+        for np in policies:
+            selector = np["spec"].get("podSelector") or {}
+            if selector and _matches(selector, labels):
+                yield from np["spec"].get("ingress") or []
+
+    for component, port in METRICS_PORTS.items():
+        rules = [r for r in ingress_rules(component) if (port, None) in _rule_ports(r)]
+        if not rules:
+            out.append(f"no NetworkPolicy admits the monitoring namespace to {component} {port}")
+        for r in rules:
+            sources = r.get("from") or []
+            if not sources or any(s.get("namespaceSelector") != {"matchLabels": {
+                    "kubernetes.io/metadata.name": "monitoring"}} or "podSelector" in s
+                    for s in sources):
+                out.append(f"{component} {port} is open to more than the monitoring namespace")
+    if not any((GRPC_PORT, None) in _rule_ports(r) for r in ingress_rules("coordinator")):
+        out.append(f"no NetworkPolicy admits clients to the coordinator's {GRPC_PORT}")
+    if not any((32768, 60999) in _rule_ports(r) for r in ingress_rules("worker")):
+        out.append("no NetworkPolicy admits workers to each other on 32768-60999")
+
+    budgets = by_kind.get("PodDisruptionBudget", {}).values()
+    for component, labels in components.items():
+        if not any(_matches(b["spec"].get("selector") or {}, labels) for b in budgets):
+            out.append(f"no PodDisruptionBudget covers the {component}")
+    return out
+
+
 # --- Secrets -------------------------------------------------------------------------------------
 
 def _entropy(s):
@@ -483,6 +545,7 @@ def check_overlay(directory):
         problems.append("no pod template to check")
     problems.extend(reference_problems(objects))
     problems.extend(contract_problems(objects))
+    problems.extend(policy_problems(objects))
     problems.extend(secret_problems(rendered, objects))
     return objects, problems
 

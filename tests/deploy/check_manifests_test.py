@@ -92,6 +92,32 @@ class BrokenManifests(unittest.TestCase):
         self.edit("base/namespace.yaml", "enforce: restricted", "enforce: baseline")
         self.assert_problem("pod-security.kubernetes.io/enforce is not restricted")
 
+    def test_metrics_open_to_everyone(self):
+        self.edit("base/networkpolicy.yaml", """    - from:
+        - namespaceSelector:
+            matchLabels:
+              kubernetes.io/metadata.name: monitoring
+      ports:
+        - {protocol: TCP, port: 9402}""", """    - from:
+        - namespaceSelector: {}
+      ports:
+        - {protocol: TCP, port: 9402}""")
+        self.assert_problem("worker 9402 is open to more than the monitoring namespace")
+
+    def test_no_default_deny(self):
+        self.edit("base/networkpolicy.yaml", "  policyTypes: [Ingress, Egress]\n---",
+                  "  policyTypes: [Ingress]\n---")
+        self.assert_problem("no default-deny NetworkPolicy")
+
+    def test_no_probe(self):
+        self.edit("base/coordinator.yaml", "          livenessProbe:\n", "          x-probe:\n")
+        self.assert_problem("no livenessProbe")
+
+    def test_no_worker_budget(self):
+        self.edit("base/poddisruptionbudget.yaml", "      app.kubernetes.io/component: worker",
+                  "      app.kubernetes.io/component: workers")
+        self.assert_problem("no PodDisruptionBudget covers the worker")
+
     def test_real_looking_token(self):
         with open(os.path.join(self.root, "base", "tokens", "auth-token.placeholder"), "w") as f:
             f.write("q8Z3vN1xK7pR2mT9wY4bC6dF0hJ5sL8a\n")
