@@ -420,7 +420,7 @@ def _worker_problems(where, args, container):
     return out
 
 
-# --- Resources, probes, policies and budgets -------------------------------------------------------
+# --- Resources, probes, policies and budgets ------------------------------------------------
 
 def _rule_ports(rule):
     return {(p.get("port"), p.get("endPort")) for p in rule.get("ports") or []}
