@@ -44,7 +44,7 @@ RUN apt-get update \
 RUN groupadd --system --gid 10001 qtrain \
  && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/qtrain --no-create-home \
       --shell /usr/sbin/nologin qtrain \
- && install -d -o 10001 -g 10001 -m 0750 /var/lib/qtrain /shared
+ && install -d -o 10001 -g 10001 -m 0750 /var/lib/qtrain /srv/qtrain
 COPY --from=build /src/build/bin/qtrain /src/build/bin/qtrain-coordinator \
      /src/build/bin/qtrain-worker /usr/local/bin/
 # Fail the build if a library the binaries need is missing from this stage (the CUDA driver

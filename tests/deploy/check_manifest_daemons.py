@@ -49,10 +49,13 @@ def materialize(spec, container, objects, root, pod_name):
     volumes = {v["name"]: v for v in spec.get("volumes") or []}
     mapping = {}
     for m in container.get("volumeMounts") or []:
-        directory = os.path.join(root, pod_name, m["name"])
+        volume = volumes.get(m["name"], {})
+        # A claim of the pod spec (not of a volumeClaimTemplate) is shared by every pod.
+        claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+        directory = os.path.join(root, f"claim-{claim}" if claim else os.path.join(pod_name,
+                                                                                  m["name"]))
         os.makedirs(directory, exist_ok=True)
         mapping[m["mountPath"].rstrip("/")] = directory
-        volume = volumes.get(m["name"], {})
         if "secret" in volume:
             secret = by_kind["Secret"][volume["secret"]["secretName"]]
             items = volume["secret"].get("items") or [{"key": k, "path": k}
@@ -66,10 +69,6 @@ def materialize(spec, container, objects, root, pod_name):
             for key, value in by_kind["ConfigMap"][volume["configMap"]["name"]]["data"].items():
                 with open(os.path.join(directory, key), "w", encoding="utf-8") as f:
                     f.write(value)
-    # The shared volume is one directory for every pod.
-    if "/shared" in mapping:
-        mapping["/shared"] = os.path.join(root, "shared")
-        os.makedirs(mapping["/shared"], exist_ok=True)
 
     env = {}
     for e in container.get("env") or []:

@@ -69,6 +69,15 @@ _qtrain_deploy_test(docker_files
 _qtrain_deploy_test(docker_checks_fail_on_broken_files
   ${_qtrain_deploy}/check_dockerfiles_test.py ${_qtrain_binaries})
 
+# The example job specs of the ConfigMaps are valid (qtrain validate).
+if(TARGET qtrain)
+  foreach(spec base/jobs/example.yaml overlays/gpu/jobs/example.yaml)
+    string(REPLACE "/" "_" _name ${spec})
+    add_test(NAME k8s_job_spec_${_name} COMMAND $<TARGET_FILE:qtrain> validate ${_qtrain_k8s}/${spec})
+    set_tests_properties(k8s_job_spec_${_name} PROPERTIES LABELS integration TIMEOUT 60)
+  endforeach()
+endif()
+
 # The real daemons start with the command lines the cpu-dev overlay gives its pods (flags,
 # token files, ports), the worker registers under its pod name, and both stop on SIGTERM.
 if(TARGET qtrain AND TARGET qtrain-coordinator AND TARGET qtrain-worker)
