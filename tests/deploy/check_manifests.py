@@ -507,7 +507,7 @@ def looks_like_token(text):
     return None
 
 
-def secret_problems(rendered, objects):
+def secret_problems(objects):
     out = []
     for secret in (o for o in objects if o.get("kind") == "Secret"):
         values = dict(secret.get("stringData") or {})
@@ -537,7 +537,7 @@ def secret_problems(rendered, objects):
 # --- Commands ------------------------------------------------------------------------------------
 
 def check_overlay(directory):
-    rendered, objects = render(directory)
+    _, objects = render(directory)
     problems = schema_problems(objects)
     violations, checked = check_pod_security.check_objects(objects)
     problems.extend(f"pod security: {v}" for v in violations)
@@ -546,7 +546,7 @@ def check_overlay(directory):
     problems.extend(reference_problems(objects))
     problems.extend(contract_problems(objects))
     problems.extend(policy_problems(objects))
-    problems.extend(secret_problems(rendered, objects))
+    problems.extend(secret_problems(objects))
     return objects, problems
 
 

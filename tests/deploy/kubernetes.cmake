@@ -73,7 +73,8 @@ _qtrain_deploy_test(docker_checks_fail_on_broken_files
 if(TARGET qtrain)
   foreach(spec base/jobs/example.yaml overlays/gpu/jobs/example.yaml)
     string(REPLACE "/" "_" _name ${spec})
-    add_test(NAME k8s_job_spec_${_name} COMMAND $<TARGET_FILE:qtrain> validate ${_qtrain_k8s}/${spec})
+    add_test(NAME k8s_job_spec_${_name}
+             COMMAND $<TARGET_FILE:qtrain> validate ${_qtrain_k8s}/${spec})
     set_tests_properties(k8s_job_spec_${_name} PROPERTIES LABELS integration TIMEOUT 60)
   endforeach()
 endif()
