@@ -31,8 +31,8 @@ ARG DEBIAN_FRONTEND=noninteractive
 # list covers them).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      libabsl20220623 libcivetweb1 libgloo0 libgomp1 libgrpc++1.51 libgrpc29 libopenblas0-pthread \
-      libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libprotobuf32 libsqlite3-0 libssl3 \
+      libabsl20220623 libgloo0 libgomp1 libgrpc++1.51 libgrpc29 libopenblas0-pthread \
+      libprometheus-cpp-core1.0 libprotobuf32 libsqlite3-0 libssl3 \
       libstdc++6 libutf8proc2 libyaml-cpp0.7 \
  && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 qtrain \
