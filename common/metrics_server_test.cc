@@ -32,6 +32,7 @@ namespace {
 using ::qtrain::testing_http::HttpGet;
 using ::qtrain::testing_http::HttpRequest;
 using ::qtrain::testing_http::HttpResponse;
+using ::qtrain::testing_http::RawStatusLine;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using ::testing::StartsWith;
@@ -108,31 +109,6 @@ TEST(MetricsServerTest, OtherMethodsAreRefused) {
     EXPECT_EQ(response->status, 405) << method;
     EXPECT_THAT(response->body, Not(HasSubstr("qtrain_test_value"))) << method;
   }
-}
-
-// Sends `request` as is and returns the status line of the answer ("" when none came).
-std::string RawStatusLine(const std::string& address, const std::string& request) {
-  const size_t colon = address.rfind(':');
-  int port = 0;
-  if (!absl::SimpleAtoi(address.substr(colon + 1), &port)) return "";
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return "";
-  timeval timeout{5, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string answer;
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      ::send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
-          static_cast<ssize_t>(request.size())) {
-    char buf[256];
-    const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
-    if (n > 0) answer.assign(buf, static_cast<size_t>(n));
-  }
-  ::close(fd);
-  return answer.substr(0, answer.find("\r\n"));
 }
 
 TEST(MetricsServerTest, MalformedRequestsAreBadRequestsAndServingGoesOn) {

@@ -132,23 +132,16 @@ absl::StatusOr<HttpResponse> Parse(const std::string& raw) {
 
 }  // namespace
 
-absl::StatusOr<HttpResponse> HttpRequest(const std::string& host_port, const std::string& method,
-                                         const std::string& target, const std::string& body,
-                                         absl::Duration timeout) {
+absl::StatusOr<std::string> HttpRawExchange(const std::string& host_port, const std::string& bytes,
+                                            absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   absl::StatusOr<int> connected = Connect(host_port, deadline);
   if (!connected.ok()) return connected.status();
   Fd fd{*connected};
-  std::string request = absl::StrCat(method, " ", target, " HTTP/1.1\r\nHost: ", host_port,
-                                     "\r\nConnection: close\r\nAccept: */*\r\n");
-  if (!body.empty()) {
-    absl::StrAppend(&request, "Content-Type: application/x-www-form-urlencoded\r\n");
-  }
-  absl::StrAppend(&request, "Content-Length: ", body.size(), "\r\n\r\n", body);
   size_t sent = 0;
-  while (sent < request.size()) {
+  while (sent < bytes.size()) {
     if (absl::Status s = WaitReady(fd.fd, POLLOUT, deadline); !s.ok()) return s;
-    const ssize_t n = send(fd.fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
+    const ssize_t n = send(fd.fd, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
     if (n < 0 && errno != EAGAIN && errno != EINTR) {
       return absl::UnavailableError(
           absl::StrCat("send to ", host_port, ": ", std::strerror(errno)));
@@ -169,7 +162,28 @@ absl::StatusOr<HttpResponse> HttpRequest(const std::string& host_port, const std
     }
     raw.append(buffer, static_cast<size_t>(n));
   }
-  return Parse(raw);
+  return raw;
+}
+
+std::string RawStatusLine(const std::string& host_port, const std::string& bytes,
+                          absl::Duration timeout) {
+  absl::StatusOr<std::string> raw = HttpRawExchange(host_port, bytes, timeout);
+  if (!raw.ok()) return "";
+  return raw->substr(0, raw->find("\r\n"));
+}
+
+absl::StatusOr<HttpResponse> HttpRequest(const std::string& host_port, const std::string& method,
+                                         const std::string& target, const std::string& body,
+                                         absl::Duration timeout) {
+  std::string request = absl::StrCat(method, " ", target, " HTTP/1.1\r\nHost: ", host_port,
+                                     "\r\nConnection: close\r\nAccept: */*\r\n");
+  if (!body.empty()) {
+    absl::StrAppend(&request, "Content-Type: application/x-www-form-urlencoded\r\n");
+  }
+  absl::StrAppend(&request, "Content-Length: ", body.size(), "\r\n\r\n", body);
+  absl::StatusOr<std::string> raw = HttpRawExchange(host_port, request, timeout);
+  if (!raw.ok()) return raw.status();
+  return Parse(*raw);
 }
 
 std::string UrlEncode(const std::string& text) {

@@ -31,6 +31,15 @@ inline absl::StatusOr<HttpResponse> HttpGet(const std::string& host_port, const 
   return HttpRequest(host_port, "GET", target, "", timeout);
 }
 
+// Sends `bytes` as they are (a malformed request, say) and returns what comes back until the
+// server closes the connection. Errors as HttpRequest.
+absl::StatusOr<std::string> HttpRawExchange(const std::string& host_port, const std::string& bytes,
+                                            absl::Duration timeout = absl::Seconds(5));
+
+// The status line ("HTTP/1.1 400 Bad Request") of the answer to `bytes`; "" when none came.
+std::string RawStatusLine(const std::string& host_port, const std::string& bytes,
+                          absl::Duration timeout = absl::Seconds(5));
+
 // Percent-encodes `text` for a query string or form body (RFC 3986 unreserved kept).
 std::string UrlEncode(const std::string& text);
 

@@ -41,6 +41,7 @@ using ::qtrain::testing_cli::RunCli;
 using ::qtrain::testing_http::HttpGet;
 using ::qtrain::testing_http::HttpRequest;
 using ::qtrain::testing_http::HttpResponse;
+using ::qtrain::testing_http::RawStatusLine;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
@@ -93,30 +94,6 @@ std::string Scrape(const std::string& address) {
   absl::StatusOr<HttpResponse> response = HttpGet(address, "/metrics", absl::Seconds(5));
   if (!response.ok() || response->status != 200) return "";
   return response->body;
-}
-
-// Sends `request` as is and returns the status line of the answer ("" when none came).
-std::string RawStatusLine(const std::string& address, const std::string& request) {
-  int port = 0;
-  if (!absl::SimpleAtoi(address.substr(address.rfind(':') + 1), &port)) return "";
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return "";
-  timeval timeout{5, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string answer;
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      ::send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
-          static_cast<ssize_t>(request.size())) {
-    char buf[256];
-    const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
-    if (n > 0) answer.assign(buf, static_cast<size_t>(n));
-  }
-  ::close(fd);
-  return answer.substr(0, answer.find("\r\n"));
 }
 
 // Scrapes until `pred` holds for the body (false after `timeout`).
