@@ -67,8 +67,7 @@ class MetricsInterceptorFactory : public grpc::experimental::ServerInterceptorFa
 
 }  // namespace
 
-std::string GrpcCodeName(grpc::StatusCode code) {
-  const int number = static_cast<int>(code);
+std::string GrpcCodeName(int number) {
   if (number < 0 || number > static_cast<int>(grpc::StatusCode::UNAUTHENTICATED)) return "UNKNOWN";
   return absl::StatusCodeToString(static_cast<absl::StatusCode>(number));
 }
@@ -121,7 +120,8 @@ void RpcMetrics::Record(const Method& method, grpc::StatusCode code, absl::Durat
   {
     absl::MutexLock lock(&mu_);
     prometheus::Counter*& c = counters_[{method.label, static_cast<int>(code)}];
-    if (c == nullptr) c = &total_.Add({{"method", method.label}, {"code", GrpcCodeName(code)}});
+    if (c == nullptr)
+      c = &total_.Add({{"method", method.label}, {"code", GrpcCodeName(static_cast<int>(code))}});
     counter = c;
     if (method.unary) {
       prometheus::Histogram*& h = histograms_[method.label];

@@ -69,7 +69,7 @@ class RpcMetrics : public std::enable_shared_from_this<RpcMetrics> {
 };
 
 // "OK", "NOT_FOUND", ...; "UNKNOWN" for a number outside gRPC's codes.
-std::string GrpcCodeName(grpc::StatusCode code);
+std::string GrpcCodeName(int code);
 
 }  // namespace qtrain
 

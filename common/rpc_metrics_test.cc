@@ -270,7 +270,8 @@ TEST(RpcMetricsTest, CodeNames) {
   EXPECT_EQ(GrpcCodeName(grpc::StatusCode::OK), "OK");
   EXPECT_EQ(GrpcCodeName(grpc::StatusCode::NOT_FOUND), "NOT_FOUND");
   EXPECT_EQ(GrpcCodeName(grpc::StatusCode::UNAUTHENTICATED), "UNAUTHENTICATED");
-  EXPECT_EQ(GrpcCodeName(static_cast<grpc::StatusCode>(99)), "UNKNOWN");
+  EXPECT_EQ(GrpcCodeName(99), "UNKNOWN");
+  EXPECT_EQ(GrpcCodeName(-1), "UNKNOWN");
 }
 
 }  // namespace
