@@ -32,6 +32,19 @@ struct YarnParams {
   bool truncate = true;
 };
 
+// Dual Chunk Attention (docs/model-math.md, "Dual Chunk Attention"): config.json's
+// `dual_chunk_attention_config`, as Qwen2.5-1M models ship it, or `--dca CHUNK,LOCAL`.
+// Inference only (score, generate, eval); it replaces YaRN when both are configured.
+struct DcaParams {
+  int64_t chunk_size = 0;  // C; 0: DCA is off
+  int64_t local_size = 0;  // w, 0 <= w < C; chunk length s = C - w
+  // > 0: logits are scaled by lambda^2, lambda = max(1, 0.1 ln(L / this) + 1), L the length.
+  int64_t original_max_position_embeddings = 0;
+
+  bool enabled() const { return chunk_size > 0; }
+  int64_t chunk_len() const { return chunk_size - local_size; }
+};
+
 struct ModelConfig {
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
@@ -48,6 +61,7 @@ struct ModelConfig {
   double initializer_range = 0.02;
   std::optional<int64_t> bos_token_id;
   std::vector<int64_t> eos_token_ids;  // empty: none
+  DcaParams dca;                       // off unless configured
 
   int64_t q_dim() const { return num_heads * head_dim; }
   int64_t kv_dim() const { return num_kv_heads * head_dim; }
@@ -89,6 +103,10 @@ std::vector<std::string> PresetNames();
 // rope_parameters). `source` names the file in errors.
 absl::StatusOr<ModelConfig> ParseConfigJson(std::string_view text,
                                             std::string_view source = "config.json");
+// Parses `--dca CHUNK,LOCAL` ("8192,1024"): two decimal integers, 0 <= LOCAL < CHUNK, CHUNK <=
+// kMaxDim. original_max_position_embeddings is left 0. INVALID_ARGUMENT names the flag.
+absl::StatusOr<DcaParams> ParseDcaFlag(std::string_view text);
+
 // Serializes as transformers writes a Qwen2ForCausalLM config (torch_dtype float32, tied).
 std::string ConfigToJson(const ModelConfig& config);
 
