@@ -4,8 +4,10 @@
 #include <cmath>
 #include <limits>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "common/checked_math.h"
 #include "common/status_macros.h"
 #include "common/text_position.h"
@@ -508,6 +510,31 @@ std::string ConfigToJson(const ModelConfig& c) {
     root["eos_token_id"] = c.eos_token_ids;
   }
   return root.dump(2) + "\n";
+}
+
+absl::StatusOr<DcaParams> ParseDcaFlag(std::string_view text_view) {
+  const std::string text(text_view);
+  const auto invalid = [&text](const std::string& why) {
+    return absl::InvalidArgumentError(absl::StrCat("--dca \"", text, "\": ", why));
+  };
+  const std::vector<std::string> parts = absl::StrSplit(text, ',');
+  if (parts.size() != 2) return invalid("expected CHUNK,LOCAL (e.g. 8192,1024)");
+  int64_t values[2];
+  for (int i = 0; i < 2; ++i) {
+    const std::string& part = parts[i];
+    const bool digits = !part.empty() && std::all_of(part.begin(), part.end(),
+                                                     [](char c) { return c >= '0' && c <= '9'; });
+    if (!digits || !absl::SimpleAtoi(part, &values[i])) {
+      return invalid(absl::StrCat(i == 0 ? "CHUNK" : "LOCAL", " \"", part,
+                                  "\" is not a non-negative decimal integer"));
+    }
+  }
+  DcaParams dca{.chunk_size = values[0], .local_size = values[1]};
+  if (dca.chunk_size < 1 || dca.chunk_size > kMaxDim) {
+    return invalid(absl::StrCat("CHUNK must be in [1, ", kMaxDim, "]"));
+  }
+  if (dca.local_size >= dca.chunk_size) return invalid("LOCAL must be smaller than CHUNK");
+  return dca;
 }
 
 }  // namespace qtrain::model
