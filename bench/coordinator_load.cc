@@ -591,6 +591,7 @@ std::vector<std::shared_ptr<grpc::Channel>> OpenConnections(const std::string& a
   for (int c = 0; c < count; ++c) {
     grpc::ChannelArguments args;
     args.SetInt("qtrain.bench.connection", c);
+    args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);  // as the worker's channel (common/rpc_channel.cc)
     channels.push_back(
         grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
   }

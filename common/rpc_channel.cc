@@ -125,6 +125,9 @@ absl::StatusOr<RpcClient> RpcClient::Create(const ChannelOptions& options) {
   // vanished; the server permits one every 10 s.
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, kKeepaliveTimeMs);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, kKeepaliveTimeoutMs);
+  // No bandwidth-delay probing: it sends a PING with each burst of data, and the service's
+  // messages are small (a heartbeat a second); the default flow-control window suffices.
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
   if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
   client.channel_ = grpc::CreateCustomChannel(options.address, credentials, args);
   client.last_timeout_ = std::make_shared<std::atomic<int64_t>>(-1);
