@@ -43,6 +43,16 @@ function(qtrain_cc_binary)
   _qtrain_common_target_setup(${Q_NAME})
 endfunction()
 
+# Build speed of the tests (CI compiles every test twice: default and sanitizer build). A test's
+# own sources are compiled at -O1 in the optimized builds: it cuts their compile time by about a
+# quarter (gcc -O3 and clang -O2 with ASan alike) while the code they exercise, the libraries,
+# keeps the build's flags; test code is glue (fixtures, processes, assertions), so the tests run
+# no slower. The flag comes after CMAKE_CXX_FLAGS_<CONFIG>, so the last -O wins.
+function(_qtrain_test_build_speed target)
+  target_compile_options(${target} PRIVATE
+    $<$<AND:$<COMPILE_LANGUAGE:CXX>,$<CONFIG:Release,RelWithDebInfo,MinSizeRel>>:-O1>)
+endfunction()
+
 # Tests are built only when QTRAIN_BUILD_TESTS is on. Each test binary goes to build/tests/ and
 # every GoogleTest case becomes its own ctest entry, labelled (default label: unit). Tests run in
 # the source root with QTRAIN_SOURCE_DIR and QTRAIN_BIN_DIR (build/bin) set by tests/test_main.cc.
@@ -60,6 +70,7 @@ function(qtrain_cc_test)
   add_executable(${Q_NAME} ${Q_SRCS})
   target_link_libraries(${Q_NAME} PRIVATE ${Q_DEPS} qtrain_test_main)
   _qtrain_common_target_setup(${Q_NAME})
+  _qtrain_test_build_speed(${Q_NAME})
   set_target_properties(${Q_NAME} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/tests)
   gtest_discover_tests(${Q_NAME}
     DISCOVERY_MODE PRE_TEST
