@@ -5,9 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/job_spec.h"
-#include "common/proto_yaml.h"
 #include "gmock/gmock.h"
-#include "google/protobuf/util/json_util.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "gtest/gtest.h"
 
@@ -124,23 +122,36 @@ TEST(JobSpecEvalTest, EveryProblemIsReported) {
   EXPECT_THAT(problems, HasSubstr("eval.tasks[2].lengths"));
 }
 
-// The spec as `qtrain validate` prints it (JSON) reads back as the same message: repeated
-// messages, repeated doubles and strings with escapes survive.
-TEST(JobSpecEvalTest, PrintedSpecReadsBackTheSame) {
-  auto spec = ParseJobSpec(SpecWithEval(R"yaml(eval:
+// Block YAML and JSON read into the same message: repeated messages, repeated doubles and
+// strings with escapes survive.
+TEST(JobSpecEvalTest, YamlAndJsonReadTheSame) {
+  auto yaml = ParseJobSpec(SpecWithEval(R"yaml(eval:
   tasks:
-    - {task: generation, name: gsm, data: "g s.jsonl", answer_regex: "\"(\\d+)\""}
-    - {task: needle, lengths: [1024, 32768], depths: [0, 0.25, 0.1, 1], limit: 3})yaml"),
+    - task: generation
+      name: gsm
+      data: "g s.jsonl"
+      answer_regex: "\"(\\d+)\""
+    - task: needle
+      lengths:
+        - 1024
+        - 32768
+      depths: [0, 0.25, 0.1, 1]
+      limit: 3)yaml"),
                            "job.yaml");
-  ASSERT_TRUE(spec.ok()) << spec.status();
-  std::string json;
-  google::protobuf::util::JsonPrintOptions print;
-  print.preserve_proto_field_names = true;
-  ASSERT_TRUE(google::protobuf::util::MessageToJsonString(*spec, &json, print).ok());
+  ASSERT_TRUE(yaml.ok()) << yaml.status();
+  auto json = ParseJobSpec(SpecWithEval(R"json(eval: {"tasks": [
+    {"task": "generation", "name": "gsm", "data": "g s.jsonl", "answer_regex": "\"(\\d+)\""},
+    {"task": "needle", "lengths": [1024, 32768], "depths": [0, 0.25, 0.1, 1.0], "limit": 3}]})json"),
+                           "job.json");
+  ASSERT_TRUE(json.ok()) << json.status();
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(*yaml, *json));
+  EXPECT_EQ(yaml->eval().tasks(0).answer_regex(), "\"(\\d+)\"");
+  EXPECT_DOUBLE_EQ(yaml->eval().tasks(1).depths(2), 0.1);
+  EXPECT_EQ(yaml->eval().tasks(1).limit(), 3);
+  // And the stored form (the coordinator keeps the binary message).
   v1::JobSpec again;
-  ASSERT_TRUE(ParseYamlToMessage(json, "printed", &again).ok()) << json;
-  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(*spec, again)) << json;
-  EXPECT_DOUBLE_EQ(again.eval().tasks(1).depths(2), 0.1);
+  ASSERT_TRUE(again.ParseFromString(yaml->SerializeAsString()));
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(*yaml, again));
 }
 
 }  // namespace
