@@ -256,12 +256,9 @@ TEST_F(WorkerMetricsTest, EvalTaskResultsAreGaugesRemovedWithTheAssignment) {
   const Labels acc = {
       {"job_id", "j1"}, {"stage", "long"}, {"task", "hellaswag"}, {"metric", "acc"}};
   EXPECT_DOUBLE_EQ(scrape["qtrain_eval_metric"][acc].gauge.value, 0.5);
-  EXPECT_DOUBLE_EQ(scrape["qtrain_eval_metric"][{{"job_id", "j1"},
-                                                 {"stage", "long"},
-                                                 {"task", "needle"},
-                                                 {"metric", "accuracy/L1024/D0.5"}}]
-                       .gauge.value,
-                   0.25);
+  const Labels cell = {
+      {"job_id", "j1"}, {"stage", "long"}, {"task", "needle"}, {"metric", "accuracy/L1024/D0.5"}};
+  EXPECT_DOUBLE_EQ(scrape["qtrain_eval_metric"][cell].gauge.value, 0.25);
   EXPECT_EQ(scrape["qtrain_eval_metric"].size(), 3u);
   // The repeated step is not counted twice.
   const Labels rank0 = {{"job_id", "j1"}, {"stage", "long"}, {"rank", "0"}};
