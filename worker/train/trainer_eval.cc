@@ -180,11 +180,14 @@ absl::Status Trainer::State::LeadEvalTasks(int stage_index) {
     if (!group.ok()) cancel = true;  // the group is gone: stop early
   }
   worker.join();
+  // A cancel while evaluating stops the run here, before the stage's checkpoint, even when the
+  // tasks were done: the results are not recorded and the stage is evaluated again on resume.
+  const bool cancelled = options.cancelled && options.cancelled();
   if (group.ok() && options.world_size > 1) {
-    char state = results.ok() ? kDone : kFailed;
+    char state = results.ok() && !cancelled ? kDone : kFailed;
     group = comm->Broadcast(std::as_writable_bytes(std::span(&state, 1)), 0);
   }
-  if (cancel && options.cancelled && options.cancelled()) {
+  if (cancelled) {
     return absl::CancelledError(
         absl::StrCat("training cancelled at step ", step, " (while running the eval tasks)"));
   }
