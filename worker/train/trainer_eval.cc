@@ -12,13 +12,12 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/str_split.h"
-#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "common/file_util.h"
 #include "common/job_spec_eval.h"
 #include "common/status_macros.h"
 #include "worker/eval/eval.h"
+#include "worker/eval/rows.h"
 #include "worker/train/trainer_state.h"
 
 namespace qtrain::train {
@@ -30,76 +29,33 @@ constexpr size_t kMaxEvalDataBytes = size_t{1} << 32;
 constexpr auto kEvalHeartbeat = std::chrono::milliseconds(500);
 constexpr char kRunning = 0, kDone = 1, kFailed = 2;
 
-// The members every row of a task's JSONL file must have.
-std::vector<std::string> RequiredMembers(eval::TaskKind kind) {
-  switch (kind) {
-    case eval::TaskKind::kMultipleChoice:
-      return {"context", "choices", "label"};
-    case eval::TaskKind::kGeneration:
-      return {"prompt", "answer"};
-    default:
-      return {};
-  }
-}
-
-// A multiple-choice row's choices (a non-empty array) and label (an index into them).
-absl::Status CheckChoices(const nlohmann::json& row) {
-  const nlohmann::json& choices = row["choices"];
-  if (!choices.is_array() || choices.empty()) {
-    return absl::InvalidArgumentError("\"choices\" must be a non-empty array");
-  }
-  const nlohmann::json& label = row["label"];
-  if (!label.is_number_integer() || label.get<int64_t>() < 0 ||
-      label.get<int64_t>() >= static_cast<int64_t>(choices.size())) {
-    return absl::InvalidArgumentError(absl::StrCat("\"label\" must be an index into the ",
-                                                   choices.size(), " choices, got ", label.dump()));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CheckRow(absl::string_view line, const std::vector<std::string>& members,
-                      eval::TaskKind kind) {
-  const nlohmann::json row = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-  if (row.is_discarded() || !row.is_object()) {
-    return absl::InvalidArgumentError("not a JSON object");
-  }
-  for (const std::string& member : members) {
-    if (!row.contains(member))
-      return absl::InvalidArgumentError(absl::StrCat("no \"", member, "\""));
-  }
-  if (kind == eval::TaskKind::kMultipleChoice) return CheckChoices(row);
-  return absl::OkStatus();
-}
-
-// The task's data file exists and is readable; a JSONL file of examples has at least one row
-// and every row has the task's members, so that a bad file fails the run before its first step.
+// The task's data file exists and is readable, and its rows (a JSONL file) parse as the eval
+// library parses them when the task runs, so that a bad file fails the run before its first
+// step, naming the file and line, not at the end of a stage.
 absl::Status CheckTaskData(const eval::TaskOptions& task, const std::string& path) {
   if (task.kind == eval::TaskKind::kNeedle) return absl::OkStatus();
   const std::string field = path + ".data";
-  const std::vector<std::string> members = RequiredMembers(task.kind);
-  if (members.empty()) {  // perplexity: a manifest or text, read by the eval library
+  const bool manifest = task.kind == eval::TaskKind::kPerplexity &&
+                        absl::EndsWith(task.data, ".json") && !absl::EndsWith(task.data, ".jsonl");
+  if (manifest) {  // token shards, opened by the eval library with the tokenizer
     absl::StatusOr<RegularFile> file = OpenRegularFile(task.data);
-    if (!file.ok()) return Annotate(file.status(), field);
-    if (file->size == 0)
-      return absl::InvalidArgumentError(absl::StrCat(field, ": ", task.data, " is empty"));
-    return absl::OkStatus();
+    return file.ok() ? absl::OkStatus() : Annotate(file.status(), field);
   }
   absl::StatusOr<std::string> text = ReadFileToString(task.data, kMaxEvalDataBytes);
   if (!text.ok()) return Annotate(text.status(), field);
-  int64_t line_number = 0, rows = 0;
-  for (absl::string_view line : absl::StrSplit(*text, '\n')) {
-    ++line_number;
-    if (absl::StripAsciiWhitespace(line).empty()) continue;
-    ++rows;
-    if (absl::Status row = CheckRow(line, members, task.kind); !row.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(field, ": ", task.data, ":", line_number, ": ", row.message()));
-    }
+  absl::Status parsed;
+  switch (task.kind) {
+    case eval::TaskKind::kPerplexity:
+      parsed = eval::ParseTextRows(*text, task.data).status();
+      break;
+    case eval::TaskKind::kMultipleChoice:
+      parsed = eval::ParseChoiceRows(*text, task.data).status();
+      break;
+    default:
+      parsed = eval::ParseGenerationRows(*text, task.data).status();
+      break;
   }
-  if (rows == 0) {
-    return absl::InvalidArgumentError(absl::StrCat(field, ": ", task.data, " has no examples"));
-  }
-  return absl::OkStatus();
+  return parsed.ok() ? parsed : Annotate(parsed, field);
 }
 
 std::string FormatMetrics(const std::map<std::string, double>& metrics) {

@@ -224,20 +224,20 @@ TEST_F(TrainerEvalTest, BadDataFailsBeforeTheFirstStep) {
   absl::Status malformed = refused(absl::StrCat("[{task: multiple-choice, data: ", bad, "}]"));
   EXPECT_EQ(malformed.code(), absl::StatusCode::kInvalidArgument) << malformed;
   EXPECT_THAT(std::string(malformed.message()),
-              HasSubstr(absl::StrCat("eval.tasks[0].data: ", bad, ":2: not a JSON object")));
+              HasSubstr(absl::StrCat("eval.tasks[0].data: ", bad, ":2: not valid JSON")));
 
   ASSERT_TRUE(
       WriteFileAtomically(bad, "{\"context\": \"a\", \"choices\": [\"b\", \"c\"], \"label\": 2}\n")
           .ok());
   EXPECT_THAT(
       std::string(refused(absl::StrCat("[{task: multiple-choice, data: ", bad, "}]")).message()),
-      HasSubstr(":1: \"label\" must be an index into the 2 choices, got 2"));
+      HasSubstr(":1: \"label\" 2 is out of range for 2 choices"));
   ASSERT_TRUE(WriteFileAtomically(bad, "{\"prompt\": \"a\"}\n").ok());
   EXPECT_THAT(std::string(refused(absl::StrCat("[{task: generation, data: ", bad, "}]")).message()),
-              HasSubstr(":1: no \"answer\""));
+              HasSubstr(":1: missing \"answer\""));
   ASSERT_TRUE(WriteFileAtomically(bad, "\n\n").ok());
   EXPECT_THAT(std::string(refused(absl::StrCat("[{task: generation, data: ", bad, "}]")).message()),
-              HasSubstr("has no examples"));
+              HasSubstr(": no rows"));
   // The spec's own problems are refused with their field paths, as `qtrain validate` does.
   EXPECT_THAT(std::string(refused("[{task: needle, lengths: [64], depths: [2]}]").message()),
               HasSubstr("eval.tasks[0].depths[0]: must be in [0, 1], got 2"));
