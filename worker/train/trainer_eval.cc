@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <thread>
+#include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -28,6 +29,7 @@ constexpr size_t kMaxEvalDataBytes = size_t{1} << 32;
 // How often rank 0 tells the others it is still evaluating: well inside a collective's timeout.
 constexpr auto kEvalHeartbeat = std::chrono::milliseconds(500);
 constexpr char kRunning = 0, kDone = 1, kFailed = 2;
+constexpr char kEndOfText[] = "<|endoftext|>";
 
 // The task's data file exists and is readable, and its rows (a JSONL file) parse as the eval
 // library parses them when the task runs, so that a bad file fails the run before its first
@@ -82,13 +84,33 @@ absl::Status Trainer::State::PrepareEvalTasks(const tokenizer::Tokenizer* given)
   }
   if (given != nullptr) {
     eval_tokenizer = given;
-    return absl::OkStatus();
+  } else {
+    absl::StatusOr<tokenizer::Tokenizer> loaded = tokenizer::Tokenizer::FromFile(spec.tokenizer());
+    if (!loaded.ok()) return Annotate(loaded.status(), "tokenizer (for eval.tasks)");
+    own_tokenizer = std::make_unique<tokenizer::Tokenizer>(*std::move(loaded));
+    eval_tokenizer = own_tokenizer.get();
   }
-  absl::StatusOr<tokenizer::Tokenizer> loaded = tokenizer::Tokenizer::FromFile(spec.tokenizer());
-  if (!loaded.ok()) return Annotate(loaded.status(), "tokenizer (for eval.tasks)");
-  own_tokenizer = std::make_unique<tokenizer::Tokenizer>(*std::move(loaded));
-  eval_tokenizer = own_tokenizer.get();
+  // Texts are scored after the model's BOS or EOS token; a model made from a spec's sizes names
+  // neither, so the tokenizer's end-of-text token stands in (the separator of the shards).
+  if (!base_config.bos_token_id && base_config.eos_token_ids.empty()) {
+    const std::optional<uint32_t> eos = eval_tokenizer->TokenToId(kEndOfText);
+    if (eos && static_cast<int64_t>(*eos) < base_config.vocab_size) {
+      eval_prefix_token = static_cast<int32_t>(*eos);
+    }
+  }
   return absl::OkStatus();
+}
+
+// The model the tasks run on: the trainer's, or, when a prefix token must be named, a copy of
+// it whose configuration names it (inference only; the trainer's weights stay untouched).
+absl::StatusOr<std::unique_ptr<model::Model>> Trainer::State::EvalModelCopy() const {
+  if (!eval_prefix_token) return std::unique_ptr<model::Model>();
+  model::ModelConfig config = model->config();
+  config.eos_token_ids = {*eval_prefix_token};
+  QTRAIN_ASSIGN_OR_RETURN(model::Model copy, model::Model::Create(config));
+  const std::span<const float> weights = std::as_const(*model).params();
+  std::copy(weights.begin(), weights.end(), copy.params().begin());
+  return std::make_unique<model::Model>(std::move(copy));
 }
 
 // Rank 0 runs the tasks on a thread of their own while this thread watches for cancellation
@@ -156,8 +178,10 @@ absl::Status Trainer::State::LeadEvalTasks(int stage_index) {
 absl::StatusOr<std::vector<nlohmann::json>> Trainer::State::EvaluateTasks(
     int stage_index, const std::atomic<bool>& cancel) {
   std::vector<nlohmann::json> results;
-  eval::EvalContext context{
-      .model = model.get(), .tokenizer = eval_tokenizer, .cancelled = &cancel};
+  QTRAIN_ASSIGN_OR_RETURN(std::unique_ptr<model::Model> copy, EvalModelCopy());
+  eval::EvalContext context{.model = copy != nullptr ? copy.get() : model.get(),
+                            .tokenizer = eval_tokenizer,
+                            .cancelled = &cancel};
   for (size_t i = 0; i < eval_tasks.size(); ++i) {
     eval::TaskOptions task = eval_tasks[i];
     // A perplexity window of 0 is the stage's (the spec's default), not the eval library's.
