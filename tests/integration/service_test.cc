@@ -607,10 +607,10 @@ TEST_F(ServiceTest, EvalTasksAtEachStageEndAreJobEvents) {
   EXPECT_EQ(records, 2);
   // `qtrain watch` prints a line per result.
   const CliOutput watched = client_->Run({"watch", id}, 30);
-  EXPECT_THAT(watched.out + watched.err,
+  EXPECT_THAT(watched.out + watched.result.output,
               HasSubstr(absl::StrCat("eval mc (multiple-choice) at step ", kStage0End)));
   EXPECT_THAT(
-      watched.out + watched.err,
+      watched.out + watched.result.output,
       HasSubstr(absl::StrCat("eval mc (multiple-choice) at step ", kTotalSteps, " (final)")));
 }
 
