@@ -6,6 +6,7 @@
 #include <atomic>
 #include <filesystem>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -14,6 +15,7 @@
 #include "common/sha256.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "worker/comm/in_process_communicator.h"
 #include "worker/model/model_source.h"
 #include "worker/train/metrics_log.h"
 #include "worker/train/test_dataset.h"
@@ -203,6 +205,34 @@ TEST_F(TrainerEvalTest, ACancelWhileEvaluatingStopsBeforeTheCheckpointAndResumeE
   ASSERT_TRUE(Train("run", Spec(DefaultTasks())).ok());
   EXPECT_EQ(FinalHash("run"), FinalHash("straight"));
   EXPECT_EQ(EvalRecords("run"), EvalRecords("straight"));
+}
+
+// Rank 0 evaluates while rank 1 waits for it; the group ends with one rank's bytes and results.
+TEST_F(TrainerEvalTest, InAGroupRankZeroEvaluatesAndTheOthersWait) {
+  ASSERT_TRUE(Train("single", Spec(DefaultTasks())).ok());
+  std::string text = Spec(DefaultTasks());
+  text += "world: {min_workers: 2, max_workers: 2}\n";
+  auto group = comm::MakeInProcessGroup(2, absl::Seconds(20));
+  std::vector<absl::StatusOr<TrainerSummary>> summaries(2, absl::UnknownError("not run"));
+  std::vector<int> calls(2, 0);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 2; ++r) {
+    threads.emplace_back([&, r] {
+      TrainerOptions options;
+      options.rank = r;
+      options.world_size = 2;
+      options.communicator = group[r].get();
+      options.on_eval_tasks = [&calls, r](const std::vector<v1::EvalTaskResult>&) { ++calls[r]; };
+      auto trainer = Make("group", text, std::move(options));
+      summaries[r] = trainer.ok() ? (*trainer)->Run() : trainer.status();
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int r = 0; r < 2; ++r) ASSERT_TRUE(summaries[r].ok()) << r << ": " << summaries[r].status();
+  EXPECT_EQ(calls[0], 2);
+  EXPECT_EQ(calls[1], 0);
+  EXPECT_EQ(FinalHash("group"), FinalHash("single"));
+  EXPECT_EQ(EvalRecords("group"), EvalRecords("single"));
 }
 
 TEST_F(TrainerEvalTest, BadDataFailsBeforeTheFirstStep) {
