@@ -86,17 +86,30 @@ nlohmann::json PerplexityOf(const Sums& s) {
   return {{"tokens", s.tokens}, {"nll", nll}, {"perplexity", std::exp(nll)}};
 }
 
+// log p(ids[begin + t + 1] | ids[begin..begin + t]) for each input position t of the window.
+absl::StatusOr<std::vector<float>> WindowLogprobs(model::Model& m, const std::vector<int32_t>& ids,
+                                                  const Window& w) {
+  const std::span<const int32_t> input(ids.data() + w.begin, w.end - w.begin);
+  const std::span<const int32_t> targets(ids.data() + w.begin + 1, w.end - w.begin);
+  std::vector<float> lp;
+  QTRAIN_RETURN_IF_ERROR(
+      m.Forward({.batch_size = 1, .seq_len = w.end - w.begin, .ids = input, .targets = targets},
+                {.target_logprobs = &lp})
+          .status());
+  return lp;
+}
+
 }  // namespace
 
 std::vector<Window> PlanWindows(int64_t n, int64_t seq_len, int64_t stride, int64_t limit) {
   std::vector<Window> windows;
-  int64_t prev_end = 1;  // token 0 has no context: it is never a target
-  for (int64_t begin = 0; begin < n; begin += stride) {
+  int64_t scored_through = 0;  // token 0 has no context: it is never a target
+  for (int64_t begin = 0; begin + 1 < n; begin += stride) {
     if (limit > 0 && static_cast<int64_t>(windows.size()) >= limit) break;
-    const int64_t end = std::min(begin + seq_len, n);
-    if (end > prev_end) windows.push_back({begin, end, prev_end});
-    prev_end = std::max(prev_end, end);
-    if (end == n) break;
+    const int64_t end = std::min(begin + seq_len, n - 1);
+    if (end > scored_through) windows.push_back({begin, end, scored_through + 1});
+    scored_through = std::max(scored_through, end);
+    if (end == n - 1) break;
   }
   return windows;
 }
@@ -111,7 +124,7 @@ absl::StatusOr<nlohmann::json> RunPerplexity(const TaskOptions& options, EvalCon
   const int64_t context_length = ModelContextLength(*context.model);
   const int64_t seq_len =
       options.seq_len > 0 ? options.seq_len : std::min<int64_t>(context_length, 2048);
-  if (seq_len < 2) return absl::InvalidArgumentError("seq_len: must be at least 2");
+  if (seq_len < 1) return absl::InvalidArgumentError("seq_len: must be at least 1");
   if (seq_len > context_length) {
     return absl::InvalidArgumentError(absl::StrCat("seq_len: ", seq_len,
                                                    " is more than the model's context of ",
@@ -124,7 +137,7 @@ absl::StatusOr<nlohmann::json> RunPerplexity(const TaskOptions& options, EvalCon
                      " (tokens between windows would not be scored)"));
   }
   // With a window limit, only the tokens those windows cover are read.
-  const int64_t max_tokens = options.limit > 0 ? (options.limit - 1) * stride + seq_len : 0;
+  const int64_t max_tokens = options.limit > 0 ? (options.limit - 1) * stride + seq_len + 1 : 0;
   QTRAIN_ASSIGN_OR_RETURN(Stream stream, IsManifest(options.data)
                                              ? ManifestStream(options.data, context, max_tokens)
                                              : TextStream(options.data, context, max_tokens));
@@ -136,18 +149,16 @@ absl::StatusOr<nlohmann::json> RunPerplexity(const TaskOptions& options, EvalCon
   const std::vector<Window> windows = PlanWindows(n, seq_len, stride, options.limit);
   const std::string name = ResultSkeleton(options)["name"];
   Sums total;
-  std::vector<Sums> buckets(PositionBucket(seq_len - 1) + 1);
+  std::vector<Sums> buckets(PositionBucket(seq_len - 1) + 1);  // t in [0, seq_len)
   for (size_t w = 0; w < windows.size(); ++w) {
     QTRAIN_RETURN_IF_ERROR(CheckCancelled(context));
     const Window& win = windows[w];
-    std::vector<std::vector<int32_t>> seqs = {
-        std::vector<int32_t>(stream.ids.begin() + win.begin, stream.ids.begin() + win.end)};
-    QTRAIN_ASSIGN_OR_RETURN(std::vector<std::vector<float>> lp,
-                            NextTokenLogprobs(*context.model, seqs));
-    for (int64_t target = win.first_target; target < win.end; ++target) {
+    QTRAIN_ASSIGN_OR_RETURN(const std::vector<float> lp,
+                            WindowLogprobs(*context.model, stream.ids, win));
+    for (int64_t target = win.first_target; target <= win.end; ++target) {
       if (!stream.target.empty() && !stream.target[target]) continue;
-      const int64_t t = target - win.begin - 1;  // the window position that predicts it
-      const double v = lp[0][t];
+      const int64_t t = target - win.begin - 1;  // the input position that predicts it
+      const double v = lp[t];
       total.loglikelihood += v;
       ++total.tokens;
       Sums& b = buckets[PositionBucket(t)];
@@ -172,7 +183,7 @@ absl::StatusOr<nlohmann::json> RunPerplexity(const TaskOptions& options, EvalCon
   for (size_t b = 0; b < buckets.size(); ++b) {
     nlohmann::json entry = PerplexityOf(buckets[b]);
     entry["start"] = b == 0 ? 0 : int64_t{1} << (b - 1);
-    entry["end"] = std::min<int64_t>(int64_t{1} << b, seq_len - 1);
+    entry["end"] = std::min<int64_t>(int64_t{1} << b, seq_len);
     bucket_list.push_back(std::move(entry));
   }
   result["buckets"] = std::move(bucket_list);

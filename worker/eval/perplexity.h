@@ -9,17 +9,19 @@
 
 namespace qtrain::eval {
 
-// Window w covers stream positions [begin, end) and scores the targets [first_target, end)
-// (predicted from window positions first_target - begin - 1 ... end - begin - 2).
+// A window is the model input ids[begin, end) (at most seq_len tokens); input position t
+// predicts token begin + t + 1. It scores the tokens [first_target, end] (those no earlier
+// window scored), each with begin..token-1 as context.
 struct Window {
   int64_t begin = 0;
   int64_t end = 0;
   int64_t first_target = 0;
 };
 
-// begin = 0, stride, 2 stride, ...; end = min(begin + seq_len, n); the targets are the tokens
-// after the previous window's end (from 1 for the first); stops after the window reaching n.
-// `limit` > 0: at most that many windows.
+// begin = 0, stride, 2 stride, ...; end = min(begin + seq_len, n - 1); stops after the window
+// that reaches the last token. Every token but the first is scored exactly once; with stride ==
+// seq_len the windows do not overlap (the last input token of one predicts the first of the
+// next). `limit` > 0: at most that many windows.
 std::vector<Window> PlanWindows(int64_t n, int64_t seq_len, int64_t stride, int64_t limit);
 
 // The bucket of window position t: [0,1), [1,2), [2,4), [4,8), ...; its index.
