@@ -70,9 +70,11 @@ absl::Status RunTrain(const std::string& spec_path, const std::string& run_dir,
   trainer_options.run_dir = run_dir;
   trainer_options.run_dir_lock = std::make_shared<const RunDirLock>(std::move(lock));
   trainer_options.allowed_spec_changes = allowed_spec_changes;
+  // Events include a line per eval task result ("eval arc (multiple-choice) at step 40: ...").
   trainer_options.on_event = [](const std::string& event) {
     std::fprintf(stderr, "train: %s\n", event.c_str());
   };
+  trainer_options.tokenizer = job.tokenizer.get();
   auto last_print = std::chrono::steady_clock::time_point{};
   double data_seconds = 0, step_seconds = 0;
   trainer_options.on_step = [&](const train::StepReport& r) {

@@ -5,11 +5,15 @@
 #include <algorithm>
 #include <memory>
 #include <optional>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "cli/output.h"
 #include "common/file_util.h"
@@ -39,6 +43,26 @@ std::string StageLabel(int64_t stage, const std::vector<std::string>& names,
 absl::string_view BaseName(absl::string_view name) {
   const size_t slash = name.rfind('/');
   return slash == absl::string_view::npos ? name : name.substr(slash + 1);
+}
+
+// "eval hellaswag (multiple-choice) at step 12, stage 0 'short': acc 0.5, acc_norm 0.75,
+// count 40": the metrics by name; a needle's cells ("accuracy/L1024/D0.5") are only counted.
+std::string DescribeEvalTask(const v1::EvalTaskResult& e, const std::vector<std::string>& names) {
+  std::vector<std::pair<std::string, double>> metrics(e.metrics().begin(), e.metrics().end());
+  std::sort(metrics.begin(), metrics.end());
+  std::vector<std::string> parts;
+  int cells = 0;
+  for (const auto& [name, value] : metrics) {
+    if (absl::StrContains(name, '/')) {
+      ++cells;
+      continue;
+    }
+    parts.push_back(absl::StrFormat("%s %.4g", name, value));
+  }
+  if (cells > 0) parts.push_back(absl::StrCat(cells, " cells"));
+  return absl::StrCat("eval ", e.name(), " (", e.task(), ") at step ", e.step(),
+                      e.final() ? " (final), " : ", ", StageLabel(e.stage(), names), ": ",
+                      parts.empty() ? "no metrics" : absl::StrJoin(parts, ", "));
 }
 
 std::string DescribeEvent(const v1::JobEvent& event, const std::vector<std::string>& names) {
@@ -85,6 +109,8 @@ std::string DescribeEvent(const v1::JobEvent& event, const std::vector<std::stri
       return absl::StrFormat("eval at step %d (%s): loss %.4f, %d tokens seen", e.step(),
                              StageLabel(e.stage(), names), e.loss(), e.tokens());
     }
+    case v1::JobEvent::kEvalTask:
+      return DescribeEvalTask(event.eval_task(), names);
     case v1::JobEvent::EVENT_NOT_SET:
       break;
   }

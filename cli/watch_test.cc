@@ -70,6 +70,34 @@ TEST(FormatEventLineTest, CheckpointRestartEval) {
               HasSubstr("eval at step 80 (stage 1 'long'): loss 3.1416, 4096 tokens seen"));
 }
 
+TEST(FormatEventLineTest, EvalTaskResults) {
+  v1::JobEvent e = At(10);
+  v1::EvalTaskResult* r = e.mutable_eval_task();
+  r->set_stage(0);
+  r->set_step(12);
+  r->set_name("hellaswag");
+  r->set_task("multiple-choice");
+  (*r->mutable_metrics())["count"] = 40;
+  (*r->mutable_metrics())["acc_norm"] = 0.75;
+  (*r->mutable_metrics())["acc"] = 0.5;
+  EXPECT_THAT(FormatEventLine(e, kStages),
+              HasSubstr("eval hellaswag (multiple-choice) at step 12, stage 0 'short': acc 0.5, "
+                        "acc_norm 0.75, count 40"));
+  v1::JobEvent needle = At(11);
+  v1::EvalTaskResult* n = needle.mutable_eval_task();
+  n->set_stage(1);
+  n->set_step(80);
+  n->set_name("needle");
+  n->set_task("needle");
+  n->set_final(true);
+  (*n->mutable_metrics())["accuracy"] = 0.625;
+  (*n->mutable_metrics())["accuracy/L1024/D0"] = 1;
+  (*n->mutable_metrics())["accuracy/L1024/D1"] = 0.25;
+  EXPECT_THAT(FormatEventLine(needle, kStages),
+              HasSubstr("eval needle (needle) at step 80 (final), stage 1 'long': accuracy "
+                        "0.625, 2 cells"));
+}
+
 TEST(FormatEventLineTest, StepMetricsAndUnknown) {
   v1::JobEvent e = At(10);
   v1::StepMetrics* m = e.mutable_step_metrics();

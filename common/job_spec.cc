@@ -12,6 +12,7 @@
 #include "absl/strings/str_split.h"
 #include "common/checked_math.h"
 #include "common/file_util.h"
+#include "common/job_spec_eval.h"
 #include "common/proto_yaml.h"
 #include "common/status_macros.h"
 
@@ -378,6 +379,7 @@ void ValidateSchedules(const v1::JobSpec& spec, Problems& problems) {
   if (spec.eval().batches() > 0 && spec.data().validation_fraction() == 0) {
     problems.Add("eval.batches", "evaluation needs data.validation_fraction > 0");
   }
+  for (const std::string& line : EvalTaskProblems(spec.eval())) problems.AddLine(line);
 }
 
 }  // namespace

@@ -159,6 +159,8 @@ class Coordinator {
     // The last step advance, or when it began RUNNING or came into memory (metrics only).
     absl::Time last_progress;
     int64_t last_eval_step = -1;
+    // The step of the last eval_task events (restored from the stored events).
+    int64_t last_eval_task_step = -1;
     std::vector<std::pair<int64_t, std::function<void()>>> event_waiters;
   };
   struct WorkerRecord {
@@ -234,6 +236,9 @@ class Coordinator {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void HandleProgressLocked(WorkerRecord& worker, const v1::HeartbeatRequest& request,
                             StoreBatch& batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool AddEvalTaskEventsLocked(JobRecord& record, const v1::WorkerProgress& p, StoreBatch& batch)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status RestoreEvalTaskStepLocked(JobRecord& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void HandleIdleMemberLocked(WorkerRecord& worker, StoreBatch& batch)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MarkStoppedLocked(JobRecord& record, int64_t rank, StoreBatch& batch)

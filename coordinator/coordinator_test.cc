@@ -653,6 +653,74 @@ TEST(CoordinatorTest, RestartKeepsLiveRounds) {
   EXPECT_EQ(b->stage(), 1);
 }
 
+// The progress after stage 0's eval tasks: its last step's, with one result.
+v1::WorkerProgress EvalProgress(const v1::Assignment& a, int64_t step, double acc) {
+  v1::WorkerProgress p = Harness::Progress(a, step);
+  v1::EvalTaskResult* r = p.add_eval_tasks();
+  r->set_stage(a.stage());
+  r->set_step(step);
+  r->set_name("arc");
+  r->set_task("multiple-choice");
+  (*r->mutable_metrics())["acc"] = acc;
+  (*r->mutable_metrics())["count"] = 20;
+  return p;
+}
+
+std::vector<v1::EvalTaskResult> EvalTasksOf(const std::vector<v1::JobEvent>& events) {
+  std::vector<v1::EvalTaskResult> out;
+  for (const v1::JobEvent& e : events) {
+    if (e.has_eval_task()) out.push_back(e.eval_task());
+  }
+  return out;
+}
+
+TEST(CoordinatorTest, EvalTaskResultsBecomeEventsOnceAcrossResendsAndRestarts) {
+  Harness h("eval_tasks");
+  v1::JobSpec spec = TestSpec();
+  v1::EvalTaskSpec* task = spec.mutable_eval()->add_tasks();
+  task->set_task("multiple-choice");
+  task->set_name("arc");
+  task->set_data("/data/arc.jsonl");
+  const std::string job = h.Submit(spec, "r");
+  const std::string w = h.Register("w");
+  auto a = h.TakeAssignment(w);
+  ASSERT_TRUE(a);
+  ASSERT_TRUE(h.Train(w, *a, 4).ok());
+  const v1::WorkerProgress evaluated = EvalProgress(*a, 4, 0.45);
+  ASSERT_TRUE(h.Beat(w, v1::WORKER_PHASE_TRAINING, &evaluated).ok());
+  // Every heartbeat repeats the last progress: no second copy.
+  ASSERT_TRUE(h.Beat(w, v1::WORKER_PHASE_TRAINING, &evaluated).ok());
+  std::vector<v1::EvalTaskResult> results = EvalTasksOf(h.Events(job));
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0].name(), "arc");
+  EXPECT_EQ(results[0].task(), "multiple-choice");
+  EXPECT_EQ(results[0].step(), 4);
+  EXPECT_EQ(results[0].stage(), 0);
+  EXPECT_DOUBLE_EQ(results[0].metrics().at("acc"), 0.45);
+  // Nor after a restart of the coordinator (the events are durable).
+  h.Reopen();
+  ASSERT_TRUE(h.Beat(w, v1::WORKER_PHASE_TRAINING, &evaluated).ok());
+  EXPECT_EQ(EvalTasksOf(h.Events(job)).size(), 1u);
+  ASSERT_TRUE(h.Commit(w, *a, 4).ok());
+  ASSERT_TRUE(h.Complete(w, *a).ok());
+  auto b = h.TakeAssignment(w);
+  ASSERT_TRUE(b);
+  ASSERT_TRUE(h.Train(w, *b, 6).ok());
+  v1::WorkerProgress last = EvalProgress(*b, 6, 0.6);
+  last.mutable_eval_tasks(0)->set_final(true);
+  ASSERT_TRUE(h.Beat(w, v1::WORKER_PHASE_TRAINING, &last).ok());
+  results = EvalTasksOf(h.Events(job));
+  ASSERT_EQ(results.size(), 2u);
+  EXPECT_EQ(results[1].step(), 6);
+  EXPECT_EQ(results[1].stage(), 1);
+  EXPECT_TRUE(results[1].final());
+  EXPECT_DOUBLE_EQ(results[1].metrics().at("acc"), 0.6);
+  // They are events without step metrics too (what `qtrain watch` reads by default).
+  auto page = h.c().ReadEvents(job, 0, 1000, false);
+  ASSERT_TRUE(page.ok());
+  EXPECT_EQ(EvalTasksOf(page->events).size(), 2u);
+}
+
 TEST(CoordinatorTest, RestartResendsAnAssignmentThatWasNotDelivered) {
   Harness h("resend");
   const std::string job = h.Submit(TestSpec(), "r");

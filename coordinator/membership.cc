@@ -286,7 +286,24 @@ void Coordinator::HandleProgressLocked(WorkerRecord& worker, const v1::Heartbeat
     m->set_tokens(p.tokens_seen());
     AddEventLocked(*record, std::move(event), batch);
   }
-  if (new_step || p.has_eval_loss()) batch.PutJob(job);
+  const bool eval_tasks = AddEvalTaskEventsLocked(*record, p, batch);
+  if (new_step || p.has_eval_loss() || eval_tasks) batch.PutJob(job);
+}
+
+// One eval_task event per result of a stage end's tasks; a progress resent (every heartbeat
+// repeats the last one) or a stage evaluated again after a restart adds nothing.
+bool Coordinator::AddEvalTaskEventsLocked(JobRecord& record, const v1::WorkerProgress& p,
+                                          StoreBatch& batch) {
+  if (p.eval_tasks().empty() || p.step() <= record.last_eval_task_step) return false;
+  record.last_eval_task_step = p.step();
+  for (const v1::EvalTaskResult& result : p.eval_tasks()) {
+    v1::JobEvent event;
+    *event.mutable_eval_task() = result;
+    // The step the results are of is the progress's, whatever the result says.
+    event.mutable_eval_task()->set_step(p.step());
+    AddEventLocked(record, std::move(event), batch);
+  }
+  return true;
 }
 
 void Coordinator::HandleIdleMemberLocked(WorkerRecord& worker, StoreBatch& batch) {

@@ -31,6 +31,28 @@ int64_t IdNumber(absl::string_view id) {
 
 }  // namespace
 
+// The step of a live job's last eval_task event: a progress resent to the new coordinator
+// (every heartbeat repeats the last one) then adds no second copy.
+absl::Status Coordinator::RestoreEvalTaskStepLocked(JobRecord& record) {
+  if (record.job.spec().eval().tasks().empty()) return absl::OkStatus();
+  constexpr int kPage = 1000;
+  for (int64_t after = 0;;) {
+    std::vector<v1::JobEvent> events;
+    {
+      absl::MutexLock lock(&store_mu_);
+      QTRAIN_ASSIGN_OR_RETURN(events, options_.store->ReadEvents(record.job.name(), after, kPage,
+                                                                 /*include_step_metrics=*/false));
+    }
+    for (const v1::JobEvent& event : events) {
+      after = event.sequence();
+      if (event.has_eval_task()) {
+        record.last_eval_task_step = std::max(record.last_eval_task_step, event.eval_task().step());
+      }
+    }
+    if (static_cast<int>(events.size()) < kPage) return absl::OkStatus();
+  }
+}
+
 absl::Status Coordinator::Load() {
   StoredState state;
   {
@@ -90,6 +112,7 @@ absl::Status Coordinator::Load() {
     JobRecord& record = *owned;
     const v1::Job& job = record.job;
     if (!HasLiveRound(job)) continue;
+    QTRAIN_RETURN_IF_ERROR(RestoreEvalTaskStepLocked(record));
     Round& round = record.round;
     round.live = true;
     round.restored = true;

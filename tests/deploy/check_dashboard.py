@@ -30,14 +30,15 @@ from grafana_foundation_sdk.models.dashboard import Dashboard
 
 DATASOURCE_UIDS = ("${datasource}", "$datasource")
 
-# CONTRACT: the worker metrics, all labelled job_id, stage and rank (qtrain_worker_up aside).
+# CONTRACT: the worker metrics, all labelled job_id and stage, and rank (qtrain_worker_up aside;
+# qtrain_eval_metric is labelled task and metric instead of rank: only rank 0 evaluates).
 WORKER_METRICS = (
     "qtrain_train_loss", "qtrain_eval_loss", "qtrain_learning_rate", "qtrain_grad_norm",
     "qtrain_tokens_total", "qtrain_tokens_per_second", "qtrain_step_seconds",
     "qtrain_compute_seconds_total", "qtrain_comm_seconds_total",
     "qtrain_data_wait_seconds_total", "qtrain_checkpoint_seconds",
     "qtrain_skipped_steps_total", "qtrain_step", "qtrain_stage",
-    "qtrain_model_flops_utilization", "qtrain_memory_bytes",
+    "qtrain_model_flops_utilization", "qtrain_memory_bytes", "qtrain_eval_metric",
 )
 WORKER_SELECTOR = re.compile(
     r"\b(" + "|".join(WORKER_METRICS) + r")(_bucket|_sum|_count)?\b(\s*\{([^}]*)\})?")

@@ -39,9 +39,11 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 using ::testing::HasSubstr;
+using testing_service::CheckpointStep;
 using testing_service::Client;
 using testing_service::CliOutput;
 using testing_service::Coordinator;
+using testing_service::Hash;
 using testing_service::IsAlive;
 using testing_service::JobId;
 using testing_service::JobState;
@@ -49,10 +51,8 @@ using testing_service::JsonInt;
 using testing_service::JsonString;
 using testing_service::Process;
 using testing_service::ProcessId;
-using testing_service::WaitFor;
-using testing_service::CheckpointStep;
-using testing_service::Hash;
 using testing_service::ProgressStep;
+using testing_service::WaitFor;
 using testing_service::Worker;
 
 // The job: stage 0 is steps 1..12, stage 1 steps 13..22; a checkpoint every 3 steps.
@@ -550,6 +550,68 @@ TEST_F(ServiceTest, CancelStopsTheTrainingChild) {
   EXPECT_TRUE(
       WaitFor([&] { return WorkerStates()["workers/" + ids_["alpha"]] == "WORKER_STATE_IDLE"; },
               absl::Seconds(10)));
+}
+
+TEST_F(ServiceTest, EvalTasksAtEachStageEndAreJobEvents) {
+  const fs::path choices = dir_ / "choices.jsonl";
+  std::ofstream(choices)
+      << R"({"context": "the worker", "choices": [" trains", " safe", " its"], "label": 0})"
+         "\n"
+      << R"({"context": "the coordinator keeps", "choices": [" a", " its"], "label": 1})"
+         "\n"
+      << R"({"context": "checkpoints and", "choices": [" events", " model", " while"], "label": 0})"
+      << "\n";
+  std::string spec = SpecText("evaluated", data_->manifest);
+  const std::string eval_line = "eval: {every_steps: 4, batches: 1}\n";
+  ASSERT_NE(spec.find(eval_line), std::string::npos);
+  spec.replace(spec.find(eval_line), eval_line.size(),
+               absl::StrCat("eval: {every_steps: 4, batches: 1, tasks: [{task: multiple-choice, "
+                            "name: mc, data: ",
+                            choices.string(), "}]}\n"));
+  std::ofstream(dir_ / "job.yaml") << spec;
+  ASSERT_NO_FATAL_FAILURE(StartCoordinator(/*lease_seconds=*/10));
+  ASSERT_NE(StartWorker("alpha", kFastStepMs), nullptr);
+  absl::StatusOr<json> submitted = Submit(dir_ / "job.yaml", "evaluated-1");
+  ASSERT_OK(submitted);
+  const std::string id = JobId(*submitted);
+  int watch_exit = -1;
+  const std::vector<json> events = Events(id, &watch_exit);
+  EXPECT_EQ(watch_exit, 0);
+  absl::StatusOr<json> job = client_->GetJob(id);
+  ASSERT_OK(job);
+  EXPECT_EQ(JobState(*job), "JOB_STATE_SUCCEEDED") << job->dump();
+  // Evaluating does not change the weights.
+  ExpectSameAsLocalTraining(JsonString(*job, "run_directory"));
+
+  // One result per stage end, rank 0's, once each.
+  const std::vector<json> results = OfKind(events, "eval_task");
+  ASSERT_EQ(results.size(), 2u) << json(events).dump();
+  for (size_t i = 0; i < results.size(); ++i) {
+    SCOPED_TRACE(results[i].dump());
+    EXPECT_EQ(JsonString(results[i], "name"), "mc");
+    EXPECT_EQ(JsonString(results[i], "task"), "multiple-choice");
+    EXPECT_EQ(JsonInt(results[i], "step"), i == 0 ? kStage0End : kTotalSteps);
+    EXPECT_EQ(results[i].value("final", false), i == 1);
+    ASSERT_TRUE(results[i].contains("metrics") && results[i]["metrics"].contains("acc"));
+    const double acc = results[i]["metrics"]["acc"].get<double>();
+    EXPECT_GE(acc, 0.0);
+    EXPECT_LE(acc, 1.0);
+    EXPECT_EQ(results[i]["metrics"]["count"].get<double>(), 3);
+  }
+  // The run's metrics.jsonl has the same results.
+  std::ifstream metrics(fs::path(JsonString(*job, "run_directory")) / "metrics.jsonl");
+  int records = 0;
+  for (std::string line; std::getline(metrics, line);) {
+    records += line.find("\"event\":\"eval_task\"") != std::string::npos;
+  }
+  EXPECT_EQ(records, 2);
+  // `qtrain watch` prints a line per result.
+  const CliOutput watched = client_->Run({"watch", id}, 30);
+  EXPECT_THAT(watched.out + watched.result.output,
+              HasSubstr(absl::StrCat("eval mc (multiple-choice) at step ", kStage0End)));
+  EXPECT_THAT(
+      watched.out + watched.result.output,
+      HasSubstr(absl::StrCat("eval mc (multiple-choice) at step ", kTotalSteps, " (final)")));
 }
 
 TEST_F(ServiceTest, MissingDataFailsTheJobAtOnce) {

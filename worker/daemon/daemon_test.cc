@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -675,6 +676,49 @@ TEST_F(DaemonTest, MetricsFollowTheAssignmentAndTheStream) {
   daemon_->Stop();
   ASSERT_TRUE(daemon_->Wait().ok());
   EXPECT_EQ(MetricValue(*registry, "qtrain_worker_up"), 0);
+}
+
+// A stage's last step, then the same progress with its eval tasks' results.
+constexpr char kEvaluatingChild[] = R"(
+echo '{"phase":"WORKER_PHASE_TRAINING"}'
+echo '{"progress":{"stage":"0","step":"4","loss":2.0,"step_seconds":0.5,"rank_tokens":"100"}}'
+echo '{"phase":"WORKER_PHASE_EVALUATING"}'
+echo '{"progress":{"stage":"0","step":"4","loss":2.0,"step_seconds":0.5,"rank_tokens":"100","eval_tasks":[{"stage":"0","step":"4","name":"arc","task":"multiple-choice","metrics":{"acc":0.5,"count":20}}]}}'
+echo '{"phase":"WORKER_PHASE_TRAINING"}'
+while :; do sleep 0.05; done
+)";
+
+TEST_F(DaemonTest, ForwardsEvalTaskResultsOnTheHeartbeat) {
+  auto registry = std::make_shared<prometheus::Registry>();
+  DaemonOptions options = Options(WriteChild(kEvaluatingChild));
+  options.metrics = registry;
+  StartDaemon(options);
+  v1::Directive assign = AssignDirective("jobs/demo-1", 3);
+  assign.mutable_assign()->mutable_spec()->add_curriculum()->set_name("short");
+  fake_->Send(assign);
+  const auto carries_results = [](const v1::HeartbeatRequest& h) {
+    return h.progress().job() == "jobs/demo-1" && h.progress().round() == 3 &&
+           h.progress().eval_tasks_size() == 1 && h.progress().eval_tasks(0).name() == "arc" &&
+           h.progress().eval_tasks(0).metrics().at("acc") == 0.5;
+  };
+  ASSERT_TRUE(fake_->WaitFor([&](FakeCoordinator& f) {
+    return std::any_of(f.heartbeats_.begin(), f.heartbeats_.end(), carries_results);
+  }));
+  // The next heartbeats repeat them (the coordinator keeps one copy) until the child moves on.
+  size_t seen = 0;
+  fake_->Read([&](FakeCoordinator& f) { seen = f.heartbeats_.size(); });
+  ASSERT_TRUE(fake_->WaitFor([&](FakeCoordinator& f) {
+    return f.heartbeats_.size() > seen && carries_results(f.heartbeats_.back());
+  }));
+  const std::map<std::string, std::string> labels = {
+      {"job_id", "demo-1"}, {"stage", "short"}, {"task", "arc"}, {"metric", "acc"}};
+  ASSERT_TRUE(WaitForMetric(*registry, "qtrain_eval_metric", labels, 0.5));
+  // The step was counted once, not again with the results.
+  EXPECT_EQ(MetricValue(*registry, "qtrain_tokens_total",
+                        {{"job_id", "demo-1"}, {"stage", "short"}, {"rank", "0"}}),
+            100);
+  fake_->Send(AbortDirective("jobs/demo-1", 3));
+  ASSERT_TRUE(WaitForMetric(*registry, "qtrain_eval_metric", labels, std::nullopt));
 }
 
 TEST_F(DaemonTest, SeriesOfAChildThatDiesGo) {

@@ -168,6 +168,7 @@ class StageChild {
   absl::Status Train(train::PreparedJob& job, std::shared_ptr<const RunDirLock> lock);
   absl::Status OnCheckpoint(const train::CheckpointInfo& info);
   void OnStep(const train::StepReport& report);
+  void OnEvalTasks(const std::vector<v1::EvalTaskResult>& results);
   absl::Status Emit(const v1::StageChildEvent& event);
   absl::Status EmitPhase(v1::WorkerPhase phase);
   std::string CheckpointDirectory() const {
@@ -181,7 +182,8 @@ class StageChild {
   const int64_t step_delay_ms_;
   std::string options_checkpoint_root_;  // <run_directory>/checkpoints
   std::vector<int64_t> stage_start_;
-  model::ModelConfig model_config_;  // the job's model (the stages differ only in RoPE)
+  model::ModelConfig model_config_;   // the job's model (the stages differ only in RoPE)
+  v1::WorkerProgress last_progress_;  // of the last step, repeated with the eval results
   bool retryable_ = true;
   absl::Status emit_error_;  // the first failed write of an event from a trainer callback
   bool join_failed_ = false;
@@ -409,11 +411,23 @@ void StageChild::OnStep(const train::StepReport& r) {
     p->set_flops_per_token(model::FlopsPerToken(model_config_, spec.curriculum(r.stage).seq_len()));
   }
   p->set_memory_bytes(ResidentBytes());
+  last_progress_ = *p;
   (void)Emit(event);
   // Test hook: lets a test act while the stage is under way. Cut short by a stop.
   for (int64_t slept = 0; slept < step_delay_ms_ && !stopping(); slept += 10) {
     std::this_thread::sleep_for(std::chrono::milliseconds(std::min<int64_t>(10, step_delay_ms_)));
   }
+}
+
+// The eval tasks of a stage's end ran (rank 0, after the stage's last step): the last step's
+// progress again, with their results.
+void StageChild::OnEvalTasks(const std::vector<v1::EvalTaskResult>& results) {
+  v1::StageChildEvent event;
+  v1::WorkerProgress* p = event.mutable_progress();
+  *p = last_progress_;
+  p->set_memory_bytes(ResidentBytes());
+  for (const v1::EvalTaskResult& result : results) *p->add_eval_tasks() = result;
+  (void)Emit(event);
 }
 
 // Adds the checkpoint's manifest to the files of `request`.
@@ -486,6 +500,10 @@ absl::Status StageChild::Train(train::PreparedJob& job, std::shared_ptr<const Ru
   options.cancelled = [this] { return stopping(); };
   options.on_event = [](const std::string& text) { QTRAIN_LOG(INFO) << "stage child: " << text; };
   options.on_step = [this](const train::StepReport& r) { OnStep(r); };
+  options.on_eval_tasks = [this](const std::vector<v1::EvalTaskResult>& results) {
+    OnEvalTasks(results);
+  };
+  options.tokenizer = job.tokenizer.get();
   options.on_phase = [this](train::TrainerPhase phase) { (void)EmitPhase(ToWorkerPhase(phase)); };
   options.on_checkpoint = [this](const train::CheckpointInfo& info) { return OnCheckpoint(info); };
   absl::StatusOr<std::unique_ptr<train::Trainer>> trainer = train::Trainer::Create(

@@ -454,6 +454,69 @@ TEST_F(StageChildTest, TwoStagesAsTwoChildrenEndLikeOneUninterruptedRun) {
   }
 }
 
+TEST_F(StageChildTest, EvalTaskResultsFollowTheStagesLastStepBeforeItsCheckpoint) {
+  const std::string choices = (root_ / "choices.jsonl").string();
+  ASSERT_TRUE(WriteFileAtomically(choices,
+                                  "{\"context\": \"the\", \"choices\": [\" token\", \" shard\"], "
+                                  "\"label\": 0}\n{\"context\": \"then\", \"choices\": [\" the\", "
+                                  "\" tokens\", \" shard\"], \"label\": 2}\n")
+                  .ok());
+  v1::EvalTaskSpec* task = spec_.mutable_eval()->add_tasks();
+  task->set_task("multiple-choice");
+  task->set_name("mc");
+  task->set_data(choices);
+  FakeParent parent(Options(WriteAssignment(0)), Accept);
+  ASSERT_EQ(parent.Wait(), kStageChildOk);
+  const auto events = parent.events();
+  int with_results = -1, last_step = -1, stage_checkpoint = -1;
+  for (int i = 0; i < static_cast<int>(events.size()); ++i) {
+    const v1::StageChildEvent& e = events[i];
+    if (e.has_progress() && e.progress().eval_tasks_size() > 0) {
+      ASSERT_EQ(with_results, -1) << "one progress with the results";
+      with_results = i;
+    } else if (e.has_progress() && e.progress().step() == 4) {
+      last_step = i;
+    }
+    if (e.has_checkpoint() && e.checkpoint().step() == 4) stage_checkpoint = i;
+  }
+  ASSERT_GE(with_results, 0);
+  EXPECT_LT(last_step, with_results);
+  EXPECT_LT(with_results, stage_checkpoint);
+  const v1::WorkerProgress& p = events[with_results].progress();
+  // The last step's progress again, with the results.
+  EXPECT_EQ(p.job(), "jobs/stage-test-1");
+  EXPECT_EQ(p.round(), 3);
+  EXPECT_EQ(p.step(), 4);
+  EXPECT_EQ(p.tokens_seen(), events[last_step].progress().tokens_seen());
+  const v1::EvalTaskResult& r = p.eval_tasks(0);
+  EXPECT_EQ(r.name(), "mc");
+  EXPECT_EQ(r.task(), "multiple-choice");
+  EXPECT_EQ(r.stage(), 0);
+  EXPECT_EQ(r.step(), 4);
+  EXPECT_FALSE(r.final());
+  ASSERT_TRUE(r.metrics().contains("acc"));
+  EXPECT_GE(r.metrics().at("acc"), 0.0);
+  EXPECT_LE(r.metrics().at("acc"), 1.0);
+  EXPECT_EQ(r.metrics().at("count"), 2);
+  EXPECT_TRUE(SawPhase(events, v1::WORKER_PHASE_EVALUATING));
+}
+
+TEST_F(StageChildTest, ABadEvalDataFileFailsBeforeTraining) {
+  v1::EvalTaskSpec* task = spec_.mutable_eval()->add_tasks();
+  task->set_task("generation");
+  task->set_data((root_ / "missing.jsonl").string());
+  FakeParent parent(Options(WriteAssignment(0)), Accept);
+  EXPECT_NE(parent.Wait(), kStageChildOk);
+  const auto events = parent.events();
+  EXPECT_TRUE(
+      std::none_of(events.begin(), events.end(), [](const auto& e) { return e.has_progress(); }));
+  ASSERT_FALSE(events.empty());
+  ASSERT_TRUE(events.back().has_error());
+  EXPECT_EQ(events.back().error().code(), "NOT_FOUND");
+  EXPECT_THAT(events.back().error().message(), HasSubstr("eval.tasks[0].data"));
+  EXPECT_FALSE(events.back().error().retryable());
+}
+
 TEST_F(StageChildTest, ARefusedCheckpointStopsTheChild) {
   FakeParent parent(Options(WriteAssignment(0)), [](const v1::CommitCheckpointRequest&) {
     v1::CheckpointAck ack;

@@ -102,6 +102,8 @@ struct WorkerMetrics::Series {
   Gauge* stage = nullptr;
   Gauge* mfu = nullptr;
   Gauge* memory_bytes = nullptr;
+  // qtrain_eval_metric by (task, metric).
+  std::map<std::pair<std::string, std::string>, Gauge*> eval_metrics;
 };
 
 WorkerMetrics::WorkerMetrics(std::shared_ptr<prometheus::Registry> registry,
@@ -138,6 +140,8 @@ WorkerMetrics::WorkerMetrics(std::shared_ptr<prometheus::Registry> registry,
                        "Model FLOPs per second over the device's peak (0..1).")),
       memory_bytes_(GaugeFamily(*registry_, "qtrain_memory_bytes",
                                 "Memory of the training process (resident; device on CUDA).")),
+      eval_metric_(GaugeFamily(*registry_, "qtrain_eval_metric",
+                               "A metric of an eval task (eval.tasks) at the stage's end.")),
       up_(GaugeFamily(*registry_, "qtrain_worker_up",
                       "1 while registered with the coordinator with a live heartbeat stream.")
               .Add({})) {}
@@ -196,6 +200,7 @@ void WorkerMetrics::RemoveSeries() {
   RemoveFrom(stage_, s.stage);
   RemoveFrom(mfu_, s.mfu);
   RemoveFrom(memory_bytes_, s.memory_bytes);
+  for (auto& [key, gauge] : s.eval_metrics) RemoveFrom(eval_metric_, gauge);
   series_.reset();
 }
 
@@ -203,6 +208,10 @@ void WorkerMetrics::OnProgress(const v1::Assignment& assignment,
                                const v1::WorkerProgress& progress) {
   absl::MutexLock lock(&mu_);
   Series& s = SeriesFor(assignment);
+  if (!progress.eval_tasks().empty()) {
+    SetEvalMetrics(s, progress);
+    return;
+  }
   AddProgressSeries(s);
   s.train_loss->Set(progress.loss());
   s.learning_rate->Set(progress.learning_rate());
@@ -233,6 +242,22 @@ void WorkerMetrics::OnProgress(const v1::Assignment& assignment,
   if (s.mfu != nullptr) {
     const double flops = std::isfinite(progress.flops_per_token()) ? progress.flops_per_token() : 0;
     s.mfu->Set(std::max(0.0, flops) * tokens_per_second / *peak_flops_);
+  }
+}
+
+// Labelled without the rank: only rank 0 evaluates.
+void WorkerMetrics::SetEvalMetrics(Series& s, const v1::WorkerProgress& progress) {
+  for (const v1::EvalTaskResult& result : progress.eval_tasks()) {
+    for (const auto& [metric, value] : result.metrics()) {
+      Gauge*& gauge = s.eval_metrics[{result.name(), metric}];
+      if (gauge == nullptr) {
+        gauge = &eval_metric_.Add({{"job_id", s.labels.at("job_id")},
+                                   {"stage", s.labels.at("stage")},
+                                   {"task", result.name()},
+                                   {"metric", metric}});
+      }
+      gauge->Set(value);
+    }
   }
 }
 

@@ -1,6 +1,7 @@
 // The worker daemon's Prometheus metrics: per-assignment training series labelled
 // job_id/stage/rank (created on the assignment's first progress, removed when it ends or
-// another begins, so labels never pile up) and qtrain_worker_up.
+// another begins, so labels never pile up), the results of the job's eval tasks
+// (qtrain_eval_metric{job_id,stage,task,metric}, with the same lifetime) and qtrain_worker_up.
 //
 //   auto registry = std::make_shared<prometheus::Registry>();
 //   WorkerMetrics metrics(registry, KnownPeakFlops(device, device_name));
@@ -9,6 +10,7 @@
 #ifndef QTRAIN_WORKER_DAEMON_WORKER_METRICS_H_
 #define QTRAIN_WORKER_DAEMON_WORKER_METRICS_H_
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -43,7 +45,8 @@ class WorkerMetrics {
   WorkerMetrics(const WorkerMetrics&) = delete;
   WorkerMetrics& operator=(const WorkerMetrics&) = delete;
 
-  // A step of `assignment` (progress of the child, one per step).
+  // A step of `assignment` (progress of the child, one per step). A progress with eval_tasks
+  // repeats its step's and only sets their qtrain_eval_metric series.
   void OnProgress(const v1::Assignment& assignment, const v1::WorkerProgress& progress);
   // A checkpoint of `assignment` whose files took `write_seconds` to write.
   void OnCheckpoint(const v1::Assignment& assignment, double write_seconds);
@@ -58,6 +61,8 @@ class WorkerMetrics {
   Series& SeriesFor(const v1::Assignment& assignment) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RemoveSeries() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AddProgressSeries(Series& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SetEvalMetrics(Series& s, const v1::WorkerProgress& progress)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::shared_ptr<prometheus::Registry> registry_;
   const std::optional<double> peak_flops_;
@@ -78,6 +83,7 @@ class WorkerMetrics {
   prometheus::Family<prometheus::Gauge>& stage_;
   prometheus::Family<prometheus::Gauge>& mfu_;
   prometheus::Family<prometheus::Gauge>& memory_bytes_;
+  prometheus::Family<prometheus::Gauge>& eval_metric_;
   prometheus::Gauge& up_;
 
   absl::Mutex mu_;

@@ -232,6 +232,47 @@ TEST_F(WorkerMetricsTest, TheEndOfTheAssignmentLeavesOnlyUp) {
   EXPECT_DOUBLE_EQ(Scrape(*registry_)["qtrain_tokens_total"][first_].counter.value, 512);
 }
 
+// The progress after a stage end's eval tasks: the last step's, with their results.
+v1::WorkerProgress WithEvalTasks(v1::WorkerProgress p) {
+  v1::EvalTaskResult* mc = p.add_eval_tasks();
+  mc->set_name("hellaswag");
+  mc->set_task("multiple-choice");
+  (*mc->mutable_metrics())["acc"] = 0.5;
+  (*mc->mutable_metrics())["count"] = 40;
+  v1::EvalTaskResult* needle = p.add_eval_tasks();
+  needle->set_name("needle");
+  needle->set_task("needle");
+  (*needle->mutable_metrics())["accuracy/L1024/D0.5"] = 0.25;
+  return p;
+}
+
+TEST_F(WorkerMetricsTest, EvalTaskResultsAreGaugesRemovedWithTheAssignment) {
+  WorkerMetrics metrics(registry_, std::nullopt);
+  const v1::Assignment a = MakeAssignment("jobs/j1", 1, 0);
+  metrics.OnProgress(a, Step(4, 2));
+  EXPECT_FALSE(Scrape(*registry_).contains("qtrain_eval_metric"));
+  metrics.OnProgress(a, WithEvalTasks(Step(4, 2)));
+  auto scrape = Scrape(*registry_);
+  const Labels acc = {
+      {"job_id", "j1"}, {"stage", "long"}, {"task", "hellaswag"}, {"metric", "acc"}};
+  EXPECT_DOUBLE_EQ(scrape["qtrain_eval_metric"][acc].gauge.value, 0.5);
+  const Labels cell = {
+      {"job_id", "j1"}, {"stage", "long"}, {"task", "needle"}, {"metric", "accuracy/L1024/D0.5"}};
+  EXPECT_DOUBLE_EQ(scrape["qtrain_eval_metric"][cell].gauge.value, 0.25);
+  EXPECT_EQ(scrape["qtrain_eval_metric"].size(), 3u);
+  // The repeated step is not counted twice.
+  const Labels rank0 = {{"job_id", "j1"}, {"stage", "long"}, {"rank", "0"}};
+  EXPECT_DOUBLE_EQ(scrape["qtrain_tokens_total"][rank0].counter.value, 512);
+  EXPECT_EQ(scrape["qtrain_step_seconds"][rank0].histogram.sample_count, 1u);
+  // A later result of the same task replaces the value.
+  v1::WorkerProgress again = WithEvalTasks(Step(4, 2));
+  (*again.mutable_eval_tasks(0)->mutable_metrics())["acc"] = 0.75;
+  metrics.OnProgress(a, again);
+  EXPECT_DOUBLE_EQ(Scrape(*registry_)["qtrain_eval_metric"][acc].gauge.value, 0.75);
+  metrics.OnAssignmentEnded();
+  EXPECT_FALSE(Scrape(*registry_).contains("qtrain_eval_metric"));
+}
+
 TEST_F(WorkerMetricsTest, UtilizationOnlyWithAPeak) {
   {
     WorkerMetrics metrics(registry_, std::nullopt);

@@ -46,6 +46,7 @@ struct TaskOptions {
   int64_t limit = 0;             // at most this many examples / windows (0: all)
   bool per_example = false;      // add "examples" to the result
   uint64_t seed = 0;             // needle passkeys and filler order
+  int64_t trials = 0;            // needle haystacks per grid cell (0: 1)
 };
 
 // Checks and converts a job spec's task (field paths under `path`, e.g. "eval.tasks[0]").

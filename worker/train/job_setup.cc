@@ -51,6 +51,7 @@ absl::StatusOr<PreparedJob> PrepareJob(const v1::JobSpec& spec,
   if (!parsed.ok()) return Annotate(parsed.status(), spec.tokenizer());
   job.tokenizer_vocab_size = parsed->vocab_size();
   job.tokenizer_sha256 = Sha256Hex(job.tokenizer_files.tokenizer_json);
+  job.tokenizer = std::make_unique<tokenizer::Tokenizer>(*std::move(parsed));
   // The shards must come from this tokenizer: same sha256, same vocabulary size.
   tokenizer::DatasetOptions data_options;
   data_options.tokenizer_sha256 = job.tokenizer_sha256;

@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "qtrain/v1/jobs.pb.h"
 #include "qtrain/v1/worker.pb.h"
+#include "tokenizer/tokenizer.h"
 #include "worker/model/config.h"
 #include "worker/train/shard_token_source.h"
 
@@ -37,6 +38,8 @@ struct PreparedJob {
   TokenizerFiles tokenizer_files;
   std::string tokenizer_sha256;
   uint32_t tokenizer_vocab_size = 0;
+  // The tokenizer parsed from tokenizer_files (TrainerOptions::tokenizer, for eval.tasks).
+  std::unique_ptr<tokenizer::Tokenizer> tokenizer;
   // Heap-held: the trainer keeps a pointer to it, and a PreparedJob may move.
   std::unique_ptr<ShardTokenSource> data;
 };

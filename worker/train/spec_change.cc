@@ -140,6 +140,8 @@ nlohmann::json JobSpecToJson(const v1::JobSpec& spec) {
 const std::vector<std::string>& BookkeepingSpecFields() {
   static const auto* fields = new std::vector<std::string>{
       "checkpoint.every_steps", "checkpoint.keep_last", "eval.every_steps", "labels",
+      // Benchmarks of the weights: they never change them.
+      "eval.tasks",
       "world.max_restarts", "world.regroup_seconds",
       // The weights do not depend on the worker count (the sums are worker-invariant), so a
       // job may be resumed with another world range.

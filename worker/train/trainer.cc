@@ -140,6 +140,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
     state->data = &data;
     state->options = std::move(options);
     state->global_tokens = spec.batch().global_tokens();
+    // A bad task or data file fails here, before the first step.
+    QTRAIN_RETURN_IF_ERROR(state->PrepareEvalTasks(state->options.tokenizer));
 
     for (int i = 0; i < spec.curriculum_size(); ++i) {
       const v1::CurriculumStage& stage = spec.curriculum(i);
@@ -620,6 +622,9 @@ absl::StatusOr<TrainerSummary> Trainer::Run() {
       QTRAIN_ASSIGN_OR_RETURN(const State::StepResult result, s.TrainStep(stage_index));
       QTRAIN_RETURN_IF_ERROR(s.Report(stage_index, result));
       s.Fault("step_done");
+      if (s.step == s.stage_start[stage_index + 1]) {
+        QTRAIN_RETURN_IF_ERROR(s.RunEvalTasks(stage_index));
+      }
       QTRAIN_RETURN_IF_ERROR(s.MaybeCheckpoint(stage_index, stop_at));
     }
     return s.Finish();

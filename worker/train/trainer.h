@@ -14,7 +14,8 @@
 //                                    the spec trained with)
 //   checkpoints/.shards-step-N/      ranks > 0 stage their optimizer shards here; rank 0 moves
 //                                    them into the checkpoint it commits
-//   metrics.jsonl                    one JSON object per step (and per evaluation)
+//   metrics.jsonl                    one JSON object per step (with its evaluation's loss), and
+//                                    one {"event": "eval_task", ...} per eval.tasks result
 //   final/                           the exported model (config.json, model.safetensors)
 //
 // Everything the future of a run depends on is in its checkpoint (weights, AdamW moments and
@@ -37,6 +38,7 @@
 #include "absl/status/statusor.h"
 #include "common/run_dir_lock.h"
 #include "qtrain/v1/jobs.pb.h"
+#include "tokenizer/tokenizer.h"
 #include "worker/comm/communicator.h"
 #include "worker/model/config.h"
 #include "worker/train/checkpoint_store.h"
@@ -118,6 +120,13 @@ struct TrainerOptions {
   // Called when the trainer starts evaluating or writing a checkpoint, and when it goes back to
   // training. Optional.
   std::function<void(TrainerPhase)> on_phase;
+  // The spec's eval.tasks (worker/eval/eval.h) run on rank 0 after each stage's last step,
+  // before its checkpoint (trainer_eval.cc says why), each result a metrics.jsonl record. Their
+  // tokenizer: this one when given (it must outlive Run()), else spec.tokenizer() is read.
+  const tokenizer::Tokenizer* tokenizer = nullptr;
+  // Called on rank 0 with the results of a stage end's tasks (final: the job's last step).
+  // Optional.
+  std::function<void(const std::vector<v1::EvalTaskResult>&)> on_eval_tasks;
   // Delete old checkpoints after each one (checkpoint.keep_last). A service run leaves that to
   // its coordinator, which knows which ones are committed.
   bool apply_retention = true;

@@ -1,9 +1,11 @@
 // The state of a Trainer (trainer.h) and its steps, shared by the files that implement it:
-// trainer.cc (setup, the training steps, evaluation, the end) and trainer_checkpoint.cc (the
-// checkpoint store, resume, and the checkpoint write protocol of a group). Not an interface.
+// trainer.cc (setup, the training steps, evaluation, the end), trainer_checkpoint.cc (the
+// checkpoint store, resume, and the checkpoint write protocol of a group) and trainer_eval.cc
+// (the benchmark tasks of eval.tasks). Not an interface.
 #ifndef QTRAIN_WORKER_TRAIN_TRAINER_STATE_H_
 #define QTRAIN_WORKER_TRAIN_TRAINER_STATE_H_
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -20,6 +22,7 @@
 #include "worker/comm/communicator.h"
 #include "worker/comm/shard_layout.h"
 #include "worker/comm/tree_sum.h"
+#include "worker/eval/eval.h"
 #include "worker/model/model.h"
 #include "worker/model/param_layout.h"
 #include "worker/train/checkpoint_store.h"
@@ -49,6 +52,12 @@ struct Trainer::State {
   int64_t total_steps = 0;
   int64_t global_tokens = 0;
   LrScheduleParams schedule;
+  // Rank 0: eval.tasks converted and checked (trainer_eval.cc), and the tokenizer they use.
+  std::vector<eval::TaskOptions> eval_tasks;
+  std::unique_ptr<tokenizer::Tokenizer> own_tokenizer;
+  const tokenizer::Tokenizer* eval_tokenizer = nullptr;
+  // The tokenizer's end-of-text id, for a model whose config names no BOS or EOS token.
+  std::optional<int32_t> eval_prefix_token;
 
   // Where the run is.
   int64_t step = 0;
@@ -117,11 +126,12 @@ struct Trainer::State {
   }
 
   // Run() in order: Setup, then per step EnterStage (on a stage change), TrainStep, Report,
-  // MaybeCheckpoint; then Finish.
+  // RunEvalTasks (at a stage's end), MaybeCheckpoint; then Finish.
   absl::Status Setup();
   absl::Status EnterStage(int stage_index);
   absl::StatusOr<StepResult> TrainStep(int stage_index);
   absl::Status Report(int stage_index, const StepResult& result);
+  absl::Status RunEvalTasks(int stage_index);
   absl::Status MaybeCheckpoint(int stage_index, int64_t stop_at);
   absl::StatusOr<TrainerSummary> Finish();
   void Release();
@@ -149,6 +159,15 @@ struct Trainer::State {
   absl::Status ApplyUpdate(StepResult& result);
 
   absl::StatusOr<double> Evaluate(model::Model& model, const v1::CurriculumStage& stage);
+  // eval.tasks (trainer_eval.cc).
+  absl::Status PrepareEvalTasks(const tokenizer::Tokenizer* given);
+  absl::Status LeadEvalTasks(int stage_index);
+  absl::StatusOr<std::unique_ptr<model::Model>> EvalModelCopy() const;
+  absl::Status AwaitEvalTasks();
+  absl::StatusOr<std::vector<nlohmann::json>> EvaluateTasks(int stage_index,
+                                                            const std::atomic<bool>& cancel);
+  absl::Status RecordEvalResults(int stage_index, const std::vector<nlohmann::json>& results);
+
   absl::StatusOr<double> UnigramEntropy(const v1::CurriculumStage& stage) const;
   absl::Status SaveCheckpoint();
   absl::StatusOr<CheckpointInfo> CommitCheckpoint();
