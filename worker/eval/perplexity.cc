@@ -56,7 +56,7 @@ absl::StatusOr<Stream> TextStream(const std::string& path, const EvalContext& co
                                   int64_t max_tokens) {
   QTRAIN_ASSIGN_OR_RETURN(const std::string content, ReadFileToString(path));
   QTRAIN_ASSIGN_OR_RETURN(const std::vector<TextRow> rows, ParseTextRows(content, path));
-  QTRAIN_ASSIGN_OR_RETURN(const int32_t prefix, PrefixToken(context.model->config()));
+  QTRAIN_ASSIGN_OR_RETURN(const int32_t prefix, PrefixToken(context));
   Stream s;
   for (const TextRow& row : rows) {
     if (max_tokens > 0 && static_cast<int64_t>(s.ids.size()) >= max_tokens) break;
