@@ -27,6 +27,8 @@ void AddFoundationCommands(CLI::App& app, CommandSelection& selection);
 void AddTokenizerCommands(CLI::App& app, CommandSelection& selection);
 // score, generate, init (cli/model_commands.cc).
 void AddModelCommands(CLI::App& app, CommandSelection& selection);
+// eval: perplexity, multiple-choice, generation and needle tasks (cli/eval_command.cc).
+void AddEvalCommand(CLI::App& app, CommandSelection& selection);
 // train (cli/train_commands.cc).
 void AddTrainCommands(CLI::App& app, CommandSelection& selection);
 // submit, get, list, cancel, watch, checkpoints, workers and their global flags

@@ -55,6 +55,7 @@ int main(int argc, char** argv) {
   qtrain::cli::AddFoundationCommands(app, selection);
   qtrain::cli::AddTokenizerCommands(app, selection);
   qtrain::cli::AddModelCommands(app, selection);
+  qtrain::cli::AddEvalCommand(app, selection);
   qtrain::cli::AddTrainCommands(app, selection);
   qtrain::cli::AddRemoteCommands(app, selection);
   qtrain::cli::AddLocalCommand(app, selection);

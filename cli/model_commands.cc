@@ -17,6 +17,7 @@
 #include "cli/command.h"
 #include "cli/flag_checks.h"
 #include "cli/json_lines.h"
+#include "cli/model_loading.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
@@ -111,20 +112,8 @@ class TextCodec {
   std::optional<tokenizer::Tokenizer> tokenizer_;
 };
 
-// An inference model that fails on non-finite activations or logits, naming where they appear.
 absl::StatusOr<Model> LoadModel(const std::string& dir, bool allow_nonfinite_weights) {
-  QTRAIN_ASSIGN_OR_RETURN(model::ModelConfig config, model::LoadConfig(dir));
-  QTRAIN_ASSIGN_OR_RETURN(
-      Model m, Model::Create(config, {.allocate_gradients = false, .check_finite = true}));
-  const absl::Status loaded =
-      model::LoadWeights(dir, config, m.params(), {.allow_nonfinite = allow_nonfinite_weights});
-  if (model::IsNonFiniteWeightError(loaded)) {
-    return absl::Status(loaded.code(), absl::StrCat(loaded.message(),
-                                                    " (pass --allow-nonfinite-weights to load it "
-                                                    "anyway)"));
-  }
-  QTRAIN_RETURN_IF_ERROR(loaded);
-  return m;
+  return LoadInferenceModel(dir, {.allow_nonfinite_weights = allow_nonfinite_weights});
 }
 
 absl::Status CheckIds(const std::vector<int32_t>& ids, int64_t vocab_size) {

@@ -46,12 +46,17 @@ absl::StatusOr<std::string> DecodeIds(const EvalContext& context, std::span<cons
   return context.tokenizer->Decode(u);
 }
 
-absl::StatusOr<int32_t> PrefixToken(const model::ModelConfig& config) {
+absl::StatusOr<int32_t> PrefixToken(const EvalContext& context) {
+  const model::ModelConfig& config = context.model->config();
   if (config.bos_token_id) return static_cast<int32_t>(*config.bos_token_id);
   if (!config.eos_token_ids.empty()) return static_cast<int32_t>(config.eos_token_ids.front());
+  if (auto id = context.tokenizer->TokenToId("<|endoftext|>");
+      id && static_cast<int64_t>(*id) < config.vocab_size) {
+    return static_cast<int32_t>(*id);
+  }
   return absl::FailedPreconditionError(
       "an empty context is scored after the model's BOS or EOS token, and config.json names "
-      "neither (bos_token_id, eos_token_id)");
+      "neither (bos_token_id, eos_token_id) and the tokenizer has no <|endoftext|>");
 }
 
 absl::StatusOr<std::vector<std::vector<float>>> NextTokenLogprobs(

@@ -27,9 +27,9 @@ absl::StatusOr<std::vector<int32_t>> EncodeText(const EvalContext& context, std:
 absl::StatusOr<std::string> DecodeIds(const EvalContext& context, std::span<const int32_t> ids);
 
 // The token an empty context is scored after: the model's BOS token, else its first EOS token
-// (lm-evaluation-harness's prefix_token_id: BOS, else EOS). FAILED_PRECONDITION when it has
-// neither.
-absl::StatusOr<int32_t> PrefixToken(const model::ModelConfig& config);
+// (lm-evaluation-harness's prefix_token_id: BOS, else EOS), else the tokenizer's
+// <|endoftext|>. FAILED_PRECONDITION when there is none.
+absl::StatusOr<int32_t> PrefixToken(const EvalContext& context);
 
 // One Forward over the sequences (padded at the end to the longest; the padding is never a
 // target): out[b][t] = log p(seqs[b][t + 1] | seqs[b][0..t]) for t + 1 < size (the last is 0).

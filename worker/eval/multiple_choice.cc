@@ -25,7 +25,7 @@ absl::StatusOr<EncodedPair> EncodePair(const EvalContext& context, const std::st
                                        const std::string& continuation, std::string_view where) {
   EncodedPair pair;
   if (text.empty()) {
-    QTRAIN_ASSIGN_OR_RETURN(const int32_t prefix, PrefixToken(context.model->config()));
+    QTRAIN_ASSIGN_OR_RETURN(const int32_t prefix, PrefixToken(context));
     pair.context = {prefix};
     QTRAIN_ASSIGN_OR_RETURN(pair.continuation, EncodeText(context, continuation, where));
     return pair;

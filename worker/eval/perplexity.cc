@@ -3,6 +3,7 @@
 #include "worker/eval/perplexity.h"
 
 #include <cmath>
+#include <filesystem>
 #include <span>
 #include <string>
 #include <vector>
@@ -27,15 +28,22 @@ struct Stream {
   int64_t text_bytes = 0;    // > 0 when the text is known
 };
 
+// A dataset directory or its manifest.json; anything else is read as JSONL.
 bool IsManifest(const std::string& path) {
-  return absl::EndsWith(path, ".json") && !absl::EndsWith(path, ".jsonl");
+  std::error_code ec;
+  return std::filesystem::is_directory(path, ec) ||
+         (absl::EndsWith(path, ".json") && !absl::EndsWith(path, ".jsonl"));
 }
 
 absl::StatusOr<Stream> ManifestStream(const std::string& path, const EvalContext& context,
                                       int64_t max_tokens) {
+  std::error_code ec;
+  const std::string manifest = std::filesystem::is_directory(path, ec)
+                                   ? (std::filesystem::path(path) / "manifest.json").string()
+                                   : path;
   tokenizer::DatasetOptions opts;
   opts.vocab_size = static_cast<uint32_t>(context.tokenizer->vocab_size());
-  absl::StatusOr<tokenizer::Dataset> data = tokenizer::OpenDataset(path, opts);
+  absl::StatusOr<tokenizer::Dataset> data = tokenizer::OpenDataset(manifest, opts);
   if (!data.ok()) return Annotate(data.status(), absl::StrCat("--data ", path));
   Stream s;
   const int64_t vocab = context.model->config().vocab_size;
@@ -56,7 +64,7 @@ absl::StatusOr<Stream> TextStream(const std::string& path, const EvalContext& co
                                   int64_t max_tokens) {
   QTRAIN_ASSIGN_OR_RETURN(const std::string content, ReadFileToString(path));
   QTRAIN_ASSIGN_OR_RETURN(const std::vector<TextRow> rows, ParseTextRows(content, path));
-  QTRAIN_ASSIGN_OR_RETURN(const int32_t prefix, PrefixToken(context.model->config()));
+  QTRAIN_ASSIGN_OR_RETURN(const int32_t prefix, PrefixToken(context));
   Stream s;
   for (const TextRow& row : rows) {
     if (max_tokens > 0 && static_cast<int64_t>(s.ids.size()) >= max_tokens) break;

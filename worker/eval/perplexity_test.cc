@@ -1,8 +1,10 @@
 #include "worker/eval/perplexity.h"
 
 #include <cmath>
+#include <filesystem>
 
 #include "gtest/gtest.h"
+#include "tokenizer/shard_writer.h"
 #include "worker/eval/common.h"
 #include "worker/eval/eval_test_util.h"
 
@@ -133,6 +135,37 @@ INSTANTIATE_TEST_SUITE_P(Strides, PerplexityTest,
                                            std::pair<int64_t, int64_t>{8, 3},
                                            std::pair<int64_t, int64_t>{16, 5},
                                            std::pair<int64_t, int64_t>{64, 64}));
+
+TEST(Perplexity, DataManifestAcrossShards) {
+  auto& f = testing::Shared();
+  EvalContext ctx = f.context();
+  const std::string dir = ::testing::TempDir() + "/ppl_shards";
+  std::filesystem::remove_all(dir);
+  auto w = tokenizer::ShardWriter::Create({.dir = dir,
+                                           .shard_tokens = 7,
+                                           .tokenizer_sha256 = std::string(64, 'a'),
+                                           .vocab_size = f.tokenizer.vocab_size(),
+                                           .eos_token = "<|endoftext|>",
+                                           .eos_id = 151643});
+  ASSERT_TRUE(w.ok()) << w.status();
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 30; ++i) ids.push_back((i * 7919) % 5000 + 10);
+  std::vector<uint32_t> u(ids.begin(), ids.end());
+  ASSERT_TRUE(w->Append(u).ok());
+  ASSERT_TRUE(w->Finish().ok());
+  for (const std::string& data : {dir, dir + "/manifest.json"}) {
+    TaskOptions o{.kind = TaskKind::kPerplexity, .data = data, .seq_len = 8, .stride = 3};
+    auto r = RunTask(o, ctx);
+    ASSERT_TRUE(r.ok()) << r.status();
+    int64_t tokens = 0;
+    const double want =
+        DirectLogLikelihood(f.model, ids, std::vector<bool>(ids.size(), true), 8, 3, &tokens);
+    EXPECT_EQ(tokens, 29);
+    EXPECT_EQ((*r)["metrics"]["tokens"], 29);
+    EXPECT_NEAR((*r)["metrics"]["loglikelihood"].get<double>(), want, 1e-3);
+    EXPECT_FALSE((*r)["metrics"].contains("bits_per_byte"));
+  }
+}
 
 TEST(Perplexity, BadOptions) {
   auto& f = testing::Shared();
