@@ -29,7 +29,6 @@ constexpr size_t kMaxEvalDataBytes = size_t{1} << 32;
 // How often rank 0 tells the others it is still evaluating: well inside a collective's timeout.
 constexpr auto kEvalHeartbeat = std::chrono::milliseconds(500);
 constexpr char kRunning = 0, kDone = 1, kFailed = 2;
-constexpr char kEndOfText[] = "<|endoftext|>";
 
 // The task's data file exists and is readable, and its rows (a JSONL file) parse as the eval
 // library parses them when the task runs, so that a bad file fails the run before its first
@@ -90,27 +89,7 @@ absl::Status Trainer::State::PrepareEvalTasks(const tokenizer::Tokenizer* given)
     own_tokenizer = std::make_unique<tokenizer::Tokenizer>(*std::move(loaded));
     eval_tokenizer = own_tokenizer.get();
   }
-  // Texts are scored after the model's BOS or EOS token; a model made from a spec's sizes names
-  // neither, so the tokenizer's end-of-text token stands in (the separator of the shards).
-  if (!base_config.bos_token_id && base_config.eos_token_ids.empty()) {
-    const std::optional<uint32_t> eos = eval_tokenizer->TokenToId(kEndOfText);
-    if (eos && static_cast<int64_t>(*eos) < base_config.vocab_size) {
-      eval_prefix_token = static_cast<int32_t>(*eos);
-    }
-  }
   return absl::OkStatus();
-}
-
-// The model the tasks run on: the trainer's, or, when a prefix token must be named, a copy of
-// it whose configuration names it (inference only; the trainer's weights stay untouched).
-absl::StatusOr<std::unique_ptr<model::Model>> Trainer::State::EvalModelCopy() const {
-  if (!eval_prefix_token) return std::unique_ptr<model::Model>();
-  model::ModelConfig config = model->config();
-  config.eos_token_ids = {*eval_prefix_token};
-  QTRAIN_ASSIGN_OR_RETURN(model::Model copy, model::Model::Create(config));
-  const std::span<const float> weights = std::as_const(*model).params();
-  std::copy(weights.begin(), weights.end(), copy.params().begin());
-  return std::make_unique<model::Model>(std::move(copy));
 }
 
 // Rank 0 runs the tasks on a thread of their own while this thread watches for cancellation
@@ -178,8 +157,9 @@ absl::Status Trainer::State::LeadEvalTasks(int stage_index) {
 absl::StatusOr<std::vector<nlohmann::json>> Trainer::State::EvaluateTasks(
     int stage_index, const std::atomic<bool>& cancel) {
   std::vector<nlohmann::json> results;
-  QTRAIN_ASSIGN_OR_RETURN(std::unique_ptr<model::Model> copy, EvalModelCopy());
-  eval::EvalContext context{.model = copy != nullptr ? copy.get() : model.get(),
+  // A model without BOS or EOS token ids scores texts after the tokenizer's end-of-text token
+  // (the eval library's prefix rule), so the trainer's own model serves.
+  eval::EvalContext context{.model = model.get(),
                             .tokenizer = eval_tokenizer,
                             .cancelled = &cancel};
   for (size_t i = 0; i < eval_tasks.size(); ++i) {

@@ -56,8 +56,6 @@ struct Trainer::State {
   std::vector<eval::TaskOptions> eval_tasks;
   std::unique_ptr<tokenizer::Tokenizer> own_tokenizer;
   const tokenizer::Tokenizer* eval_tokenizer = nullptr;
-  // The tokenizer's end-of-text id, for a model whose config names no BOS or EOS token.
-  std::optional<int32_t> eval_prefix_token;
 
   // Where the run is.
   int64_t step = 0;
@@ -162,7 +160,6 @@ struct Trainer::State {
   // eval.tasks (trainer_eval.cc).
   absl::Status PrepareEvalTasks(const tokenizer::Tokenizer* given);
   absl::Status LeadEvalTasks(int stage_index);
-  absl::StatusOr<std::unique_ptr<model::Model>> EvalModelCopy() const;
   absl::Status AwaitEvalTasks();
   absl::StatusOr<std::vector<nlohmann::json>> EvaluateTasks(int stage_index,
                                                             const std::atomic<bool>& cancel);
