@@ -37,6 +37,7 @@ using model::Model;
 struct ScoreFlags {
   std::string model_dir;
   std::string tokenizer_path;
+  std::string dca;  // --dca CHUNK,LOCAL; empty: config.json's
   bool output_logits = false;
   bool allow_nonfinite_weights = false;
 };
@@ -46,6 +47,7 @@ struct GenerateFlags {
   std::string tokenizer_path;
   std::string prompt;
   std::string prompt_ids;
+  std::string dca;            // --dca CHUNK,LOCAL; empty: config.json's
   bool prompt_given = false;  // set after parsing: "" is given, and empty
   bool prompt_ids_given = false;
   int64_t max_new_tokens = 64;
@@ -112,8 +114,15 @@ class TextCodec {
   std::optional<tokenizer::Tokenizer> tokenizer_;
 };
 
-absl::StatusOr<Model> LoadModel(const std::string& dir, bool allow_nonfinite_weights) {
-  return LoadInferenceModel(dir, {.allow_nonfinite_weights = allow_nonfinite_weights});
+// --dca CHUNK,LOCAL overrides config.json's chunk and local sizes and keeps its
+// original_max_position_embeddings.
+absl::StatusOr<Model> LoadModel(const std::string& dir, bool allow_nonfinite_weights,
+                                const std::string& dca_flag = "") {
+  LoadModelOptions options{.allow_nonfinite_weights = allow_nonfinite_weights};
+  if (!dca_flag.empty()) {
+    QTRAIN_ASSIGN_OR_RETURN(options.dca, model::ParseDcaFlag(dca_flag));
+  }
+  return LoadInferenceModel(dir, options);
 }
 
 absl::Status CheckIds(const std::vector<int32_t>& ids, int64_t vocab_size) {
@@ -155,7 +164,8 @@ absl::StatusOr<std::vector<int32_t>> ParseScoreLine(const std::string& line, con
 
 absl::Status RunScore(const ScoreFlags& flags) {
   QTRAIN_ASSIGN_OR_RETURN(TextCodec codec, TextCodec::Load(flags.tokenizer_path));
-  QTRAIN_ASSIGN_OR_RETURN(Model m, LoadModel(flags.model_dir, flags.allow_nonfinite_weights));
+  QTRAIN_ASSIGN_OR_RETURN(Model m,
+                          LoadModel(flags.model_dir, flags.allow_nonfinite_weights, flags.dca));
   const auto score_line = [&](const std::string& line,
                               uint64_t line_number) -> absl::StatusOr<std::string> {
     QTRAIN_ASSIGN_OR_RETURN(std::vector<int32_t> ids,
@@ -252,7 +262,8 @@ absl::Status RunGenerate(const GenerateFlags& flags) {
     return absl::InvalidArgumentError("--prompt-ids is empty: give comma-separated token ids");
   }
   QTRAIN_ASSIGN_OR_RETURN(TextCodec codec, TextCodec::Load(flags.tokenizer_path));
-  QTRAIN_ASSIGN_OR_RETURN(Model m, LoadModel(flags.model_dir, flags.allow_nonfinite_weights));
+  QTRAIN_ASSIGN_OR_RETURN(Model m,
+                          LoadModel(flags.model_dir, flags.allow_nonfinite_weights, flags.dca));
   std::vector<int32_t> prompt;
   if (flags.prompt_ids_given) {
     QTRAIN_ASSIGN_OR_RETURN(prompt, ParseIdList(flags.prompt_ids));
@@ -418,6 +429,8 @@ void AddModelCommands(CLI::App& app, CommandSelection& selection) {
       ->check(NonEmptyCheck());
   score->add_option("--tokenizer", score_flags->tokenizer_path, "tokenizer.json")
       ->check(RegularFileCheck());
+  score->add_option("--dca", score_flags->dca,
+                    "Dual Chunk Attention CHUNK,LOCAL (overrides config.json's sizes)");
   score->add_flag("--output-logits", score_flags->output_logits,
                   "Also print every position's logits (for parity checks; large)");
   score->add_flag("--allow-nonfinite-weights", score_flags->allow_nonfinite_weights,
@@ -441,6 +454,8 @@ void AddModelCommands(CLI::App& app, CommandSelection& selection) {
   gen->add_option("--temperature", gen_flags->temperature)->capture_default_str();
   gen->add_option("--top-p", gen_flags->top_p)->capture_default_str();
   gen->add_option("--seed", gen_flags->seed)->capture_default_str();
+  gen->add_option("--dca", gen_flags->dca,
+                  "Dual Chunk Attention CHUNK,LOCAL (overrides config.json's sizes)");
   gen->add_flag("--json", gen_flags->json, "Print {prompt_ids, ids, text} as JSON");
   gen->add_flag("--allow-nonfinite-weights", gen_flags->allow_nonfinite_weights,
                 "Load weights holding NaN or infinities (generation still fails on non-finite "

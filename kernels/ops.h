@@ -27,6 +27,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 #include "kernels/rope_tables.h"
@@ -54,6 +55,34 @@ struct AttentionShape {
   int64_t num_kv_heads = 0;    // Hkv
   int64_t head_dim = 0;        // D
   float softmax_scale = 0.0f;  // 0 means 1/sqrt(head_dim) (transformers' scaling)
+
+  int64_t kv_len() const { return past_len + seq_len; }
+  int64_t kv_rows() const { return kv_capacity > 0 ? kv_capacity : past_len + seq_len; }
+};
+
+// Shape of a causal Dual Chunk Attention (DCA, docs/model-math.md "Dual Chunk Attention"): the
+// layouts, the KV cache and GQA of AttentionShape, with positions folded into chunks of
+// chunk_len = s keys. Query t of sequence b sits at i = past_len + t, in chunk i / s; key j <= i
+// is in chunk j / s. Each query comes in three rotations and the key's chunk picks which one
+// scores it:
+//   key chunk == query chunk       (j <= i): q_intra
+//   key chunk == query chunk - 1:            q_succ
+//   key chunk <= query chunk - 2:            q_inter
+// All keys share one softmax: S[t, j] = scale q_variant(t, j)[t] . k[j] for j <= i, -inf beyond;
+// lse[t] = logsumexp_j S[t, j]; o = softmax(S) v.
+//   q_intra, q_succ, q_inter, o: [B, T, num_heads, head_dim]
+//   k, v: [B, kv_capacity, num_kv_heads, head_dim] (rows 0 ... past_len+T-1 used)
+//   lse:  [B, num_heads, T]
+struct DcaAttentionShape {
+  int64_t batch = 1;
+  int64_t seq_len = 0;
+  int64_t past_len = 0;
+  int64_t kv_capacity = 0;  // 0 means past_len + seq_len
+  int64_t num_heads = 0;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t chunk_len = 0;       // s = chunk_size - local_size, > 0
+  float softmax_scale = 0.0f;  // 0 means 1/sqrt(head_dim)
 
   int64_t kv_len() const { return past_len + seq_len; }
   int64_t kv_rows() const { return kv_capacity > 0 ? kv_capacity : past_len + seq_len; }
@@ -179,6 +208,17 @@ class Backend {
   virtual OpStatus AttentionBackward(const float* q, const float* k, const float* v, const float* o,
                                      const float* lse, const float* dout, float* dq, float* dk,
                                      float* dv, const AttentionShape& shape) = 0;
+
+  // Dual Chunk Attention forward (inference only; see DcaAttentionShape), tiled with one online
+  // softmax over all key tiles: memory linear in T, no T x T buffer. Backends without it return
+  // an error.
+  virtual OpStatus DcaAttentionForward(const float* q_intra, const float* q_succ,
+                                       const float* q_inter, const float* k, const float* v,
+                                       float* o, float* lse, const DcaAttentionShape& shape) {
+    (void)q_intra, (void)q_succ, (void)q_inter, (void)k, (void)v, (void)o, (void)lse, (void)shape;
+    return OpStatus::Error(std::string(name()) +
+                           " backend: DcaAttentionForward is not implemented");
+  }
 
   // ---------------------------------------------------------------------------------------
   // SwiGLU: out = silu(gate) * up, silu(a) = a * sigmoid(a).

@@ -13,7 +13,7 @@ python_packages=(
 )
 
 packages=(
-  build-essential cmake ninja-build pkg-config git python3
+  build-essential cmake ninja-build pkg-config git python3 python3-numpy
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   prometheus-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev openssl

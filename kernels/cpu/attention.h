@@ -32,6 +32,11 @@ OpStatus AttentionBackwardTiled(
     const float* dout, float* dq, float* dk, float* dv, const AttentionShape& shape, int64_t tile,
     AttentionBackwardSchedule schedule = AttentionBackwardSchedule::kAuto);
 
+// Same contract as Backend::DcaAttentionForward (dca_attention.cc), with the tile exposed.
+OpStatus DcaAttentionForwardTiled(const float* q_intra, const float* q_succ, const float* q_inter,
+                                  const float* k, const float* v, float* o, float* lse,
+                                  const DcaAttentionShape& shape, int64_t tile);
+
 }  // namespace qtrain::kernels::cpu
 
 #endif  // QTRAIN_KERNELS_CPU_ATTENTION_H_

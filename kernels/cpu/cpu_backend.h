@@ -55,6 +55,9 @@ class CpuBackendImpl final : public Backend {
   OpStatus AttentionBackward(const float* q, const float* k, const float* v, const float* o,
                              const float* lse, const float* dout, float* dq, float* dk, float* dv,
                              const AttentionShape& shape) override;
+  OpStatus DcaAttentionForward(const float* q_intra, const float* q_succ, const float* q_inter,
+                               const float* k, const float* v, float* o, float* lse,
+                               const DcaAttentionShape& shape) override;
 
   OpStatus SwigluForward(const float* gate, const float* up, float* out, int64_t rows,
                          int64_t dim) override;

@@ -181,6 +181,42 @@ void AttentionBackward(const T* q, const T* k, const T* v, const T* dout, T* dq,
       }
 }
 
+// Dual Chunk Attention with the full score row (chunk_len s). Query t is at i = past + t; key
+// j <= i scores with q_intra when j / s == i / s, q_succ when j / s == i / s - 1, else q_inter.
+template <typename T>
+void DcaAttentionForward(const T* q_intra, const T* q_succ, const T* q_inter, const T* k,
+                         const T* v, T* o, T* lse, const AttentionDims& d, int64_t chunk_len) {
+  const int64_t S = d.past + d.T, group = d.H / d.Hkv;
+  std::vector<T> p(S);
+  for (int64_t b = 0; b < d.B; ++b)
+    for (int64_t h = 0; h < d.H; ++h)
+      for (int64_t t = 0; t < d.T; ++t) {
+        const int64_t g = h / group, i = d.past + t, ci = i / chunk_len;
+        const int64_t qoff = ((b * d.T + t) * d.H + h) * d.D;
+        T max = -std::numeric_limits<T>::infinity();
+        for (int64_t j = 0; j <= i; ++j) {
+          const int64_t cj = j / chunk_len;
+          const T* qr = cj == ci ? q_intra + qoff : cj == ci - 1 ? q_succ + qoff : q_inter + qoff;
+          const T* kr = k + ((b * d.R + j) * d.Hkv + g) * d.D;
+          T dot = 0;
+          for (int64_t e = 0; e < d.D; ++e) dot += qr[e] * kr[e];
+          p[j] = dot * T(d.scale);
+          max = std::max(max, p[j]);
+        }
+        T sum = 0;
+        for (int64_t j = 0; j <= i; ++j) sum += std::exp(p[j] - max);
+        const T row_lse = max + std::log(sum);
+        lse[(b * d.H + h) * d.T + t] = row_lse;
+        T* orow = o + qoff;
+        for (int64_t e = 0; e < d.D; ++e) orow[e] = 0;
+        for (int64_t j = 0; j <= i; ++j) {
+          const T pj = std::exp(p[j] - row_lse);
+          const T* vr = v + ((b * d.R + j) * d.Hkv + g) * d.D;
+          for (int64_t e = 0; e < d.D; ++e) orow[e] += pj * vr[e];
+        }
+      }
+}
+
 // gate, up, out [n]
 template <typename T>
 void SwigluForward(const T* gate, const T* up, T* out, int64_t n) {

@@ -169,6 +169,25 @@ absl::Status ParseRope(const Json& root, const std::string& source, ModelConfig&
   return absl::OkStatus();
 }
 
+// dual_chunk_attention_config {chunk_size, local_size, original_max_position_embeddings}.
+absl::Status ParseDca(const Json& root, const std::string& source, ModelConfig& config) {
+  constexpr const char* kKey = "dual_chunk_attention_config";
+  auto it = root.find(kKey);
+  if (it == root.end() || it->is_null()) return absl::OkStatus();
+  if (!it->is_object()) return KeyError(source, kKey, "expected an object");
+  const std::string prefix = std::string(kKey) + ".";
+  DcaParams& dca = config.dca;
+  QTRAIN_ASSIGN_OR_RETURN(dca.chunk_size, GetInt(*it, source, "chunk_size", std::nullopt, prefix));
+  if (dca.chunk_size <= 0) {
+    return KeyError(source, prefix + "chunk_size",
+                    absl::StrCat("must be in [1, ", kMaxDim, "], got ", dca.chunk_size));
+  }
+  QTRAIN_ASSIGN_OR_RETURN(dca.local_size, GetInt(*it, source, "local_size", 0, prefix));
+  QTRAIN_ASSIGN_OR_RETURN(dca.original_max_position_embeddings,
+                          GetInt(*it, source, "original_max_position_embeddings", 0, prefix));
+  return absl::OkStatus();
+}
+
 absl::Status ParseTokenIds(const Json& root, const std::string& source, ModelConfig& config) {
   if (root.contains("bos_token_id") && !root["bos_token_id"].is_null()) {
     QTRAIN_ASSIGN_OR_RETURN(int64_t bos, GetInt(root, source, "bos_token_id", std::nullopt));
@@ -219,10 +238,6 @@ absl::Status RefuseUnsupported(const Json& root, const std::string& source,
   }
   QTRAIN_ASSIGN_OR_RETURN(double dropout, GetNumber(root, source, "attention_dropout", 0.0));
   if (dropout != 0.0) return KeyError(source, "attention_dropout", "only 0.0 is supported");
-  if (root.contains("dual_chunk_attention_config") &&
-      !root["dual_chunk_attention_config"].is_null()) {
-    return KeyError(source, "dual_chunk_attention_config", "not supported");
-  }
   (void)config;
   return absl::OkStatus();
 }
@@ -385,6 +400,22 @@ std::vector<ConfigProblem> FindConfigProblems(const ModelConfig& c) {
                        c.yarn.original_max_position_embeddings));
     }
   }
+  const DcaParams& dca = c.dca;
+  if (dca.chunk_size != 0 || dca.local_size != 0 || dca.original_max_position_embeddings != 0) {
+    if (dca.chunk_size <= 0 || dca.chunk_size > kMaxDim) {
+      add("dual_chunk_attention_config.chunk_size",
+          absl::StrCat("must be in [1, ", kMaxDim, "], got ", dca.chunk_size));
+    } else if (dca.local_size < 0 || dca.local_size >= dca.chunk_size) {
+      add("dual_chunk_attention_config.local_size",
+          absl::StrCat("must be in [0, chunk_size ", dca.chunk_size, "), got ", dca.local_size));
+    }
+    if (dca.original_max_position_embeddings < 0 ||
+        dca.original_max_position_embeddings > kMaxDim) {
+      add("dual_chunk_attention_config.original_max_position_embeddings",
+          absl::StrCat("must be in [0, ", kMaxDim, "] (0: no scaling), got ",
+                       dca.original_max_position_embeddings));
+    }
+  }
   if (sizes_ok) {
     const std::optional<int64_t> count = c.CheckedNumParameters();
     if (!count || *count > kMaxParameters) {
@@ -473,6 +504,7 @@ absl::StatusOr<ModelConfig> ParseConfigJson(std::string_view text, std::string_v
   QTRAIN_ASSIGN_OR_RETURN(c.initializer_range, GetNumber(root, source, "initializer_range", 0.02));
   QTRAIN_RETURN_IF_ERROR(ParseRope(root, source, c));
   QTRAIN_RETURN_IF_ERROR(ParseTokenIds(root, source, c));
+  QTRAIN_RETURN_IF_ERROR(ParseDca(root, source, c));
   QTRAIN_RETURN_IF_ERROR(RefuseUnsupported(root, source, c));
   QTRAIN_RETURN_IF_ERROR(Annotate(ValidateConfig(c), source));
   return c;
@@ -501,6 +533,12 @@ std::string ConfigToJson(const ModelConfig& c) {
                {"vocab_size", c.vocab_size}};
   if (c.head_dim * c.num_heads != c.hidden_size) root["head_dim"] = c.head_dim;
   root["rope_scaling"] = c.rope_type == RopeType::kYarn ? RopeJson(c) : Json(nullptr);
+  if (c.dca.enabled()) {
+    root["dual_chunk_attention_config"] = {
+        {"chunk_size", c.dca.chunk_size},
+        {"local_size", c.dca.local_size},
+        {"original_max_position_embeddings", c.dca.original_max_position_embeddings}};
+  }
   root["bos_token_id"] = c.bos_token_id ? Json(*c.bos_token_id) : Json(nullptr);
   if (c.eos_token_ids.empty()) {
     root["eos_token_id"] = nullptr;

@@ -237,5 +237,102 @@ TEST(ConfigTest, InvalidJsonNamesThePositionAndKey) {
               HasSubstr("nested deeper than 64 levels"));
 }
 
+// kQwen05bJson with `extra` spliced in before the last key.
+std::string WithKeys(const std::string& extra) {
+  std::string text = kQwen05bJson;
+  return text.insert(text.rfind("\"vocab_size\""), extra + ", ");
+}
+
+TEST(ConfigTest, ParsesDualChunkAttentionConfig) {
+  auto c = ParseConfigJson(
+      WithKeys(R"("dual_chunk_attention_config": {"chunk_size": 262144, "local_size": 8192,)"
+               R"( "original_max_position_embeddings": 32768})"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->dca.enabled());
+  EXPECT_EQ(c->dca.chunk_size, 262144);
+  EXPECT_EQ(c->dca.local_size, 8192);
+  EXPECT_EQ(c->dca.chunk_len(), 262144 - 8192);
+  EXPECT_EQ(c->dca.original_max_position_embeddings, 32768);
+  // Written back, and read again the same.
+  auto back = ParseConfigJson(ConfigToJson(*c));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->dca.chunk_size, 262144);
+  EXPECT_EQ(back->dca.local_size, 8192);
+  EXPECT_EQ(back->dca.original_max_position_embeddings, 32768);
+  // Absent or null: off, and not written.
+  for (const std::string& text :
+       {std::string(kQwen05bJson), WithKeys(R"("dual_chunk_attention_config": null)")}) {
+    auto off = ParseConfigJson(text);
+    ASSERT_TRUE(off.ok()) << off.status();
+    EXPECT_FALSE(off->dca.enabled());
+    EXPECT_FALSE(Json::parse(ConfigToJson(*off)).contains("dual_chunk_attention_config"));
+  }
+  // local_size and original_max_position_embeddings default to 0.
+  auto minimal = ParseConfigJson(WithKeys(R"("dual_chunk_attention_config": {"chunk_size": 64})"));
+  ASSERT_TRUE(minimal.ok()) << minimal.status();
+  EXPECT_EQ(minimal->dca.local_size, 0);
+  EXPECT_EQ(minimal->dca.original_max_position_embeddings, 0);
+}
+
+TEST(ConfigTest, RefusesBadDualChunkAttentionConfigNamingTheKey) {
+  const std::pair<std::string, std::string> cases[] = {
+      {R"("dual_chunk_attention_config": 5)", "'dual_chunk_attention_config'"},
+      {R"("dual_chunk_attention_config": {})", "dual_chunk_attention_config.chunk_size"},
+      {R"("dual_chunk_attention_config": {"chunk_size": 0})",
+       "dual_chunk_attention_config.chunk_size"},
+      {R"("dual_chunk_attention_config": {"chunk_size": 1.5})",
+       "dual_chunk_attention_config.chunk_size"},
+      {R"("dual_chunk_attention_config": {"chunk_size": 99999999})",
+       "dual_chunk_attention_config.chunk_size"},
+      {R"("dual_chunk_attention_config": {"chunk_size": 64, "local_size": 64})",
+       "dual_chunk_attention_config.local_size"},
+      {R"("dual_chunk_attention_config": {"chunk_size": 64, "local_size": -1})",
+       "dual_chunk_attention_config.local_size"},
+      {R"("dual_chunk_attention_config": {"chunk_size": 64,)"
+       R"( "original_max_position_embeddings": -5})",
+       "dual_chunk_attention_config.original_max_position_embeddings"}};
+  for (const auto& [extra, key] : cases) {
+    SCOPED_TRACE(extra);
+    auto c = ParseConfigJson(WithKeys(extra));
+    ASSERT_FALSE(c.ok());
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(c.status().message(), HasSubstr(key));
+  }
+  // FindConfigProblems reports configs built in code under the same keys.
+  ModelConfig c = *PresetConfig("qwen2-test");
+  c.dca = {.chunk_size = 8, .local_size = 8};
+  std::vector<ConfigProblem> problems = FindConfigProblems(c);
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_EQ(problems[0].key, "dual_chunk_attention_config.local_size");
+  c.dca = {.chunk_size = -3, .local_size = 0, .original_max_position_embeddings = -1};
+  problems = FindConfigProblems(c);
+  ASSERT_EQ(problems.size(), 2u);
+  EXPECT_EQ(problems[0].key, "dual_chunk_attention_config.chunk_size");
+  EXPECT_EQ(problems[1].key, "dual_chunk_attention_config.original_max_position_embeddings");
+  c.dca = {.chunk_size = 8, .local_size = 7, .original_max_position_embeddings = 16};
+  EXPECT_TRUE(FindConfigProblems(c).empty());
+}
+
+TEST(ConfigTest, ParseDcaFlag) {
+  auto dca = ParseDcaFlag("8192,1024");
+  ASSERT_TRUE(dca.ok()) << dca.status();
+  EXPECT_EQ(dca->chunk_size, 8192);
+  EXPECT_EQ(dca->local_size, 1024);
+  EXPECT_EQ(dca->original_max_position_embeddings, 0);
+  dca = ParseDcaFlag("64,0");
+  ASSERT_TRUE(dca.ok()) << dca.status();
+  EXPECT_EQ(dca->chunk_len(), 64);
+  for (const char* bad :
+       {"", "64", "64,", ",8", "64,8,1", "64,64", "64,65", "0,0", "-64,8", "64,-8", "6 4,8",
+        "64, 8", "0x40,8", "16777217,8", "a,b", "99999999999999999999,1"}) {
+    SCOPED_TRACE(bad);
+    auto r = ParseDcaFlag(bad);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(r.status().message(), HasSubstr("--dca"));
+  }
+  EXPECT_TRUE(ParseDcaFlag("16777216,16777215").ok());
+}
+
 }  // namespace
 }  // namespace qtrain::model

@@ -15,6 +15,8 @@
 namespace qtrain::model {
 
 int64_t ContextLength(const ModelConfig& config) {
+  // Dual Chunk Attention folds every position below the chunk size.
+  if (config.dca.enabled()) return kMaxDim;
   if (config.rope_type != RopeType::kYarn) return config.max_position_embeddings;
   const int64_t original = config.yarn.original_max_position_embeddings > 0
                                ? config.yarn.original_max_position_embeddings
@@ -114,6 +116,13 @@ absl::Status Model::Decode(std::span<const int32_t> ids, KvCache& cache,
     QTRAIN_RETURN_IF_ERROR(buf->Resize(b, {n, f}, what));
   }
   QTRAIN_RETURN_IF_ERROR(lse.Resize(b, {n, c.num_heads}, what));
+  Buffer<float> q_succ, q_inter;
+  DcaPass dca;
+  if (c.dca.enabled()) {
+    QTRAIN_RETURN_IF_ERROR(q_succ.Resize(b, {n, c.q_dim()}, what));
+    QTRAIN_RETURN_IF_ERROR(q_inter.Resize(b, {n, c.q_dim()}, what));
+    QTRAIN_RETURN_IF_ERROR(dca.Prepare(b, c, 1, n, past, past + n));
+  }
   QTRAIN_RETURN_IF_ERROR(rstd.Resize(b, {n}, what));
   QTRAIN_RETURN_IF_ERROR(logits.Resize(b, {c.vocab_size}, what));
 
@@ -150,11 +159,28 @@ absl::Status Model::Decode(std::span<const int32_t> ids, KvCache& cache,
         b.LinearForward(normed.get(), w.k_weight, w.k_bias, k_new, n, d, c.kv_dim()));
     QTRAIN_RETURN_IF_OP_ERROR(
         b.LinearForward(normed.get(), w.v_weight, w.v_bias, v_new, n, d, c.kv_dim()));
-    QTRAIN_RETURN_IF_OP_ERROR(
-        b.RopeForward(q.get(), q.get(), q_rope, inv_freq_.get(), attention_factor_));
-    QTRAIN_RETURN_IF_OP_ERROR(
-        b.RopeForward(k_new, k_new, k_rope, inv_freq_.get(), attention_factor_));
-    QTRAIN_RETURN_IF_OP_ERROR(b.AttentionForward(q.get(), k, v, attn.get(), lse.get(), attention));
+    if (c.dca.enabled()) {
+      QTRAIN_RETURN_IF_ERROR(DcaRotateAndAttend(b, c, {inv_freq_.get(), attention_factor_}, dca,
+                                                {.batch = 1,
+                                                 .seq_len = n,
+                                                 .past = past,
+                                                 .kv_capacity = cache.allocated_,
+                                                 .q = q.get(),
+                                                 .q_succ = q_succ.get(),
+                                                 .q_inter = q_inter.get(),
+                                                 .k_new = k_new,
+                                                 .k = k,
+                                                 .v = v,
+                                                 .out = attn.get(),
+                                                 .lse = lse.get()}));
+    } else {
+      QTRAIN_RETURN_IF_OP_ERROR(
+          b.RopeForward(q.get(), q.get(), q_rope, inv_freq_.get(), attention_factor_));
+      QTRAIN_RETURN_IF_OP_ERROR(
+          b.RopeForward(k_new, k_new, k_rope, inv_freq_.get(), attention_factor_));
+      QTRAIN_RETURN_IF_OP_ERROR(
+          b.AttentionForward(q.get(), k, v, attn.get(), lse.get(), attention));
+    }
     QTRAIN_RETURN_IF_OP_ERROR(
         b.LinearForward(attn.get(), w.o_weight, nullptr, mid.get(), n, c.q_dim(), d));
     QTRAIN_RETURN_IF_OP_ERROR(b.ResidualForward(x.get(), mid.get(), mid.get(), n * d));

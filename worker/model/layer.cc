@@ -32,6 +32,60 @@ kernels::RopeShape RopeShapeFor(const ModelConfig& c, int64_t batch, int64_t seq
 
 }  // namespace
 
+absl::Status DcaRotateAndAttend(kernels::Backend& b, const ModelConfig& c, const RopeParams& rope,
+                                const DcaPass& dca, const DcaAttend& in) {
+  const int64_t n = in.seq_len;
+  kernels::RopeShape q_shape = RopeShapeFor(c, 1, n, c.num_heads);
+  q_shape.batch = in.batch;
+  kernels::RopeShape k_shape = q_shape;
+  k_shape.num_heads = c.num_kv_heads;
+  // Keys once at j mod s; the query three times (q in place last: the others read it first).
+  k_shape.positions = dca.positions.get();
+  QTRAIN_RETURN_IF_OP_ERROR(
+      b.RopeForward(in.k_new, in.k_new, k_shape, rope.inv_freq, rope.attention_factor));
+  q_shape.positions = dca.succ_positions.get();
+  QTRAIN_RETURN_IF_OP_ERROR(
+      b.RopeForward(in.q, in.q_succ, q_shape, rope.inv_freq, rope.attention_factor));
+  q_shape.positions = dca.inter_positions.get();
+  QTRAIN_RETURN_IF_OP_ERROR(
+      b.RopeForward(in.q, in.q_inter, q_shape, rope.inv_freq, rope.attention_factor));
+  q_shape.positions = dca.positions.get();
+  QTRAIN_RETURN_IF_OP_ERROR(
+      b.RopeForward(in.q, in.q, q_shape, rope.inv_freq, rope.attention_factor));
+  const kernels::DcaAttentionShape shape{.batch = in.batch,
+                                         .seq_len = n,
+                                         .past_len = in.past,
+                                         .kv_capacity = in.kv_capacity,
+                                         .num_heads = c.num_heads,
+                                         .num_kv_heads = c.num_kv_heads,
+                                         .head_dim = c.head_dim,
+                                         .chunk_len = dca.chunk_len,
+                                         .softmax_scale = dca.softmax_scale};
+  QTRAIN_RETURN_IF_OP_ERROR(
+      b.DcaAttentionForward(in.q, in.q_succ, in.q_inter, in.k, in.v, in.out, in.lse, shape));
+  return absl::OkStatus();
+}
+
+namespace {
+absl::Status DcaAttention(kernels::Backend& b, const ModelConfig& c, const RopeParams& rope,
+                          const DcaPass& dca, int64_t batch, int64_t seq_len, float* q, float* k,
+                          const float* v, LayerActivations& a) {
+  return DcaRotateAndAttend(b, c, rope, dca,
+                            {.batch = batch,
+                             .seq_len = seq_len,
+                             .past = 0,
+                             .kv_capacity = 0,
+                             .q = q,
+                             .q_succ = a.q_succ.get(),
+                             .q_inter = a.q_inter.get(),
+                             .k_new = k,
+                             .k = k,
+                             .v = v,
+                             .out = a.attn.get(),
+                             .lse = a.lse.get()});
+}
+}  // namespace
+
 absl::Status LayerActivations::Resize(kernels::Backend& b, const ModelConfig& c, int64_t batch,
                                       int64_t seq_len) {
   const int64_t d = c.hidden_size, f = c.intermediate_size;
@@ -51,6 +105,10 @@ absl::Status LayerActivations::Resize(kernels::Backend& b, const ModelConfig& c,
   QTRAIN_RETURN_IF_ERROR(resize(gate, f, "gate"));
   QTRAIN_RETURN_IF_ERROR(resize(up, f, "up"));
   QTRAIN_RETURN_IF_ERROR(resize(act, f, "act"));
+  if (c.dca.enabled()) {
+    QTRAIN_RETURN_IF_ERROR(resize(q_succ, c.q_dim(), "q successive"));
+    QTRAIN_RETURN_IF_ERROR(resize(q_inter, c.q_dim(), "q inter"));
+  }
   return absl::OkStatus();
 }
 
@@ -75,7 +133,8 @@ absl::Status BackwardScratch::Resize(kernels::Backend& b, const ModelConfig& c, 
 
 absl::Status LayerForward(kernels::Backend& b, const ModelConfig& c,
                           const LayerView<const float>& w, const RopeParams& rope, int64_t batch,
-                          int64_t seq_len, const float* x_in, LayerActivations& a, float* x_out) {
+                          int64_t seq_len, const float* x_in, LayerActivations& a, float* x_out,
+                          const DcaPass* dca) {
   const int64_t rows = batch * seq_len;
   const int64_t d = c.hidden_size, f = c.intermediate_size;
   const float eps = static_cast<float>(c.rms_norm_eps);
@@ -89,14 +148,20 @@ absl::Status LayerForward(kernels::Backend& b, const ModelConfig& c,
   QTRAIN_RETURN_IF_OP_ERROR(
       b.LinearForward(a.normed_in.get(), w.v_weight, w.v_bias, a.v.get(), rows, d, c.kv_dim()));
   // The bias is added before the rotation (docs/model-math.md#pitfalls).
-  QTRAIN_RETURN_IF_OP_ERROR(b.RopeForward(a.q.get(), a.q.get(),
-                                          RopeShapeFor(c, batch, seq_len, c.num_heads),
-                                          rope.inv_freq, rope.attention_factor));
-  QTRAIN_RETURN_IF_OP_ERROR(b.RopeForward(a.k.get(), a.k.get(),
-                                          RopeShapeFor(c, batch, seq_len, c.num_kv_heads),
-                                          rope.inv_freq, rope.attention_factor));
-  QTRAIN_RETURN_IF_OP_ERROR(b.AttentionForward(a.q.get(), a.k.get(), a.v.get(), a.attn.get(),
-                                               a.lse.get(), AttentionShapeFor(c, batch, seq_len)));
+  if (dca != nullptr) {
+    QTRAIN_RETURN_IF_ERROR(
+        DcaAttention(b, c, rope, *dca, batch, seq_len, a.q.get(), a.k.get(), a.v.get(), a));
+  } else {
+    QTRAIN_RETURN_IF_OP_ERROR(b.RopeForward(a.q.get(), a.q.get(),
+                                            RopeShapeFor(c, batch, seq_len, c.num_heads),
+                                            rope.inv_freq, rope.attention_factor));
+    QTRAIN_RETURN_IF_OP_ERROR(b.RopeForward(a.k.get(), a.k.get(),
+                                            RopeShapeFor(c, batch, seq_len, c.num_kv_heads),
+                                            rope.inv_freq, rope.attention_factor));
+    QTRAIN_RETURN_IF_OP_ERROR(b.AttentionForward(a.q.get(), a.k.get(), a.v.get(), a.attn.get(),
+                                                 a.lse.get(),
+                                                 AttentionShapeFor(c, batch, seq_len)));
+  }
   QTRAIN_RETURN_IF_OP_ERROR(
       b.LinearForward(a.attn.get(), w.o_weight, nullptr, a.mid.get(), rows, c.q_dim(), d));
   QTRAIN_RETURN_IF_OP_ERROR(b.ResidualForward(x_in, a.mid.get(), a.mid.get(), rows * d));

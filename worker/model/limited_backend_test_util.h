@@ -107,6 +107,12 @@ class LimitedBackend final : public kernels::Backend {
                                      float* lse, const kernels::AttentionShape& shape) override {
     return inner_.AttentionForward(q, k, v, o, lse, shape);
   }
+  kernels::OpStatus DcaAttentionForward(const float* q_intra, const float* q_succ,
+                                        const float* q_inter, const float* k, const float* v,
+                                        float* o, float* lse,
+                                        const kernels::DcaAttentionShape& shape) override {
+    return inner_.DcaAttentionForward(q_intra, q_succ, q_inter, k, v, o, lse, shape);
+  }
   kernels::OpStatus AttentionBackward(const float* q, const float* k, const float* v,
                                       const float* o, const float* lse, const float* dout,
                                       float* dq, float* dk, float* dv,

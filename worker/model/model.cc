@@ -133,7 +133,8 @@ absl::StatusOr<Model> Model::Create(const ModelConfig& config, ModelOptions opti
   kernels::RopeConfig rope;
   rope.head_dim = config.head_dim;
   rope.theta = config.rope_theta;
-  rope.yarn = config.rope_type == RopeType::kYarn;
+  // Dual Chunk Attention replaces YaRN: plain tables (its positions stay below the chunk size).
+  rope.yarn = config.rope_type == RopeType::kYarn && !config.dca.enabled();
   if (rope.yarn) {
     // The explicit factor and original_max_position_embeddings win, as in current transformers
     // (docs/model-math.md#version-trap).
@@ -167,9 +168,8 @@ absl::Status Model::CheckBatch(const Batch& batch, bool need_targets) const {
   }
   const std::optional<int64_t> checked_rows = CheckedMul(batch.batch_size, batch.seq_len);
   if (!checked_rows.has_value()) {
-    return absl::InvalidArgumentError(absl::StrCat("batch: batch_size ", batch.batch_size,
-                                                   " x seq_len ", batch.seq_len,
-                                                   " overflows int64"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "batch: batch_size ", batch.batch_size, " x seq_len ", batch.seq_len, " overflows int64"));
   }
   const int64_t rows = *checked_rows;
   if (static_cast<int64_t>(batch.ids.size()) != rows) {
@@ -210,6 +210,9 @@ absl::StatusOr<ForwardResult> Model::Forward(const Batch& batch, ForwardOutputs 
 
 absl::StatusOr<ForwardResult> Model::ForwardBackward(const Batch& batch, ForwardOutputs outputs) {
   QTRAIN_RETURN_IF_ERROR(CheckBatch(batch, /*need_targets=*/true));
+  if (config_.dca.enabled()) {
+    return absl::FailedPreconditionError("ForwardBackward: dual chunk attention is inference-only");
+  }
   if (grads_.size() == 0) {
     return absl::FailedPreconditionError("ForwardBackward: the model has no gradient buffer");
   }
@@ -247,10 +250,13 @@ absl::StatusOr<ForwardResult> Model::Run(const Batch& batch, ForwardOutputs outp
   QTRAIN_RETURN_IF_OP_ERROR(b.EmbeddingForward(acts.ids.get(), params + layout_.embed(),
                                                acts.layer_input(0), rows, vocab, d));
   QTRAIN_RETURN_IF_ERROR(check_finite(acts.layer_input(0), rows, d, kEmbeddingOutput));
+  DcaPass dca;
+  const bool use_dca = c.dca.enabled() && !backward;
+  if (use_dca) QTRAIN_RETURN_IF_ERROR(dca.Prepare(b, c, batch_size, seq_len, 0, seq_len));
   for (int64_t l = 0; l < c.num_layers; ++l) {
-    QTRAIN_RETURN_IF_ERROR(LayerForward(b, c, LayerView<const float>(params, layout_.layer(l)),
-                                        rope, batch_size, seq_len, acts.layer_input(l),
-                                        acts.layer(l), acts.layer_input(l + 1)));
+    QTRAIN_RETURN_IF_ERROR(LayerForward(
+        b, c, LayerView<const float>(params, layout_.layer(l)), rope, batch_size, seq_len,
+        acts.layer_input(l), acts.layer(l), acts.layer_input(l + 1), use_dca ? &dca : nullptr));
     QTRAIN_RETURN_IF_ERROR(check_finite(acts.layer_input(l + 1), rows, d, LayerOutputName(l)));
   }
   const float* final_norm = params + layout_.final_norm();

@@ -31,6 +31,9 @@ struct LayerActivations {
   Buffer<float> gate;         // [rows, intermediate]
   Buffer<float> up;           // [rows, intermediate]
   Buffer<float> act;          // [rows, intermediate]: silu(gate) * up (input of down_proj)
+  // Dual Chunk Attention only: the successive and inter rotations of q ([rows, q_dim]; q holds
+  // the intra one).
+  Buffer<float> q_succ, q_inter;
 
   absl::Status Resize(kernels::Backend& backend, const ModelConfig& c, int64_t batch,
                       int64_t seq_len);
@@ -108,10 +111,40 @@ struct RopeParams {
   float attention_factor;
 };
 
-// x_out = layer(x_in); fills `acts`. x_out must not alias x_in.
+// Dual Chunk Attention inputs of one pass (dca.cc): positions [rows] in backend memory, token r
+// at past + r % seq_len. Keys and intra queries are rotated at `positions` (i mod s), the
+// successive queries at min(i mod s + s, C), the inter queries at min(2s - 1, C).
+struct DcaPass {
+  Buffer<int32_t> positions, succ_positions, inter_positions;
+  int64_t chunk_len = 0;
+  float softmax_scale = 0.0f;  // lambda^2 / sqrt(head_dim), lambda from the full `length`
+  absl::Status Prepare(kernels::Backend& backend, const ModelConfig& c, int64_t batch,
+                       int64_t seq_len, int64_t past, int64_t length);
+};
+
+// One Dual Chunk Attention: rotates k_new ([batch * seq_len,
+// kv_dim], this pass's keys, inside
+// k) and q ([batch * seq_len, q_dim], into q_succ and q_inter, then in place), then attends
+// over k/v rows 0 ... past + seq_len - 1 (kv_capacity rows per sequence; 0: past + seq_len).
+struct DcaAttend {
+  int64_t batch, seq_len, past, kv_capacity;
+  float *q, *q_succ, *q_inter, *k_new;
+  const float *k, *v;
+  float *out, *lse;
+};
+absl::Status DcaRotateAndAttend(kernels::Backend& backend, const ModelConfig& c,
+                                const RopeParams& rope, const DcaPass& dca, const DcaAttend& in);
+
+// lambda^2 / sqrt(head_dim) with lambda = max(1, 0.1 ln(length / L_orig) + 1) (1 without
+// original_max_position_embeddings).
+float DcaSoftmaxScale(const ModelConfig& c, int64_t length);
+
+// x_out = layer(x_in); fills `acts`. x_out must not alias x_in. With `dca`, attention is Dual
+// Chunk Attention (inference only).
 absl::Status LayerForward(kernels::Backend& backend, const ModelConfig& c,
                           const LayerView<const float>& w, const RopeParams& rope, int64_t batch,
-                          int64_t seq_len, const float* x_in, LayerActivations& acts, float* x_out);
+                          int64_t seq_len, const float* x_in, LayerActivations& acts, float* x_out,
+                          const DcaPass* dca = nullptr);
 
 // d_residual holds d(loss)/d(layer output) on entry and d(loss)/d(layer input) on return;
 // parameter gradients are added into `g`.
