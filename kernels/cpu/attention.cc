@@ -36,28 +36,6 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-OpStatus ValidateAttention(const char* op, const AttentionShape& s) {
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPositive(op, "batch", s.batch));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative(op, "seq_len", s.seq_len));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative(op, "past_len", s.past_len));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative(op, "kv_capacity", s.kv_capacity));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPositive(op, "num_heads", s.num_heads));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPositive(op, "num_kv_heads", s.num_kv_heads));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPositive(op, "head_dim", s.head_dim));
-  if (s.num_heads % s.num_kv_heads != 0) {
-    return OpStatus::Error(std::string(op) + ": num_heads " + std::to_string(s.num_heads) +
-                           " is not a multiple of num_kv_heads " + std::to_string(s.num_kv_heads));
-  }
-  if (s.kv_capacity != 0 && s.kv_capacity < s.kv_len()) {
-    return OpStatus::Error(std::string(op) + ": kv_capacity " + std::to_string(s.kv_capacity) +
-                           " < past_len + seq_len " + std::to_string(s.kv_len()));
-  }
-  if (!(s.softmax_scale >= 0.0f) || std::isinf(s.softmax_scale)) {
-    return OpStatus::Error(std::string(op) + ": softmax_scale must be finite and >= 0");
-  }
-  return OpStatus::Ok();
-}
-
 // Index arithmetic for the layouts above.
 struct Layout {
   explicit Layout(const AttentionShape& s)
@@ -343,6 +321,28 @@ void QueryGradItem(const Layout& L, const Operands& op, const float* lse, const 
 }
 
 }  // namespace
+
+OpStatus ValidateAttention(const char* op, const AttentionShape& s) {
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPositive(op, "batch", s.batch));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative(op, "seq_len", s.seq_len));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative(op, "past_len", s.past_len));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative(op, "kv_capacity", s.kv_capacity));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPositive(op, "num_heads", s.num_heads));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPositive(op, "num_kv_heads", s.num_kv_heads));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPositive(op, "head_dim", s.head_dim));
+  if (s.num_heads % s.num_kv_heads != 0) {
+    return OpStatus::Error(std::string(op) + ": num_heads " + std::to_string(s.num_heads) +
+                           " is not a multiple of num_kv_heads " + std::to_string(s.num_kv_heads));
+  }
+  if (s.kv_capacity != 0 && s.kv_capacity < s.kv_len()) {
+    return OpStatus::Error(std::string(op) + ": kv_capacity " + std::to_string(s.kv_capacity) +
+                           " < past_len + seq_len " + std::to_string(s.kv_len()));
+  }
+  if (!(s.softmax_scale >= 0.0f) || std::isinf(s.softmax_scale)) {
+    return OpStatus::Error(std::string(op) + ": softmax_scale must be finite and >= 0");
+  }
+  return OpStatus::Ok();
+}
 
 OpStatus AttentionForwardTiled(const float* q, const float* k, const float* v, float* o, float* lse,
                                const AttentionShape& shape, int64_t tile) {

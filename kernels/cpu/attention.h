@@ -17,6 +17,9 @@ namespace qtrain::kernels::cpu {
 inline constexpr int64_t kAttentionForwardTile = 128;
 inline constexpr int64_t kAttentionBackwardTile = 32;
 
+// The checks every attention op makes of its shape; errors name `op` and the field.
+OpStatus ValidateAttention(const char* op, const AttentionShape& shape);
+
 // Same contract as Backend::AttentionForward; `tile` is the number of query rows and key rows
 // per tile (any positive value; results agree across tiles up to rounding).
 OpStatus AttentionForwardTiled(const float* q, const float* k, const float* v, float* o, float* lse,

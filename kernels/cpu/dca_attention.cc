@@ -30,26 +30,16 @@ constexpr const char* kOp = "DcaAttentionForward";
 enum Variant { kIntra = 0, kSucc = 1, kInter = 2 };
 
 OpStatus ValidateDca(const DcaAttentionShape& s) {
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPositive(kOp, "batch", s.batch));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative(kOp, "seq_len", s.seq_len));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative(kOp, "past_len", s.past_len));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative(kOp, "kv_capacity", s.kv_capacity));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPositive(kOp, "num_heads", s.num_heads));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPositive(kOp, "num_kv_heads", s.num_kv_heads));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPositive(kOp, "head_dim", s.head_dim));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPositive(kOp, "chunk_len", s.chunk_len));
-  if (s.num_heads % s.num_kv_heads != 0) {
-    return OpStatus::Error(std::string(kOp) + ": num_heads " + std::to_string(s.num_heads) +
-                           " is not a multiple of num_kv_heads " + std::to_string(s.num_kv_heads));
-  }
-  if (s.kv_capacity != 0 && s.kv_capacity < s.kv_len()) {
-    return OpStatus::Error(std::string(kOp) + ": kv_capacity " + std::to_string(s.kv_capacity) +
-                           " < past_len + seq_len " + std::to_string(s.kv_len()));
-  }
-  if (!(s.softmax_scale >= 0.0f) || std::isinf(s.softmax_scale)) {
-    return OpStatus::Error(std::string(kOp) + ": softmax_scale must be finite and >= 0");
-  }
-  return OpStatus::Ok();
+  const AttentionShape attention{.batch = s.batch,
+                                 .seq_len = s.seq_len,
+                                 .past_len = s.past_len,
+                                 .kv_capacity = s.kv_capacity,
+                                 .num_heads = s.num_heads,
+                                 .num_kv_heads = s.num_kv_heads,
+                                 .head_dim = s.head_dim,
+                                 .softmax_scale = s.softmax_scale};
+  QTRAIN_KERNEL_RETURN_IF_ERROR(ValidateAttention(kOp, attention));
+  return CheckPositive(kOp, "chunk_len", s.chunk_len);
 }
 
 struct Layout {

@@ -23,7 +23,7 @@ absl::Status DcaPass::Prepare(kernels::Backend& b, const ModelConfig& c, int64_t
                               int64_t seq_len, int64_t past, int64_t length) {
   const int64_t s = c.dca.chunk_len(), chunk = c.dca.chunk_size;
   const int64_t rows = batch * seq_len;
-  std::vector<int32_t> host[4];
+  std::vector<int32_t> host[3];
   for (std::vector<int32_t>& h : host) h.resize(rows);
   const int32_t inter = static_cast<int32_t>(std::min(2 * s - 1, chunk));
   for (int64_t r = 0; r < rows; ++r) {
