@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
+#include "tokenizer/utf8.h"
 #include "worker/eval/common.h"
 #include "worker/eval/rows.h"
 #include "worker/eval/tasks.h"
@@ -15,8 +16,32 @@
 namespace qtrain::eval {
 namespace {
 
-bool IsPythonSpace(char c) {
-  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+// Python's str.isspace(): the code points of bidirectional class WS, B or S, or category Zs.
+bool IsPythonSpace(uint32_t cp) {
+  return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 ||
+         cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 ||
+         cp == 0x202F || cp == 0x205F || cp == 0x3000;
+}
+
+// The length in bytes of `text` after Python's str.rstrip(); stops at ill-formed UTF-8.
+size_t PythonRstripLength(std::string_view text) {
+  size_t keep = text.size();
+  while (keep > 0) {
+    size_t start = keep - 1;
+    while (start > 0 && keep - start < 4 &&
+           (static_cast<unsigned char>(text[start]) & 0xC0) == 0x80) {
+      --start;
+    }
+    const std::string_view ch = text.substr(start, keep - start);
+    if (tokenizer::WellFormedPrefixLength(ch) != ch.size()) break;
+    size_t len = 0;
+    if (!IsPythonSpace(
+            tokenizer::DecodeValidUtf8(reinterpret_cast<const unsigned char*>(ch.data()), &len))) {
+      break;
+    }
+    keep = start;
+  }
+  return keep;
 }
 
 }  // namespace
@@ -24,17 +49,18 @@ bool IsPythonSpace(char c) {
 absl::StatusOr<EncodedPair> EncodePair(const EvalContext& context, const std::string& text,
                                        const std::string& continuation, std::string_view where) {
   EncodedPair pair;
-  if (text.empty()) {
-    QTRAIN_ASSIGN_OR_RETURN(const int32_t prefix, PrefixToken(context));
-    pair.context = {prefix};
-    QTRAIN_ASSIGN_OR_RETURN(pair.continuation, EncodeText(context, continuation, where));
-    return pair;
-  }
-  // The harness counts Python's str.rstrip() whitespace; ASCII whitespace here.
-  size_t keep = text.size();
-  while (keep > 0 && IsPythonSpace(text[keep - 1])) --keep;
+  // The harness moves the whitespace that Python's str.rstrip() removes (Unicode's too).
+  const size_t keep = PythonRstripLength(text);
   const std::string ctx = text.substr(0, keep);
   const std::string cont = text.substr(keep) + continuation;
+  // A context of only whitespace leaves no token to predict the continuation's first from (the
+  // harness has no defined score there): it is scored like an empty context.
+  if (ctx.empty()) {
+    QTRAIN_ASSIGN_OR_RETURN(const int32_t prefix, PrefixToken(context));
+    pair.context = {prefix};
+    QTRAIN_ASSIGN_OR_RETURN(pair.continuation, EncodeText(context, cont, where));
+    return pair;
+  }
   QTRAIN_ASSIGN_OR_RETURN(std::vector<int32_t> whole, EncodeText(context, ctx + cont, where));
   QTRAIN_ASSIGN_OR_RETURN(pair.context, EncodeText(context, ctx, where));
   const size_t n = std::min(pair.context.size(), whole.size());
@@ -51,6 +77,10 @@ absl::StatusOr<std::vector<double>> ContinuationLogLikelihoods(
     if (p.continuation.empty()) {
       seqs.emplace_back();
       continue;
+    }
+    if (p.context.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          std::string(where), ": a continuation has no context token to be predicted from"));
     }
     if (static_cast<int64_t>(p.continuation.size()) > max_length) {
       return absl::InvalidArgumentError(

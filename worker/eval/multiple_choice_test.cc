@@ -47,6 +47,23 @@ TEST(EncodePair, SplitInsideAToken) {
             std::vector<int32_t>(whole.begin() + std::min(c.size(), whole.size()), whole.end()));
 }
 
+TEST(EncodePair, MovesTheWhitespaceThatPythonRstripRemoves) {
+  auto& f = testing::Shared();
+  EvalContext ctx = f.context();
+  // str.rstrip() removes Unicode whitespace too: U+3000, U+00A0, U+2028, U+001C, U+0085.
+  for (const std::string ws : {"\u3000", "\u00a0", " \u2028", "\x1c", "\u0085\n"}) {
+    auto p = EncodePair(ctx, "price" + ws, " high", "t");
+    auto moved = EncodePair(ctx, "price", ws + " high", "t");
+    ASSERT_TRUE(p.ok() && moved.ok()) << p.status() << moved.status();
+    EXPECT_EQ(p->context, Tok(ctx, "price")) << ws;
+    EXPECT_EQ(p->continuation, moved->continuation) << ws;
+  }
+  // U+200B (zero width space) is not whitespace to Python: it stays in the context.
+  auto zw = EncodePair(ctx, "price\u200b", " high", "t");
+  ASSERT_TRUE(zw.ok());
+  EXPECT_EQ(zw->context, Tok(ctx, "price\u200b"));
+}
+
 // Log-likelihood of `cont` after `context` with one plain Forward over the concatenation.
 double DirectLogLikelihood(model::Model& m, const std::vector<int32_t>& context,
                            const std::vector<int32_t>& cont) {
@@ -136,6 +153,23 @@ TEST(MultipleChoice, LongContextIsTruncatedFromTheLeft) {
   const size_t keep = 513 - p->continuation.size();
   std::vector<int32_t> tail(p->context.end() - keep, p->context.end());
   EXPECT_NEAR((*lls)[0], DirectLogLikelihood(f.model, tail, p->continuation), 1e-3);
+}
+
+TEST(MultipleChoice, WhitespaceOnlyContextIsScoredAfterThePrefixToken) {
+  auto& f = testing::Shared();
+  EvalContext ctx = f.context();
+  // All of " \n" moves to the continuation; no context token is left, so the prefix token (EOS
+  // here) is the context, as for an empty one.
+  auto p = EncodePair(ctx, " \n", " yes", "t");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->context, std::vector<int32_t>{151643});
+  EXPECT_EQ(p->continuation, Tok(ctx, " \n yes"));
+  auto lls = ContinuationLogLikelihoods(ctx, {*p}, "t");
+  ASSERT_TRUE(lls.ok()) << lls.status();
+  EXPECT_NEAR((*lls)[0], DirectLogLikelihood(f.model, p->context, p->continuation), 1e-3);
+  // A pair without a context token is refused, not read out of bounds.
+  auto bad = ContinuationLogLikelihoods(ctx, {EncodedPair{{}, Tok(ctx, " yes")}}, "t");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << bad.status();
 }
 
 TEST(MultipleChoice, TiesGoToTheFirstIndex) {
