@@ -178,9 +178,15 @@ TEST_F(EvalTrainedTest, PerplexityIsExpOfTheMeanOfScoreLogprobs) {
 
   struct Case {
     int64_t seq_len, stride;
+    std::string dca;  // --dca of both commands; empty: none
   };
-  for (const Case c : {Case{16, 16}, Case{24, 8}, Case{20, 7}}) {
-    SCOPED_TRACE(::testing::Message() << "seq_len " << c.seq_len << " stride " << c.stride);
+  // With --dca 24,8 positions fold into chunks of 16, so windows of 40 cross chunks.
+  for (const Case& c : {Case{16, 16, ""}, Case{24, 8, ""}, Case{20, 7, ""}, Case{40, 40, "24,8"},
+                        Case{40, 16, "24,8"}}) {
+    SCOPED_TRACE(::testing::Message()
+                 << "seq_len " << c.seq_len << " stride " << c.stride << " dca '" << c.dca << "'");
+    std::vector<std::string> dca_flag;
+    if (!c.dca.empty()) dca_flag = {"--dca", c.dca};
     // The windows (as score inputs, target `end` included) and their first scored target.
     std::string input;
     std::vector<std::pair<int64_t, int64_t>> windows;  // {begin, first_target}
@@ -196,9 +202,11 @@ TEST_F(EvalTrainedTest, PerplexityIsExpOfTheMeanOfScoreLogprobs) {
       scored_through = std::max(scored_through, end);
       if (end == n - 1) break;
     }
-    const std::string name = "score_" + std::to_string(c.seq_len) + "_" + std::to_string(c.stride);
-    const std::vector<Json> scores =
-        JsonLines({"score", "--model", *model_, "--tokenizer", *tokenizer_}, name, input);
+    const std::string name = "score_" + std::to_string(c.seq_len) + "_" + std::to_string(c.stride) +
+                             (c.dca.empty() ? "" : "_dca");
+    std::vector<std::string> score = {"score", "--model", *model_, "--tokenizer", *tokenizer_};
+    score.insert(score.end(), dca_flag.begin(), dca_flag.end());
+    const std::vector<Json> scores = JsonLines(score, name, input);
     ASSERT_EQ(scores.size(), windows.size());
     double sum = 0;
     int64_t tokens = 0;
@@ -212,9 +220,12 @@ TEST_F(EvalTrainedTest, PerplexityIsExpOfTheMeanOfScoreLogprobs) {
       }
     }
     EXPECT_EQ(tokens, n - 1);  // every token after the prefix, once
-    const Json r = Eval({"--task", "perplexity", "--data", data, "--seq-len",
-                         std::to_string(c.seq_len), "--stride", std::to_string(c.stride)},
-                        "ppl_" + name);
+    std::vector<std::string> eval = {"--task",    "perplexity",
+                                     "--data",    data,
+                                     "--seq-len", std::to_string(c.seq_len),
+                                     "--stride",  std::to_string(c.stride)};
+    eval.insert(eval.end(), dca_flag.begin(), dca_flag.end());
+    const Json r = Eval(eval, "ppl_" + name);
     ASSERT_TRUE(r.is_object());
     EXPECT_EQ(r["metrics"]["windows"], static_cast<int64_t>(windows.size()));
     EXPECT_EQ(r["metrics"]["tokens"], tokens);
@@ -224,6 +235,26 @@ TEST_F(EvalTrainedTest, PerplexityIsExpOfTheMeanOfScoreLogprobs) {
     EXPECT_NEAR(r["metrics"]["loglikelihood"].get<double>(), sum, 1e-6 * std::abs(sum));
     EXPECT_GT(expected, 1.0);
   }
+  // Past the model's 512 positions only with DCA.
+  const std::string long_text =
+      Write("long.jsonl", Json({{"text", std::string(40, ' ') +
+                                             [&] {
+                                               std::string t;
+                                               for (int i = 0; i < 12; ++i) t += text + " ";
+                                               return t;
+                                             }()}})
+                                  .dump() +
+                              "\n");
+  const CliResult refused = Run({"eval", "--model", *model_, "--tokenizer", *tokenizer_, "--task",
+                                 "perplexity", "--data", long_text, "--seq-len", "1024"},
+                                "ppl_long_refused");
+  EXPECT_CLEAN_FAILURE(refused, "is more than the model's context of 512");
+  const Json long_dca =
+      Eval({"--task", "perplexity", "--data", long_text, "--seq-len", "1024", "--dca", "256,64"},
+           "ppl_long_dca");
+  ASSERT_TRUE(long_dca.is_object());
+  EXPECT_GT(long_dca["metrics"]["tokens"].get<int64_t>(), 512);
+  EXPECT_EQ(long_dca["metrics"]["windows"], 1);
 }
 
 TEST_F(EvalTrainedTest, GenerationMatchesGenerateAndScoresKnownAnswers) {
