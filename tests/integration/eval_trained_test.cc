@@ -236,15 +236,9 @@ TEST_F(EvalTrainedTest, PerplexityIsExpOfTheMeanOfScoreLogprobs) {
     EXPECT_GT(expected, 1.0);
   }
   // Past the model's 512 positions only with DCA.
-  const std::string long_text =
-      Write("long.jsonl", Json({{"text", std::string(40, ' ') +
-                                             [&] {
-                                               std::string t;
-                                               for (int i = 0; i < 12; ++i) t += text + " ";
-                                               return t;
-                                             }()}})
-                                  .dump() +
-                              "\n");
+  std::string repeated;
+  for (int i = 0; i < 12; ++i) repeated += text + " ";
+  const std::string long_text = Write("long.jsonl", Json({{"text", repeated}}).dump() + "\n");
   const CliResult refused = Run({"eval", "--model", *model_, "--tokenizer", *tokenizer_, "--task",
                                  "perplexity", "--data", long_text, "--seq-len", "1024"},
                                 "ppl_long_refused");
