@@ -381,6 +381,18 @@ void CheckNeedle(const Json& r, const std::vector<int64_t>& lengths,
               sum / static_cast<double>(lengths.size() * depths.size()), 1e-12);
   auto text = ReadFileToString(svg.string());
   ASSERT_TRUE(text.ok()) << svg;
+  // One cell rectangle (with a position) per grid entry, besides the background.
+  const size_t cells = lengths.size() * depths.size();
+  size_t rects = 0;
+  for (size_t at = text->find("<rect x="); at != std::string::npos;
+       at = text->find("<rect x=", at + 1)) {
+    ++rects;
+  }
+  EXPECT_EQ(rects, cells);
+  EXPECT_EQ(text->rfind("<?xml", 0), 0u);
+  EXPECT_NE(text->find("</svg>"), std::string::npos);
+  // Well-formed XML, where Python is there to parse it.
+  if (!fs::exists("/usr/bin/python3")) return;
   CliOptions options;
   options.timeout_seconds = 30;
   const CliResult xml =
@@ -392,8 +404,7 @@ void CheckNeedle(const Json& r, const std::vector<int64_t>& lengths,
               svg.string()},
              svg.string() + ".check.log", options);
   ASSERT_TRUE(xml.exited && xml.exit_code == 0) << xml;
-  EXPECT_THAT(xml.output,
-              ::testing::HasSubstr("cells " + std::to_string(lengths.size() * depths.size())));
+  EXPECT_THAT(xml.output, ::testing::HasSubstr("cells " + std::to_string(cells)));
 }
 
 TEST_F(EvalTrainedTest, NeedleWithAndWithoutDca) {
