@@ -194,7 +194,7 @@ void AddEvalCommand(CLI::App& app, CommandSelection& selection) {
   CLI::App* cmd =
       app.add_subcommand("eval",
                          "Evaluate a model: perplexity, multiple-choice, generation or needle "
-                         "(docs/evaluation.md)");
+                         "(docs/eval.md)");
   cmd->add_option("--model", f->model_dir, "Model directory")->required()->check(NonEmptyCheck());
   cmd->add_option("--tokenizer", f->tokenizer_path, "tokenizer.json")
       ->required()

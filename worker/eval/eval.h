@@ -1,7 +1,7 @@
 // Evaluation tasks of `qtrain eval` and of training jobs' `eval.tasks`: perplexity,
 // multiple-choice (scored as lm-evaluation-harness scores loglikelihood requests), generation
 // (greedy, exact match of an extracted answer) and needle in a haystack (passkey retrieval at
-// each length x depth). docs/evaluation.md describes each task, its data and its metrics.
+// each length x depth). docs/eval.md describes each task, its data and its metrics.
 //
 //   EvalContext context{.model = &model, .tokenizer = &tokenizer};
 //   QTRAIN_ASSIGN_OR_RETURN(nlohmann::json result, RunTask(options, context));
