@@ -139,7 +139,10 @@ std::string LongMixedText() {
   std::string text;
   for (int k = 0; text.size() < 600000; ++k) {
     text += "Hello world, ça va? 12 + 34 = 46.<|endoftext|>";
-    if (k % 997 == 0) text += std::string(3000, 'q') + "\n\n";
+    if (k % 997 == 0) {
+      text.append(3000, 'q');
+      text += "\n\n";
+    }
   }
   return text;
 }
