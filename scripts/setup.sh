@@ -13,10 +13,10 @@ python_packages=(
 )
 
 packages=(
-  build-essential cmake ninja-build pkg-config git python3 python3-numpy
+  build-essential cmake ninja-build pkg-config git python3
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   prometheus-cpp-dev
-  libgtest-dev libgmock-dev libbenchmark-dev openssl
+  libgtest-dev libgmock-dev libbenchmark-dev openssl python3-numpy
   libsqlite3-dev libopenblas-dev libgloo-dev libutf8proc-dev
   nlohmann-json3-dev libyaml-cpp-dev libcli11-dev
   clang libclang-rt-14-dev libomp-14-dev

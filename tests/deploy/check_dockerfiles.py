@@ -35,7 +35,8 @@ import yaml
 BINARIES = ("qtrain", "qtrain-coordinator", "qtrain-worker")
 # setup.sh packages that only the tests, sanitizer and fuzz builds or the end-to-end test use.
 TEST_ONLY_PACKAGES = {"libgtest-dev", "libgmock-dev", "libbenchmark-dev", "openssl", "clang",
-                      "libclang-rt-14-dev", "libomp-14-dev", "prometheus"}
+                      "libclang-rt-14-dev", "libomp-14-dev", "prometheus",
+                      "python3-numpy"}
 # In every Debian image (essential): no need to list them.
 BASE_PACKAGES = {"libc6", "libgcc-s1"}
 COMPILERS = {"build-essential", "gcc", "g++", "clang", "cmake", "ninja-build"}

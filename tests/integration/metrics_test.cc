@@ -320,8 +320,9 @@ class MetricsTest : public ::testing::Test {
         "curriculum:\n", "  - {name: short, seq_len: 32, tokens: 2560, micro_batch: 2}\n",
         "  - {name: long, seq_len: 64, tokens: 2048, micro_batch: 1}\n",
         "optimizer: {lr: 1e-2, min_lr: 1e-3, warmup_steps: 2}\n", "batch: {global_tokens: 256}\n",
-        "checkpoint: {every_steps: 2, keep_last: 2}\n", "eval: {every_steps: 4, batches: 2}\n",
-        "world: {", world, "}\n");
+        "checkpoint: {every_steps: 2, keep_last: 2}\n",
+        "eval: {every_steps: 4, batches: 2, tasks: [{task: perplexity, data: ",
+        data_->manifest.string(), ", seq_len: 32, limit: 2}]}\n", "world: {", world, "}\n");
   }
 
   void WriteTokens() {

@@ -463,7 +463,9 @@ class WorkerDaemon::Impl {
     const v1::Assignment a = runner_->assignment();
     const pid_t pid = runner_->pid();
     runner_.reset();
-    if (metrics_ != nullptr) metrics_->OnAssignmentEnded();
+    if (metrics_ != nullptr) {
+      metrics_->OnAssignmentEnded(run_.done_seen && exit.success());
+    }
     heartbeat_now_ = true;
     if (run_.stopped_by_us) {
       QTRAIN_LOG(INFO) << "training child of " << Describe(a) << " stopped (" << exit.Describe()

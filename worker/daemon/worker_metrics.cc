@@ -102,8 +102,6 @@ struct WorkerMetrics::Series {
   Gauge* stage = nullptr;
   Gauge* mfu = nullptr;
   Gauge* memory_bytes = nullptr;
-  // qtrain_eval_metric by (task, metric).
-  std::map<std::pair<std::string, std::string>, Gauge*> eval_metrics;
 };
 
 WorkerMetrics::WorkerMetrics(std::shared_ptr<prometheus::Registry> registry,
@@ -149,6 +147,7 @@ WorkerMetrics::WorkerMetrics(std::shared_ptr<prometheus::Registry> registry,
 WorkerMetrics::~WorkerMetrics() {
   absl::MutexLock lock(&mu_);
   RemoveSeries();
+  RemoveEvalSeries();
 }
 
 void WorkerMetrics::SetUp(bool up) { up_.Set(up ? 1 : 0); }
@@ -157,6 +156,7 @@ WorkerMetrics::Series& WorkerMetrics::SeriesFor(const v1::Assignment& assignment
   prometheus::Labels labels = LabelsOf(assignment);
   if (series_ != nullptr && series_->labels == labels) return *series_;
   RemoveSeries();
+  if (labels.at("job_id") != eval_job_) RemoveEvalSeries();
   series_ = std::make_unique<Series>();
   series_->labels = std::move(labels);
   return *series_;
@@ -200,8 +200,14 @@ void WorkerMetrics::RemoveSeries() {
   RemoveFrom(stage_, s.stage);
   RemoveFrom(mfu_, s.mfu);
   RemoveFrom(memory_bytes_, s.memory_bytes);
-  for (auto& [key, gauge] : s.eval_metrics) RemoveFrom(eval_metric_, gauge);
   series_.reset();
+}
+
+void WorkerMetrics::RemoveEvalSeries() {
+  for (auto& [labels, gauge] : eval_series_) RemoveFrom(eval_metric_, gauge);
+  eval_series_.clear();
+  eval_job_.clear();
+  eval_final_ = false;
 }
 
 void WorkerMetrics::OnProgress(const v1::Assignment& assignment,
@@ -245,17 +251,22 @@ void WorkerMetrics::OnProgress(const v1::Assignment& assignment,
   }
 }
 
-// Labelled without the rank: only rank 0 evaluates.
+// Labelled without the rank: only rank 0 evaluates. The results come at a stage's end, just
+// before its assignment ends, so they outlive the assignment (a scrape must find them): they
+// stay until this worker trains another job, until the assignment of the job's final results
+// (the job's end: a finished job leaves no series) ends, or until an assignment of the job
+// fails or is aborted (it restarts or is over).
 void WorkerMetrics::SetEvalMetrics(Series& s, const v1::WorkerProgress& progress) {
+  eval_job_ = s.labels.at("job_id");
   for (const v1::EvalTaskResult& result : progress.eval_tasks()) {
+    if (result.final()) eval_final_ = true;
     for (const auto& [metric, value] : result.metrics()) {
-      Gauge*& gauge = s.eval_metrics[{result.name(), metric}];
-      if (gauge == nullptr) {
-        gauge = &eval_metric_.Add({{"job_id", s.labels.at("job_id")},
-                                   {"stage", s.labels.at("stage")},
-                                   {"task", result.name()},
-                                   {"metric", metric}});
-      }
+      const prometheus::Labels labels = {{"job_id", eval_job_},
+                                         {"stage", s.labels.at("stage")},
+                                         {"task", result.name()},
+                                         {"metric", metric}};
+      Gauge*& gauge = eval_series_[labels];
+      if (gauge == nullptr) gauge = &eval_metric_.Add(labels);
       gauge->Set(value);
     }
   }
@@ -270,9 +281,10 @@ void WorkerMetrics::OnCheckpoint(const v1::Assignment& assignment, double write_
   s.checkpoint_seconds->Observe(Seconds(write_seconds));
 }
 
-void WorkerMetrics::OnAssignmentEnded() {
+void WorkerMetrics::OnAssignmentEnded(bool completed) {
   absl::MutexLock lock(&mu_);
   RemoveSeries();
+  if (eval_final_ || !completed) RemoveEvalSeries();
 }
 
 }  // namespace qtrain::worker

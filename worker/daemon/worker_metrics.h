@@ -1,12 +1,14 @@
 // The worker daemon's Prometheus metrics: per-assignment training series labelled
 // job_id/stage/rank (created on the assignment's first progress, removed when it ends or
 // another begins, so labels never pile up), the results of the job's eval tasks
-// (qtrain_eval_metric{job_id,stage,task,metric}, with the same lifetime) and qtrain_worker_up.
+// (qtrain_eval_metric{job_id,stage,task,metric}: they come at a stage's end, so they stay until
+// the worker trains another job or the job's final results' assignment ends) and
+// qtrain_worker_up.
 //
 //   auto registry = std::make_shared<prometheus::Registry>();
 //   WorkerMetrics metrics(registry, KnownPeakFlops(device, device_name));
 //   metrics.OnProgress(assignment, progress);  // every step
-//   metrics.OnAssignmentEnded();               // done, failed, aborted, child gone
+//   metrics.OnAssignmentEnded(completed);      // done, failed, aborted, child gone
 #ifndef QTRAIN_WORKER_DAEMON_WORKER_METRICS_H_
 #define QTRAIN_WORKER_DAEMON_WORKER_METRICS_H_
 
@@ -51,7 +53,9 @@ class WorkerMetrics {
   // A checkpoint of `assignment` whose files took `write_seconds` to write.
   void OnCheckpoint(const v1::Assignment& assignment, double write_seconds);
   // The current assignment is over: its series go.
-  void OnAssignmentEnded();
+  // `completed`: the child trained the assignment to its end and exited 0. Otherwise (failed,
+  // aborted, killed) the eval results go too: the job is restarting or over.
+  void OnAssignmentEnded(bool completed = false);
   // Registered with the coordinator with a live heartbeat stream.
   void SetUp(bool up);
 
@@ -60,6 +64,7 @@ class WorkerMetrics {
   // The series of `assignment`, made (and the previous assignment's removed) on first use.
   Series& SeriesFor(const v1::Assignment& assignment) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RemoveSeries() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RemoveEvalSeries() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AddProgressSeries(Series& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SetEvalMetrics(Series& s, const v1::WorkerProgress& progress)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -88,6 +93,10 @@ class WorkerMetrics {
 
   absl::Mutex mu_;
   std::unique_ptr<Series> series_ ABSL_GUARDED_BY(mu_);
+  // qtrain_eval_metric series of eval_job_ (every stage's), kept until another job's progress.
+  std::map<prometheus::Labels, prometheus::Gauge*> eval_series_ ABSL_GUARDED_BY(mu_);
+  std::string eval_job_ ABSL_GUARDED_BY(mu_);
+  bool eval_final_ ABSL_GUARDED_BY(mu_) = false;  // the job's final results are among them
 };
 
 }  // namespace qtrain::worker

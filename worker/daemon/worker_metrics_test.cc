@@ -246,7 +246,7 @@ v1::WorkerProgress WithEvalTasks(v1::WorkerProgress p) {
   return p;
 }
 
-TEST_F(WorkerMetricsTest, EvalTaskResultsAreGaugesRemovedWithTheAssignment) {
+TEST_F(WorkerMetricsTest, EvalTaskResultsAreGaugesKeptUntilAnotherJob) {
   WorkerMetrics metrics(registry_, std::nullopt);
   const v1::Assignment a = MakeAssignment("jobs/j1", 1, 0);
   metrics.OnProgress(a, Step(4, 2));
@@ -269,7 +269,27 @@ TEST_F(WorkerMetricsTest, EvalTaskResultsAreGaugesRemovedWithTheAssignment) {
   (*again.mutable_eval_tasks(0)->mutable_metrics())["acc"] = 0.75;
   metrics.OnProgress(a, again);
   EXPECT_DOUBLE_EQ(Scrape(*registry_)["qtrain_eval_metric"][acc].gauge.value, 0.75);
-  metrics.OnAssignmentEnded();
+  // They come at the stage's end: they outlive its completed assignment, so that a scrape
+  // finds them, and the job's next stage keeps them.
+  metrics.OnAssignmentEnded(/*completed=*/true);
+  EXPECT_DOUBLE_EQ(Scrape(*registry_)["qtrain_eval_metric"][acc].gauge.value, 0.75);
+  EXPECT_FALSE(Scrape(*registry_).contains("qtrain_train_loss"));
+  metrics.OnProgress(MakeAssignment("jobs/j1", 0, 0), Step(5, 2));
+  EXPECT_EQ(Scrape(*registry_)["qtrain_eval_metric"].size(), 3u);
+  // Another job's progress removes them.
+  metrics.OnAssignmentEnded(/*completed=*/true);
+  metrics.OnProgress(MakeAssignment("jobs/j2", 0, 0), Step(1, 2));
+  EXPECT_FALSE(Scrape(*registry_).contains("qtrain_eval_metric"));
+  // The job's final results go with their assignment: a finished job leaves no series.
+  v1::WorkerProgress last = WithEvalTasks(Step(1, 2));
+  for (v1::EvalTaskResult& result : *last.mutable_eval_tasks()) result.set_final(true);
+  metrics.OnProgress(MakeAssignment("jobs/j2", 0, 0), last);
+  EXPECT_EQ(Scrape(*registry_)["qtrain_eval_metric"].size(), 3u);
+  metrics.OnAssignmentEnded(/*completed=*/true);
+  EXPECT_FALSE(Scrape(*registry_).contains("qtrain_eval_metric"));
+  // An aborted or failed assignment takes them too.
+  metrics.OnProgress(MakeAssignment("jobs/j3", 0, 0), WithEvalTasks(Step(1, 2)));
+  metrics.OnAssignmentEnded(/*completed=*/false);
   EXPECT_FALSE(Scrape(*registry_).contains("qtrain_eval_metric"));
 }
 
