@@ -4,7 +4,6 @@
 // on Ctrl-C or SIGTERM) and exits with the job's code: 0 SUCCEEDED, 1 FAILED, 2 CANCELLED. With
 // N > 1 the workers train the job as one data-parallel group over the loopback interface, each
 // with its share of the CPU threads.
-#include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -29,6 +28,7 @@
 #include "cli/watch.h"
 #include "common/file_util.h"
 #include "common/job_spec.h"
+#include "common/signal_pipe.h"
 #include "common/status_macros.h"
 #include "worker/model/model_source.h"
 
@@ -76,7 +76,7 @@ class Monitor {
       : children_(children), canceller_(canceller) {}
   ~Monitor() { Join(); }
 
-  void Start(sigset_t signals) {
+  void Start(SignalPipe* signals) {
     signals_ = signals;
     thread_ = std::thread([this] { Loop(); });
   }
@@ -108,7 +108,7 @@ class Monitor {
 
   ChildSet* children_;
   WatchCanceller* canceller_;
-  sigset_t signals_;
+  SignalPipe* signals_ = nullptr;
   std::thread thread_;
   std::atomic<bool> stop_{false};
   std::atomic<int> signals_seen_{0};
@@ -120,10 +120,10 @@ class Monitor {
 };
 
 void Monitor::Loop() {
-  const struct timespec tick = {0, 100 * 1000 * 1000};
   while (!stop_) {
-    const int signal = ::sigtimedwait(&signals_, nullptr, &tick);
-    if (signal > 0) OnSignal(signal);
+    if (const std::optional<int> signal = signals_->Wait(absl::Milliseconds(100))) {
+      OnSignal(*signal);
+    }
     for (const ChildSet::Exit& exit : children_->Poll()) OnExit(exit);
     if (cancel_deadline_ && absl::Now() > *cancel_deadline_) {
       canceller_->Cancel();
@@ -285,13 +285,9 @@ absl::StatusOr<int> RunLocal(const LocalArgs& args) {
   QTRAIN_ASSIGN_OR_RETURN(const std::string worker_bin, BesideSelf("qtrain-worker"));
   QTRAIN_ASSIGN_OR_RETURN(const Layout layout, MakeLayout(args.run_root, args.workers));
 
-  // SIGINT and SIGTERM go to the monitor thread (sigtimedwait); every thread started from here
-  // on inherits the mask, and the children clear it.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  ::pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // SIGINT and SIGTERM go to the monitor thread (through SignalPipe's handler; exec gives the
+  // children the default dispositions back).
+  QTRAIN_ASSIGN_OR_RETURN(std::unique_ptr<SignalPipe> signals, SignalPipe::Install());
 
   WatchCanceller canceller;
   ChildSet children;  // declared before the monitor: stopped after it is joined
@@ -309,7 +305,7 @@ absl::StatusOr<int> RunLocal(const LocalArgs& args) {
   QTRAIN_ASSIGN_OR_RETURN(const pid_t coordinator,
                           SpawnLogged(coordinator_argv, layout.coordinator_log()));
   children.Add("coordinator", coordinator, layout.coordinator_log());
-  monitor.Start(signals);
+  monitor.Start(signals.get());
   QTRAIN_ASSIGN_OR_RETURN(
       const std::string address,
       WaitForAddress(layout.address_file, monitor, children, layout.coordinator_log()));

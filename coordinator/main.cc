@@ -1,13 +1,11 @@
 // qtrain-coordinator: schedules jobs onto workers and keeps the service's durable state.
-#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
-#include <cstring>
+#include <memory>
 #include <string>
 
 #include "CLI/CLI.hpp"
@@ -17,6 +15,7 @@
 #include "common/logging.h"
 #include "common/metrics_server.h"
 #include "common/rpc_server.h"
+#include "common/signal_pipe.h"
 #include "common/status_macros.h"
 #include "coordinator/server.h"
 
@@ -54,36 +53,7 @@ absl::Status CheckSeconds(double value, const char* flag, bool zero_ok) {
   return absl::OkStatus();
 }
 
-// SIGTERM/SIGINT write their number to this pipe; the main thread waits on it. (A handler,
-// not a blocked mask: threads started before main() would not inherit the mask.)
-int signal_pipe[2] = {-1, -1};
-
-void OnSignal(int signal) {
-  const unsigned char byte = static_cast<unsigned char>(signal);
-  [[maybe_unused]] ssize_t n = write(signal_pipe[1], &byte, 1);
-}
-
-absl::Status InstallSignalHandlers() {
-  if (pipe2(signal_pipe, O_CLOEXEC) != 0) {
-    return absl::InternalError(absl::StrCat("pipe: ", std::strerror(errno)));
-  }
-  struct sigaction action = {};
-  action.sa_handler = OnSignal;
-  sigemptyset(&action.sa_mask);
-  action.sa_flags = SA_RESTART;
-  sigaction(SIGTERM, &action, nullptr);
-  sigaction(SIGINT, &action, nullptr);
-  return absl::OkStatus();
-}
-
-int WaitForSignal() {
-  unsigned char byte = 0;
-  while (read(signal_pipe[0], &byte, 1) < 0 && errno == EINTR) {
-  }
-  return byte;
-}
-
-absl::Status Run(const Flags& flags) {
+absl::Status Run(const Flags& flags, qtrain::SignalPipe& signals) {
   QTRAIN_RETURN_IF_ERROR(CheckSeconds(flags.lease_seconds, "--lease-seconds", false));
   QTRAIN_RETURN_IF_ERROR(CheckSeconds(flags.settle_seconds, "--settle-seconds", true));
   if (flags.max_message_bytes < 1024 || flags.max_message_bytes > (int64_t{1} << 30)) {
@@ -116,7 +86,7 @@ absl::Status Run(const Flags& flags) {
   }
   QTRAIN_LOG(INFO) << "coordinator ready on " << server->address() << " (state " << flags.state_dir
                    << ", runs " << flags.run_root << ")";
-  const int received = WaitForSignal();
+  const int received = signals.Wait(absl::InfiniteDuration()).value_or(0);
   QTRAIN_LOG(INFO) << "signal " << received << ": stopping";
   server->Shutdown();
   return absl::OkStatus();
@@ -129,8 +99,10 @@ int main(int argc, char** argv) {
   // absl's deadlock detector (on in builds without NDEBUG) walks a lock graph on every lock:
   // measurable CPU at a thousand heartbeats a second. The lock order is fixed by design.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
-  if (absl::Status s = InstallSignalHandlers(); !s.ok()) {
-    std::fprintf(stderr, "qtrain-coordinator: %s\n", std::string(s.message()).c_str());
+  absl::StatusOr<std::unique_ptr<qtrain::SignalPipe>> signals = qtrain::SignalPipe::Install();
+  if (!signals.ok()) {
+    std::fprintf(stderr, "qtrain-coordinator: %s\n",
+                 std::string(signals.status().message()).c_str());
     return 1;
   }
 
@@ -182,7 +154,7 @@ int main(int argc, char** argv) {
   }
   absl::Status status;
   try {
-    status = Run(flags);
+    status = Run(flags, **signals);
   } catch (const std::exception& e) {
     status = absl::InternalError(std::string("unexpected error: ") + e.what());
   }

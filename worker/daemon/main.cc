@@ -20,6 +20,7 @@
 #include "common/logging.h"
 #include "common/metrics_server.h"
 #include "common/rpc_server.h"
+#include "common/signal_pipe.h"
 #include "worker/daemon/daemon.h"
 #include "worker/daemon/group_connect.h"
 #include "worker/daemon/peer_host.h"
@@ -65,8 +66,8 @@ struct StageFlags {
 };
 
 // Runs the daemon until a signal (or Stop) ends it: the first SIGTERM/SIGINT drains, a second
-// one aborts the child. Signals are taken synchronously (blocked in every thread, waited for
-// here), so no handler ever runs in the middle of the daemon's work.
+// one aborts the child. The signals' handler only writes to a pipe (SignalPipe) that this
+// thread reads, so none of the daemon's work runs inside a handler.
 int RunDaemon(const DaemonFlags& flags) {
   qtrain::worker::DaemonOptions options;
   options.channel.address = flags.coordinator;
@@ -86,13 +87,16 @@ int RunDaemon(const DaemonFlags& flags) {
   options.version = QTRAIN_VERSION;
   options.peak_flops = flags.peak_flops;
 
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // Installed before any thread of ours starts; see signal_pipe.h for why not a blocked mask.
+  absl::StatusOr<std::unique_ptr<qtrain::SignalPipe>> signals = qtrain::SignalPipe::Install();
+  if (!signals.ok()) {
+    std::fprintf(stderr, "qtrain-worker: %s\n", std::string(signals.status().message()).c_str());
+    return 1;
+  }
 
-  // Serving before the daemon starts: a scrape sees qtrain_worker_up 0 until it registers.
+  // Listening before the daemon starts (a taken port fails before anything else happens); the
+  // address is published once the daemon has added its series, so the first scrape of a reader
+  // of --metrics-address-file already sees qtrain_worker_up (0 until registered).
   std::unique_ptr<qtrain::MetricsServer> metrics_server;
   if (!flags.metrics_listen.empty()) {
     options.metrics = std::make_shared<prometheus::Registry>();
@@ -103,6 +107,15 @@ int RunDaemon(const DaemonFlags& flags) {
       return 1;
     }
     metrics_server = *std::move(server);
+  }
+
+  absl::StatusOr<std::unique_ptr<qtrain::worker::WorkerDaemon>> daemon =
+      qtrain::worker::WorkerDaemon::Start(options);
+  if (!daemon.ok()) {
+    std::fprintf(stderr, "qtrain-worker: %s\n", std::string(daemon.status().message()).c_str());
+    return 1;
+  }
+  if (metrics_server != nullptr) {
     if (!flags.metrics_address_file.empty()) {
       if (absl::Status written =
               qtrain::WriteAddressFile(flags.metrics_address_file, metrics_server->address());
@@ -115,22 +128,15 @@ int RunDaemon(const DaemonFlags& flags) {
     QTRAIN_LOG(INFO) << "metrics on http://" << metrics_server->address() << "/metrics";
   }
 
-  absl::StatusOr<std::unique_ptr<qtrain::worker::WorkerDaemon>> daemon =
-      qtrain::worker::WorkerDaemon::Start(options);
-  if (!daemon.ok()) {
-    std::fprintf(stderr, "qtrain-worker: %s\n", std::string(daemon.status().message()).c_str());
-    return 1;
-  }
   int received = 0;
   while (!(*daemon)->done()) {
-    const timespec tick{0, 200 * 1000 * 1000};
-    const int sig = sigtimedwait(&signals, nullptr, &tick);
-    if (sig != SIGTERM && sig != SIGINT) continue;
+    const std::optional<int> sig = (*signals)->Wait(absl::Milliseconds(200));
+    if (!sig) continue;
     if (++received == 1) {
-      QTRAIN_LOG(INFO) << "signal " << sig << ": draining, then exiting (again to abort now)";
+      QTRAIN_LOG(INFO) << "signal " << *sig << ": draining, then exiting (again to abort now)";
       (*daemon)->Drain(/*exit_when_drained=*/true);
     } else if (received == 2) {
-      QTRAIN_LOG(INFO) << "signal " << sig << " again: aborting the training child and exiting";
+      QTRAIN_LOG(INFO) << "signal " << *sig << " again: aborting the training child and exiting";
       (*daemon)->Stop();
     }
   }
