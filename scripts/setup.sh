@@ -4,12 +4,15 @@
 # every run.
 set -euo pipefail
 
-# Python tools of the deployment checks (tests/deploy): pinned, from PyPI.
+# Python tools of the deployment checks (tests/deploy) and the CUDA build's check: pinned, from
+# PyPI.
 python_packages=(
   kubernetes-validate==1.37.0            # Kubernetes schemas, offline (--strict, -k 1.30.0)
   "grafana-foundation-sdk==1769699379!11.6.0"  # the Grafana 11 dashboard model
   cloudcoil-models-prometheus-operator==0.80.1.0  # the prometheus-operator CRD types
   jsonschema PyYAML
+  nvidia-cuda-cuobjdump==13.5.37         # cuobjdump, which the CUDA toolkit here lacks: the
+                                         # check of the CUDA kernels' machine code (kernels/cuda)
 )
 
 packages=(

@@ -9,6 +9,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/parallel.h"
 #include "kernels/cpu/validate.h"
+#include "kernels/cuda/element_math.h"
 
 namespace qtrain::kernels::cpu {
 namespace {
@@ -35,30 +36,11 @@ OpStatus CpuBackendImpl::AdamWStep(float* param, const float* grad, float* m, fl
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "m", m));
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "v", v));
 
-  // Scalars as torch forms them: Python doubles, rounded to fp32 for the tensor arithmetic.
-  const double step = static_cast<double>(p.step);
-  const double bias_correction1 = 1.0 - std::pow(p.beta1, step);
-  const double bias_correction2 = 1.0 - std::pow(p.beta2, step);
-  const float step_size = static_cast<float>(p.lr / bias_correction1);
-  const float bias_correction2_sqrt = static_cast<float>(std::sqrt(bias_correction2));
-  const float decay = p.apply_weight_decay ? static_cast<float>(1.0 - p.lr * p.weight_decay) : 1.0f;
-  const float one_minus_beta1 = static_cast<float>(1.0 - p.beta1);
-  const float beta2 = static_cast<float>(p.beta2);
-  const float one_minus_beta2 = static_cast<float>(1.0 - p.beta2);
-  const float eps = static_cast<float>(p.eps);
-  const float grad_scale = p.grad_scale;
+  // The per-element arithmetic is the CUDA kernel's (kernels/cuda/element_math.h).
+  const math::AdamWScalars scalars = math::MakeAdamWScalars(
+      p.lr, p.beta1, p.beta2, p.eps, p.weight_decay, p.apply_weight_decay, p.step, p.grad_scale);
 #pragma omp parallel for schedule(static) if (WorthParallel(n))
-  for (int64_t i = 0; i < n; ++i) {
-    const float g = grad[i] * grad_scale;
-    float w = param[i] * decay;
-    const float mi = m[i] + one_minus_beta1 * (g - m[i]);  // torch's lerp (weight < 0.5)
-    const float vi = v[i] * beta2 + one_minus_beta2 * (g * g);
-    const float denom = std::sqrt(vi) / bias_correction2_sqrt + eps;
-    w -= step_size * (mi / denom);
-    m[i] = mi;
-    v[i] = vi;
-    param[i] = w;
-  }
+  for (int64_t i = 0; i < n; ++i) math::AdamWElement(scalars, grad[i], param[i], m[i], v[i]);
   return OpStatus::Ok();
 }
 

@@ -1,0 +1,206 @@
+// What of the CUDA kernels runs without a GPU: every launcher refuses bad params before it
+// launches (naming the kernel and the problem), the RoPE tables are the CPU backend's numbers,
+// and the scratch of the sum of squares is sized by the sizes alone.
+#include "kernels/cuda/cuda_kernels.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/test_util.h"
+#include "kernels/ops.h"
+
+namespace qtrain::kernels::cuda {
+namespace {
+
+using ::testing::HasSubstr;
+
+// The error of a launcher called with `p` (nullptr stream: nothing may be launched).
+template <typename Params, typename Launch>
+std::string ErrorOf(const Params& p, Launch launch) {
+  const OpStatus can = CanImplement(p);
+  const OpStatus launched = launch(p, nullptr);
+  EXPECT_EQ(can.message(), launched.message());
+  EXPECT_FALSE(launched.ok());
+  return launched.message();
+}
+
+// A pointer that is never dereferenced on the host (the checks only compare it with null).
+void* Fake(uintptr_t n = 1) { return reinterpret_cast<void*>(uintptr_t{0x1000} * n); }
+
+TEST(CudaKernelsTest, LaunchersRefuseBadParamsBeforeLaunching) {
+  auto cast = [](const CastParams& p, cudaStream_t s) { return Cast(p, s); };
+  EXPECT_THAT(ErrorOf(CastParams{.in = Fake(), .out = Fake(2), .n = -1}, cast),
+              HasSubstr("Cast: n must be >= 0"));
+  EXPECT_THAT(ErrorOf(CastParams{.in = nullptr, .out = Fake(2), .n = 4}, cast),
+              HasSubstr("Cast: in is null"));
+  EXPECT_THAT(ErrorOf(CastParams{.in = Fake(),
+                                 .in_dtype = DType::kFloat32,
+                                 .out = Fake(),
+                                 .out_dtype = DType::kBfloat16,
+                                 .n = 4},
+                      cast),
+              HasSubstr("in place"));
+  EXPECT_THAT(
+      ErrorOf(CastParams{.in = Fake(), .in_dtype = static_cast<DType>(7), .out = Fake(2), .n = 4},
+              cast),
+      HasSubstr("dtype"));
+
+  auto residual_backward = [](const ResidualBackwardParams& p, cudaStream_t s) {
+    return ResidualBackward(p, s);
+  };
+  EXPECT_THAT(
+      ErrorOf(ResidualBackwardParams{.dout = Fake(), .da = Fake(), .n = 8}, residual_backward),
+      HasSubstr("must not alias dout"));
+
+  auto swiglu_backward = [](const SwigluBackwardParams& p, cudaStream_t s) {
+    return SwigluBackward(p, s);
+  };
+  EXPECT_THAT(ErrorOf(SwigluBackwardParams{.dout = Fake(),
+                                           .gate = Fake(2),
+                                           .up = Fake(3),
+                                           .dgate = Fake(4),
+                                           .dup = Fake(4),
+                                           .n = 8},
+                      swiglu_backward),
+              HasSubstr("different buffers"));
+
+  auto rmsnorm = [](const RmsNormParams& p, cudaStream_t s) { return RmsNormForward(p, s); };
+  EXPECT_THAT(ErrorOf(RmsNormParams{.x = Fake(),
+                                    .weight = Fake(2),
+                                    .out = Fake(3),
+                                    .rstd = static_cast<float*>(Fake(4)),
+                                    .rows = 2,
+                                    .dim = 0},
+                      rmsnorm),
+              HasSubstr("RmsNormForward: dim must be in [1, 2^30]"));
+  EXPECT_THAT(ErrorOf(RmsNormParams{.x = Fake(),
+                                    .weight = Fake(2),
+                                    .out = Fake(3),
+                                    .rstd = static_cast<float*>(Fake(4)),
+                                    .eps = NAN,
+                                    .rows = 2,
+                                    .dim = 8},
+                      rmsnorm),
+              HasSubstr("eps"));
+  auto rmsnorm_backward = [](const RmsNormBackwardParams& p, cudaStream_t s) {
+    return RmsNormBackward(p, s);
+  };
+  EXPECT_THAT(ErrorOf(RmsNormBackwardParams{.dout = Fake(),
+                                            .x = Fake(2),
+                                            .weight = Fake(3),
+                                            .rstd = static_cast<float*>(Fake(4)),
+                                            .dx = Fake(),
+                                            .rows = 2,
+                                            .dim = 8},
+                      rmsnorm_backward),
+              HasSubstr("must not alias"));
+
+  auto rope = [](const RopeParams& p, cudaStream_t s) { return Rope(p, s); };
+  const RopeParams good{.in = Fake(),
+                        .out = Fake(2),
+                        .cos_table = static_cast<float*>(Fake(3)),
+                        .sin_table = static_cast<float*>(Fake(4)),
+                        .table_rows = 16,
+                        .seq_len = 8,
+                        .num_heads = 2,
+                        .head_dim = 64,
+                        .past_len = 8};
+  EXPECT_TRUE(CanImplement(good).ok()) << CanImplement(good).message();
+  RopeParams odd = good;
+  odd.head_dim = 63;
+  EXPECT_THAT(ErrorOf(odd, rope), HasSubstr("head_dim must be even"));
+  RopeParams past_table = good;
+  past_table.past_len = 9;
+  EXPECT_THAT(ErrorOf(past_table, rope), HasSubstr("positions up to 16 need tables"));
+  RopeParams aliased = good;
+  aliased.transposed = true;
+  aliased.out = Fake();  // good.in
+  EXPECT_THAT(ErrorOf(aliased, rope), HasSubstr("out != in"));
+
+  auto adamw = [](const AdamWParams& p, cudaStream_t s) { return AdamWStep(p, s); };
+  AdamWParams a{.param = static_cast<float*>(Fake()),
+                .grad = static_cast<float*>(Fake(2)),
+                .m = static_cast<float*>(Fake(3)),
+                .v = static_cast<float*>(Fake(4)),
+                .n = 10};
+  a.beta2 = 1.0;
+  EXPECT_THAT(ErrorOf(a, adamw), HasSubstr("betas"));
+  a.beta2 = 0.95;
+  a.step = 0;
+  EXPECT_THAT(ErrorOf(a, adamw), HasSubstr("step must be > 0"));
+}
+
+TEST(CudaKernelsTest, EmptyWorkIsOkAndLaunchesNothing) {
+  // n = 0 with null pointers: ok without touching CUDA (there is no GPU here).
+  EXPECT_TRUE(Cast(CastParams{}, nullptr).ok());
+  EXPECT_TRUE(SwigluForward(SwigluParams{}, nullptr).ok());
+  EXPECT_TRUE(ResidualForward(ResidualParams{}, nullptr).ok());
+  EXPECT_TRUE(AdamWStep(AdamWParams{}, nullptr).ok());
+  EXPECT_TRUE(Rope(RopeParams{.num_heads = 1, .head_dim = 2}, nullptr).ok());
+  EXPECT_TRUE(RmsNormForward(RmsNormParams{.dim = 4}, nullptr).ok());
+}
+
+TEST(CudaKernelsTest, RopeTablesRotateAsTheCpuBackend) {
+  const int64_t heads = 2, dim = 64, half = dim / 2, rows = 40;
+  std::vector<float> inv_freq(half);
+  for (int64_t i = 0; i < half; ++i)
+    inv_freq[i] = static_cast<float>(std::pow(1e6, -2.0 * i / dim));
+  const float factor = 1.25f;
+  std::vector<float> cos_table(rows * half), sin_table(rows * half);
+  MakeRopeTables(inv_freq.data(), half, factor, rows, cos_table.data(), sin_table.data());
+  // The CPU backend rotating a unit pair (1, 0) at position p gives (c, s) exactly.
+  std::vector<float> x(rows * heads * dim, 0.0f), y(x.size());
+  for (int64_t t = 0; t < rows; ++t) {
+    for (int64_t h = 0; h < heads; ++h) {
+      for (int64_t i = 0; i < half; ++i) x[(t * heads + h) * dim + i] = 1.0f;
+    }
+  }
+  ASSERT_TRUE(
+      CpuBackend()
+          .RopeForward(x.data(), y.data(),
+                       RopeShape{.batch = 1, .seq_len = rows, .num_heads = heads, .head_dim = dim},
+                       inv_freq.data(), factor)
+          .ok());
+  for (int64_t t = 0; t < rows; ++t) {
+    for (int64_t h = 0; h < heads; ++h) {
+      for (int64_t i = 0; i < half; ++i) {
+        ASSERT_EQ(y[(t * heads + h) * dim + i], cos_table[t * half + i]) << t << " " << i;
+        ASSERT_EQ(y[(t * heads + h) * dim + i + half], sin_table[t * half + i]) << t << " " << i;
+      }
+    }
+  }
+}
+
+TEST(CudaKernelsTest, SumSquaresScratchAndItsCheck) {
+  const int64_t sizes[] = {0, 1, kSumSquaresBlock, kSumSquaresBlock + 1, 3 * kSumSquaresBlock};
+  EXPECT_EQ(SumSquaresScratch(sizes, 5), 0 + 1 + 1 + 2 + 3);
+  const float* tensors[] = {nullptr, static_cast<float*>(Fake()), static_cast<float*>(Fake(2)),
+                            static_cast<float*>(Fake(3)), static_cast<float*>(Fake(4))};
+  SumSquaresParams p{.tensors = tensors,
+                     .sizes = sizes,
+                     .count = 5,
+                     .partials = static_cast<double*>(Fake(5)),
+                     .partials_capacity = 6,
+                     .sum_squares = static_cast<double*>(Fake(6))};
+  EXPECT_THAT(CanImplement(p).message(), HasSubstr("partials holds 6 doubles, 7 needed"));
+  p.partials_capacity = 7;
+  EXPECT_TRUE(CanImplement(p).ok()) << CanImplement(p).message();
+  const float* with_null[] = {nullptr, nullptr, nullptr, nullptr, nullptr};
+  p.tensors = with_null;
+  EXPECT_THAT(CanImplement(p).message(), HasSubstr("tensor 1 has a negative size or is null"));
+}
+
+TEST(CudaKernelsTest, CudaErrorsAreNamed) {
+  EXPECT_TRUE(CudaStatus(cudaSuccess, "x").ok());
+  EXPECT_THAT(CudaStatus(cudaErrorInvalidValue, "Cast").message(), HasSubstr("Cast: "));
+  EXPECT_STREQ(DTypeName(DType::kBfloat16), "bf16");
+  EXPECT_EQ(DTypeBytes(DType::kBfloat16), 2u);
+  EXPECT_EQ(DTypeBytes(DType::kFloat32), 4u);
+}
+
+}  // namespace
+}  // namespace qtrain::kernels::cuda

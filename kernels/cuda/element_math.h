@@ -1,0 +1,189 @@
+// The per-element math of the CUDA kernels, as __host__ __device__ functions, so that the CPU
+// tests run exactly the arithmetic the GPU runs (kernels/cuda/element_math_test.cc) and the
+// CPU backend shares what it can (AdamW). Plain C++ under a host compiler: QTRAIN_HD expands to
+// nothing there. Only fp32 arithmetic and the bf16 bit conversions; no CUDA headers; C++17
+// (nvcc compiles it as such).
+#ifndef QTRAIN_KERNELS_CUDA_ELEMENT_MATH_H_
+#define QTRAIN_KERNELS_CUDA_ELEMENT_MATH_H_
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#define QTRAIN_HD __host__ __device__ __forceinline__
+#else
+#define QTRAIN_HD inline
+#endif
+
+namespace qtrain::kernels::math {
+
+// ---------------------------------------------------------------------------------------------
+// bf16: the upper 16 bits of an fp32. Conversion rounds to nearest, ties to even (as
+// __float2bfloat16_rn and torch do); a NaN stays a (quiet) NaN, infinities stay infinite, and a
+// finite value past the largest bf16 rounds to infinity.
+QTRAIN_HD uint32_t FloatBits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  return u;
+}
+
+QTRAIN_HD float FloatFromBits(uint32_t u) {
+  float x;
+  std::memcpy(&x, &u, sizeof(x));
+  return x;
+}
+
+QTRAIN_HD uint16_t Bf16FromFloat(float x) {
+  const uint32_t u = FloatBits(x);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);  // NaN
+  const uint32_t rounding = 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>((u + rounding) >> 16);
+}
+
+QTRAIN_HD float FloatFromBf16(uint16_t b) { return FloatFromBits(static_cast<uint32_t>(b) << 16); }
+
+// Storage types of the kernels' tensors: fp32, or bf16 bits. The math is fp32 either way.
+struct Bf16 {
+  uint16_t bits;
+};
+
+QTRAIN_HD float ToFloat(float x) { return x; }
+QTRAIN_HD float ToFloat(Bf16 x) { return FloatFromBf16(x.bits); }
+QTRAIN_HD void Store(float value, float& out) { out = value; }
+QTRAIN_HD void Store(float value, Bf16& out) { out.bits = Bf16FromFloat(value); }
+
+// ---------------------------------------------------------------------------------------------
+// AdamW (torch.optim.AdamW's single-tensor arithmetic; kernels/ops.h AdamWStep). The scalars are
+// formed once per step on the host, in double as torch forms them, then rounded to fp32.
+struct AdamWScalars {
+  float grad_scale;
+  float decay;  // 1 - lr*wd, or 1 without weight decay
+  float one_minus_beta1;
+  float beta2;
+  float one_minus_beta2;
+  float step_size;  // lr / (1 - beta1^step)
+  float bias_correction2_sqrt;
+  float eps;
+};
+
+// Host only (double pow): the scalars of step `step` (1-based).
+inline AdamWScalars MakeAdamWScalars(double lr, double beta1, double beta2, double eps,
+                                     double weight_decay, bool apply_weight_decay, int64_t step,
+                                     float grad_scale) {
+  const double t = static_cast<double>(step);
+  const double bias_correction1 = 1.0 - std::pow(beta1, t);
+  const double bias_correction2 = 1.0 - std::pow(beta2, t);
+  AdamWScalars s;
+  s.grad_scale = grad_scale;
+  s.decay = apply_weight_decay ? static_cast<float>(1.0 - lr * weight_decay) : 1.0f;
+  s.one_minus_beta1 = static_cast<float>(1.0 - beta1);
+  s.beta2 = static_cast<float>(beta2);
+  s.one_minus_beta2 = static_cast<float>(1.0 - beta2);
+  s.step_size = static_cast<float>(lr / bias_correction1);
+  s.bias_correction2_sqrt = static_cast<float>(std::sqrt(bias_correction2));
+  s.eps = static_cast<float>(eps);
+  return s;
+}
+
+// One element: w, m, v updated in place from the gradient g_raw.
+QTRAIN_HD void AdamWElement(const AdamWScalars& s, float g_raw, float& w, float& m, float& v) {
+  const float g = g_raw * s.grad_scale;
+  float wi = w * s.decay;
+  const float mi = m + s.one_minus_beta1 * (g - m);  // torch's lerp (weight < 0.5)
+  const float vi = v * s.beta2 + s.one_minus_beta2 * (g * g);
+  const float denom = std::sqrt(vi) / s.bias_correction2_sqrt + s.eps;
+  wi -= s.step_size * (mi / denom);
+  m = mi;
+  v = vi;
+  w = wi;
+}
+
+// ---------------------------------------------------------------------------------------------
+// SwiGLU: out = silu(a) * u with silu(a) = a * sigmoid(a).
+QTRAIN_HD float Sigmoid(float a) { return 1.0f / (1.0f + std::exp(-a)); }
+
+QTRAIN_HD float SwigluForward(float a, float u) { return a * Sigmoid(a) * u; }
+
+// The two gradients of one element (the caller adds them): dup = d*silu(a);
+// dgate = d*u*sigmoid(a)*(1 + a*(1 - sigmoid(a))).
+struct SwigluGrads {
+  float dgate;
+  float dup;
+};
+
+QTRAIN_HD SwigluGrads SwigluBackward(float d, float a, float u) {
+  const float sig = Sigmoid(a);
+  return {d * u * sig * (1.0f + a * (1.0f - sig)), d * a * sig};
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm: rstd = 1/sqrt(sum_sq/dim + eps) from a row's fp32 sum of squares; out = w * (x*rstd).
+QTRAIN_HD float RmsNormRstd(float sum_squares, int dim, float eps) {
+  return 1.0f / std::sqrt(sum_squares / static_cast<float>(dim) + eps);
+}
+
+QTRAIN_HD float RmsNormOut(float x, float weight, float rstd) { return weight * (x * rstd); }
+
+// dx of one element, from the row's mean_dot = mean_j(dout_j * w_j * x_j * rstd).
+QTRAIN_HD float RmsNormDx(float dout, float x, float weight, float rstd, float mean_dot) {
+  return rstd * (dout * weight - (x * rstd) * mean_dot);
+}
+
+// ---------------------------------------------------------------------------------------------
+// RoPE (NeoX half split) on one pair (x_i, x_{i+D/2}) with c, s the scaled cos and sin.
+struct Pair {
+  float lo;
+  float hi;
+};
+
+// c and s of position p for frequency inv_freq, the angle an fp32 product (as transformers).
+QTRAIN_HD Pair RopeCosSin(int64_t position, float inv_freq, float attention_factor) {
+  const float angle = static_cast<float>(position) * inv_freq;
+  return {std::cos(angle) * attention_factor, std::sin(angle) * attention_factor};
+}
+
+QTRAIN_HD Pair RopeRotate(Pair x, float c, float s) {
+  return {x.lo * c - x.hi * s, x.hi * c + x.lo * s};
+}
+
+// The transpose (what the backward adds to dx).
+QTRAIN_HD Pair RopeRotateTransposed(Pair dy, float c, float s) {
+  return {dy.lo * c + dy.hi * s, dy.hi * c - dy.lo * s};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Online softmax state of a row: running max and the sum of exp(x - max). Merging is exact up
+// to rounding in any grouping, which is how a row split over threads or tiles is reduced; a
+// fixed merge order keeps the result deterministic.
+struct SoftmaxState {
+  float max;  // -inf for an empty state
+  float sum;  // sum of exp(x - max); 0 for an empty state
+};
+
+QTRAIN_HD SoftmaxState SoftmaxEmpty() { return {-INFINITY, 0.0f}; }
+
+QTRAIN_HD SoftmaxState SoftmaxAdd(SoftmaxState s, float x) {
+  if (x == -INFINITY) return s;  // exp(-inf) adds nothing (and -inf - -inf would be NaN)
+  if (x <= s.max) return {s.max, s.sum + std::exp(x - s.max)};
+  return {x, s.sum * std::exp(s.max - x) + 1.0f};
+}
+
+QTRAIN_HD SoftmaxState SoftmaxMerge(SoftmaxState a, SoftmaxState b) {
+  if (b.sum == 0.0f) return a;
+  if (a.sum == 0.0f) return b;
+  if (a.max >= b.max) return {a.max, a.sum + b.sum * std::exp(b.max - a.max)};
+  return {b.max, b.sum + a.sum * std::exp(a.max - b.max)};
+}
+
+// logsumexp of the row.
+QTRAIN_HD float SoftmaxLse(SoftmaxState s) { return s.max + std::log(s.sum); }
+
+// Cross-entropy gradient of one logit: (softmax - onehot) * grad_scale.
+QTRAIN_HD float CrossEntropyGrad(float logit, float lse, bool is_label, float grad_scale) {
+  return (std::exp(logit - lse) - (is_label ? 1.0f : 0.0f)) * grad_scale;
+}
+
+}  // namespace qtrain::kernels::math
+
+#endif  // QTRAIN_KERNELS_CUDA_ELEMENT_MATH_H_
