@@ -17,6 +17,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "kernels/status.h"
 
@@ -147,6 +148,78 @@ void MakeRopeTables(const float* inv_freq, int64_t half, float attention_factor,
                     float* cos_table, float* sin_table);
 OpStatus CanImplement(const RopeParams& p);
 OpStatus Rope(const RopeParams& p, cudaStream_t stream);
+
+// Embedding. Forward: out[r, :] = table[ids[r], :]; an id outside [0, vocab) (device memory:
+// not checkable before the launch) writes NaN to its row.
+//   ids [rows] int32; table [vocab, dim] and out [rows, dim] of `dtype`.
+struct EmbeddingParams {
+  const int32_t* ids = nullptr;
+  const void* table = nullptr;
+  void* out = nullptr;
+  DType dtype = DType::kFloat32;
+  int64_t rows = 0;
+  int64_t vocab = 0;
+  int64_t dim = 0;
+};
+OpStatus CanImplement(const EmbeddingParams& p);
+OpStatus EmbeddingForward(const EmbeddingParams& p, cudaStream_t stream);
+
+// Backward without atomics: the tokens grouped by id on the host (the ids of a batch are host
+// data before they are uploaded), then one thread per (id, column) adds its rows' gradients in
+// row order: dtable[id, j] += dout[r, j] for r ascending, the CPU backend's order, so both give
+// the same bits for fp32 gradients.
+struct EmbeddingBuckets {
+  std::vector<int32_t> order;   // row indices, stably sorted by id
+  std::vector<int32_t> starts;  // bucket b is order[starts[b] ... starts[b+1]); size buckets + 1
+  std::vector<int32_t> ids;     // the id of each bucket, ascending
+};
+// Errors on an id outside [0, vocab) or rows past int32.
+OpStatus MakeEmbeddingBuckets(const int32_t* ids, int64_t rows, int64_t vocab,
+                              EmbeddingBuckets* buckets);
+//   dout [rows, dim] of `dtype`; dtable [vocab, dim] fp32; order [rows], starts [buckets + 1],
+//   bucket_ids [buckets]: an EmbeddingBuckets' arrays, copied to the device.
+struct EmbeddingBackwardParams {
+  const void* dout = nullptr;
+  float* dtable = nullptr;
+  const int32_t* order = nullptr;
+  const int32_t* starts = nullptr;
+  const int32_t* bucket_ids = nullptr;
+  int64_t buckets = 0;
+  DType dtype = DType::kFloat32;
+  int64_t rows = 0;
+  int64_t vocab = 0;
+  int64_t dim = 0;
+};
+OpStatus CanImplement(const EmbeddingBackwardParams& p);
+OpStatus EmbeddingBackward(const EmbeddingBackwardParams& p, cudaStream_t stream);
+
+// Fused softmax cross-entropy forward and backward over a chunk of rows (the model cuts the LM
+// head into row chunks, so no full [tokens, vocab] buffer exists), one block per row:
+//   lse[r] = logsumexp(logits[r]) from online-softmax states merged in a fixed tree;
+//   losses[r] = lse[r] - logits[r, labels[r]], 0 for ignore_index rows;
+//   dlogits[r] = (softmax(logits[r]) - onehot) * grad_scale, 0 for ignored rows (OVERWRITES;
+//     may alias logits: in place, so no second copy of the logits is ever held);
+//   loss_sum (device double, optional) = sum of losses in row order, num_valid (device int64,
+//     optional) = rows not ignored.
+// A label outside [0, vocab) that is not ignore_index gives NaN loss and gradients (device
+// memory: not checkable before the launch).
+//   logits, dlogits [rows, vocab] of `dtype`; labels [rows] int32; losses, lse [rows] fp32.
+struct CrossEntropyParams {
+  const void* logits = nullptr;
+  const int32_t* labels = nullptr;
+  float* losses = nullptr;
+  float* lse = nullptr;
+  void* dlogits = nullptr;  // optional
+  double* loss_sum = nullptr;
+  int64_t* num_valid = nullptr;
+  float grad_scale = 1.0f;
+  int32_t ignore_index = -100;
+  DType dtype = DType::kFloat32;
+  int64_t rows = 0;
+  int64_t vocab = 0;
+};
+OpStatus CanImplement(const CrossEntropyParams& p);
+OpStatus CrossEntropy(const CrossEntropyParams& p, cudaStream_t stream);
 
 // AdamW on fp32 master weights and moments (torch.optim.AdamW's arithmetic, element_math.h),
 // optionally writing the bf16 working copy of the updated weights.

@@ -175,6 +175,91 @@ TEST(CudaKernelsTest, RopeTablesRotateAsTheCpuBackend) {
   }
 }
 
+TEST(CudaKernelsTest, EmbeddingBucketsGiveTheCpuBackendsSumsBitForBit) {
+  const int64_t rows = 300, vocab = 50, dim = 17;
+  std::vector<int32_t> ids(rows);
+  for (int64_t r = 0; r < rows; ++r) ids[r] = static_cast<int32_t>((r * r * 7 + 3) % 23);
+  EmbeddingBuckets b;
+  ASSERT_TRUE(MakeEmbeddingBuckets(ids.data(), rows, vocab, &b).ok());
+  ASSERT_EQ(b.starts.size(), b.ids.size() + 1);
+  ASSERT_EQ(b.order.size(), static_cast<size_t>(rows));
+  for (size_t k = 0; k < b.ids.size(); ++k) {
+    if (k > 0) {
+      EXPECT_LT(b.ids[k - 1], b.ids[k]);
+    }
+    for (int32_t i = b.starts[k]; i < b.starts[k + 1]; ++i) {
+      EXPECT_EQ(ids[b.order[i]], b.ids[k]);
+      if (i > b.starts[k]) {
+        EXPECT_LT(b.order[i - 1], b.order[i]);  // rows ascending
+      }
+    }
+  }
+  // The kernel's loop, run here: per bucket and column, from the value already in dtable.
+  const std::vector<float> dout = testing::RandomFloats(rows * dim, 21);
+  std::vector<float> cpu = testing::RandomFloats(vocab * dim, 22), gpu_loop = cpu;
+  ASSERT_TRUE(
+      CpuBackend().EmbeddingBackward(ids.data(), dout.data(), cpu.data(), rows, vocab, dim).ok());
+  for (size_t k = 0; k < b.ids.size(); ++k) {
+    for (int64_t j = 0; j < dim; ++j) {
+      float acc = gpu_loop[b.ids[k] * dim + j];
+      for (int32_t i = b.starts[k]; i < b.starts[k + 1]; ++i) acc += dout[b.order[i] * dim + j];
+      gpu_loop[b.ids[k] * dim + j] = acc;
+    }
+  }
+  EXPECT_EQ(cpu, gpu_loop);
+
+  ids[7] = static_cast<int32_t>(vocab);
+  EXPECT_THAT(MakeEmbeddingBuckets(ids.data(), rows, vocab, &b).message(),
+              HasSubstr("id 50 at row 7 is outside [0, 50)"));
+  ids[7] = -1;
+  EXPECT_THAT(MakeEmbeddingBuckets(ids.data(), rows, vocab, &b).message(), HasSubstr("row 7"));
+  ASSERT_TRUE(MakeEmbeddingBuckets(nullptr, 0, vocab, &b).ok());
+  EXPECT_TRUE(b.order.empty());
+  EXPECT_EQ(b.starts, std::vector<int32_t>{0});
+}
+
+TEST(CudaKernelsTest, EmbeddingAndCrossEntropyRefuseBadParams) {
+  auto embedding_backward = [](const EmbeddingBackwardParams& p, cudaStream_t s) {
+    return EmbeddingBackward(p, s);
+  };
+  EXPECT_THAT(ErrorOf(EmbeddingBackwardParams{.dout = Fake(),
+                                              .dtable = static_cast<float*>(Fake(2)),
+                                              .order = static_cast<int32_t*>(Fake(3)),
+                                              .starts = static_cast<int32_t*>(Fake(4)),
+                                              .bucket_ids = static_cast<int32_t*>(Fake(5)),
+                                              .buckets = 0,
+                                              .rows = 4,
+                                              .vocab = 10,
+                                              .dim = 8},
+                      embedding_backward),
+              HasSubstr("buckets must be in [1, rows]"));
+  auto embedding = [](const EmbeddingParams& p, cudaStream_t s) { return EmbeddingForward(p, s); };
+  EXPECT_THAT(ErrorOf(EmbeddingParams{.ids = static_cast<int32_t*>(Fake()),
+                                      .table = Fake(2),
+                                      .out = Fake(3),
+                                      .rows = 4,
+                                      .vocab = 0,
+                                      .dim = 8},
+                      embedding),
+              HasSubstr("vocab and dim must be > 0"));
+  auto cross_entropy = [](const CrossEntropyParams& p, cudaStream_t s) {
+    return CrossEntropy(p, s);
+  };
+  const CrossEntropyParams good{.logits = Fake(),
+                                .labels = static_cast<int32_t*>(Fake(2)),
+                                .losses = static_cast<float*>(Fake(3)),
+                                .lse = static_cast<float*>(Fake(4)),
+                                .rows = 3,
+                                .vocab = 151936};
+  EXPECT_TRUE(CanImplement(good).ok());
+  CrossEntropyParams bad = good;
+  bad.grad_scale = INFINITY;
+  EXPECT_THAT(ErrorOf(bad, cross_entropy), HasSubstr("grad_scale"));
+  bad = good;
+  bad.lse = nullptr;
+  EXPECT_THAT(ErrorOf(bad, cross_entropy), HasSubstr("CrossEntropy: lse is null"));
+}
+
 TEST(CudaKernelsTest, SumSquaresScratchAndItsCheck) {
   const int64_t sizes[] = {0, 1, kSumSquaresBlock, kSumSquaresBlock + 1, 3 * kSumSquaresBlock};
   EXPECT_EQ(SumSquaresScratch(sizes, 5), 0 + 1 + 1 + 2 + 3);

@@ -74,6 +74,22 @@ __device__ Acc BlockSum(Acc value, Acc* scratch) {
   return sum;
 }
 
+// BlockSum with any associative `op` (e.g. merging online-softmax states): the same fixed tree.
+template <typename V, typename Op>
+__device__ V BlockReduce(V value, V* scratch, Op op) {
+  scratch[threadIdx.x] = value;
+  __syncthreads();
+  for (int stride = kThreads / 2; stride > 0; stride /= 2) {
+    if (static_cast<int>(threadIdx.x) < stride) {
+      scratch[threadIdx.x] = op(scratch[threadIdx.x], scratch[threadIdx.x + stride]);
+    }
+    __syncthreads();
+  }
+  const V result = scratch[0];
+  __syncthreads();
+  return result;
+}
+
 }  // namespace qtrain::kernels::cuda
 
 #endif  // QTRAIN_KERNELS_CUDA_LAUNCH_CUH_
