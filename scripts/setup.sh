@@ -64,6 +64,31 @@ if [ ${#python_missing[@]} -gt 0 ]; then
     "${python_missing[@]}"
 fi
 
+# The cuDNN frontend's C++ headers (header-only; the cuDNN attention graphs of kernels/cuda) from
+# PyPI's wheel, into the ignored third_party/cudnn_frontend. Only where a CUDA toolkit is.
+cudnn_frontend_version=1.32.0
+cudnn_frontend_dir="$(cd "$(dirname "$0")/.." && pwd)/third_party/cudnn_frontend"
+if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then
+  if [ "$(cat "$cudnn_frontend_dir/VERSION" 2>/dev/null)" != "$cudnn_frontend_version" ]; then
+    echo "setup: fetching the cuDNN frontend $cudnn_frontend_version headers" >&2
+    tmp=$(mktemp -d)
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps -d "$tmp" \
+      "nvidia-cudnn-frontend==$cudnn_frontend_version"
+    python3 - "$tmp" "$cudnn_frontend_dir" <<'PY'
+import glob, os, shutil, sys, zipfile
+tmp, dest = sys.argv[1], sys.argv[2]
+wheel = glob.glob(os.path.join(tmp, "*.whl"))[0]
+shutil.rmtree(dest, ignore_errors=True)
+with zipfile.ZipFile(wheel) as z:
+    for name in z.namelist():
+        if name.startswith("include/"):
+            z.extract(name, dest)
+PY
+    echo "$cudnn_frontend_version" > "$cudnn_frontend_dir/VERSION"
+    rm -rf "$tmp"
+  fi
+fi
+
 # kubectl (with its built-in kustomize) renders the manifests in tests/deploy; Debian 12 has no
 # package of it, so it must come with the machine.
 command -v kubectl >/dev/null || echo "setup: kubectl is not installed; the manifest checks will fail" >&2
