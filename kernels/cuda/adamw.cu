@@ -34,10 +34,10 @@ OpStatus CanImplement(const AdamWParams& p) {
     return OpStatus::Error("AdamWStep: lr, eps and weight_decay must be >= 0");
   }
   if (p.n == 0) return OpStatus::Ok();
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "param", p.param));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "grad", p.grad));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "m", p.m));
-  return CheckPointer(kKernel, "v", p.v);
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "param", p.param));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "grad", p.grad));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "m", p.m));
+  return CheckNotNull(kKernel, "v", p.v);
 }
 
 OpStatus AdamWStep(const AdamWParams& p, cudaStream_t stream) {

@@ -21,8 +21,8 @@ OpStatus CanImplement(const CastParams& p) {
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckDType(kKernel, p.in_dtype));
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckDType(kKernel, p.out_dtype));
   if (p.n == 0) return OpStatus::Ok();
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "in", p.in));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "out", p.out));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "in", p.in));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "out", p.out));
   if (p.in == p.out && p.in_dtype != p.out_dtype) {
     return OpStatus::Error("Cast: in place only without a dtype change");
   }

@@ -86,10 +86,10 @@ OpStatus CanImplement(const CrossEntropyParams& p) {
   if (!std::isfinite(p.grad_scale))
     return OpStatus::Error("CrossEntropy: grad_scale is not finite");
   if (p.rows == 0) return OpStatus::Ok();
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "logits", p.logits));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "labels", p.labels));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "losses", p.losses));
-  return CheckPointer(kKernel, "lse", p.lse);
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "logits", p.logits));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "labels", p.labels));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "losses", p.losses));
+  return CheckNotNull(kKernel, "lse", p.lse);
 }
 
 OpStatus CrossEntropy(const CrossEntropyParams& p, cudaStream_t stream) {

@@ -60,8 +60,8 @@ OpStatus MakeEmbeddingBuckets(const int32_t* ids, int64_t rows, int64_t vocab,
                               EmbeddingBuckets* buckets) {
   QTRAIN_KERNEL_RETURN_IF_ERROR(
       CheckSizes("MakeEmbeddingBuckets", DType::kFloat32, rows, vocab, 1));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer("MakeEmbeddingBuckets", "buckets", buckets));
-  if (rows > 0) QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer("MakeEmbeddingBuckets", "ids", ids));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("MakeEmbeddingBuckets", "buckets", buckets));
+  if (rows > 0) QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("MakeEmbeddingBuckets", "ids", ids));
   for (int64_t r = 0; r < rows; ++r) {
     if (ids[r] < 0 || ids[r] >= vocab) {
       return OpStatus::Error("MakeEmbeddingBuckets: id " + std::to_string(ids[r]) + " at row " +
@@ -89,9 +89,9 @@ OpStatus CanImplement(const EmbeddingParams& p) {
   constexpr const char* kKernel = "EmbeddingForward";
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckSizes(kKernel, p.dtype, p.rows, p.vocab, p.dim));
   if (p.rows == 0) return OpStatus::Ok();
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "ids", p.ids));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "table", p.table));
-  return CheckPointer(kKernel, "out", p.out);
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "ids", p.ids));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "table", p.table));
+  return CheckNotNull(kKernel, "out", p.out);
 }
 
 OpStatus EmbeddingForward(const EmbeddingParams& p, cudaStream_t stream) {
@@ -113,11 +113,11 @@ OpStatus CanImplement(const EmbeddingBackwardParams& p) {
                            std::to_string(p.buckets) + " for " + std::to_string(p.rows) + " rows)");
   }
   if (p.rows == 0) return OpStatus::Ok();
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "dout", p.dout));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "dtable", p.dtable));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "order", p.order));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "starts", p.starts));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "bucket_ids", p.bucket_ids));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "dout", p.dout));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "dtable", p.dtable));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "order", p.order));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "starts", p.starts));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "bucket_ids", p.bucket_ids));
   const int64_t column_blocks = (p.dim + kThreads - 1) / kThreads;
   if (column_blocks > 65535) return OpStatus::Error("EmbeddingBackward: dim is too large");
   return OpStatus::Ok();

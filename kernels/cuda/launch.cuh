@@ -1,5 +1,5 @@
 // Shared by the .cu files: dtype dispatch, launch sizes, a deterministic block sum, and the
-// common checks of the launchers' params.
+// common checks of the launchers' params (the null check is the CPU ops').
 #ifndef QTRAIN_KERNELS_CUDA_LAUNCH_CUH_
 #define QTRAIN_KERNELS_CUDA_LAUNCH_CUH_
 
@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 
+#include "kernels/cpu/validate.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/element_math.h"
 
@@ -42,10 +43,8 @@ inline OpStatus CheckN(const char* kernel, const char* name, int64_t n) {
   return OpStatus::Ok();
 }
 
-inline OpStatus CheckPointer(const char* kernel, const char* name, const void* p) {
-  if (p == nullptr) return OpStatus::Error(std::string(kernel) + ": " + name + " is null");
-  return OpStatus::Ok();
-}
+// The CPU ops' null check ("<kernel>: <name> is null").
+using cpu::CheckNotNull;
 
 inline OpStatus CheckDType(const char* kernel, DType dtype) {
   if (dtype != DType::kFloat32 && dtype != DType::kBfloat16) {

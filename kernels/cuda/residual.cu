@@ -31,9 +31,9 @@ OpStatus CanImplement(const ResidualParams& p) {
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckN(kKernel, "n", p.n));
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckDType(kKernel, p.dtype));
   if (p.n == 0) return OpStatus::Ok();
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "a", p.a));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "b", p.b));
-  return CheckPointer(kKernel, "out", p.out);
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "a", p.a));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "b", p.b));
+  return CheckNotNull(kKernel, "out", p.out);
 }
 
 OpStatus ResidualForward(const ResidualParams& p, cudaStream_t stream) {
@@ -52,7 +52,7 @@ OpStatus CanImplement(const ResidualBackwardParams& p) {
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckN(kKernel, "n", p.n));
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckDType(kKernel, p.dtype));
   if (p.n == 0) return OpStatus::Ok();
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "dout", p.dout));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "dout", p.dout));
   if (p.da == p.dout || p.db == p.dout) {
     return OpStatus::Error("ResidualBackward: da and db must not alias dout");
   }

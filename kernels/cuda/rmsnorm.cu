@@ -86,10 +86,10 @@ OpStatus CanImplement(const RmsNormParams& p) {
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckShape(kKernel, p.dtype, p.rows, p.dim));
   if (!(p.eps >= 0.0f)) return OpStatus::Error("RmsNormForward: eps must be >= 0");
   if (p.rows == 0) return OpStatus::Ok();
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "x", p.x));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "weight", p.weight));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "out", p.out));
-  return CheckPointer(kKernel, "rstd", p.rstd);
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "x", p.x));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "weight", p.weight));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "out", p.out));
+  return CheckNotNull(kKernel, "rstd", p.rstd);
 }
 
 OpStatus RmsNormForward(const RmsNormParams& p, cudaStream_t stream) {
@@ -108,10 +108,10 @@ OpStatus CanImplement(const RmsNormBackwardParams& p) {
   constexpr const char* kKernel = "RmsNormBackward";
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckShape(kKernel, p.dtype, p.rows, p.dim));
   if (p.rows == 0) return OpStatus::Ok();
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "dout", p.dout));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "x", p.x));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "weight", p.weight));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "rstd", p.rstd));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "dout", p.dout));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "x", p.x));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "weight", p.weight));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "rstd", p.rstd));
   if (p.dx != nullptr && (p.dx == p.dout || p.dx == p.x)) {
     return OpStatus::Error("RmsNormBackward: dx must not alias dout or x (it accumulates)");
   }

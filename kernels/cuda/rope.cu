@@ -64,10 +64,10 @@ OpStatus CanImplement(const RopeParams& p) {
     return OpStatus::Error("Rope: head_dim must be even, got " + std::to_string(p.head_dim));
   }
   if (p.seq_len == 0) return OpStatus::Ok();
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "in", p.in));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "out", p.out));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "cos_table", p.cos_table));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "sin_table", p.sin_table));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "in", p.in));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "out", p.out));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "cos_table", p.cos_table));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "sin_table", p.sin_table));
   if (p.positions == nullptr && p.past_len + p.seq_len > p.table_rows) {
     return OpStatus::Error("Rope: positions up to " + std::to_string(p.past_len + p.seq_len - 1) +
                            " need tables of that many rows, not " + std::to_string(p.table_rows));

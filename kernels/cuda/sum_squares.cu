@@ -45,10 +45,10 @@ int64_t SumSquaresScratch(const int64_t* sizes, int64_t count) {
 OpStatus CanImplement(const SumSquaresParams& p) {
   constexpr const char* kKernel = "SumOfSquares";
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckN(kKernel, "count", p.count));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "sum_squares", p.sum_squares));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "sum_squares", p.sum_squares));
   if (p.count == 0) return OpStatus::Ok();
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "tensors", p.tensors));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "sizes", p.sizes));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "tensors", p.tensors));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "sizes", p.sizes));
   for (int64_t t = 0; t < p.count; ++t) {
     if (p.sizes[t] < 0 || (p.sizes[t] > 0 && p.tensors[t] == nullptr)) {
       return OpStatus::Error("SumOfSquares: tensor " + std::to_string(t) +
@@ -59,7 +59,7 @@ OpStatus CanImplement(const SumSquaresParams& p) {
     }
   }
   const int64_t needed = SumSquaresScratch(p.sizes, p.count);
-  if (needed > 0) QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "partials", p.partials));
+  if (needed > 0) QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "partials", p.partials));
   if (p.partials_capacity < needed) {
     return OpStatus::Error("SumOfSquares: partials holds " + std::to_string(p.partials_capacity) +
                            " doubles, " + std::to_string(needed) + " needed");

@@ -32,9 +32,9 @@ OpStatus CanImplement(const SwigluParams& p) {
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckN(kKernel, "n", p.n));
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckDType(kKernel, p.dtype));
   if (p.n == 0) return OpStatus::Ok();
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "gate", p.gate));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "up", p.up));
-  return CheckPointer(kKernel, "out", p.out);
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "gate", p.gate));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "up", p.up));
+  return CheckNotNull(kKernel, "out", p.out);
 }
 
 OpStatus SwigluForward(const SwigluParams& p, cudaStream_t stream) {
@@ -53,9 +53,9 @@ OpStatus CanImplement(const SwigluBackwardParams& p) {
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckN(kKernel, "n", p.n));
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckDType(kKernel, p.dtype));
   if (p.n == 0) return OpStatus::Ok();
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "dout", p.dout));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "gate", p.gate));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPointer(kKernel, "up", p.up));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "dout", p.dout));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "gate", p.gate));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "up", p.up));
   if (p.dgate != nullptr && p.dgate == p.dup) {
     return OpStatus::Error("SwigluBackward: dgate and dup must be different buffers");
   }
