@@ -261,6 +261,24 @@ struct SumSquaresParams {
 OpStatus CanImplement(const SumSquaresParams& p);
 OpStatus SumOfSquares(const SumSquaresParams& p, cudaStream_t stream);
 
+// The deterministic sum of a data-parallel group's contributions (the NCCL communicator's
+// reduce-scatter): out[i] = TreeSumStrided(rows + i, row_stride, count) (element_math.h), the
+// TreeSum order of worker/comm/tree_sum.h over the rows in order, so every W that splits a step
+// evenly gives the same bits as the CPU collectives.
+//   rows [count][row_stride] (the first n of each row are read), out [n]; out may be row 0's
+//   first n elements or outside rows, not another part of rows.
+enum class SumDType { kFloat32, kFloat64 };
+struct TreeSumRowsParams {
+  const void* rows = nullptr;
+  int64_t row_stride = 0;
+  int count = 0;
+  void* out = nullptr;
+  int64_t n = 0;
+  SumDType dtype = SumDType::kFloat32;
+};
+OpStatus CanImplement(const TreeSumRowsParams& p);
+OpStatus TreeSumRows(const TreeSumRowsParams& p, cudaStream_t stream);
+
 }  // namespace qtrain::kernels::cuda
 
 #endif  // QTRAIN_KERNELS_CUDA_CUDA_KERNELS_H_

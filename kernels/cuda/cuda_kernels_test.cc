@@ -287,5 +287,43 @@ TEST(CudaKernelsTest, CudaErrorsAreNamed) {
   EXPECT_EQ(DTypeBytes(DType::kFloat32), 4u);
 }
 
+TEST(CudaKernelsTest, TreeSumRowsRefusesBadRowsAndOverlaps) {
+  auto sum = [](const TreeSumRowsParams& p, cudaStream_t s) { return TreeSumRows(p, s); };
+  const TreeSumRowsParams good{
+      .rows = Fake(1), .row_stride = 16, .count = 4, .out = Fake(1000), .n = 16};
+  EXPECT_TRUE(CanImplement(good).ok()) << CanImplement(good).message();
+  TreeSumRowsParams p = good;
+  p.count = 0;
+  EXPECT_THAT(ErrorOf(p, sum), HasSubstr("TreeSumRows: count must be in [1, "));
+  p = good;
+  p.row_stride = 15;
+  EXPECT_THAT(ErrorOf(p, sum), HasSubstr("row_stride 15 is less than n 16"));
+  p = good;
+  p.n = -1;
+  EXPECT_THAT(ErrorOf(p, sum), HasSubstr("n must be >= 0"));
+  p = good;
+  p.dtype = static_cast<SumDType>(5);
+  EXPECT_THAT(ErrorOf(p, sum), HasSubstr("dtype must be fp32 or fp64"));
+  p = good;
+  p.out = nullptr;
+  EXPECT_THAT(ErrorOf(p, sum), HasSubstr("TreeSumRows: out is null"));
+  // Out at row 0 is allowed; inside a later row, or straddling row 0's end, it is not.
+  p = good;
+  p.out = Fake(1);
+  EXPECT_TRUE(CanImplement(p).ok());
+  p.out = static_cast<char*>(Fake(1)) + 16 * sizeof(float);
+  EXPECT_THAT(ErrorOf(p, sum), HasSubstr("out overlaps rows"));
+  p.out = static_cast<char*>(Fake(1)) + 4;
+  EXPECT_THAT(ErrorOf(p, sum), HasSubstr("out overlaps rows"));
+  // fp64 rows are twice as long: an out just past the fp32 rows' end overlaps the fp64 ones.
+  p = good;
+  p.out = static_cast<char*>(Fake(1)) + 4 * 16 * sizeof(float);
+  EXPECT_TRUE(CanImplement(p).ok());
+  p.dtype = SumDType::kFloat64;
+  EXPECT_THAT(ErrorOf(p, sum), HasSubstr("out overlaps rows"));
+  // Nothing to sum: no pointers needed.
+  EXPECT_TRUE(sum(TreeSumRowsParams{.count = 3, .n = 0}, nullptr).ok());
+}
+
 }  // namespace
 }  // namespace qtrain::kernels::cuda

@@ -12,8 +12,10 @@
 
 #if defined(__CUDACC__)
 #define QTRAIN_HD __host__ __device__ __forceinline__
+#define QTRAIN_UNROLL _Pragma("unroll")
 #else
 #define QTRAIN_HD inline
+#define QTRAIN_UNROLL
 #endif
 
 namespace qtrain::kernels::math {
@@ -182,6 +184,45 @@ QTRAIN_HD float SoftmaxLse(SoftmaxState s) { return s.max + std::log(s.sum); }
 // Cross-entropy gradient of one logit: (softmax - onehot) * grad_scale.
 QTRAIN_HD float CrossEntropyGrad(float logit, float lse, bool is_label, float grad_scale) {
   return (std::exp(logit - lse) - (is_label ? 1.0f : 0.0f)) * grad_scale;
+}
+
+
+// The gradient reduction's summation order (worker/comm/tree_sum.h, TreeSumOf) over count
+// values at values[0], values[stride], ..., values[(count - 1) * stride]: a binary counter over
+// the values in order, then the leftover partials folded from the smallest. count < 2^31.
+//
+// partial[level] holds the sum of the latest complete subtree of 2^level values, present while
+// bit `level` of the number of values added is set. The loops over the levels have a constant
+// trip count and are unrolled on the device, so partial[] lives in registers (no local memory:
+// check_cuda_objects.sh fails a kernel with any).
+template <typename T>
+QTRAIN_HD T TreeSumStrided(const T* values, int64_t stride, int count) {
+  constexpr int kLevels = 31;
+  T partial[kLevels] = {};
+  for (int k = 0; k < count; ++k) {
+    T carry = values[k * stride];
+    bool placed = false;
+    QTRAIN_UNROLL
+    for (int level = 0; level < kLevels; ++level) {
+      if (placed) continue;
+      if ((k >> level) & 1) {
+        carry = partial[level] + carry;  // earlier + later
+      } else {
+        partial[level] = carry;
+        placed = true;
+      }
+    }
+  }
+  T acc{};
+  bool have = false;
+  QTRAIN_UNROLL
+  for (int level = 0; level < kLevels; ++level) {
+    if ((count >> level) & 1) {
+      acc = have ? partial[level] + acc : partial[level];
+      have = true;
+    }
+  }
+  return acc;
 }
 
 }  // namespace qtrain::kernels::math

@@ -512,6 +512,31 @@ void CheckSumOfSquares() {
          0.0);
 }
 
+// TreeSumRows (the NCCL communicator's sum): bit for bit the host's TreeSumStrided, which
+// comm_test checks against worker/comm/tree_sum.h's TreeSumOf.
+void CheckTreeSumRows(int count, int64_t n, int64_t stride) {
+  const std::vector<float> rows = Random(count * stride, 30 + count, -1e3f, 1e3f);
+  Buffer d_rows(rows, DType::kFloat32), out(n, DType::kFloat32);
+  const std::string what = "TreeSumRows " + std::to_string(count) + " rows n=" +
+                           std::to_string(n) + " (bitwise)";
+  if (!Launched(what, TreeSumRows({.rows = d_rows.get(),
+                                   .row_stride = stride,
+                                   .count = count,
+                                   .out = out.get(),
+                                   .n = n,
+                                   .dtype = SumDType::kFloat32},
+                                  nullptr))) {
+    return;
+  }
+  const std::vector<float> got = out.Download();
+  int64_t differ = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float want = math::TreeSumStrided(rows.data() + i, stride, count);
+    if (std::memcmp(&want, &got[i], sizeof(float)) != 0) ++differ;
+  }
+  Report(what, static_cast<double>(differ), 0.0);
+}
+
 }  // namespace
 }  // namespace qtrain::kernels::cuda
 
@@ -529,6 +554,9 @@ int main() {
   CheckCast(1 << 20);
   CheckSumOfSquares();
   CheckAdamW(1000003);
+  CheckTreeSumRows(1, 1000, 1000);
+  CheckTreeSumRows(7, (1 << 20) + 3, (1 << 20) + 5);
+  CheckTreeSumRows(8, 4096, 4096);
   for (DType dtype : {DType::kFloat32, DType::kBfloat16}) {
     CheckResidual(1 << 20, dtype);
     CheckResidual(257, dtype);

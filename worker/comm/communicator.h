@@ -42,7 +42,8 @@ class Communicator {
 
   virtual int rank() const = 0;
   virtual int world_size() const = 0;
-  // "local" (W = 1, no transport), "gloo", "in-process" (threads of one process, tests).
+  // "local" (W = 1, no transport), "gloo", "nccl" (device memory: nccl_communicator.h),
+  // "in-process" (threads of one process, tests).
   virtual std::string_view backend() const = 0;
 
   // Returns when every rank has called it.

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/cuda/element_math.h"
 
 namespace qtrain::comm {
 namespace {
@@ -77,6 +78,25 @@ TEST(TreeSumTest, AccumulatorRefusesLeavesOfAnotherSize) {
   std::vector<double> wrong(5);
   EXPECT_EQ(acc.Add(wrong).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(acc.Finish(wrong).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// The NCCL communicator's TreeSumRows kernel sums with math::TreeSumStrided: it must be
+// TreeSumOf bit for bit, for every count (the rank counts of a group) and row stride.
+TEST(TreeSumTest, StridedKernelMathIsTreeSumOf) {
+  for (int count : {1, 2, 3, 4, 5, 7, 8, 9, 16, 31, 33, 64, 100}) {
+    for (int64_t stride : {1, 3, 1024}) {
+      const std::vector<float> values =
+          RandomValues(static_cast<size_t>(count * stride), 1000u + count);
+      std::vector<float> column(static_cast<size_t>(count));
+      for (int k = 0; k < count; ++k) column[k] = values[static_cast<size_t>(k * stride)];
+      EXPECT_TRUE(SameBits(kernels::math::TreeSumStrided(values.data(), stride, count),
+                           TreeSumOf<float>(column)))
+          << count << " rows, stride " << stride;
+    }
+  }
+  const std::vector<double> doubles = {1e300, 1.0, -1e300, 2.0, 0.5};
+  EXPECT_EQ(kernels::math::TreeSumStrided(doubles.data(), 1, 5), TreeSumOf<double>(doubles));
+  EXPECT_EQ(kernels::math::TreeSumStrided(doubles.data(), 1, 0), 0.0);
 }
 
 }  // namespace
