@@ -11,6 +11,8 @@ python_packages=(
   "grafana-foundation-sdk==1769699379!11.6.0"  # the Grafana 11 dashboard model
   cloudcoil-models-prometheus-operator==0.80.1.0  # the prometheus-operator CRD types
   jsonschema PyYAML
+  numpy                                  # the float64 references of tests/parity (Debian's
+                                         # python3-numpy serves only Debian's own python3)
   nvidia-cuda-cuobjdump==13.5.37         # cuobjdump, which some toolkit installs lack: the
                                          # check of the CUDA kernels' machine code (kernels/cuda)
 )

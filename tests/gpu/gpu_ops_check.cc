@@ -20,6 +20,7 @@
 
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/element_math.h"
+#include "kernels/cuda/gemm_lt.h"
 #include "kernels/reference/reference_ops.h"
 
 namespace qtrain::kernels::cuda {
@@ -537,6 +538,80 @@ void CheckTreeSumRows(int count, int64_t n, int64_t stride) {
   Report(what, static_cast<double>(differ), 0.0);
 }
 
+// One cuBLASLt GEMM (gemm_lt.h) against the float64 row-major definition, run twice: the same
+// plan must give the same bits.
+void CheckGemm(GemmPlans& plans, const GemmShape& s) {
+  const std::string what = "Gemm " + GemmShapeName(s);
+  const int64_t m = s.m, n = s.n, k = s.k;
+  const std::vector<float> a = Representable(Random(m * k, 40), s.ab_dtype);
+  const std::vector<float> b = Representable(Random(k * n, 41), s.ab_dtype);
+  const std::vector<float> c0 = Representable(Random(m * n, 42), s.c_dtype);
+  const int64_t bias_size = s.epilogue == GemmEpilogue::kBias ? n : m;
+  const std::vector<float> bias = Representable(Random(bias_size, 43), s.bias_dtype);
+  auto op_a = [&](int64_t i, int64_t p) { return double{s.transpose_a ? a[p * m + i] : a[i * k + p]}; };
+  auto op_b = [&](int64_t p, int64_t j) { return double{s.transpose_b ? b[j * k + p] : b[p * n + j]}; };
+  std::vector<double> want(m * n), want_bias_grad(m, 0.0);
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      double sum = s.accumulate ? c0[i * n + j] : 0.0;
+      for (int64_t p = 0; p < k; ++p) sum += op_a(i, p) * op_b(p, j);
+      if (s.epilogue == GemmEpilogue::kBias) sum += bias[j];
+      want[i * n + j] = sum;
+    }
+    for (int64_t p = 0; p < k; ++p) want_bias_grad[i] += op_a(i, p);
+  }
+  Buffer da(a, s.ab_dtype), db(b, s.ab_dtype), dbias(bias, s.bias_dtype);
+  std::vector<float> first;
+  for (int run = 0; run < 2; ++run) {
+    Buffer dc(c0, s.c_dtype);
+    if (s.epilogue == GemmEpilogue::kBiasGradA) dbias.Poison();
+    if (!Launched(what, plans.Run(s, {.a = da.get(), .b = db.get(), .c = dc.get(),
+                                      .bias = s.epilogue == GemmEpilogue::kNone ? nullptr
+                                                                                : dbias.get()},
+                                  nullptr))) {
+      return;
+    }
+    if (run == 0) {
+      first = dc.Download();
+      const double tolerance = s.c_dtype == DType::kBfloat16 ? 1.6e-2 : 1e-5;
+      Report(what, RelError(first, want), tolerance);
+      if (s.epilogue == GemmEpilogue::kBiasGradA) {
+        Report(what + " (bias grad)", RelError(dbias.Download(), want_bias_grad),
+               s.bias_dtype == DType::kBfloat16 ? 1.6e-2 : 1e-5);
+      }
+    } else {
+      Report(what + " bitwise rerun",
+             std::memcmp(first.data(), dc.Download().data(), first.size() * sizeof(float)) == 0
+                 ? 0.0
+                 : 1.0,
+             0.0);
+    }
+  }
+}
+
+void CheckGemms() {
+  std::unique_ptr<GemmPlans> plans;
+  const OpStatus created = GemmPlans::Create(0, &plans);
+  if (!created.ok()) {
+    Fail("GemmPlans::Create", created.message());
+    return;
+  }
+  // The 0.5B model's q projection (with bias), its dX, the MLP's dW (accumulated in fp32), a
+  // bias gradient, odd sizes, and fp32.
+  CheckGemm(*plans, {.m = 512, .n = 896, .k = 896, .transpose_b = true,
+                     .epilogue = GemmEpilogue::kBias, .bias_dtype = DType::kBfloat16});
+  CheckGemm(*plans, {.m = 512, .n = 896, .k = 4864});
+  CheckGemm(*plans, {.m = 4864, .n = 896, .k = 512, .transpose_a = true,
+                     .c_dtype = DType::kFloat32, .accumulate = true});
+  CheckGemm(*plans, {.m = 128, .n = 896, .k = 512, .transpose_a = true,
+                     .c_dtype = DType::kFloat32, .epilogue = GemmEpilogue::kBiasGradA});
+  CheckGemm(*plans, {.m = 24, .n = 40, .k = 56, .transpose_b = true});
+  CheckGemm(*plans, {.m = 64, .n = 48, .k = 32, .ab_dtype = DType::kFloat32,
+                     .c_dtype = DType::kFloat32});
+  std::printf("     GEMM plans chosen: %lld, workspace %zu MiB\n",
+              static_cast<long long>(plans->plans()), plans->workspace_bytes() >> 20);
+}
+
 }  // namespace
 }  // namespace qtrain::kernels::cuda
 
@@ -557,6 +632,7 @@ int main() {
   CheckTreeSumRows(1, 1000, 1000);
   CheckTreeSumRows(7, (1 << 20) + 3, (1 << 20) + 5);
   CheckTreeSumRows(8, 4096, 4096);
+  CheckGemms();
   for (DType dtype : {DType::kFloat32, DType::kBfloat16}) {
     CheckResidual(1 << 20, dtype);
     CheckResidual(257, dtype);

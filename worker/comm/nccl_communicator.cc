@@ -403,8 +403,9 @@ class NcclCommunicatorImpl final : public Communicator {
           return absl::CancelledError("collectives: the communicator was aborted");
         }
         ncclResult_t state = ncclSuccess;
-        if (ncclCommGetAsyncError(comm_, &state) != ncclSuccess ||
-            (state != ncclSuccess && state != ncclInProgress)) {
+        const ncclResult_t query = ncclCommGetAsyncError(comm_, &state);
+        if (query != ncclSuccess) return NcclError(query, "state");
+        if (state != ncclSuccess && state != ncclInProgress) {
           return NcclError(state, "asynchronous error");
         }
       }
