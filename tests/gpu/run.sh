@@ -6,7 +6,8 @@
 #
 # What it checks today: (a) every CUDA kernel of kernels/cuda, forward and backward, against the
 # float64 reference on fresh random inputs at several shapes, fp32 and bf16, outputs poisoned
-# with NaN, plus bitwise reruns of the deterministic kernels (gpu_ops_check). Not yet: the whole
+# with NaN, plus bitwise reruns of the deterministic kernels, and the cuBLASLt GEMMs against the
+# float64 product with bitwise reruns of their kept plans (gpu_ops_check). Not yet: the whole
 # model's loss and gradients against the CPU, a training run, throughput and MFU, and the
 # transformers + torch.compile peer (the CUDA backend they need does not exist yet).
 set -euo pipefail
@@ -39,7 +40,7 @@ echo
 echo "| check | result |"
 echo "| --- | --- |"
 echo "| build (sm_$arch) | $((built - start)) s |"
-echo "| (a) kernels vs reference | $(tail -1 "$out/ops.txt") |"
+echo "| (a) kernels and GEMMs vs reference | $(tail -1 "$out/ops.txt") |"
 echo "| (b)-(e) model, training, throughput, peer | not written yet |"
 echo "| total | $((end - start)) s |"
 exit $status

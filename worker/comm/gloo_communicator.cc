@@ -37,6 +37,7 @@
 #include "gloo/transport/unbound_buffer.h"
 #include "worker/comm/gloo_peer_watch.h"
 #include "worker/comm/gloo_store.h"
+#include "worker/comm/collective_op.h"
 #include "worker/comm/tree_sum.h"
 
 namespace qtrain::comm {
@@ -49,36 +50,6 @@ constexpr int64_t kChunkElements = int64_t{1} << 20;
 // Slot of a transfer: the op's sequence number above, the transfer's index below.
 constexpr int kSlotIndexBits = 24;
 uint64_t SlotOf(uint64_t sequence, uint64_t index) { return (sequence << kSlotIndexBits) | index; }
-
-enum class OpCode : uint32_t {
-  kBarrier = 1,
-  kBroadcast,
-  kAllReduceFloat,
-  kAllReduceDouble,
-  kReduceScatter,
-  kAllGather,
-  kAllGatherV,
-};
-
-const char* OpName(OpCode op) {
-  switch (op) {
-    case OpCode::kBarrier:
-      return "Barrier";
-    case OpCode::kBroadcast:
-      return "Broadcast";
-    case OpCode::kAllReduceFloat:
-      return "AllReduceSum(float)";
-    case OpCode::kAllReduceDouble:
-      return "AllReduceSum(double)";
-    case OpCode::kReduceScatter:
-      return "ReduceScatterSum";
-    case OpCode::kAllGather:
-      return "AllGather";
-    case OpCode::kAllGatherV:
-      return "AllGatherV";
-  }
-  return "unknown op";
-}
 
 // What every rank sends every other rank first. `shape` must be equal on every rank; `own` is
 // the sender's own size where that may differ per rank (AllGatherV), checked against what the
@@ -104,7 +75,7 @@ class GlooCommunicatorImpl;
 // their waits) and its deadline.
 class Op {
  public:
-  Op(GlooCommunicatorImpl& comm, OpCode code, uint64_t sequence, absl::Duration timeout);
+  Op(GlooCommunicatorImpl& comm, CollectiveOp code, uint64_t sequence, absl::Duration timeout);
   ~Op();
   Op(const Op&) = delete;
   Op& operator=(const Op&) = delete;
@@ -125,15 +96,15 @@ class Op {
   absl::Status Wait(int handle);
   absl::Status WaitAll();
 
-  OpCode code() const { return code_; }
-  const char* name() const { return OpName(code_); }
+  CollectiveOp code() const { return code_; }
+  const char* name() const { return CollectiveOpName(code_); }
 
  private:
   absl::StatusOr<int> Post(int peer, void* data, size_t bytes, uint64_t index, bool send);
   absl::Status Classify(const char* what, int peer) const;
 
   GlooCommunicatorImpl& comm_;
-  const OpCode code_;
+  const CollectiveOp code_;
   const uint64_t sequence_;
   const absl::Duration timeout_;
   const absl::Time deadline_;
@@ -160,7 +131,7 @@ class GlooCommunicatorImpl final : public Communicator {
   std::string_view backend() const override { return "gloo"; }
 
   absl::Status Barrier() override {
-    return Run(OpCode::kBarrier, {0, 0}, 0, {}, [](Op&) { return absl::OkStatus(); });
+    return Run(CollectiveOp::kBarrier, {0, 0}, 0, {}, [](Op&) { return absl::OkStatus(); });
   }
 
   absl::Status Broadcast(std::span<std::byte> data, int root) override {
@@ -169,7 +140,7 @@ class GlooCommunicatorImpl final : public Communicator {
           absl::StrCat("collective Broadcast: root ", root, " of a group of ", world_size())));
     }
     const int64_t size = static_cast<int64_t>(data.size());
-    return Run(OpCode::kBroadcast, {size, root}, 0, {}, [&](Op& op) -> absl::Status {
+    return Run(CollectiveOp::kBroadcast, {size, root}, 0, {}, [&](Op& op) -> absl::Status {
       if (data.empty()) return absl::OkStatus();
       if (rank() == root) {
         for (int peer = 0; peer < world_size(); ++peer) {
@@ -184,10 +155,10 @@ class GlooCommunicatorImpl final : public Communicator {
   }
 
   absl::Status AllReduceSum(std::span<float> data) override {
-    return AllReduce<float>(OpCode::kAllReduceFloat, data);
+    return AllReduce<float>(CollectiveOp::kAllReduceFloat, data);
   }
   absl::Status AllReduceSum(std::span<double> data) override {
-    return AllReduce<double>(OpCode::kAllReduceDouble, data);
+    return AllReduce<double>(CollectiveOp::kAllReduceDouble, data);
   }
 
   absl::Status ReduceScatterSum(std::span<const float> partial, std::span<float> shard,
@@ -244,9 +215,7 @@ class GlooCommunicatorImpl final : public Communicator {
     absl::MutexLock lock(&mu_);
     if (aborted_) return absl::CancelledError("collectives: the communicator was aborted");
     if (!first_error_.ok()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "collectives: the group is broken by an earlier error (",
-          absl::StatusCodeToString(first_error_.code()), ": ", first_error_.message(), ")"));
+      return BrokenGroupError(first_error_);
     }
     return absl::OkStatus();
   }
@@ -267,7 +236,7 @@ class GlooCommunicatorImpl final : public Communicator {
 
   // Runs one op: the header exchange, then `body`; any error breaks the communicator.
   // expected_own[p] (when given) is the `own` rank p must announce.
-  absl::Status Run(OpCode code, std::array<int64_t, 2> shape, int64_t own,
+  absl::Status Run(CollectiveOp code, std::array<int64_t, 2> shape, int64_t own,
                    std::span<const int64_t> expected_own,
                    absl::FunctionRef<absl::Status(Op&)> body) {
     QTRAIN_RETURN_IF_ERROR(Usable());
@@ -287,7 +256,7 @@ class GlooCommunicatorImpl final : public Communicator {
     if (!status.ok()) {
       if (aborted_ && status.code() != absl::StatusCode::kInvalidArgument) {
         status = absl::CancelledError(
-            absl::StrCat("collective ", OpName(code), ": the communicator was aborted"));
+            absl::StrCat("collective ", CollectiveOpName(code), ": the communicator was aborted"));
       }
       if (first_error_.ok()) {
         first_error_ = status;
@@ -302,7 +271,7 @@ class GlooCommunicatorImpl final : public Communicator {
                                std::span<const int64_t> expected_own);
 
   template <typename T>
-  absl::Status AllReduce(OpCode code, std::span<T> data);
+  absl::Status AllReduce(CollectiveOp code, std::span<T> data);
   // ReduceScatterSum's two halves: this rank's slices of the other shards to their owners,
   // and the sum of every rank's slice of this rank's shard.
   absl::Status SendSlicesToOwners(Op& op, std::span<const float> partial,
@@ -332,7 +301,7 @@ class GlooCommunicatorImpl final : public Communicator {
   std::unique_ptr<GlooPeerWatch> peer_watch_;
 };
 
-Op::Op(GlooCommunicatorImpl& comm, OpCode code, uint64_t sequence, absl::Duration timeout)
+Op::Op(GlooCommunicatorImpl& comm, CollectiveOp code, uint64_t sequence, absl::Duration timeout)
     : comm_(comm),
       code_(code),
       sequence_(sequence),
@@ -464,7 +433,7 @@ absl::Status GlooCommunicatorImpl::ExchangeHeaders(Op& op, std::array<int64_t, 2
     if (h.op != mine.op || h.sequence != mine.sequence) {
       return absl::InvalidArgumentError(
           absl::StrCat("collective ", op.name(), " (op #", mine.sequence, "): rank ", peer,
-                       " called ", OpName(static_cast<OpCode>(h.op)), " (op #", h.sequence, ")"));
+                       " called ", CollectiveOpName(static_cast<CollectiveOp>(h.op)), " (op #", h.sequence, ")"));
     }
     if (h.shape[0] != mine.shape[0] || h.shape[1] != mine.shape[1] ||
         (!expected_own.empty() && h.own != expected_own[peer])) {
@@ -478,7 +447,7 @@ absl::Status GlooCommunicatorImpl::ExchangeHeaders(Op& op, std::array<int64_t, 2
 }
 
 template <typename T>
-absl::Status GlooCommunicatorImpl::AllReduce(OpCode code, std::span<T> data) {
+absl::Status GlooCommunicatorImpl::AllReduce(CollectiveOp code, std::span<T> data) {
   const int size = world_size();
   const size_t n = data.size();
   return Run(code, {static_cast<int64_t>(n), 0}, 0, {}, [&](Op& op) -> absl::Status {
@@ -519,7 +488,7 @@ absl::Status GlooCommunicatorImpl::ReduceScatterSum(std::span<const float> parti
                                                     const ShardLayout& layout) {
   QTRAIN_RETURN_IF_ERROR(Precheck(
       CheckLayout("ReduceScatterSum", layout, rank(), world_size(), partial.size(), shard.size())));
-  return Run(OpCode::kReduceScatter, {layout.total(), layout.block_elements()}, 0, {},
+  return Run(CollectiveOp::kReduceScatter, {layout.total(), layout.block_elements()}, 0, {},
              [&](Op& op) -> absl::Status {
                QTRAIN_RETURN_IF_ERROR(SendSlicesToOwners(op, partial, layout));
                return ReduceOwnShard(op, partial, shard, layout);
@@ -606,7 +575,7 @@ absl::Status GlooCommunicatorImpl::AllGather(std::span<const float> shard, std::
   const int size = world_size();
   const int me = rank();
   return Run(
-      OpCode::kAllGather, {layout.total(), layout.block_elements()}, 0, {},
+      CollectiveOp::kAllGather, {layout.total(), layout.block_elements()}, 0, {},
       [&](Op& op) -> absl::Status {
         float* own = full.data() + layout.ShardBegin(me);
         if (!shard.empty() && shard.data() != own) {
@@ -645,7 +614,7 @@ absl::Status GlooCommunicatorImpl::AllGatherV(std::span<const double> mine, std:
         " with counts [", absl::StrJoin(counts, ", "), "] (a group of ", size, ")")));
   }
   return Run(
-      OpCode::kAllGatherV, {sum, 0}, static_cast<int64_t>(mine.size()), counts,
+      CollectiveOp::kAllGatherV, {sum, 0}, static_cast<int64_t>(mine.size()), counts,
       [&](Op& op) -> absl::Status {
         std::vector<int64_t> offset(size + 1, 0);
         for (int r = 0; r < size; ++r) offset[r + 1] = offset[r] + counts[r];

@@ -21,6 +21,7 @@
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "worker/comm/collective_op.h"
 #include "worker/comm/nccl_id.h"
 
 namespace qtrain::comm {
@@ -38,36 +39,6 @@ namespace {
 static_assert(sizeof(ncclUniqueId) == kNcclUniqueIdBytes, "nccl_id.h's id size is NCCL's");
 
 constexpr absl::Duration kPoll = absl::Microseconds(50);
-
-enum class OpCode : int64_t {
-  kBarrier = 1,
-  kBroadcast,
-  kAllReduceFloat,
-  kAllReduceDouble,
-  kReduceScatter,
-  kAllGather,
-  kAllGatherV,
-};
-
-const char* OpName(OpCode op) {
-  switch (op) {
-    case OpCode::kBarrier:
-      return "Barrier";
-    case OpCode::kBroadcast:
-      return "Broadcast";
-    case OpCode::kAllReduceFloat:
-      return "AllReduceSum(float)";
-    case OpCode::kAllReduceDouble:
-      return "AllReduceSum(double)";
-    case OpCode::kReduceScatter:
-      return "ReduceScatterSum";
-    case OpCode::kAllGather:
-      return "AllGather";
-    case OpCode::kAllGatherV:
-      return "AllGatherV";
-  }
-  return "unknown op";
-}
 
 // What each rank announces before an op: equal on every rank except `own` (checked against
 // what the others expect of that rank, where given).
@@ -160,7 +131,7 @@ class NcclCommunicatorImpl final : public Communicator {
 
   absl::Status Barrier() override {
     // The header exchange is an all-gather: every rank has joined once it completes.
-    return Run(OpCode::kBarrier, {0, 0}, 0, {}, [] { return absl::OkStatus(); });
+    return Run(CollectiveOp::kBarrier, {0, 0}, 0, {}, [] { return absl::OkStatus(); });
   }
 
   absl::Status Broadcast(std::span<std::byte> data, int root) override {
@@ -169,7 +140,7 @@ class NcclCommunicatorImpl final : public Communicator {
           absl::StrCat("collective Broadcast: root ", root, " of a group of ", world_size_)));
     }
     const int64_t size = static_cast<int64_t>(data.size());
-    return Run(OpCode::kBroadcast, {size, root}, 0, {}, [&]() -> absl::Status {
+    return Run(CollectiveOp::kBroadcast, {size, root}, 0, {}, [&]() -> absl::Status {
       if (data.empty()) return absl::OkStatus();
       CountTraffic(rank_ == root ? size * (world_size_ - 1) : 0, rank_ == root ? 0 : size);
       return Group([&] {
@@ -180,17 +151,17 @@ class NcclCommunicatorImpl final : public Communicator {
   }
 
   absl::Status AllReduceSum(std::span<float> data) override {
-    return AllReduce<float>(OpCode::kAllReduceFloat, data);
+    return AllReduce<float>(CollectiveOp::kAllReduceFloat, data);
   }
   absl::Status AllReduceSum(std::span<double> data) override {
-    return AllReduce<double>(OpCode::kAllReduceDouble, data);
+    return AllReduce<double>(CollectiveOp::kAllReduceDouble, data);
   }
 
   absl::Status ReduceScatterSum(std::span<const float> partial, std::span<float> shard,
                                 const ShardLayout& layout) override {
     QTRAIN_RETURN_IF_ERROR(Precheck(CheckLayout("ReduceScatterSum", partial.size(), shard.size(),
                                                 layout)));
-    return Run(OpCode::kReduceScatter, {layout.total(), layout.block_elements()}, 0, {},
+    return Run(CollectiveOp::kReduceScatter, {layout.total(), layout.block_elements()}, 0, {},
                [&] { return ReduceScatterBody<float>(partial.data(), shard.data(), layout); });
   }
 
@@ -198,7 +169,7 @@ class NcclCommunicatorImpl final : public Communicator {
                          const ShardLayout& layout) override {
     QTRAIN_RETURN_IF_ERROR(
         Precheck(CheckLayout("AllGather", full.size(), shard.size(), layout)));
-    return Run(OpCode::kAllGather, {layout.total(), layout.block_elements()}, 0, {},
+    return Run(CollectiveOp::kAllGather, {layout.total(), layout.block_elements()}, 0, {},
                [&] { return AllGatherBody<float>(shard.data(), full.data(), layout); });
   }
 
@@ -222,7 +193,7 @@ class NcclCommunicatorImpl final : public Communicator {
       }
     }
     QTRAIN_RETURN_IF_ERROR(Precheck(local));
-    return Run(OpCode::kAllGatherV, {total, 0}, static_cast<int64_t>(mine.size()), counts,
+    return Run(CollectiveOp::kAllGatherV, {total, 0}, static_cast<int64_t>(mine.size()), counts,
                [&]() -> absl::Status {
                  std::vector<int64_t> offsets(world_size_ + 1, 0);
                  for (int r = 0; r < world_size_; ++r) offsets[r + 1] = offsets[r] + counts[r];
@@ -323,9 +294,7 @@ class NcclCommunicatorImpl final : public Communicator {
     absl::MutexLock lock(&mu_);
     if (aborted_) return absl::CancelledError("collectives: the communicator was aborted");
     if (!first_error_.ok()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "collectives: the group is broken by an earlier error (",
-          absl::StatusCodeToString(first_error_.code()), ": ", first_error_.message(), ")"));
+      return BrokenGroupError(first_error_);
     }
     return absl::OkStatus();
   }
@@ -422,7 +391,7 @@ class NcclCommunicatorImpl final : public Communicator {
   }
 
   // The header all-gather and its check; then body; then the wait. Any error breaks the group.
-  absl::Status Run(OpCode code, std::array<int64_t, 2> shape, int64_t own,
+  absl::Status Run(CollectiveOp code, std::array<int64_t, 2> shape, int64_t own,
                    std::span<const int64_t> expected_own, absl::FunctionRef<absl::Status()> body) {
     QTRAIN_RETURN_IF_ERROR(Usable());
     const absl::Time start = absl::Now();
@@ -430,7 +399,7 @@ class NcclCommunicatorImpl final : public Communicator {
     const cudaError_t set_device = cudaSetDevice(device_);
     absl::Status status =
         set_device == cudaSuccess ? absl::OkStatus() : CudaError(set_device, "cudaSetDevice");
-    const char* name = OpName(code);
+    const char* name = CollectiveOpName(code);
     const Header mine{.op = static_cast<int64_t>(code),
                       .sequence = next_sequence_++,
                       .shape0 = shape[0],
@@ -479,7 +448,7 @@ class NcclCommunicatorImpl final : public Communicator {
       if (theirs.op != mine.op || theirs.shape0 != mine.shape0 || theirs.shape1 != mine.shape1) {
         return absl::InvalidArgumentError(absl::StrCat(
             "collective ", name, ": rank ", peer, " called ",
-            OpName(static_cast<OpCode>(theirs.op)), " with sizes (", theirs.shape0, ", ",
+            CollectiveOpName(static_cast<CollectiveOp>(theirs.op)), " with sizes (", theirs.shape0, ", ",
             theirs.shape1, "), this rank ", name, " with (", mine.shape0, ", ", mine.shape1, ")"));
       }
       if (!expected_own.empty() && theirs.own != expected_own[peer]) {
@@ -562,7 +531,7 @@ class NcclCommunicatorImpl final : public Communicator {
   // The sum over ranks of data, in place: a reduce-scatter over W even pieces, then their
   // all-gather; the same TreeSum per element as the CPU collectives.
   template <typename T>
-  absl::Status AllReduce(OpCode code, std::span<T> data) {
+  absl::Status AllReduce(CollectiveOp code, std::span<T> data) {
     const int64_t n = static_cast<int64_t>(data.size());
     const int64_t block = std::max<int64_t>(1, (n + world_size_ - 1) / world_size_);
     absl::StatusOr<ShardLayout> layout = ShardLayout::Create(n, world_size_, block);
