@@ -41,7 +41,7 @@ struct NcclOptions {
   // When set, a Connect still waiting gives up with CANCELLED soon after it turns true.
   const std::atomic<bool>* cancel = nullptr;
   // ReduceScatterSum receives at most this many elements per peer at a time, so its device
-  // staging is W x chunk_elements x 8 bytes whatever the model's size.
+  // staging is W x chunk_elements x 4 bytes (8 for doubles) whatever the model's size.
   int64_t chunk_elements = int64_t{1} << 21;
 };
 
