@@ -4,6 +4,7 @@
 //           the states in a fixed tree -> lse; loss = lse - logits[label] (0 if ignored)
 //   pass 2: dlogits = (exp(z - lse) - onehot) * grad_scale (0 if ignored), in place if asked
 //   totals: one block adds the losses in row order (double) and counts the rows not ignored
+//   backward alone (CrossEntropyBackward): pass 2 from a saved lse, one block per row
 #include <cmath>
 #include <string>
 
@@ -54,6 +55,28 @@ __global__ void CrossEntropyKernel(const T* logits, const int32_t* labels, float
   }
 }
 
+template <typename T>
+__global__ void CrossEntropyGradKernel(const T* logits, const int32_t* labels, const float* lse,
+                                       T* dlogits, float grad_scale, int32_t ignore_index,
+                                       int64_t rows, int64_t vocab) {
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* z = logits + r * vocab;
+    T* d = dlogits + r * vocab;
+    const int32_t label = labels[r];
+    const bool ignored = label == ignore_index;
+    const bool valid = label >= 0 && label < vocab;
+    const float row_lse = lse[r];
+    // In place: each thread reads and then writes only its own j.
+    for (int64_t j = threadIdx.x; j < vocab; j += kThreads) {
+      const float g =
+          ignored ? 0.0f
+          : valid ? math::CrossEntropyGrad(math::ToFloat(z[j]), row_lse, j == label, grad_scale)
+                  : NAN;
+      math::Store(g, d[j]);
+    }
+  }
+}
+
 __global__ void LossTotalsKernel(const float* losses, const int32_t* labels, int32_t ignore_index,
                                  int64_t rows, double* loss_sum, int64_t* num_valid) {
   __shared__ double sums[kThreads];
@@ -72,6 +95,10 @@ __global__ void LossTotalsKernel(const float* losses, const int32_t* labels, int
     if (loss_sum != nullptr) *loss_sum = sum;
     if (num_valid != nullptr) *num_valid = count;
   }
+}
+
+unsigned RowGrid(int64_t rows) {
+  return static_cast<unsigned>(rows < 0x7fffffff ? rows : 0x7fffffff);
 }
 
 }  // namespace
@@ -95,7 +122,7 @@ OpStatus CanImplement(const CrossEntropyParams& p) {
 OpStatus CrossEntropy(const CrossEntropyParams& p, cudaStream_t stream) {
   QTRAIN_KERNEL_RETURN_IF_ERROR(CanImplement(p));
   if (p.rows > 0) {
-    const unsigned grid = static_cast<unsigned>(p.rows < 0x7fffffff ? p.rows : 0x7fffffff);
+    const unsigned grid = RowGrid(p.rows);
     QTRAIN_KERNEL_RETURN_IF_ERROR(DispatchDType(p.dtype, "CrossEntropy", [&](auto tag) {
       using T = decltype(tag);
       CrossEntropyKernel<<<grid, kThreads, 0, stream>>>(
@@ -108,6 +135,35 @@ OpStatus CrossEntropy(const CrossEntropyParams& p, cudaStream_t stream) {
   LossTotalsKernel<<<1, kThreads, 0, stream>>>(p.losses, p.labels, p.ignore_index, p.rows,
                                                p.loss_sum, p.num_valid);
   return LaunchStatus("CrossEntropy (totals)");
+}
+
+OpStatus CanImplement(const CrossEntropyBackwardParams& p) {
+  constexpr const char* kKernel = "CrossEntropyBackward";
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckDType(kKernel, p.dtype));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckN(kKernel, "rows", p.rows));
+  if (p.vocab <= 0 || p.vocab > 0x7fffffff) {
+    return OpStatus::Error("CrossEntropyBackward: vocab must be in [1, 2^31)");
+  }
+  if (!std::isfinite(p.grad_scale)) {
+    return OpStatus::Error("CrossEntropyBackward: grad_scale is not finite");
+  }
+  if (p.rows == 0) return OpStatus::Ok();
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "logits", p.logits));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "labels", p.labels));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "lse", p.lse));
+  return CheckNotNull(kKernel, "dlogits", p.dlogits);
+}
+
+OpStatus CrossEntropyBackward(const CrossEntropyBackwardParams& p, cudaStream_t stream) {
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CanImplement(p));
+  if (p.rows == 0) return OpStatus::Ok();
+  return DispatchDType(p.dtype, "CrossEntropyBackward", [&](auto tag) {
+    using T = decltype(tag);
+    CrossEntropyGradKernel<<<RowGrid(p.rows), kThreads, 0, stream>>>(
+        static_cast<const T*>(p.logits), p.labels, p.lse, static_cast<T*>(p.dlogits), p.grad_scale,
+        p.ignore_index, p.rows, p.vocab);
+    return LaunchStatus("CrossEntropyBackward");
+  });
 }
 
 }  // namespace qtrain::kernels::cuda

@@ -1,8 +1,8 @@
 // Launchers of the CUDA kernels (kernels/cuda/*.cu), one params struct per kernel.
 //
 // Status: compiled for sm_80 and sm_90 and checked without a GPU (their per-element math is
-// element_math.h, tested on the CPU); not yet run on a GPU, and not yet behind the Backend
-// interface of kernels/ops.h (docs/cuda.md says what is missing).
+// element_math.h, tested on the CPU); not yet run on a GPU. The fp32 CUDA backend
+// (cuda_backend.h) puts them behind the Backend interface of kernels/ops.h.
 //
 // Every launcher first checks its params (CanImplement: sizes, pointers, dtypes), returning an
 // OpStatus that names the kernel and the problem without launching anything, then launches on
@@ -42,6 +42,22 @@ struct CastParams {
 };
 OpStatus CanImplement(const CastParams& p);
 OpStatus Cast(const CastParams& p, cudaStream_t stream);
+
+// x[i] = value; x[i] *= alpha (fp32 buffers: zeroing and scaling gradients).   x [n]
+struct FillParams {
+  float* x = nullptr;
+  int64_t n = 0;
+  float value = 0.0f;
+};
+struct ScaleParams {
+  float* x = nullptr;
+  int64_t n = 0;
+  float alpha = 1.0f;
+};
+OpStatus CanImplement(const FillParams& p);
+OpStatus Fill(const FillParams& p, cudaStream_t stream);
+OpStatus CanImplement(const ScaleParams& p);
+OpStatus Scale(const ScaleParams& p, cudaStream_t stream);
 
 // out = a + b; backward: da += dout, db += dout (each optional).
 //   a, b, out, dout, da, db [n], all of `dtype`; out may alias a or b.
@@ -220,6 +236,71 @@ struct CrossEntropyParams {
 };
 OpStatus CanImplement(const CrossEntropyParams& p);
 OpStatus CrossEntropy(const CrossEntropyParams& p, cudaStream_t stream);
+
+// CrossEntropy's dlogits alone, from a saved lse (kernels/ops.h CrossEntropyBackward): the
+// same arithmetic as CrossEntropy's second pass. OVERWRITES dlogits, which may alias logits.
+struct CrossEntropyBackwardParams {
+  const void* logits = nullptr;
+  const int32_t* labels = nullptr;
+  const float* lse = nullptr;
+  void* dlogits = nullptr;
+  float grad_scale = 1.0f;
+  int32_t ignore_index = -100;
+  DType dtype = DType::kFloat32;
+  int64_t rows = 0;
+  int64_t vocab = 0;
+};
+OpStatus CanImplement(const CrossEntropyBackwardParams& p);
+OpStatus CrossEntropyBackward(const CrossEntropyBackwardParams& p, cudaStream_t stream);
+
+// Causal GQA attention with a KV cache (kernels/ops.h AttentionShape), one warp per row:
+// the CUDA backend's fp32 attention (bf16 storage works too; the math is fp32). Memory linear in
+// T, no T x T buffer; work O(T^2 D) per head without tiling, so it is the exact path, not the
+// fast one (cuDNN's SDPA is, for bf16).
+//   q, o, dout, dq [B, T, H, D]; k, v, dk, dv [B, kv_rows, Hkv, D] (rows 0 ... past+T-1 used);
+//   lse [B, H, T] fp32; row_dot [B, H, T] fp32 workspace of the backward (rowsum(do * o)).
+// Backward accumulates into dq, dk, dv (each optional); dk and dv are summed over each group's
+// query heads in a fixed order, without atomics.
+inline constexpr int64_t kAttentionMaxHeadDim = 128;
+struct AttentionKernelShape {
+  int64_t batch = 1;
+  int64_t seq_len = 0;
+  int64_t past_len = 0;
+  int64_t kv_rows = 0;  // rows per sequence in k/v; 0 means past_len + seq_len
+  int64_t num_heads = 0;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;
+  float softmax_scale = 0.0f;  // 0 means 1/sqrt(head_dim)
+};
+struct AttentionParams {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* o = nullptr;
+  float* lse = nullptr;
+  DType dtype = DType::kFloat32;
+  AttentionKernelShape shape;
+};
+struct AttentionBackwardParams {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const void* o = nullptr;
+  const float* lse = nullptr;
+  const void* dout = nullptr;
+  void* dq = nullptr;  // optional
+  void* dk = nullptr;  // optional
+  void* dv = nullptr;  // optional
+  float* row_dot = nullptr;
+  DType dtype = DType::kFloat32;
+  AttentionKernelShape shape;
+};
+// The checks of the shape alone (sizes, GQA grouping, head_dim <= 128, the grid's limits).
+OpStatus CheckAttentionShape(const char* kernel, DType dtype, const AttentionKernelShape& shape);
+OpStatus CanImplement(const AttentionParams& p);
+OpStatus AttentionForward(const AttentionParams& p, cudaStream_t stream);
+OpStatus CanImplement(const AttentionBackwardParams& p);
+OpStatus AttentionBackward(const AttentionBackwardParams& p, cudaStream_t stream);
 
 // AdamW on fp32 master weights and moments (torch.optim.AdamW's arithmetic, element_math.h),
 // optionally writing the bf16 working copy of the updated weights.

@@ -134,6 +134,97 @@ TEST(CudaKernelsTest, LaunchersRefuseBadParamsBeforeLaunching) {
   EXPECT_THAT(ErrorOf(a, adamw), HasSubstr("step must be > 0"));
 }
 
+TEST(CudaKernelsTest, FillScaleAndCrossEntropyBackwardRefuseBadParams) {
+  auto fill = [](const FillParams& p, cudaStream_t s) { return Fill(p, s); };
+  EXPECT_THAT(ErrorOf(FillParams{.x = static_cast<float*>(Fake()), .n = -1}, fill),
+              HasSubstr("Fill: n must be >= 0"));
+  EXPECT_THAT(ErrorOf(FillParams{.x = nullptr, .n = 3}, fill), HasSubstr("Fill: x is null"));
+  auto scale = [](const ScaleParams& p, cudaStream_t s) { return Scale(p, s); };
+  EXPECT_THAT(ErrorOf(ScaleParams{.x = nullptr, .n = 3}, scale), HasSubstr("Scale: x is null"));
+
+  auto backward = [](const CrossEntropyBackwardParams& p, cudaStream_t s) {
+    return CrossEntropyBackward(p, s);
+  };
+  const CrossEntropyBackwardParams good{.logits = Fake(),
+                                        .labels = static_cast<const int32_t*>(Fake(2)),
+                                        .lse = static_cast<const float*>(Fake(3)),
+                                        .dlogits = Fake(),
+                                        .rows = 4,
+                                        .vocab = 151936};
+  EXPECT_TRUE(CanImplement(good).ok()) << CanImplement(good).message();
+  CrossEntropyBackwardParams p = good;
+  p.lse = nullptr;
+  EXPECT_THAT(ErrorOf(p, backward), HasSubstr("CrossEntropyBackward: lse is null"));
+  p = good;
+  p.vocab = 0;
+  EXPECT_THAT(ErrorOf(p, backward), HasSubstr("vocab must be in [1, 2^31)"));
+  p = good;
+  p.grad_scale = INFINITY;
+  EXPECT_THAT(ErrorOf(p, backward), HasSubstr("grad_scale is not finite"));
+}
+
+TEST(CudaKernelsTest, AttentionRefusesBadShapesBeforeLaunching) {
+  // The model's shapes: 14 query heads over 2 KV heads, head_dim 64, with a KV cache.
+  const AttentionKernelShape qwen{.seq_len = 7,
+                                  .past_len = 5,
+                                  .kv_rows = 16,
+                                  .num_heads = 14,
+                                  .num_kv_heads = 2,
+                                  .head_dim = 64};
+  const AttentionParams good{.q = Fake(),
+                             .k = Fake(2),
+                             .v = Fake(3),
+                             .o = Fake(4),
+                             .lse = static_cast<float*>(Fake(5)),
+                             .shape = qwen};
+  EXPECT_TRUE(CanImplement(good).ok()) << CanImplement(good).message();
+  auto forward = [](const AttentionParams& p, cudaStream_t s) { return AttentionForward(p, s); };
+  AttentionParams p = good;
+  p.shape.num_kv_heads = 3;
+  EXPECT_THAT(ErrorOf(p, forward), HasSubstr("num_heads 14 is not a multiple of num_kv_heads 3"));
+  p = good;
+  p.shape.head_dim = 256;
+  EXPECT_THAT(ErrorOf(p, forward), HasSubstr("head_dim must be in [1, 128]"));
+  p = good;
+  p.shape.kv_rows = 11;
+  EXPECT_THAT(ErrorOf(p, forward), HasSubstr("kv_rows 11 < past_len + seq_len 12"));
+  p = good;
+  p.shape.softmax_scale = NAN;
+  EXPECT_THAT(ErrorOf(p, forward), HasSubstr("softmax_scale"));
+  p = good;
+  p.lse = nullptr;
+  EXPECT_THAT(ErrorOf(p, forward), HasSubstr("AttentionForward: lse is null"));
+  p = good;
+  p.shape.batch = 0;
+  EXPECT_THAT(ErrorOf(p, forward), HasSubstr("batch must be positive"));
+
+  auto backward = [](const AttentionBackwardParams& p, cudaStream_t s) {
+    return AttentionBackward(p, s);
+  };
+  const AttentionBackwardParams good_backward{.q = Fake(),
+                                              .k = Fake(2),
+                                              .v = Fake(3),
+                                              .o = Fake(4),
+                                              .lse = static_cast<float*>(Fake(5)),
+                                              .dout = Fake(6),
+                                              .dq = Fake(7),
+                                              .dk = Fake(8),
+                                              .dv = Fake(9),
+                                              .row_dot = static_cast<float*>(Fake(10)),
+                                              .shape = qwen};
+  EXPECT_TRUE(CanImplement(good_backward).ok()) << CanImplement(good_backward).message();
+  AttentionBackwardParams b = good_backward;
+  b.row_dot = nullptr;
+  EXPECT_THAT(ErrorOf(b, backward), HasSubstr("row_dot is null"));
+  b = good_backward;
+  b.dk = Fake(6);  // dout
+  EXPECT_THAT(ErrorOf(b, backward), HasSubstr("must not alias the inputs"));
+  // Nothing to do is ok without a GPU.
+  b = good_backward;
+  b.shape.seq_len = 0;
+  EXPECT_TRUE(AttentionBackward(b, nullptr).ok());
+}
+
 TEST(CudaKernelsTest, EmptyWorkIsOkAndLaunchesNothing) {
   // n = 0 with null pointers: ok without touching CUDA (there is no GPU here).
   EXPECT_TRUE(Cast(CastParams{}, nullptr).ok());

@@ -8,10 +8,6 @@
 namespace qtrain::kernels::cuda {
 namespace {
 
-// Every operand's address must be a multiple of this; the heuristics are told so (their
-// default assumes 256 bytes, and an algorithm chosen under that would fault on less).
-constexpr size_t kAlignmentBytes = 16;
-
 OpStatus CublasStatus(cublasStatus_t status, const std::string& what) {
   if (status == CUBLAS_STATUS_SUCCESS) return OpStatus::Ok();
   return OpStatus::Error(what + ": " + cublasLtGetStatusString(status));
@@ -36,6 +32,7 @@ std::string GemmShapeName(const GemmShape& s) {
   name += std::string(" ") + DTypeName(s.ab_dtype) + " -> " + DTypeName(s.c_dtype);
   name += s.accumulate ? " +=" : " =";
   if (s.epilogue == GemmEpilogue::kBias) name += std::string(" bias ") + DTypeName(s.bias_dtype);
+  if (s.alignment != 16) name += " align " + std::to_string(s.alignment);
   if (s.epilogue == GemmEpilogue::kBiasGradA) {
     name += std::string(" bias-grad ") + DTypeName(s.bias_dtype);
   }
@@ -61,6 +58,9 @@ OpStatus CanImplement(const GemmShape& s) {
       s.epilogue != GemmEpilogue::kBiasGradA) {
     return OpStatus::Error(what + ": unknown epilogue");
   }
+  if (s.alignment != 2 && s.alignment != 4 && s.alignment != 8 && s.alignment != 16) {
+    return OpStatus::Error(what + ": alignment must be 2, 4, 8 or 16 bytes");
+  }
   if (s.epilogue == GemmEpilogue::kBiasGradA && s.accumulate) {
     return OpStatus::Error(what +
                            ": the bias-gradient epilogue writes C and the bias gradient of one "
@@ -82,8 +82,8 @@ OpStatus CanImplement(const GemmShape& s, const GemmOperands& o) {
     if (p.pointer == nullptr && (has_bias || std::string(p.name) != "bias")) {
       return OpStatus::Error(what + ": " + p.name + " is null");
     }
-    if (reinterpret_cast<uintptr_t>(p.pointer) % kAlignmentBytes != 0) {
-      return OpStatus::Error(what + ": " + p.name + " is not " + std::to_string(kAlignmentBytes) +
+    if (reinterpret_cast<uintptr_t>(p.pointer) % static_cast<uintptr_t>(s.alignment) != 0) {
+      return OpStatus::Error(what + ": " + p.name + " is not " + std::to_string(s.alignment) +
                              "-byte aligned");
     }
   }
@@ -127,14 +127,12 @@ OpStatus GemmDescriptors::Make(const GemmShape& s, std::unique_ptr<GemmDescripto
   // Row-major X[r][c] is column-major [c rows, r columns] with leading dimension c.
   const uint64_t b_rows = s.transpose_b ? s.k : s.n, b_cols = s.transpose_b ? s.n : s.k;
   const uint64_t a_rows = s.transpose_a ? s.m : s.k, a_cols = s.transpose_a ? s.k : s.m;
-  QTRAIN_CUBLAS_RETURN_IF_ERROR(
-      cublasLtMatrixLayoutCreate(&d->lt_a_, CudaType(s.ab_dtype), b_rows, b_cols,
-                                 static_cast<int64_t>(b_rows)),
-      what + ": layout of B");
-  QTRAIN_CUBLAS_RETURN_IF_ERROR(
-      cublasLtMatrixLayoutCreate(&d->lt_b_, CudaType(s.ab_dtype), a_rows, a_cols,
-                                 static_cast<int64_t>(a_rows)),
-      what + ": layout of A");
+  QTRAIN_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&d->lt_a_, CudaType(s.ab_dtype), b_rows,
+                                                           b_cols, static_cast<int64_t>(b_rows)),
+                                what + ": layout of B");
+  QTRAIN_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&d->lt_b_, CudaType(s.ab_dtype), a_rows,
+                                                           a_cols, static_cast<int64_t>(a_rows)),
+                                what + ": layout of A");
   QTRAIN_CUBLAS_RETURN_IF_ERROR(
       cublasLtMatrixLayoutCreate(&d->lt_c_, CudaType(s.c_dtype), s.n, s.m, s.n),
       what + ": layout of C");
@@ -149,6 +147,18 @@ GemmDescriptors::~GemmDescriptors() {
   if (operation_ != nullptr) cublasLtMatmulDescDestroy(operation_);
 }
 
+int GemmAlignmentOf(const GemmOperands& o) {
+  uintptr_t bits = 0;
+  for (const void* p :
+       {o.a, o.b, static_cast<const void*>(o.c), static_cast<const void*>(o.bias)}) {
+    bits |= reinterpret_cast<uintptr_t>(p);
+  }
+  for (int alignment : {16, 8, 4, 2}) {
+    if (bits % static_cast<uintptr_t>(alignment) == 0) return alignment;
+  }
+  return 1;
+}
+
 size_t GemmWorkspaceBytes(int sm_major) {
   return sm_major >= 9 ? size_t{32} << 20 : size_t{4} << 20;
 }
@@ -161,9 +171,8 @@ OpStatus GemmPlans::Create(int device, std::unique_ptr<GemmPlans>* out) {
   std::unique_ptr<GemmPlans> plans(new GemmPlans());
   QTRAIN_CUBLAS_RETURN_IF_ERROR(cublasLtCreate(&plans->handle_), "GemmPlans: cublasLtCreate");
   plans->workspace_bytes_ = GemmWorkspaceBytes(prop.major);
-  QTRAIN_KERNEL_RETURN_IF_ERROR(
-      CudaStatus(cudaMalloc(&plans->workspace_, plans->workspace_bytes_),
-                 "GemmPlans: cudaMalloc of the workspace"));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CudaStatus(cudaMalloc(&plans->workspace_, plans->workspace_bytes_),
+                                           "GemmPlans: cudaMalloc of the workspace"));
   *out = std::move(plans);
   return OpStatus::Ok();
 }
@@ -194,7 +203,9 @@ OpStatus GemmPlans::PlanFor(const GemmShape& shape, const Plan** plan) {
       cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                            &workspace, sizeof(workspace)),
       what + ": MAX_WORKSPACE_BYTES");
-  const uint32_t alignment = kAlignmentBytes;
+  // The heuristics' default assumes 256-byte operands; an algorithm chosen under that would
+  // fault on less.
+  const uint32_t alignment = static_cast<uint32_t>(shape.alignment);
   for (cublasLtMatmulPreferenceAttributes_t attribute :
        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
         CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES}) {
@@ -206,8 +217,8 @@ OpStatus GemmPlans::PlanFor(const GemmShape& shape, const Plan** plan) {
   int returned = 0;
   const GemmDescriptors& d = *fresh.descriptors;
   QTRAIN_CUBLAS_RETURN_IF_ERROR(
-      cublasLtMatmulAlgoGetHeuristic(handle_, d.operation(), d.lt_a(), d.lt_b(), d.lt_c(),
-                                     d.lt_c(), preference, 8, results, &returned),
+      cublasLtMatmulAlgoGetHeuristic(handle_, d.operation(), d.lt_a(), d.lt_b(), d.lt_c(), d.lt_c(),
+                                     preference, 8, results, &returned),
       what + ": cublasLtMatmulAlgoGetHeuristic");
   for (int i = 0; i < returned; ++i) {
     if (results[i].state == CUBLAS_STATUS_SUCCESS && results[i].workspaceSize <= workspace_bytes_) {
@@ -220,8 +231,7 @@ OpStatus GemmPlans::PlanFor(const GemmShape& shape, const Plan** plan) {
                          std::to_string(workspace_bytes_ >> 20) + " MiB workspace");
 }
 
-OpStatus GemmPlans::Run(const GemmShape& shape, const GemmOperands& operands,
-                        cudaStream_t stream) {
+OpStatus GemmPlans::Run(const GemmShape& shape, const GemmOperands& operands, cudaStream_t stream) {
   QTRAIN_KERNEL_RETURN_IF_ERROR(CanImplement(shape, operands));
   const Plan* plan = nullptr;
   QTRAIN_KERNEL_RETURN_IF_ERROR(PlanFor(shape, &plan));

@@ -47,10 +47,14 @@ struct GemmShape {
   bool accumulate = false;            // C += (beta = 1) instead of C = (beta = 0)
   GemmEpilogue epilogue = GemmEpilogue::kNone;
   DType bias_dtype = DType::kFloat32;  // bias (kBias) or bias_grad (kBiasGradA)
+  // What every operand's address is a multiple of (16, 8, 4 or 2 bytes), which the algorithm is
+  // chosen for: the model's buffers are 16-byte aligned; a row chunk of an odd-sized tensor may
+  // not be.
+  int alignment = 16;
 
   auto Tie() const {
     return std::tie(m, n, k, transpose_a, transpose_b, ab_dtype, c_dtype, accumulate, epilogue,
-                    bias_dtype);
+                    bias_dtype, alignment);
   }
   bool operator<(const GemmShape& other) const { return Tie() < other.Tie(); }
   bool operator==(const GemmShape& other) const { return Tie() == other.Tie(); }
@@ -69,7 +73,8 @@ struct GemmOperands {
 
 // Sizes positive and below cuBLASLt's 32-bit dimensions, a supported dtype combination (A and B
 // alike; bf16 inputs with bf16 or fp32 C; fp32 everything), the epilogue's constraints
-// (kBiasGradA writes C, it does not accumulate: cuBLASLt's bias gradient is of one product).
+// (kBiasGradA writes C, it does not accumulate: cuBLASLt's bias gradient is of one product), an
+// alignment of 2, 4, 8 or 16 bytes, and (with operands) every pointer a multiple of it.
 OpStatus CanImplement(const GemmShape& shape);
 OpStatus CanImplement(const GemmShape& shape, const GemmOperands& operands);
 
@@ -95,6 +100,9 @@ class GemmDescriptors {
   cublasLtMatrixLayout_t lt_b_ = nullptr;
   cublasLtMatrixLayout_t lt_c_ = nullptr;
 };
+
+// The largest of 16, 8, 4, 2 that every non-null pointer's address is a multiple of (1 if none).
+int GemmAlignmentOf(const GemmOperands& operands);
 
 // The workspace GemmPlans allocates once: NVIDIA's recommended size, 32 MiB on Hopper (sm_90)
 // and newer, 4 MiB before.

@@ -58,12 +58,12 @@ struct Emulated {
 Emulated RunColumnMajor(const GemmDescriptors& desc, const std::vector<double>& a_prime,
                         const std::vector<double>& b_prime, const std::vector<double>& c_in,
                         double beta, const std::vector<double>& bias) {
-  const auto trans_a = OperationAttribute<cublasOperation_t>(desc.operation(),
-                                                             CUBLASLT_MATMUL_DESC_TRANSA);
-  const auto trans_b = OperationAttribute<cublasOperation_t>(desc.operation(),
-                                                             CUBLASLT_MATMUL_DESC_TRANSB);
-  const auto epilogue = OperationAttribute<cublasLtEpilogue_t>(desc.operation(),
-                                                               CUBLASLT_MATMUL_DESC_EPILOGUE);
+  const auto trans_a =
+      OperationAttribute<cublasOperation_t>(desc.operation(), CUBLASLT_MATMUL_DESC_TRANSA);
+  const auto trans_b =
+      OperationAttribute<cublasOperation_t>(desc.operation(), CUBLASLT_MATMUL_DESC_TRANSB);
+  const auto epilogue =
+      OperationAttribute<cublasLtEpilogue_t>(desc.operation(), CUBLASLT_MATMUL_DESC_EPILOGUE);
   const ColumnMajor la = Read(desc.lt_a()), lb = Read(desc.lt_b()), lc = Read(desc.lt_c());
   // op(A') is [m' x k'], op(B') [k' x n'], D [m' x n'].
   const uint64_t m = lc.rows, n = lc.cols;
@@ -147,33 +147,51 @@ TEST(GemmLtTest, RowMajorProductsMapOntoCublasLtsColumnMajorOnes) {
   for (bool ta : {false, true}) {
     for (bool tb : {false, true}) {
       for (bool acc : {false, true}) {
-        ExpectRowMajorSemantics({.m = 5, .n = 3, .k = 7, .transpose_a = ta, .transpose_b = tb,
-                                 .accumulate = acc});
+        ExpectRowMajorSemantics(
+            {.m = 5, .n = 3, .k = 7, .transpose_a = ta, .transpose_b = tb, .accumulate = acc});
       }
-      ExpectRowMajorSemantics({.m = 4, .n = 6, .k = 3, .transpose_a = ta, .transpose_b = tb,
+      ExpectRowMajorSemantics({.m = 4,
+                               .n = 6,
+                               .k = 3,
+                               .transpose_a = ta,
+                               .transpose_b = tb,
                                .epilogue = GemmEpilogue::kBias});
-      ExpectRowMajorSemantics({.m = 6, .n = 2, .k = 5, .transpose_a = ta, .transpose_b = tb,
+      ExpectRowMajorSemantics({.m = 6,
+                               .n = 2,
+                               .k = 5,
+                               .transpose_a = ta,
+                               .transpose_b = tb,
                                .c_dtype = DType::kFloat32,
                                .epilogue = GemmEpilogue::kBiasGradA});
     }
   }
-  ExpectRowMajorSemantics({.m = 1, .n = 1, .k = 1, .ab_dtype = DType::kFloat32,
-                           .c_dtype = DType::kFloat32});
+  ExpectRowMajorSemantics(
+      {.m = 1, .n = 1, .k = 1, .ab_dtype = DType::kFloat32, .c_dtype = DType::kFloat32});
 }
 
 // A linear layer's three GEMMs for `tokens` rows: Y = X W^T (+ b), dX = dY W,
 // dW += dY^T X (or = with the bias gradient).
 std::vector<GemmShape> LinearGemms(int64_t tokens, int64_t in, int64_t out, bool bias) {
-  std::vector<GemmShape> shapes = {
-      {.m = tokens, .n = out, .k = in, .transpose_b = true,
-       .epilogue = bias ? GemmEpilogue::kBias : GemmEpilogue::kNone,
-       .bias_dtype = DType::kBfloat16},
-      {.m = tokens, .n = in, .k = out},
-      {.m = out, .n = in, .k = tokens, .transpose_a = true, .c_dtype = DType::kFloat32,
-       .accumulate = true}};
+  std::vector<GemmShape> shapes = {{.m = tokens,
+                                    .n = out,
+                                    .k = in,
+                                    .transpose_b = true,
+                                    .epilogue = bias ? GemmEpilogue::kBias : GemmEpilogue::kNone,
+                                    .bias_dtype = DType::kBfloat16},
+                                   {.m = tokens, .n = in, .k = out},
+                                   {.m = out,
+                                    .n = in,
+                                    .k = tokens,
+                                    .transpose_a = true,
+                                    .c_dtype = DType::kFloat32,
+                                    .accumulate = true}};
   if (bias) {
-    shapes.push_back({.m = out, .n = in, .k = tokens, .transpose_a = true,
-                      .c_dtype = DType::kFloat32, .epilogue = GemmEpilogue::kBiasGradA});
+    shapes.push_back({.m = out,
+                      .n = in,
+                      .k = tokens,
+                      .transpose_a = true,
+                      .c_dtype = DType::kFloat32,
+                      .epilogue = GemmEpilogue::kBiasGradA});
   }
   return shapes;
 }
@@ -189,14 +207,15 @@ TEST(GemmLtTest, EveryGemmOfEveryPresetsTrainingStepHasDescriptors) {
     for (int64_t tokens : {int64_t{2048}, int64_t{4096}, int64_t{32768}}) {
       std::vector<GemmShape> shapes;
       for (const auto& [in, out, bias] :
-           std::vector<std::tuple<int64_t, int64_t, bool>>{
-               {h, config->q_dim(), true}, {h, config->kv_dim(), true},
-               {config->q_dim(), h, false}, {h, config->intermediate_size, false},
-               {config->intermediate_size, h, false}}) {
+           std::vector<std::tuple<int64_t, int64_t, bool>>{{h, config->q_dim(), true},
+                                                           {h, config->kv_dim(), true},
+                                                           {config->q_dim(), h, false},
+                                                           {h, config->intermediate_size, false},
+                                                           {config->intermediate_size, h, false}}) {
         for (const GemmShape& s : LinearGemms(tokens, in, out, bias)) shapes.push_back(s);
       }
-      for (const GemmShape& s : LinearGemms(std::min<int64_t>(tokens, 4096), h,
-                                            config->vocab_size, false)) {
+      for (const GemmShape& s :
+           LinearGemms(std::min<int64_t>(tokens, 4096), h, config->vocab_size, false)) {
         shapes.push_back(s);
       }
       for (const GemmShape& s : shapes) {
@@ -255,6 +274,30 @@ TEST(GemmLtTest, BadShapesAndOperandsAreRefusedNamingTheShape) {
   o = operands;
   o.bias = at(0x4000);
   EXPECT_TRUE(CanImplement(with_bias, o).ok());
+
+  // A smaller alignment is a different plan, and the pointers are checked against it.
+  GemmShape by_four = good;
+  by_four.alignment = 4;
+  o = operands;
+  o.b = at(0x2004);
+  EXPECT_TRUE(CanImplement(by_four, o).ok());
+  o.b = at(0x2002);
+  EXPECT_THAT(CanImplement(by_four, o).message(), HasSubstr("b is not 4-byte aligned"));
+  EXPECT_FALSE(by_four == good);
+  by_four.alignment = 3;
+  EXPECT_THAT(CanImplement(by_four).message(), HasSubstr("alignment must be 2, 4, 8 or 16"));
+}
+
+TEST(GemmLtTest, TheAlignmentOfOperandsIsTheLargestTheyAllShare) {
+  auto at = [](uintptr_t address) { return reinterpret_cast<void*>(address); };
+  EXPECT_EQ(GemmAlignmentOf({.a = at(0x1000), .b = at(0x2000), .c = at(0x3000)}), 16);
+  EXPECT_EQ(GemmAlignmentOf({.a = at(0x1000), .b = at(0x2008), .c = at(0x3000)}), 8);
+  EXPECT_EQ(GemmAlignmentOf({.a = at(0x1004), .b = at(0x2000), .c = at(0x3000)}), 4);
+  EXPECT_EQ(
+      GemmAlignmentOf({.a = at(0x1000), .b = at(0x2000), .c = at(0x3000), .bias = at(0x4002)}), 2);
+  EXPECT_EQ(GemmAlignmentOf({.a = at(0x1001), .b = at(0x2000), .c = at(0x3000)}), 1);
+  // A missing bias does not count.
+  EXPECT_EQ(GemmAlignmentOf({.a = at(0x1010), .b = at(0x2010), .c = at(0x3010)}), 16);
 }
 
 TEST(GemmLtTest, TheWorkspaceIsNvidiasRecommendedSizePerArchitecture) {
@@ -277,12 +320,28 @@ TEST(GemmLtTest, PlansWithoutAGpuFailCleanly) {
 
 TEST(GemmLtTest, ShapeNamesSayEverything) {
   EXPECT_EQ(GemmShapeName({.m = 4096, .n = 896, .k = 4864}), "4096x896x4864 bf16 -> bf16 =");
-  EXPECT_EQ(GemmShapeName({.m = 896, .n = 128, .k = 4096, .transpose_a = true,
-                           .c_dtype = DType::kFloat32, .epilogue = GemmEpilogue::kBiasGradA}),
+  EXPECT_EQ(GemmShapeName({.m = 896,
+                           .n = 128,
+                           .k = 4096,
+                           .transpose_a = true,
+                           .c_dtype = DType::kFloat32,
+                           .epilogue = GemmEpilogue::kBiasGradA}),
             "896x128x4096 A^T bf16 -> fp32 = bias-grad fp32");
-  EXPECT_EQ(GemmShapeName({.m = 2, .n = 3, .k = 4, .transpose_b = true, .accumulate = true,
-                           .epilogue = GemmEpilogue::kBias, .bias_dtype = DType::kBfloat16}),
+  EXPECT_EQ(GemmShapeName({.m = 2,
+                           .n = 3,
+                           .k = 4,
+                           .transpose_b = true,
+                           .accumulate = true,
+                           .epilogue = GemmEpilogue::kBias,
+                           .bias_dtype = DType::kBfloat16}),
             "2x3x4 B^T bf16 -> bf16 += bias bf16");
+  EXPECT_EQ(GemmShapeName({.m = 2,
+                           .n = 3,
+                           .k = 4,
+                           .ab_dtype = DType::kFloat32,
+                           .c_dtype = DType::kFloat32,
+                           .alignment = 4}),
+            "2x3x4 fp32 -> fp32 = align 4");
 }
 
 }  // namespace

@@ -1,0 +1,40 @@
+// The fp32 CUDA backend: every op of kernels/ops.h on one GPU, over device memory, with the
+// kernels of kernels/cuda/ (one warp per row attention, fused cross-entropy, deterministic
+// embedding backward) and cuBLASLt's fp32 GEMMs (gemm_lt.h). It is the GPU twin of the CPU
+// backend, held to the same contract and checked against the same reference by the conformance
+// suite (kernels/conformance); the bf16 mixed-precision path builds on its kernels.
+//
+// Where the contract has host-side results or host-checkable errors, this backend synchronizes:
+// the loss totals and the sum of squares are copied back; the token ids, labels and RoPE
+// positions are copied to the host to be checked (and, for the embedding backward, grouped by
+// id). Everything else is queued on the backend's stream; Synchronize() waits for it, and the
+// copies to and from the host wait too.
+//
+// One backend per thread of work (its scratch buffers and GEMM plans are not shared).
+//
+// Status: compiled for sm_80 and sm_90 and checked without a GPU; it has not run on a GPU yet
+// (docs/cuda.md).
+#ifndef QTRAIN_KERNELS_CUDA_CUDA_BACKEND_H_
+#define QTRAIN_KERNELS_CUDA_CUDA_BACKEND_H_
+
+#include <memory>
+
+#include "kernels/ops.h"
+#include "kernels/status.h"
+
+namespace qtrain::kernels::cuda {
+
+struct CudaBackendOptions {
+  int device = 0;  // the CUDA device ordinal
+};
+
+// The number of CUDA devices; 0 without a driver or a GPU (never an error).
+int CudaDeviceCount();
+
+// A backend on options.device: an error naming the problem when there is no such device (e.g.
+// "CUDA backend: no CUDA device (...)").
+OpStatus CreateCudaBackend(const CudaBackendOptions& options, std::unique_ptr<Backend>* out);
+
+}  // namespace qtrain::kernels::cuda
+
+#endif  // QTRAIN_KERNELS_CUDA_CUDA_BACKEND_H_
