@@ -4,12 +4,16 @@
 # Writes its build to build-gpu/ and its outputs under $OUT (default build-gpu/out); prints a
 # short table last; exits non-zero on any mismatch. Without a GPU it says so and exits 0.
 #
-# What it checks today: (a) every CUDA kernel of kernels/cuda, forward and backward, against the
-# float64 reference on fresh random inputs at several shapes, fp32 and bf16, outputs poisoned
-# with NaN, plus bitwise reruns of the deterministic kernels, and the cuBLASLt GEMMs against the
-# float64 product with bitwise reruns of their kept plans (gpu_ops_check). Not yet: the whole
-# model's loss and gradients against the CPU, a training run, throughput and MFU, and the
-# transformers + torch.compile peer (the CUDA backend they need does not exist yet).
+# What it checks today:
+# (a) every CUDA kernel of kernels/cuda, forward and backward, against the float64 reference on
+#     fresh random inputs at several shapes, fp32 and bf16, outputs poisoned with NaN, plus
+#     bitwise reruns of the deterministic kernels, and the cuBLASLt GEMMs against the float64
+#     product with bitwise reruns of their kept plans (gpu_ops_check);
+# (a') the backend conformance suite on the fp32 CUDA backend: every op of kernels/ops.h
+#     against the reference, as CI runs it on the CPU backend (cuda_conformance).
+# Not yet: the whole model's loss and gradients against the CPU, a training run, throughput and
+# MFU, and the transformers + torch.compile peer (they need the model, whose build wants absl,
+# which the GPU machine lacks, and the bf16 path).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=${QTRAIN_GPU_BUILD:-$root/build-gpu}
@@ -34,6 +38,7 @@ built=$(date +%s)
 
 status=0
 "$build/gpu_ops_check" | tee "$out/ops.txt" || status=1
+"$build/cuda_conformance" --failures-only | tee "$out/conformance.txt" || status=1
 end=$(date +%s)
 
 echo
@@ -41,6 +46,7 @@ echo "| check | result |"
 echo "| --- | --- |"
 echo "| build (sm_$arch) | $((built - start)) s |"
 echo "| (a) kernels and GEMMs vs reference | $(tail -1 "$out/ops.txt") |"
+echo "| (a') fp32 CUDA backend conformance | $(tail -1 "$out/conformance.txt") |"
 echo "| (b)-(e) model, training, throughput, peer | not written yet |"
 echo "| total | $((end - start)) s |"
 exit $status

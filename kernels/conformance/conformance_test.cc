@@ -1,0 +1,455 @@
+// The conformance suite on the CPU backend: every case passes; and the suite can fail: backends
+// that forward to the CPU backend but break one op (a flipped sign, a missed accumulation, an
+// off-by-one causal mask, a wrong GQA group, an unwritten output, a nondeterministic result, a
+// write past the end, a missing validation) fail cases of that op and of no other.
+#include "kernels/conformance/conformance.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <ostream>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "kernels/ops.h"
+
+namespace qtrain::kernels {
+namespace {
+
+// Forwards every op to another backend; the corruptions below override one op each.
+class ForwardingBackend : public Backend {
+ public:
+  explicit ForwardingBackend(Backend& inner) : inner_(inner) {}
+  std::string_view name() const override { return "forwarding"; }
+
+  void* Alloc(size_t bytes) override { return inner_.Alloc(bytes); }
+  void Free(void* ptr) override { inner_.Free(ptr); }
+  OpStatus CopyHostToBackend(void* dst, const void* src, size_t bytes) override {
+    return inner_.CopyHostToBackend(dst, src, bytes);
+  }
+  OpStatus CopyBackendToHost(void* dst, const void* src, size_t bytes) override {
+    return inner_.CopyBackendToHost(dst, src, bytes);
+  }
+  OpStatus CopyWithinBackend(void* dst, const void* src, size_t bytes) override {
+    return inner_.CopyWithinBackend(dst, src, bytes);
+  }
+  OpStatus Fill(float* x, int64_t n, float value) override { return inner_.Fill(x, n, value); }
+  OpStatus Scale(float* x, int64_t n, float alpha) override { return inner_.Scale(x, n, alpha); }
+  OpStatus Synchronize() override { return inner_.Synchronize(); }
+  OpStatus EmbeddingForward(const int32_t* ids, const float* table, float* out, int64_t rows,
+                            int64_t vocab, int64_t dim) override {
+    return inner_.EmbeddingForward(ids, table, out, rows, vocab, dim);
+  }
+  OpStatus EmbeddingBackward(const int32_t* ids, const float* dout, float* dtable, int64_t rows,
+                             int64_t vocab, int64_t dim) override {
+    return inner_.EmbeddingBackward(ids, dout, dtable, rows, vocab, dim);
+  }
+  OpStatus RmsNormForward(const float* x, const float* weight, float eps, float* out, float* rstd,
+                          int64_t rows, int64_t dim) override {
+    return inner_.RmsNormForward(x, weight, eps, out, rstd, rows, dim);
+  }
+  OpStatus RmsNormBackward(const float* dout, const float* x, const float* weight,
+                           const float* rstd, float* dx, float* dweight, int64_t rows,
+                           int64_t dim) override {
+    return inner_.RmsNormBackward(dout, x, weight, rstd, dx, dweight, rows, dim);
+  }
+  OpStatus LinearForward(const float* x, const float* weight, const float* bias, float* y,
+                         int64_t rows, int64_t in, int64_t out) override {
+    return inner_.LinearForward(x, weight, bias, y, rows, in, out);
+  }
+  OpStatus LinearBackward(const float* dy, const float* x, const float* weight, float* dx,
+                          float* dweight, float* dbias, int64_t rows, int64_t in,
+                          int64_t out) override {
+    return inner_.LinearBackward(dy, x, weight, dx, dweight, dbias, rows, in, out);
+  }
+  OpStatus LmHeadForward(const float* y, const float* embedding, float* logits, int64_t rows,
+                         int64_t vocab, int64_t dim) override {
+    return inner_.LmHeadForward(y, embedding, logits, rows, vocab, dim);
+  }
+  OpStatus LmHeadBackward(const float* dlogits, const float* y, const float* embedding, float* dy,
+                          float* dembedding, int64_t rows, int64_t vocab, int64_t dim) override {
+    return inner_.LmHeadBackward(dlogits, y, embedding, dy, dembedding, rows, vocab, dim);
+  }
+  OpStatus RopeForward(const float* x, float* y, const RopeShape& shape, const float* inv_freq,
+                       float attention_factor) override {
+    return inner_.RopeForward(x, y, shape, inv_freq, attention_factor);
+  }
+  OpStatus RopeBackward(const float* dy, float* dx, const RopeShape& shape, const float* inv_freq,
+                        float attention_factor) override {
+    return inner_.RopeBackward(dy, dx, shape, inv_freq, attention_factor);
+  }
+  OpStatus AttentionForward(const float* q, const float* k, const float* v, float* o, float* lse,
+                            const AttentionShape& shape) override {
+    return inner_.AttentionForward(q, k, v, o, lse, shape);
+  }
+  OpStatus AttentionBackward(const float* q, const float* k, const float* v, const float* o,
+                             const float* lse, const float* dout, float* dq, float* dk, float* dv,
+                             const AttentionShape& shape) override {
+    return inner_.AttentionBackward(q, k, v, o, lse, dout, dq, dk, dv, shape);
+  }
+  OpStatus DcaAttentionForward(const float* q_intra, const float* q_succ, const float* q_inter,
+                               const float* k, const float* v, float* o, float* lse,
+                               const DcaAttentionShape& shape) override {
+    return inner_.DcaAttentionForward(q_intra, q_succ, q_inter, k, v, o, lse, shape);
+  }
+  OpStatus SwigluForward(const float* gate, const float* up, float* out, int64_t rows,
+                         int64_t dim) override {
+    return inner_.SwigluForward(gate, up, out, rows, dim);
+  }
+  OpStatus SwigluBackward(const float* dout, const float* gate, const float* up, float* dgate,
+                          float* dup, int64_t rows, int64_t dim) override {
+    return inner_.SwigluBackward(dout, gate, up, dgate, dup, rows, dim);
+  }
+  OpStatus ResidualForward(const float* a, const float* b, float* out, int64_t n) override {
+    return inner_.ResidualForward(a, b, out, n);
+  }
+  OpStatus ResidualBackward(const float* dout, float* da, float* db, int64_t n) override {
+    return inner_.ResidualBackward(dout, da, db, n);
+  }
+  OpStatus CrossEntropyForward(const float* logits, const int32_t* labels, float* losses,
+                               float* lse, double* loss_sum, int64_t* num_valid, int64_t rows,
+                               int64_t vocab, int32_t ignore_index) override {
+    return inner_.CrossEntropyForward(logits, labels, losses, lse, loss_sum, num_valid, rows, vocab,
+                                      ignore_index);
+  }
+  OpStatus CrossEntropyBackward(const float* logits, const int32_t* labels, const float* lse,
+                                float grad_scale, float* dlogits, int64_t rows, int64_t vocab,
+                                int32_t ignore_index) override {
+    return inner_.CrossEntropyBackward(logits, labels, lse, grad_scale, dlogits, rows, vocab,
+                                       ignore_index);
+  }
+  OpStatus CrossEntropyForwardBackward(const float* logits, const int32_t* labels, float grad_scale,
+                                       float* losses, float* lse, double* loss_sum,
+                                       int64_t* num_valid, float* dlogits, int64_t rows,
+                                       int64_t vocab, int32_t ignore_index) override {
+    return inner_.CrossEntropyForwardBackward(logits, labels, grad_scale, losses, lse, loss_sum,
+                                              num_valid, dlogits, rows, vocab, ignore_index);
+  }
+  OpStatus AdamWStep(float* param, const float* grad, float* m, float* v, int64_t n,
+                     const AdamWParams& params) override {
+    return inner_.AdamWStep(param, grad, m, v, n, params);
+  }
+  OpStatus SumOfSquares(const float* const* tensors, const int64_t* sizes, int64_t count,
+                        double* sum_squares) override {
+    return inner_.SumOfSquares(tensors, sizes, count, sum_squares);
+  }
+
+ protected:
+  Backend& inner_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// The corruptions. Those that compute on their own read the CPU backend's memory directly, which
+// only this test may do (it knows the inner backend is the CPU's).
+
+class FlippedLinearForward : public ForwardingBackend {
+ public:
+  using ForwardingBackend::ForwardingBackend;
+  OpStatus LinearForward(const float* x, const float* weight, const float* bias, float* y,
+                         int64_t rows, int64_t in, int64_t out) override {
+    QTRAIN_KERNEL_RETURN_IF_ERROR(inner_.LinearForward(x, weight, bias, y, rows, in, out));
+    return inner_.Scale(y, rows * out, -1.0f);
+  }
+};
+
+// Overwrites the gradients instead of accumulating into them.
+class OverwritingRmsNormBackward : public ForwardingBackend {
+ public:
+  using ForwardingBackend::ForwardingBackend;
+  OpStatus RmsNormBackward(const float* dout, const float* x, const float* weight,
+                           const float* rstd, float* dx, float* dweight, int64_t rows,
+                           int64_t dim) override {
+    if (rows > 0 && dim > 0) {
+      if (dx != nullptr) QTRAIN_KERNEL_RETURN_IF_ERROR(inner_.Fill(dx, rows * dim, 0.0f));
+      if (dweight != nullptr) QTRAIN_KERNEL_RETURN_IF_ERROR(inner_.Fill(dweight, dim, 0.0f));
+    }
+    return inner_.RmsNormBackward(dout, x, weight, rstd, dx, dweight, rows, dim);
+  }
+};
+
+// A naive attention forward with a bug: `extra_keys` more keys visible than causal (an
+// off-by-one mask), or query head h reading KV head h % Hkv instead of h / (H / Hkv).
+class BuggyAttentionForward : public ForwardingBackend {
+ public:
+  BuggyAttentionForward(Backend& inner, int64_t extra_keys, bool interleaved_groups)
+      : ForwardingBackend(inner), extra_keys_(extra_keys), interleaved_(interleaved_groups) {}
+  OpStatus AttentionForward(const float* q, const float* k, const float* v, float* o, float* lse,
+                            const AttentionShape& s) override {
+    if (s.batch <= 0 || s.seq_len < 0 || s.num_heads <= 0 || s.num_kv_heads <= 0 ||
+        s.head_dim <= 0 || s.num_heads % s.num_kv_heads != 0 ||
+        (s.kv_capacity != 0 && s.kv_capacity < s.kv_len())) {
+      return OpStatus::Error("AttentionForward: invalid shape");
+    }
+    const int64_t T = s.seq_len, R = s.kv_rows(), H = s.num_heads, Hkv = s.num_kv_heads,
+                  D = s.head_dim, group = H / Hkv;
+    const double scale = s.softmax_scale > 0 ? s.softmax_scale : 1.0 / std::sqrt(double(D));
+    std::vector<double> p(R);
+    for (int64_t b = 0; b < s.batch; ++b)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t t = 0; t < T; ++t) {
+          const int64_t g = interleaved_ ? h % Hkv : h / group;
+          const int64_t visible = std::min(s.past_len + t + 1 + extra_keys_, s.kv_len());
+          const float* qr = q + ((b * T + t) * H + h) * D;
+          double max = -std::numeric_limits<double>::infinity();
+          for (int64_t j = 0; j < visible; ++j) {
+            const float* kr = k + ((b * R + j) * Hkv + g) * D;
+            double dot = 0;
+            for (int64_t i = 0; i < D; ++i) dot += double(qr[i]) * kr[i];
+            p[j] = dot * scale;
+            max = std::max(max, p[j]);
+          }
+          double sum = 0;
+          for (int64_t j = 0; j < visible; ++j) sum += std::exp(p[j] - max);
+          const double row_lse = max + std::log(sum);
+          lse[(b * H + h) * T + t] = static_cast<float>(row_lse);
+          float* orow = o + ((b * T + t) * H + h) * D;
+          for (int64_t i = 0; i < D; ++i) {
+            double acc = 0;
+            for (int64_t j = 0; j < visible; ++j)
+              acc += std::exp(p[j] - row_lse) * v[((b * R + j) * Hkv + g) * D + i];
+            orow[i] = static_cast<float>(acc);
+          }
+        }
+    return OpStatus::Ok();
+  }
+
+ private:
+  int64_t extra_keys_;
+  bool interleaved_;
+};
+
+// Returns without writing its output.
+class IdleSwigluForward : public ForwardingBackend {
+ public:
+  using ForwardingBackend::ForwardingBackend;
+  OpStatus SwigluForward(const float* gate, const float* up, float* out, int64_t rows,
+                         int64_t dim) override {
+    if (rows < 0 || dim <= 0) return OpStatus::Error("SwigluForward: bad shape");
+    return OpStatus::Ok();
+  }
+};
+
+// Accurate, but every other call differs by one ulp in its first element.
+class NondeterministicResidualForward : public ForwardingBackend {
+ public:
+  using ForwardingBackend::ForwardingBackend;
+  OpStatus ResidualForward(const float* a, const float* b, float* out, int64_t n) override {
+    QTRAIN_KERNEL_RETURN_IF_ERROR(inner_.ResidualForward(a, b, out, n));
+    if (n > 0 && (calls_++ % 2) == 1) {
+      return inner_.Scale(out, 1, 1.0f + std::numeric_limits<float>::epsilon());
+    }
+    return OpStatus::Ok();
+  }
+
+ private:
+  int64_t calls_ = 0;
+};
+
+// Writes one element past the end of dtable.
+class OverrunningEmbeddingBackward : public ForwardingBackend {
+ public:
+  using ForwardingBackend::ForwardingBackend;
+  OpStatus EmbeddingBackward(const int32_t* ids, const float* dout, float* dtable, int64_t rows,
+                             int64_t vocab, int64_t dim) override {
+    QTRAIN_KERNEL_RETURN_IF_ERROR(inner_.EmbeddingBackward(ids, dout, dtable, rows, vocab, dim));
+    return inner_.Fill(dtable + vocab * dim, 1, 0.0f);
+  }
+};
+
+// Drops the embedding table's gradient.
+class LmHeadBackwardWithoutDembedding : public ForwardingBackend {
+ public:
+  using ForwardingBackend::ForwardingBackend;
+  OpStatus LmHeadBackward(const float* dlogits, const float* y, const float* embedding, float* dy,
+                          float* dembedding, int64_t rows, int64_t vocab, int64_t dim) override {
+    return inner_.LmHeadBackward(dlogits, y, embedding, dy, nullptr, rows, vocab, dim);
+  }
+};
+
+// Counts ignored rows as valid.
+class CrossEntropyCountingIgnoredRows : public ForwardingBackend {
+ public:
+  using ForwardingBackend::ForwardingBackend;
+  OpStatus CrossEntropyForward(const float* logits, const int32_t* labels, float* losses,
+                               float* lse, double* loss_sum, int64_t* num_valid, int64_t rows,
+                               int64_t vocab, int32_t ignore_index) override {
+    QTRAIN_KERNEL_RETURN_IF_ERROR(inner_.CrossEntropyForward(logits, labels, losses, lse, loss_sum,
+                                                             num_valid, rows, vocab, ignore_index));
+    if (num_valid != nullptr) *num_valid = rows;
+    return OpStatus::Ok();
+  }
+};
+
+// Skips validation: a negative row count is accepted as empty.
+class UnvalidatedCrossEntropyBackward : public ForwardingBackend {
+ public:
+  using ForwardingBackend::ForwardingBackend;
+  OpStatus CrossEntropyBackward(const float* logits, const int32_t* labels, const float* lse,
+                                float grad_scale, float* dlogits, int64_t rows, int64_t vocab,
+                                int32_t ignore_index) override {
+    if (rows < 0) return OpStatus::Ok();
+    return inner_.CrossEntropyBackward(logits, labels, lse, grad_scale, dlogits, rows, vocab,
+                                       ignore_index);
+  }
+};
+
+std::string Failures(const std::vector<ConformanceCase>& cases) {
+  std::vector<ConformanceCase> failed;
+  for (const ConformanceCase& c : cases)
+    if (!c.passed) failed.push_back(c);
+  return FormatConformanceReport(failed);
+}
+
+TEST(ConformanceTest, CpuBackendPassesEveryCase) {
+  const auto start = std::chrono::steady_clock::now();
+  const std::vector<ConformanceCase> cases = RunConformance(CpuBackend(), {});
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf("conformance, cpu backend: %zu cases in %.2f s\n", cases.size(), seconds);
+  ASSERT_GT(cases.size(), 300u);
+  // Every op of the Backend interface is covered.
+  std::set<std::string> ops;
+  for (const ConformanceCase& c : cases) ops.insert(c.op);
+  for (const char* op : {"Alloc",
+                         "CopyHostToBackend",
+                         "CopyBackendToHost",
+                         "CopyWithinBackend",
+                         "Fill",
+                         "Scale",
+                         "Synchronize",
+                         "EmbeddingForward",
+                         "EmbeddingBackward",
+                         "RmsNormForward",
+                         "RmsNormBackward",
+                         "LinearForward",
+                         "LinearBackward",
+                         "LmHeadForward",
+                         "LmHeadBackward",
+                         "RopeForward",
+                         "RopeBackward",
+                         "AttentionForward",
+                         "AttentionBackward",
+                         "DcaAttentionForward",
+                         "SwigluForward",
+                         "SwigluBackward",
+                         "ResidualForward",
+                         "ResidualBackward",
+                         "CrossEntropyForward",
+                         "CrossEntropyBackward",
+                         "CrossEntropyForwardBackward",
+                         "AdamWStep",
+                         "SumOfSquares"}) {
+    EXPECT_TRUE(ops.count(op)) << op;
+  }
+  bool all_passed = true;
+  for (const ConformanceCase& c : cases) all_passed = all_passed && c.passed;
+  EXPECT_TRUE(all_passed) << Failures(cases);
+}
+
+TEST(ConformanceTest, QuickModeFilterAndSeed) {
+  ConformanceOptions options;
+  options.quick = true;
+  const std::vector<ConformanceCase> quick = RunConformance(CpuBackend(), options);
+  EXPECT_TRUE(std::all_of(quick.begin(), quick.end(), [](const auto& c) { return c.passed; }))
+      << Failures(quick);
+  options.filter = "rope";  // case-insensitive substring of the op name
+  options.seed = 7;
+  const std::vector<ConformanceCase> rope = RunConformance(CpuBackend(), options);
+  ASSERT_FALSE(rope.empty());
+  for (const ConformanceCase& c : rope) {
+    EXPECT_TRUE(c.op == "RopeForward" || c.op == "RopeBackward") << c.op;
+    EXPECT_TRUE(c.passed) << c.op << " " << c.shape << " " << c.check << " " << c.message;
+  }
+  EXPECT_LT(rope.size(), quick.size());
+  const std::string report = FormatConformanceReport(rope);
+  EXPECT_NE(report.find(std::to_string(rope.size()) + " cases, 0 failed"), std::string::npos)
+      << report;
+}
+
+struct Corruption {
+  const char* name;
+  std::function<std::unique_ptr<Backend>(Backend&)> make;
+  const char* op;     // the only op that may fail
+  const char* check;  // a substring of a check that must fail ("" for any)
+};
+
+// Names the parameter in test listings (instead of its bytes).
+void PrintTo(const Corruption& c, std::ostream* os) { *os << c.name; }
+
+class CorruptedBackendTest : public ::testing::TestWithParam<Corruption> {};
+
+TEST_P(CorruptedBackendTest, FailsThatOpAndNoOther) {
+  const Corruption& c = GetParam();
+  std::unique_ptr<Backend> backend = c.make(CpuBackend());
+  ConformanceOptions options;
+  options.quick = true;
+  const std::vector<ConformanceCase> cases = RunConformance(*backend, options);
+  int64_t failed = 0, failed_check = 0;
+  for (const ConformanceCase& k : cases) {
+    if (k.passed) continue;
+    ++failed;
+    EXPECT_EQ(k.op, c.op) << k.shape << " " << k.check << " " << k.message;
+    failed_check += k.check.find(c.check) != std::string::npos;
+  }
+  EXPECT_GT(failed, 0) << "the suite did not notice " << c.name;
+  EXPECT_GT(failed_check, 0) << "no failed check matches \"" << c.check << "\"\n"
+                             << Failures(cases);
+  std::printf("%s: %lld of %zu cases failed\n", c.name, static_cast<long long>(failed),
+              cases.size());
+}
+
+template <typename T>
+std::function<std::unique_ptr<Backend>(Backend&)> Make() {
+  return [](Backend& inner) { return std::make_unique<T>(inner); };
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Corruptions, CorruptedBackendTest,
+    ::testing::Values(
+        Corruption{"FlippedLinearForward", Make<FlippedLinearForward>(), "LinearForward", "y"},
+        Corruption{"OverwritingRmsNormBackward", Make<OverwritingRmsNormBackward>(),
+                   "RmsNormBackward", "dx"},
+        Corruption{
+            "CausalMaskOffByOne",
+            [](Backend& inner) { return std::make_unique<BuggyAttentionForward>(inner, 1, false); },
+            "AttentionForward", "o"},
+        Corruption{
+            "WrongGqaGroup",
+            [](Backend& inner) { return std::make_unique<BuggyAttentionForward>(inner, 0, true); },
+            "AttentionForward", "o"},
+        Corruption{"IdleSwigluForward", Make<IdleSwigluForward>(), "SwigluForward", "out"},
+        Corruption{"NondeterministicResidualForward", Make<NondeterministicResidualForward>(),
+                   "ResidualForward", "rerun"},
+        Corruption{"OverrunningEmbeddingBackward", Make<OverrunningEmbeddingBackward>(),
+                   "EmbeddingBackward", "rerun+bounds"},
+        Corruption{"LmHeadBackwardWithoutDembedding", Make<LmHeadBackwardWithoutDembedding>(),
+                   "LmHeadBackward", "dembedding"},
+        Corruption{"CrossEntropyCountingIgnoredRows", Make<CrossEntropyCountingIgnoredRows>(),
+                   "CrossEntropyForward", "num_valid"},
+        Corruption{"UnvalidatedCrossEntropyBackward", Make<UnvalidatedCrossEntropyBackward>(),
+                   "CrossEntropyBackward", "invalid"}),
+    [](const auto& info) { return std::string(info.param.name); });
+
+// A sanity check of the correct naive attention above (extra_keys 0, the right groups): the
+// suite accepts it, so the failures of its buggy variants come from the bugs.
+TEST(ConformanceTest, NaiveAttentionWithoutTheBugsPasses) {
+  BuggyAttentionForward backend(CpuBackend(), 0, false);
+  ConformanceOptions options;
+  options.quick = true;
+  options.filter = "AttentionForward";
+  const std::vector<ConformanceCase> cases = RunConformance(backend, options);
+  ASSERT_FALSE(cases.empty());
+  EXPECT_TRUE(std::all_of(cases.begin(), cases.end(), [](const auto& c) { return c.passed; }))
+      << Failures(cases);
+}
+
+}  // namespace
+}  // namespace qtrain::kernels
