@@ -1,0 +1,158 @@
+// The model reaches backend memory only through the Backend interface, as a GPU backend needs:
+// on OpaqueMemoryBackend (the CPU backend behind pointers the host cannot dereference) a forward,
+// a backward and a decode run, and give the CPU backend's results bit for bit.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <span>
+#include <vector>
+
+#include "worker/model/init.h"
+#include "worker/model/model.h"
+#include "worker/model/opaque_backend_test_util.h"
+
+namespace qtrain::model {
+namespace {
+
+ModelConfig TestConfig(bool yarn) {
+  ModelConfig c = *PresetConfig("qwen2-test");
+  if (yarn) {
+    c.rope_type = RopeType::kYarn;
+    c.yarn.factor = 4.0;
+    c.yarn.original_max_position_embeddings = 64;
+  }
+  return c;
+}
+
+// The same initial weights in both models: on the host for the CPU one, copied in for the other.
+void LoadSameParams(Model& cpu, Model& opaque, uint64_t seed) {
+  std::vector<float> host(cpu.params().size());
+  InitializeParameters(cpu.config(), cpu.layout(), seed, host);
+  std::copy(host.begin(), host.end(), cpu.params().begin());
+  ASSERT_TRUE(
+      opaque.backend()
+          .CopyHostToBackend(opaque.params().data(), host.data(), host.size() * sizeof(float))
+          .ok());
+}
+
+std::vector<float> HostCopy(const Model& model, std::span<const float> backend_memory) {
+  std::vector<float> host(backend_memory.size());
+  EXPECT_TRUE(
+      model.backend()
+          .CopyBackendToHost(host.data(), backend_memory.data(), host.size() * sizeof(float))
+          .ok());
+  return host;
+}
+
+bool SameBits(std::span<const float> a, std::span<const float> b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// The premise: the host cannot read or write what this backend allocates.
+TEST(OpaqueMemoryBackendDeathTest, TheHostCannotTouchItsMemory) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  OpaqueMemoryBackend backend;
+  float* p = static_cast<float*>(backend.Alloc(64 * sizeof(float)));
+  ASSERT_NE(p, nullptr);
+  const float one = 1.0f;
+  ASSERT_TRUE(backend.CopyHostToBackend(p + 3, &one, sizeof(one)).ok());
+  EXPECT_EQ(OpaqueMemoryBackend::Real(p)[3], 1.0f);
+  EXPECT_DEATH(
+      {
+        volatile float* v = p + 3;
+        *v = 2.0f;
+      },
+      "");
+  backend.Free(p);
+}
+
+struct Variant {
+  bool yarn;
+  ModelOptions options;
+};
+
+class OpaqueBackendTest : public ::testing::TestWithParam<Variant> {};
+
+TEST_P(OpaqueBackendTest, TrainingStepMatchesTheCpuBackendBitForBit) {
+  const ModelConfig c = TestConfig(GetParam().yarn);
+  OpaqueMemoryBackend backend;
+  auto cpu = Model::Create(c, GetParam().options);
+  auto opaque = Model::Create(c, GetParam().options, backend);
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  ASSERT_TRUE(opaque.ok()) << opaque.status();
+  // The model's memory really is out of the host's reach (the test would be void otherwise).
+  EXPECT_NE(opaque->params().data(), OpaqueMemoryBackend::Real(opaque->params().data()));
+  LoadSameParams(*cpu, *opaque, 5);
+
+  const int64_t batch_size = 2, seq_len = 9;
+  std::vector<int32_t> ids, targets;
+  for (int64_t i = 0; i < batch_size * seq_len; ++i) {
+    ids.push_back(static_cast<int32_t>((i * 37 + 11) % c.vocab_size));
+    targets.push_back(i % 5 == 3 ? kIgnoreIndex
+                                 : static_cast<int32_t>((i * 53 + 7) % c.vocab_size));
+  }
+  const Batch batch{.batch_size = batch_size, .seq_len = seq_len, .ids = ids, .targets = targets};
+  ASSERT_TRUE(cpu->ZeroGrads().ok());
+  ASSERT_TRUE(opaque->ZeroGrads().ok());
+  std::vector<float> cpu_logits, cpu_logprobs, opaque_logits, opaque_logprobs;
+  auto want =
+      cpu->ForwardBackward(batch, {.logits = &cpu_logits, .target_logprobs = &cpu_logprobs});
+  auto got = opaque->ForwardBackward(
+      batch, {.logits = &opaque_logits, .target_logprobs = &opaque_logprobs});
+  ASSERT_TRUE(want.ok()) << want.status();
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(std::isfinite(want->loss));
+  EXPECT_EQ(std::memcmp(&want->loss, &got->loss, sizeof(double)), 0)
+      << want->loss << " vs " << got->loss;
+  EXPECT_EQ(want->num_targets, got->num_targets);
+  EXPECT_TRUE(SameBits(cpu_logits, opaque_logits));
+  EXPECT_TRUE(SameBits(cpu_logprobs, opaque_logprobs));
+  EXPECT_TRUE(SameBits(cpu->grads(), HostCopy(*opaque, opaque->grads())));
+
+  // A forward without targets (scoring) too.
+  std::vector<float> cpu_scored, opaque_scored;
+  ASSERT_TRUE(cpu->Forward({.batch_size = batch_size, .seq_len = seq_len, .ids = ids},
+                           {.logits = &cpu_scored})
+                  .ok());
+  ASSERT_TRUE(opaque
+                  ->Forward({.batch_size = batch_size, .seq_len = seq_len, .ids = ids},
+                            {.logits = &opaque_scored})
+                  .ok());
+  EXPECT_TRUE(SameBits(cpu_scored, opaque_scored));
+}
+
+TEST_P(OpaqueBackendTest, DecodeMatchesTheCpuBackendBitForBit) {
+  const ModelConfig c = TestConfig(GetParam().yarn);
+  OpaqueMemoryBackend backend;
+  ModelOptions options = GetParam().options;
+  options.allocate_gradients = false;
+  auto cpu = Model::Create(c, options);
+  auto opaque = Model::Create(c, options, backend);
+  ASSERT_TRUE(cpu.ok() && opaque.ok());
+  LoadSameParams(*cpu, *opaque, 8);
+  const std::vector<int32_t> ids = {3, 17, 5, 29, 0, 11, 8};
+  auto cpu_cache = KvCache::Create(*cpu, 7);
+  auto opaque_cache = KvCache::Create(*opaque, 7);
+  ASSERT_TRUE(cpu_cache.ok() && opaque_cache.ok());
+  std::vector<float> want(c.vocab_size), got(c.vocab_size);
+  int64_t done = 0;
+  for (int64_t len : {4, 1, 1, 1}) {
+    const auto step = std::span(ids).subspan(done, len);
+    ASSERT_TRUE(cpu->Decode(step, *cpu_cache, want).ok());
+    ASSERT_TRUE(opaque->Decode(step, *opaque_cache, got).ok());
+    done += len;
+    EXPECT_TRUE(SameBits(want, got)) << "after " << done << " tokens";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Variants, OpaqueBackendTest,
+    ::testing::Values(Variant{.yarn = false, .options = {}},
+                      // Recomputation, and LM-head chunks that do not divide the tokens.
+                      Variant{
+                          .yarn = true,
+                          .options = {.recompute_activations = true, .lm_head_chunk_tokens = 5}}));
+
+}  // namespace
+}  // namespace qtrain::model
