@@ -24,14 +24,7 @@ OpStatus ValidateCrossEntropy(const char* op, const float* logits, const int32_t
   if (rows == 0) return OpStatus::Ok();
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(op, "logits", logits));
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(op, "labels", labels));
-  for (int64_t r = 0; r < rows; ++r) {
-    if (labels[r] != ignore_index && (labels[r] < 0 || labels[r] >= vocab)) {
-      return OpStatus::Error(std::string(op) + ": label " + std::to_string(labels[r]) + " at row " +
-                             std::to_string(r) + " is outside [0, " + std::to_string(vocab) +
-                             ") and is not ignore_index " + std::to_string(ignore_index));
-    }
-  }
-  return OpStatus::Ok();
+  return CheckIdsInRange(op, "label", labels, rows, vocab, &ignore_index);
 }
 
 // Elements per summation chunk: chunk sums are added in double (vocab ~ 1.5e5 terms).

@@ -20,13 +20,7 @@ OpStatus ValidateEmbedding(const char* op, const int32_t* ids, const void* table
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(op, "ids", ids));
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(op, "table", table));
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(op, "out", out));
-  for (int64_t r = 0; r < rows; ++r) {
-    if (ids[r] < 0 || ids[r] >= vocab) {
-      return OpStatus::Error(std::string(op) + ": id " + std::to_string(ids[r]) + " at row " +
-                             std::to_string(r) + " is outside [0, " + std::to_string(vocab) + ")");
-    }
-  }
-  return OpStatus::Ok();
+  return CheckIdsInRange(op, "id", ids, rows, vocab);
 }
 
 // Columns per work item of the backward: each item walks all rows in order, so the sums into a

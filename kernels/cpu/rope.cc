@@ -14,23 +14,6 @@
 namespace qtrain::kernels::cpu {
 namespace {
 
-OpStatus ValidateRope(const char* op, const void* in, const void* out, const RopeShape& shape,
-                      const float* inv_freq) {
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPositive(op, "batch", shape.batch));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative(op, "seq_len", shape.seq_len));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPositive(op, "num_heads", shape.num_heads));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPositive(op, "head_dim", shape.head_dim));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative(op, "past_len", shape.past_len));
-  if (shape.head_dim % 2 != 0) {
-    return OpStatus::Error(std::string(op) + ": head_dim must be even, got " +
-                           std::to_string(shape.head_dim));
-  }
-  if (shape.seq_len == 0) return OpStatus::Ok();
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(op, "input", in));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(op, "output", out));
-  return CheckNotNull(op, "inv_freq", inv_freq);
-}
-
 // cos_table[i] = cos(p * inv_freq[i]) * factor and sin_table[i] likewise, for i < half.
 void Angles(int64_t pos, const float* inv_freq, float attention_factor, int64_t half,
             float* cos_table, float* sin_table) {

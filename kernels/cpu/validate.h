@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string>
 
+#include "kernels/ops.h"
 #include "kernels/status.h"
 
 namespace qtrain::kernels::cpu {
@@ -24,6 +25,40 @@ inline OpStatus CheckNonNegative(const char* op, const char* what, int64_t value
 inline OpStatus CheckNotNull(const char* op, const char* what, const void* ptr) {
   if (ptr != nullptr) return OpStatus::Ok();
   return OpStatus::Error(std::string(op) + ": " + what + " is null");
+}
+
+// Host ids (`what` = "id") or labels ("label") of `rows` rows in [0, vocab); with `ignore`, that
+// value is allowed too. Shared with the CUDA backend, which checks a host copy of its ids.
+inline OpStatus CheckIdsInRange(const char* op, const char* what, const int32_t* ids, int64_t rows,
+                                int64_t vocab, const int32_t* ignore = nullptr) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int32_t id = ids[r];
+    if ((ignore != nullptr && id == *ignore) || (id >= 0 && id < vocab)) continue;
+    std::string message = std::string(op) + ": " + what + " " + std::to_string(id) + " at row " +
+                          std::to_string(r) + " is outside [0, " + std::to_string(vocab) + ")";
+    if (ignore != nullptr) message += " and is not ignore_index " + std::to_string(*ignore);
+    return OpStatus::Error(message);
+  }
+  return OpStatus::Ok();
+}
+
+// The checks of a RoPE application (either backend): the shape, then the pointers when there is
+// work.
+inline OpStatus ValidateRope(const char* op, const void* in, const void* out,
+                             const RopeShape& shape, const float* inv_freq) {
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPositive(op, "batch", shape.batch));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative(op, "seq_len", shape.seq_len));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPositive(op, "num_heads", shape.num_heads));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPositive(op, "head_dim", shape.head_dim));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative(op, "past_len", shape.past_len));
+  if (shape.head_dim % 2 != 0) {
+    return OpStatus::Error(std::string(op) + ": head_dim must be even, got " +
+                           std::to_string(shape.head_dim));
+  }
+  if (shape.seq_len == 0) return OpStatus::Ok();
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(op, "input", in));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(op, "output", out));
+  return CheckNotNull(op, "inv_freq", inv_freq);
 }
 
 }  // namespace qtrain::kernels::cpu

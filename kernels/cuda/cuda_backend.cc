@@ -449,23 +449,13 @@ class CudaBackendImpl final : public Backend {
     return CudaStatus(cudaStreamSynchronize(stream_), "Copy: the queued work failed");
   }
 
-  // The ids (or labels) of an op, copied to the host and checked against [0, vocab), `ignore`
-  // (if given) allowed as well; the CPU backend's message.
+  // The ids (or labels) of an op, copied to the host and checked as the CPU backend checks them.
   OpStatus CheckIds(const char* op, const char* what, const int32_t* ids, int64_t rows,
                     int64_t vocab, const int32_t* ignore, std::vector<int32_t>* host) {
     host->resize(static_cast<size_t>(rows));
     QTRAIN_KERNEL_RETURN_IF_ERROR(
         Copy(host->data(), ids, host->size() * sizeof(int32_t), cudaMemcpyDeviceToHost));
-    for (int64_t r = 0; r < rows; ++r) {
-      const int32_t id = (*host)[r];
-      if (ignore != nullptr && id == *ignore) continue;
-      if (id < 0 || id >= vocab) {
-        return OpStatus::Error(std::string(op) + ": " + what + " " + std::to_string(id) +
-                               " at row " + std::to_string(r) + " is out of range [0, " +
-                               std::to_string(vocab) + ")");
-      }
-    }
-    return OpStatus::Ok();
+    return cpu::CheckIdsInRange(op, what, host->data(), rows, vocab, ignore);
   }
 
   OpStatus CheckEmbedding(const char* op, const int32_t* ids, const float* a, const float* b,
@@ -574,22 +564,11 @@ class CudaBackendImpl final : public Backend {
   OpStatus Rope(const char* op, const float* in, float* out, const RopeShape& shape,
                 const float* inv_freq, float attention_factor, bool transposed) {
     QTRAIN_KERNEL_RETURN_IF_ERROR(Bind());
-    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPositive(op, "batch", shape.batch));
-    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative(op, "seq_len", shape.seq_len));
-    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPositive(op, "num_heads", shape.num_heads));
-    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPositive(op, "head_dim", shape.head_dim));
-    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative(op, "past_len", shape.past_len));
-    if (shape.head_dim % 2 != 0) {
-      return OpStatus::Error(std::string(op) + ": head_dim must be even, got " +
-                             std::to_string(shape.head_dim));
-    }
+    QTRAIN_KERNEL_RETURN_IF_ERROR(cpu::ValidateRope(op, in, out, shape, inv_freq));
     if (!std::isfinite(attention_factor)) {
       return OpStatus::Error(std::string(op) + ": attention_factor is not finite");
     }
     if (shape.seq_len == 0) return OpStatus::Ok();
-    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(op, "input", in));
-    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(op, "output", out));
-    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(op, "inv_freq", inv_freq));
     const int64_t tokens = shape.batch * shape.seq_len;
     int64_t rows_needed = shape.past_len + shape.seq_len;
     if (shape.positions != nullptr) {
