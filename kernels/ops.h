@@ -5,8 +5,21 @@
 //
 // Conventions (every op):
 // - Pointers are backend memory (host memory for the CPU backend; device memory for CUDA),
-//   allocated with Backend::Alloc. Tensors are dense and row-major, fp32 unless noted; token ids
-//   and labels are int32. Shapes are in the comments, outermost first.
+//   allocated with Backend::Alloc. Tensors are dense and row-major; token ids and labels are
+//   int32. Shapes are in the comments, outermost first.
+// - Dtypes (kernels/tensor.h): a Tensor/ConstTensor argument is fp32 or bf16 storage (a float*
+//   converts to an fp32 one), a float* argument is fp32 only. Activations and weights are
+//   Tensors, so a model can keep them in bf16; what must stay fp32 is plain float*: statistics
+//   (rstd, lse), logits and losses, parameter gradients, master weights and optimizer moments.
+//   The arithmetic is fp32 whatever the storage (bf16 is widened on load and rounded to nearest
+//   even on store), and an op whose Tensors are all fp32 computes exactly what the fp32-only
+//   interface did. The tensors of one op may mix dtypes unless the op says otherwise.
+// - Streams: a backend instance is one ordered stream of work and owns its scratch memory
+//   (workspaces, GEMM plans); ops may run asynchronously on it. A thread of work uses its own
+//   instance (the CPU backend's ops keep no state and may be shared). Host-visible results
+//   (copies to the host, Synchronize) wait for the work queued before them. Scalars an op
+//   produces (loss sums, sums of squares) are written to backend memory, so a pass need not
+//   wait for each one.
 // - Token-wise ops take `rows` = B*T tokens of B sequences of T tokens each, laid out
 //   [B, T, ...] (sequence-major). Per-head activations are [B, T, H, D]: a row of a linear
 //   output [rows, H*D] holds head h at columns h*D ... h*D+D-1 (head-major), as transformers
@@ -32,6 +45,7 @@
 
 #include "kernels/rope_tables.h"
 #include "kernels/status.h"
+#include "kernels/tensor.h"
 
 namespace qtrain::kernels {
 
@@ -121,16 +135,21 @@ class Backend {
 
   // ---------------------------------------------------------------------------------------
   // Memory. Alloc returns 64-byte aligned backend memory (nullptr when bytes == 0 or on
-  // failure); Free(nullptr) is a no-op. Copies are synchronous.
+  // failure); Free(nullptr) is a no-op. Copies between the host and the backend wait for the
+  // queued work and are synchronous; everything else may run asynchronously, in order, on the
+  // backend's one stream (see "Streams" above).
   virtual void* Alloc(size_t bytes) = 0;
   virtual void Free(void* ptr) = 0;
   virtual OpStatus CopyHostToBackend(void* dst, const void* src, size_t bytes) = 0;
   virtual OpStatus CopyBackendToHost(void* dst, const void* src, size_t bytes) = 0;
   virtual OpStatus CopyWithinBackend(void* dst, const void* src, size_t bytes) = 0;
-  // x[0 .. n) = value (zeroing gradients).
-  virtual OpStatus Fill(float* x, int64_t n, float value) = 0;
+  // x[0 .. n) = value (zeroing gradients), rounded to x's dtype.
+  virtual OpStatus Fill(Tensor x, int64_t n, float value) = 0;
   // x[0 .. n) *= alpha.
-  virtual OpStatus Scale(float* x, int64_t n, float alpha) = 0;
+  virtual OpStatus Scale(Tensor x, int64_t n, float alpha) = 0;
+  // out[0 .. n) = in[0 .. n) converted to out's dtype (fp32 -> bf16 rounds to nearest even, a
+  // NaN stays NaN; bf16 -> fp32 is exact; the same dtype copies). out must not overlap in.
+  virtual OpStatus Cast(ConstTensor in, Tensor out, int64_t n) = 0;
   // Waits for queued work (no-op on the CPU).
   virtual OpStatus Synchronize() = 0;
 
@@ -138,46 +157,49 @@ class Backend {
   // Embedding: out[r, :] = table[ids[r], :].
   //   ids [rows] int32 in [0, vocab); table [vocab, dim]; out [rows, dim]
   // Errors on an id out of range.
-  virtual OpStatus EmbeddingForward(const int32_t* ids, const float* table, float* out,
-                                    int64_t rows, int64_t vocab, int64_t dim) = 0;
+  virtual OpStatus EmbeddingForward(const int32_t* ids, ConstTensor table, Tensor out, int64_t rows,
+                                    int64_t vocab, int64_t dim) = 0;
   // dtable[ids[r], :] += dout[r, :] (scatter-add in a fixed order; deterministic).
-  //   dout [rows, dim]; dtable [vocab, dim]
-  virtual OpStatus EmbeddingBackward(const int32_t* ids, const float* dout, float* dtable,
+  //   dout [rows, dim]; dtable [vocab, dim] fp32
+  virtual OpStatus EmbeddingBackward(const int32_t* ids, ConstTensor dout, float* dtable,
                                      int64_t rows, int64_t vocab, int64_t dim) = 0;
 
   // ---------------------------------------------------------------------------------------
-  // RMSNorm (Qwen2RMSNorm): rstd[r] = 1/sqrt(mean_j x[r,j]^2 + eps); out = weight * x * rstd.
-  //   x, out [rows, dim]; weight [dim]; rstd [rows] (saved for backward). out may alias x.
-  virtual OpStatus RmsNormForward(const float* x, const float* weight, float eps, float* out,
+  // RMSNorm (Qwen2RMSNorm): rstd[r] = 1/sqrt(mean_j x[r,j]^2 + eps); out = weight * x * rstd,
+  // with fp32 statistics whatever the dtypes.
+  //   x, out [rows, dim]; weight [dim]; rstd [rows] fp32 (saved for backward). out may alias x.
+  virtual OpStatus RmsNormForward(ConstTensor x, ConstTensor weight, float eps, Tensor out,
                                   float* rstd, int64_t rows, int64_t dim) = 0;
   // With n = x*rstd, u = dout*weight: dx += rstd*(u - n*mean_j(u*n)); dweight += sum_r dout*n.
-  //   dx [rows, dim] (optional); dweight [dim] (optional)
-  virtual OpStatus RmsNormBackward(const float* dout, const float* x, const float* weight,
-                                   const float* rstd, float* dx, float* dweight, int64_t rows,
+  //   dx [rows, dim] (optional); dweight [dim] fp32 (optional)
+  virtual OpStatus RmsNormBackward(ConstTensor dout, ConstTensor x, ConstTensor weight,
+                                   const float* rstd, Tensor dx, float* dweight, int64_t rows,
                                    int64_t dim) = 0;
 
   // ---------------------------------------------------------------------------------------
-  // Linear (nn.Linear): y = x W^T + b.
+  // Linear (nn.Linear): y = x W^T + b, accumulated in fp32.
   //   x [rows, in]; weight [out, in] (transformers' layout); bias [out] (optional); y [rows, out]
-  virtual OpStatus LinearForward(const float* x, const float* weight, const float* bias, float* y,
+  virtual OpStatus LinearForward(ConstTensor x, ConstTensor weight, ConstTensor bias, Tensor y,
                                  int64_t rows, int64_t in, int64_t out) = 0;
   // dx += dy W; dweight += dy^T x; dbias += sum_r dy.
-  //   dy [rows, out]; dx [rows, in] (optional); dweight [out, in] (optional);
-  //   dbias [out] (optional)
-  virtual OpStatus LinearBackward(const float* dy, const float* x, const float* weight, float* dx,
+  //   dy [rows, out]; dx [rows, in] (optional); dweight [out, in] fp32 (optional);
+  //   dbias [out] fp32 (optional)
+  virtual OpStatus LinearBackward(ConstTensor dy, ConstTensor x, ConstTensor weight, Tensor dx,
                                   float* dweight, float* dbias, int64_t rows, int64_t in,
                                   int64_t out) = 0;
 
   // ---------------------------------------------------------------------------------------
-  // Tied LM head: logits = y E^T (a linear without bias against the embedding table).
-  //   y [rows, dim]; embedding [vocab, dim]; logits [rows, vocab]
+  // Tied LM head: logits = y E^T (a linear without bias against the embedding table), fp32
+  // logits for the fp32 softmax of the loss.
+  //   y [rows, dim]; embedding [vocab, dim]; logits [rows, vocab] fp32
   // Row-chunk it (e.g. a few hundred tokens at a time) to bound the [rows, vocab] buffer.
-  virtual OpStatus LmHeadForward(const float* y, const float* embedding, float* logits,
-                                 int64_t rows, int64_t vocab, int64_t dim) = 0;
+  virtual OpStatus LmHeadForward(ConstTensor y, ConstTensor embedding, float* logits, int64_t rows,
+                                 int64_t vocab, int64_t dim) = 0;
   // dy += dlogits E; dembedding += dlogits^T y (the same buffer EmbeddingBackward adds into).
-  //   dlogits [rows, vocab]; dy [rows, dim] (optional); dembedding [vocab, dim] (optional)
-  virtual OpStatus LmHeadBackward(const float* dlogits, const float* y, const float* embedding,
-                                  float* dy, float* dembedding, int64_t rows, int64_t vocab,
+  //   dlogits [rows, vocab] fp32; dy [rows, dim] (optional); dembedding [vocab, dim] fp32
+  //   (optional)
+  virtual OpStatus LmHeadBackward(const float* dlogits, ConstTensor y, ConstTensor embedding,
+                                  Tensor dy, float* dembedding, int64_t rows, int64_t vocab,
                                   int64_t dim) = 0;
 
   // ---------------------------------------------------------------------------------------
@@ -185,36 +207,37 @@ class Backend {
   // s = sin(p*inv_freq_i)*factor; the angle p*inv_freq_i is an fp32 product. For i < D/2:
   //   y_i = x_i c - x_{i+D/2} s;  y_{i+D/2} = x_{i+D/2} c + x_i s.
   //   x, y [B, T, num_heads, head_dim] (y may alias x: in place);
-  //   inv_freq [head_dim/2] (backend memory; RopeTables::inv_freq);
+  //   inv_freq [head_dim/2] fp32 (backend memory; RopeTables::inv_freq);
   //   attention_factor: RopeTables::attention_factor (1 without YaRN).
-  virtual OpStatus RopeForward(const float* x, float* y, const RopeShape& shape,
+  virtual OpStatus RopeForward(ConstTensor x, Tensor y, const RopeShape& shape,
                                const float* inv_freq, float attention_factor) = 0;
   // The transpose (rotation by -angle): dx_i += dy_i c + dy_{i+D/2} s;
   // dx_{i+D/2} += dy_{i+D/2} c - dy_i s.   dy, dx [B, T, num_heads, head_dim]; dx != dy.
-  virtual OpStatus RopeBackward(const float* dy, float* dx, const RopeShape& shape,
+  virtual OpStatus RopeBackward(ConstTensor dy, Tensor dx, const RopeShape& shape,
                                 const float* inv_freq, float attention_factor) = 0;
 
   // ---------------------------------------------------------------------------------------
   // Causal GQA attention (see AttentionShape for layouts), computed tile by tile with an online
-  // softmax (memory linear in T; no T x T buffer). Per query head h, KV head g:
+  // softmax in fp32 (memory linear in T; no T x T buffer). Per query head h, KV head g:
   //   S = scale * q_h k_g^T with S[t, j] = -inf for j > past_len + t;
   //   lse[t] = logsumexp_j S[t, j];  o_h = softmax(S) v_g.
-  virtual OpStatus AttentionForward(const float* q, const float* k, const float* v, float* o,
+  // q, k, v and o share one dtype; lse is fp32.
+  virtual OpStatus AttentionForward(ConstTensor q, ConstTensor k, ConstTensor v, Tensor o,
                                     float* lse, const AttentionShape& shape) = 0;
   // FlashAttention-2 backward from the saved lse (P recomputed): D = rowsum(do * o);
   // dS = P * (do v^T - D); dq += scale dS k; dk += scale dS^T q; dv += P^T do, with dk/dv summed
   // over the query heads of each group. Only rows 0 ... past_len+T-1 of dk/dv are touched.
   //   dout, o, dq: [B, T, H, D]; dk, dv: [B, kv_capacity, Hkv, D]; any of dq/dk/dv optional.
-  virtual OpStatus AttentionBackward(const float* q, const float* k, const float* v, const float* o,
-                                     const float* lse, const float* dout, float* dq, float* dk,
-                                     float* dv, const AttentionShape& shape) = 0;
+  virtual OpStatus AttentionBackward(ConstTensor q, ConstTensor k, ConstTensor v, ConstTensor o,
+                                     const float* lse, ConstTensor dout, Tensor dq, Tensor dk,
+                                     Tensor dv, const AttentionShape& shape) = 0;
 
   // Dual Chunk Attention forward (inference only; see DcaAttentionShape), tiled with one online
   // softmax over all key tiles: memory linear in T, no T x T buffer. Backends without it return
   // an error.
-  virtual OpStatus DcaAttentionForward(const float* q_intra, const float* q_succ,
-                                       const float* q_inter, const float* k, const float* v,
-                                       float* o, float* lse, const DcaAttentionShape& shape) {
+  virtual OpStatus DcaAttentionForward(ConstTensor q_intra, ConstTensor q_succ, ConstTensor q_inter,
+                                       ConstTensor k, ConstTensor v, Tensor o, float* lse,
+                                       const DcaAttentionShape& shape) {
     (void)q_intra, (void)q_succ, (void)q_inter, (void)k, (void)v, (void)o, (void)lse, (void)shape;
     return OpStatus::Error(std::string(name()) +
                            " backend: DcaAttentionForward is not implemented");
@@ -223,29 +246,31 @@ class Backend {
   // ---------------------------------------------------------------------------------------
   // SwiGLU: out = silu(gate) * up, silu(a) = a * sigmoid(a).
   //   gate, up, out [rows, dim]
-  virtual OpStatus SwigluForward(const float* gate, const float* up, float* out, int64_t rows,
+  virtual OpStatus SwigluForward(ConstTensor gate, ConstTensor up, Tensor out, int64_t rows,
                                  int64_t dim) = 0;
   // dup += dout * silu(gate); dgate += dout * up * sigmoid(gate) * (1 + gate*(1-sigmoid(gate))).
   //   dgate, dup [rows, dim] (each optional)
-  virtual OpStatus SwigluBackward(const float* dout, const float* gate, const float* up,
-                                  float* dgate, float* dup, int64_t rows, int64_t dim) = 0;
+  virtual OpStatus SwigluBackward(ConstTensor dout, ConstTensor gate, ConstTensor up, Tensor dgate,
+                                  Tensor dup, int64_t rows, int64_t dim) = 0;
 
   // ---------------------------------------------------------------------------------------
   // Residual add: out = a + b, all [n]. out may alias a or b.
-  virtual OpStatus ResidualForward(const float* a, const float* b, float* out, int64_t n) = 0;
+  virtual OpStatus ResidualForward(ConstTensor a, ConstTensor b, Tensor out, int64_t n) = 0;
   // da += dout; db += dout (each optional; da/db may be the same buffer as each other, not dout).
-  virtual OpStatus ResidualBackward(const float* dout, float* da, float* db, int64_t n) = 0;
+  virtual OpStatus ResidualBackward(ConstTensor dout, Tensor da, Tensor db, int64_t n) = 0;
 
   // ---------------------------------------------------------------------------------------
   // Softmax cross-entropy over fp32 logits with already aligned labels (the caller shifts:
   // labels[r] is the target of logits row r).
-  //   logits [rows, vocab]; labels [rows] int32 in [0, vocab) or ignore_index (pass
+  //   logits [rows, vocab] fp32; labels [rows] int32 in [0, vocab) or ignore_index (pass
   //     kIgnoreIndex for transformers' -100);
-  //   losses [rows]: -log softmax(logits[r])[labels[r]], 0 for ignored rows (so the per-token
-  //     logprob for scoring is -losses[r]);
-  //   lse [rows]: logsumexp of each row (saved for backward; defined for ignored rows too);
-  //   loss_sum (optional, HOST pointer): sum of losses over non-ignored rows, in double, in a
-  //     fixed order; num_valid (optional, HOST pointer): number of non-ignored rows.
+  //   losses [rows] fp32: -log softmax(logits[r])[labels[r]], 0 for ignored rows (so the
+  //     per-token logprob for scoring is -losses[r]);
+  //   lse [rows] fp32: logsumexp of each row (saved for backward; defined for ignored rows too);
+  //   loss_sum (optional, one double of BACKEND memory): sum of losses over non-ignored rows, in
+  //     double, in a fixed order; num_valid (optional, one int64 of BACKEND memory): number of
+  //     non-ignored rows. In backend memory so that a pass over many chunks synchronizes once,
+  //     when the caller copies them back (on the CPU backend these are host pointers).
   // The mean loss is loss_sum / num_valid (NaN-free: the caller decides when num_valid == 0).
   // Errors on a label out of range that is not ignore_index.
   virtual OpStatus CrossEntropyForward(const float* logits, const int32_t* labels, float* losses,
@@ -272,14 +297,15 @@ class Backend {
   //   g' = grad*grad_scale; param *= 1 - lr*wd (if apply_weight_decay);
   //   m = b1 m + (1-b1) g'; v = b2 v + (1-b2) g'^2;
   //   param -= (lr / (1-b1^step)) * m / (sqrt(v)/sqrt(1-b2^step) + eps).
-  //   param, m, v [n] updated in place; grad [n] read only.
+  //   param, m, v [n] fp32 (the master weights and moments) updated in place; grad [n] fp32
+  //   read only.
   virtual OpStatus AdamWStep(float* param, const float* grad, float* m, float* v, int64_t n,
                              const AdamWParams& params) = 0;
 
-  // Sum of squares over many tensors (global gradient norm = sqrt of it), accumulated in double
-  // in a fixed order (tensor by tensor, fixed-size blocks), so it is deterministic.
+  // Sum of squares over many fp32 tensors (global gradient norm = sqrt of it), accumulated in
+  // double in a fixed order (tensor by tensor, fixed-size blocks), so it is deterministic.
   //   tensors[i] has sizes[i] elements (backend memory; the arrays themselves are host arrays);
-  //   sum_squares: HOST pointer.
+  //   sum_squares: one double of BACKEND memory (host memory on the CPU backend).
   virtual OpStatus SumOfSquares(const float* const* tensors, const int64_t* sizes, int64_t count,
                                 double* sum_squares) = 0;
 };

@@ -261,11 +261,21 @@ class OpRun {
     return static_cast<float*>(
         Add(name, Role::kOutput, initial.data(), initial.size() * sizeof(float)));
   }
-  // A host output of the op (loss_sum, num_valid, sum_squares): set to all-ones bytes (NaN, -1)
-  // before each run and compared between the runs.
+  // A scalar output of the op in backend memory (loss_sum, num_valid, sum_squares): all-ones
+  // bytes (NaN, -1) before each run, so an op that never writes it fails.
   template <typename T>
-  void HostOut(const char* name, T* ptr) {
-    host_.push_back(HostSlot{name, ptr, sizeof(T), {}});
+  T* ScalarOut(const char* name) {
+    const std::vector<unsigned char> poison(sizeof(T), 0xFF);
+    return static_cast<T*>(Add(name, Role::kOutput, poison.data(), sizeof(T)));
+  }
+  // Its value after the first run (the poison when it did not run).
+  template <typename T>
+  T Scalar(const char* name) const {
+    T value;
+    std::memset(&value, 0xFF, sizeof(T));
+    const Slot* s = Find(name);
+    if (s != nullptr && executed_) std::memcpy(&value, s->result[0].data(), sizeof(T));
+    return value;
   }
 
   // Ops that a backend may leave out (DcaAttentionForward): an error saying "not implemented"
@@ -306,12 +316,6 @@ class OpRun {
     std::vector<unsigned char> initial;  // data, then the guard zone
     std::vector<unsigned char> result[2];
   };
-  struct HostSlot {
-    std::string name;
-    void* ptr;
-    size_t bytes;
-    std::vector<unsigned char> result[2];
-  };
 
   void* Add(const char* name, Role role, const void* data, size_t bytes) {
     Slot s{name, role, bytes, be_.Alloc(bytes + kGuardBytes), {}, {}};
@@ -330,7 +334,6 @@ class OpRun {
     for (Slot& s : slots_)
       QTRAIN_KERNEL_RETURN_IF_ERROR(
           be_.CopyHostToBackend(s.ptr, s.initial.data(), s.initial.size()));
-    for (HostSlot& h : host_) std::memset(h.ptr, 0xFF, h.bytes);
     return OpStatus::Ok();
   }
   OpStatus DownloadAll(int run) {
@@ -338,10 +341,6 @@ class OpRun {
       s.result[run].resize(s.initial.size());
       QTRAIN_KERNEL_RETURN_IF_ERROR(
           be_.CopyBackendToHost(s.result[run].data(), s.ptr, s.initial.size()));
-    }
-    for (HostSlot& h : host_) {
-      const auto* p = static_cast<const unsigned char*>(h.ptr);
-      h.result[run].assign(p, p + h.bytes);
     }
     return OpStatus::Ok();
   }
@@ -355,7 +354,6 @@ class OpRun {
   Backend& be_;
   std::string op_, shape_;
   std::vector<Slot> slots_;
-  std::vector<HostSlot> host_;
   bool alloc_failed_ = false;
   bool allow_unimplemented_ = false;
   bool executed_ = false;
@@ -412,8 +410,6 @@ bool OpRun::Execute(const std::function<OpStatus()>& call) {
               " elements of " + s.name);
     }
   }
-  for (const HostSlot& h : host_)
-    if (h.result[0] != h.result[1]) problem("rerun differs in " + h.name);
   Record("rerun+bounds", count == 0, static_cast<double>(count), 0, problems);
   executed_ = true;
   return true;
@@ -439,13 +435,6 @@ void OpRun::ExpectError(const std::string& what, const std::function<OpStatus()>
     if (st.ok() && s.result[0] != s.initial) {
       touched = true;
       message += "; touched " + s.name;
-    }
-  }
-  for (const HostSlot& h : host_) {
-    if (std::any_of(h.result[0].begin(), h.result[0].end(),
-                    [](unsigned char c) { return c != 0xFF; })) {
-      touched = true;
-      message += "; wrote " + h.name;
     }
   }
   if (!st.ok()) message += "; afterwards: " + st.message();
@@ -1400,22 +1389,17 @@ void CheckCrossEntropy(Suite& s) {
         const int32_t* d_labels = run.Ints("labels", labels);
         float* d_losses = run.Out("losses", rows);
         float* d_lse = run.Out("lse", rows);
-        double loss_sum = 0.0;
-        int64_t num_valid = 0;
-        if (host_outputs) {
-          run.HostOut("loss_sum", &loss_sum);
-          run.HostOut("num_valid", &num_valid);
-        }
+        double* loss_sum = host_outputs ? run.ScalarOut<double>("loss_sum") : nullptr;
+        int64_t* num_valid = host_outputs ? run.ScalarOut<int64_t>("num_valid") : nullptr;
         run.Execute([&] {
-          return be.CrossEntropyForward(d_logits, d_labels, d_losses, d_lse,
-                                        host_outputs ? &loss_sum : nullptr,
-                                        host_outputs ? &num_valid : nullptr, rows, vocab, ignore);
+          return be.CrossEntropyForward(d_logits, d_labels, d_losses, d_lse, loss_sum, num_valid,
+                                        rows, vocab, ignore);
         });
         run.Check("losses", loss_d, loss_f, kReduced);
         run.Check("lse", lse_d, lse_f, kReduced);
         if (host_outputs) {
-          run.CheckScalar("loss_sum", loss_sum, sum_d, sum_f, kReduced);
-          run.CheckEqual("num_valid", num_valid, valid);
+          run.CheckScalar("loss_sum", run.Scalar<double>("loss_sum"), sum_d, sum_f, kReduced);
+          run.CheckEqual("num_valid", run.Scalar<int64_t>("num_valid"), valid);
         }
       }
     }
@@ -1442,19 +1426,17 @@ void CheckCrossEntropy(Suite& s) {
         const int32_t* d_labels = run.Ints("labels", labels);
         float* d_losses = run.Out("losses", rows);
         float* d_lse = run.Out("lse", rows);
-        double loss_sum = 0.0;
-        int64_t num_valid = 0;
-        run.HostOut("loss_sum", &loss_sum);
-        run.HostOut("num_valid", &num_valid);
+        double* loss_sum = run.ScalarOut<double>("loss_sum");
+        int64_t* num_valid = run.ScalarOut<int64_t>("num_valid");
         run.Execute([&] {
           return be.CrossEntropyForwardBackward(d_logits, d_labels, grad_scale, d_losses, d_lse,
-                                                &loss_sum, &num_valid, d_dz, rows, vocab, ignore);
+                                                loss_sum, num_valid, d_dz, rows, vocab, ignore);
         });
         run.Check("losses", loss_d, loss_f, kReduced);
         run.Check("lse", lse_d, lse_f, kReduced);
         run.Check("dlogits", dz_d, dz_f, kReduced, row_len);
-        run.CheckScalar("loss_sum", loss_sum, sum_d, sum_f, kReduced);
-        run.CheckEqual("num_valid", num_valid, valid);
+        run.CheckScalar("loss_sum", run.Scalar<double>("loss_sum"), sum_d, sum_f, kReduced);
+        run.CheckEqual("num_valid", run.Scalar<int64_t>("num_valid"), valid);
       }
     }
   }
@@ -1565,13 +1547,11 @@ void CheckSumOfSquares(Suite& s) {
       name += std::to_string(t);
       tensors.push_back(run.In(name.c_str(), x));
     }
-    double got = 0.0;
-    run.HostOut("sum_squares", &got);
+    double* got = run.ScalarOut<double>("sum_squares");
     run.Execute([&] {
-      return be.SumOfSquares(tensors.data(), sizes.data(), static_cast<int64_t>(sizes.size()),
-                             &got);
+      return be.SumOfSquares(tensors.data(), sizes.data(), static_cast<int64_t>(sizes.size()), got);
     });
-    run.CheckScalar("sum_squares", got, want, want, kDoubleSum);
+    run.CheckScalar("sum_squares", run.Scalar<double>("sum_squares"), want, want, kDoubleSum);
   }
 }
 
@@ -1752,13 +1732,11 @@ void CheckInvalidCalls(Suite& s) {
             const int32_t* labels = run.Ints("labels", {1, 4});
             float* losses = run.Out("losses", 2);
             float* lse = run.Out("lse", 2);
-            double loss_sum = 0.0;
-            int64_t num_valid = 0;
-            run.HostOut("loss_sum", &loss_sum);
-            run.HostOut("num_valid", &num_valid);
+            double* loss_sum = run.ScalarOut<double>("loss_sum");
+            int64_t* num_valid = run.ScalarOut<int64_t>("num_valid");
             run.ExpectError(what, [&] {
-              return be.CrossEntropyForward(logits, labels, losses, lse, &loss_sum, &num_valid, 2,
-                                            4, kIgnoreIndex);
+              return be.CrossEntropyForward(logits, labels, losses, lse, loss_sum, num_valid, 2, 4,
+                                            kIgnoreIndex);
             });
           });
   invalid("CrossEntropyBackward", "rows=-2 vocab=4", "negative rows",
@@ -1803,9 +1781,8 @@ void CheckInvalidCalls(Suite& s) {
     const float* t = run.In("t", f8);
     const float* tensors[] = {t, t};
     const int64_t sizes[] = {8, -1};
-    double sum = 0.0;
-    run.HostOut("sum_squares", &sum);
-    run.ExpectError(what, [&] { return be.SumOfSquares(tensors, sizes, 2, &sum); });
+    double* sum = run.ScalarOut<double>("sum_squares");
+    run.ExpectError(what, [&] { return be.SumOfSquares(tensors, sizes, 2, sum); });
   });
 }
 

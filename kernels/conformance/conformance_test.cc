@@ -19,132 +19,11 @@
 #include <string>
 #include <vector>
 
+#include "kernels/forwarding_backend.h"
 #include "kernels/ops.h"
 
 namespace qtrain::kernels {
 namespace {
-
-// Forwards every op to another backend; the corruptions below override one op each.
-class ForwardingBackend : public Backend {
- public:
-  explicit ForwardingBackend(Backend& inner) : inner_(inner) {}
-  std::string_view name() const override { return "forwarding"; }
-
-  void* Alloc(size_t bytes) override { return inner_.Alloc(bytes); }
-  void Free(void* ptr) override { inner_.Free(ptr); }
-  OpStatus CopyHostToBackend(void* dst, const void* src, size_t bytes) override {
-    return inner_.CopyHostToBackend(dst, src, bytes);
-  }
-  OpStatus CopyBackendToHost(void* dst, const void* src, size_t bytes) override {
-    return inner_.CopyBackendToHost(dst, src, bytes);
-  }
-  OpStatus CopyWithinBackend(void* dst, const void* src, size_t bytes) override {
-    return inner_.CopyWithinBackend(dst, src, bytes);
-  }
-  OpStatus Fill(float* x, int64_t n, float value) override { return inner_.Fill(x, n, value); }
-  OpStatus Scale(float* x, int64_t n, float alpha) override { return inner_.Scale(x, n, alpha); }
-  OpStatus Synchronize() override { return inner_.Synchronize(); }
-  OpStatus EmbeddingForward(const int32_t* ids, const float* table, float* out, int64_t rows,
-                            int64_t vocab, int64_t dim) override {
-    return inner_.EmbeddingForward(ids, table, out, rows, vocab, dim);
-  }
-  OpStatus EmbeddingBackward(const int32_t* ids, const float* dout, float* dtable, int64_t rows,
-                             int64_t vocab, int64_t dim) override {
-    return inner_.EmbeddingBackward(ids, dout, dtable, rows, vocab, dim);
-  }
-  OpStatus RmsNormForward(const float* x, const float* weight, float eps, float* out, float* rstd,
-                          int64_t rows, int64_t dim) override {
-    return inner_.RmsNormForward(x, weight, eps, out, rstd, rows, dim);
-  }
-  OpStatus RmsNormBackward(const float* dout, const float* x, const float* weight,
-                           const float* rstd, float* dx, float* dweight, int64_t rows,
-                           int64_t dim) override {
-    return inner_.RmsNormBackward(dout, x, weight, rstd, dx, dweight, rows, dim);
-  }
-  OpStatus LinearForward(const float* x, const float* weight, const float* bias, float* y,
-                         int64_t rows, int64_t in, int64_t out) override {
-    return inner_.LinearForward(x, weight, bias, y, rows, in, out);
-  }
-  OpStatus LinearBackward(const float* dy, const float* x, const float* weight, float* dx,
-                          float* dweight, float* dbias, int64_t rows, int64_t in,
-                          int64_t out) override {
-    return inner_.LinearBackward(dy, x, weight, dx, dweight, dbias, rows, in, out);
-  }
-  OpStatus LmHeadForward(const float* y, const float* embedding, float* logits, int64_t rows,
-                         int64_t vocab, int64_t dim) override {
-    return inner_.LmHeadForward(y, embedding, logits, rows, vocab, dim);
-  }
-  OpStatus LmHeadBackward(const float* dlogits, const float* y, const float* embedding, float* dy,
-                          float* dembedding, int64_t rows, int64_t vocab, int64_t dim) override {
-    return inner_.LmHeadBackward(dlogits, y, embedding, dy, dembedding, rows, vocab, dim);
-  }
-  OpStatus RopeForward(const float* x, float* y, const RopeShape& shape, const float* inv_freq,
-                       float attention_factor) override {
-    return inner_.RopeForward(x, y, shape, inv_freq, attention_factor);
-  }
-  OpStatus RopeBackward(const float* dy, float* dx, const RopeShape& shape, const float* inv_freq,
-                        float attention_factor) override {
-    return inner_.RopeBackward(dy, dx, shape, inv_freq, attention_factor);
-  }
-  OpStatus AttentionForward(const float* q, const float* k, const float* v, float* o, float* lse,
-                            const AttentionShape& shape) override {
-    return inner_.AttentionForward(q, k, v, o, lse, shape);
-  }
-  OpStatus AttentionBackward(const float* q, const float* k, const float* v, const float* o,
-                             const float* lse, const float* dout, float* dq, float* dk, float* dv,
-                             const AttentionShape& shape) override {
-    return inner_.AttentionBackward(q, k, v, o, lse, dout, dq, dk, dv, shape);
-  }
-  OpStatus DcaAttentionForward(const float* q_intra, const float* q_succ, const float* q_inter,
-                               const float* k, const float* v, float* o, float* lse,
-                               const DcaAttentionShape& shape) override {
-    return inner_.DcaAttentionForward(q_intra, q_succ, q_inter, k, v, o, lse, shape);
-  }
-  OpStatus SwigluForward(const float* gate, const float* up, float* out, int64_t rows,
-                         int64_t dim) override {
-    return inner_.SwigluForward(gate, up, out, rows, dim);
-  }
-  OpStatus SwigluBackward(const float* dout, const float* gate, const float* up, float* dgate,
-                          float* dup, int64_t rows, int64_t dim) override {
-    return inner_.SwigluBackward(dout, gate, up, dgate, dup, rows, dim);
-  }
-  OpStatus ResidualForward(const float* a, const float* b, float* out, int64_t n) override {
-    return inner_.ResidualForward(a, b, out, n);
-  }
-  OpStatus ResidualBackward(const float* dout, float* da, float* db, int64_t n) override {
-    return inner_.ResidualBackward(dout, da, db, n);
-  }
-  OpStatus CrossEntropyForward(const float* logits, const int32_t* labels, float* losses,
-                               float* lse, double* loss_sum, int64_t* num_valid, int64_t rows,
-                               int64_t vocab, int32_t ignore_index) override {
-    return inner_.CrossEntropyForward(logits, labels, losses, lse, loss_sum, num_valid, rows, vocab,
-                                      ignore_index);
-  }
-  OpStatus CrossEntropyBackward(const float* logits, const int32_t* labels, const float* lse,
-                                float grad_scale, float* dlogits, int64_t rows, int64_t vocab,
-                                int32_t ignore_index) override {
-    return inner_.CrossEntropyBackward(logits, labels, lse, grad_scale, dlogits, rows, vocab,
-                                       ignore_index);
-  }
-  OpStatus CrossEntropyForwardBackward(const float* logits, const int32_t* labels, float grad_scale,
-                                       float* losses, float* lse, double* loss_sum,
-                                       int64_t* num_valid, float* dlogits, int64_t rows,
-                                       int64_t vocab, int32_t ignore_index) override {
-    return inner_.CrossEntropyForwardBackward(logits, labels, grad_scale, losses, lse, loss_sum,
-                                              num_valid, dlogits, rows, vocab, ignore_index);
-  }
-  OpStatus AdamWStep(float* param, const float* grad, float* m, float* v, int64_t n,
-                     const AdamWParams& params) override {
-    return inner_.AdamWStep(param, grad, m, v, n, params);
-  }
-  OpStatus SumOfSquares(const float* const* tensors, const int64_t* sizes, int64_t count,
-                        double* sum_squares) override {
-    return inner_.SumOfSquares(tensors, sizes, count, sum_squares);
-  }
-
- protected:
-  Backend& inner_;
-};
 
 // ---------------------------------------------------------------------------------------------
 // The corruptions. Those that compute on their own read the CPU backend's memory directly, which
@@ -153,10 +32,10 @@ class ForwardingBackend : public Backend {
 class FlippedLinearForward : public ForwardingBackend {
  public:
   using ForwardingBackend::ForwardingBackend;
-  OpStatus LinearForward(const float* x, const float* weight, const float* bias, float* y,
+  OpStatus LinearForward(ConstTensor x, ConstTensor weight, ConstTensor bias, Tensor y,
                          int64_t rows, int64_t in, int64_t out) override {
-    QTRAIN_KERNEL_RETURN_IF_ERROR(inner_.LinearForward(x, weight, bias, y, rows, in, out));
-    return inner_.Scale(y, rows * out, -1.0f);
+    QTRAIN_KERNEL_RETURN_IF_ERROR(inner().LinearForward(x, weight, bias, y, rows, in, out));
+    return inner().Scale(y, rows * out, -1.0f);
   }
 };
 
@@ -164,14 +43,13 @@ class FlippedLinearForward : public ForwardingBackend {
 class OverwritingRmsNormBackward : public ForwardingBackend {
  public:
   using ForwardingBackend::ForwardingBackend;
-  OpStatus RmsNormBackward(const float* dout, const float* x, const float* weight,
-                           const float* rstd, float* dx, float* dweight, int64_t rows,
-                           int64_t dim) override {
+  OpStatus RmsNormBackward(ConstTensor dout, ConstTensor x, ConstTensor weight, const float* rstd,
+                           Tensor dx, float* dweight, int64_t rows, int64_t dim) override {
     if (rows > 0 && dim > 0) {
-      if (dx != nullptr) QTRAIN_KERNEL_RETURN_IF_ERROR(inner_.Fill(dx, rows * dim, 0.0f));
-      if (dweight != nullptr) QTRAIN_KERNEL_RETURN_IF_ERROR(inner_.Fill(dweight, dim, 0.0f));
+      if (!dx.is_null()) QTRAIN_KERNEL_RETURN_IF_ERROR(inner().Fill(dx, rows * dim, 0.0f));
+      if (dweight != nullptr) QTRAIN_KERNEL_RETURN_IF_ERROR(inner().Fill(dweight, dim, 0.0f));
     }
-    return inner_.RmsNormBackward(dout, x, weight, rstd, dx, dweight, rows, dim);
+    return inner().RmsNormBackward(dout, x, weight, rstd, dx, dweight, rows, dim);
   }
 };
 
@@ -181,8 +59,15 @@ class BuggyAttentionForward : public ForwardingBackend {
  public:
   BuggyAttentionForward(Backend& inner, int64_t extra_keys, bool interleaved_groups)
       : ForwardingBackend(inner), extra_keys_(extra_keys), interleaved_(interleaved_groups) {}
-  OpStatus AttentionForward(const float* q, const float* k, const float* v, float* o, float* lse,
-                            const AttentionShape& s) override {
+  OpStatus AttentionForward(ConstTensor q_tensor, ConstTensor k_tensor, ConstTensor v_tensor,
+                            Tensor o_tensor, float* lse, const AttentionShape& s) override {
+    if (!q_tensor.is_f32()) {
+      return inner().AttentionForward(q_tensor, k_tensor, v_tensor, o_tensor, lse, s);
+    }
+    const float* q = q_tensor.f32();
+    const float* k = k_tensor.f32();
+    const float* v = v_tensor.f32();
+    float* o = o_tensor.f32();
     if (s.batch <= 0 || s.seq_len < 0 || s.num_heads <= 0 || s.num_kv_heads <= 0 ||
         s.head_dim <= 0 || s.num_heads % s.num_kv_heads != 0 ||
         (s.kv_capacity != 0 && s.kv_capacity < s.kv_len())) {
@@ -230,7 +115,7 @@ class BuggyAttentionForward : public ForwardingBackend {
 class IdleSwigluForward : public ForwardingBackend {
  public:
   using ForwardingBackend::ForwardingBackend;
-  OpStatus SwigluForward(const float* gate, const float* up, float* out, int64_t rows,
+  OpStatus SwigluForward(ConstTensor gate, ConstTensor up, Tensor out, int64_t rows,
                          int64_t dim) override {
     if (rows < 0 || dim <= 0) return OpStatus::Error("SwigluForward: bad shape");
     return OpStatus::Ok();
@@ -241,10 +126,10 @@ class IdleSwigluForward : public ForwardingBackend {
 class NondeterministicResidualForward : public ForwardingBackend {
  public:
   using ForwardingBackend::ForwardingBackend;
-  OpStatus ResidualForward(const float* a, const float* b, float* out, int64_t n) override {
-    QTRAIN_KERNEL_RETURN_IF_ERROR(inner_.ResidualForward(a, b, out, n));
+  OpStatus ResidualForward(ConstTensor a, ConstTensor b, Tensor out, int64_t n) override {
+    QTRAIN_KERNEL_RETURN_IF_ERROR(inner().ResidualForward(a, b, out, n));
     if (n > 0 && (calls_++ % 2) == 1) {
-      return inner_.Scale(out, 1, 1.0f + std::numeric_limits<float>::epsilon());
+      return inner().Scale(out, 1, 1.0f + std::numeric_limits<float>::epsilon());
     }
     return OpStatus::Ok();
   }
@@ -257,10 +142,10 @@ class NondeterministicResidualForward : public ForwardingBackend {
 class OverrunningEmbeddingBackward : public ForwardingBackend {
  public:
   using ForwardingBackend::ForwardingBackend;
-  OpStatus EmbeddingBackward(const int32_t* ids, const float* dout, float* dtable, int64_t rows,
+  OpStatus EmbeddingBackward(const int32_t* ids, ConstTensor dout, float* dtable, int64_t rows,
                              int64_t vocab, int64_t dim) override {
-    QTRAIN_KERNEL_RETURN_IF_ERROR(inner_.EmbeddingBackward(ids, dout, dtable, rows, vocab, dim));
-    return inner_.Fill(dtable + vocab * dim, 1, 0.0f);
+    QTRAIN_KERNEL_RETURN_IF_ERROR(inner().EmbeddingBackward(ids, dout, dtable, rows, vocab, dim));
+    return inner().Fill(dtable + vocab * dim, 1, 0.0f);
   }
 };
 
@@ -268,9 +153,9 @@ class OverrunningEmbeddingBackward : public ForwardingBackend {
 class LmHeadBackwardWithoutDembedding : public ForwardingBackend {
  public:
   using ForwardingBackend::ForwardingBackend;
-  OpStatus LmHeadBackward(const float* dlogits, const float* y, const float* embedding, float* dy,
+  OpStatus LmHeadBackward(const float* dlogits, ConstTensor y, ConstTensor embedding, Tensor dy,
                           float* dembedding, int64_t rows, int64_t vocab, int64_t dim) override {
-    return inner_.LmHeadBackward(dlogits, y, embedding, dy, nullptr, rows, vocab, dim);
+    return inner().LmHeadBackward(dlogits, y, embedding, dy, nullptr, rows, vocab, dim);
   }
 };
 
@@ -281,8 +166,8 @@ class CrossEntropyCountingIgnoredRows : public ForwardingBackend {
   OpStatus CrossEntropyForward(const float* logits, const int32_t* labels, float* losses,
                                float* lse, double* loss_sum, int64_t* num_valid, int64_t rows,
                                int64_t vocab, int32_t ignore_index) override {
-    QTRAIN_KERNEL_RETURN_IF_ERROR(inner_.CrossEntropyForward(logits, labels, losses, lse, loss_sum,
-                                                             num_valid, rows, vocab, ignore_index));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(inner().CrossEntropyForward(
+        logits, labels, losses, lse, loss_sum, num_valid, rows, vocab, ignore_index));
     if (num_valid != nullptr) *num_valid = rows;
     return OpStatus::Ok();
   }
@@ -296,8 +181,8 @@ class UnvalidatedCrossEntropyBackward : public ForwardingBackend {
                                 float grad_scale, float* dlogits, int64_t rows, int64_t vocab,
                                 int32_t ignore_index) override {
     if (rows < 0) return OpStatus::Ok();
-    return inner_.CrossEntropyBackward(logits, labels, lse, grad_scale, dlogits, rows, vocab,
-                                       ignore_index);
+    return inner().CrossEntropyBackward(logits, labels, lse, grad_scale, dlogits, rows, vocab,
+                                        ignore_index);
   }
 };
 

@@ -457,15 +457,15 @@ OpStatus AttentionBackwardTiled(const float* q, const float* k, const float* v, 
   return OpStatus::Ok();
 }
 
-OpStatus CpuBackendImpl::AttentionForward(const float* q, const float* k, const float* v, float* o,
-                                          float* lse, const AttentionShape& shape) {
+OpStatus CpuBackendImpl::AttentionForwardF32(const float* q, const float* k, const float* v,
+                                             float* o, float* lse, const AttentionShape& shape) {
   return AttentionForwardTiled(q, k, v, o, lse, shape, kAttentionForwardTile);
 }
 
-OpStatus CpuBackendImpl::AttentionBackward(const float* q, const float* k, const float* v,
-                                           const float* o, const float* lse, const float* dout,
-                                           float* dq, float* dk, float* dv,
-                                           const AttentionShape& shape) {
+OpStatus CpuBackendImpl::AttentionBackwardF32(const float* q, const float* k, const float* v,
+                                              const float* o, const float* lse, const float* dout,
+                                              float* dq, float* dk, float* dv,
+                                              const AttentionShape& shape) {
   return AttentionBackwardTiled(q, k, v, o, lse, dout, dq, dk, dv, shape, kAttentionBackwardTile);
 }
 

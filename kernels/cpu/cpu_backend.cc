@@ -47,7 +47,7 @@ OpStatus CpuBackendImpl::CopyWithinBackend(void* dst, const void* src, size_t by
   return OpStatus::Ok();
 }
 
-OpStatus CpuBackendImpl::Fill(float* x, int64_t n, float value) {
+OpStatus CpuBackendImpl::FillF32(float* x, int64_t n, float value) {
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative("Fill", "n", n));
   if (n == 0) return OpStatus::Ok();
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("Fill", "x", x));
@@ -68,7 +68,7 @@ OpStatus CpuBackendImpl::Fill(float* x, int64_t n, float value) {
   return OpStatus::Ok();
 }
 
-OpStatus CpuBackendImpl::Scale(float* x, int64_t n, float alpha) {
+OpStatus CpuBackendImpl::ScaleF32(float* x, int64_t n, float alpha) {
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative("Scale", "n", n));
   if (n == 0) return OpStatus::Ok();
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("Scale", "x", x));

@@ -220,9 +220,10 @@ OpStatus DcaAttentionForwardTiled(const float* q_intra, const float* q_succ, con
   return OpStatus::Ok();
 }
 
-OpStatus CpuBackendImpl::DcaAttentionForward(const float* q_intra, const float* q_succ,
-                                             const float* q_inter, const float* k, const float* v,
-                                             float* o, float* lse, const DcaAttentionShape& shape) {
+OpStatus CpuBackendImpl::DcaAttentionForwardF32(const float* q_intra, const float* q_succ,
+                                                const float* q_inter, const float* k,
+                                                const float* v, float* o, float* lse,
+                                                const DcaAttentionShape& shape) {
   return DcaAttentionForwardTiled(q_intra, q_succ, q_inter, k, v, o, lse, shape,
                                   kAttentionForwardTile);
 }

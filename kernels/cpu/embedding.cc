@@ -29,8 +29,8 @@ constexpr int64_t kColumnBlock = 32;
 
 }  // namespace
 
-OpStatus CpuBackendImpl::EmbeddingForward(const int32_t* ids, const float* table, float* out,
-                                          int64_t rows, int64_t vocab, int64_t dim) {
+OpStatus CpuBackendImpl::EmbeddingForwardF32(const int32_t* ids, const float* table, float* out,
+                                             int64_t rows, int64_t vocab, int64_t dim) {
   QTRAIN_KERNEL_RETURN_IF_ERROR(
       ValidateEmbedding("EmbeddingForward", ids, table, out, rows, vocab, dim));
 #pragma omp parallel for schedule(static) if (WorthParallel(rows * dim))
@@ -40,8 +40,8 @@ OpStatus CpuBackendImpl::EmbeddingForward(const int32_t* ids, const float* table
   return OpStatus::Ok();
 }
 
-OpStatus CpuBackendImpl::EmbeddingBackward(const int32_t* ids, const float* dout, float* dtable,
-                                           int64_t rows, int64_t vocab, int64_t dim) {
+OpStatus CpuBackendImpl::EmbeddingBackwardF32(const int32_t* ids, const float* dout, float* dtable,
+                                              int64_t rows, int64_t vocab, int64_t dim) {
   QTRAIN_KERNEL_RETURN_IF_ERROR(
       ValidateEmbedding("EmbeddingBackward", ids, dtable, dout, rows, vocab, dim));
   const int64_t blocks = (dim + kColumnBlock - 1) / kColumnBlock;

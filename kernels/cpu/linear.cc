@@ -27,8 +27,8 @@ constexpr int64_t kColumnBlock = 64;  // dbias: each item sums all rows in order
 
 }  // namespace
 
-OpStatus CpuBackendImpl::LinearForward(const float* x, const float* weight, const float* bias,
-                                       float* y, int64_t rows, int64_t in, int64_t out) {
+OpStatus CpuBackendImpl::LinearForwardF32(const float* x, const float* weight, const float* bias,
+                                          float* y, int64_t rows, int64_t in, int64_t out) {
   QTRAIN_KERNEL_RETURN_IF_ERROR(ValidateLinear("LinearForward", rows, in, out));
   if (rows == 0) return OpStatus::Ok();
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("LinearForward", "x", x));
@@ -40,26 +40,52 @@ OpStatus CpuBackendImpl::LinearForward(const float* x, const float* weight, cons
     for (int64_t r = 0; r < rows; ++r) std::copy(bias, bias + out, y + r * out);
     beta = 1.0f;
   }
-  Sgemm({.trans_b = true, .m = rows, .n = out, .k = in, .a = x, .lda = in, .b = weight,
-         .ldb = in, .beta = beta, .c = y, .ldc = out});
+  Sgemm({.trans_b = true,
+         .m = rows,
+         .n = out,
+         .k = in,
+         .a = x,
+         .lda = in,
+         .b = weight,
+         .ldb = in,
+         .beta = beta,
+         .c = y,
+         .ldc = out});
   return OpStatus::Ok();
 }
 
-OpStatus CpuBackendImpl::LinearBackward(const float* dy, const float* x, const float* weight,
-                                        float* dx, float* dweight, float* dbias, int64_t rows,
-                                        int64_t in, int64_t out) {
+OpStatus CpuBackendImpl::LinearBackwardF32(const float* dy, const float* x, const float* weight,
+                                           float* dx, float* dweight, float* dbias, int64_t rows,
+                                           int64_t in, int64_t out) {
   QTRAIN_KERNEL_RETURN_IF_ERROR(ValidateLinear("LinearBackward", rows, in, out));
   if (rows == 0) return OpStatus::Ok();
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("LinearBackward", "dy", dy));
   if (dx != nullptr) {
     QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("LinearBackward", "weight", weight));
-    Sgemm({.m = rows, .n = in, .k = out, .a = dy, .lda = out, .b = weight, .ldb = in,
-           .beta = 1.0f, .c = dx, .ldc = in});
+    Sgemm({.m = rows,
+           .n = in,
+           .k = out,
+           .a = dy,
+           .lda = out,
+           .b = weight,
+           .ldb = in,
+           .beta = 1.0f,
+           .c = dx,
+           .ldc = in});
   }
   if (dweight != nullptr) {
     QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("LinearBackward", "x", x));
-    Sgemm({.trans_a = true, .m = out, .n = in, .k = rows, .a = dy, .lda = out, .b = x,
-           .ldb = in, .beta = 1.0f, .c = dweight, .ldc = in});
+    Sgemm({.trans_a = true,
+           .m = out,
+           .n = in,
+           .k = rows,
+           .a = dy,
+           .lda = out,
+           .b = x,
+           .ldb = in,
+           .beta = 1.0f,
+           .c = dweight,
+           .ldc = in});
   }
   if (dbias != nullptr) {
     const int64_t blocks = (out + kColumnBlock - 1) / kColumnBlock;
@@ -78,16 +104,16 @@ OpStatus CpuBackendImpl::LinearBackward(const float* dy, const float* x, const f
   return OpStatus::Ok();
 }
 
-OpStatus CpuBackendImpl::LmHeadForward(const float* y, const float* embedding, float* logits,
-                                       int64_t rows, int64_t vocab, int64_t dim) {
-  return LinearForward(y, embedding, /*bias=*/nullptr, logits, rows, /*in=*/dim, /*out=*/vocab);
+OpStatus CpuBackendImpl::LmHeadForwardF32(const float* y, const float* embedding, float* logits,
+                                          int64_t rows, int64_t vocab, int64_t dim) {
+  return LinearForwardF32(y, embedding, /*bias=*/nullptr, logits, rows, /*in=*/dim, /*out=*/vocab);
 }
 
-OpStatus CpuBackendImpl::LmHeadBackward(const float* dlogits, const float* y,
-                                        const float* embedding, float* dy, float* dembedding,
-                                        int64_t rows, int64_t vocab, int64_t dim) {
-  return LinearBackward(dlogits, y, embedding, dy, dembedding, /*dbias=*/nullptr, rows,
-                        /*in=*/dim, /*out=*/vocab);
+OpStatus CpuBackendImpl::LmHeadBackwardF32(const float* dlogits, const float* y,
+                                           const float* embedding, float* dy, float* dembedding,
+                                           int64_t rows, int64_t vocab, int64_t dim) {
+  return LinearBackwardF32(dlogits, y, embedding, dy, dembedding, /*dbias=*/nullptr, rows,
+                           /*in=*/dim, /*out=*/vocab);
 }
 
 }  // namespace qtrain::kernels::cpu

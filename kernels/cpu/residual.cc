@@ -5,7 +5,7 @@
 
 namespace qtrain::kernels::cpu {
 
-OpStatus CpuBackendImpl::ResidualForward(const float* a, const float* b, float* out, int64_t n) {
+OpStatus CpuBackendImpl::ResidualForwardF32(const float* a, const float* b, float* out, int64_t n) {
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative("ResidualForward", "n", n));
   if (n == 0) return OpStatus::Ok();
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("ResidualForward", "a", a));
@@ -16,7 +16,7 @@ OpStatus CpuBackendImpl::ResidualForward(const float* a, const float* b, float* 
   return OpStatus::Ok();
 }
 
-OpStatus CpuBackendImpl::ResidualBackward(const float* dout, float* da, float* db, int64_t n) {
+OpStatus CpuBackendImpl::ResidualBackwardF32(const float* dout, float* da, float* db, int64_t n) {
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative("ResidualBackward", "n", n));
   if (n == 0) return OpStatus::Ok();
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("ResidualBackward", "dout", dout));

@@ -21,8 +21,8 @@ constexpr int64_t kColumnBlock = 32;  // dweight: each item sums all rows in ord
 
 }  // namespace
 
-OpStatus CpuBackendImpl::RmsNormForward(const float* x, const float* weight, float eps, float* out,
-                                        float* rstd, int64_t rows, int64_t dim) {
+OpStatus CpuBackendImpl::RmsNormForwardF32(const float* x, const float* weight, float eps,
+                                           float* out, float* rstd, int64_t rows, int64_t dim) {
   QTRAIN_KERNEL_RETURN_IF_ERROR(ValidateRmsNorm("RmsNormForward", rows, dim));
   if (!(eps >= 0.0f)) return OpStatus::Error("RmsNormForward: eps must be >= 0");
   if (rows == 0) return OpStatus::Ok();
@@ -44,9 +44,9 @@ OpStatus CpuBackendImpl::RmsNormForward(const float* x, const float* weight, flo
   return OpStatus::Ok();
 }
 
-OpStatus CpuBackendImpl::RmsNormBackward(const float* dout, const float* x, const float* weight,
-                                         const float* rstd, float* dx, float* dweight, int64_t rows,
-                                         int64_t dim) {
+OpStatus CpuBackendImpl::RmsNormBackwardF32(const float* dout, const float* x, const float* weight,
+                                            const float* rstd, float* dx, float* dweight,
+                                            int64_t rows, int64_t dim) {
   QTRAIN_KERNEL_RETURN_IF_ERROR(ValidateRmsNorm("RmsNormBackward", rows, dim));
   if (rows == 0) return OpStatus::Ok();
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("RmsNormBackward", "dout", dout));

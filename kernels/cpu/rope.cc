@@ -85,16 +85,16 @@ void RopeApply(const float* in, float* out, const RopeShape& shape, const float*
 
 }  // namespace
 
-OpStatus CpuBackendImpl::RopeForward(const float* x, float* y, const RopeShape& shape,
-                                     const float* inv_freq, float attention_factor) {
+OpStatus CpuBackendImpl::RopeForwardF32(const float* x, float* y, const RopeShape& shape,
+                                        const float* inv_freq, float attention_factor) {
   QTRAIN_KERNEL_RETURN_IF_ERROR(ValidateRope("RopeForward", x, y, shape, inv_freq));
   if (shape.seq_len == 0) return OpStatus::Ok();
   RopeApply<false>(x, y, shape, inv_freq, attention_factor);
   return OpStatus::Ok();
 }
 
-OpStatus CpuBackendImpl::RopeBackward(const float* dy, float* dx, const RopeShape& shape,
-                                      const float* inv_freq, float attention_factor) {
+OpStatus CpuBackendImpl::RopeBackwardF32(const float* dy, float* dx, const RopeShape& shape,
+                                         const float* inv_freq, float attention_factor) {
   QTRAIN_KERNEL_RETURN_IF_ERROR(ValidateRope("RopeBackward", dy, dx, shape, inv_freq));
   if (shape.seq_len == 0) return OpStatus::Ok();
   if (dx == dy) return OpStatus::Error("RopeBackward: dx must not alias dy (it accumulates)");

@@ -90,8 +90,8 @@ OpStatus ValidateSwiglu(const char* op, const float* gate, const float* up, int6
 
 }  // namespace
 
-OpStatus CpuBackendImpl::SwigluForward(const float* gate, const float* up, float* out, int64_t rows,
-                                       int64_t dim) {
+OpStatus CpuBackendImpl::SwigluForwardF32(const float* gate, const float* up, float* out,
+                                          int64_t rows, int64_t dim) {
   QTRAIN_KERNEL_RETURN_IF_ERROR(ValidateSwiglu("SwigluForward", gate, up, rows, dim));
   if (rows == 0) return OpStatus::Ok();
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("SwigluForward", "out", out));
@@ -103,8 +103,8 @@ OpStatus CpuBackendImpl::SwigluForward(const float* gate, const float* up, float
   return OpStatus::Ok();
 }
 
-OpStatus CpuBackendImpl::SwigluBackward(const float* dout, const float* gate, const float* up,
-                                        float* dgate, float* dup, int64_t rows, int64_t dim) {
+OpStatus CpuBackendImpl::SwigluBackwardF32(const float* dout, const float* gate, const float* up,
+                                           float* dgate, float* dup, int64_t rows, int64_t dim) {
   QTRAIN_KERNEL_RETURN_IF_ERROR(ValidateSwiglu("SwigluBackward", gate, up, rows, dim));
   if (rows == 0) return OpStatus::Ok();
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("SwigluBackward", "dout", dout));

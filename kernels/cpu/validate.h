@@ -3,6 +3,7 @@
 #define QTRAIN_KERNELS_CPU_VALIDATE_H_
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 
 #include "kernels/ops.h"
@@ -59,6 +60,34 @@ inline OpStatus ValidateRope(const char* op, const void* in, const void* out,
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(op, "input", in));
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(op, "output", out));
   return CheckNotNull(op, "inv_freq", inv_freq);
+}
+
+// A tensor argument and its name, for the dtype check below.
+struct NamedTensor {
+  const char* name;
+  ConstTensor tensor;
+};
+
+// The typed tensors of one op share one dtype (kernels/ops.h), and it is a known one; null
+// (absent) tensors are not counted. Shared with the CUDA backend.
+inline OpStatus CheckOneDType(const char* op, std::initializer_list<NamedTensor> tensors) {
+  const NamedTensor* first = nullptr;
+  for (const NamedTensor& t : tensors) {
+    const DType dtype = t.tensor.dtype();
+    if (dtype != DType::kFloat32 && dtype != DType::kBfloat16) {
+      return OpStatus::Error(std::string(op) + ": " + t.name + " has an unknown dtype (" +
+                             std::to_string(static_cast<int>(dtype)) + ")");
+    }
+    if (t.tensor.is_null()) continue;
+    if (first == nullptr) {
+      first = &t;
+    } else if (dtype != first->tensor.dtype()) {
+      return OpStatus::Error(std::string(op) + ": the tensors must share one dtype, but " +
+                             first->name + " is " + DTypeName(first->tensor.dtype()) + " and " +
+                             t.name + " is " + DTypeName(dtype));
+    }
+  }
+  return OpStatus::Ok();
 }
 
 }  // namespace qtrain::kernels::cpu

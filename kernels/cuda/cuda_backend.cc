@@ -113,13 +113,51 @@ class CudaBackendImpl final : public Backend {
   OpStatus CopyWithinBackend(void* dst, const void* src, size_t bytes) override {
     return Copy(dst, src, bytes, cudaMemcpyDeviceToDevice);
   }
-  OpStatus Fill(float* x, int64_t n, float value) override {
+  // Fill and Scale are fp32 kernels; a bf16 tensor goes through an fp32 copy in scratch.
+  OpStatus Fill(Tensor x, int64_t n, float value) override {
     QTRAIN_KERNEL_RETURN_IF_ERROR(Bind());
-    return cuda::Fill(FillParams{.x = x, .n = n, .value = value}, stream_);
+    QTRAIN_KERNEL_RETURN_IF_ERROR(cpu::CheckOneDType("Fill", {{"x", x}}));
+    if (x.is_f32()) return cuda::Fill(FillParams{.x = x.f32(), .n = n, .value = value}, stream_);
+    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative("Fill", "n", n));
+    if (n == 0) return OpStatus::Ok();
+    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("Fill", "x", x.data()));
+    if (value == 0.0f && !std::signbit(value)) {  // +0 is all-zero bits in bf16 too
+      return CudaStatus(cudaMemsetAsync(x.data(), 0, static_cast<size_t>(n) * x.bytes(), stream_),
+                        "Fill: cudaMemsetAsync");
+    }
+    QTRAIN_KERNEL_RETURN_IF_ERROR(widened_.Reserve(static_cast<size_t>(n) * 4, "Fill: scratch"));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(
+        cuda::Fill(FillParams{.x = widened_.as<float>(), .n = n, .value = value}, stream_));
+    return CastTensor(widened_.as<float>(), x, n);
   }
-  OpStatus Scale(float* x, int64_t n, float alpha) override {
+  OpStatus Scale(Tensor x, int64_t n, float alpha) override {
     QTRAIN_KERNEL_RETURN_IF_ERROR(Bind());
-    return cuda::Scale(ScaleParams{.x = x, .n = n, .alpha = alpha}, stream_);
+    QTRAIN_KERNEL_RETURN_IF_ERROR(cpu::CheckOneDType("Scale", {{"x", x}}));
+    if (x.is_f32()) return cuda::Scale(ScaleParams{.x = x.f32(), .n = n, .alpha = alpha}, stream_);
+    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative("Scale", "n", n));
+    if (n == 0) return OpStatus::Ok();
+    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("Scale", "x", x.data()));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(widened_.Reserve(static_cast<size_t>(n) * 4, "Scale: scratch"));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(CastTensor(x, widened_.as<float>(), n));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(
+        cuda::Scale(ScaleParams{.x = widened_.as<float>(), .n = n, .alpha = alpha}, stream_));
+    return CastTensor(widened_.as<float>(), x, n);
+  }
+  OpStatus Cast(ConstTensor in, Tensor out, int64_t n) override {
+    QTRAIN_KERNEL_RETURN_IF_ERROR(Bind());
+    QTRAIN_KERNEL_RETURN_IF_ERROR(cpu::CheckOneDType("Cast", {{"in", in}}));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(cpu::CheckOneDType("Cast", {{"out", out}}));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative("Cast", "n", n));
+    if (n == 0) return OpStatus::Ok();
+    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("Cast", "in", in.data()));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("Cast", "out", out.data()));
+    const auto* in_begin = static_cast<const std::byte*>(in.data());
+    const auto* out_begin = static_cast<const std::byte*>(out.data());
+    if (in_begin < out_begin + n * static_cast<int64_t>(out.bytes()) &&
+        out_begin < in_begin + n * static_cast<int64_t>(in.bytes())) {
+      return OpStatus::Error("Cast: out overlaps in");
+    }
+    return CastTensor(in, out, n);
   }
   OpStatus Synchronize() override {
     QTRAIN_KERNEL_RETURN_IF_ERROR(Bind());
@@ -129,26 +167,29 @@ class CudaBackendImpl final : public Backend {
   // -------------------------------------------------------------------------------------------
   // Embedding. The ids are checked on the host, as the CPU backend checks them (the kernel can
   // only mark a bad id with NaN).
-  OpStatus EmbeddingForward(const int32_t* ids, const float* table, float* out, int64_t rows,
+  OpStatus EmbeddingForward(const int32_t* ids, ConstTensor table, Tensor out, int64_t rows,
                             int64_t vocab, int64_t dim) override {
     constexpr const char* kOp = "EmbeddingForward";
-    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckEmbedding(kOp, ids, table, out, rows, vocab, dim));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(cpu::CheckOneDType(kOp, {{"table", table}, {"out", out}}));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(
+        CheckEmbedding(kOp, ids, table.data(), out.data(), rows, vocab, dim));
     if (rows == 0) return OpStatus::Ok();
     std::vector<int32_t> host_ids;
     QTRAIN_KERNEL_RETURN_IF_ERROR(CheckIds(kOp, "id", ids, rows, vocab, nullptr, &host_ids));
     return cuda::EmbeddingForward(EmbeddingParams{.ids = ids,
-                                                  .table = table,
-                                                  .out = out,
-                                                  .dtype = kF32,
+                                                  .table = table.data(),
+                                                  .out = out.data(),
+                                                  .dtype = table.dtype(),
                                                   .rows = rows,
                                                   .vocab = vocab,
                                                   .dim = dim},
                                   stream_);
   }
-  OpStatus EmbeddingBackward(const int32_t* ids, const float* dout, float* dtable, int64_t rows,
+  OpStatus EmbeddingBackward(const int32_t* ids, ConstTensor dout, float* dtable, int64_t rows,
                              int64_t vocab, int64_t dim) override {
     constexpr const char* kOp = "EmbeddingBackward";
-    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckEmbedding(kOp, ids, dout, dtable, rows, vocab, dim));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(cpu::CheckOneDType(kOp, {{"dout", dout}}));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckEmbedding(kOp, ids, dout.data(), dtable, rows, vocab, dim));
     if (rows == 0) return OpStatus::Ok();
     std::vector<int32_t> host_ids;
     QTRAIN_KERNEL_RETURN_IF_ERROR(CheckIds(kOp, "id", ids, rows, vocab, nullptr, &host_ids));
@@ -168,13 +209,13 @@ class CudaBackendImpl final : public Backend {
                                        packed.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
     const int32_t* device = buckets_.as<int32_t>();
     return cuda::EmbeddingBackward(
-        EmbeddingBackwardParams{.dout = dout,
+        EmbeddingBackwardParams{.dout = dout.data(),
                                 .dtable = dtable,
                                 .order = device,
                                 .starts = device + n_order,
                                 .bucket_ids = device + n_order + n_starts,
                                 .buckets = static_cast<int64_t>(n_ids),
-                                .dtype = kF32,
+                                .dtype = dout.dtype(),
                                 .rows = rows,
                                 .vocab = vocab,
                                 .dim = dim},
@@ -183,90 +224,135 @@ class CudaBackendImpl final : public Backend {
 
   // -------------------------------------------------------------------------------------------
   // RMSNorm.
-  OpStatus RmsNormForward(const float* x, const float* weight, float eps, float* out, float* rstd,
+  OpStatus RmsNormForward(ConstTensor x, ConstTensor weight, float eps, Tensor out, float* rstd,
                           int64_t rows, int64_t dim) override {
     QTRAIN_KERNEL_RETURN_IF_ERROR(Bind());
+    QTRAIN_KERNEL_RETURN_IF_ERROR(
+        cpu::CheckOneDType("RmsNormForward", {{"x", x}, {"weight", weight}, {"out", out}}));
     if (!(eps >= 0.0f) || std::isinf(eps)) {
       return OpStatus::Error("RmsNormForward: eps must be finite and >= 0");
     }
-    return cuda::RmsNormForward(RmsNormParams{.x = x,
-                                              .weight = weight,
-                                              .out = out,
+    return cuda::RmsNormForward(RmsNormParams{.x = x.data(),
+                                              .weight = weight.data(),
+                                              .out = out.data(),
                                               .rstd = rstd,
                                               .eps = eps,
-                                              .dtype = kF32,
+                                              .dtype = x.dtype(),
                                               .rows = rows,
                                               .dim = dim},
                                 stream_);
   }
-  OpStatus RmsNormBackward(const float* dout, const float* x, const float* weight,
-                           const float* rstd, float* dx, float* dweight, int64_t rows,
-                           int64_t dim) override {
+  OpStatus RmsNormBackward(ConstTensor dout, ConstTensor x, ConstTensor weight, const float* rstd,
+                           Tensor dx, float* dweight, int64_t rows, int64_t dim) override {
     QTRAIN_KERNEL_RETURN_IF_ERROR(Bind());
-    return cuda::RmsNormBackward(RmsNormBackwardParams{.dout = dout,
-                                                       .x = x,
-                                                       .weight = weight,
+    QTRAIN_KERNEL_RETURN_IF_ERROR(cpu::CheckOneDType(
+        "RmsNormBackward", {{"dout", dout}, {"x", x}, {"weight", weight}, {"dx", dx}}));
+    return cuda::RmsNormBackward(RmsNormBackwardParams{.dout = dout.data(),
+                                                       .x = x.data(),
+                                                       .weight = weight.data(),
                                                        .rstd = rstd,
-                                                       .dx = dx,
+                                                       .dx = dx.data(),
                                                        .dweight = dweight,
-                                                       .dtype = kF32,
+                                                       .dtype = dout.dtype(),
                                                        .rows = rows,
                                                        .dim = dim},
                                  stream_);
   }
 
   // -------------------------------------------------------------------------------------------
-  // Linear layers and the LM head: cuBLASLt fp32 GEMMs (fp32 compute, no TF32).
-  OpStatus LinearForward(const float* x, const float* weight, const float* bias, float* y,
+  // Linear layers and the LM head: cuBLASLt GEMMs with fp32 accumulation (fp32 compute, no
+  // TF32, for fp32 operands; bf16 operands with fp32 accumulation otherwise).
+  OpStatus LinearForward(ConstTensor x, ConstTensor weight, ConstTensor bias, Tensor y,
                          int64_t rows, int64_t in, int64_t out) override {
     constexpr const char* kOp = "LinearForward";
     QTRAIN_KERNEL_RETURN_IF_ERROR(CheckLinear(kOp, rows, in, out));
-    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "x", x));
-    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "weight", weight));
-    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "y", y));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(
+        cpu::CheckOneDType(kOp, {{"x", x}, {"weight", weight}, {"bias", bias}, {"y", y}}));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "x", x.data()));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "weight", weight.data()));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "y", y.data()));
     if (rows == 0) return OpStatus::Ok();
     // y [rows, out] = x [rows, in] W^T, W [out, in]; the bias through the epilogue.
-    GemmShape shape{.m = rows, .n = out, .k = in, .transpose_b = true};
-    GemmOperands operands{.a = x, .b = weight, .c = y, .bias = const_cast<float*>(bias)};
-    if (bias != nullptr) shape.epilogue = GemmEpilogue::kBias;
+    GemmShape shape{.m = rows,
+                    .n = out,
+                    .k = in,
+                    .transpose_b = true,
+                    .ab_dtype = x.dtype(),
+                    .c_dtype = y.dtype(),
+                    .bias_dtype = x.dtype()};
+    GemmOperands operands{
+        .a = x.data(), .b = weight.data(), .c = y.data(), .bias = const_cast<void*>(bias.data())};
+    if (!bias.is_null()) shape.epilogue = GemmEpilogue::kBias;
     return RunGemm(shape, operands);
   }
-  OpStatus LinearBackward(const float* dy, const float* x, const float* weight, float* dx,
+  OpStatus LinearBackward(ConstTensor dy, ConstTensor x, ConstTensor weight, Tensor dx,
                           float* dweight, float* dbias, int64_t rows, int64_t in,
                           int64_t out) override {
     constexpr const char* kOp = "LinearBackward";
     QTRAIN_KERNEL_RETURN_IF_ERROR(CheckLinear(kOp, rows, in, out));
-    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "dy", dy));
-    if (dx != nullptr) QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "weight", weight));
-    if (dweight != nullptr) QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "x", x));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(
+        cpu::CheckOneDType(kOp, {{"dy", dy}, {"x", x}, {"weight", weight}, {"dx", dx}}));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "dy", dy.data()));
+    if (!dx.is_null()) QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "weight", weight.data()));
+    if (dweight != nullptr) QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "x", x.data()));
     if (rows == 0) return OpStatus::Ok();
     return MatmulBackward(dy, x, weight, dx, dweight, dbias, rows, in, out);
   }
-  OpStatus LmHeadForward(const float* y, const float* embedding, float* logits, int64_t rows,
+  OpStatus LmHeadForward(ConstTensor y, ConstTensor embedding, float* logits, int64_t rows,
                          int64_t vocab, int64_t dim) override {
-    return LinearForwardAs("LmHeadForward", y, embedding, logits, rows, dim, vocab);
+    constexpr const char* kOp = "LmHeadForward";
+    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckLinear(kOp, rows, dim, vocab));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(cpu::CheckOneDType(kOp, {{"y", y}, {"embedding", embedding}}));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "input", y.data()));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "weight", embedding.data()));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "output", logits));
+    if (rows == 0) return OpStatus::Ok();
+    // fp32 logits from either dtype (cuBLASLt's bf16 x bf16 -> fp32).
+    return RunGemm(GemmShape{.m = rows,
+                             .n = vocab,
+                             .k = dim,
+                             .transpose_b = true,
+                             .ab_dtype = y.dtype(),
+                             .c_dtype = kF32,
+                             .bias_dtype = kF32},
+                   GemmOperands{.a = y.data(), .b = embedding.data(), .c = logits});
   }
-  OpStatus LmHeadBackward(const float* dlogits, const float* y, const float* embedding, float* dy,
+  OpStatus LmHeadBackward(const float* dlogits, ConstTensor y, ConstTensor embedding, Tensor dy,
                           float* dembedding, int64_t rows, int64_t vocab, int64_t dim) override {
     constexpr const char* kOp = "LmHeadBackward";
     QTRAIN_KERNEL_RETURN_IF_ERROR(CheckLinear(kOp, rows, dim, vocab));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(
+        cpu::CheckOneDType(kOp, {{"y", y}, {"embedding", embedding}, {"dy", dy}}));
     QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "dlogits", dlogits));
-    if (dy != nullptr) QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "embedding", embedding));
-    if (dembedding != nullptr) QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "y", y));
+    if (!dy.is_null())
+      QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "embedding", embedding.data()));
+    if (dembedding != nullptr) QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "y", y.data()));
     if (rows == 0) return OpStatus::Ok();
-    return MatmulBackward(dlogits, y, embedding, dy, dembedding, nullptr, rows, dim, vocab);
+    // cuBLASLt multiplies operands of one dtype: with bf16 weights, the fp32 logit gradients
+    // are rounded to a bf16 copy first (the gradient a bf16 LM head output would have).
+    ConstTensor d = dlogits;
+    const DType dtype = !y.is_null() ? y.dtype() : embedding.dtype();
+    if (dtype != kF32) {
+      const int64_t n = rows * vocab;
+      QTRAIN_KERNEL_RETURN_IF_ERROR(
+          narrowed_.Reserve(static_cast<size_t>(n) * DTypeBytes(dtype), "LmHeadBackward: scratch"));
+      const Tensor copy(narrowed_.as<void>(), dtype);
+      QTRAIN_KERNEL_RETURN_IF_ERROR(CastTensor(dlogits, copy, n));
+      d = copy;
+    }
+    return MatmulBackward(d, y, embedding, dy, dembedding, nullptr, rows, dim, vocab);
   }
 
   // -------------------------------------------------------------------------------------------
   // RoPE: the cos/sin tables are made on the host from inv_freq (as the CPU backend's angles)
   // and kept until inv_freq, the factor or the positions outgrow them.
-  OpStatus RopeForward(const float* x, float* y, const RopeShape& shape, const float* inv_freq,
+  OpStatus RopeForward(ConstTensor x, Tensor y, const RopeShape& shape, const float* inv_freq,
                        float attention_factor) override {
     return Rope("RopeForward", x, y, shape, inv_freq, attention_factor, /*transposed=*/false);
   }
-  OpStatus RopeBackward(const float* dy, float* dx, const RopeShape& shape, const float* inv_freq,
+  OpStatus RopeBackward(ConstTensor dy, Tensor dx, const RopeShape& shape, const float* inv_freq,
                         float attention_factor) override {
-    if (dx == dy && dx != nullptr) {
+    if (dx.data() == dy.data() && !dx.is_null()) {
       return OpStatus::Error("RopeBackward: dx must not alias dy (it accumulates)");
     }
     return Rope("RopeBackward", dy, dx, shape, inv_freq, attention_factor, /*transposed=*/true);
@@ -274,31 +360,45 @@ class CudaBackendImpl final : public Backend {
 
   // -------------------------------------------------------------------------------------------
   // Attention.
-  OpStatus AttentionForward(const float* q, const float* k, const float* v, float* o, float* lse,
+  OpStatus AttentionForward(ConstTensor q, ConstTensor k, ConstTensor v, Tensor o, float* lse,
                             const AttentionShape& shape) override {
     QTRAIN_KERNEL_RETURN_IF_ERROR(Bind());
-    return cuda::AttentionForward(
-        AttentionParams{
-            .q = q, .k = k, .v = v, .o = o, .lse = lse, .dtype = kF32, .shape = KernelShape(shape)},
-        stream_);
+    QTRAIN_KERNEL_RETURN_IF_ERROR(
+        cpu::CheckOneDType("AttentionForward", {{"q", q}, {"k", k}, {"v", v}, {"o", o}}));
+    return cuda::AttentionForward(AttentionParams{.q = q.data(),
+                                                  .k = k.data(),
+                                                  .v = v.data(),
+                                                  .o = o.data(),
+                                                  .lse = lse,
+                                                  .dtype = q.dtype(),
+                                                  .shape = KernelShape(shape)},
+                                  stream_);
   }
-  OpStatus AttentionBackward(const float* q, const float* k, const float* v, const float* o,
-                             const float* lse, const float* dout, float* dq, float* dk, float* dv,
+  OpStatus AttentionBackward(ConstTensor q, ConstTensor k, ConstTensor v, ConstTensor o,
+                             const float* lse, ConstTensor dout, Tensor dq, Tensor dk, Tensor dv,
                              const AttentionShape& shape) override {
     QTRAIN_KERNEL_RETURN_IF_ERROR(Bind());
-    AttentionBackwardParams p{.q = q,
-                              .k = k,
-                              .v = v,
-                              .o = o,
+    QTRAIN_KERNEL_RETURN_IF_ERROR(cpu::CheckOneDType("AttentionBackward", {{"q", q},
+                                                                           {"k", k},
+                                                                           {"v", v},
+                                                                           {"o", o},
+                                                                           {"dout", dout},
+                                                                           {"dq", dq},
+                                                                           {"dk", dk},
+                                                                           {"dv", dv}}));
+    AttentionBackwardParams p{.q = q.data(),
+                              .k = k.data(),
+                              .v = v.data(),
+                              .o = o.data(),
                               .lse = lse,
-                              .dout = dout,
-                              .dq = dq,
-                              .dk = dk,
-                              .dv = dv,
-                              .dtype = kF32,
+                              .dout = dout.data(),
+                              .dq = dq.data(),
+                              .dk = dk.data(),
+                              .dv = dv.data(),
+                              .dtype = q.dtype(),
                               .shape = KernelShape(shape)};
     // The shape is checked before the scratch is sized from it.
-    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckAttentionShape("AttentionBackward", kF32, p.shape));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckAttentionShape("AttentionBackward", p.dtype, p.shape));
     if (shape.seq_len == 0) return OpStatus::Ok();
     const size_t stats = static_cast<size_t>(shape.batch * shape.num_heads * shape.seq_len);
     QTRAIN_KERNEL_RETURN_IF_ERROR(
@@ -309,33 +409,49 @@ class CudaBackendImpl final : public Backend {
 
   // -------------------------------------------------------------------------------------------
   // SwiGLU and residual adds (elementwise over rows * dim).
-  OpStatus SwigluForward(const float* gate, const float* up, float* out, int64_t rows,
+  OpStatus SwigluForward(ConstTensor gate, ConstTensor up, Tensor out, int64_t rows,
                          int64_t dim) override {
     QTRAIN_KERNEL_RETURN_IF_ERROR(CheckRowsDim("SwigluForward", rows, dim));
-    return cuda::SwigluForward(
-        SwigluParams{.gate = gate, .up = up, .out = out, .dtype = kF32, .n = rows * dim}, stream_);
+    QTRAIN_KERNEL_RETURN_IF_ERROR(
+        cpu::CheckOneDType("SwigluForward", {{"gate", gate}, {"up", up}, {"out", out}}));
+    return cuda::SwigluForward(SwigluParams{.gate = gate.data(),
+                                            .up = up.data(),
+                                            .out = out.data(),
+                                            .dtype = gate.dtype(),
+                                            .n = rows * dim},
+                               stream_);
   }
-  OpStatus SwigluBackward(const float* dout, const float* gate, const float* up, float* dgate,
-                          float* dup, int64_t rows, int64_t dim) override {
+  OpStatus SwigluBackward(ConstTensor dout, ConstTensor gate, ConstTensor up, Tensor dgate,
+                          Tensor dup, int64_t rows, int64_t dim) override {
     QTRAIN_KERNEL_RETURN_IF_ERROR(CheckRowsDim("SwigluBackward", rows, dim));
-    return cuda::SwigluBackward(SwigluBackwardParams{.dout = dout,
-                                                     .gate = gate,
-                                                     .up = up,
-                                                     .dgate = dgate,
-                                                     .dup = dup,
-                                                     .dtype = kF32,
+    QTRAIN_KERNEL_RETURN_IF_ERROR(cpu::CheckOneDType(
+        "SwigluBackward",
+        {{"dout", dout}, {"gate", gate}, {"up", up}, {"dgate", dgate}, {"dup", dup}}));
+    return cuda::SwigluBackward(SwigluBackwardParams{.dout = dout.data(),
+                                                     .gate = gate.data(),
+                                                     .up = up.data(),
+                                                     .dgate = dgate.data(),
+                                                     .dup = dup.data(),
+                                                     .dtype = dout.dtype(),
                                                      .n = rows * dim},
                                 stream_);
   }
-  OpStatus ResidualForward(const float* a, const float* b, float* out, int64_t n) override {
+  OpStatus ResidualForward(ConstTensor a, ConstTensor b, Tensor out, int64_t n) override {
     QTRAIN_KERNEL_RETURN_IF_ERROR(Bind());
-    return cuda::ResidualForward(ResidualParams{.a = a, .b = b, .out = out, .dtype = kF32, .n = n},
-                                 stream_);
+    QTRAIN_KERNEL_RETURN_IF_ERROR(
+        cpu::CheckOneDType("ResidualForward", {{"a", a}, {"b", b}, {"out", out}}));
+    return cuda::ResidualForward(
+        ResidualParams{.a = a.data(), .b = b.data(), .out = out.data(), .dtype = a.dtype(), .n = n},
+        stream_);
   }
-  OpStatus ResidualBackward(const float* dout, float* da, float* db, int64_t n) override {
+  OpStatus ResidualBackward(ConstTensor dout, Tensor da, Tensor db, int64_t n) override {
     QTRAIN_KERNEL_RETURN_IF_ERROR(Bind());
+    QTRAIN_KERNEL_RETURN_IF_ERROR(
+        cpu::CheckOneDType("ResidualBackward", {{"dout", dout}, {"da", da}, {"db", db}}));
     return cuda::ResidualBackward(
-        ResidualBackwardParams{.dout = dout, .da = da, .db = db, .dtype = kF32, .n = n}, stream_);
+        ResidualBackwardParams{
+            .dout = dout.data(), .da = da.data(), .db = db.data(), .dtype = dout.dtype(), .n = n},
+        stream_);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -418,17 +534,16 @@ class CudaBackendImpl final : public Backend {
       }
     }
     const int64_t partials = SumSquaresScratch(sizes, count);
-    QTRAIN_KERNEL_RETURN_IF_ERROR(totals_.Reserve(
-        (static_cast<size_t>(partials) + 1) * sizeof(double), "SumOfSquares: scratch"));
-    double* device = totals_.as<double>();
-    QTRAIN_KERNEL_RETURN_IF_ERROR(cuda::SumOfSquares(SumSquaresParams{.tensors = tensors,
-                                                                      .sizes = sizes,
-                                                                      .count = count,
-                                                                      .partials = device + 1,
-                                                                      .partials_capacity = partials,
-                                                                      .sum_squares = device},
-                                                     stream_));
-    return Copy(sum_squares, device, sizeof(double), cudaMemcpyDeviceToHost);
+    QTRAIN_KERNEL_RETURN_IF_ERROR(
+        totals_.Reserve(static_cast<size_t>(partials) * sizeof(double), "SumOfSquares: scratch"));
+    // The total goes to device memory (ops.h): no synchronization here.
+    return cuda::SumOfSquares(SumSquaresParams{.tensors = tensors,
+                                               .sizes = sizes,
+                                               .count = count,
+                                               .partials = totals_.as<double>(),
+                                               .partials_capacity = partials,
+                                               .sum_squares = sum_squares},
+                              stream_);
   }
 
  private:
@@ -458,7 +573,7 @@ class CudaBackendImpl final : public Backend {
     return cpu::CheckIdsInRange(op, what, host->data(), rows, vocab, ignore);
   }
 
-  OpStatus CheckEmbedding(const char* op, const int32_t* ids, const float* a, const float* b,
+  OpStatus CheckEmbedding(const char* op, const int32_t* ids, const void* a, const void* b,
                           int64_t rows, int64_t vocab, int64_t dim) const {
     QTRAIN_KERNEL_RETURN_IF_ERROR(Bind());
     QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative(op, "rows", rows));
@@ -501,70 +616,100 @@ class CudaBackendImpl final : public Backend {
     return CheckNotNull(op, "labels", labels);
   }
 
+  // shape's dtypes are set by the caller; the alignment comes from the operands.
   OpStatus RunGemm(GemmShape shape, const GemmOperands& operands) {
-    shape.ab_dtype = kF32;
-    shape.c_dtype = kF32;
-    shape.bias_dtype = kF32;
     const int alignment = GemmAlignmentOf(operands);
-    if (alignment < 4) {
-      return OpStatus::Error("Gemm " + GemmShapeName(shape) +
-                             ": an fp32 operand is not 4-byte aligned");
+    if (alignment < static_cast<int>(DTypeBytes(shape.ab_dtype))) {
+      return OpStatus::Error("Gemm " + GemmShapeName(shape) + ": an operand is not " +
+                             std::to_string(DTypeBytes(shape.ab_dtype)) + "-byte aligned");
     }
     shape.alignment = alignment;
     return gemms_->Run(shape, operands, stream_);
   }
 
-  OpStatus LinearForwardAs(const char* op, const float* x, const float* weight, float* y,
-                           int64_t rows, int64_t in, int64_t out) {
-    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckLinear(op, rows, in, out));
-    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(op, "input", x));
-    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(op, "weight", weight));
-    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(op, "output", y));
-    if (rows == 0) return OpStatus::Ok();
-    return RunGemm(GemmShape{.m = rows, .n = out, .k = in, .transpose_b = true},
-                   GemmOperands{.a = x, .b = weight, .c = y});
-  }
-
-  // The three products of a linear layer's backward, each accumulating:
+  // The three products of a linear layer's backward, each accumulating (dy, x, weight and dx of
+  // one dtype; the parameter gradients fp32):
   //   dx [rows, in] += dy [rows, out] W [out, in]
   //   dW [out, in] += dy^T x [rows, in]
   //   db [1, out] += ones [1, rows] dy (column sums in one fixed GEMM)
-  OpStatus MatmulBackward(const float* dy, const float* x, const float* weight, float* dx,
+  OpStatus MatmulBackward(ConstTensor dy, ConstTensor x, ConstTensor weight, Tensor dx,
                           float* dweight, float* dbias, int64_t rows, int64_t in, int64_t out) {
-    if (dx != nullptr) {
+    const DType dtype = dy.dtype();
+    if (!dx.is_null()) {
       QTRAIN_KERNEL_RETURN_IF_ERROR(
-          RunGemm(GemmShape{.m = rows, .n = in, .k = out, .accumulate = true},
-                  GemmOperands{.a = dy, .b = weight, .c = dx}));
+          RunGemm(GemmShape{.m = rows,
+                            .n = in,
+                            .k = out,
+                            .ab_dtype = dtype,
+                            .c_dtype = dx.dtype(),
+                            .accumulate = true,
+                            .bias_dtype = kF32},
+                  GemmOperands{.a = dy.data(), .b = weight.data(), .c = dx.data()}));
     }
     if (dweight != nullptr) {
       QTRAIN_KERNEL_RETURN_IF_ERROR(
-          RunGemm(GemmShape{.m = out, .n = in, .k = rows, .transpose_a = true, .accumulate = true},
-                  GemmOperands{.a = dy, .b = x, .c = dweight}));
+          RunGemm(GemmShape{.m = out,
+                            .n = in,
+                            .k = rows,
+                            .transpose_a = true,
+                            .ab_dtype = dtype,
+                            .c_dtype = kF32,
+                            .accumulate = true,
+                            .bias_dtype = kF32},
+                  GemmOperands{.a = dy.data(), .b = x.data(), .c = dweight}));
     }
     if (dbias != nullptr) {
-      QTRAIN_KERNEL_RETURN_IF_ERROR(Ones(rows));
+      QTRAIN_KERNEL_RETURN_IF_ERROR(Ones(rows, dtype));
       QTRAIN_KERNEL_RETURN_IF_ERROR(
-          RunGemm(GemmShape{.m = 1, .n = out, .k = rows, .accumulate = true},
-                  GemmOperands{.a = ones_.as<float>(), .b = dy, .c = dbias}));
+          RunGemm(GemmShape{.m = 1,
+                            .n = out,
+                            .k = rows,
+                            .ab_dtype = dtype,
+                            .c_dtype = kF32,
+                            .accumulate = true,
+                            .bias_dtype = kF32},
+                  GemmOperands{.a = dtype == kF32 ? ones_.as<void>() : ones_bf16_.as<void>(),
+                               .b = dy.data(),
+                               .c = dbias}));
     }
     return OpStatus::Ok();
   }
 
-  // ones_ holds at least n ones.
-  OpStatus Ones(int64_t n) {
-    if (n <= ones_count_) return OpStatus::Ok();
-    const int64_t count = std::max<int64_t>(n, 4096);
-    QTRAIN_KERNEL_RETURN_IF_ERROR(ones_.Reserve(count * sizeof(float), "LinearBackward: ones"));
+  // ones_ (fp32) and, for bf16, ones_bf16_ hold at least n ones.
+  OpStatus Ones(int64_t n, DType dtype) {
+    if (n > ones_count_) {
+      const int64_t count = std::max<int64_t>(n, 4096);
+      ones_count_ = 0;
+      ones_bf16_count_ = 0;
+      QTRAIN_KERNEL_RETURN_IF_ERROR(ones_.Reserve(count * sizeof(float), "LinearBackward: ones"));
+      QTRAIN_KERNEL_RETURN_IF_ERROR(
+          cuda::Fill(FillParams{.x = ones_.as<float>(), .n = count, .value = 1.0f}, stream_));
+      ones_count_ = count;
+    }
+    if (dtype == kF32 || n <= ones_bf16_count_) return OpStatus::Ok();
     QTRAIN_KERNEL_RETURN_IF_ERROR(
-        cuda::Fill(FillParams{.x = ones_.as<float>(), .n = count, .value = 1.0f}, stream_));
-    ones_count_ = count;
+        ones_bf16_.Reserve(ones_count_ * DTypeBytes(dtype), "LinearBackward: ones"));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(
+        CastTensor(ones_.as<float>(), Tensor(ones_bf16_.as<void>(), dtype), ones_count_));
+    ones_bf16_count_ = ones_count_;
     return OpStatus::Ok();
   }
 
-  OpStatus Rope(const char* op, const float* in, float* out, const RopeShape& shape,
+  // out = in converted, on the stream (sizes and pointers checked by the caller).
+  OpStatus CastTensor(ConstTensor in, Tensor out, int64_t n) {
+    return cuda::Cast(CastParams{.in = in.data(),
+                                 .in_dtype = in.dtype(),
+                                 .out = out.data(),
+                                 .out_dtype = out.dtype(),
+                                 .n = n},
+                      stream_);
+  }
+
+  OpStatus Rope(const char* op, ConstTensor in, Tensor out, const RopeShape& shape,
                 const float* inv_freq, float attention_factor, bool transposed) {
     QTRAIN_KERNEL_RETURN_IF_ERROR(Bind());
-    QTRAIN_KERNEL_RETURN_IF_ERROR(cpu::ValidateRope(op, in, out, shape, inv_freq));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(cpu::CheckOneDType(op, {{"input", in}, {"output", out}}));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(cpu::ValidateRope(op, in.data(), out.data(), shape, inv_freq));
     if (!std::isfinite(attention_factor)) {
       return OpStatus::Error(std::string(op) + ": attention_factor is not finite");
     }
@@ -587,14 +732,14 @@ class CudaBackendImpl final : public Backend {
     }
     QTRAIN_KERNEL_RETURN_IF_ERROR(
         RopeTablesFor(inv_freq, shape.head_dim / 2, attention_factor, rows_needed));
-    return cuda::Rope(RopeParams{.in = in,
-                                 .out = out,
+    return cuda::Rope(RopeParams{.in = in.data(),
+                                 .out = out.data(),
                                  .cos_table = rope_tables_.as<float>(),
                                  .sin_table = rope_tables_.as<float>() + rope_rows_ * rope_half_,
                                  .table_rows = rope_rows_,
                                  .positions = shape.positions,
                                  .transposed = transposed,
-                                 .dtype = kF32,
+                                 .dtype = in.dtype(),
                                  .batch = shape.batch,
                                  .seq_len = shape.seq_len,
                                  .num_heads = shape.num_heads,
@@ -656,32 +801,20 @@ class CudaBackendImpl final : public Backend {
       QTRAIN_KERNEL_RETURN_IF_ERROR(
           CheckIds(op, "label", labels, rows, vocab, &ignore_index, &host_labels));
     }
-    const bool totals = loss_sum != nullptr || num_valid != nullptr;
-    if (totals) {
-      QTRAIN_KERNEL_RETURN_IF_ERROR(totals_.Reserve(2 * sizeof(double), "CrossEntropy: totals"));
-    }
-    double* device_sum = totals_.as<double>();
-    int64_t* device_count = reinterpret_cast<int64_t*>(device_sum + 1);
-    QTRAIN_KERNEL_RETURN_IF_ERROR(
-        cuda::CrossEntropy(CrossEntropyParams{.logits = logits,
-                                              .labels = labels,
-                                              .losses = losses,
-                                              .lse = lse,
-                                              .dlogits = dlogits,
-                                              .loss_sum = totals ? device_sum : nullptr,
-                                              .num_valid = totals ? device_count : nullptr,
-                                              .grad_scale = grad_scale,
-                                              .ignore_index = ignore_index,
-                                              .dtype = kF32,
-                                              .rows = rows,
-                                              .vocab = vocab},
-                           stream_));
-    if (!totals) return OpStatus::Ok();
-    double host[2];
-    QTRAIN_KERNEL_RETURN_IF_ERROR(Copy(host, device_sum, sizeof(host), cudaMemcpyDeviceToHost));
-    if (loss_sum != nullptr) *loss_sum = host[0];
-    if (num_valid != nullptr) std::memcpy(num_valid, &host[1], sizeof(int64_t));
-    return OpStatus::Ok();
+    // The totals go straight to the caller's device memory (ops.h): no synchronization.
+    return cuda::CrossEntropy(CrossEntropyParams{.logits = logits,
+                                                 .labels = labels,
+                                                 .losses = losses,
+                                                 .lse = lse,
+                                                 .dlogits = dlogits,
+                                                 .loss_sum = loss_sum,
+                                                 .num_valid = num_valid,
+                                                 .grad_scale = grad_scale,
+                                                 .ignore_index = ignore_index,
+                                                 .dtype = kF32,
+                                                 .rows = rows,
+                                                 .vocab = vocab},
+                              stream_);
   }
 
   const int device_;
@@ -689,9 +822,13 @@ class CudaBackendImpl final : public Backend {
   std::unique_ptr<GemmPlans> gemms_;
   Scratch buckets_;  // the embedding backward's order | starts | ids
   Scratch row_dot_;  // the attention backward's rowsum(do * o)
-  Scratch totals_;   // device doubles: loss totals, sums of squares
+  Scratch totals_;   // device doubles: the partial sums of SumOfSquares
   Scratch ones_;     // the bias gradient's ones
   int64_t ones_count_ = 0;
+  Scratch ones_bf16_;  // the same in bf16, for bf16 gradients
+  int64_t ones_bf16_count_ = 0;
+  Scratch widened_;      // Fill and Scale of bf16 tensors: an fp32 copy
+  Scratch narrowed_;     // the LM head backward's bf16 copy of the logit gradients
   Scratch rope_tables_;  // cos | sin, [rope_rows_, rope_half_] each
   std::vector<float> rope_inv_freq_;
   int64_t rope_half_ = 0;

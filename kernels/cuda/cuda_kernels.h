@@ -20,13 +20,14 @@
 #include <vector>
 
 #include "kernels/status.h"
+#include "kernels/tensor.h"
 
 namespace qtrain::kernels::cuda {
 
-enum class DType { kFloat32, kBfloat16 };
-
-const char* DTypeName(DType dtype);
-size_t DTypeBytes(DType dtype);
+// The dtypes of kernels/tensor.h, shared with the op interface.
+using ::qtrain::kernels::DType;
+using ::qtrain::kernels::DTypeBytes;
+using ::qtrain::kernels::DTypeName;
 
 // An OpStatus from a CUDA error ("<what>: <cudaGetErrorString>"); ok for cudaSuccess.
 OpStatus CudaStatus(cudaError_t error, const char* what);

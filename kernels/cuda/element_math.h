@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/tensor.h"
+
 #if defined(__CUDACC__)
 #define QTRAIN_HD __host__ __device__ __forceinline__
 #define QTRAIN_UNROLL _Pragma("unroll")
@@ -45,10 +47,9 @@ QTRAIN_HD uint16_t Bf16FromFloat(float x) {
 
 QTRAIN_HD float FloatFromBf16(uint16_t b) { return FloatFromBits(static_cast<uint32_t>(b) << 16); }
 
-// Storage types of the kernels' tensors: fp32, or bf16 bits. The math is fp32 either way.
-struct Bf16 {
-  uint16_t bits;
-};
+// Storage types of the kernels' tensors: fp32, or bf16 bits (kernels/tensor.h). The math is
+// fp32 either way.
+using ::qtrain::kernels::Bf16;
 
 QTRAIN_HD float ToFloat(float x) { return x; }
 QTRAIN_HD float ToFloat(Bf16 x) { return FloatFromBf16(x.bits); }
@@ -185,7 +186,6 @@ QTRAIN_HD float SoftmaxLse(SoftmaxState s) { return s.max + std::log(s.sum); }
 QTRAIN_HD float CrossEntropyGrad(float logit, float lse, bool is_label, float grad_scale) {
   return (std::exp(logit - lse) - (is_label ? 1.0f : 0.0f)) * grad_scale;
 }
-
 
 // The gradient reduction's summation order (worker/comm/tree_sum.h, TreeSumOf) over count
 // values at values[0], values[stride], ..., values[(count - 1) * stride]: a binary counter over

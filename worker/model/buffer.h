@@ -22,6 +22,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
 #include "common/checked_math.h"
+#include "common/status_macros.h"
 #include "kernels/ops.h"
 
 namespace qtrain::model {
@@ -189,6 +190,59 @@ class Buffer {
   T* data_ = nullptr;
   int64_t size_ = 0;
 };
+
+// Backend memory of one dtype chosen at run time (fp32 or bf16 activations and weights): a
+// Buffer of bytes that hands out typed tensors (kernels/tensor.h).
+class TensorBuffer {
+ public:
+  // (Re)allocates the product of `dims` elements of `dtype` (contents undefined); a no-op when
+  // the size and dtype are unchanged. On failure the buffer is empty.
+  absl::Status Resize(kernels::Backend& backend, kernels::DType dtype,
+                      std::initializer_list<int64_t> dims, absl::string_view what) {
+    std::optional<int64_t> elements = CheckedProduct(dims);
+    for (int64_t d : dims) {
+      if (d < 0) elements = std::nullopt;
+    }
+    std::optional<int64_t> bytes;
+    if (elements.has_value()) bytes = CheckedMul(*elements, int64_t(kernels::DTypeBytes(dtype)));
+    if (!bytes.has_value()) {
+      Reset();
+      return AllocationError(what, std::nullopt);
+    }
+    QTRAIN_RETURN_IF_ERROR(raw_.Resize(backend, {*bytes}, what));
+    dtype_ = dtype;
+    size_ = *elements;
+    return absl::OkStatus();
+  }
+  void Reset() {
+    raw_.Reset();
+    size_ = 0;
+  }
+
+  kernels::Tensor get() { return {raw_.get(), dtype_}; }
+  kernels::ConstTensor get() const { return {raw_.get(), dtype_}; }
+  void* data() { return raw_.get(); }
+  const void* data() const { return raw_.get(); }
+  int64_t size() const { return size_; }  // elements
+  size_t bytes() const { return static_cast<size_t>(raw_.size()); }
+  kernels::DType dtype() const { return dtype_; }
+
+ private:
+  Buffer<std::byte> raw_;
+  kernels::DType dtype_ = kernels::DType::kFloat32;
+  int64_t size_ = 0;
+};
+
+// dst[0 .. n) = src[0 .. n), two tensors of one dtype in backend memory.
+inline absl::Status CopyTensor(kernels::Backend& backend, kernels::Tensor dst,
+                               kernels::ConstTensor src, int64_t n) {
+  if (dst.dtype() != src.dtype()) {
+    return absl::InternalError(absl::StrCat("CopyTensor: ", kernels::DTypeName(src.dtype()),
+                                            " into ", kernels::DTypeName(dst.dtype())));
+  }
+  return OpToStatus(
+      backend.CopyWithinBackend(dst.data(), src.data(), static_cast<size_t>(n) * src.bytes()));
+}
 
 }  // namespace qtrain::model
 

@@ -39,6 +39,7 @@ absl::StatusOr<KvCache> KvCache::Create(const Model& model, int64_t max_tokens) 
   }
   KvCache cache;
   cache.capacity_ = max_tokens;
+  cache.dtype_ = model.options().compute_dtype;
   cache.keys_.resize(model.config().num_layers);
   cache.values_.resize(model.config().num_layers);
   QTRAIN_RETURN_IF_ERROR(cache.Reserve(model, std::min(max_tokens, kInitialTokens)));
@@ -59,14 +60,12 @@ absl::Status KvCache::Reserve(const Model& model, int64_t tokens) {
   kernels::Backend& b = model.backend();
   const std::string what = absl::StrCat("the KV cache (", grown, " positions x ", c.num_layers,
                                         " layers x keys and values)");
-  for (std::vector<Buffer<float>>* per_layer : {&keys_, &values_}) {
-    for (Buffer<float>& old : *per_layer) {
-      Buffer<float> next;
-      QTRAIN_RETURN_IF_ERROR(next.Resize(b, {grown, c.kv_dim()}, what));
-      if (length_ > 0) {
-        QTRAIN_RETURN_IF_OP_ERROR(
-            b.CopyWithinBackend(next.get(), old.get(), length_ * c.kv_dim() * sizeof(float)));
-      }
+  for (std::vector<TensorBuffer>* per_layer : {&keys_, &values_}) {
+    for (TensorBuffer& old : *per_layer) {
+      TensorBuffer next;
+      QTRAIN_RETURN_IF_ERROR(next.Resize(b, dtype_, {grown, c.kv_dim()}, what));
+      if (length_ > 0)
+        QTRAIN_RETURN_IF_ERROR(CopyTensor(b, next.get(), old.get(), length_ * c.kv_dim()));
       old = std::move(next);
     }
   }
@@ -91,7 +90,8 @@ absl::Status Model::Decode(std::span<const int32_t> ids, KvCache& cache,
   if (static_cast<int64_t>(last_logits.size()) != c.vocab_size) {
     return absl::InvalidArgumentError("Decode: last_logits must hold vocab_size floats");
   }
-  if (static_cast<int64_t>(cache.keys_.size()) != c.num_layers) {
+  if (static_cast<int64_t>(cache.keys_.size()) != c.num_layers ||
+      cache.dtype_ != options_.compute_dtype) {
     return absl::InvalidArgumentError("Decode: the KV cache was made for another model");
   }
   for (int32_t id : ids) {
@@ -103,30 +103,32 @@ absl::Status Model::Decode(std::span<const int32_t> ids, KvCache& cache,
   QTRAIN_RETURN_IF_ERROR(cache.Reserve(*this, past + n));
   // Scratch for this call's tokens (one sequence).
   Buffer<int32_t> dev_ids;
-  Buffer<float> x, normed, q, attn, lse, mid, gate, up, act, rstd, logits;
+  const kernels::DType dtype = options_.compute_dtype;
+  TensorBuffer x, normed, q, attn, mid, gate, up, act;
+  Buffer<float> lse, rstd, logits;
   const std::string what = "decode scratch";
   QTRAIN_RETURN_IF_ERROR(dev_ids.Resize(b, {n}, what));
-  for (Buffer<float>* buf : {&x, &normed, &mid}) {
-    QTRAIN_RETURN_IF_ERROR(buf->Resize(b, {n, d}, what));
+  for (TensorBuffer* buf : {&x, &normed, &mid}) {
+    QTRAIN_RETURN_IF_ERROR(buf->Resize(b, dtype, {n, d}, what));
   }
-  for (Buffer<float>* buf : {&q, &attn}) {
-    QTRAIN_RETURN_IF_ERROR(buf->Resize(b, {n, c.q_dim()}, what));
+  for (TensorBuffer* buf : {&q, &attn}) {
+    QTRAIN_RETURN_IF_ERROR(buf->Resize(b, dtype, {n, c.q_dim()}, what));
   }
-  for (Buffer<float>* buf : {&gate, &up, &act}) {
-    QTRAIN_RETURN_IF_ERROR(buf->Resize(b, {n, f}, what));
+  for (TensorBuffer* buf : {&gate, &up, &act}) {
+    QTRAIN_RETURN_IF_ERROR(buf->Resize(b, dtype, {n, f}, what));
   }
   QTRAIN_RETURN_IF_ERROR(lse.Resize(b, {n, c.num_heads}, what));
-  Buffer<float> q_succ, q_inter;
+  TensorBuffer q_succ, q_inter;
   DcaPass dca;
   if (c.dca.enabled()) {
-    QTRAIN_RETURN_IF_ERROR(q_succ.Resize(b, {n, c.q_dim()}, what));
-    QTRAIN_RETURN_IF_ERROR(q_inter.Resize(b, {n, c.q_dim()}, what));
+    QTRAIN_RETURN_IF_ERROR(q_succ.Resize(b, dtype, {n, c.q_dim()}, what));
+    QTRAIN_RETURN_IF_ERROR(q_inter.Resize(b, dtype, {n, c.q_dim()}, what));
     QTRAIN_RETURN_IF_ERROR(dca.Prepare(b, c, 1, n, past, past + n));
   }
   QTRAIN_RETURN_IF_ERROR(rstd.Resize(b, {n}, what));
   QTRAIN_RETURN_IF_ERROR(logits.Resize(b, {c.vocab_size}, what));
 
-  const float* params = params_.get();
+  QTRAIN_ASSIGN_OR_RETURN(const kernels::ConstTensor params, ComputeWeights());
   QTRAIN_RETURN_IF_OP_ERROR(b.CopyHostToBackend(dev_ids.get(), ids.data(), n * sizeof(int32_t)));
   QTRAIN_RETURN_IF_OP_ERROR(
       b.EmbeddingForward(dev_ids.get(), params + layout_.embed(), x.get(), n, c.vocab_size, d));
@@ -146,11 +148,11 @@ absl::Status Model::Decode(std::span<const int32_t> ids, KvCache& cache,
                                     .num_kv_heads = c.num_kv_heads,
                                     .head_dim = c.head_dim};
   for (int64_t l = 0; l < c.num_layers; ++l) {
-    const LayerView<const float> w(params, layout_.layer(l));
-    float* k = cache.keys_[l].get();
-    float* v = cache.values_[l].get();
-    float* k_new = k + past * c.kv_dim();
-    float* v_new = v + past * c.kv_dim();
+    const WeightView w(params, layout_.layer(l));
+    const kernels::Tensor k = cache.keys_[l].get();
+    const kernels::Tensor v = cache.values_[l].get();
+    const kernels::Tensor k_new = k + past * c.kv_dim();
+    const kernels::Tensor v_new = v + past * c.kv_dim();
     QTRAIN_RETURN_IF_OP_ERROR(
         b.RmsNormForward(x.get(), w.input_norm, eps, normed.get(), rstd.get(), n, d));
     QTRAIN_RETURN_IF_OP_ERROR(
@@ -196,7 +198,7 @@ absl::Status Model::Decode(std::span<const int32_t> ids, KvCache& cache,
     if (check) QTRAIN_RETURN_IF_ERROR(CheckFinite(b, x.get(), n, d, positions, LayerOutputName(l)));
   }
   // Only the last token's logits are needed.
-  const float* last = x.get() + (n - 1) * d;
+  const kernels::ConstTensor last = x.get() + (n - 1) * d;
   QTRAIN_RETURN_IF_OP_ERROR(
       b.RmsNormForward(last, params + layout_.final_norm(), eps, normed.get(), rstd.get(), 1, d));
   const RowPositions last_position{.first_row = n - 1, .seq_len = n, .past = past};

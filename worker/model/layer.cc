@@ -68,8 +68,8 @@ absl::Status DcaRotateAndAttend(kernels::Backend& b, const ModelConfig& c, const
 
 namespace {
 absl::Status DcaAttention(kernels::Backend& b, const ModelConfig& c, const RopeParams& rope,
-                          const DcaPass& dca, int64_t batch, int64_t seq_len, float* q, float* k,
-                          const float* v, LayerActivations& a) {
+                          const DcaPass& dca, int64_t batch, int64_t seq_len, kernels::Tensor q,
+                          kernels::Tensor k, kernels::ConstTensor v, LayerActivations& a) {
   return DcaRotateAndAttend(b, c, rope, dca,
                             {.batch = batch,
                              .seq_len = seq_len,
@@ -86,21 +86,25 @@ absl::Status DcaAttention(kernels::Backend& b, const ModelConfig& c, const RopeP
 }
 }  // namespace
 
-absl::Status LayerActivations::Resize(kernels::Backend& b, const ModelConfig& c, int64_t batch,
-                                      int64_t seq_len) {
+absl::Status LayerActivations::Resize(kernels::Backend& b, const ModelConfig& c,
+                                      kernels::DType dtype, int64_t batch, int64_t seq_len) {
   const int64_t d = c.hidden_size, f = c.intermediate_size;
-  auto resize = [&](Buffer<float>& buf, int64_t width, const char* name) {
-    return buf.Resize(b, {batch, seq_len, width}, absl::StrCat("layer activations (", name, ")"));
+  auto name_of = [](const char* name) { return absl::StrCat("layer activations (", name, ")"); };
+  auto resize = [&](TensorBuffer& buf, int64_t width, const char* name) {
+    return buf.Resize(b, dtype, {batch, seq_len, width}, name_of(name));
   };
-  QTRAIN_RETURN_IF_ERROR(resize(rstd_in, 1, "rstd_in"));
+  auto resize_f32 = [&](Buffer<float>& buf, int64_t width, const char* name) {
+    return buf.Resize(b, {batch, seq_len, width}, name_of(name));
+  };
+  QTRAIN_RETURN_IF_ERROR(resize_f32(rstd_in, 1, "rstd_in"));
   QTRAIN_RETURN_IF_ERROR(resize(normed_in, d, "normed_in"));
   QTRAIN_RETURN_IF_ERROR(resize(q, c.q_dim(), "q"));
   QTRAIN_RETURN_IF_ERROR(resize(k, c.kv_dim(), "k"));
   QTRAIN_RETURN_IF_ERROR(resize(v, c.kv_dim(), "v"));
   QTRAIN_RETURN_IF_ERROR(resize(attn, c.q_dim(), "attn"));
-  QTRAIN_RETURN_IF_ERROR(resize(lse, c.num_heads, "lse"));
+  QTRAIN_RETURN_IF_ERROR(resize_f32(lse, c.num_heads, "lse"));
   QTRAIN_RETURN_IF_ERROR(resize(mid, d, "mid"));
-  QTRAIN_RETURN_IF_ERROR(resize(rstd_post, 1, "rstd_post"));
+  QTRAIN_RETURN_IF_ERROR(resize_f32(rstd_post, 1, "rstd_post"));
   QTRAIN_RETURN_IF_ERROR(resize(normed_post, d, "normed_post"));
   QTRAIN_RETURN_IF_ERROR(resize(gate, f, "gate"));
   QTRAIN_RETURN_IF_ERROR(resize(up, f, "up"));
@@ -112,28 +116,28 @@ absl::Status LayerActivations::Resize(kernels::Backend& b, const ModelConfig& c,
   return absl::OkStatus();
 }
 
-absl::Status BackwardScratch::Resize(kernels::Backend& b, const ModelConfig& c, int64_t batch,
-                                     int64_t seq_len) {
+absl::Status BackwardScratch::Resize(kernels::Backend& b, const ModelConfig& c,
+                                     kernels::DType dtype, int64_t batch, int64_t seq_len) {
   const int64_t d = c.hidden_size, f = c.intermediate_size;
   const std::string what = "backward scratch";
-  for (Buffer<float>* buf : {&d_mid, &d_normed}) {
-    QTRAIN_RETURN_IF_ERROR(buf->Resize(b, {batch, seq_len, d}, what));
+  for (TensorBuffer* buf : {&d_mid, &d_normed}) {
+    QTRAIN_RETURN_IF_ERROR(buf->Resize(b, dtype, {batch, seq_len, d}, what));
   }
-  for (Buffer<float>* buf : {&d_attn, &dq, &dq_pre}) {
-    QTRAIN_RETURN_IF_ERROR(buf->Resize(b, {batch, seq_len, c.q_dim()}, what));
+  for (TensorBuffer* buf : {&d_attn, &dq, &dq_pre}) {
+    QTRAIN_RETURN_IF_ERROR(buf->Resize(b, dtype, {batch, seq_len, c.q_dim()}, what));
   }
-  for (Buffer<float>* buf : {&dk, &dk_pre, &dv}) {
-    QTRAIN_RETURN_IF_ERROR(buf->Resize(b, {batch, seq_len, c.kv_dim()}, what));
+  for (TensorBuffer* buf : {&dk, &dk_pre, &dv}) {
+    QTRAIN_RETURN_IF_ERROR(buf->Resize(b, dtype, {batch, seq_len, c.kv_dim()}, what));
   }
-  for (Buffer<float>* buf : {&d_act, &d_gate, &d_up}) {
-    QTRAIN_RETURN_IF_ERROR(buf->Resize(b, {batch, seq_len, f}, what));
+  for (TensorBuffer* buf : {&d_act, &d_gate, &d_up}) {
+    QTRAIN_RETURN_IF_ERROR(buf->Resize(b, dtype, {batch, seq_len, f}, what));
   }
   return absl::OkStatus();
 }
 
-absl::Status LayerForward(kernels::Backend& b, const ModelConfig& c,
-                          const LayerView<const float>& w, const RopeParams& rope, int64_t batch,
-                          int64_t seq_len, const float* x_in, LayerActivations& a, float* x_out,
+absl::Status LayerForward(kernels::Backend& b, const ModelConfig& c, const WeightView& w,
+                          const RopeParams& rope, int64_t batch, int64_t seq_len,
+                          kernels::ConstTensor x_in, LayerActivations& a, kernels::Tensor x_out,
                           const DcaPass* dca) {
   const int64_t rows = batch * seq_len;
   const int64_t d = c.hidden_size, f = c.intermediate_size;
@@ -179,19 +183,17 @@ absl::Status LayerForward(kernels::Backend& b, const ModelConfig& c,
   return absl::OkStatus();
 }
 
-absl::Status LayerBackward(kernels::Backend& b, const ModelConfig& c,
-                           const LayerView<const float>& w, const LayerView<float>& g,
-                           const RopeParams& rope, int64_t batch, int64_t seq_len,
-                           const float* x_in, const LayerActivations& a, BackwardScratch& s,
-                           float* d_residual) {
+absl::Status LayerBackward(kernels::Backend& b, const ModelConfig& c, const WeightView& w,
+                           const GradientView& g, const RopeParams& rope, int64_t batch,
+                           int64_t seq_len, kernels::ConstTensor x_in, const LayerActivations& a,
+                           BackwardScratch& s, kernels::Tensor d_residual) {
   const int64_t rows = batch * seq_len;
   const int64_t d = c.hidden_size, f = c.intermediate_size;
   const int64_t qd = c.q_dim(), kvd = c.kv_dim();
-  auto zero = [&](Buffer<float>& buf) { return OpToStatus(b.Fill(buf.get(), buf.size(), 0.0f)); };
+  auto zero = [&](TensorBuffer& buf) { return OpToStatus(b.Fill(buf.get(), buf.size(), 0.0f)); };
 
   // MLP block: out = mid + down(act); the residual passes d_residual to mid unchanged.
-  QTRAIN_RETURN_IF_OP_ERROR(
-      b.CopyWithinBackend(s.d_mid.get(), d_residual, rows * d * sizeof(float)));
+  QTRAIN_RETURN_IF_ERROR(CopyTensor(b, s.d_mid.get(), d_residual, rows * d));
   QTRAIN_RETURN_IF_ERROR(zero(s.d_act));
   QTRAIN_RETURN_IF_OP_ERROR(b.LinearBackward(d_residual, a.act.get(), w.down_weight, s.d_act.get(),
                                              g.down_weight, nullptr, rows, f, d));
@@ -233,8 +235,7 @@ absl::Status LayerBackward(kernels::Backend& b, const ModelConfig& c,
                                              s.d_normed.get(), g.k_weight, g.k_bias, rows, d, kvd));
   QTRAIN_RETURN_IF_OP_ERROR(b.LinearBackward(s.dv.get(), a.normed_in.get(), w.v_weight,
                                              s.d_normed.get(), g.v_weight, g.v_bias, rows, d, kvd));
-  QTRAIN_RETURN_IF_OP_ERROR(
-      b.CopyWithinBackend(d_residual, s.d_mid.get(), rows * d * sizeof(float)));
+  QTRAIN_RETURN_IF_ERROR(CopyTensor(b, d_residual, s.d_mid.get(), rows * d));
   QTRAIN_RETURN_IF_OP_ERROR(b.RmsNormBackward(s.d_normed.get(), x_in, w.input_norm, a.rstd_in.get(),
                                               d_residual, g.input_norm, rows, d));
   return absl::OkStatus();

@@ -97,17 +97,18 @@ TEST(HostVectorTest, BadAllocAndOverflowBecomeResourceExhausted) {
 std::vector<int64_t> BufferSizes(const Activations& a) {
   std::vector<int64_t> sizes = {a.ids.size(),          a.targets.size(),    a.rstd_final.size(),
                                 a.final_normed.size(), a.d_residual.size(), a.logits.size(),
-                                a.losses.size(),       a.lse.size()};
-  for (const Buffer<float>& r : a.residual) sizes.push_back(r.size());
+                                a.losses.size(),       a.lse.size(),        a.chunk_loss.size()};
+  for (const TensorBuffer& r : a.residual) sizes.push_back(r.size());
   for (const LayerActivations& l : a.layers) {
-    for (const Buffer<float>* b : {&l.rstd_in, &l.normed_in, &l.q, &l.k, &l.v, &l.attn, &l.lse,
-                                   &l.mid, &l.rstd_post, &l.normed_post, &l.gate, &l.up, &l.act}) {
+    for (const Buffer<float>* b : {&l.rstd_in, &l.lse, &l.rstd_post}) sizes.push_back(b->size());
+    for (const TensorBuffer* b : {&l.normed_in, &l.q, &l.k, &l.v, &l.attn, &l.mid, &l.normed_post,
+                                  &l.gate, &l.up, &l.act}) {
       sizes.push_back(b->size());
     }
   }
   const BackwardScratch& s = a.scratch;
-  for (const Buffer<float>* b : {&s.d_mid, &s.d_normed, &s.d_attn, &s.dq, &s.dq_pre, &s.dk,
-                                 &s.dk_pre, &s.dv, &s.d_act, &s.d_gate, &s.d_up}) {
+  for (const TensorBuffer* b : {&s.d_mid, &s.d_normed, &s.d_attn, &s.dq, &s.dq_pre, &s.dk,
+                                &s.dk_pre, &s.dv, &s.d_act, &s.d_gate, &s.d_up}) {
     sizes.push_back(b->size());
   }
   return sizes;
@@ -119,7 +120,7 @@ TEST(ActivationsTest, RetryAfterAFailedAllocationAllocatesEveryBuffer) {
     SCOPED_TRACE(static_cast<int>(mode));
     LimitedBackend backend;
     Activations reference;
-    ASSERT_TRUE(reference.Resize(backend, c, 3, 40, mode, 16).ok());
+    ASSERT_TRUE(reference.Resize(backend, c, kernels::DType::kFloat32, 3, 40, mode, 16).ok());
     const size_t full = backend.bytes_in_use();
     ASSERT_GT(full, 0u);
 
@@ -127,7 +128,8 @@ TEST(ActivationsTest, RetryAfterAFailedAllocationAllocatesEveryBuffer) {
     // Fail somewhere in the middle, at several points.
     for (size_t limit : {full + 8, full * 3 / 2, full * 2 - 64}) {
       backend.set_limit(limit);
-      const absl::Status failed = acts.Resize(backend, c, 3, 40, mode, 16);
+      const absl::Status failed =
+          acts.Resize(backend, c, kernels::DType::kFloat32, 3, 40, mode, 16);
       ASSERT_EQ(failed.code(), absl::StatusCode::kResourceExhausted) << failed;
       EXPECT_THAT(failed.message(), HasSubstr("activations"));
       // Nothing is kept from the failed attempt.
@@ -135,7 +137,7 @@ TEST(ActivationsTest, RetryAfterAFailedAllocationAllocatesEveryBuffer) {
       EXPECT_FALSE(acts.ready);
     }
     backend.remove_limit();
-    ASSERT_TRUE(acts.Resize(backend, c, 3, 40, mode, 16).ok());
+    ASSERT_TRUE(acts.Resize(backend, c, kernels::DType::kFloat32, 3, 40, mode, 16).ok());
     EXPECT_EQ(BufferSizes(acts), BufferSizes(reference));
     EXPECT_EQ(backend.bytes_in_use(), 2 * full);
   }

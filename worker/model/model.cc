@@ -26,14 +26,17 @@ std::vector<int32_t> ShiftLabels(std::span<const int32_t> labels, int64_t batch_
   return targets;
 }
 
-absl::Status Activations::Resize(kernels::Backend& b, const ModelConfig& c, int64_t new_batch,
-                                 int64_t new_seq_len, PassMode new_mode, int64_t chunk) {
-  if (ready && new_batch == batch && new_seq_len == seq_len && new_mode == mode) {
+absl::Status Activations::Resize(kernels::Backend& b, const ModelConfig& c,
+                                 kernels::DType new_dtype, int64_t new_batch, int64_t new_seq_len,
+                                 PassMode new_mode, int64_t chunk) {
+  if (ready && new_batch == batch && new_seq_len == seq_len && new_mode == mode &&
+      new_dtype == dtype) {
     return absl::OkStatus();
   }
   // The shape is recorded only once every buffer is there: after a failed allocation nothing is
   // kept, so a retry allocates again instead of finding a "matching" shape with buffers missing.
   *this = Activations();
+  dtype = new_dtype;
   absl::Status status = Allocate(b, c, new_batch, new_seq_len, new_mode, chunk);
   if (!status.ok()) {
     *this = Activations();
@@ -55,19 +58,22 @@ absl::Status Activations::Allocate(kernels::Backend& b, const ModelConfig& c, in
   QTRAIN_RETURN_IF_ERROR(ids.Resize(b, {new_batch, new_seq_len}, "activations (token ids)"));
   QTRAIN_RETURN_IF_ERROR(targets.Resize(b, {new_batch, new_seq_len}, "activations (targets)"));
   residual.resize(training ? c.num_layers + 1 : 2);
-  for (Buffer<float>& r : residual) {
-    QTRAIN_RETURN_IF_ERROR(r.Resize(b, {new_batch, new_seq_len, d}, "activations (residual)"));
+  for (TensorBuffer& r : residual) {
+    QTRAIN_RETURN_IF_ERROR(
+        r.Resize(b, dtype, {new_batch, new_seq_len, d}, "activations (residual)"));
   }
   layers.resize(new_mode == PassMode::kTrainStored ? c.num_layers : 1);
-  for (LayerActivations& l : layers) QTRAIN_RETURN_IF_ERROR(l.Resize(b, c, new_batch, new_seq_len));
+  for (LayerActivations& l : layers) {
+    QTRAIN_RETURN_IF_ERROR(l.Resize(b, c, dtype, new_batch, new_seq_len));
+  }
   QTRAIN_RETURN_IF_ERROR(
       rstd_final.Resize(b, {new_batch, new_seq_len}, "activations (final norm rstd)"));
-  QTRAIN_RETURN_IF_ERROR(
-      final_normed.Resize(b, {new_batch, new_seq_len, d}, "activations (final norm output)"));
+  QTRAIN_RETURN_IF_ERROR(final_normed.Resize(b, dtype, {new_batch, new_seq_len, d},
+                                             "activations (final norm output)"));
   if (training) {
-    QTRAIN_RETURN_IF_ERROR(
-        d_residual.Resize(b, {new_batch, new_seq_len, d}, "activations (residual gradient)"));
-    QTRAIN_RETURN_IF_ERROR(scratch.Resize(b, c, new_batch, new_seq_len));
+    QTRAIN_RETURN_IF_ERROR(d_residual.Resize(b, dtype, {new_batch, new_seq_len, d},
+                                             "activations (residual gradient)"));
+    QTRAIN_RETURN_IF_ERROR(scratch.Resize(b, c, dtype, new_batch, new_seq_len));
   }
   const std::optional<int64_t> rows = CheckedMul(new_batch, new_seq_len);
   if (!rows.has_value()) return AllocationError("activations", std::nullopt);
@@ -76,20 +82,32 @@ absl::Status Activations::Allocate(kernels::Backend& b, const ModelConfig& c, in
       logits.Resize(b, {chunk_rows, c.vocab_size}, "activations (LM head logits chunk)"));
   QTRAIN_RETURN_IF_ERROR(losses.Resize(b, {chunk_rows}, "activations (token losses)"));
   QTRAIN_RETURN_IF_ERROR(lse.Resize(b, {chunk_rows}, "activations (logsumexp)"));
+  const int64_t chunks = chunk_rows > 0 ? (*rows + chunk_rows - 1) / chunk_rows : 0;
+  QTRAIN_RETURN_IF_ERROR(chunk_loss.Resize(b, {chunks}, "activations (chunk loss sums)"));
   return absl::OkStatus();
 }
 
-absl::Status CheckFinite(kernels::Backend& b, const float* x, int64_t rows, int64_t width,
+absl::Status CheckFinite(kernels::Backend& b, kernels::ConstTensor x, int64_t rows, int64_t width,
                          const RowPositions& positions, absl::string_view where) {
   const int64_t n = rows * width;
+  // SumOfSquares reads fp32: a bf16 tensor is checked through an fp32 copy (exact).
+  Buffer<float> widened;
+  if (!x.is_f32()) {
+    QTRAIN_RETURN_IF_ERROR(widened.Resize(b, {n}, "an fp32 copy for the finiteness check"));
+    QTRAIN_RETURN_IF_OP_ERROR(b.Cast(x, widened.get(), n));
+  }
+  const float* values = x.is_f32() ? x.f32() : widened.get();
   // A finite float squared is below 1.2e77, so the double sum is finite exactly when every
   // value is: one pass, on any backend.
+  Buffer<double> sum;
+  QTRAIN_RETURN_IF_ERROR(sum.Resize(b, {1}, "the finiteness check's sum"));
+  QTRAIN_RETURN_IF_OP_ERROR(b.SumOfSquares(&values, &n, 1, sum.get()));
   double sum_squares = 0;
-  QTRAIN_RETURN_IF_OP_ERROR(b.SumOfSquares(&x, &n, 1, &sum_squares));
+  QTRAIN_RETURN_IF_OP_ERROR(b.CopyBackendToHost(&sum_squares, sum.get(), sizeof(double)));
   if (std::isfinite(sum_squares)) return absl::OkStatus();
   QTRAIN_ASSIGN_OR_RETURN(std::vector<float> host,
                           MakeHostVector<float>({n}, "a host copy for the finiteness check"));
-  QTRAIN_RETURN_IF_OP_ERROR(b.CopyBackendToHost(host.data(), x, n * sizeof(float)));
+  QTRAIN_RETURN_IF_OP_ERROR(b.CopyBackendToHost(host.data(), values, n * sizeof(float)));
   const auto bad =
       std::find_if(host.begin(), host.end(), [](float v) { return !std::isfinite(v); });
   const int64_t i = bad - host.begin();
@@ -155,6 +173,16 @@ absl::StatusOr<Model> Model::Create(const ModelConfig& config, ModelOptions opti
                                                       tables.inv_freq.size() * sizeof(float)));
   model.attention_factor_ = tables.attention_factor;
   return model;
+}
+
+absl::StatusOr<kernels::ConstTensor> Model::ComputeWeights() {
+  if (options_.compute_dtype == kernels::DType::kFloat32)
+    return kernels::ConstTensor(params_.get());
+  const int64_t n = params_.size();
+  QTRAIN_RETURN_IF_ERROR(working_weights_.Resize(*backend_, options_.compute_dtype, {n},
+                                                 "the working copy of the weights"));
+  QTRAIN_RETURN_IF_OP_ERROR(backend_->Cast(params_.get(), working_weights_.get(), n));
+  return kernels::ConstTensor(working_weights_.get());
 }
 
 absl::Status Model::ZeroGrads() {
@@ -230,8 +258,8 @@ absl::StatusOr<ForwardResult> Model::Run(const Batch& batch, ForwardOutputs outp
   const PassMode mode = !backward                        ? PassMode::kInference
                         : options_.recompute_activations ? PassMode::kTrainRecompute
                                                          : PassMode::kTrainStored;
-  QTRAIN_RETURN_IF_ERROR(
-      acts.Resize(b, c, batch_size, seq_len, mode, options_.lm_head_chunk_tokens));
+  QTRAIN_RETURN_IF_ERROR(acts.Resize(b, c, options_.compute_dtype, batch_size, seq_len, mode,
+                                     options_.lm_head_chunk_tokens));
   QTRAIN_RETURN_IF_OP_ERROR(
       b.CopyHostToBackend(acts.ids.get(), batch.ids.data(), rows * sizeof(int32_t)));
   const bool has_targets = !batch.targets.empty();
@@ -239,12 +267,13 @@ absl::StatusOr<ForwardResult> Model::Run(const Batch& batch, ForwardOutputs outp
     QTRAIN_RETURN_IF_OP_ERROR(
         b.CopyHostToBackend(acts.targets.get(), batch.targets.data(), rows * sizeof(int32_t)));
   }
-  const float* params = params_.get();
+  QTRAIN_ASSIGN_OR_RETURN(const kernels::ConstTensor params, ComputeWeights());
   const RopeParams rope{inv_freq_.get(), attention_factor_};
 
   // Embedding and decoder layers.
   const bool check = options_.check_finite;
-  auto check_finite = [&](const float* x, int64_t r, int64_t width, absl::string_view where) {
+  auto check_finite = [&](kernels::ConstTensor x, int64_t r, int64_t width,
+                          absl::string_view where) {
     return check ? CheckFinite(b, x, r, width, {0, seq_len, 0}, where) : absl::OkStatus();
   };
   QTRAIN_RETURN_IF_OP_ERROR(b.EmbeddingForward(acts.ids.get(), params + layout_.embed(),
@@ -254,12 +283,12 @@ absl::StatusOr<ForwardResult> Model::Run(const Batch& batch, ForwardOutputs outp
   const bool use_dca = c.dca.enabled() && !backward;
   if (use_dca) QTRAIN_RETURN_IF_ERROR(dca.Prepare(b, c, batch_size, seq_len, 0, seq_len));
   for (int64_t l = 0; l < c.num_layers; ++l) {
-    QTRAIN_RETURN_IF_ERROR(LayerForward(
-        b, c, LayerView<const float>(params, layout_.layer(l)), rope, batch_size, seq_len,
-        acts.layer_input(l), acts.layer(l), acts.layer_input(l + 1), use_dca ? &dca : nullptr));
+    QTRAIN_RETURN_IF_ERROR(LayerForward(b, c, WeightView(params, layout_.layer(l)), rope,
+                                        batch_size, seq_len, acts.layer_input(l), acts.layer(l),
+                                        acts.layer_input(l + 1), use_dca ? &dca : nullptr));
     QTRAIN_RETURN_IF_ERROR(check_finite(acts.layer_input(l + 1), rows, d, LayerOutputName(l)));
   }
-  const float* final_norm = params + layout_.final_norm();
+  const kernels::ConstTensor final_norm = params + layout_.final_norm();
   QTRAIN_RETURN_IF_OP_ERROR(b.RmsNormForward(
       acts.layer_input(c.num_layers), final_norm, static_cast<float>(c.rms_norm_eps),
       acts.final_normed.get(), acts.rstd_final.get(), rows, d));
@@ -290,7 +319,7 @@ absl::StatusOr<ForwardResult> Model::Run(const Batch& batch, ForwardOutputs outp
   const bool need_head = has_targets || outputs.logits != nullptr;
   for (int64_t r0 = 0; need_head && r0 < rows; r0 += chunk) {
     const int64_t n = std::min(chunk, rows - r0);
-    const float* y = acts.final_normed.get() + r0 * d;
+    const kernels::ConstTensor y = acts.final_normed.get() + r0 * d;
     QTRAIN_RETURN_IF_OP_ERROR(
         b.LmHeadForward(y, params + layout_.embed(), acts.logits.get(), n, vocab, d));
     if (check) {
@@ -303,17 +332,16 @@ absl::StatusOr<ForwardResult> Model::Run(const Batch& batch, ForwardOutputs outp
     }
     if (!has_targets) continue;
     const int32_t* targets = acts.targets.get() + r0;
-    double chunk_sum = 0;
+    double* chunk_sum = acts.chunk_loss.get() + r0 / chunk;  // read back after the last chunk
     if (run_backward) {  // the loss and its gradient (over the logits, in place) in one pass
       QTRAIN_RETURN_IF_OP_ERROR(b.CrossEntropyForwardBackward(
           acts.logits.get(), targets, 1.0f / static_cast<float>(normalizer), acts.losses.get(),
-          acts.lse.get(), &chunk_sum, nullptr, acts.logits.get(), n, vocab, kIgnoreIndex));
+          acts.lse.get(), chunk_sum, nullptr, acts.logits.get(), n, vocab, kIgnoreIndex));
     } else {
       QTRAIN_RETURN_IF_OP_ERROR(b.CrossEntropyForward(acts.logits.get(), targets, acts.losses.get(),
-                                                      acts.lse.get(), &chunk_sum, nullptr, n, vocab,
+                                                      acts.lse.get(), chunk_sum, nullptr, n, vocab,
                                                       kIgnoreIndex));
     }
-    result.loss_sum += chunk_sum;
     if (outputs.target_logprobs != nullptr) {
       float* out = outputs.target_logprobs->data() + r0;
       QTRAIN_RETURN_IF_OP_ERROR(b.CopyBackendToHost(out, acts.losses.get(), n * sizeof(float)));
@@ -325,6 +353,14 @@ absl::StatusOr<ForwardResult> Model::Run(const Batch& batch, ForwardOutputs outp
                                                  grads + layout_.embed(), n, vocab, d));
     }
   }
+  if (need_head && has_targets) {
+    // The chunks' sums in chunk order, as one pass over the rows would add them.
+    const int64_t chunks = (rows + chunk - 1) / chunk;
+    std::vector<double> chunk_sums(static_cast<size_t>(chunks));
+    QTRAIN_RETURN_IF_OP_ERROR(b.CopyBackendToHost(chunk_sums.data(), acts.chunk_loss.get(),
+                                                  chunk_sums.size() * sizeof(double)));
+    for (double chunk_sum : chunk_sums) result.loss_sum += chunk_sum;
+  }
   result.loss = normalizer > 0 ? result.loss_sum / static_cast<double>(normalizer)
                                : std::numeric_limits<double>::quiet_NaN();
   if (!run_backward) return result;
@@ -335,10 +371,9 @@ absl::StatusOr<ForwardResult> Model::Run(const Batch& batch, ForwardOutputs outp
   QTRAIN_RETURN_IF_OP_ERROR(b.RmsNormBackward(acts.d_residual.get(), acts.layer_input(c.num_layers),
                                               final_norm, acts.rstd_final.get(), s.d_mid.get(),
                                               grads + layout_.final_norm(), rows, d));
-  QTRAIN_RETURN_IF_OP_ERROR(
-      b.CopyWithinBackend(acts.d_residual.get(), s.d_mid.get(), rows * d * sizeof(float)));
+  QTRAIN_RETURN_IF_ERROR(CopyTensor(b, acts.d_residual.get(), s.d_mid.get(), rows * d));
   for (int64_t l = c.num_layers - 1; l >= 0; --l) {
-    const LayerView<const float> w(params, layout_.layer(l));
+    const WeightView w(params, layout_.layer(l));
     LayerActivations& la = acts.layer(l);
     if (mode == PassMode::kTrainRecompute) {
       // Recomputing rewrites the input of layer l + 1 with the same values; nothing reads it
@@ -346,7 +381,7 @@ absl::StatusOr<ForwardResult> Model::Run(const Batch& batch, ForwardOutputs outp
       QTRAIN_RETURN_IF_ERROR(LayerForward(b, c, w, rope, batch_size, seq_len, acts.layer_input(l),
                                           la, acts.layer_input(l + 1)));
     }
-    QTRAIN_RETURN_IF_ERROR(LayerBackward(b, c, w, LayerView<float>(grads, layout_.layer(l)), rope,
+    QTRAIN_RETURN_IF_ERROR(LayerBackward(b, c, w, GradientView(grads, layout_.layer(l)), rope,
                                          batch_size, seq_len, acts.layer_input(l), la, s,
                                          acts.d_residual.get()));
   }

@@ -59,6 +59,12 @@ struct ModelOptions {
   // infinite, naming where they first appear (the embedding, a decoder layer, the final norm or
   // the LM head). Training leaves it off and skips steps with a non-finite loss instead.
   bool check_finite = false;
+  // The storage of the weights the passes read and of the activations: fp32, or bf16 for mixed
+  // precision. With bf16 the parameters stay fp32 (the master weights the optimizer updates,
+  // params()), each pass reads a bf16 copy of them made at its start, and the activations and
+  // their gradients are bf16; the matmuls accumulate in fp32, and the norms' statistics, the
+  // logits, the loss and the parameter gradients (grads()) are fp32.
+  kernels::DType compute_dtype = kernels::DType::kFloat32;
 };
 
 // Optional host outputs of a forward pass.
@@ -116,6 +122,8 @@ class Model {
   Model(const ModelConfig& config, ModelOptions options, kernels::Backend& backend);
   absl::Status CheckBatch(const Batch& batch, bool need_targets) const;
   absl::StatusOr<ForwardResult> Run(const Batch& batch, ForwardOutputs outputs, bool backward);
+  // The weights in the compute dtype: params() itself for fp32, else a fresh copy of it.
+  absl::StatusOr<kernels::ConstTensor> ComputeWeights();
 
   ModelConfig config_;
   ModelOptions options_;
@@ -123,6 +131,7 @@ class Model {
   ParameterLayout layout_;
   Buffer<float> params_;
   Buffer<float> grads_;
+  TensorBuffer working_weights_;  // bf16 compute: the passes' copy of params_
   Buffer<float> inv_freq_;
   float attention_factor_ = 1.0f;
   std::unique_ptr<Activations> acts_;
@@ -152,8 +161,9 @@ class KvCache {
   int64_t capacity_ = 0;
   int64_t allocated_ = 0;
   int64_t length_ = 0;
-  std::vector<Buffer<float>> keys_;    // per layer [allocated, kv_dim]
-  std::vector<Buffer<float>> values_;  // per layer [allocated, kv_dim]
+  kernels::DType dtype_ = kernels::DType::kFloat32;  // the model's compute dtype
+  std::vector<TensorBuffer> keys_;                   // per layer [allocated, kv_dim]
+  std::vector<TensorBuffer> values_;                 // per layer [allocated, kv_dim]
 };
 
 }  // namespace qtrain::model

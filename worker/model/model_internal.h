@@ -16,34 +16,36 @@
 
 namespace qtrain::model {
 
-// What backward needs from one layer's forward (all [rows, ...] with rows = B*T).
+// What backward needs from one layer's forward (all [rows, ...] with rows = B*T). The
+// TensorBuffers hold the model's compute dtype (ModelOptions::compute_dtype); the statistics
+// are fp32.
 struct LayerActivations {
-  Buffer<float> rstd_in;      // [rows]
-  Buffer<float> normed_in;    // [rows, hidden]: RMSNorm(x) (input of q/k/v)
-  Buffer<float> q;            // [rows, q_dim], after RoPE
-  Buffer<float> k;            // [rows, kv_dim], after RoPE
-  Buffer<float> v;            // [rows, kv_dim]
-  Buffer<float> attn;         // [rows, q_dim]: attention output (input of o_proj)
-  Buffer<float> lse;          // [B, heads, T]
-  Buffer<float> mid;          // [rows, hidden]: residual stream after attention
-  Buffer<float> rstd_post;    // [rows]
-  Buffer<float> normed_post;  // [rows, hidden]: input of gate/up
-  Buffer<float> gate;         // [rows, intermediate]
-  Buffer<float> up;           // [rows, intermediate]
-  Buffer<float> act;          // [rows, intermediate]: silu(gate) * up (input of down_proj)
+  Buffer<float> rstd_in;     // [rows]
+  TensorBuffer normed_in;    // [rows, hidden]: RMSNorm(x) (input of q/k/v)
+  TensorBuffer q;            // [rows, q_dim], after RoPE
+  TensorBuffer k;            // [rows, kv_dim], after RoPE
+  TensorBuffer v;            // [rows, kv_dim]
+  TensorBuffer attn;         // [rows, q_dim]: attention output (input of o_proj)
+  Buffer<float> lse;         // [B, heads, T]
+  TensorBuffer mid;          // [rows, hidden]: residual stream after attention
+  Buffer<float> rstd_post;   // [rows]
+  TensorBuffer normed_post;  // [rows, hidden]: input of gate/up
+  TensorBuffer gate;         // [rows, intermediate]
+  TensorBuffer up;           // [rows, intermediate]
+  TensorBuffer act;          // [rows, intermediate]: silu(gate) * up (input of down_proj)
   // Dual Chunk Attention only: the successive and inter rotations of q ([rows, q_dim]; q holds
   // the intra one).
-  Buffer<float> q_succ, q_inter;
+  TensorBuffer q_succ, q_inter;
 
-  absl::Status Resize(kernels::Backend& backend, const ModelConfig& c, int64_t batch,
-                      int64_t seq_len);
+  absl::Status Resize(kernels::Backend& backend, const ModelConfig& c, kernels::DType dtype,
+                      int64_t batch, int64_t seq_len);
 };
 
-// Gradient scratch shared by all layers during backward.
+// Gradient scratch shared by all layers during backward (compute dtype).
 struct BackwardScratch {
-  Buffer<float> d_mid, d_normed, d_attn, dq, dq_pre, dk, dk_pre, dv, d_act, d_gate, d_up;
-  absl::Status Resize(kernels::Backend& backend, const ModelConfig& c, int64_t batch,
-                      int64_t seq_len);
+  TensorBuffer d_mid, d_normed, d_attn, dq, dq_pre, dk, dk_pre, dv, d_act, d_gate, d_up;
+  absl::Status Resize(kernels::Backend& backend, const ModelConfig& c, kernels::DType dtype,
+                      int64_t batch, int64_t seq_len);
 };
 
 // How much a pass keeps: inference needs one layer's buffers and two residual buffers
@@ -59,23 +61,27 @@ struct Activations {
   Buffer<int32_t> targets;  // [rows]
   // Training: layers + 1 buffers, [l] = input of layer l, [layers] = last output.
   // Inference: 2 buffers, layer l reads [l % 2] and writes [(l + 1) % 2].
-  std::vector<Buffer<float>> residual;
+  std::vector<TensorBuffer> residual;
   std::vector<LayerActivations> layers;  // one per layer (kTrainStored), else one reused
   Buffer<float> rstd_final;              // [rows]
-  Buffer<float> final_normed;            // [rows, hidden]
-  Buffer<float> d_residual;  // [rows, hidden]: gradient flowing down the layers (training only)
-  BackwardScratch scratch;   // training only
-  // LM head + loss, chunk by chunk.
-  Buffer<float> logits;  // [chunk, vocab]
-  Buffer<float> losses;  // [chunk]
-  Buffer<float> lse;     // [chunk]
-  bool ready = false;    // every buffer is allocated for batch x seq_len in `mode`
+  TensorBuffer final_normed;             // [rows, hidden]
+  TensorBuffer d_residual;  // [rows, hidden]: gradient flowing down the layers (training only)
+  BackwardScratch scratch;  // training only
+  // LM head + loss, chunk by chunk, in fp32.
+  Buffer<float> logits;       // [chunk, vocab]
+  Buffer<float> losses;       // [chunk]
+  Buffer<float> lse;          // [chunk]
+  Buffer<double> chunk_loss;  // [chunks]: each chunk's loss sum, read back once per pass
+  kernels::DType dtype = kernels::DType::kFloat32;
+  bool ready = false;  // every buffer is allocated for batch x seq_len in `mode` and `dtype`
 
   // Allocates for the shape (a no-op when it is the current one). On failure everything is
   // freed and no shape is recorded.
-  absl::Status Resize(kernels::Backend& backend, const ModelConfig& c, int64_t batch,
-                      int64_t seq_len, PassMode mode, int64_t chunk);
-  float* layer_input(int64_t l) { return residual[mode == PassMode::kInference ? l % 2 : l].get(); }
+  absl::Status Resize(kernels::Backend& backend, const ModelConfig& c, kernels::DType dtype,
+                      int64_t batch, int64_t seq_len, PassMode mode, int64_t chunk);
+  kernels::Tensor layer_input(int64_t l) {
+    return residual[mode == PassMode::kInference ? l % 2 : l].get();
+  }
   LayerActivations& layer(int64_t l) { return layers[mode == PassMode::kTrainStored ? l : 0]; }
 
  private:
@@ -94,8 +100,8 @@ struct RowPositions {
 // Fails with FAILED_PRECONDITION when x (backend memory, [rows, width]) holds a NaN or an
 // infinity, naming `where` (the layer or tensor) and the first bad sequence, position and
 // element.
-absl::Status CheckFinite(kernels::Backend& backend, const float* x, int64_t rows, int64_t width,
-                         const RowPositions& positions, absl::string_view where);
+absl::Status CheckFinite(kernels::Backend& backend, kernels::ConstTensor x, int64_t rows,
+                         int64_t width, const RowPositions& positions, absl::string_view where);
 
 // Names of the places CheckFinite reports, after the tensors that produce them.
 inline constexpr absl::string_view kEmbeddingOutput =
@@ -128,9 +134,10 @@ struct DcaPass {
 // over k/v rows 0 ... past + seq_len - 1 (kv_capacity rows per sequence; 0: past + seq_len).
 struct DcaAttend {
   int64_t batch, seq_len, past, kv_capacity;
-  float *q, *q_succ, *q_inter, *k_new;
-  const float *k, *v;
-  float *out, *lse;
+  kernels::Tensor q, q_succ, q_inter, k_new;
+  kernels::ConstTensor k, v;
+  kernels::Tensor out;
+  float* lse;
 };
 absl::Status DcaRotateAndAttend(kernels::Backend& backend, const ModelConfig& c,
                                 const RopeParams& rope, const DcaPass& dca, const DcaAttend& in);
@@ -141,18 +148,21 @@ float DcaSoftmaxScale(const ModelConfig& c, int64_t length);
 
 // x_out = layer(x_in); fills `acts`. x_out must not alias x_in. With `dca`, attention is Dual
 // Chunk Attention (inference only).
-absl::Status LayerForward(kernels::Backend& backend, const ModelConfig& c,
-                          const LayerView<const float>& w, const RopeParams& rope, int64_t batch,
-                          int64_t seq_len, const float* x_in, LayerActivations& acts, float* x_out,
+// Weights are of the compute dtype, parameter gradients fp32.
+using WeightView = LayerView<kernels::ConstTensor>;
+using GradientView = LayerView<float*>;
+
+absl::Status LayerForward(kernels::Backend& backend, const ModelConfig& c, const WeightView& w,
+                          const RopeParams& rope, int64_t batch, int64_t seq_len,
+                          kernels::ConstTensor x_in, LayerActivations& acts, kernels::Tensor x_out,
                           const DcaPass* dca = nullptr);
 
 // d_residual holds d(loss)/d(layer output) on entry and d(loss)/d(layer input) on return;
 // parameter gradients are added into `g`.
-absl::Status LayerBackward(kernels::Backend& backend, const ModelConfig& c,
-                           const LayerView<const float>& w, const LayerView<float>& g,
-                           const RopeParams& rope, int64_t batch, int64_t seq_len,
-                           const float* x_in, const LayerActivations& acts,
-                           BackwardScratch& scratch, float* d_residual);
+absl::Status LayerBackward(kernels::Backend& backend, const ModelConfig& c, const WeightView& w,
+                           const GradientView& g, const RopeParams& rope, int64_t batch,
+                           int64_t seq_len, kernels::ConstTensor x_in, const LayerActivations& acts,
+                           BackwardScratch& scratch, kernels::Tensor d_residual);
 
 }  // namespace qtrain::model
 

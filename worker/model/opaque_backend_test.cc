@@ -148,11 +148,54 @@ TEST_P(OpaqueBackendTest, DecodeMatchesTheCpuBackendBitForBit) {
 
 INSTANTIATE_TEST_SUITE_P(
     Variants, OpaqueBackendTest,
-    ::testing::Values(Variant{.yarn = false, .options = {}},
-                      // Recomputation, and LM-head chunks that do not divide the tokens.
-                      Variant{
-                          .yarn = true,
-                          .options = {.recompute_activations = true, .lm_head_chunk_tokens = 5}}));
+    ::testing::Values(
+        Variant{.yarn = false, .options = {}},
+        // Recomputation, and LM-head chunks that do not divide the tokens.
+        Variant{.yarn = true,
+                .options = {.recompute_activations = true, .lm_head_chunk_tokens = 5}},
+        // Mixed precision: bf16 weights and activations.
+        Variant{.yarn = false,
+                .options = {.lm_head_chunk_tokens = 7, .compute_dtype = kernels::DType::kBfloat16}},
+        Variant{.yarn = true,
+                .options = {.recompute_activations = true,
+                            .compute_dtype = kernels::DType::kBfloat16}}));
+
+// bf16 compute against fp32 on the same weights and batch: the loss and the gradients agree to
+// bf16's precision, and they are not the fp32 ones (the dtype really reaches the ops).
+TEST(MixedPrecisionTest, Bf16LossAndGradientsFollowFp32) {
+  const ModelConfig c = TestConfig(false);
+  auto fp32 = Model::Create(c);
+  auto bf16 = Model::Create(c, {.compute_dtype = kernels::DType::kBfloat16});
+  ASSERT_TRUE(fp32.ok()) << fp32.status();
+  ASSERT_TRUE(bf16.ok()) << bf16.status();
+  InitializeParameters(c, fp32->layout(), 11, fp32->params());
+  std::copy(fp32->params().begin(), fp32->params().end(), bf16->params().begin());
+  std::vector<int32_t> ids, targets;
+  for (int64_t i = 0; i < 2 * 16; ++i) {
+    ids.push_back(static_cast<int32_t>((i * 31 + 3) % c.vocab_size));
+    targets.push_back(static_cast<int32_t>((i * 17 + 5) % c.vocab_size));
+  }
+  const Batch batch{.batch_size = 2, .seq_len = 16, .ids = ids, .targets = targets};
+  ASSERT_TRUE(fp32->ZeroGrads().ok());
+  ASSERT_TRUE(bf16->ZeroGrads().ok());
+  auto want = fp32->ForwardBackward(batch);
+  auto got = bf16->ForwardBackward(batch);
+  ASSERT_TRUE(want.ok()) << want.status();
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_NE(want->loss, got->loss);
+  EXPECT_NEAR(got->loss, want->loss, 0.02 * std::abs(want->loss));
+  double dot = 0, norm_want = 0, norm_got = 0;
+  for (size_t i = 0; i < fp32->grads().size(); ++i) {
+    dot += double(fp32->grads()[i]) * bf16->grads()[i];
+    norm_want += double(fp32->grads()[i]) * fp32->grads()[i];
+    norm_got += double(bf16->grads()[i]) * bf16->grads()[i];
+  }
+  ASSERT_GT(norm_want, 0);
+  EXPECT_GT(dot / std::sqrt(norm_want * norm_got), 0.99);
+  EXPECT_NEAR(std::sqrt(norm_got), std::sqrt(norm_want), 0.05 * std::sqrt(norm_want));
+  // The master weights are untouched by a pass: still fp32, still the same.
+  EXPECT_TRUE(SameBits(fp32->params(), bf16->params()));
+}
 
 }  // namespace
 }  // namespace qtrain::model

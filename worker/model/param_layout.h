@@ -59,23 +59,24 @@ class ParameterLayout {
 };
 
 // Pointers to one layer's tensors inside a buffer laid out by ParameterLayout (parameters or
-// gradients).
-template <typename T>
+// gradients): P is a pointer (float*, const float*) or a typed tensor (kernels::ConstTensor, for
+// weights of the compute dtype), anything `base + offset` moves along.
+template <typename P>
 struct LayerView {
-  T* input_norm;
-  T* q_weight;
-  T* q_bias;
-  T* k_weight;
-  T* k_bias;
-  T* v_weight;
-  T* v_bias;
-  T* o_weight;
-  T* post_norm;
-  T* gate_weight;
-  T* up_weight;
-  T* down_weight;
+  P input_norm;
+  P q_weight;
+  P q_bias;
+  P k_weight;
+  P k_bias;
+  P v_weight;
+  P v_bias;
+  P o_weight;
+  P post_norm;
+  P gate_weight;
+  P up_weight;
+  P down_weight;
 
-  LayerView(T* base, const LayerOffsets& o)
+  LayerView(P base, const LayerOffsets& o)
       : input_norm(base + o.input_norm),
         q_weight(base + o.q_weight),
         q_bias(base + o.q_bias),
