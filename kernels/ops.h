@@ -1,7 +1,8 @@
 // The one op interface of qtrain: forward and backward of every op of the Qwen2 model, the
 // optimizer step and the gradient norm, behind an abstract Backend. The CPU backend
-// (kernels/cpu/, fp32, OpenMP + OpenBLAS) is CpuBackend(); a CUDA backend implements the same
-// class. Callers hold a Backend& and never switch on the backend kind.
+// (kernels/cpu/, fp32 kernels that bf16 tensors go through, OpenMP + OpenBLAS) is CpuBackend(); a
+// CUDA backend implements the same class. Callers hold a Backend& and never switch on the backend
+// kind.
 //
 // Conventions (every op):
 // - Pointers are backend memory (host memory for the CPU backend; device memory for CUDA),
@@ -310,10 +311,11 @@ class Backend {
                                 double* sum_squares) = 0;
 };
 
-// The fp32 CPU backend (OpenMP + OpenBLAS). A process-wide instance; thread-safe to share (ops
-// keep no state between calls). OpenBLAS chooses its GEMM kernels from the CPU when it loads and
-// falls back to slow generic ones on CPUs it does not know (check openblas_get_corename(); set
-// OPENBLAS_CORETYPE, e.g. SkylakeX or Haswell, in the process environment).
+// The CPU backend (fp32 kernels, bf16 through them; OpenMP + OpenBLAS). A process-wide instance;
+// thread-safe to share (ops keep no state between calls). OpenBLAS chooses its GEMM kernels from
+// the CPU when it loads and falls back to slow generic ones on CPUs it does not know (check
+// openblas_get_corename(); set OPENBLAS_CORETYPE, e.g. SkylakeX or Haswell, in the process
+// environment).
 Backend& CpuBackend();
 
 }  // namespace qtrain::kernels
