@@ -162,18 +162,8 @@ OpStatus CpuBackendImpl::Scale(Tensor x, int64_t n, float alpha) {
 }
 
 OpStatus CpuBackendImpl::Cast(ConstTensor in, Tensor out, int64_t n) {
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckOneDType("Cast", {{"in", in}}));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckOneDType("Cast", {{"out", out}}));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative("Cast", "n", n));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(ValidateCast(in, out, n));
   if (n == 0) return OpStatus::Ok();
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("Cast", "in", in.data()));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("Cast", "out", out.data()));
-  const auto* in_begin = static_cast<const std::byte*>(in.data());
-  const auto* out_begin = static_cast<const std::byte*>(out.data());
-  if (in_begin < out_begin + n * static_cast<int64_t>(out.bytes()) &&
-      out_begin < in_begin + n * static_cast<int64_t>(in.bytes())) {
-    return OpStatus::Error("Cast: out overlaps in");
-  }
   if (in.dtype() == out.dtype()) {
     std::memcpy(out.data(), in.data(), static_cast<size_t>(n) * in.bytes());
   } else if (in.is_f32()) {

@@ -2,6 +2,7 @@
 #ifndef QTRAIN_KERNELS_CPU_VALIDATE_H_
 #define QTRAIN_KERNELS_CPU_VALIDATE_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <initializer_list>
 #include <string>
@@ -86,6 +87,24 @@ inline OpStatus CheckOneDType(const char* op, std::initializer_list<NamedTensor>
                              first->name + " is " + DTypeName(first->tensor.dtype()) + " and " +
                              t.name + " is " + DTypeName(dtype));
     }
+  }
+  return OpStatus::Ok();
+}
+
+// The checks of a Cast (either backend): known dtypes, the size, and when there is work, the
+// pointers and no overlap between in and out.
+inline OpStatus ValidateCast(ConstTensor in, ConstTensor out, int64_t n) {
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckOneDType("Cast", {{"in", in}}));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckOneDType("Cast", {{"out", out}}));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative("Cast", "n", n));
+  if (n == 0) return OpStatus::Ok();
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("Cast", "in", in.data()));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("Cast", "out", out.data()));
+  const auto* in_begin = static_cast<const std::byte*>(in.data());
+  const auto* out_begin = static_cast<const std::byte*>(out.data());
+  if (in_begin < out_begin + n * static_cast<int64_t>(out.bytes()) &&
+      out_begin < in_begin + n * static_cast<int64_t>(in.bytes())) {
+    return OpStatus::Error("Cast: out overlaps in");
   }
   return OpStatus::Ok();
 }

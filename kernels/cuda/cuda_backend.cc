@@ -145,18 +145,8 @@ class CudaBackendImpl final : public Backend {
   }
   OpStatus Cast(ConstTensor in, Tensor out, int64_t n) override {
     QTRAIN_KERNEL_RETURN_IF_ERROR(Bind());
-    QTRAIN_KERNEL_RETURN_IF_ERROR(cpu::CheckOneDType("Cast", {{"in", in}}));
-    QTRAIN_KERNEL_RETURN_IF_ERROR(cpu::CheckOneDType("Cast", {{"out", out}}));
-    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative("Cast", "n", n));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(cpu::ValidateCast(in, out, n));
     if (n == 0) return OpStatus::Ok();
-    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("Cast", "in", in.data()));
-    QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("Cast", "out", out.data()));
-    const auto* in_begin = static_cast<const std::byte*>(in.data());
-    const auto* out_begin = static_cast<const std::byte*>(out.data());
-    if (in_begin < out_begin + n * static_cast<int64_t>(out.bytes()) &&
-        out_begin < in_begin + n * static_cast<int64_t>(in.bytes())) {
-      return OpStatus::Error("Cast: out overlaps in");
-    }
     return CastTensor(in, out, n);
   }
   OpStatus Synchronize() override {
