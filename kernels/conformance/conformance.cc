@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/cuda/element_math.h"
 #include "kernels/ops.h"
 #include "kernels/reference/reference_ops.h"
 #include "kernels/rope_tables.h"
@@ -43,6 +44,10 @@ constexpr double kTranscendental = 16.0 * kFltEps;  // exp, sin/cos, sqrt (devic
 constexpr double kReduced = 32.0 * kFltEps;         // reductions: norms, dot products, softmax
 // SumOfSquares accumulates in double (ops.h), so its fp32 baseline is the double sum itself.
 constexpr double kDoubleSum = 1e-12;
+// With bf16 activations: two bf16 steps (2 x 2^-7) at the tensor's scale, the rounding of a bf16
+// output (half a step) with room for a bf16 operand rounded inside the op (a GEMM's narrowed
+// gradient). The floor of every inexact check of the bf16 pass, whatever the output's dtype.
+constexpr double kBf16Floor = 2.0 * 0.0078125;
 
 constexpr size_t kGuardBytes = 256;  // after every buffer; must come back unchanged
 constexpr unsigned char kGuardByte = 0xA5;
@@ -58,16 +63,22 @@ uint32_t Fnv1a(std::string_view s) {
 }
 
 // Seeded by (seed, group, index) so a case gets the same inputs whatever the filter runs.
+// With `bf16_values`, every float drawn is rounded to the nearest bf16, so that the inputs of
+// the bf16 pass are exactly what the backend reads and the references see the same numbers.
 class Rng {
  public:
-  Rng(uint32_t seed, std::string_view group, uint32_t index) {
+  Rng(uint32_t seed, std::string_view group, uint32_t index, bool bf16_values = false)
+      : bf16_values_(bf16_values) {
     std::seed_seq seq{seed, Fnv1a(group), index};
     engine_.seed(seq);
   }
   std::vector<float> Uniform(int64_t n, double lo, double hi) {
     std::uniform_real_distribution<float> dist(static_cast<float>(lo), static_cast<float>(hi));
     std::vector<float> out(static_cast<size_t>(n));
-    for (float& x : out) x = dist(engine_);
+    for (float& x : out) {
+      x = dist(engine_);
+      if (bf16_values_) x = math::FloatFromBf16(math::Bf16FromFloat(x));
+    }
     return out;
   }
   std::vector<int32_t> Ints(int64_t n, int32_t lo, int32_t hi) {  // [lo, hi]
@@ -79,6 +90,7 @@ class Rng {
 
  private:
   std::mt19937 engine_;
+  bool bf16_values_;
 };
 
 std::vector<double> ToDouble(const std::vector<float>& x) { return {x.begin(), x.end()}; }
@@ -203,13 +215,16 @@ double Tolerance(double fp32_error, double floor) {
 
 class Suite {
  public:
-  Suite(Backend& backend, const ConformanceOptions& options)
-      : backend_(backend), options_(options), filter_(Lower(options.filter)) {}
+  Suite(Backend& backend, const ConformanceOptions& options, DType dtype)
+      : backend_(backend), options_(options), filter_(Lower(options.filter)), dtype_(dtype) {}
 
   Backend& be() { return backend_; }
   bool quick() const { return options_.quick; }
+  // The dtype of the activations and weights (the ops' Tensor arguments) in this pass.
+  DType dtype() const { return dtype_; }
+  bool bf16() const { return dtype_ == DType::kBfloat16; }
   Rng MakeRng(std::string_view group, uint32_t index) const {
-    return Rng(options_.seed, group, index);
+    return Rng(options_.seed, group, index, bf16());
   }
   bool Wants(std::string_view op) const {
     return filter_.empty() || Lower(op).find(filter_) != std::string::npos;
@@ -228,6 +243,7 @@ class Suite {
   Backend& backend_;
   ConformanceOptions options_;
   std::string filter_;
+  DType dtype_;
   std::vector<ConformanceCase> cases_;
 };
 
@@ -239,8 +255,12 @@ class Suite {
 // inputs unchanged, guard zones intact). Check() then compares an output with its references.
 class OpRun {
  public:
+  // The bf16 pass prefixes its shapes with "bf16".
   OpRun(Suite& suite, std::string op, std::string shape)
-      : suite_(suite), be_(suite.be()), op_(std::move(op)), shape_(std::move(shape)) {}
+      : suite_(suite),
+        be_(suite.be()),
+        op_(std::move(op)),
+        shape_(suite.bf16() ? "bf16 " + shape : std::move(shape)) {}
   OpRun(const OpRun&) = delete;
   OpRun& operator=(const OpRun&) = delete;
   ~OpRun() {
@@ -249,6 +269,25 @@ class OpRun {
 
   float* In(const char* name, const std::vector<float>& host) {
     return static_cast<float*>(Add(name, Role::kInput, host.data(), host.size() * sizeof(float)));
+  }
+  // An activation or weight (a Tensor argument): in the pass's dtype, the host values rounded to
+  // bf16 in the bf16 pass. Act, ActOut and ActInOut are In, Out and InOut for those.
+  ConstTensor Act(const char* name, const std::vector<float>& host) {
+    return ActAs(name, host, suite_.dtype());
+  }
+  Tensor ActOut(const char* name, size_t n) { return ActOutAs(name, n, suite_.dtype()); }
+  Tensor ActInOut(const char* name, const std::vector<float>& initial) {
+    return ActInOutAs(name, initial, suite_.dtype());
+  }
+  // The same in a given dtype (Cast's two sides).
+  ConstTensor ActAs(const char* name, const std::vector<float>& host, DType dtype) {
+    return {AddTensor(name, Role::kInput, host, dtype), dtype};
+  }
+  Tensor ActOutAs(const char* name, size_t n, DType dtype) {
+    return ActInOutAs(name, std::vector<float>(n, kNaN), dtype);
+  }
+  Tensor ActInOutAs(const char* name, const std::vector<float>& initial, DType dtype) {
+    return {AddTensor(name, Role::kOutput, initial, dtype), dtype};
   }
   int32_t* Ints(const char* name, const std::vector<int32_t>& host) {
     return static_cast<int32_t*>(
@@ -286,9 +325,20 @@ class OpRun {
   // The call must fail and leave every buffer (and host output) untouched.
   void ExpectError(const std::string& what, const std::function<OpStatus()>& call);
 
+  // An output after the first run, widened to fp32 if it is bf16.
   std::vector<float> Floats(const char* name) const {
     const Slot* s = Find(name);
-    std::vector<float> out(s != nullptr && executed_ ? s->bytes / sizeof(float) : 0);
+    if (s == nullptr || !executed_) return {};
+    if (s->dtype == DType::kBfloat16) {
+      std::vector<float> out(s->bytes / sizeof(uint16_t));
+      for (size_t i = 0; i < out.size(); ++i) {
+        uint16_t bits;
+        std::memcpy(&bits, s->result[0].data() + i * sizeof(bits), sizeof(bits));
+        out[i] = math::FloatFromBf16(bits);
+      }
+      return out;
+    }
+    std::vector<float> out(s->bytes / sizeof(float));
     if (!out.empty()) std::memcpy(out.data(), s->result[0].data(), out.size() * sizeof(float));
     return out;
   }
@@ -315,10 +365,18 @@ class OpRun {
     void* ptr;
     std::vector<unsigned char> initial;  // data, then the guard zone
     std::vector<unsigned char> result[2];
+    DType dtype = DType::kFloat32;  // of the elements, for Floats (ints count as fp32)
   };
 
-  void* Add(const char* name, Role role, const void* data, size_t bytes) {
-    Slot s{name, role, bytes, be_.Alloc(bytes + kGuardBytes), {}, {}};
+  void* AddTensor(const char* name, Role role, const std::vector<float>& host, DType dtype) {
+    if (dtype != DType::kBfloat16) return Add(name, role, host.data(), host.size() * sizeof(float));
+    std::vector<uint16_t> bits(host.size());
+    for (size_t i = 0; i < host.size(); ++i) bits[i] = math::Bf16FromFloat(host[i]);
+    return Add(name, role, bits.data(), bits.size() * sizeof(uint16_t), DType::kBfloat16);
+  }
+  void* Add(const char* name, Role role, const void* data, size_t bytes,
+            DType dtype = DType::kFloat32) {
+    Slot s{name, role, bytes, be_.Alloc(bytes + kGuardBytes), {}, {}, dtype};
     if (s.ptr == nullptr) alloc_failed_ = true;
     s.initial.resize(bytes + kGuardBytes, kGuardByte);
     if (bytes > 0) std::memcpy(s.initial.data(), data, bytes);
@@ -343,6 +401,10 @@ class OpRun {
           be_.CopyBackendToHost(s.result[run].data(), s.ptr, s.initial.size()));
     }
     return OpStatus::Ok();
+  }
+  // The bf16 pass raises every inexact floor to kBf16Floor; exact checks stay exact.
+  double Floor(double floor) const {
+    return suite_.bf16() && floor > 0.0 ? std::max(floor, kBf16Floor) : floor;
   }
   void Record(const std::string& check, bool passed, double error, double tolerance,
               std::string message) {
@@ -452,7 +514,7 @@ void OpRun::Check(const char* name, const std::vector<double>& want, const std::
   }
   const Measure mb = RelError(got.data(), want.data(), got.size(), row_len, scale_floor);
   const Measure mf = RelError(fp32.data(), want.data(), fp32.size(), row_len, scale_floor);
-  const double tol = Tolerance(mf.error, floor);
+  const double tol = Tolerance(mf.error, Floor(floor));
   const bool passed = mb.error <= tol;
   std::string message = "fp32 ref " + Fmt("%.2e", mf.error);
   if (!passed) {
@@ -470,7 +532,7 @@ void OpRun::CheckScalar(const char* name, double got, double want, double fp32, 
   if (!executed_) return;
   const Measure mb = RelError(&got, &want, 1, 0);
   const Measure mf = RelError(&fp32, &want, 1, 0);
-  const double tol = Tolerance(mf.error, floor);
+  const double tol = Tolerance(mf.error, Floor(floor));
   const bool passed = mb.error <= tol;
   std::string message = "fp32 ref " + Fmt("%.2e", mf.error);
   if (!passed) message += "; got " + Fmt("%.17g", got) + " want " + Fmt("%.17g", want);
@@ -492,8 +554,92 @@ void RecordDirect(Suite& s, const char* op, const std::string& shape, const std:
 // ---------------------------------------------------------------------------------------------
 // Memory: Alloc, the copies, Fill, Scale, Synchronize.
 
+// Fill and Scale, in the pass's dtype.
+void CheckFillAndScale(Suite& s) {
+  Backend& be = s.be();
+  uint32_t index = 0;
+  const bool fill = s.Wants("Fill"), scale = s.Wants("Scale");
+  for (int64_t n : {int64_t{1}, int64_t{17}, int64_t{65537}}) {
+    for (float value : {0.0f, -2.5f}) {
+      if (!fill) continue;
+      const std::string shape = Dims({{"n", n}}) + " value=" + Fmt("%g", value);
+      OpRun run(s, "Fill", shape);
+      const Tensor x = run.ActOut("x", static_cast<size_t>(n));
+      run.Execute([&] { return be.Fill(x, n, value); });
+      const std::vector<double> want(static_cast<size_t>(n), value);
+      run.Check("x", want, std::vector<float>(static_cast<size_t>(n), value), kExact);
+      if (n > 8) {  // a range inside the buffer: the elements around it keep their NaN
+        OpRun part(s, "Fill", shape + " range [3, n-5)");
+        const Tensor y = part.ActOut("x", static_cast<size_t>(n));
+        part.Execute([&] { return be.Fill(y + 3, n - 8, value); });
+        std::vector<double> want_part(static_cast<size_t>(n), kNaN);
+        std::fill(want_part.begin() + 3, want_part.end() - 5, value);
+        part.Check("x", want_part, ToFloat(want_part), kExact);
+      }
+    }
+  }
+  for (int64_t n : {int64_t{1}, int64_t{1000}, int64_t{65537}}) {
+    if (!scale) continue;
+    Rng rng = s.MakeRng("Scale", index++);
+    const std::vector<float> x = rng.Uniform(n, -3, 3);
+    for (float alpha : {0.37f, -1.0f, 0.0f}) {
+      OpRun run(s, "Scale", Dims({{"n", n}}) + " alpha=" + Fmt("%g", alpha));
+      const Tensor d = run.ActInOut("x", x);
+      run.Execute([&] { return be.Scale(d, n, alpha); });
+      std::vector<double> want(x.size());
+      std::vector<float> fp32(x.size());
+      for (size_t i = 0; i < x.size(); ++i) {
+        want[i] = static_cast<double>(x[i]) * alpha;
+        fp32[i] = x[i] * alpha;
+      }
+      run.Check("x", want, fp32, kRounded);
+    }
+  }
+}
+
+// Cast between fp32 and bf16 both ways: round to nearest even (ties, NaN, infinities, overflow
+// to infinity, subnormals), exact against the element math's conversion; widening is exact.
+void CheckCast(Suite& s) {
+  if (!s.Wants("Cast")) return;
+  Backend& be = s.be();
+  const float kInf = std::numeric_limits<float>::infinity();
+  uint32_t index = 0;
+  for (int64_t n : {int64_t{1}, int64_t{37}, int64_t{70001}}) {
+    Rng rng = s.MakeRng("Cast", ++index);
+    std::vector<float> x = rng.Uniform(n, -4, 4);
+    // Special values at the front: a tie to even both ways, NaN, infinities, the largest bf16
+    // neighbourhood and its overflow, a subnormal, signed zeros.
+    const float specials[] = {1.00390625f,   1.01171875f,   kNaN,   kInf,  -kInf,
+                              3.3895314e38f, 3.4028235e38f, 1e-40f, -0.0f, 0.0f};
+    for (size_t i = 0; i < std::size(specials) && i < x.size(); ++i) x[i] = specials[i];
+    std::vector<uint16_t> narrowed(x.size());
+    std::vector<double> want(x.size());
+    for (size_t i = 0; i < x.size(); ++i) {
+      narrowed[i] = math::Bf16FromFloat(x[i]);
+      want[i] = math::FloatFromBf16(narrowed[i]);
+    }
+    const std::string shape = Dims({{"n", n}});
+    {
+      OpRun run(s, "Cast", shape + " fp32->bf16");
+      const float* in = run.In("in", x);
+      const Tensor out = run.ActOutAs("out", x.size(), DType::kBfloat16);
+      run.Execute([&] { return be.Cast(in, out, n); });
+      run.Check("out", want, ToFloat(want), kExact);
+    }
+    {
+      OpRun run(s, "Cast", shape + " bf16->fp32");
+      const ConstTensor in = run.ActAs("in", ToFloat(want), DType::kBfloat16);
+      float* out = run.Out("out", x.size());
+      run.Execute([&] { return be.Cast(in, out, n); });
+      run.Check("out", want, ToFloat(want), kExact);
+    }
+  }
+}
+
 void CheckMemory(Suite& s) {
   Backend& be = s.be();
+  CheckFillAndScale(s);
+  if (s.bf16()) return;  // the rest has no dtype
   if (s.Wants("Alloc")) {
     for (size_t bytes : {size_t{1}, size_t{64}, size_t{4097}, size_t{1} << 20}) {
       void* p = be.Alloc(bytes);
@@ -569,45 +715,6 @@ void CheckMemory(Suite& s) {
     const OpStatus st = be.Synchronize();
     RecordDirect(s, "Synchronize", "-", "ok", st.ok(), st.message());
   }
-
-  const bool fill = s.Wants("Fill"), scale = s.Wants("Scale");
-  for (int64_t n : {int64_t{1}, int64_t{17}, int64_t{65537}}) {
-    for (float value : {0.0f, -2.5f}) {
-      if (!fill) continue;
-      const std::string shape = Dims({{"n", n}}) + " value=" + Fmt("%g", value);
-      OpRun run(s, "Fill", shape);
-      float* x = run.Out("x", static_cast<size_t>(n));
-      run.Execute([&] { return be.Fill(x, n, value); });
-      const std::vector<double> want(static_cast<size_t>(n), value);
-      run.Check("x", want, std::vector<float>(static_cast<size_t>(n), value), kExact);
-      if (n > 8) {  // a range inside the buffer: the elements around it keep their NaN
-        OpRun part(s, "Fill", shape + " range [3, n-5)");
-        float* y = part.Out("x", static_cast<size_t>(n));
-        part.Execute([&] { return be.Fill(y + 3, n - 8, value); });
-        std::vector<double> want_part(static_cast<size_t>(n), kNaN);
-        std::fill(want_part.begin() + 3, want_part.end() - 5, value);
-        part.Check("x", want_part, ToFloat(want_part), kExact);
-      }
-    }
-  }
-  index = 0;
-  for (int64_t n : {int64_t{1}, int64_t{1000}, int64_t{65537}}) {
-    if (!scale) continue;
-    Rng rng = s.MakeRng("Scale", index++);
-    const std::vector<float> x = rng.Uniform(n, -3, 3);
-    for (float alpha : {0.37f, -1.0f, 0.0f}) {
-      OpRun run(s, "Scale", Dims({{"n", n}}) + " alpha=" + Fmt("%g", alpha));
-      float* d = run.InOut("x", x);
-      run.Execute([&] { return be.Scale(d, n, alpha); });
-      std::vector<double> want(x.size());
-      std::vector<float> fp32(x.size());
-      for (size_t i = 0; i < x.size(); ++i) {
-        want[i] = static_cast<double>(x[i]) * alpha;
-        fp32[i] = x[i] * alpha;
-      }
-      run.Check("x", want, fp32, kRounded);
-    }
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -642,8 +749,8 @@ void CheckEmbedding(Suite& s) {
       ref::EmbeddingForward(ids.data(), table.data(), fp32.data(), rows, dim);
       OpRun run(s, "EmbeddingForward", shape);
       const int32_t* d_ids = run.Ints("ids", ids);
-      const float* d_table = run.In("table", table);
-      float* d_out = run.Out("out", want.size());
+      const ConstTensor d_table = run.Act("table", table);
+      const Tensor d_out = run.ActOut("out", want.size());
       run.Execute([&] { return be.EmbeddingForward(d_ids, d_table, d_out, rows, vocab, dim); });
       run.Check("out", want, fp32, kExact);
     }
@@ -656,7 +763,7 @@ void CheckEmbedding(Suite& s) {
       ref::EmbeddingBackward(ids.data(), dout.data(), fp32.data(), rows, dim);
       OpRun run(s, "EmbeddingBackward", shape);
       const int32_t* d_ids = run.Ints("ids", ids);
-      const float* d_dout = run.In("dout", dout);
+      const ConstTensor d_dout = run.Act("dout", dout);
       float* d_dtable = run.InOut("dtable", prefill);
       run.Execute([&] { return be.EmbeddingBackward(d_ids, d_dout, d_dtable, rows, vocab, dim); });
       run.CheckAccumulated("dtable", prefill, delta, fp32, kRounded);
@@ -703,9 +810,9 @@ void CheckRmsNorm(Suite& s) {
       ref::RmsNormForward<float>(x.data(), w.data(), eps, out_f.data(), rstd_f.data(), rows, dim);
       for (bool in_place : {false, true}) {
         OpRun run(s, "RmsNormForward", shape + (in_place ? " out=x" : ""));
-        float* d_out = in_place ? run.InOut("out", x) : run.Out("out", n);
-        const float* d_x = in_place ? d_out : run.In("x", x);
-        const float* d_w = run.In("weight", w);
+        const Tensor d_out = in_place ? run.ActInOut("out", x) : run.ActOut("out", n);
+        const ConstTensor d_x = in_place ? ConstTensor(d_out) : run.Act("x", x);
+        const ConstTensor d_w = run.Act("weight", w);
         float* d_rstd = run.Out("rstd", rows);
         run.Execute([&] { return be.RmsNormForward(d_x, d_w, eps, d_out, d_rstd, rows, dim); });
         run.Check("out", out_d, out_f, kReduced);
@@ -734,11 +841,11 @@ void CheckRmsNorm(Suite& s) {
       for (const Variant& v : {Variant{true, true, ""}, Variant{true, false, " dweight=null"},
                                Variant{false, true, " dx=null"}}) {
         OpRun run(s, "RmsNormBackward", shape + v.name);
-        const float* d_dout = run.In("dout", dout);
-        const float* d_x = run.In("x", x);
-        const float* d_w = run.In("weight", w);
+        const ConstTensor d_dout = run.Act("dout", dout);
+        const ConstTensor d_x = run.Act("x", x);
+        const ConstTensor d_w = run.Act("weight", w);
         const float* d_rstd = run.In("rstd", rstd);
-        float* d_dx = v.dx ? run.InOut("dx", dx0) : nullptr;
+        const Tensor d_dx = v.dx ? run.ActInOut("dx", dx0) : Tensor();
         float* d_dw = v.dw ? run.InOut("dweight", dw0) : nullptr;
         run.Execute(
             [&] { return be.RmsNormBackward(d_dout, d_x, d_w, d_rstd, d_dx, d_dw, rows, dim); });
@@ -793,10 +900,10 @@ void CheckLinear(Suite& s) {
         ref::LinearForward<double>(Abs(x).data(), Abs(w).data(), bias ? Abs(b).data() : nullptr,
                                    magnitude.data(), rows, in, out);
         OpRun run(s, "LinearForward", shape + (bias ? " +bias" : " bias=null"));
-        const float* d_x = run.In("x", x);
-        const float* d_w = run.In("weight", w);
-        const float* d_b = bias ? run.In("bias", b) : nullptr;
-        float* d_y = run.Out("y", want.size());
+        const ConstTensor d_x = run.Act("x", x);
+        const ConstTensor d_w = run.Act("weight", w);
+        const ConstTensor d_b = bias ? run.Act("bias", b) : ConstTensor();
+        const Tensor d_y = run.ActOut("y", want.size());
         run.Execute([&] { return be.LinearForward(d_x, d_w, d_b, d_y, rows, in, out); });
         run.Check("y", want, fp32, kReduced, 0, SumScale(magnitude, in));
       }
@@ -819,10 +926,10 @@ void CheckLinear(Suite& s) {
                                        BackwardVariant{true, false, false, " dweight=dbias=null"},
                                        BackwardVariant{false, true, true, " dx=null"}}) {
         OpRun run(s, "LinearBackward", shape + v.name);
-        const float* d_dy = run.In("dy", dy);
-        const float* d_x = run.In("x", x);
-        const float* d_w = run.In("weight", w);
-        float* d_dx = v.a ? run.InOut("dx", dx0) : nullptr;
+        const ConstTensor d_dy = run.Act("dy", dy);
+        const ConstTensor d_x = run.Act("x", x);
+        const ConstTensor d_w = run.Act("weight", w);
+        const Tensor d_dx = v.a ? run.ActInOut("dx", dx0) : Tensor();
         float* d_dw = v.b ? run.InOut("dweight", dw0) : nullptr;
         float* d_db = v.c ? run.InOut("dbias", db0) : nullptr;
         run.Execute(
@@ -866,8 +973,8 @@ void CheckLmHead(Suite& s) {
       ref::LinearForward<double>(Abs(y).data(), Abs(emb).data(), nullptr, magnitude.data(), rows,
                                  dim, vocab);
       OpRun run(s, "LmHeadForward", shape);
-      const float* d_y = run.In("y", y);
-      const float* d_e = run.In("embedding", emb);
+      const ConstTensor d_y = run.Act("y", y);
+      const ConstTensor d_e = run.Act("embedding", emb);
       float* d_logits = run.Out("logits", want.size());
       run.Execute([&] { return be.LmHeadForward(d_y, d_e, d_logits, rows, vocab, dim); });
       run.Check("logits", want, fp32, kReduced, 0, SumScale(magnitude, dim));
@@ -889,9 +996,9 @@ void CheckLmHead(Suite& s) {
                                        BackwardVariant{false, true, false, " dy=null"}}) {
         OpRun run(s, "LmHeadBackward", shape + v.name);
         const float* d_dl = run.In("dlogits", dlogits);
-        const float* d_y = run.In("y", y);
-        const float* d_e = run.In("embedding", emb);
-        float* d_dy = v.a ? run.InOut("dy", dy0) : nullptr;
+        const ConstTensor d_y = run.Act("y", y);
+        const ConstTensor d_e = run.Act("embedding", emb);
+        const Tensor d_dy = v.a ? run.ActInOut("dy", dy0) : Tensor();
         float* d_de = v.b ? run.InOut("dembedding", de0) : nullptr;
         run.Execute(
             [&] { return be.LmHeadBackward(d_dl, d_y, d_e, d_dy, d_de, rows, vocab, dim); });
@@ -980,8 +1087,8 @@ void CheckRope(Suite& s) {
       ref::RopeForward<float>(x.data(), fp32.data(), tokens, H, D, positions.data(), inv, af);
       for (bool in_place : {false, true}) {
         OpRun run(s, "RopeForward", shape + (in_place ? " y=x" : ""));
-        float* d_y = in_place ? run.InOut("y", x) : run.Out("y", n);
-        const float* d_x = in_place ? d_y : run.In("x", x);
+        const Tensor d_y = in_place ? run.ActInOut("y", x) : run.ActOut("y", n);
+        const ConstTensor d_x = in_place ? ConstTensor(d_y) : run.Act("x", x);
         const float* d_inv = run.In("inv_freq", tables.inv_freq);
         const RopeShape rs =
             rope_shape(explicit_positions ? run.Ints("positions", positions) : nullptr);
@@ -998,8 +1105,8 @@ void CheckRope(Suite& s) {
       std::vector<float> fp32 = dx0;
       ref::RopeBackward<float>(dy.data(), fp32.data(), tokens, H, D, positions.data(), inv, af);
       OpRun run(s, "RopeBackward", shape);
-      const float* d_dy = run.In("dy", dy);
-      float* d_dx = run.InOut("dx", dx0);
+      const ConstTensor d_dy = run.Act("dy", dy);
+      const Tensor d_dx = run.ActInOut("dx", dx0);
       const float* d_inv = run.In("inv_freq", tables.inv_freq);
       const RopeShape rs =
           rope_shape(explicit_positions ? run.Ints("positions", positions) : nullptr);
@@ -1072,10 +1179,10 @@ void CheckAttention(Suite& s) {
       std::vector<float> o_f(q.size()), lse_f(lse_d.size());
       ref::AttentionForward<float>(q.data(), k.data(), v.data(), o_f.data(), lse_f.data(), dims);
       OpRun run(s, "AttentionForward", desc);
-      const float* d_q = run.In("q", q);
-      const float* d_k = run.In("k", k);
-      const float* d_v = run.In("v", v);
-      float* d_o = run.Out("o", o_d.size());
+      const ConstTensor d_q = run.Act("q", q);
+      const ConstTensor d_k = run.Act("k", k);
+      const ConstTensor d_v = run.Act("v", v);
+      const Tensor d_o = run.ActOut("o", o_d.size());
       float* d_lse = run.Out("lse", lse_d.size());
       run.Execute([&] { return be.AttentionForward(d_q, d_k, d_v, d_o, d_lse, shape); });
       run.Check("o", o_d, o_f, kReduced);
@@ -1099,15 +1206,15 @@ void CheckAttention(Suite& s) {
       }
       for (const BackwardVariant& var : variants) {
         OpRun run(s, "AttentionBackward", desc + var.name);
-        const float* d_q = run.In("q", q);
-        const float* d_k = run.In("k", k);
-        const float* d_v = run.In("v", v);
-        const float* d_o = run.In("o", o);
+        const ConstTensor d_q = run.Act("q", q);
+        const ConstTensor d_k = run.Act("k", k);
+        const ConstTensor d_v = run.Act("v", v);
+        const ConstTensor d_o = run.Act("o", o);
         const float* d_lse = run.In("lse", lse);
-        const float* d_dout = run.In("dout", dout);
-        float* d_dq = var.a ? run.InOut("dq", dq0) : nullptr;
-        float* d_dk = var.b ? run.InOut("dk", dk0) : nullptr;
-        float* d_dv = var.c ? run.InOut("dv", dv0) : nullptr;
+        const ConstTensor d_dout = run.Act("dout", dout);
+        const Tensor d_dq = var.a ? run.ActInOut("dq", dq0) : Tensor();
+        const Tensor d_dk = var.b ? run.ActInOut("dk", dk0) : Tensor();
+        const Tensor d_dv = var.c ? run.ActInOut("dv", dv0) : Tensor();
         run.Execute([&] {
           return be.AttentionBackward(d_q, d_k, d_v, d_o, d_lse, d_dout, d_dq, d_dk, d_dv, shape);
         });
@@ -1165,12 +1272,12 @@ void CheckDcaAttention(Suite& s) {
                     {"D", D},
                     {"chunk", c.chunk_len}}));
     run.AllowUnimplemented();
-    const float* d_qa = run.In("q_intra", qa);
-    const float* d_qb = run.In("q_succ", qb);
-    const float* d_qc = run.In("q_inter", qc);
-    const float* d_k = run.In("k", k);
-    const float* d_v = run.In("v", v);
-    float* d_o = run.Out("o", o_d.size());
+    const ConstTensor d_qa = run.Act("q_intra", qa);
+    const ConstTensor d_qb = run.Act("q_succ", qb);
+    const ConstTensor d_qc = run.Act("q_inter", qc);
+    const ConstTensor d_k = run.Act("k", k);
+    const ConstTensor d_v = run.Act("v", v);
+    const Tensor d_o = run.ActOut("o", o_d.size());
     float* d_lse = run.Out("lse", lse_d.size());
     if (!run.Execute([&] {
           return be.DcaAttentionForward(d_qa, d_qb, d_qc, d_k, d_v, d_o, d_lse, shape);
@@ -1212,9 +1319,9 @@ void CheckSwiglu(Suite& s) {
       std::vector<float> fp32(n);
       ref::SwigluForward<float>(gate.data(), up.data(), fp32.data(), n);
       OpRun run(s, "SwigluForward", shape);
-      const float* d_gate = run.In("gate", gate);
-      const float* d_up = run.In("up", up);
-      float* d_out = run.Out("out", n);
+      const ConstTensor d_gate = run.Act("gate", gate);
+      const ConstTensor d_up = run.Act("up", up);
+      const Tensor d_out = run.ActOut("out", n);
       run.Execute([&] { return be.SwigluForward(d_gate, d_up, d_out, rows, dim); });
       run.Check("out", want, fp32, kTranscendental);
     }
@@ -1237,11 +1344,11 @@ void CheckSwiglu(Suite& s) {
                                        BackwardVariant{true, false, false, " dup=null"},
                                        BackwardVariant{false, true, false, " dgate=null"}}) {
         OpRun run(s, "SwigluBackward", shape + v.name);
-        const float* d_dout = run.In("dout", dout);
-        const float* d_gate = run.In("gate", gate);
-        const float* d_up = run.In("up", up);
-        float* d_dg = v.a ? run.InOut("dgate", dg0) : nullptr;
-        float* d_du = v.b ? run.InOut("dup", du0) : nullptr;
+        const ConstTensor d_dout = run.Act("dout", dout);
+        const ConstTensor d_gate = run.Act("gate", gate);
+        const ConstTensor d_up = run.Act("up", up);
+        const Tensor d_dg = v.a ? run.ActInOut("dgate", dg0) : Tensor();
+        const Tensor d_du = v.b ? run.ActInOut("dup", du0) : Tensor();
         run.Execute([&] { return be.SwigluBackward(d_dout, d_gate, d_up, d_dg, d_du, rows, dim); });
         if (v.a) run.CheckAccumulated("dgate", dg0, dg_delta, dg_f, kTranscendental, dg_mag);
         if (v.b) run.CheckAccumulated("dup", du0, du_delta, du_f, kTranscendental);
@@ -1269,9 +1376,9 @@ void CheckResidual(Suite& s) {
       }
       for (bool in_place : {false, true}) {
         OpRun run(s, "ResidualForward", shape + (in_place ? " out=a" : ""));
-        float* d_out = in_place ? run.InOut("out", a) : run.Out("out", n);
-        const float* d_a = in_place ? d_out : run.In("a", a);
-        const float* d_b = run.In("b", b);
+        const Tensor d_out = in_place ? run.ActInOut("out", a) : run.ActOut("out", n);
+        const ConstTensor d_a = in_place ? ConstTensor(d_out) : run.Act("a", a);
+        const ConstTensor d_b = run.Act("b", b);
         run.Execute([&] { return be.ResidualForward(d_a, d_b, d_out, n); });
         run.Check("out", want, fp32, kRounded);
       }
@@ -1291,9 +1398,9 @@ void CheckResidual(Suite& s) {
       for (int variant = 0; variant < 3; ++variant) {
         static const char* const kNames[] = {"", " db=null", " db=da (one buffer)"};
         OpRun run(s, "ResidualBackward", shape + kNames[variant]);
-        const float* d_dout = run.In("dout", dout);
-        float* d_da = run.InOut("da", da0);
-        float* d_db = variant == 0 ? run.InOut("db", db0) : variant == 1 ? nullptr : d_da;
+        const ConstTensor d_dout = run.Act("dout", dout);
+        const Tensor d_da = run.ActInOut("da", da0);
+        const Tensor d_db = variant == 0 ? run.ActInOut("db", db0) : variant == 1 ? Tensor() : d_da;
         run.Execute([&] { return be.ResidualBackward(d_dout, d_da, d_db, n); });
         if (variant == 2) {
           run.CheckAccumulated("da", da0, twice, same_f, kRounded);
@@ -1789,22 +1896,33 @@ void CheckInvalidCalls(Suite& s) {
 }  // namespace
 
 std::vector<ConformanceCase> RunConformance(Backend& backend, const ConformanceOptions& options) {
-  Suite s(backend, options);
-  CheckMemory(s);
-  CheckEmbedding(s);
-  CheckRmsNorm(s);
-  CheckLinear(s);
-  CheckLmHead(s);
-  CheckRope(s);
-  CheckAttention(s);
-  CheckDcaAttention(s);
-  CheckSwiglu(s);
-  CheckResidual(s);
-  CheckCrossEntropy(s);
-  CheckAdamW(s);
-  CheckSumOfSquares(s);
-  CheckInvalidCalls(s);
-  return s.Take();
+  std::vector<ConformanceCase> cases;
+  for (DType dtype : options.dtypes) {
+    Suite s(backend, options, dtype);
+    // Every op with Tensor arguments runs in each dtype; the fp32-only ops (memory, the loss over
+    // fp32 logits, the optimizer, the gradient norm), Cast and the invalid calls in the fp32 pass.
+    CheckMemory(s);
+    CheckEmbedding(s);
+    CheckRmsNorm(s);
+    CheckLinear(s);
+    CheckLmHead(s);
+    CheckRope(s);
+    CheckAttention(s);
+    CheckDcaAttention(s);
+    CheckSwiglu(s);
+    CheckResidual(s);
+    if (!s.bf16()) {
+      CheckCast(s);
+      CheckCrossEntropy(s);
+      CheckAdamW(s);
+      CheckSumOfSquares(s);
+      CheckInvalidCalls(s);
+    }
+    std::vector<ConformanceCase> pass = s.Take();
+    cases.insert(cases.end(), std::make_move_iterator(pass.begin()),
+                 std::make_move_iterator(pass.end()));
+  }
+  return cases;
 }
 
 std::string FormatConformanceReport(const std::vector<ConformanceCase>& cases) {
@@ -1839,7 +1957,8 @@ int RunConformanceMain(Backend& backend, int argc, char** argv) {
   ConformanceOptions options;
   bool failures_only = false;
   const char* usage =
-      "usage: %s [--quick] [--filter=<op substring>] [--seed=<n>] [--failures-only]\n"
+      "usage: %s [--quick] [--filter=<op substring>] [--seed=<n>] [--dtype=fp32|bf16|all]\n"
+      "          [--failures-only]\n"
       "Runs the backend conformance suite (kernels/conformance/conformance.h); exits 0 iff every "
       "case passes.\n";
   for (int i = 1; i < argc; ++i) {
@@ -1848,6 +1967,18 @@ int RunConformanceMain(Backend& backend, int argc, char** argv) {
       options.quick = true;
     } else if (arg == "--failures-only") {
       failures_only = true;
+    } else if (arg.substr(0, 8) == "--dtype=") {
+      const std::string_view value = arg.substr(8);
+      if (value == "fp32") {
+        options.dtypes = {DType::kFloat32};
+      } else if (value == "bf16") {
+        options.dtypes = {DType::kBfloat16};
+      } else if (value == "all") {
+        options.dtypes = {DType::kFloat32, DType::kBfloat16};
+      } else {
+        std::fprintf(stderr, "bad --dtype: %s (fp32, bf16 or all)\n", std::string(value).c_str());
+        return 2;
+      }
     } else if (arg.substr(0, 9) == "--filter=") {
       options.filter = std::string(arg.substr(9));
     } else if (arg.substr(0, 7) == "--seed=") {

@@ -186,6 +186,24 @@ class UnvalidatedCrossEntropyBackward : public ForwardingBackend {
   }
 };
 
+// bf16 outputs of ResidualForward off by `ulps` units in the last place (the bits moved away from
+// zero): one ulp is a rounding difference the bf16 tolerance accepts, eight are an error.
+class Bf16UlpsOffResidualForward : public ForwardingBackend {
+ public:
+  Bf16UlpsOffResidualForward(Backend& inner, uint16_t ulps)
+      : ForwardingBackend(inner), ulps_(ulps) {}
+  OpStatus ResidualForward(ConstTensor a, ConstTensor b, Tensor out, int64_t n) override {
+    QTRAIN_KERNEL_RETURN_IF_ERROR(inner().ResidualForward(a, b, out, n));
+    if (out.dtype() == DType::kBfloat16) {
+      for (int64_t i = 0; i < n; ++i) out.bf16()[i].bits = uint16_t(out.bf16()[i].bits + ulps_);
+    }
+    return OpStatus::Ok();
+  }
+
+ private:
+  uint16_t ulps_;
+};
+
 std::string Failures(const std::vector<ConformanceCase>& cases) {
   std::vector<ConformanceCase> failed;
   for (const ConformanceCase& c : cases)
@@ -209,6 +227,7 @@ TEST(ConformanceTest, CpuBackendPassesEveryCase) {
                          "CopyWithinBackend",
                          "Fill",
                          "Scale",
+                         "Cast",
                          "Synchronize",
                          "EmbeddingForward",
                          "EmbeddingBackward",
@@ -262,8 +281,10 @@ TEST(ConformanceTest, QuickModeFilterAndSeed) {
 struct Corruption {
   const char* name;
   std::function<std::unique_ptr<Backend>(Backend&)> make;
-  const char* op;     // the only op that may fail
-  const char* check;  // a substring of a check that must fail ("" for any)
+  const char* op;          // the only op that may fail
+  const char* check;       // a substring of a check that must fail ("" for any)
+  bool bf16_fails = true;  // the bf16 pass notices it too (not where the op has no bf16 pass,
+                           // or the corruption is below bf16's precision)
 };
 
 // Names the parameter in test listings (instead of its bytes).
@@ -277,12 +298,16 @@ TEST_P(CorruptedBackendTest, FailsThatOpAndNoOther) {
   ConformanceOptions options;
   options.quick = true;
   const std::vector<ConformanceCase> cases = RunConformance(*backend, options);
-  int64_t failed = 0, failed_check = 0;
+  int64_t failed = 0, failed_check = 0, failed_bf16 = 0;
   for (const ConformanceCase& k : cases) {
     if (k.passed) continue;
     ++failed;
     EXPECT_EQ(k.op, c.op) << k.shape << " " << k.check << " " << k.message;
     failed_check += k.check.find(c.check) != std::string::npos;
+    failed_bf16 += k.shape.rfind("bf16 ", 0) == 0;
+  }
+  if (c.bf16_fails) {
+    EXPECT_GT(failed_bf16, 0) << "the bf16 pass did not notice " << c.name;
   }
   EXPECT_GT(failed, 0) << "the suite did not notice " << c.name;
   EXPECT_GT(failed_check, 0) << "no failed check matches \"" << c.check << "\"\n"
@@ -305,22 +330,22 @@ INSTANTIATE_TEST_SUITE_P(
         Corruption{
             "CausalMaskOffByOne",
             [](Backend& inner) { return std::make_unique<BuggyAttentionForward>(inner, 1, false); },
-            "AttentionForward", "o"},
+            "AttentionForward", "o", /*bf16_fails=*/false},  // fp32 only: bf16 reaches the CPU
         Corruption{
             "WrongGqaGroup",
             [](Backend& inner) { return std::make_unique<BuggyAttentionForward>(inner, 0, true); },
-            "AttentionForward", "o"},
+            "AttentionForward", "o", false},
         Corruption{"IdleSwigluForward", Make<IdleSwigluForward>(), "SwigluForward", "out"},
         Corruption{"NondeterministicResidualForward", Make<NondeterministicResidualForward>(),
-                   "ResidualForward", "rerun"},
+                   "ResidualForward", "rerun", false},  // one fp32 ulp: nothing in bf16
         Corruption{"OverrunningEmbeddingBackward", Make<OverrunningEmbeddingBackward>(),
                    "EmbeddingBackward", "rerun+bounds"},
         Corruption{"LmHeadBackwardWithoutDembedding", Make<LmHeadBackwardWithoutDembedding>(),
                    "LmHeadBackward", "dembedding"},
         Corruption{"CrossEntropyCountingIgnoredRows", Make<CrossEntropyCountingIgnoredRows>(),
-                   "CrossEntropyForward", "num_valid"},
+                   "CrossEntropyForward", "num_valid", false},  // fp32 logits only
         Corruption{"UnvalidatedCrossEntropyBackward", Make<UnvalidatedCrossEntropyBackward>(),
-                   "CrossEntropyBackward", "invalid"}),
+                   "CrossEntropyBackward", "invalid", false}),
     [](const auto& info) { return std::string(info.param.name); });
 
 // A sanity check of the correct naive attention above (extra_keys 0, the right groups): the
@@ -334,6 +359,64 @@ TEST(ConformanceTest, NaiveAttentionWithoutTheBugsPasses) {
   ASSERT_FALSE(cases.empty());
   EXPECT_TRUE(std::all_of(cases.begin(), cases.end(), [](const auto& c) { return c.passed; }))
       << Failures(cases);
+}
+
+// The bf16 pass's tolerance: a one-ulp difference in a bf16 output (another rounding) passes,
+// eight ulps fail; the fp32 pass never sees it.
+TEST(ConformanceTest, Bf16PassAcceptsRoundingAndCatchesLargerErrors) {
+  ConformanceOptions options;
+  options.quick = true;
+  options.filter = "ResidualForward";
+  for (uint16_t ulps : {uint16_t{1}, uint16_t{8}}) {
+    Bf16UlpsOffResidualForward backend(CpuBackend(), ulps);
+    const std::vector<ConformanceCase> cases = RunConformance(backend, options);
+    int64_t bf16_cases = 0, bf16_failed = 0;
+    for (const ConformanceCase& c : cases) {
+      const bool bf16 = c.shape.rfind("bf16 ", 0) == 0;
+      bf16_cases += bf16;
+      if (!c.passed) {
+        EXPECT_TRUE(bf16) << c.shape << " " << c.check;
+        EXPECT_EQ(c.check, "out") << c.shape;
+        ++bf16_failed;
+      }
+    }
+    EXPECT_GT(bf16_cases, 0);
+    if (ulps == 1) {
+      EXPECT_EQ(bf16_failed, 0) << Failures(cases);
+    } else {
+      EXPECT_GT(bf16_failed, 0) << "eight bf16 ulps passed";
+    }
+  }
+}
+
+// Each pass runs alone with its own shapes; Cast and the fp32-only ops are in the fp32 pass.
+TEST(ConformanceTest, DtypePasses) {
+  ConformanceOptions options;
+  options.quick = true;
+  options.dtypes = {DType::kBfloat16};
+  const std::vector<ConformanceCase> bf16 = RunConformance(CpuBackend(), options);
+  ASSERT_FALSE(bf16.empty());
+  std::set<std::string> ops;
+  for (const ConformanceCase& c : bf16) {
+    EXPECT_EQ(c.shape.rfind("bf16 ", 0), 0u) << c.op << " " << c.shape;
+    EXPECT_TRUE(c.passed) << c.op << " " << c.shape << " " << c.check << " " << c.message;
+    ops.insert(c.op);
+  }
+  for (const char* op :
+       {"Fill", "Scale", "EmbeddingForward", "RmsNormBackward", "LinearBackward", "LmHeadForward",
+        "RopeBackward", "AttentionBackward", "SwigluBackward", "ResidualBackward"}) {
+    EXPECT_TRUE(ops.count(op)) << op;
+  }
+  for (const char* op : {"Cast", "CrossEntropyForward", "AdamWStep", "SumOfSquares", "Alloc"}) {
+    EXPECT_FALSE(ops.count(op)) << op;
+  }
+  options.dtypes = {DType::kFloat32};
+  options.filter = "Cast";
+  const std::vector<ConformanceCase> cast = RunConformance(CpuBackend(), options);
+  ASSERT_GE(cast.size(), 6u);
+  for (const ConformanceCase& c : cast) {
+    EXPECT_TRUE(c.passed) << c.shape << " " << c.check << " " << c.message;
+  }
 }
 
 }  // namespace

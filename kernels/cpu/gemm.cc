@@ -1,7 +1,9 @@
 #include "kernels/cpu/gemm.h"
 
-#include <cblas.h>
 #include <omp.h>
+#if QTRAIN_CPU_BLAS
+#include <cblas.h>
+#endif
 
 #include <algorithm>
 #include <mutex>
@@ -16,17 +18,32 @@ namespace {
 
 // OpenBLAS's own thread pool stays unused: every call below is single-threaded.
 void UseSingleThreadedBlas() {
+#if QTRAIN_CPU_BLAS
   static std::once_flag once;
   std::call_once(once, [] { openblas_set_num_threads(1); });
+#endif
+}
+
+// One single-threaded product: OpenBLAS's sgemm, or PlainSgemm in a build without BLAS.
+void SerialSgemm(const GemmParams& p) {
+#if QTRAIN_CPU_BLAS
+  cblas_sgemm(CblasRowMajor, p.trans_a ? CblasTrans : CblasNoTrans,
+              p.trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(p.m), static_cast<int>(p.n),
+              static_cast<int>(p.k), 1.0f, p.a, static_cast<int>(p.lda), p.b,
+              static_cast<int>(p.ldb), p.beta, p.c, static_cast<int>(p.ldc));
+#else
+  PlainSgemm(p);
+#endif
 }
 
 void BlockGemm(const GemmParams& p, int64_t row0, int64_t rows, int64_t col0, int64_t cols) {
-  const float* a = p.trans_a ? p.a + row0 : p.a + row0 * p.lda;
-  const float* b = p.trans_b ? p.b + col0 * p.ldb : p.b + col0;
-  cblas_sgemm(CblasRowMajor, p.trans_a ? CblasTrans : CblasNoTrans,
-              p.trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(rows), static_cast<int>(cols),
-              static_cast<int>(p.k), 1.0f, a, static_cast<int>(p.lda), b, static_cast<int>(p.ldb),
-              p.beta, p.c + row0 * p.ldc + col0, static_cast<int>(p.ldc));
+  GemmParams block = p;
+  block.m = rows;
+  block.n = cols;
+  block.a = p.trans_a ? p.a + row0 : p.a + row0 * p.lda;
+  block.b = p.trans_b ? p.b + col0 * p.ldb : p.b + col0;
+  block.c = p.c + row0 * p.ldc + col0;
+  SerialSgemm(block);
 }
 
 // Whether the register-blocked tile GEMM (tile_math.h) beats a packed OpenBLAS call on this
@@ -78,10 +95,14 @@ void SplitKGemm(const GemmParams& p) {
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t k0 = c * chunk_k;
     // A is stored [k, m] (trans_a) and B [k, n]: chunk c is rows k0 .. of both.
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(p.m),
-                static_cast<int>(p.n), static_cast<int>(std::min(chunk_k, p.k - k0)), 1.0f,
-                p.a + k0 * p.lda, static_cast<int>(p.lda), p.b + k0 * p.ldb,
-                static_cast<int>(p.ldb), 0.0f, part + c * size, static_cast<int>(p.n));
+    GemmParams chunk = p;
+    chunk.k = std::min(chunk_k, p.k - k0);
+    chunk.a = p.a + k0 * p.lda;
+    chunk.b = p.b + k0 * p.ldb;
+    chunk.beta = 0.0f;
+    chunk.c = part + c * size;
+    chunk.ldc = p.n;
+    SerialSgemm(chunk);
   }
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < p.m; ++i) {
@@ -95,6 +116,41 @@ void SplitKGemm(const GemmParams& p) {
 }
 
 }  // namespace
+
+void PlainSgemm(const GemmParams& p) {
+  if (p.m == 0 || p.n == 0) return;
+  // A(i, l) and B(l, j) through the transposes; each row of C is summed in a local row first, so
+  // C is read only when accumulating (beta 1) and never when overwriting (beta 0).
+  std::vector<float> row(static_cast<size_t>(p.n));
+  std::vector<float> a_row(static_cast<size_t>(p.k));
+  for (int64_t i = 0; i < p.m; ++i) {
+    for (int64_t l = 0; l < p.k; ++l)
+      a_row[l] = p.trans_a ? p.a[l * p.lda + i] : p.a[i * p.lda + l];
+    if (p.trans_b) {
+      // B stored [n, k]: each element of the row is a dot product of two contiguous rows.
+      for (int64_t j = 0; j < p.n; ++j) {
+        const float* b = p.b + j * p.ldb;
+        float sum = 0.0f;
+        for (int64_t l = 0; l < p.k; ++l) sum += a_row[l] * b[l];
+        row[j] = sum;
+      }
+    } else {
+      // B stored [k, n]: the row is a sum of B's rows scaled by A(i, l), in l order.
+      std::fill(row.begin(), row.end(), 0.0f);
+      for (int64_t l = 0; l < p.k; ++l) {
+        const float a = a_row[l];
+        const float* b = p.b + l * p.ldb;
+        for (int64_t j = 0; j < p.n; ++j) row[j] += a * b[j];
+      }
+    }
+    float* c = p.c + i * p.ldc;
+    if (p.beta != 0.0f) {
+      for (int64_t j = 0; j < p.n; ++j) c[j] = p.beta * c[j] + row[j];
+    } else {
+      std::copy(row.begin(), row.end(), c);
+    }
+  }
+}
 
 GemmPath ChooseGemmPath(const GemmParams& p) {
   if (UseSplitK(p)) return GemmPath::kSplitK;

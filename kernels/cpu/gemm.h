@@ -1,7 +1,8 @@
 // Row-major single-precision GEMM for the CPU backend, parallelised by qtrain itself:
 //   C[m, n] = op(A) op(B) + beta C,  op(A) [m, k], op(B) [k, n]
 // C is cut into fixed blocks of rows (or of columns when m is small); OpenMP threads take the
-// blocks and each runs a single-threaded product on its block: OpenBLAS's sgemm, or, for the
+// blocks and each runs a single-threaded product on its block: OpenBLAS's sgemm (PlainSgemm in a
+// build without BLAS), or, for the
 // shapes where it is faster, the register-blocked tile GEMM of tile_math.h (small operands read
 // in place, without packing). One threading runtime (OpenMP) serves every op, so GEMM threads
 // never compete with spinning OpenMP workers; the blocks and the choice of kernel depend only on
@@ -36,6 +37,11 @@ inline constexpr int64_t kSplitKChunk = 512;
 // Dimensions must fit in int (ValidateLinear checks). Safe to call inside an OpenMP region (it
 // then runs on the calling thread).
 void Sgemm(const GemmParams& p);
+
+// The same product on the calling thread by plain loops: the single-threaded GEMM of a build
+// without BLAS (QTRAIN_CPU_BLAS=0, e.g. the GPU checks' CPU reference on a machine without
+// OpenBLAS). Always compiled, so the tests hold it to OpenBLAS's results.
+void PlainSgemm(const GemmParams& p);
 
 // How Sgemm computes a product of this shape (the tests check that each path is reached).
 enum class GemmPath {

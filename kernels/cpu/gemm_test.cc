@@ -1,7 +1,8 @@
 // Sgemm against a double-precision loop, for every transpose combination the kernels use and
 // shapes that take each path (OpenBLAS blocks by rows or columns, the tile GEMM on AVX-512 CPUs,
 // split k, each case checked to take its path), with beta 0 (C overwritten, even when it holds
-// NaN) and 1 (accumulated); and bitwise thread-count independence.
+// NaN) and 1 (accumulated); and bitwise thread-count independence. PlainSgemm (the GEMM of a
+// build without BLAS) against the same loop.
 #include "kernels/cpu/gemm.h"
 
 #include <gtest/gtest.h>
@@ -91,30 +92,45 @@ TEST(SgemmTest, CasesTakeTheirPaths) {
   }
 }
 
+// The worst error of gemm(op) over C relative to the sum of the magnitudes of each element's
+// terms, with beta 0 (C poisoned with NaN first) and 1; the padding column must stay untouched.
+template <typename Gemm>
+void ExpectMatchesDoublePrecision(const Case& c, Gemm gemm, double tolerance) {
+  const Operands op(c);
+  const std::vector<float> c0 = RandomFloats(c.m * op.ldc, 3);
+  for (float beta : {0.0f, 1.0f}) {
+    std::vector<float> out = c0;
+    if (beta == 0.0f) out.assign(out.size(), std::numeric_limits<float>::quiet_NaN());
+    gemm(op.Params(c, beta, out.data()));
+    double worst = 0;
+    for (int64_t i = 0; i < c.m; ++i) {
+      for (int64_t j = 0; j < c.n; ++j) {
+        double want = beta * c0[i * op.ldc + j], scale = std::abs(want);
+        for (int64_t l = 0; l < c.k; ++l) {
+          want += op.A(c, i, l) * op.B(c, l, j);
+          scale += std::abs(op.A(c, i, l) * op.B(c, l, j));
+        }
+        worst = std::max(worst, std::abs(out[i * op.ldc + j] - want) / (scale + 1e-30));
+      }
+      ASSERT_EQ(std::isnan(out[i * op.ldc + c.n]), beta == 0.0f) << i;
+    }
+    EXPECT_LT(worst, tolerance) << "beta " << beta;
+  }
+}
+
 TEST(SgemmTest, MatchesDoublePrecisionForEveryPath) {
   for (const Case& c : kCases) {
     SCOPED_TRACE(Name(c));
-    const Operands op(c);
-    const std::vector<float> c0 = RandomFloats(c.m * op.ldc, 3);
-    for (float beta : {0.0f, 1.0f}) {
-      std::vector<float> out = c0;
-      if (beta == 0.0f) out.assign(out.size(), std::numeric_limits<float>::quiet_NaN());
-      Sgemm(op.Params(c, beta, out.data()));
-      double worst = 0;
-      for (int64_t i = 0; i < c.m; ++i) {
-        for (int64_t j = 0; j < c.n; ++j) {
-          double want = beta * c0[i * op.ldc + j], scale = std::abs(want);
-          for (int64_t l = 0; l < c.k; ++l) {
-            want += op.A(c, i, l) * op.B(c, l, j);
-            scale += std::abs(op.A(c, i, l) * op.B(c, l, j));
-          }
-          worst = std::max(worst, std::abs(out[i * op.ldc + j] - want) / (scale + 1e-30));
-        }
-        // The padding column of C is not touched.
-        ASSERT_EQ(std::isnan(out[i * op.ldc + c.n]), beta == 0.0f) << i;
-      }
-      EXPECT_LT(worst, 1e-6) << "beta " << beta;
-    }
+    ExpectMatchesDoublePrecision(c, Sgemm, 1e-6);
+  }
+}
+
+// The GEMM of a build without BLAS: one fp32 sum along k per element, so its rounding error
+// grows with k (about sqrt(k) ulps on random data); the bound allows 4 sqrt(k) ulps.
+TEST(PlainSgemmTest, MatchesDoublePrecision) {
+  for (const Case& c : kCases) {
+    SCOPED_TRACE(Name(c));
+    ExpectMatchesDoublePrecision(c, PlainSgemm, std::max(1e-6, 4 * 6e-8 * std::sqrt(double(c.k))));
   }
 }
 

@@ -1,14 +1,14 @@
-// The fp32 CUDA backend: every op of kernels/ops.h on one GPU, over device memory, with the
-// kernels of kernels/cuda/ (one warp per row attention, fused cross-entropy, deterministic
-// embedding backward) and cuBLASLt's fp32 GEMMs (gemm_lt.h). It is the GPU twin of the CPU
-// backend, held to the same contract and checked against the same reference by the conformance
-// suite (kernels/conformance); the bf16 mixed-precision path builds on its kernels.
+// The CUDA backend: every op of kernels/ops.h on one GPU, over device memory, in fp32 or bf16
+// storage with fp32 arithmetic, with the kernels of kernels/cuda/ (one warp per row attention,
+// fused cross-entropy, deterministic embedding backward) and cuBLASLt's GEMMs (gemm_lt.h: fp32,
+// or bf16 with fp32 accumulation). It is the GPU twin of the CPU backend, held to the same
+// contract and checked against the same reference by the conformance suite (kernels/conformance).
 //
-// Where the contract has host-side results or host-checkable errors, this backend synchronizes:
-// the loss totals and the sum of squares are copied back; the token ids, labels and RoPE
-// positions are copied to the host to be checked (and, for the embedding backward, grouped by
-// id). Everything else is queued on the backend's stream; Synchronize() waits for it, and the
-// copies to and from the host wait too.
+// The loss totals and sums of squares go to the caller's device memory. Where the contract has
+// host-checkable errors, this backend synchronizes: the token ids, labels and RoPE positions are
+// copied to the host to be checked (and, for the embedding backward, grouped by id). Everything
+// else is queued on the backend's stream; Synchronize() waits for it, and the copies to and from
+// the host wait too.
 //
 // One backend per thread of work (its scratch buffers and GEMM plans are not shared).
 //

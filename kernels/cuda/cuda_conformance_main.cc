@@ -1,7 +1,8 @@
 // The backend conformance suite (kernels/conformance) on the CUDA backend: every op of ops.h on
 // GPU 0 against the reference. Without a GPU it says so and exits 0 (tests/gpu/run.sh runs it on
 // a machine with one).
-//   cuda_conformance [--quick] [--filter=<op>] [--seed=<n>] [--failures-only]
+//   cuda_conformance [--quick] [--filter=<op>] [--seed=<n>] [--dtype=fp32|bf16|all]
+//                    [--failures-only]
 #include <cstdio>
 #include <memory>
 

@@ -1,7 +1,7 @@
 // Launchers of the CUDA kernels (kernels/cuda/*.cu), one params struct per kernel.
 //
 // Status: compiled for sm_80 and sm_90 and checked without a GPU (their per-element math is
-// element_math.h, tested on the CPU); not yet run on a GPU. The fp32 CUDA backend
+// element_math.h, tested on the CPU); not yet run on a GPU. The CUDA backend
 // (cuda_backend.h) puts them behind the Backend interface of kernels/ops.h.
 //
 // Every launcher first checks its params (CanImplement: sizes, pointers, dtypes), returning an

@@ -199,19 +199,18 @@ class TensorBuffer {
   // the size and dtype are unchanged. On failure the buffer is empty.
   absl::Status Resize(kernels::Backend& backend, kernels::DType dtype,
                       std::initializer_list<int64_t> dims, absl::string_view what) {
-    std::optional<int64_t> elements = CheckedProduct(dims);
-    for (int64_t d : dims) {
-      if (d < 0) elements = std::nullopt;
-    }
-    std::optional<int64_t> bytes;
-    if (elements.has_value()) bytes = CheckedMul(*elements, int64_t(kernels::DTypeBytes(dtype)));
-    if (!bytes.has_value()) {
+    // The element size decides the bytes; Buffer's own checks (negative or overflowing sizes).
+    absl::StatusOr<size_t> bytes = dtype == kernels::DType::kFloat32
+                                       ? ArrayBytes<float>(dims, what)
+                                       : ArrayBytes<kernels::Bf16>(dims, what);
+    absl::Status status = bytes.status();
+    if (status.ok()) status = raw_.Resize(backend, {static_cast<int64_t>(*bytes)}, what);
+    if (!status.ok()) {
       Reset();
-      return AllocationError(what, std::nullopt);
+      return status;
     }
-    QTRAIN_RETURN_IF_ERROR(raw_.Resize(backend, {*bytes}, what));
     dtype_ = dtype;
-    size_ = *elements;
+    size_ = static_cast<int64_t>(*bytes / kernels::DTypeBytes(dtype));
     return absl::OkStatus();
   }
   void Reset() {

@@ -71,6 +71,29 @@ TEST(BufferTest, FailedAllocationNamesTheBufferAndItsBytes) {
   EXPECT_EQ(backend.bytes_in_use(), 800u);
 }
 
+TEST(TensorBufferTest, AFailedResizeLeavesItEmpty) {
+  LimitedBackend backend;
+  backend.set_limit(1000);
+  TensorBuffer buf;
+  ASSERT_TRUE(buf.Resize(backend, kernels::DType::kBfloat16, {10, 20}, "the widgets").ok());
+  EXPECT_EQ(buf.size(), 200);
+  EXPECT_EQ(backend.bytes_in_use(), 400u);
+  // Too big for the backend, then too big for size_t: each time empty, not the old size.
+  const absl::Status s = buf.Resize(backend, kernels::DType::kFloat32, {10, 100}, "the widgets");
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_THAT(s.message(), HasSubstr("4000 bytes"));
+  EXPECT_EQ(buf.size(), 0);
+  EXPECT_EQ(buf.data(), nullptr);
+  EXPECT_EQ(backend.bytes_in_use(), 0u);
+  ASSERT_TRUE(buf.Resize(backend, kernels::DType::kFloat32, {10}, "the widgets").ok());
+  const int64_t big = std::numeric_limits<int64_t>::max() / 2;
+  EXPECT_EQ(buf.Resize(backend, kernels::DType::kBfloat16, {big}, "the widgets").code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(buf.size(), 0);
+  EXPECT_FALSE(buf.Resize(backend, kernels::DType::kFloat32, {-1}, "the widgets").ok());
+  EXPECT_EQ(buf.size(), 0);
+}
+
 TEST(HostVectorTest, BadAllocAndOverflowBecomeResourceExhausted) {
   std::vector<float> v;
   const int64_t big = int64_t{1} << 40;
@@ -149,6 +172,14 @@ TEST(ModelLimitsTest, CreateTooBigForMemoryIsResourceExhausted) {
   auto model = Model::Create(TestConfig(), {}, backend);
   ASSERT_EQ(model.status().code(), absl::StatusCode::kResourceExhausted) << model.status();
   EXPECT_THAT(model.status().message(), HasSubstr("the model parameters"));
+}
+
+TEST(ModelLimitsTest, AnUnknownComputeDtypeIsRefused) {
+  ModelOptions options;
+  options.compute_dtype = static_cast<kernels::DType>(7);
+  auto model = Model::Create(TestConfig(), options);
+  EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument) << model.status();
+  EXPECT_THAT(model.status().message(), HasSubstr("compute_dtype must be fp32 or bf16"));
 }
 
 TEST(ModelLimitsTest, PassesAfterAnOutOfMemoryFailureMatchAFreshModel) {

@@ -139,6 +139,10 @@ absl::StatusOr<Model> Model::Create(const ModelConfig& config, ModelOptions opti
   if (options.lm_head_chunk_tokens <= 0) {
     return absl::InvalidArgumentError("lm_head_chunk_tokens must be positive");
   }
+  if (options.compute_dtype != kernels::DType::kFloat32 &&
+      options.compute_dtype != kernels::DType::kBfloat16) {
+    return absl::InvalidArgumentError("compute_dtype must be fp32 or bf16");
+  }
   Model model(config, options, backend);
   const int64_t n = model.layout_.total_size();
   QTRAIN_RETURN_IF_ERROR(model.params_.Resize(backend, {n}, "the model parameters"));
