@@ -125,6 +125,10 @@ class ForwardingBackend : public Backend {
                      const AdamWParams& params) override {
     return inner_.AdamWStep(param, grad, m, v, n, params);
   }
+  OpStatus AdamWMultiStep(const AdamWTensor* tensors, int64_t count,
+                          const AdamWParams& params) override {
+    return inner_.AdamWMultiStep(tensors, count, params);
+  }
   OpStatus SumOfSquares(const float* const* tensors, const int64_t* sizes, int64_t count,
                         double* sum_squares) override {
     return inner_.SumOfSquares(tensors, sizes, count, sum_squares);

@@ -129,6 +129,19 @@ struct AdamWParams {
   float grad_scale = 1.0f;         // multiplies the gradient first (clipping, averaging)
 };
 
+// One tensor of a multi-tensor AdamW step (Backend::AdamWMultiStep): its fp32 master weights,
+// gradient and moments (backend memory), whether it decays, and optionally the bf16 working copy
+// of its weights that the step rewrites from the updated fp32 values (round to nearest even).
+struct AdamWTensor {
+  float* param = nullptr;
+  const float* grad = nullptr;
+  float* m = nullptr;
+  float* v = nullptr;
+  int64_t n = 0;
+  bool apply_weight_decay = true;
+  Tensor working_copy;  // null, or bf16 [n]
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -302,6 +315,13 @@ class Backend {
   //   read only.
   virtual OpStatus AdamWStep(float* param, const float* grad, float* m, float* v, int64_t n,
                              const AdamWParams& params) = 0;
+  // AdamWStep over `count` tensors in one call (on a GPU one launch per group of tensors instead
+  // of one per tensor), each element updated exactly as AdamWStep would, with each tensor's
+  // apply_weight_decay in place of params.apply_weight_decay; a tensor's working_copy, if any,
+  // receives its updated weights in bf16, so no separate Cast pass is needed.
+  //   tensors: a HOST array of `count` descriptors of backend memory. Tensors must not overlap.
+  virtual OpStatus AdamWMultiStep(const AdamWTensor* tensors, int64_t count,
+                                  const AdamWParams& params) = 0;
 
   // Sum of squares over many fp32 tensors (global gradient norm = sqrt of it), accumulated in
   // double in a fixed order (tensor by tensor, fixed-size blocks), so it is deterministic.

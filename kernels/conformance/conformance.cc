@@ -1626,6 +1626,121 @@ void CheckAdamW(Suite& s) {
   }
 }
 
+// AdamWMultiStep over tensors of odd sizes (an empty one among them), with and without weight
+// decay and bf16 working copies: every element equal, bit for bit, to the backend's own
+// AdamWStep tensor by tensor (and so to the reference within AdamWStep's tolerance), and each
+// working copy the bf16 rounding of the updated weights.
+void CheckAdamWMulti(Suite& s) {
+  if (!s.Wants("AdamWMultiStep")) return;
+  Backend& be = s.be();
+  struct Part {
+    int64_t n;
+    bool decay, copy;
+  };
+  const Part parts[] = {{1001, true, true},   {1, false, false},   {0, true, true},
+                        {65537, false, true}, {4099, true, false}, {17, true, true}};
+  const int64_t count = static_cast<int64_t>(std::size(parts));
+  Rng rng = s.MakeRng("AdamWMulti", 1);
+  std::vector<std::vector<float>> p0, g, m0, v0;
+  for (const Part& part : parts) {
+    p0.push_back(rng.Uniform(part.n, -1, 1));
+    g.push_back(rng.Uniform(part.n, -1, 1));
+    m0.push_back(rng.Uniform(part.n, -0.1, 0.1));
+    v0.push_back(rng.Uniform(part.n, 0, 0.01));
+  }
+  AdamWParams params{.lr = 0.05,
+                     .beta1 = 0.9,
+                     .beta2 = 0.95,
+                     .eps = 1e-8,
+                     .weight_decay = 0.1,
+                     .step = 3,
+                     .grad_scale = 0.5f};
+  const std::string shape = "tensors=6 (n=1001,1,0,65537,4099,17) step=3";
+  // The backend's single-tensor steps: the expected bits.
+  std::vector<std::vector<float>> p1(count), m1(count), v1(count);
+  {
+    OpRun run(s, "AdamWMultiStep", shape + " baseline: AdamWStep per tensor");
+    std::vector<float*> dp, dm, dv;
+    std::vector<const float*> dg;
+    for (int64_t t = 0; t < count; ++t) {
+      const std::string i = std::to_string(t);
+      dp.push_back(run.InOut(("param" + i).c_str(), p0[t]));
+      dg.push_back(run.In(("grad" + i).c_str(), g[t]));
+      dm.push_back(run.InOut(("m" + i).c_str(), m0[t]));
+      dv.push_back(run.InOut(("v" + i).c_str(), v0[t]));
+    }
+    if (!run.Execute([&] {
+          for (int64_t t = 0; t < count; ++t) {
+            AdamWParams p = params;
+            p.apply_weight_decay = parts[t].decay;
+            QTRAIN_KERNEL_RETURN_IF_ERROR(be.AdamWStep(dp[t], dg[t], dm[t], dv[t], parts[t].n, p));
+          }
+          return OpStatus::Ok();
+        })) {
+      return;
+    }
+    for (int64_t t = 0; t < count; ++t) {
+      const std::string i = std::to_string(t);
+      p1[t] = run.Floats(("param" + i).c_str());
+      m1[t] = run.Floats(("m" + i).c_str());
+      v1[t] = run.Floats(("v" + i).c_str());
+    }
+  }
+  OpRun run(s, "AdamWMultiStep", shape);
+  std::vector<AdamWTensor> tensors(count);
+  for (int64_t t = 0; t < count; ++t) {
+    const std::string i = std::to_string(t);
+    AdamWTensor& x = tensors[t];
+    x.param = run.InOut(("param" + i).c_str(), p0[t]);
+    x.grad = run.In(("grad" + i).c_str(), g[t]);
+    x.m = run.InOut(("m" + i).c_str(), m0[t]);
+    x.v = run.InOut(("v" + i).c_str(), v0[t]);
+    x.n = parts[t].n;
+    x.apply_weight_decay = parts[t].decay;
+    if (parts[t].copy) {
+      x.working_copy = run.ActOutAs(("copy" + i).c_str(), parts[t].n, DType::kBfloat16);
+    }
+  }
+  if (!run.Execute([&] { return be.AdamWMultiStep(tensors.data(), count, params); })) return;
+  for (int64_t t = 0; t < count; ++t) {
+    const std::string i = std::to_string(t);
+    run.Check(("param" + i).c_str(), ToDouble(p1[t]), p1[t], kExact);
+    run.Check(("m" + i).c_str(), ToDouble(m1[t]), m1[t], kExact);
+    run.Check(("v" + i).c_str(), ToDouble(v1[t]), v1[t], kExact);
+    if (parts[t].copy) {
+      std::vector<double> rounded(p1[t].size());
+      for (size_t k = 0; k < rounded.size(); ++k) {
+        rounded[k] = math::FloatFromBf16(math::Bf16FromFloat(p1[t][k]));
+      }
+      run.Check(("copy" + i).c_str(), rounded, ToFloat(rounded), kExact);
+    }
+  }
+
+  // Bad descriptors are refused before anything is updated.
+  OpRun bad(s, "AdamWMultiStep", "tensors=2");
+  const std::vector<float> ones(8, 1.0f);
+  AdamWTensor ok{.param = bad.InOut("param", ones),
+                 .grad = bad.In("grad", ones),
+                 .m = bad.InOut("m", ones),
+                 .v = bad.InOut("v", ones),
+                 .n = 8};
+  const Tensor fp32_copy = bad.InOut("copy", ones);
+  AdamWTensor wrong = ok;
+  wrong.working_copy = fp32_copy;
+  AdamWTensor pair[2] = {ok, wrong};
+  bad.ExpectError("an fp32 working copy", [&] { return be.AdamWMultiStep(pair, 2, params); });
+  pair[1] = ok;
+  pair[1].grad = nullptr;
+  bad.ExpectError("a null grad", [&] { return be.AdamWMultiStep(pair, 2, params); });
+  pair[1] = ok;
+  pair[1].n = -1;
+  bad.ExpectError("n < 0", [&] { return be.AdamWMultiStep(pair, 2, params); });
+  bad.ExpectError("count < 0", [&] { return be.AdamWMultiStep(pair, -1, params); });
+  AdamWParams step0 = params;
+  step0.step = 0;
+  bad.ExpectError("step 0", [&] { return be.AdamWMultiStep(pair, 1, step0); });
+}
+
 void CheckSumOfSquares(Suite& s) {
   if (!s.Wants("SumOfSquares")) return;
   Backend& be = s.be();
@@ -1915,6 +2030,7 @@ std::vector<ConformanceCase> RunConformance(Backend& backend, const ConformanceO
       CheckCast(s);
       CheckCrossEntropy(s);
       CheckAdamW(s);
+      CheckAdamWMulti(s);
       CheckSumOfSquares(s);
       CheckInvalidCalls(s);
     }

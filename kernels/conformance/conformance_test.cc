@@ -186,6 +186,18 @@ class UnvalidatedCrossEntropyBackward : public ForwardingBackend {
   }
 };
 
+// A multi-tensor AdamW that forgets the working copies.
+class AdamWMultiStepWithoutWorkingCopies : public ForwardingBackend {
+ public:
+  using ForwardingBackend::ForwardingBackend;
+  OpStatus AdamWMultiStep(const AdamWTensor* tensors, int64_t count,
+                          const AdamWParams& params) override {
+    std::vector<AdamWTensor> copy(tensors, tensors + std::max<int64_t>(count, 0));
+    for (AdamWTensor& t : copy) t.working_copy = nullptr;
+    return inner().AdamWMultiStep(count > 0 ? copy.data() : tensors, count, params);
+  }
+};
+
 // bf16 outputs of ResidualForward off by `ulps` units in the last place (the bits moved away from
 // zero): one ulp is a rounding difference the bf16 tolerance accepts, eight are an error.
 class Bf16UlpsOffResidualForward : public ForwardingBackend {
@@ -250,6 +262,7 @@ TEST(ConformanceTest, CpuBackendPassesEveryCase) {
                          "CrossEntropyBackward",
                          "CrossEntropyForwardBackward",
                          "AdamWStep",
+                         "AdamWMultiStep",
                          "SumOfSquares"}) {
     EXPECT_TRUE(ops.count(op)) << op;
   }
@@ -342,6 +355,8 @@ INSTANTIATE_TEST_SUITE_P(
                    "EmbeddingBackward", "rerun+bounds"},
         Corruption{"LmHeadBackwardWithoutDembedding", Make<LmHeadBackwardWithoutDembedding>(),
                    "LmHeadBackward", "dembedding"},
+        Corruption{"AdamWMultiStepWithoutWorkingCopies", Make<AdamWMultiStepWithoutWorkingCopies>(),
+                   "AdamWMultiStep", "copy", false},
         Corruption{"CrossEntropyCountingIgnoredRows", Make<CrossEntropyCountingIgnoredRows>(),
                    "CrossEntropyForward", "num_valid", false},  // fp32 logits only
         Corruption{"UnvalidatedCrossEntropyBackward", Make<UnvalidatedCrossEntropyBackward>(),
@@ -407,7 +422,8 @@ TEST(ConformanceTest, DtypePasses) {
         "RopeBackward", "AttentionBackward", "SwigluBackward", "ResidualBackward"}) {
     EXPECT_TRUE(ops.count(op)) << op;
   }
-  for (const char* op : {"Cast", "CrossEntropyForward", "AdamWStep", "SumOfSquares", "Alloc"}) {
+  for (const char* op :
+       {"Cast", "CrossEntropyForward", "AdamWStep", "AdamWMultiStep", "SumOfSquares", "Alloc"}) {
     EXPECT_FALSE(ops.count(op)) << op;
   }
   options.dtypes = {DType::kFloat32};

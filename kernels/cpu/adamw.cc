@@ -23,13 +23,7 @@ OpStatus CpuBackendImpl::AdamWStep(float* param, const float* grad, float* m, fl
                                    const AdamWParams& p) {
   constexpr const char* kOp = "AdamWStep";
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative(kOp, "n", n));
-  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPositive(kOp, "step", p.step));
-  if (!(p.beta1 >= 0.0 && p.beta1 < 1.0) || !(p.beta2 >= 0.0 && p.beta2 < 1.0)) {
-    return OpStatus::Error("AdamWStep: betas must be in [0, 1)");
-  }
-  if (!(p.lr >= 0.0) || !(p.eps >= 0.0) || !(p.weight_decay >= 0.0)) {
-    return OpStatus::Error("AdamWStep: lr, eps and weight_decay must be >= 0");
-  }
+  QTRAIN_KERNEL_RETURN_IF_ERROR(ValidateAdamWParams(kOp, p));
   if (n == 0) return OpStatus::Ok();
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "param", param));
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "grad", grad));
@@ -41,6 +35,24 @@ OpStatus CpuBackendImpl::AdamWStep(float* param, const float* grad, float* m, fl
       p.lr, p.beta1, p.beta2, p.eps, p.weight_decay, p.apply_weight_decay, p.step, p.grad_scale);
 #pragma omp parallel for schedule(static) if (WorthParallel(n))
   for (int64_t i = 0; i < n; ++i) math::AdamWElement(scalars, grad[i], param[i], m[i], v[i]);
+  return OpStatus::Ok();
+}
+
+OpStatus CpuBackendImpl::AdamWMultiStep(const AdamWTensor* tensors, int64_t count,
+                                        const AdamWParams& p) {
+  QTRAIN_KERNEL_RETURN_IF_ERROR(ValidateAdamWParams("AdamWMultiStep", p));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(ValidateAdamWTensors(tensors, count));
+  for (int64_t t = 0; t < count; ++t) {
+    const AdamWTensor& x = tensors[t];
+    const math::AdamWScalars scalars = math::MakeAdamWScalars(
+        p.lr, p.beta1, p.beta2, p.eps, p.weight_decay, x.apply_weight_decay, p.step, p.grad_scale);
+    Bf16* copy = x.working_copy.is_null() ? nullptr : x.working_copy.bf16();
+#pragma omp parallel for schedule(static) if (WorthParallel(x.n))
+    for (int64_t i = 0; i < x.n; ++i) {
+      math::AdamWElement(scalars, x.grad[i], x.param[i], x.m[i], x.v[i]);
+      if (copy != nullptr) math::Store(x.param[i], copy[i]);
+    }
+  }
   return OpStatus::Ok();
 }
 

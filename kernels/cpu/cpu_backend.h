@@ -77,6 +77,8 @@ class CpuBackendImpl final : public Backend {
 
   OpStatus AdamWStep(float* param, const float* grad, float* m, float* v, int64_t n,
                      const AdamWParams& params) override;
+  OpStatus AdamWMultiStep(const AdamWTensor* tensors, int64_t count,
+                          const AdamWParams& params) override;
   OpStatus SumOfSquares(const float* const* tensors, const int64_t* sizes, int64_t count,
                         double* sum_squares) override;
 

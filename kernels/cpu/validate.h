@@ -109,6 +109,42 @@ inline OpStatus ValidateCast(ConstTensor in, ConstTensor out, int64_t n) {
   return OpStatus::Ok();
 }
 
+// AdamW's hyperparameters (AdamWStep and AdamWMultiStep, either backend).
+inline OpStatus ValidateAdamWParams(const char* op, const AdamWParams& p) {
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckPositive(op, "step", p.step));
+  if (!(p.beta1 >= 0.0 && p.beta1 < 1.0) || !(p.beta2 >= 0.0 && p.beta2 < 1.0)) {
+    return OpStatus::Error(std::string(op) + ": betas must be in [0, 1)");
+  }
+  if (!(p.lr >= 0.0) || !(p.eps >= 0.0) || !(p.weight_decay >= 0.0)) {
+    return OpStatus::Error(std::string(op) + ": lr, eps and weight_decay must be >= 0");
+  }
+  return OpStatus::Ok();
+}
+
+// The descriptors of an AdamWMultiStep (either backend): a count, and per tensor a size, its
+// four pointers when it has elements, and a working copy that is null or bf16. Checked whole
+// before any tensor is updated, so a bad call changes nothing.
+inline OpStatus ValidateAdamWTensors(const AdamWTensor* tensors, int64_t count) {
+  constexpr const char* kOp = "AdamWMultiStep";
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative(kOp, "count", count));
+  if (count > 0) QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "tensors", tensors));
+  for (int64_t i = 0; i < count; ++i) {
+    const AdamWTensor& t = tensors[i];
+    const std::string which = "tensor " + std::to_string(i);
+    if (t.n < 0) return OpStatus::Error(std::string(kOp) + ": " + which + " has n < 0");
+    if (t.n == 0) continue;
+    if (t.param == nullptr || t.grad == nullptr || t.m == nullptr || t.v == nullptr) {
+      return OpStatus::Error(std::string(kOp) + ": " + which + " has a null param, grad, m or v");
+    }
+    if (!t.working_copy.is_null() && t.working_copy.dtype() != DType::kBfloat16) {
+      return OpStatus::Error(std::string(kOp) + ": " + which +
+                             "'s working_copy must be bf16, not " +
+                             DTypeName(t.working_copy.dtype()));
+    }
+  }
+  return OpStatus::Ok();
+}
+
 }  // namespace qtrain::kernels::cpu
 
 #endif  // QTRAIN_KERNELS_CPU_VALIDATE_H_

@@ -504,6 +504,33 @@ class CudaBackendImpl final : public Backend {
                                              .grad_scale = params.grad_scale},
                            stream_);
   }
+  OpStatus AdamWMultiStep(const kernels::AdamWTensor* tensors, int64_t count,
+                          const kernels::AdamWParams& params) override {
+    QTRAIN_KERNEL_RETURN_IF_ERROR(cpu::ValidateAdamWParams("AdamWMultiStep", params));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(cpu::ValidateAdamWTensors(tensors, count));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(Bind());
+    std::vector<cuda::AdamWTensorRef> refs(static_cast<size_t>(count));
+    for (int64_t t = 0; t < count; ++t) {
+      const kernels::AdamWTensor& x = tensors[t];
+      refs[t] = {.param = x.param,
+                 .grad = x.grad,
+                 .m = x.m,
+                 .v = x.v,
+                 .working_copy = x.working_copy.data(),
+                 .n = x.n,
+                 .apply_weight_decay = x.apply_weight_decay};
+    }
+    return cuda::AdamWMultiStep(cuda::AdamWMultiParams{.tensors = refs.data(),
+                                                       .count = count,
+                                                       .lr = params.lr,
+                                                       .beta1 = params.beta1,
+                                                       .beta2 = params.beta2,
+                                                       .eps = params.eps,
+                                                       .weight_decay = params.weight_decay,
+                                                       .step = params.step,
+                                                       .grad_scale = params.grad_scale},
+                                stream_);
+  }
   OpStatus SumOfSquares(const float* const* tensors, const int64_t* sizes, int64_t count,
                         double* sum_squares) override {
     constexpr const char* kOp = "SumOfSquares";

@@ -325,6 +325,34 @@ struct AdamWParams {
 OpStatus CanImplement(const AdamWParams& p);
 OpStatus AdamWStep(const AdamWParams& p, cudaStream_t stream);
 
+// Multi-tensor AdamW: the same update over many tensors, up to kAdamWGroupTensors per launch,
+// each launch's blocks cut every tensor of its group into kAdamWChunk-element chunks (one block
+// per chunk), so the per-element arithmetic and its results are AdamWStep's.
+inline constexpr int kAdamWGroupTensors = 16;
+inline constexpr int64_t kAdamWChunk = 8192;
+struct AdamWTensorRef {
+  float* param = nullptr;
+  const float* grad = nullptr;
+  float* m = nullptr;
+  float* v = nullptr;
+  void* working_copy = nullptr;  // bf16, optional
+  int64_t n = 0;
+  bool apply_weight_decay = true;
+};
+struct AdamWMultiParams {
+  const AdamWTensorRef* tensors = nullptr;  // host array
+  int64_t count = 0;
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.01;
+  int64_t step = 1;
+  float grad_scale = 1.0f;
+};
+OpStatus CanImplement(const AdamWMultiParams& p);
+OpStatus AdamWMultiStep(const AdamWMultiParams& p, cudaStream_t stream);
+
 // Sum of squares of many fp32 tensors into a device double: each tensor cut into fixed blocks
 // of kSumSquaresBlock elements, each block summed by one thread block in a fixed tree, then the
 // partial sums added in order by one block; the same bits on every run and every GPU size.

@@ -134,6 +134,33 @@ TEST(CudaKernelsTest, LaunchersRefuseBadParamsBeforeLaunching) {
   EXPECT_THAT(ErrorOf(a, adamw), HasSubstr("step must be > 0"));
 }
 
+TEST(CudaKernelsTest, AdamWMultiStepRefusesBadTensors) {
+  auto multi = [](const AdamWMultiParams& p, cudaStream_t s) { return AdamWMultiStep(p, s); };
+  AdamWTensorRef tensors[2] = {{.param = static_cast<float*>(Fake()),
+                                .grad = static_cast<float*>(Fake(2)),
+                                .m = static_cast<float*>(Fake(3)),
+                                .v = static_cast<float*>(Fake(4)),
+                                .n = 10},
+                               {.n = 0}};  // empty: its null pointers are fine
+  AdamWMultiParams p{.tensors = tensors, .count = 2};
+  EXPECT_TRUE(CanImplement(p).ok()) << CanImplement(p).message();
+  tensors[1].n = 5;
+  EXPECT_THAT(ErrorOf(p, multi), HasSubstr("AdamWMultiStep: param is null"));
+  tensors[1].n = -1;
+  EXPECT_THAT(ErrorOf(p, multi), HasSubstr("AdamWMultiStep: n must be >= 0"));
+  tensors[1].n = 0;
+  p.step = 0;
+  EXPECT_THAT(ErrorOf(p, multi), HasSubstr("step must be > 0"));
+  p.step = 1;
+  p.count = -2;
+  EXPECT_THAT(ErrorOf(p, multi), HasSubstr("count must be >= 0"));
+  // Only empty tensors: nothing to launch (there is no GPU here).
+  tensors[0].n = 0;
+  p.count = 2;
+  EXPECT_TRUE(AdamWMultiStep(p, nullptr).ok());
+  EXPECT_TRUE(AdamWMultiStep(AdamWMultiParams{}, nullptr).ok());
+}
+
 TEST(CudaKernelsTest, FillScaleAndCrossEntropyBackwardRefuseBadParams) {
   auto fill = [](const FillParams& p, cudaStream_t s) { return Fill(p, s); };
   EXPECT_THAT(ErrorOf(FillParams{.x = static_cast<float*>(Fake()), .n = -1}, fill),

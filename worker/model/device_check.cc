@@ -99,20 +99,22 @@ class Run {
     QTRAIN_RETURN_IF_ERROR(model_.ZeroGrads());
     QTRAIN_ASSIGN_OR_RETURN(ForwardResult result, model_.ForwardBackward(batch));
     ++step_;
+    // One multi-tensor AdamW call, as a GPU trainer would make it.
     float* params = model_.params().data();
     const float* grads = model_.grads().data();
+    std::vector<kernels::AdamWTensor> tensors;
     for (const TensorSlot& slot : model_.layout().tensors()) {
-      kernels::AdamWParams p;
-      p.lr = lr;
-      p.beta1 = 0.9;
-      p.beta2 = 0.95;
-      p.weight_decay = 0.1;
-      p.apply_weight_decay = slot.shape.size() >= 2;
-      p.step = step_;
-      QTRAIN_RETURN_IF_OP_ERROR(backend_->AdamWStep(params + slot.offset, grads + slot.offset,
-                                                    m_.get() + slot.offset, v_.get() + slot.offset,
-                                                    slot.size, p));
+      tensors.push_back({.param = params + slot.offset,
+                         .grad = grads + slot.offset,
+                         .m = m_.get() + slot.offset,
+                         .v = v_.get() + slot.offset,
+                         .n = slot.size,
+                         .apply_weight_decay = slot.shape.size() >= 2});
     }
+    const kernels::AdamWParams p{
+        .lr = lr, .beta1 = 0.9, .beta2 = 0.95, .weight_decay = 0.1, .step = step_};
+    QTRAIN_RETURN_IF_OP_ERROR(
+        backend_->AdamWMultiStep(tensors.data(), static_cast<int64_t>(tensors.size()), p));
     QTRAIN_RETURN_IF_OP_ERROR(backend_->Synchronize());
     return result.loss;
   }

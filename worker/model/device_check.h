@@ -4,8 +4,8 @@
 // gpu_model_check runs them with the CUDA backend.
 //
 // Everything here keeps to the Backend interface: parameters are initialized on the host and
-// copied in, gradients and losses copied out, and the optimizer runs as the backend's AdamWStep
-// over the whole parameter buffer (moments in backend memory).
+// copied in, gradients and losses copied out, and the optimizer is one AdamWMultiStep call over
+// every parameter tensor (moments in backend memory).
 #ifndef QTRAIN_WORKER_MODEL_DEVICE_CHECK_H_
 #define QTRAIN_WORKER_MODEL_DEVICE_CHECK_H_
 

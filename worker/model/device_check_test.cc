@@ -41,8 +41,8 @@ class SkewedSwigluBackend final : public kernels::ForwardingBackend {
 class FrozenAdamWBackend final : public kernels::ForwardingBackend {
  public:
   using ForwardingBackend::ForwardingBackend;
-  kernels::OpStatus AdamWStep(float*, const float*, float*, float*, int64_t,
-                              const kernels::AdamWParams&) override {
+  kernels::OpStatus AdamWMultiStep(const kernels::AdamWTensor*, int64_t,
+                                   const kernels::AdamWParams&) override {
     return kernels::OpStatus::Ok();
   }
 };

@@ -183,9 +183,14 @@ absl::StatusOr<kernels::ConstTensor> Model::ComputeWeights() {
   if (options_.compute_dtype == kernels::DType::kFloat32)
     return kernels::ConstTensor(params_.get());
   const int64_t n = params_.size();
+  if (working_weights_current_ && working_weights_.size() == n) {
+    return kernels::ConstTensor(working_weights_.get());
+  }
+  working_weights_current_ = false;
   QTRAIN_RETURN_IF_ERROR(working_weights_.Resize(*backend_, options_.compute_dtype, {n},
                                                  "the working copy of the weights"));
   QTRAIN_RETURN_IF_OP_ERROR(backend_->Cast(params_.get(), working_weights_.get(), n));
+  working_weights_current_ = true;
   return kernels::ConstTensor(working_weights_.get());
 }
 

@@ -99,7 +99,14 @@ class Model {
   const ParameterLayout& layout() const { return layout_; }
   const ModelOptions& options() const { return options_; }
   kernels::Backend& backend() const { return *backend_; }
-  std::span<float> params() { return {params_.get(), static_cast<size_t>(params_.size())}; }
+  // The fp32 master weights. Taking them writable marks the bf16 working copy stale, so the next
+  // pass casts them again; a pass that follows passes without such an access (a decode loop, an
+  // evaluation) reuses the copy. Write through a span taken after the last pass, not one kept
+  // from before it.
+  std::span<float> params() {
+    working_weights_current_ = false;
+    return {params_.get(), static_cast<size_t>(params_.size())};
+  }
   std::span<const float> params() const {
     return {params_.get(), static_cast<size_t>(params_.size())};
   }
@@ -122,7 +129,8 @@ class Model {
   Model(const ModelConfig& config, ModelOptions options, kernels::Backend& backend);
   absl::Status CheckBatch(const Batch& batch, bool need_targets) const;
   absl::StatusOr<ForwardResult> Run(const Batch& batch, ForwardOutputs outputs, bool backward);
-  // The weights in the compute dtype: params() itself for fp32, else a fresh copy of it.
+  // The weights in the compute dtype: params() itself for fp32, else the working copy, cast again
+  // when params() was taken writable since the last cast.
   absl::StatusOr<kernels::ConstTensor> ComputeWeights();
 
   ModelConfig config_;
@@ -131,7 +139,8 @@ class Model {
   ParameterLayout layout_;
   Buffer<float> params_;
   Buffer<float> grads_;
-  TensorBuffer working_weights_;  // bf16 compute: the passes' copy of params_
+  TensorBuffer working_weights_;          // bf16 compute: the passes' copy of params_
+  bool working_weights_current_ = false;  // it equals params_ cast (no writable access since)
   Buffer<float> inv_freq_;
   float attention_factor_ = 1.0f;
   std::unique_ptr<Activations> acts_;

@@ -8,6 +8,7 @@
 #include <span>
 #include <vector>
 
+#include "kernels/forwarding_backend.h"
 #include "worker/model/init.h"
 #include "worker/model/model.h"
 #include "worker/model/opaque_backend_test_util.h"
@@ -195,6 +196,55 @@ TEST(MixedPrecisionTest, Bf16LossAndGradientsFollowFp32) {
   EXPECT_NEAR(std::sqrt(norm_got), std::sqrt(norm_want), 0.05 * std::sqrt(norm_want));
   // The master weights are untouched by a pass: still fp32, still the same.
   EXPECT_TRUE(SameBits(fp32->params(), bf16->params()));
+}
+
+// Counts the casts of n elements (the working copy of the weights is the only one that large).
+class CastCountingBackend final : public kernels::ForwardingBackend {
+ public:
+  explicit CastCountingBackend(int64_t n) : ForwardingBackend(kernels::CpuBackend()), n_(n) {}
+  kernels::OpStatus Cast(kernels::ConstTensor in, kernels::Tensor out, int64_t n) override {
+    if (n == n_) ++casts;
+    return inner().Cast(in, out, n);
+  }
+  int64_t casts = 0;
+
+ private:
+  int64_t n_;
+};
+
+// The bf16 working copy is cast once for passes in a row and again after params() is taken
+// writable, and what it gives equals a fresh model's results.
+TEST(MixedPrecisionTest, WorkingWeightsAreCastOnlyAfterTheParametersChange) {
+  const ModelConfig c = TestConfig(false);
+  CastCountingBackend backend(ParameterLayout(c).total_size());
+  const ModelOptions options{.allocate_gradients = false,
+                             .compute_dtype = kernels::DType::kBfloat16};
+  auto model = Model::Create(c, options, backend);
+  ASSERT_TRUE(model.ok()) << model.status();
+  InitializeParameters(c, model->layout(), 5, model->params());
+  const std::vector<int32_t> ids = {3, 17, 5, 29, 0, 11, 8};
+  auto cache = KvCache::Create(*model, 7);
+  ASSERT_TRUE(cache.ok());
+  std::vector<float> logits(c.vocab_size);
+  for (int64_t i = 0; i < 7; ++i) {
+    ASSERT_TRUE(model->Decode(std::span(ids).subspan(i, 1), *cache, logits).ok());
+  }
+  const Batch batch{.batch_size = 1, .seq_len = 7, .ids = ids};
+  std::vector<float> first, second, fresh;
+  ASSERT_TRUE(model->Forward(batch, {.logits = &first}).ok());
+  EXPECT_EQ(backend.casts, 1);  // seven decode steps and a forward pass
+  for (float& p : model->params()) p *= 1.5f;
+  ASSERT_TRUE(model->Forward(batch, {.logits = &second}).ok());
+  EXPECT_EQ(backend.casts, 2);
+  EXPECT_FALSE(SameBits(first, second));
+  auto other = Model::Create(c, options);
+  ASSERT_TRUE(other.ok());
+  const Model& changed = *model;  // const access: no new cast
+  std::copy(changed.params().begin(), changed.params().end(), other->params().begin());
+  ASSERT_TRUE(other->Forward(batch, {.logits = &fresh}).ok());
+  EXPECT_TRUE(SameBits(second, fresh));
+  ASSERT_TRUE(model->Forward(batch).ok());
+  EXPECT_EQ(backend.casts, 2);
 }
 
 }  // namespace

@@ -172,6 +172,18 @@ class OpaqueMemoryBackend final : public kernels::Backend {
                               const kernels::AdamWParams& params) override {
     return inner_.AdamWStep(Real(param), Real(grad), Real(m), Real(v), n, params);
   }
+  kernels::OpStatus AdamWMultiStep(const kernels::AdamWTensor* tensors, int64_t count,
+                                   const kernels::AdamWParams& params) override {
+    std::vector<kernels::AdamWTensor> real(tensors, tensors + std::max<int64_t>(count, 0));
+    for (kernels::AdamWTensor& t : real) {
+      t.param = Real(t.param);
+      t.grad = Real(t.grad);
+      t.m = Real(t.m);
+      t.v = Real(t.v);
+      t.working_copy = Real(t.working_copy);
+    }
+    return inner_.AdamWMultiStep(count > 0 ? real.data() : tensors, count, params);
+  }
   // The array of tensors is a host array of backend pointers; sum_squares is backend memory.
   kernels::OpStatus SumOfSquares(const float* const* tensors, const int64_t* sizes, int64_t count,
                                  double* sum_squares) override {

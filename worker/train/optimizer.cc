@@ -141,24 +141,30 @@ absl::StatusOr<StepStats> Optimizer::Step(std::span<float> params, std::span<con
     stats.clip_scale = std::min(1.0, settings_.grad_clip / (grad_norm + 1e-6));
   }
   ++step_count_;
+  kernels::AdamWParams p;
+  p.lr = lr;
+  p.beta1 = settings_.beta1;
+  p.beta2 = settings_.beta2;
+  p.eps = settings_.eps;
+  p.weight_decay = settings_.weight_decay;
+  p.step = step_count_;
+  p.grad_scale = static_cast<float>(stats.clip_scale);
+  // The parts of the tensors in [begin_, end_), in one multi-tensor step.
+  std::vector<kernels::AdamWTensor> tensors;
   for (const model::TensorSlot& slot : layout_->tensors()) {
     const int64_t from = std::max(begin_, slot.offset);
     const int64_t to = std::min(end_, slot.offset + slot.size);
     if (from >= to) continue;
-    kernels::AdamWParams p;
-    p.lr = lr;
-    p.beta1 = settings_.beta1;
-    p.beta2 = settings_.beta2;
-    p.eps = settings_.eps;
-    p.weight_decay = settings_.weight_decay;
-    p.apply_weight_decay = DecaysWeight(slot);
-    p.step = step_count_;
-    p.grad_scale = static_cast<float>(stats.clip_scale);
     const int64_t at = from - begin_;
-    QTRAIN_RETURN_IF_OP_ERROR(backend_->AdamWStep(params.data() + at, grads.data() + at,
-                                                  exp_avg_.data() + at, exp_avg_sq_.data() + at,
-                                                  to - from, p));
+    tensors.push_back({.param = params.data() + at,
+                       .grad = grads.data() + at,
+                       .m = exp_avg_.data() + at,
+                       .v = exp_avg_sq_.data() + at,
+                       .n = to - from,
+                       .apply_weight_decay = DecaysWeight(slot)});
   }
+  QTRAIN_RETURN_IF_OP_ERROR(
+      backend_->AdamWMultiStep(tensors.data(), static_cast<int64_t>(tensors.size()), p));
   return stats;
 }
 
