@@ -12,6 +12,9 @@
 #include "kernels/cpu/validate.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/gemm_lt.h"
+#if QTRAIN_CUDA_SDPA
+#include "kernels/cuda/sdpa_graph.h"
+#endif
 
 namespace qtrain::kernels::cuda {
 namespace {
@@ -76,6 +79,7 @@ class CudaBackendImpl final : public Backend {
         CudaStatus(cudaStreamCreateWithFlags(&backend->stream_, cudaStreamNonBlocking),
                    "CUDA backend: cudaStreamCreate"));
     QTRAIN_KERNEL_RETURN_IF_ERROR(GemmPlans::Create(options.device, &backend->gemms_));
+    QTRAIN_KERNEL_RETURN_IF_ERROR(backend->SetUpAttention(options.attention));
     *out = std::move(backend);
     return OpStatus::Ok();
   }
@@ -355,6 +359,11 @@ class CudaBackendImpl final : public Backend {
     QTRAIN_KERNEL_RETURN_IF_ERROR(Bind());
     QTRAIN_KERNEL_RETURN_IF_ERROR(
         cpu::CheckOneDType("AttentionForward", {{"q", q}, {"k", k}, {"v", v}, {"o", o}}));
+#if QTRAIN_CUDA_SDPA
+    if (UsesSdpa(q.dtype(), shape) && !o.is_null() && lse != nullptr) {
+      return sdpa_->Forward(SdpaShapeOf(shape), q.data(), k.data(), v.data(), o.data(), lse);
+    }
+#endif
     return cuda::AttentionForward(AttentionParams{.q = q.data(),
                                                   .k = k.data(),
                                                   .v = v.data(),
@@ -390,6 +399,9 @@ class CudaBackendImpl final : public Backend {
     // The shape is checked before the scratch is sized from it.
     QTRAIN_KERNEL_RETURN_IF_ERROR(CheckAttentionShape("AttentionBackward", p.dtype, p.shape));
     if (shape.seq_len == 0) return OpStatus::Ok();
+#if QTRAIN_CUDA_SDPA
+    if (UsesSdpa(q.dtype(), shape)) return SdpaBackward(p, shape);
+#endif
     const size_t stats = static_cast<size_t>(shape.batch * shape.num_heads * shape.seq_len);
     QTRAIN_KERNEL_RETURN_IF_ERROR(
         row_dot_.Reserve(stats * sizeof(float), "AttentionBackward: scratch"));
@@ -834,9 +846,83 @@ class CudaBackendImpl final : public Backend {
                               stream_);
   }
 
+#if QTRAIN_CUDA_SDPA
+  // Training-shaped bf16 attention (no KV cache) that cuDNN's graphs take.
+  bool UsesSdpa(DType dtype, const AttentionShape& shape) const {
+    return sdpa_ != nullptr && dtype == DType::kBfloat16 && shape.past_len == 0 &&
+           shape.kv_rows() == shape.seq_len && SdpaCanRun(SdpaShapeOf(shape));
+  }
+  static SdpaShape SdpaShapeOf(const AttentionShape& shape) {
+    return {.batch = shape.batch,
+            .seq_len = shape.seq_len,
+            .num_heads = shape.num_heads,
+            .num_kv_heads = shape.num_kv_heads,
+            .head_dim = shape.head_dim,
+            .softmax_scale = shape.softmax_scale};
+  }
+  // cuDNN writes the gradients whole; the contract accumulates them (and each is optional): the
+  // graph writes scratch, which is then added to the gradients that were passed.
+  OpStatus SdpaBackward(const AttentionBackwardParams& p, const AttentionShape& shape) {
+    const size_t q_bytes =
+        static_cast<size_t>(shape.batch * shape.seq_len * shape.num_heads * shape.head_dim) * 2;
+    const size_t kv_bytes =
+        static_cast<size_t>(shape.batch * shape.seq_len * shape.num_kv_heads * shape.head_dim) * 2;
+    QTRAIN_KERNEL_RETURN_IF_ERROR(
+        sdpa_grads_.Reserve(q_bytes + 2 * kv_bytes, "AttentionBackward: cuDNN gradients"));
+    auto* dq = sdpa_grads_.as<unsigned char>();
+    unsigned char* dk = dq + q_bytes;
+    unsigned char* dv = dk + kv_bytes;
+    QTRAIN_KERNEL_RETURN_IF_ERROR(
+        sdpa_->Backward(SdpaShapeOf(shape), p.q, p.k, p.v, p.o, p.dout, p.lse, dq, dk, dv));
+    const std::pair<const void*, void*> adds[] = {{dq, p.dq}, {dk, p.dk}, { dv, p.dv }};
+    for (int i = 0; i < 3; ++i) {
+      if (adds[i].second == nullptr) continue;
+      const int64_t n = static_cast<int64_t>((i == 0 ? q_bytes : kv_bytes) / 2);
+      QTRAIN_KERNEL_RETURN_IF_ERROR(
+          cuda::ResidualBackward(ResidualBackwardParams{.dout = adds[i].first,
+                                                        .da = adds[i].second,
+                                                        .db = nullptr,
+                                                        .dtype = DType::kBfloat16,
+                                                        .n = n},
+                                 stream_));
+    }
+    return OpStatus::Ok();
+  }
+#endif
+  OpStatus SetUpAttention(CudaAttention attention) {
+#if QTRAIN_CUDA_SDPA
+    if (attention == CudaAttention::kKernel) return OpStatus::Ok();
+    const OpStatus created = SdpaPlans::Create(stream_, &sdpa_);
+    if (!created.ok()) {
+      sdpa_.reset();
+      return attention == CudaAttention::kCudnn ? created : OpStatus::Ok();
+    }
+    return OpStatus::Ok();
+#else
+    if (attention == CudaAttention::kCudnn) {
+      return OpStatus::Error("CUDA backend: built without cuDNN attention (no cuDNN frontend)");
+    }
+    return OpStatus::Ok();
+#endif
+  }
+
+ public:
+  bool uses_cudnn_attention() const {
+#if QTRAIN_CUDA_SDPA
+    return sdpa_ != nullptr;
+#else
+    return false;
+#endif
+  }
+
+ private:
   const int device_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<GemmPlans> gemms_;
+#if QTRAIN_CUDA_SDPA
+  std::unique_ptr<SdpaPlans> sdpa_;
+  Scratch sdpa_grads_;  // cuDNN's dq | dk | dv before they are added to the caller's
+#endif
   Scratch buckets_;  // the embedding backward's order | starts | ids
   Scratch row_dot_;  // the attention backward's rowsum(do * o)
   Scratch totals_;   // device doubles: the partial sums of SumOfSquares
@@ -862,6 +948,11 @@ int CudaDeviceCount() {
     return 0;
   }
   return count;
+}
+
+bool UsesCudnnAttention(const Backend& backend) {
+  const auto* cuda = dynamic_cast<const CudaBackendImpl*>(&backend);
+  return cuda != nullptr && cuda->uses_cudnn_attention();
 }
 
 OpStatus CreateCudaBackend(const CudaBackendOptions& options, std::unique_ptr<Backend>* out) {

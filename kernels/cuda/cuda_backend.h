@@ -1,8 +1,10 @@
 // The CUDA backend: every op of kernels/ops.h on one GPU, over device memory, in fp32 or bf16
 // storage with fp32 arithmetic, with the kernels of kernels/cuda/ (one warp per row attention,
 // fused cross-entropy, deterministic embedding backward) and cuBLASLt's GEMMs (gemm_lt.h: fp32,
-// or bf16 with fp32 accumulation). It is the GPU twin of the CPU backend, held to the same
-// contract and checked against the same reference by the conformance suite (kernels/conformance).
+// or bf16 with fp32 accumulation), and cuDNN's SDPA graphs for bf16 training attention where the
+// build has them (sdpa_graph.h, CudaAttention). It is the GPU twin of the CPU backend, held to the
+// same contract and checked against the same reference by the conformance suite
+// (kernels/conformance).
 //
 // The loss totals and sums of squares go to the caller's device memory. Where the contract has
 // host-checkable errors, this backend synchronizes: the token ids, labels and RoPE positions are
@@ -24,9 +26,19 @@
 
 namespace qtrain::kernels::cuda {
 
+// Which attention runs bf16 training shapes (no KV cache, head_dim a multiple of 8 up to 128):
+// kAuto cuDNN's SDPA graphs where the build has them and cuDNN starts, else the kernel of
+// attention.cu; kCudnn cuDNN or an error at creation; kKernel always attention.cu. Every other
+// call (fp32, a KV cache, other head dims) runs attention.cu.
+enum class CudaAttention { kAuto, kCudnn, kKernel };
+
 struct CudaBackendOptions {
   int device = 0;  // the CUDA device ordinal
+  CudaAttention attention = CudaAttention::kAuto;
 };
+
+// Whether `backend` (made by CreateCudaBackend) runs bf16 training attention through cuDNN.
+bool UsesCudnnAttention(const Backend& backend);
 
 // The number of CUDA devices; 0 without a driver or a GPU (never an error).
 int CudaDeviceCount();

@@ -7,6 +7,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <memory>
 #include <string>
 
 #include "worker/model/config.h"
@@ -74,6 +75,36 @@ TEST(SdpaGraphTest, UnsupportedShapesAreRefusedWithTheReason) {
                    SdpaPass::kForward, 75)
           .message(),
       HasSubstr("needs sm_80"));
+}
+
+// The shapes the backend hands to cuDNN: every preset's but qwen2-test's (head_dim 4).
+TEST(SdpaGraphTest, ShapesTheBackendHandsToCudnn) {
+  for (const std::string& name : model::PresetNames()) {
+    const model::ModelConfig c = *model::PresetConfig(name);
+    const SdpaShape shape{.batch = 1,
+                          .seq_len = 256,
+                          .num_heads = c.num_heads,
+                          .num_kv_heads = c.num_kv_heads,
+                          .head_dim = c.head_dim};
+    EXPECT_EQ(SdpaCanRun(shape), name != "qwen2-test") << name;
+  }
+  EXPECT_FALSE(
+      SdpaCanRun({.batch = 1, .seq_len = 8, .num_heads = 14, .num_kv_heads = 3, .head_dim = 64}));
+  EXPECT_FALSE(
+      SdpaCanRun({.batch = 1, .seq_len = 8, .num_heads = 2, .num_kv_heads = 1, .head_dim = 256}));
+  EXPECT_FALSE(
+      SdpaCanRun({.batch = 1, .seq_len = 0, .num_heads = 2, .num_kv_heads = 1, .head_dim = 64}));
+}
+
+// Plans need a cuDNN handle, which needs a GPU: without one, an error naming the call.
+TEST(SdpaGraphTest, PlansWithoutAGpuAreAnError) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0) GTEST_SKIP() << "a GPU is here";
+  std::unique_ptr<SdpaPlans> plans;
+  const OpStatus created = SdpaPlans::Create(nullptr, &plans);
+  EXPECT_FALSE(created.ok());
+  EXPECT_THAT(created.message(), HasSubstr("cuDNN attention: cudnnCreate"));
+  EXPECT_EQ(plans, nullptr);
 }
 
 }  // namespace

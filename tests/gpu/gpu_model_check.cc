@@ -116,7 +116,11 @@ int main(int argc, char** argv) {
     return 1;
   }
   qtrain::kernels::Backend& cpu = qtrain::kernels::CpuBackend();
-  nlohmann::json report = {{"gpu", prop.name}, {"peak_bf16_tflops", peak}};
+  const bool cudnn = qtrain::kernels::cuda::UsesCudnnAttention(*cuda);
+  std::printf("gpu_model_check: %s, bf16 training attention through %s\n", prop.name,
+              cudnn ? "cuDNN SDPA" : "attention.cu");
+  nlohmann::json report = {
+      {"gpu", prop.name}, {"peak_bf16_tflops", peak}, {"attention", cudnn ? "cudnn" : "kernel"}};
   int failures = 0;
   auto fail = [&](const std::string& what, const absl::Status& status) {
     std::printf("%s: ERROR %s\n", what.c_str(), std::string(status.message()).c_str());

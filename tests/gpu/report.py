@@ -3,7 +3,7 @@
 
   report.py --out DIR [--build-seconds N] [--total-seconds N]
 
-Reads DIR/ops.txt and DIR/conformance.txt (the last line of each), DIR/model.json
+Reads DIR/ops.txt and DIR/conformance*.txt (the last line of each), DIR/model.json
 (gpu_model_check) and DIR/peer.json (bench/torch_train_peer.py), any of which may be missing
 (its rows then say why), and prints a Markdown table, also written to DIR/table.md.
 """
@@ -39,6 +39,9 @@ def rows(out_dir, build_seconds):
     yield ("build", f"{build_seconds} s" if build_seconds is not None else "?")
     yield ("(a) kernels and GEMMs vs reference", last_line(os.path.join(out_dir, "ops.txt")))
     yield ("(a') CUDA backend conformance", last_line(os.path.join(out_dir, "conformance.txt")))
+    kernel = os.path.join(out_dir, "conformance_kernel.txt")
+    if os.path.exists(kernel):
+        yield ("(a') the same with attention.cu instead of cuDNN", last_line(kernel))
     model = load(os.path.join(out_dir, "model.json"))
     if "unreadable" in model:
         yield ("(b)-(d) model on the GPU", "not run: " + last_line(
@@ -56,8 +59,9 @@ def rows(out_dir, build_seconds):
                f"worst step {curve['worst_error']:.1e}")
     peer = load(os.path.join(out_dir, "peer.json"))
     peer_points = {p["seq_len"]: p for p in peer.get("points", [])}
+    attention = {"cudnn": "cuDNN SDPA", "kernel": "attention.cu"}.get(model.get("attention"), "?")
     for t in model.get("throughput", []):
-        name = f"(d) qwen2-0.5b bf16, {t['seq_len']} tokens"
+        name = f"(d) qwen2-0.5b bf16, {t['seq_len']} tokens, {attention}"
         text = (f"{t['tokens_per_second']:.0f} tokens/s, {t['seconds_per_step']:.3f} s/step, "
                 f"{t['model_tflops']:.0f} TFLOP/s")
         if t.get("mfu"):

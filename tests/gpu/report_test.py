@@ -29,7 +29,9 @@ class ReportTest(unittest.TestCase):
         with tempfile.TemporaryDirectory() as d:
             write(d, "ops.txt", "...\ngpu_ops_check: 212 checks, 0 failed\n")
             write(d, "conformance.txt", "1044 cases, 0 failed\n")
+            write(d, "conformance_kernel.txt", "1044 cases, 1 failed (AttentionBackward)\n")
             write(d, "model.json", {
+                "attention": "cudnn",
                 "gradients": [{"dtype": "bf16", "passed": True, "loss_error": 1e-5,
                                "worst_gradient_error": 0.0147,
                                "worst_tensor": "model.layers.0.self_attn.k_proj.bias"}],
@@ -52,7 +54,9 @@ class ReportTest(unittest.TestCase):
         self.assertIn("ok: loss error 1.0e-05, worst gradient 1.5e-02 "
                       "(model.layers.0.self_attn.k_proj.bias)", table)
         self.assertIn("MISMATCH: loss 8.350 -> 4.990 (CPU 4.980), worst step 3.0e-02", table)
-        self.assertIn("| (d) qwen2-0.5b bf16, 4096 tokens | 60000 tokens/s, 0.068 s/step, "
+        self.assertIn("| (a') the same with attention.cu instead of cuDNN | 1044 cases, 1 failed "
+                      "(AttentionBackward) |", table)
+        self.assertIn("| (d) qwen2-0.5b bf16, 4096 tokens, cuDNN SDPA | 60000 tokens/s, 0.068 s/step, "
                       "300 TFLOP/s, MFU 30.3% |", table)
         self.assertIn("qtrain / torch = 1.50x", table)
         self.assertIn("recomputation, peak 3.0 GiB", table)
@@ -63,6 +67,7 @@ class ReportTest(unittest.TestCase):
             write(d, "model.txt", "gpu_model_check did not build (see build.log)\n")
             table = render(d)
         self.assertIn("| (a) kernels and GEMMs vs reference | not run |", table)
+        self.assertNotIn("attention.cu instead", table)
         self.assertIn("| (b)-(d) model on the GPU | not run: gpu_model_check did not build "
                       "(see build.log) |", table)
 

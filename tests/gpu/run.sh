@@ -36,6 +36,11 @@ arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -
 echo "GPU: $gpu (building for sm_$arch)" | tee "$out/gpu.txt"
 
 nvcc_bin=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+# cuDNN from PyTorch's wheel, where the toolkit has none (tests/gpu/CMakeLists.txt finds it).
+pip_cudnn=$(python3 -c "import nvidia.cudnn as m; print(list(m.__path__)[0])" 2>/dev/null || true)
+if [ -n "$pip_cudnn" ] && [ -d "$pip_cudnn/lib" ]; then
+  export LD_LIBRARY_PATH="$pip_cudnn/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
 cmake -S "$root/tests/gpu" -B "$build" -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CUDA_COMPILER="$nvcc_bin" -DCMAKE_CUDA_ARCHITECTURES="$arch" >"$out/configure.log" 2>&1 ||
   { tail -30 "$out/configure.log"; exit 1; }
@@ -52,6 +57,11 @@ built=$(date +%s)
 status=0
 "$build/gpu_ops_check" | tee "$out/ops.txt" || status=1
 "$build/cuda_conformance" --failures-only | tee "$out/conformance.txt" || status=1
+# The same with attention.cu for every attention call, where the first run used cuDNN's.
+if grep -q "through cuDNN" "$out/conformance.txt"; then
+  "$build/cuda_conformance" --attention=kernel --failures-only | tee "$out/conformance_kernel.txt" ||
+    status=1
+fi
 if [ "$model_built" = 1 ]; then
   long=()
   [ "${QTRAIN_GPU_SKIP_LONG:-0}" = 1 ] && long=(--skip-long)
