@@ -38,7 +38,7 @@ def parse_args(argv):
 def main(argv):
     args = parse_args(argv)
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoModelForCausalLM, Qwen2Config
 
     try:
         config = Qwen2Config.from_json_file(args.config)
@@ -48,7 +48,7 @@ def main(argv):
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("torch_train_peer: --device cuda but PyTorch sees no GPU")
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM._from_config(config, attn_implementation="sdpa").to(device)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").to(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95),
                                   weight_decay=0.1, fused=device.type == "cuda")
@@ -56,7 +56,7 @@ def main(argv):
 
     def step(ids):
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = forward(input_ids=ids, labels=ids).loss
+            loss = forward(input_ids=ids, labels=ids, use_cache=False).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
