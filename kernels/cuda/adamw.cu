@@ -8,16 +8,23 @@
 namespace qtrain::kernels::cuda {
 namespace {
 
+// Element i of one tensor, and of its working copy when there is one.
+__device__ __forceinline__ void UpdateElement(const math::AdamWScalars& s, int64_t i, float* param,
+                                              const float* grad, float* m, float* v,
+                                              math::Bf16* working_copy) {
+  float w = param[i], mi = m[i], vi = v[i];
+  math::AdamWElement(s, grad[i], w, mi, vi);
+  param[i] = w;
+  m[i] = mi;
+  v[i] = vi;
+  if (working_copy != nullptr) math::Store(w, working_copy[i]);
+}
+
 __global__ void AdamWKernel(math::AdamWScalars s, float* param, const float* grad, float* m,
                             float* v, math::Bf16* working_copy, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
-    float w = param[i], mi = m[i], vi = v[i];
-    math::AdamWElement(s, grad[i], w, mi, vi);
-    param[i] = w;
-    m[i] = mi;
-    v[i] = vi;
-    if (working_copy != nullptr) math::Store(w, working_copy[i]);
+    UpdateElement(s, i, param, grad, m, v, working_copy);
   }
 }
 
@@ -64,12 +71,7 @@ __global__ void AdamWMultiKernel(math::AdamWScalars decay, math::AdamWScalars no
   const int64_t begin = (block - first) * kAdamWChunk;
   const int64_t end = begin + kAdamWChunk < n ? begin + kAdamWChunk : n;
   for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-    float w = param[i], mi = m[i], vi = v[i];
-    math::AdamWElement(s, grad[i], w, mi, vi);
-    param[i] = w;
-    m[i] = mi;
-    v[i] = vi;
-    if (copy != nullptr) math::Store(w, copy[i]);
+    UpdateElement(s, i, param, grad, m, v, copy);
   }
 }
 
