@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <system_error>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -93,6 +94,30 @@ absl::Status CheckGroup(const v1::JobSpec& spec, const TrainerOptions& options) 
   return absl::OkStatus();
 }
 
+// The backend fits the spec: the CPU one for world.device cpu, another (CUDA) for cuda; and
+// the precision is one this trainer has.
+absl::Status CheckBackend(const v1::JobSpec& spec, const kernels::Backend* given) {
+  const kernels::Backend& backend = given != nullptr ? *given : kernels::CpuBackend();
+  const bool cpu = &backend == &kernels::CpuBackend();
+  const bool wants_cuda = spec.world().device() == v1::DEVICE_KIND_CUDA;
+  if (wants_cuda && cpu) {
+    return absl::FailedPreconditionError(
+        "world.device: cuda, but this process trains on the CPU: run the job on workers started "
+        "with qtrain-worker --device cuda, or `qtrain train` on a machine with a GPU");
+  }
+  if (!wants_cuda && !cpu) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "world.device: cpu, but the trainer was given the ", std::string(backend.name()),
+        " backend"));
+  }
+  if (spec.precision() == v1::PRECISION_FP16) {
+    return absl::UnimplementedError(
+        "precision: fp16 (with dynamic loss scaling) is not available yet; use bf16 (same "
+        "speed on A100 and H100, no loss scaling needed)");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<model::ModelConfig> Trainer::StageConfig(const model::ModelConfig& base,
@@ -127,9 +152,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
     QTRAIN_RETURN_IF_ERROR(model::ValidateConfig(base_config));
     if (options.run_dir.empty()) return absl::InvalidArgumentError("trainer: no run directory");
     QTRAIN_RETURN_IF_ERROR(CheckGroup(spec, options));
-    if (spec.world().device() != v1::DEVICE_KIND_CPU) {
-      return absl::UnimplementedError("world.device: only cpu is available to local runs");
-    }
+    QTRAIN_RETURN_IF_ERROR(CheckBackend(spec, options.backend));
     QTRAIN_RETURN_IF_ERROR(ValidateAllowedSpecChanges(options.allowed_spec_changes));
     auto state = std::make_unique<State>();
     state->spec = spec;
@@ -139,6 +162,10 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
     state->initial_params = std::move(initial_params);
     state->data = &data;
     state->options = std::move(options);
+    state->backend =
+        state->options.backend != nullptr ? state->options.backend : &kernels::CpuBackend();
+    state->compute_dtype = spec.precision() == v1::PRECISION_BF16 ? kernels::DType::kBfloat16
+                                                                  : kernels::DType::kFloat32;
     state->global_tokens = spec.batch().global_tokens();
     // A bad task or data file fails here, before the first step.
     QTRAIN_RETURN_IF_ERROR(state->PrepareEvalTasks(state->options.tokenizer));
@@ -385,10 +412,20 @@ absl::Status Trainer::State::WriteJobFile() const {
 absl::Status Trainer::State::EnterStage(int stage_index) {
   const v1::CurriculumStage& stage = spec.curriculum(stage_index);
   // A new stage may change the RoPE base or YaRN: rebuild the model around the same weights.
-  if (model) params.assign(model->params().begin(), model->params().end());
-  QTRAIN_ASSIGN_OR_RETURN(model::Model fresh, model::Model::Create(stage_configs[stage_index]));
+  // (With a device backend `params` is current already.)
+  if (model && model_on_host()) params.assign(model->params().begin(), model->params().end());
+  model.reset();  // before the next one: a device need not hold two models
+  QTRAIN_ASSIGN_OR_RETURN(
+      model::Model fresh,
+      model::Model::Create(stage_configs[stage_index], {.compute_dtype = compute_dtype}, *backend));
   model = std::make_unique<model::Model>(std::move(fresh));
-  std::copy(params.begin(), params.end(), model->params().begin());
+  if (model_on_host()) {
+    std::copy(params.begin(), params.end(), model->params().begin());
+  } else {
+    QTRAIN_RETURN_IF_ERROR(model::ResizeHostVector(host_grads, {layout->total_size()},
+                                                   "the host copy of the gradients", 0.0f));
+    QTRAIN_RETURN_IF_ERROR(CopyParamsToModel());
+  }
   model_stage = stage_index;
   Event(absl::StrCat("stage ", stage_index, " '", stage.name(), "': seq_len ", stage.seq_len(),
                      ", steps ", stage_start[stage_index] + 1, "-", stage_start[stage_index + 1]));
@@ -457,17 +494,33 @@ absl::Status Trainer::State::AccumulateGradients(const v1::CurriculumStage& stag
                                                     .targets = targets,
                                                     .loss_normalizer = global_tokens}));
     micro_batch_losses.push_back(forward.loss_sum);
+    QTRAIN_RETURN_IF_ERROR(CopyGradsToHost());
     // The tree sum of one leaf is the leaf: no copy.
-    if (count > 1) QTRAIN_RETURN_IF_ERROR(accumulator->Add(model->grads()));
+    if (count > 1) QTRAIN_RETURN_IF_ERROR(accumulator->Add(HostGrads()));
   }
-  if (count > 1) QTRAIN_RETURN_IF_ERROR(accumulator->Finish(model->grads()));
+  if (count > 1) QTRAIN_RETURN_IF_ERROR(accumulator->Finish(HostGrads()));
   return absl::OkStatus();
+}
+
+absl::Status Trainer::State::CopyGradsToHost() {
+  if (model_on_host()) return absl::OkStatus();
+  const std::span<const float> grads = std::as_const(*model).grads();
+  return model::OpToStatus(backend->CopyBackendToHost(host_grads.data(), grads.data(),
+                                                      grads.size_bytes()));
+}
+
+absl::Status Trainer::State::CopyParamsToModel() {
+  if (model_on_host()) return absl::OkStatus();
+  // Writable params(): the model casts its bf16 working copy again before the next pass.
+  const std::span<float> device_params = model->params();
+  return model::OpToStatus(
+      backend->CopyHostToBackend(device_params.data(), params.data(), device_params.size_bytes()));
 }
 
 // The group's gradient: this rank's shard of the sum over ranks, its norm, and the loss.
 absl::Status Trainer::State::ReduceGradients(StepResult& result) {
   QTRAIN_RETURN_IF_ERROR(Timed(result.comm_time, [&] {
-    return comm->ReduceScatterSum(model->grads(), grad_shard, *shards);
+    return comm->ReduceScatterSum(HostGrads(), grad_shard, *shards);
   }));
   if (options.gradient_hook) options.gradient_hook(step, grad_shard);
   QTRAIN_RETURN_IF_ERROR(Timed(result.comm_time, [&]() -> absl::Status {
@@ -490,8 +543,9 @@ absl::Status Trainer::State::ApplyUpdate(StepResult& result) {
       result.stats,
       optimizer->Step(param_shard(), grad_shard, result.learning_rate, result.stats.grad_norm));
   // The shard is updated in place, at its range of the full buffer.
-  return Timed(result.comm_time,
-               [&] { return comm->AllGather(param_shard(), model->params(), *shards); });
+  QTRAIN_RETURN_IF_ERROR(Timed(
+      result.comm_time, [&] { return comm->AllGather(param_shard(), HostParams(), *shards); }));
+  return CopyParamsToModel();
 }
 
 absl::Status Trainer::State::Report(int stage_index, const StepResult& result) {
@@ -592,6 +646,7 @@ void Trainer::State::Release() {
   metrics.reset();
   optimizer.reset();
   params = {};
+  host_grads = {};
   ids = {};
   targets = {};
   scratch = {};

@@ -37,6 +37,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/run_dir_lock.h"
+#include "kernels/ops.h"
 #include "qtrain/v1/jobs.pb.h"
 #include "tokenizer/tokenizer.h"
 #include "worker/comm/communicator.h"
@@ -130,6 +131,14 @@ struct TrainerOptions {
   // Delete old checkpoints after each one (checkpoint.keep_last). A service run leaves that to
   // its coordinator, which knows which ones are committed.
   bool apply_retention = true;
+  // Where the model runs: null (or kernels::CpuBackend()) for world.device cpu, a CUDA backend
+  // (training_backend.h) for world.device cuda; it must outlive Run(). The precision of the
+  // spec picks the model's compute dtype (bf16: bf16 weights and activations over fp32 master
+  // weights). With a backend other than the CPU one, the model's parameters and gradients live
+  // in that backend's memory and the trainer keeps host copies: each micro-batch's gradient is
+  // copied to the host, where the accumulation, the group's collectives, the norm, AdamW and the
+  // checkpoints run as on the CPU, and the updated parameters are copied back after each step.
+  kernels::Backend* backend = nullptr;
 };
 
 struct TrainerSummary {

@@ -280,7 +280,7 @@ absl::StatusOr<CheckpointInfo> Trainer::State::CommitCheckpoint() {
   const auto commit = [&]() -> absl::StatusOr<CheckpointInfo> {
     QTRAIN_ASSIGN_OR_RETURN(CheckpointWriter writer, store->Begin(step));
     QTRAIN_RETURN_IF_ERROR(
-        model::SaveCheckpoint(writer.directory(), model->config(), model->params()));
+        model::SaveCheckpoint(writer.directory(), model->config(), HostParams()));
     QTRAIN_RETURN_IF_ERROR(
         optimizer->Save(writer.PathFor(OptimizerShardFileName(0, options.world_size))));
     QTRAIN_RETURN_IF_ERROR(

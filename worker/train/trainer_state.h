@@ -69,7 +69,12 @@ struct Trainer::State {
   std::shared_ptr<const RunDirLock> lock;
   std::optional<CheckpointStore> store;
   std::optional<model::ParameterLayout> layout;
+  // The host copy of the parameters: between stages and on resume; with a device backend, the
+  // master copy the optimizer updates (the model's are copies of it, see HostParams).
   std::vector<float> params;
+  kernels::Backend* backend = nullptr;  // options.backend, or the CPU backend
+  kernels::DType compute_dtype = kernels::DType::kFloat32;
+  std::vector<float> host_grads;  // device backend: the micro-batch's gradient, then the sum
   std::optional<Optimizer> optimizer;
   std::optional<MetricsLog> metrics;  // rank 0
   std::unique_ptr<model::Model> model;
@@ -111,8 +116,19 @@ struct Trainer::State {
   }
   bool lead() const { return options.rank == 0; }
   int64_t shard_begin() const { return shards->ShardBegin(options.rank); }
+  // Whether the model's memory is host memory (the CPU backend): the trainer then works on the
+  // model's own buffers; otherwise on host copies (TrainerOptions::backend).
+  bool model_on_host() const { return backend == &kernels::CpuBackend(); }
+  // The parameters the optimizer updates and checkpoints save: the model's, or the host copy.
+  std::span<float> HostParams() { return model_on_host() ? model->params() : std::span(params); }
+  // The gradient the collectives reduce: the model's, or host_grads (see CopyGradsToHost).
+  std::span<float> HostGrads() { return model_on_host() ? model->grads() : std::span(host_grads); }
+  // Device backend: the model's gradient into host_grads (a no-op on the CPU backend).
+  absl::Status CopyGradsToHost();
+  // Device backend: the host parameters into the model (a no-op on the CPU backend).
+  absl::Status CopyParamsToModel();
   std::span<float> param_shard() {
-    return model->params().subspan(static_cast<size_t>(shard_begin()), grad_shard.size());
+    return HostParams().subspan(static_cast<size_t>(shard_begin()), grad_shard.size());
   }
   // Runs a collective, adding its time to `time`.
   template <typename Op>

@@ -1,0 +1,179 @@
+// The trainer on a backend whose memory the host cannot read (TrainerOptions::backend), as a
+// GPU's is: OpaqueMemoryBackend runs the CPU backend's ops behind pointers that crash when
+// dereferenced, so a run that completes never touched the model's memory except through the
+// backend's copies, and its bytes must be those of the same job on the CPU backend.
+#include <unistd.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/job_spec.h"
+#include "common/sha256.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "worker/model/checkpoint_io.h"
+#include "worker/model/config.h"
+#include "worker/model/opaque_backend_test_util.h"
+#include "worker/train/metrics_log.h"
+#include "worker/train/trainer.h"
+
+namespace qtrain::train {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+InMemoryTokenSource MakeData(int64_t n) {
+  std::vector<int32_t> tokens(static_cast<size_t>(n));
+  uint64_t rng = 777;
+  int32_t previous = 0;
+  for (int32_t& t : tokens) {
+    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+    t = (rng >> 60) == 0 ? static_cast<int32_t>((rng >> 40) % 32) : (previous * 7 + 1) % 32;
+    previous = t;
+  }
+  return InMemoryTokenSource(std::move(tokens), "synthetic-backend-v1");
+}
+
+// Two stages (the second with another RoPE base, so the model is rebuilt), accumulation of 2
+// and 4 micro-batches, checkpoints, evaluation. `world` and `precision` vary.
+std::string SpecText(const std::string& device, const std::string& precision = "fp32") {
+  return absl::StrCat(R"(
+name: backend-test
+seed: 11
+model: {preset: qwen2-test}
+tokenizer: unused.json
+data: {manifest: unused.json, validation_fraction: 0.1}
+curriculum:
+  - {name: short, seq_len: 16, tokens: 768, micro_batch: 8}
+  - {name: long, seq_len: 32, tokens: 768, micro_batch: 2, rope_theta: 40000}
+batch: {global_tokens: 256}
+checkpoint: {every_steps: 2, keep_last: 0}
+eval: {every_steps: 2, batches: 2}
+optimizer: {lr: 1e-2, min_lr: 1e-3, warmup_steps: 2}
+world: {device: )",
+                      device, "}\nprecision: ", precision, "\n");
+}
+
+class TrainerBackendTest : public ::testing::Test {
+ protected:
+  TrainerBackendTest() : data_(MakeData(60000)) {}
+  void SetUp() override {
+    root_ = fs::path(::testing::TempDir()) /
+            ("trainer_backend_" + std::to_string(::getpid()) + "_" +
+             ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(root_);
+    fs::create_directories(root_);
+  }
+  void TearDown() override { fs::remove_all(root_); }
+
+  absl::StatusOr<TrainerSummary> Train(const std::string& run, const std::string& spec_text,
+                                       TrainerOptions options = {}) {
+    auto spec = ParseJobSpec(spec_text, "spec.yaml");
+    if (!spec.ok()) return spec.status();
+    auto config = model::PresetConfig("qwen2-test");
+    options.run_dir = (root_ / run).string();
+    auto trainer = Trainer::Create(*spec, *config, std::nullopt, data_, std::move(options));
+    if (!trainer.ok()) return trainer.status();
+    return (*trainer)->Run();
+  }
+  std::string Hash(const std::string& file) {
+    auto digest = Sha256File((root_ / file).string());
+    return digest.ok() ? *digest : "missing: " + std::string(digest.status().message());
+  }
+  // The logged losses and gradient norms of a run, step by step.
+  std::vector<std::pair<double, double>> Curve(const std::string& run) {
+    std::vector<std::pair<double, double>> curve;
+    auto records = MetricsLog::ReadAll((root_ / run / "metrics.jsonl").string());
+    EXPECT_TRUE(records.ok()) << records.status();
+    if (!records.ok()) return curve;
+    for (const nlohmann::json& r : *records) {
+      if (r.contains("step")) curve.emplace_back(r["loss"].get<double>(), r["grad_norm"].get<double>());
+    }
+    return curve;
+  }
+
+  InMemoryTokenSource data_;
+  fs::path root_;
+};
+
+TEST_F(TrainerBackendTest, Fp32OnADeviceBackendIsTheCpuRunBitForBit) {
+  ASSERT_TRUE(Train("cpu", SpecText("cpu")).ok());
+  model::OpaqueMemoryBackend device;
+  TrainerOptions options;
+  options.backend = &device;
+  auto summary = Train("device", SpecText("cuda"), options);
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  EXPECT_TRUE(summary->completed);
+  EXPECT_EQ(summary->steps, 6);
+  EXPECT_EQ(Curve("device"), Curve("cpu"));
+  EXPECT_EQ(Hash("device/final/model.safetensors"), Hash("cpu/final/model.safetensors"));
+  // The optimizer state too (one shard, the whole buffer).
+  const std::string moments = "checkpoints/step-000000000004/optimizer-00000-of-00001.safetensors";
+  EXPECT_EQ(Hash("device/" + moments), Hash("cpu/" + moments));
+}
+
+TEST_F(TrainerBackendTest, Bf16OnADeviceBackendLearnsAndResumesExactly) {
+  model::OpaqueMemoryBackend device;
+  TrainerOptions options;
+  options.backend = &device;
+  auto straight = Train("straight", SpecText("cuda", "bf16"), options);
+  ASSERT_TRUE(straight.ok()) << straight.status();
+  ASSERT_TRUE(straight->completed);
+  const std::vector<std::pair<double, double>> curve = Curve("straight");
+  ASSERT_EQ(curve.size(), 6u);
+  EXPECT_LT(curve.back().first, curve.front().first);
+  // bf16 compute is not the fp32 run, but it follows it closely.
+  ASSERT_TRUE(Train("fp32", SpecText("cpu")).ok());
+  const std::vector<std::pair<double, double>> fp32 = Curve("fp32");
+  ASSERT_EQ(fp32.size(), 6u);
+  bool any_difference = false;
+  for (size_t i = 0; i < curve.size(); ++i) {
+    EXPECT_NEAR(curve[i].first, fp32[i].first, 0.05 * fp32[i].first) << "step " << i + 1;
+    any_difference |= curve[i].first != fp32[i].first;
+  }
+  EXPECT_TRUE(any_difference) << "the bf16 run computed in fp32";
+  // The export is the fp32 master weights, loadable as any checkpoint.
+  EXPECT_TRUE(model::LoadCheckpoint((root_ / "straight" / "final").string()).ok());
+
+  // Stopped mid-stage and on the stage boundary (3 steps each), then resumed: the same bytes.
+  for (int64_t stop : {1, 3}) {
+    const std::string run = absl::StrCat("stopped_at_", stop);
+    TrainerOptions first = options;
+    first.stop_after_step = stop;
+    auto partial = Train(run, SpecText("cuda", "bf16"), first);
+    ASSERT_TRUE(partial.ok()) << partial.status();
+    EXPECT_EQ(partial->steps, stop);
+    auto resumed = Train(run, SpecText("cuda", "bf16"), options);
+    ASSERT_TRUE(resumed.ok()) << resumed.status();
+    EXPECT_TRUE(resumed->completed);
+    EXPECT_EQ(Hash(run + "/final/model.safetensors"), Hash("straight/final/model.safetensors"))
+        << "stopped at " << stop;
+    EXPECT_EQ(Curve(run), curve);
+  }
+}
+
+TEST_F(TrainerBackendTest, TheDeviceOfTheSpecMustMatchTheBackend) {
+  auto on_cpu = Train("cuda_on_cpu", SpecText("cuda"));
+  EXPECT_EQ(on_cpu.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(on_cpu.status().message(), HasSubstr("qtrain-worker --device cuda"));
+
+  model::OpaqueMemoryBackend device;
+  TrainerOptions options;
+  options.backend = &device;
+  auto cpu_job = Train("cpu_on_device", SpecText("cpu"), options);
+  EXPECT_EQ(cpu_job.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(cpu_job.status().message(), HasSubstr("the opaque-cpu backend"));
+
+  auto fp16 = Train("fp16", SpecText("cuda", "fp16"), options);
+  EXPECT_EQ(fp16.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(fp16.status().message(), HasSubstr("fp16"));
+  // Nothing was written for the refused jobs.
+  EXPECT_FALSE(fs::exists(root_ / "cuda_on_cpu" / "job.json"));
+  EXPECT_FALSE(fs::exists(root_ / "fp16" / "job.json"));
+}
+
+}  // namespace
+}  // namespace qtrain::train
