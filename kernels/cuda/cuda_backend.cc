@@ -950,6 +950,18 @@ int CudaDeviceCount() {
   return count;
 }
 
+bool DescribeCudaDevice(int device, std::string* name, size_t* memory_bytes) {
+  if (device < 0 || device >= CudaDeviceCount()) return false;
+  cudaDeviceProp properties{};
+  if (cudaGetDeviceProperties(&properties, device) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  *name = properties.name;
+  *memory_bytes = properties.totalGlobalMem;
+  return true;
+}
+
 bool UsesCudnnAttention(const Backend& backend) {
   const auto* cuda = dynamic_cast<const CudaBackendImpl*>(&backend);
   return cuda != nullptr && cuda->uses_cudnn_attention();

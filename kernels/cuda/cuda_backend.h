@@ -19,7 +19,9 @@
 #ifndef QTRAIN_KERNELS_CUDA_CUDA_BACKEND_H_
 #define QTRAIN_KERNELS_CUDA_CUDA_BACKEND_H_
 
+#include <cstddef>
 #include <memory>
+#include <string>
 
 #include "kernels/ops.h"
 #include "kernels/status.h"
@@ -42,6 +44,10 @@ bool UsesCudnnAttention(const Backend& backend);
 
 // The number of CUDA devices; 0 without a driver or a GPU (never an error).
 int CudaDeviceCount();
+
+// The name (e.g. "NVIDIA H100 80GB HBM3") and memory of CUDA device `device`; false when there
+// is no such device (never an error). Starts no context.
+bool DescribeCudaDevice(int device, std::string* name, size_t* memory_bytes);
 
 // A backend on options.device: an error naming the problem when there is no such device (e.g.
 // "CUDA backend: no CUDA device (...)").

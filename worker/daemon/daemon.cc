@@ -26,6 +26,7 @@
 #include "worker/daemon/stage_runner.h"
 #include "worker/daemon/work_dir.h"
 #include "worker/daemon/worker_metrics.h"
+#include "worker/train/training_backend.h"
 
 namespace qtrain::worker {
 namespace {
@@ -90,8 +91,16 @@ class WorkerDaemon::Impl {
     r.set_hostname(options_.name.empty() ? machine.hostname : options_.name);
     r.set_device(options_.device);
     r.set_device_count(1);
-    if (!machine.cpu_model.empty()) r.add_device_names(machine.cpu_model);
-    r.set_device_memory_bytes(machine.memory_bytes);
+    // A CUDA worker trains on its first visible GPU (one worker per GPU): its name picks the
+    // peak FLOP/s of the utilization metric.
+    if (const std::optional<train::TrainingDeviceInfo> gpu =
+            train::DescribeTrainingDevice(options_.device)) {
+      r.add_device_names(gpu->name);
+      r.set_device_memory_bytes(gpu->memory_bytes);
+    } else {
+      if (!machine.cpu_model.empty()) r.add_device_names(machine.cpu_model);
+      r.set_device_memory_bytes(machine.memory_bytes);
+    }
     r.set_version(options_.version);
     peer_host_ = options_.peer_host.empty() ? machine.hostname : options_.peer_host;
     r.set_peer_host(peer_host_);

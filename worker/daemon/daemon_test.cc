@@ -1,5 +1,6 @@
 // The daemon against an in-process fake coordinator (a WorkerService that records every call
 // and hands out directives), with shell scripts standing in for the training child.
+#include "worker/train/training_backend.h"
 #include "worker/daemon/daemon.h"
 
 #include <signal.h>
@@ -543,13 +544,18 @@ TEST_F(DaemonTest, WaitsForACoordinatorThatIsNotUpYet) {
       fake_->WaitFor([](FakeCoordinator& f) { return !f.heartbeats_.empty(); }, absl::Seconds(10)));
 }
 
-TEST_F(DaemonTest, RefusesCudaWithoutCuda) {
+TEST_F(DaemonTest, RefusesCudaWithoutAGpu) {
+  if (train::CheckTrainingDevice(v1::DEVICE_KIND_CUDA).ok()) {
+    GTEST_SKIP() << "this machine has a GPU: a CUDA worker may start";
+  }
   DaemonOptions options = Options(WriteChild(kGoodChild));
   options.device = v1::DEVICE_KIND_CUDA;
   absl::StatusOr<std::unique_ptr<WorkerDaemon>> daemon = WorkerDaemon::Start(options);
   ASSERT_FALSE(daemon.ok());
+  EXPECT_EQ(daemon.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(daemon.status().ToString(),
-              HasSubstr("--device cuda: this qtrain-worker has no CUDA"));
+              HasSubstr(train::BuiltWithCuda() ? "--device cuda: the CUDA driver sees no GPU"
+                                               : "--device cuda: this build has no CUDA backend"));
 }
 
 TEST_F(DaemonTest, GivesTheChildItsGroupFlags) {

@@ -9,6 +9,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "worker/train/training_backend.h"
 
 namespace qtrain::worker {
 
@@ -34,17 +35,10 @@ MachineInfo DescribeMachine() {
 }
 
 absl::Status CheckDevice(v1::DeviceKind device) {
-  switch (device) {
-    case v1::DEVICE_KIND_UNSPECIFIED:
-    case v1::DEVICE_KIND_CPU:
-      return absl::OkStatus();
-    case v1::DEVICE_KIND_CUDA:
-      // Registering as a CUDA worker would draw CUDA jobs this build cannot train.
-      return absl::FailedPreconditionError(
-          "--device cuda: this qtrain-worker has no CUDA training backend yet; use --device cpu");
-    default:
-      return absl::InvalidArgumentError(absl::StrCat("unknown device kind ", device));
-  }
+  const absl::Status usable = train::CheckTrainingDevice(device);
+  if (usable.ok() || device != v1::DEVICE_KIND_CUDA) return usable;
+  // Registering as a CUDA worker would draw CUDA jobs this process cannot train.
+  return absl::Status(usable.code(), absl::StrCat("--", usable.message()));
 }
 
 }  // namespace qtrain::worker

@@ -39,6 +39,7 @@
 #include "worker/train/checkpoint_store.h"
 #include "worker/train/job_setup.h"
 #include "worker/train/trainer.h"
+#include "worker/train/training_backend.h"
 
 namespace qtrain::worker {
 namespace {
@@ -506,6 +507,18 @@ absl::Status StageChild::Train(train::PreparedJob& job, std::shared_ptr<const Ru
   options.tokenizer = job.tokenizer.get();
   options.on_phase = [this](train::TrainerPhase phase) { (void)EmitPhase(ToWorkerPhase(phase)); };
   options.on_checkpoint = [this](const train::CheckpointInfo& info) { return OnCheckpoint(info); };
+  // world.device cuda: the first GPU this process sees (one worker per GPU). A GPU that cannot
+  // be used may be busy or recovering: retryable.
+  absl::StatusOr<std::unique_ptr<kernels::Backend>> backend =
+      train::CreateTrainingBackend(a.spec().world().device());
+  if (!backend.ok()) {
+    retryable_ = absl::IsUnavailable(backend.status());
+    return backend.status();
+  }
+  options.backend = backend->get();
+  if (*backend != nullptr) {
+    QTRAIN_LOG(INFO) << "stage child: training on the " << (*backend)->name() << " backend";
+  }
   absl::StatusOr<std::unique_ptr<train::Trainer>> trainer = train::Trainer::Create(
       a.spec(), job.config, std::move(job.initial_params), *job.data, std::move(options));
   if (!trainer.ok()) {

@@ -102,8 +102,8 @@ absl::Status CheckBackend(const v1::JobSpec& spec, const kernels::Backend* given
   const bool wants_cuda = spec.world().device() == v1::DEVICE_KIND_CUDA;
   if (wants_cuda && cpu) {
     return absl::FailedPreconditionError(
-        "world.device: cuda, but this process trains on the CPU: run the job on workers started "
-        "with qtrain-worker --device cuda, or `qtrain train` on a machine with a GPU");
+        "world.device: cuda, but this process trains on the CPU: submit the job (qtrain submit) "
+        "to a coordinator with workers started as qtrain-worker --device cuda");
   }
   if (!wants_cuda && !cpu) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -132,7 +132,8 @@ struct TrainerOptions {
   // its coordinator, which knows which ones are committed.
   bool apply_retention = true;
   // Where the model runs: null (or kernels::CpuBackend()) for world.device cpu, a CUDA backend
-  // (training_backend.h) for world.device cuda; it must outlive Run(). The precision of the
+  // (training_backend.h; the worker's training child makes it) for world.device cuda; it must
+  // outlive Run(). The precision of the
   // spec picks the model's compute dtype (bf16: bf16 weights and activations over fp32 master
   // weights). With a backend other than the CPU one, the model's parameters and gradients live
   // in that backend's memory and the trainer keeps host copies: each micro-batch's gradient is
