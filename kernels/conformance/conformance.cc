@@ -48,6 +48,16 @@ constexpr double kDoubleSum = 1e-12;
 // output (half a step) with room for a bf16 operand rounded inside the op (a GEMM's narrowed
 // gradient). The floor of every inexact check of the bf16 pass, whatever the output's dtype.
 constexpr double kBf16Floor = 2.0 * 0.0078125;
+// The same for the fp16 pass: two fp16 steps (2 x 2^-10).
+constexpr double kF16Floor = 2.0 * 0.0009765625;
+
+// 16-bit storage: the bits of x rounded to `dtype` (bf16 or fp16), and their value.
+uint16_t HalfBits(float x, DType dtype) {
+  return dtype == DType::kFloat16 ? math::F16FromFloat(x) : math::Bf16FromFloat(x);
+}
+float HalfValue(uint16_t bits, DType dtype) {
+  return dtype == DType::kFloat16 ? math::FloatFromF16(bits) : math::FloatFromBf16(bits);
+}
 
 constexpr size_t kGuardBytes = 256;  // after every buffer; must come back unchanged
 constexpr unsigned char kGuardByte = 0xA5;
@@ -63,12 +73,13 @@ uint32_t Fnv1a(std::string_view s) {
 }
 
 // Seeded by (seed, group, index) so a case gets the same inputs whatever the filter runs.
-// With `bf16_values`, every float drawn is rounded to the nearest bf16, so that the inputs of
-// the bf16 pass are exactly what the backend reads and the references see the same numbers.
+// With a 16-bit `values` dtype, every float drawn is rounded to it, so that the inputs of the
+// bf16 and fp16 passes are exactly what the backend reads and the references see the same
+// numbers.
 class Rng {
  public:
-  Rng(uint32_t seed, std::string_view group, uint32_t index, bool bf16_values = false)
-      : bf16_values_(bf16_values) {
+  Rng(uint32_t seed, std::string_view group, uint32_t index, DType values = DType::kFloat32)
+      : values_(values) {
     std::seed_seq seq{seed, Fnv1a(group), index};
     engine_.seed(seq);
   }
@@ -77,7 +88,7 @@ class Rng {
     std::vector<float> out(static_cast<size_t>(n));
     for (float& x : out) {
       x = dist(engine_);
-      if (bf16_values_) x = math::FloatFromBf16(math::Bf16FromFloat(x));
+      if (values_ != DType::kFloat32) x = HalfValue(HalfBits(x, values_), values_);
     }
     return out;
   }
@@ -90,7 +101,7 @@ class Rng {
 
  private:
   std::mt19937 engine_;
-  bool bf16_values_;
+  DType values_;
 };
 
 std::vector<double> ToDouble(const std::vector<float>& x) { return {x.begin(), x.end()}; }
@@ -222,9 +233,10 @@ class Suite {
   bool quick() const { return options_.quick; }
   // The dtype of the activations and weights (the ops' Tensor arguments) in this pass.
   DType dtype() const { return dtype_; }
-  bool bf16() const { return dtype_ == DType::kBfloat16; }
+  // A bf16 or fp16 pass.
+  bool half() const { return dtype_ != DType::kFloat32; }
   Rng MakeRng(std::string_view group, uint32_t index) const {
-    return Rng(options_.seed, group, index, bf16());
+    return Rng(options_.seed, group, index, dtype_);
   }
   bool Wants(std::string_view op) const {
     return filter_.empty() || Lower(op).find(filter_) != std::string::npos;
@@ -255,12 +267,12 @@ class Suite {
 // inputs unchanged, guard zones intact). Check() then compares an output with its references.
 class OpRun {
  public:
-  // The bf16 pass prefixes its shapes with "bf16".
+  // The bf16 and fp16 passes prefix their shapes with "bf16" or "fp16".
   OpRun(Suite& suite, std::string op, std::string shape)
       : suite_(suite),
         be_(suite.be()),
         op_(std::move(op)),
-        shape_(suite.bf16() ? "bf16 " + shape : std::move(shape)) {}
+        shape_(suite.half() ? DTypeName(suite.dtype()) + (" " + shape) : std::move(shape)) {}
   OpRun(const OpRun&) = delete;
   OpRun& operator=(const OpRun&) = delete;
   ~OpRun() {
@@ -271,7 +283,8 @@ class OpRun {
     return static_cast<float*>(Add(name, Role::kInput, host.data(), host.size() * sizeof(float)));
   }
   // An activation or weight (a Tensor argument): in the pass's dtype, the host values rounded to
-  // bf16 in the bf16 pass. Act, ActOut and ActInOut are In, Out and InOut for those.
+  // bf16 (fp16) in the bf16 (fp16) pass. Act, ActOut and ActInOut are In, Out and InOut for
+  // those.
   ConstTensor Act(const char* name, const std::vector<float>& host) {
     return ActAs(name, host, suite_.dtype());
   }
@@ -325,16 +338,16 @@ class OpRun {
   // The call must fail and leave every buffer (and host output) untouched.
   void ExpectError(const std::string& what, const std::function<OpStatus()>& call);
 
-  // An output after the first run, widened to fp32 if it is bf16.
+  // An output after the first run, widened to fp32 if it is bf16 or fp16.
   std::vector<float> Floats(const char* name) const {
     const Slot* s = Find(name);
     if (s == nullptr || !executed_) return {};
-    if (s->dtype == DType::kBfloat16) {
+    if (s->dtype != DType::kFloat32) {
       std::vector<float> out(s->bytes / sizeof(uint16_t));
       for (size_t i = 0; i < out.size(); ++i) {
         uint16_t bits;
         std::memcpy(&bits, s->result[0].data() + i * sizeof(bits), sizeof(bits));
-        out[i] = math::FloatFromBf16(bits);
+        out[i] = HalfValue(bits, s->dtype);
       }
       return out;
     }
@@ -369,10 +382,10 @@ class OpRun {
   };
 
   void* AddTensor(const char* name, Role role, const std::vector<float>& host, DType dtype) {
-    if (dtype != DType::kBfloat16) return Add(name, role, host.data(), host.size() * sizeof(float));
+    if (dtype == DType::kFloat32) return Add(name, role, host.data(), host.size() * sizeof(float));
     std::vector<uint16_t> bits(host.size());
-    for (size_t i = 0; i < host.size(); ++i) bits[i] = math::Bf16FromFloat(host[i]);
-    return Add(name, role, bits.data(), bits.size() * sizeof(uint16_t), DType::kBfloat16);
+    for (size_t i = 0; i < host.size(); ++i) bits[i] = HalfBits(host[i], dtype);
+    return Add(name, role, bits.data(), bits.size() * sizeof(uint16_t), dtype);
   }
   void* Add(const char* name, Role role, const void* data, size_t bytes,
             DType dtype = DType::kFloat32) {
@@ -402,9 +415,11 @@ class OpRun {
     }
     return OpStatus::Ok();
   }
-  // The bf16 pass raises every inexact floor to kBf16Floor; exact checks stay exact.
+  // The bf16 (fp16) pass raises every inexact floor to kBf16Floor (kF16Floor); exact checks
+  // stay exact.
   double Floor(double floor) const {
-    return suite_.bf16() && floor > 0.0 ? std::max(floor, kBf16Floor) : floor;
+    if (!suite_.half() || floor <= 0.0) return floor;
+    return std::max(floor, suite_.dtype() == DType::kFloat16 ? kF16Floor : kBf16Floor);
   }
   void Record(const std::string& check, bool passed, double error, double tolerance,
               std::string message) {
@@ -597,41 +612,57 @@ void CheckFillAndScale(Suite& s) {
   }
 }
 
-// Cast between fp32 and bf16 both ways: round to nearest even (ties, NaN, infinities, overflow
-// to infinity, subnormals), exact against the element math's conversion; widening is exact.
+// Cast between fp32 and each 16-bit dtype both ways, and bf16 -> fp16: round to nearest even
+// (ties, NaN, infinities, overflow to infinity, subnormals), exact against the element math's
+// conversions; widening is exact.
 void CheckCast(Suite& s) {
   if (!s.Wants("Cast")) return;
   Backend& be = s.be();
   const float kInf = std::numeric_limits<float>::infinity();
   uint32_t index = 0;
-  for (int64_t n : {int64_t{1}, int64_t{37}, int64_t{70001}}) {
-    Rng rng = s.MakeRng("Cast", ++index);
-    std::vector<float> x = rng.Uniform(n, -4, 4);
-    // Special values at the front: a tie to even both ways, NaN, infinities, the largest bf16
-    // neighbourhood and its overflow, a subnormal, signed zeros.
-    const float specials[] = {1.00390625f,   1.01171875f,   kNaN,   kInf,  -kInf,
-                              3.3895314e38f, 3.4028235e38f, 1e-40f, -0.0f, 0.0f};
-    for (size_t i = 0; i < std::size(specials) && i < x.size(); ++i) x[i] = specials[i];
-    std::vector<uint16_t> narrowed(x.size());
-    std::vector<double> want(x.size());
-    for (size_t i = 0; i < x.size(); ++i) {
-      narrowed[i] = math::Bf16FromFloat(x[i]);
-      want[i] = math::FloatFromBf16(narrowed[i]);
-    }
-    const std::string shape = Dims({{"n", n}});
-    {
-      OpRun run(s, "Cast", shape + " fp32->bf16");
-      const float* in = run.In("in", x);
-      const Tensor out = run.ActOutAs("out", x.size(), DType::kBfloat16);
-      run.Execute([&] { return be.Cast(in, out, n); });
-      run.Check("out", want, ToFloat(want), kExact);
-    }
-    {
-      OpRun run(s, "Cast", shape + " bf16->fp32");
-      const ConstTensor in = run.ActAs("in", ToFloat(want), DType::kBfloat16);
-      float* out = run.Out("out", x.size());
-      run.Execute([&] { return be.Cast(in, out, n); });
-      run.Check("out", want, ToFloat(want), kExact);
+  for (DType half : {DType::kBfloat16, DType::kFloat16}) {
+    const std::string name = DTypeName(half);
+    for (int64_t n : {int64_t{1}, int64_t{37}, int64_t{70001}}) {
+      Rng rng = s.MakeRng("Cast", ++index);
+      std::vector<float> x = rng.Uniform(n, -4, 4);
+      // Special values at the front: a tie to even both ways, NaN, infinities, the largest
+      // finite neighbourhood and its overflow, a subnormal, an underflow, signed zeros.
+      const std::vector<float> specials =
+          half == DType::kBfloat16
+              ? std::vector<float>{1.00390625f,   1.01171875f,   kNaN,   kInf,  -kInf,
+                                   3.3895314e38f, 3.4028235e38f, 1e-40f, -0.0f, 0.0f}
+              : std::vector<float>{1.00048828125f, 1.00146484375f, kNaN,  kInf,   -kInf, 65504.0f,
+                                   65520.0f,       -65519.0f,      6e-8f, 1e-8f, -0.0f, 0.0f};
+      for (size_t i = 0; i < specials.size() && i < x.size(); ++i) x[i] = specials[i];
+      std::vector<double> want(x.size());
+      for (size_t i = 0; i < x.size(); ++i) want[i] = HalfValue(HalfBits(x[i], half), half);
+      const std::string shape = Dims({{"n", n}});
+      {
+        OpRun run(s, "Cast", shape + " fp32->" + name);
+        const float* in = run.In("in", x);
+        const Tensor out = run.ActOutAs("out", x.size(), half);
+        run.Execute([&] { return be.Cast(in, out, n); });
+        run.Check("out", want, ToFloat(want), kExact);
+      }
+      {
+        OpRun run(s, "Cast", shape + " " + name + "->fp32");
+        const ConstTensor in = run.ActAs("in", ToFloat(want), half);
+        float* out = run.Out("out", x.size());
+        run.Execute([&] { return be.Cast(in, out, n); });
+        run.Check("out", want, ToFloat(want), kExact);
+      }
+      if (half == DType::kBfloat16) {  // bf16 -> fp16: the fp16 nearest to the bf16 value
+        std::vector<double> as_fp16(want.size());
+        for (size_t i = 0; i < want.size(); ++i) {
+          const auto value = static_cast<float>(want[i]);
+          as_fp16[i] = HalfValue(HalfBits(value, DType::kFloat16), DType::kFloat16);
+        }
+        OpRun run(s, "Cast", shape + " bf16->fp16");
+        const ConstTensor in = run.ActAs("in", ToFloat(want), DType::kBfloat16);
+        const Tensor out = run.ActOutAs("out", x.size(), DType::kFloat16);
+        run.Execute([&] { return be.Cast(in, out, n); });
+        run.Check("out", as_fp16, ToFloat(as_fp16), kExact);
+      }
     }
   }
 }
@@ -639,7 +670,7 @@ void CheckCast(Suite& s) {
 void CheckMemory(Suite& s) {
   Backend& be = s.be();
   CheckFillAndScale(s);
-  if (s.bf16()) return;  // the rest has no dtype
+  if (s.half()) return;  // the rest has no dtype
   if (s.Wants("Alloc")) {
     for (size_t bytes : {size_t{1}, size_t{64}, size_t{4097}, size_t{1} << 20}) {
       void* p = be.Alloc(bytes);
@@ -2026,7 +2057,7 @@ std::vector<ConformanceCase> RunConformance(Backend& backend, const ConformanceO
     CheckDcaAttention(s);
     CheckSwiglu(s);
     CheckResidual(s);
-    if (!s.bf16()) {
+    if (!s.half()) {
       CheckCast(s);
       CheckCrossEntropy(s);
       CheckAdamW(s);
@@ -2073,7 +2104,7 @@ int RunConformanceMain(Backend& backend, int argc, char** argv) {
   ConformanceOptions options;
   bool failures_only = false;
   const char* usage =
-      "usage: %s [--quick] [--filter=<op substring>] [--seed=<n>] [--dtype=fp32|bf16|all]\n"
+      "usage: %s [--quick] [--filter=<op substring>] [--seed=<n>] [--dtype=fp32|bf16|fp16|all]\n"
       "          [--failures-only]\n"
       "Runs the backend conformance suite (kernels/conformance/conformance.h); exits 0 iff every "
       "case passes.\n";
@@ -2089,10 +2120,13 @@ int RunConformanceMain(Backend& backend, int argc, char** argv) {
         options.dtypes = {DType::kFloat32};
       } else if (value == "bf16") {
         options.dtypes = {DType::kBfloat16};
+      } else if (value == "fp16") {
+        options.dtypes = {DType::kFloat16};
       } else if (value == "all") {
-        options.dtypes = {DType::kFloat32, DType::kBfloat16};
+        options.dtypes = {DType::kFloat32, DType::kBfloat16, DType::kFloat16};
       } else {
-        std::fprintf(stderr, "bad --dtype: %s (fp32, bf16 or all)\n", std::string(value).c_str());
+        std::fprintf(stderr, "bad --dtype: %s (fp32, bf16, fp16 or all)\n",
+                     std::string(value).c_str());
         return 2;
       }
     } else if (arg.substr(0, 9) == "--filter=") {

@@ -46,11 +46,13 @@ struct ConformanceOptions {
   uint32_t seed = 1;   // inputs are a function of (seed, op group, shape, dtype)
   bool quick = false;  // smaller shapes only (no T=1024 attention, no full-vocabulary LM head)
   std::string filter;  // case-insensitive substring of the op name; empty runs every op
-  // The passes: the dtype of the ops' Tensor arguments (activations and weights). The bf16 pass
-  // runs every op that has them (fp32 arguments such as rstd, lse and parameter gradients stay
-  // fp32) on inputs rounded to bf16, with tolerances floored at two bf16 steps; its shapes read
-  // "bf16 ...". The fp32 pass also runs the fp32-only ops, Cast and the invalid calls.
-  std::vector<DType> dtypes = {DType::kFloat32, DType::kBfloat16};
+  // The passes: the dtype of the ops' Tensor arguments (activations and weights). The bf16 and
+  // fp16 passes run every op that has them (fp32 arguments such as rstd, lse and parameter
+  // gradients stay fp32) on inputs rounded to that dtype, with tolerances floored at two of its
+  // steps (2^-6 for bf16, 2^-9 for fp16); their shapes read "bf16 ..." and "fp16 ...". The fp32
+  // pass also runs the fp32-only ops, Cast (fp32 <-> bf16, fp32 <-> fp16, bf16 -> fp16) and the
+  // invalid calls.
+  std::vector<DType> dtypes = {DType::kFloat32, DType::kBfloat16, DType::kFloat16};
 };
 
 // Runs every op of `backend` that matches options.filter. Never aborts on a backend error: an
@@ -60,7 +62,7 @@ std::vector<ConformanceCase> RunConformance(Backend& backend, const ConformanceO
 // One line per case, then "N cases, M failed".
 std::string FormatConformanceReport(const std::vector<ConformanceCase>& cases);
 
-// A main() for any backend: flags --quick, --filter=<op>, --seed=<n>, --dtype=fp32|bf16|all,
+// A main() for any backend: flags --quick, --filter=<op>, --seed=<n>, --dtype=fp32|bf16|fp16|all,
 // --failures-only, --help.
 // Prints the report to stdout; returns 0 iff every case passed (2 on a bad flag).
 int RunConformanceMain(Backend& backend, int argc, char** argv);

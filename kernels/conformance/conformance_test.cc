@@ -200,14 +200,16 @@ class AdamWMultiStepWithoutWorkingCopies : public ForwardingBackend {
 
 // bf16 outputs of ResidualForward off by `ulps` units in the last place (the bits moved away from
 // zero): one ulp is a rounding difference the bf16 tolerance accepts, eight are an error.
-class Bf16UlpsOffResidualForward : public ForwardingBackend {
+// Moves every 16-bit output of ResidualForward `ulps` steps (its bits, bf16 or fp16).
+class HalfUlpsOffResidualForward : public ForwardingBackend {
  public:
-  Bf16UlpsOffResidualForward(Backend& inner, uint16_t ulps)
+  HalfUlpsOffResidualForward(Backend& inner, uint16_t ulps)
       : ForwardingBackend(inner), ulps_(ulps) {}
   OpStatus ResidualForward(ConstTensor a, ConstTensor b, Tensor out, int64_t n) override {
     QTRAIN_KERNEL_RETURN_IF_ERROR(inner().ResidualForward(a, b, out, n));
-    if (out.dtype() == DType::kBfloat16) {
-      for (int64_t i = 0; i < n; ++i) out.bf16()[i].bits = uint16_t(out.bf16()[i].bits + ulps_);
+    if (!out.is_f32()) {
+      auto* bits = static_cast<uint16_t*>(out.data());
+      for (int64_t i = 0; i < n; ++i) bits[i] = uint16_t(bits[i] + ulps_);
     }
     return OpStatus::Ok();
   }
@@ -311,16 +313,18 @@ TEST_P(CorruptedBackendTest, FailsThatOpAndNoOther) {
   ConformanceOptions options;
   options.quick = true;
   const std::vector<ConformanceCase> cases = RunConformance(*backend, options);
-  int64_t failed = 0, failed_check = 0, failed_bf16 = 0;
+  int64_t failed = 0, failed_check = 0, failed_bf16 = 0, failed_fp16 = 0;
   for (const ConformanceCase& k : cases) {
     if (k.passed) continue;
     ++failed;
     EXPECT_EQ(k.op, c.op) << k.shape << " " << k.check << " " << k.message;
     failed_check += k.check.find(c.check) != std::string::npos;
     failed_bf16 += k.shape.rfind("bf16 ", 0) == 0;
+    failed_fp16 += k.shape.rfind("fp16 ", 0) == 0;
   }
-  if (c.bf16_fails) {
+  if (c.bf16_fails) {  // fp16 is the finer of the two: it notices what bf16 does
     EXPECT_GT(failed_bf16, 0) << "the bf16 pass did not notice " << c.name;
+    EXPECT_GT(failed_fp16, 0) << "the fp16 pass did not notice " << c.name;
   }
   EXPECT_GT(failed, 0) << "the suite did not notice " << c.name;
   EXPECT_GT(failed_check, 0) << "no failed check matches \"" << c.check << "\"\n"
@@ -376,30 +380,34 @@ TEST(ConformanceTest, NaiveAttentionWithoutTheBugsPasses) {
       << Failures(cases);
 }
 
-// The bf16 pass's tolerance: a one-ulp difference in a bf16 output (another rounding) passes,
-// eight ulps fail; the fp32 pass never sees it.
-TEST(ConformanceTest, Bf16PassAcceptsRoundingAndCatchesLargerErrors) {
-  ConformanceOptions options;
-  options.quick = true;
-  options.filter = "ResidualForward";
-  for (uint16_t ulps : {uint16_t{1}, uint16_t{8}}) {
-    Bf16UlpsOffResidualForward backend(CpuBackend(), ulps);
-    const std::vector<ConformanceCase> cases = RunConformance(backend, options);
-    int64_t bf16_cases = 0, bf16_failed = 0;
-    for (const ConformanceCase& c : cases) {
-      const bool bf16 = c.shape.rfind("bf16 ", 0) == 0;
-      bf16_cases += bf16;
-      if (!c.passed) {
-        EXPECT_TRUE(bf16) << c.shape << " " << c.check;
-        EXPECT_EQ(c.check, "out") << c.shape;
-        ++bf16_failed;
+// The 16-bit passes' tolerance: a one-ulp difference in a bf16 or fp16 output (another
+// rounding) passes, eight ulps fail; the fp32 pass never sees it.
+TEST(ConformanceTest, HalfPassesAcceptRoundingAndCatchLargerErrors) {
+  for (DType dtype : {DType::kBfloat16, DType::kFloat16}) {
+    const std::string prefix = std::string(DTypeName(dtype)) + " ";
+    ConformanceOptions options;
+    options.quick = true;
+    options.filter = "ResidualForward";
+    options.dtypes = {DType::kFloat32, dtype};
+    for (uint16_t ulps : {uint16_t{1}, uint16_t{8}}) {
+      HalfUlpsOffResidualForward backend(CpuBackend(), ulps);
+      const std::vector<ConformanceCase> cases = RunConformance(backend, options);
+      int64_t half_cases = 0, half_failed = 0;
+      for (const ConformanceCase& c : cases) {
+        const bool half = c.shape.rfind(prefix, 0) == 0;
+        half_cases += half;
+        if (!c.passed) {
+          EXPECT_TRUE(half) << c.shape << " " << c.check;
+          EXPECT_EQ(c.check, "out") << c.shape;
+          ++half_failed;
+        }
       }
-    }
-    EXPECT_GT(bf16_cases, 0);
-    if (ulps == 1) {
-      EXPECT_EQ(bf16_failed, 0) << Failures(cases);
-    } else {
-      EXPECT_GT(bf16_failed, 0) << "eight bf16 ulps passed";
+      EXPECT_GT(half_cases, 0) << prefix;
+      if (ulps == 1) {
+        EXPECT_EQ(half_failed, 0) << Failures(cases);
+      } else {
+        EXPECT_GT(half_failed, 0) << "eight " << prefix << "ulps passed";
+      }
     }
   }
 }
@@ -408,28 +416,32 @@ TEST(ConformanceTest, Bf16PassAcceptsRoundingAndCatchesLargerErrors) {
 TEST(ConformanceTest, DtypePasses) {
   ConformanceOptions options;
   options.quick = true;
-  options.dtypes = {DType::kBfloat16};
-  const std::vector<ConformanceCase> bf16 = RunConformance(CpuBackend(), options);
-  ASSERT_FALSE(bf16.empty());
-  std::set<std::string> ops;
-  for (const ConformanceCase& c : bf16) {
-    EXPECT_EQ(c.shape.rfind("bf16 ", 0), 0u) << c.op << " " << c.shape;
-    EXPECT_TRUE(c.passed) << c.op << " " << c.shape << " " << c.check << " " << c.message;
-    ops.insert(c.op);
-  }
-  for (const char* op :
-       {"Fill", "Scale", "EmbeddingForward", "RmsNormBackward", "LinearBackward", "LmHeadForward",
-        "RopeBackward", "AttentionBackward", "SwigluBackward", "ResidualBackward"}) {
-    EXPECT_TRUE(ops.count(op)) << op;
-  }
-  for (const char* op :
-       {"Cast", "CrossEntropyForward", "AdamWStep", "AdamWMultiStep", "SumOfSquares", "Alloc"}) {
-    EXPECT_FALSE(ops.count(op)) << op;
+  for (DType dtype : {DType::kBfloat16, DType::kFloat16}) {
+    const std::string prefix = std::string(DTypeName(dtype)) + " ";
+    options.dtypes = {dtype};
+    const std::vector<ConformanceCase> half = RunConformance(CpuBackend(), options);
+    ASSERT_FALSE(half.empty());
+    std::set<std::string> ops;
+    for (const ConformanceCase& c : half) {
+      EXPECT_EQ(c.shape.rfind(prefix, 0), 0u) << c.op << " " << c.shape;
+      EXPECT_TRUE(c.passed) << c.op << " " << c.shape << " " << c.check << " " << c.message;
+      ops.insert(c.op);
+    }
+    for (const char* op :
+         {"Fill", "Scale", "EmbeddingForward", "RmsNormBackward", "LinearBackward",
+          "LmHeadForward", "RopeBackward", "AttentionBackward", "SwigluBackward",
+          "ResidualBackward"}) {
+      EXPECT_TRUE(ops.count(op)) << prefix << op;
+    }
+    for (const char* op :
+         {"Cast", "CrossEntropyForward", "AdamWStep", "AdamWMultiStep", "SumOfSquares", "Alloc"}) {
+      EXPECT_FALSE(ops.count(op)) << prefix << op;
+    }
   }
   options.dtypes = {DType::kFloat32};
   options.filter = "Cast";
   const std::vector<ConformanceCase> cast = RunConformance(CpuBackend(), options);
-  ASSERT_GE(cast.size(), 6u);
+  ASSERT_GE(cast.size(), 18u);  // fp32 <-> bf16, fp32 <-> fp16, bf16 -> fp16 at three sizes
   for (const ConformanceCase& c : cast) {
     EXPECT_TRUE(c.passed) << c.shape << " " << c.check << " " << c.message;
   }

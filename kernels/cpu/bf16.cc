@@ -1,11 +1,12 @@
 // The typed interface of the CPU backend (kernels/ops.h, "Dtypes") over its fp32 kernels.
 //
 // A call whose tensors are all fp32 goes straight to the fp32 kernel, so fp32 results are those
-// of the fp32-only interface bit for bit. A bf16 call widens each bf16 input (and each bf16
-// gradient it accumulates into) to an fp32 copy, runs the fp32 kernel, and rounds the outputs
-// back to bf16 (nearest even) only when the kernel succeeded: fp32 arithmetic over bf16 storage,
-// what the CUDA kernels compute, with the CPU's summation orders. It is the reference the bf16
-// GPU path is checked against, not a fast path: every call converts its tensors whole.
+// of the fp32-only interface bit for bit. A bf16 or fp16 call widens each 16-bit input (and
+// each 16-bit gradient it accumulates into) to an fp32 copy, runs the fp32 kernel, and rounds
+// the outputs back (nearest even) only when the kernel succeeded: fp32 arithmetic over 16-bit
+// storage, what the CUDA kernels compute, with the CPU's summation orders. It is the reference
+// the GPU's bf16 and fp16 paths are checked against, not a fast path: every call converts its
+// tensors whole.
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
@@ -33,24 +34,48 @@ std::optional<int64_t> Count(std::initializer_list<int64_t> dims) {
   return product;
 }
 
-bool AnyBf16(std::initializer_list<ConstTensor> tensors) {
+// Whether any tensor has 16-bit storage (the call then goes through fp32 copies).
+bool Any16Bit(std::initializer_list<ConstTensor> tensors) {
   for (const ConstTensor& t : tensors) {
-    if (!t.is_null() && t.dtype() == DType::kBfloat16) return true;
+    if (!t.is_null() && !t.is_f32()) return true;
   }
   return false;
 }
 
-void Widen(const Bf16* in, float* out, int64_t n) {
-#pragma omp parallel for schedule(static) if (WorthParallel(n))
-  for (int64_t i = 0; i < n; ++i) out[i] = math::ToFloat(in[i]);
+// f(T{}) with T the element type of `dtype` (checked by CheckOneDType before).
+template <typename F>
+void WithElementType(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kFloat32:
+      f(float{});
+      return;
+    case DType::kBfloat16:
+      f(Bf16{});
+      return;
+    case DType::kFloat16:
+      f(F16{});
+      return;
+  }
 }
 
-void Narrow(const float* in, Bf16* out, int64_t n) {
+// out[i] = in[i], converted (widened, rounded to nearest even, or copied).
+void Convert(ConstTensor in, Tensor out, int64_t n) {
+  WithElementType(in.dtype(), [&](auto in_type) {
+    using In = decltype(in_type);
+    const In* src = static_cast<const In*>(in.data());
+    WithElementType(out.dtype(), [&](auto out_type) {
+      using Out = decltype(out_type);
+      Out* dst = static_cast<Out*>(out.data());
 #pragma omp parallel for schedule(static) if (WorthParallel(n))
-  for (int64_t i = 0; i < n; ++i) math::Store(in[i], out[i]);
+      for (int64_t i = 0; i < n; ++i) math::Store(math::ToFloat(src[i]), dst[i]);
+    });
+  });
 }
 
-// The fp32 copies of one call's bf16 tensors.
+void Widen(ConstTensor in, float* out, int64_t n) { Convert(in, out, n); }
+void Narrow(const float* in, Tensor out, int64_t n) { Convert(in, out, n); }
+
+// The fp32 copies of one call's 16-bit tensors.
 class Staging {
  public:
   explicit Staging(const char* op) : op_(op) {}
@@ -62,7 +87,7 @@ class Staging {
       return static_cast<const float*>(t.data());
     }
     float* copy = NewBuffer(*n);
-    if (copy != nullptr) Widen(t.bf16(), copy, *n);
+    if (copy != nullptr) Widen(t, copy, *n);
     return copy;
   }
 
@@ -74,19 +99,19 @@ class Staging {
       return static_cast<float*>(t.data());
     }
     for (const Output& o : outputs_) {
-      if (o.dst == t.bf16() && o.n == *n) return o.src;
+      if (o.dst.data() == t.data() && o.n == *n) return o.src;
     }
     float* copy = NewBuffer(*n);
     if (copy == nullptr) return nullptr;
-    if (accumulate) Widen(t.bf16(), copy, *n);
-    outputs_.push_back({t.bf16(), copy, *n});
+    if (accumulate) Widen(t, copy, *n);
+    outputs_.push_back({t, copy, *n});
     return copy;
   }
 
   bool ok() const { return !failed_elements_.has_value(); }
   OpStatus error() const {
     return OpStatus::Error(std::string(op_) +
-                           ": cannot allocate the fp32 copy of a bf16 tensor of " +
+                           ": cannot allocate the fp32 copy of a 16-bit tensor of " +
                            std::to_string(*failed_elements_) + " elements");
   }
 
@@ -99,7 +124,7 @@ class Staging {
 
  private:
   struct Output {
-    Bf16* dst;
+    Tensor dst;
     float* src;
     int64_t n;
   };
@@ -141,11 +166,14 @@ OpStatus CpuBackendImpl::Fill(Tensor x, int64_t n, float value) {
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative("Fill", "n", n));
   if (n == 0) return OpStatus::Ok();
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("Fill", "x", x.data()));
-  Bf16 rounded;
-  math::Store(value, rounded);
-  Bf16* out = x.bf16();
+  WithElementType(x.dtype(), [&](auto type) {
+    using T = decltype(type);
+    T rounded;
+    math::Store(value, rounded);
+    T* out = static_cast<T*>(x.data());
 #pragma omp parallel for schedule(static) if (WorthParallel(n))
-  for (int64_t i = 0; i < n; ++i) out[i] = rounded;
+    for (int64_t i = 0; i < n; ++i) out[i] = rounded;
+  });
   return OpStatus::Ok();
 }
 
@@ -155,9 +183,12 @@ OpStatus CpuBackendImpl::Scale(Tensor x, int64_t n, float alpha) {
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative("Scale", "n", n));
   if (n == 0) return OpStatus::Ok();
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull("Scale", "x", x.data()));
-  Bf16* out = x.bf16();
+  WithElementType(x.dtype(), [&](auto type) {
+    using T = decltype(type);
+    T* out = static_cast<T*>(x.data());
 #pragma omp parallel for schedule(static) if (WorthParallel(n))
-  for (int64_t i = 0; i < n; ++i) math::Store(math::ToFloat(out[i]) * alpha, out[i]);
+    for (int64_t i = 0; i < n; ++i) math::Store(math::ToFloat(out[i]) * alpha, out[i]);
+  });
   return OpStatus::Ok();
 }
 
@@ -166,10 +197,8 @@ OpStatus CpuBackendImpl::Cast(ConstTensor in, Tensor out, int64_t n) {
   if (n == 0) return OpStatus::Ok();
   if (in.dtype() == out.dtype()) {
     std::memcpy(out.data(), in.data(), static_cast<size_t>(n) * in.bytes());
-  } else if (in.is_f32()) {
-    Narrow(in.f32(), out.bf16(), n);
   } else {
-    Widen(in.bf16(), out.f32(), n);
+    Convert(in, out, n);
   }
   return OpStatus::Ok();
 }
@@ -181,7 +210,7 @@ OpStatus CpuBackendImpl::EmbeddingForward(const int32_t* ids, ConstTensor table,
                                           int64_t rows, int64_t vocab, int64_t dim) {
   constexpr const char* kOp = "EmbeddingForward";
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckOneDType(kOp, {{"table", table}, {"out", out}}));
-  if (!AnyBf16({table, out})) {
+  if (!Any16Bit({table, out})) {
     return EmbeddingForwardF32(ids, table.f32(), out.f32(), rows, vocab, dim);
   }
   Staging s(kOp);
@@ -194,7 +223,7 @@ OpStatus CpuBackendImpl::EmbeddingBackward(const int32_t* ids, ConstTensor dout,
                                            int64_t rows, int64_t vocab, int64_t dim) {
   constexpr const char* kOp = "EmbeddingBackward";
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckOneDType(kOp, {{"dout", dout}}));
-  if (!AnyBf16({dout})) return EmbeddingBackwardF32(ids, dout.f32(), dtable, rows, vocab, dim);
+  if (!Any16Bit({dout})) return EmbeddingBackwardF32(ids, dout.f32(), dtable, rows, vocab, dim);
   Staging s(kOp);
   const float* d = s.In(dout, Count({rows, dim}));
   return RunStaged(s, [&] { return EmbeddingBackwardF32(ids, d, dtable, rows, vocab, dim); });
@@ -204,7 +233,7 @@ OpStatus CpuBackendImpl::RmsNormForward(ConstTensor x, ConstTensor weight, float
                                         float* rstd, int64_t rows, int64_t dim) {
   constexpr const char* kOp = "RmsNormForward";
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckOneDType(kOp, {{"x", x}, {"weight", weight}, {"out", out}}));
-  if (!AnyBf16({x, weight, out})) {
+  if (!Any16Bit({x, weight, out})) {
     return RmsNormForwardF32(x.f32(), weight.f32(), eps, out.f32(), rstd, rows, dim);
   }
   Staging s(kOp);
@@ -220,7 +249,7 @@ OpStatus CpuBackendImpl::RmsNormBackward(ConstTensor dout, ConstTensor x, ConstT
   constexpr const char* kOp = "RmsNormBackward";
   QTRAIN_KERNEL_RETURN_IF_ERROR(
       CheckOneDType(kOp, {{"dout", dout}, {"x", x}, {"weight", weight}, {"dx", dx}}));
-  if (!AnyBf16({dout, x, weight, dx})) {
+  if (!Any16Bit({dout, x, weight, dx})) {
     return RmsNormBackwardF32(dout.f32(), x.f32(), weight.f32(), rstd, dx.f32(), dweight, rows,
                               dim);
   }
@@ -237,7 +266,7 @@ OpStatus CpuBackendImpl::LinearForward(ConstTensor x, ConstTensor weight, ConstT
   constexpr const char* kOp = "LinearForward";
   QTRAIN_KERNEL_RETURN_IF_ERROR(
       CheckOneDType(kOp, {{"x", x}, {"weight", weight}, {"bias", bias}, {"y", y}}));
-  if (!AnyBf16({x, weight, bias, y})) {
+  if (!Any16Bit({x, weight, bias, y})) {
     return LinearForwardF32(x.f32(), weight.f32(), bias.f32(), y.f32(), rows, in, out);
   }
   Staging s(kOp);
@@ -254,7 +283,7 @@ OpStatus CpuBackendImpl::LinearBackward(ConstTensor dy, ConstTensor x, ConstTens
   constexpr const char* kOp = "LinearBackward";
   QTRAIN_KERNEL_RETURN_IF_ERROR(
       CheckOneDType(kOp, {{"dy", dy}, {"x", x}, {"weight", weight}, {"dx", dx}}));
-  if (!AnyBf16({dy, x, weight, dx})) {
+  if (!Any16Bit({dy, x, weight, dx})) {
     return LinearBackwardF32(dy.f32(), x.f32(), weight.f32(), dx.f32(), dweight, dbias, rows, in,
                              out);
   }
@@ -272,7 +301,7 @@ OpStatus CpuBackendImpl::LmHeadForward(ConstTensor y, ConstTensor embedding, flo
                                        int64_t rows, int64_t vocab, int64_t dim) {
   constexpr const char* kOp = "LmHeadForward";
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckOneDType(kOp, {{"y", y}, {"embedding", embedding}}));
-  if (!AnyBf16({y, embedding})) {
+  if (!Any16Bit({y, embedding})) {
     return LmHeadForwardF32(y.f32(), embedding.f32(), logits, rows, vocab, dim);
   }
   Staging s(kOp);
@@ -287,7 +316,7 @@ OpStatus CpuBackendImpl::LmHeadBackward(const float* dlogits, ConstTensor y, Con
   constexpr const char* kOp = "LmHeadBackward";
   QTRAIN_KERNEL_RETURN_IF_ERROR(
       CheckOneDType(kOp, {{"y", y}, {"embedding", embedding}, {"dy", dy}}));
-  if (!AnyBf16({y, embedding, dy})) {
+  if (!Any16Bit({y, embedding, dy})) {
     return LmHeadBackwardF32(dlogits, y.f32(), embedding.f32(), dy.f32(), dembedding, rows, vocab,
                              dim);
   }
@@ -303,7 +332,7 @@ OpStatus CpuBackendImpl::RopeForward(ConstTensor x, Tensor y, const RopeShape& s
                                      const float* inv_freq, float attention_factor) {
   constexpr const char* kOp = "RopeForward";
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckOneDType(kOp, {{"x", x}, {"y", y}}));
-  if (!AnyBf16({x, y})) {
+  if (!Any16Bit({x, y})) {
     return RopeForwardF32(x.f32(), y.f32(), shape, inv_freq, attention_factor);
   }
   const std::optional<int64_t> n =
@@ -318,7 +347,7 @@ OpStatus CpuBackendImpl::RopeBackward(ConstTensor dy, Tensor dx, const RopeShape
                                       const float* inv_freq, float attention_factor) {
   constexpr const char* kOp = "RopeBackward";
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckOneDType(kOp, {{"dy", dy}, {"dx", dx}}));
-  if (!AnyBf16({dy, dx})) {
+  if (!Any16Bit({dy, dx})) {
     return RopeBackwardF32(dy.f32(), dx.f32(), shape, inv_freq, attention_factor);
   }
   if (!dx.is_null() && dx.data() == dy.data()) {
@@ -353,7 +382,7 @@ OpStatus CpuBackendImpl::AttentionForward(ConstTensor q, ConstTensor k, ConstTen
                                           float* lse, const AttentionShape& shape) {
   constexpr const char* kOp = "AttentionForward";
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckOneDType(kOp, {{"q", q}, {"k", k}, {"v", v}, {"o", o}}));
-  if (!AnyBf16({q, k, v, o})) {
+  if (!Any16Bit({q, k, v, o})) {
     return AttentionForwardF32(q.f32(), k.f32(), v.f32(), o.f32(), lse, shape);
   }
   const std::optional<int64_t> nq = QueryElements(shape);
@@ -379,7 +408,7 @@ OpStatus CpuBackendImpl::AttentionBackward(ConstTensor q, ConstTensor k, ConstTe
                                                     {"dq", dq},
                                                     {"dk", dk},
                                                     {"dv", dv}}));
-  if (!AnyBf16({q, k, v, o, dout, dq, dk, dv})) {
+  if (!Any16Bit({q, k, v, o, dout, dq, dk, dv})) {
     return AttentionBackwardF32(q.f32(), k.f32(), v.f32(), o.f32(), lse, dout.f32(), dq.f32(),
                                 dk.f32(), dv.f32(), shape);
   }
@@ -408,7 +437,7 @@ OpStatus CpuBackendImpl::DcaAttentionForward(ConstTensor q_intra, ConstTensor q_
                                                     {"k", k},
                                                     {"v", v},
                                                     {"o", o}}));
-  if (!AnyBf16({q_intra, q_succ, q_inter, k, v, o})) {
+  if (!Any16Bit({q_intra, q_succ, q_inter, k, v, o})) {
     return DcaAttentionForwardF32(q_intra.f32(), q_succ.f32(), q_inter.f32(), k.f32(), v.f32(),
                                   o.f32(), lse, shape);
   }
@@ -428,7 +457,7 @@ OpStatus CpuBackendImpl::SwigluForward(ConstTensor gate, ConstTensor up, Tensor 
                                        int64_t dim) {
   constexpr const char* kOp = "SwigluForward";
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckOneDType(kOp, {{"gate", gate}, {"up", up}, {"out", out}}));
-  if (!AnyBf16({gate, up, out})) {
+  if (!Any16Bit({gate, up, out})) {
     return SwigluForwardF32(gate.f32(), up.f32(), out.f32(), rows, dim);
   }
   const std::optional<int64_t> n = Count({rows, dim});
@@ -444,7 +473,7 @@ OpStatus CpuBackendImpl::SwigluBackward(ConstTensor dout, ConstTensor gate, Cons
   constexpr const char* kOp = "SwigluBackward";
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckOneDType(
       kOp, {{"dout", dout}, {"gate", gate}, {"up", up}, {"dgate", dgate}, {"dup", dup}}));
-  if (!AnyBf16({dout, gate, up, dgate, dup})) {
+  if (!Any16Bit({dout, gate, up, dgate, dup})) {
     return SwigluBackwardF32(dout.f32(), gate.f32(), up.f32(), dgate.f32(), dup.f32(), rows, dim);
   }
   const std::optional<int64_t> n = Count({rows, dim});
@@ -460,7 +489,7 @@ OpStatus CpuBackendImpl::SwigluBackward(ConstTensor dout, ConstTensor gate, Cons
 OpStatus CpuBackendImpl::ResidualForward(ConstTensor a, ConstTensor b, Tensor out, int64_t n) {
   constexpr const char* kOp = "ResidualForward";
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckOneDType(kOp, {{"a", a}, {"b", b}, {"out", out}}));
-  if (!AnyBf16({a, b, out})) return ResidualForwardF32(a.f32(), b.f32(), out.f32(), n);
+  if (!Any16Bit({a, b, out})) return ResidualForwardF32(a.f32(), b.f32(), out.f32(), n);
   const std::optional<int64_t> count = Count({n});
   Staging s(kOp);
   const float* as = s.In(a, count);
@@ -472,7 +501,7 @@ OpStatus CpuBackendImpl::ResidualForward(ConstTensor a, ConstTensor b, Tensor ou
 OpStatus CpuBackendImpl::ResidualBackward(ConstTensor dout, Tensor da, Tensor db, int64_t n) {
   constexpr const char* kOp = "ResidualBackward";
   QTRAIN_KERNEL_RETURN_IF_ERROR(CheckOneDType(kOp, {{"dout", dout}, {"da", da}, {"db", db}}));
-  if (!AnyBf16({dout, da, db})) return ResidualBackwardF32(dout.f32(), da.f32(), db.f32(), n);
+  if (!Any16Bit({dout, da, db})) return ResidualBackwardF32(dout.f32(), da.f32(), db.f32(), n);
   if ((!da.is_null() && da.data() == dout.data()) || (!db.is_null() && db.data() == dout.data())) {
     return OpStatus::Error(std::string(kOp) + ": da and db must not alias dout");
   }

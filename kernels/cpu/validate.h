@@ -75,7 +75,7 @@ inline OpStatus CheckOneDType(const char* op, std::initializer_list<NamedTensor>
   const NamedTensor* first = nullptr;
   for (const NamedTensor& t : tensors) {
     const DType dtype = t.tensor.dtype();
-    if (dtype != DType::kFloat32 && dtype != DType::kBfloat16) {
+    if (dtype != DType::kFloat32 && dtype != DType::kBfloat16 && dtype != DType::kFloat16) {
       return OpStatus::Error(std::string(op) + ": " + t.name + " has an unknown dtype (" +
                              std::to_string(static_cast<int>(dtype)) + ")");
     }

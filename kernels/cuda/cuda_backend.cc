@@ -117,7 +117,7 @@ class CudaBackendImpl final : public Backend {
   OpStatus CopyWithinBackend(void* dst, const void* src, size_t bytes) override {
     return Copy(dst, src, bytes, cudaMemcpyDeviceToDevice);
   }
-  // Fill and Scale are fp32 kernels; a bf16 tensor goes through an fp32 copy in scratch.
+  // Fill and Scale are fp32 kernels; a bf16 or fp16 tensor goes through an fp32 copy in scratch.
   OpStatus Fill(Tensor x, int64_t n, float value) override {
     QTRAIN_KERNEL_RETURN_IF_ERROR(Bind());
     QTRAIN_KERNEL_RETURN_IF_ERROR(cpu::CheckOneDType("Fill", {{"x", x}}));
@@ -255,7 +255,7 @@ class CudaBackendImpl final : public Backend {
 
   // -------------------------------------------------------------------------------------------
   // Linear layers and the LM head: cuBLASLt GEMMs with fp32 accumulation (fp32 compute, no
-  // TF32, for fp32 operands; bf16 operands with fp32 accumulation otherwise).
+  // TF32, for fp32 operands; bf16 or fp16 operands with fp32 accumulation otherwise).
   OpStatus LinearForward(ConstTensor x, ConstTensor weight, ConstTensor bias, Tensor y,
                          int64_t rows, int64_t in, int64_t out) override {
     constexpr const char* kOp = "LinearForward";
@@ -322,8 +322,8 @@ class CudaBackendImpl final : public Backend {
       QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "embedding", embedding.data()));
     if (dembedding != nullptr) QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "y", y.data()));
     if (rows == 0) return OpStatus::Ok();
-    // cuBLASLt multiplies operands of one dtype: with bf16 weights, the fp32 logit gradients
-    // are rounded to a bf16 copy first (the gradient a bf16 LM head output would have).
+    // cuBLASLt multiplies operands of one dtype: with 16-bit weights, the fp32 logit gradients
+    // are rounded to a copy in that dtype first (the gradient a 16-bit LM head output would have).
     ConstTensor d = dlogits;
     const DType dtype = !y.is_null() ? y.dtype() : embedding.dtype();
     if (dtype != kF32) {
@@ -704,7 +704,8 @@ class CudaBackendImpl final : public Backend {
     return OpStatus::Ok();
   }
 
-  // ones_ (fp32) and, for bf16, ones_bf16_ hold at least n ones.
+  // ones_ (fp32) and, for a 16-bit dtype, ones_bf16_ (in the dtype of the last such call) hold
+  // at least n ones.
   OpStatus Ones(int64_t n, DType dtype) {
     if (n > ones_count_) {
       const int64_t count = std::max<int64_t>(n, 4096);
@@ -715,12 +716,15 @@ class CudaBackendImpl final : public Backend {
           cuda::Fill(FillParams{.x = ones_.as<float>(), .n = count, .value = 1.0f}, stream_));
       ones_count_ = count;
     }
-    if (dtype == kF32 || n <= ones_bf16_count_) return OpStatus::Ok();
+    if (dtype == kF32 || (n <= ones_bf16_count_ && dtype == ones_bf16_dtype_)) {
+      return OpStatus::Ok();
+    }
     QTRAIN_KERNEL_RETURN_IF_ERROR(
         ones_bf16_.Reserve(ones_count_ * DTypeBytes(dtype), "LinearBackward: ones"));
     QTRAIN_KERNEL_RETURN_IF_ERROR(
         CastTensor(ones_.as<float>(), Tensor(ones_bf16_.as<void>(), dtype), ones_count_));
     ones_bf16_count_ = ones_count_;
+    ones_bf16_dtype_ = dtype;
     return OpStatus::Ok();
   }
 
@@ -928,8 +932,9 @@ class CudaBackendImpl final : public Backend {
   Scratch totals_;   // device doubles: the partial sums of SumOfSquares
   Scratch ones_;     // the bias gradient's ones
   int64_t ones_count_ = 0;
-  Scratch ones_bf16_;  // the same in bf16, for bf16 gradients
+  Scratch ones_bf16_;  // the same in bf16 or fp16, for 16-bit gradients
   int64_t ones_bf16_count_ = 0;
+  DType ones_bf16_dtype_ = DType::kBfloat16;
   Scratch widened_;      // Fill and Scale of bf16 tensors: an fp32 copy
   Scratch narrowed_;     // the LM head backward's bf16 copy of the logit gradients
   Scratch rope_tables_;  // cos | sin, [rope_rows_, rope_half_] each

@@ -1,7 +1,7 @@
 // The per-element math of the CUDA kernels, as __host__ __device__ functions, so that the CPU
 // tests run exactly the arithmetic the GPU runs (kernels/cuda/element_math_test.cc) and the
 // CPU backend shares what it can (AdamW). Plain C++ under a host compiler: QTRAIN_HD expands to
-// nothing there. Only fp32 arithmetic and the bf16 bit conversions; no CUDA headers; C++17
+// nothing there. Only fp32 arithmetic and the bf16 and fp16 bit conversions; no CUDA headers; C++17
 // (nvcc compiles it as such).
 #ifndef QTRAIN_KERNELS_CUDA_ELEMENT_MATH_H_
 #define QTRAIN_KERNELS_CUDA_ELEMENT_MATH_H_
@@ -47,14 +47,49 @@ QTRAIN_HD uint16_t Bf16FromFloat(float x) {
 
 QTRAIN_HD float FloatFromBf16(uint16_t b) { return FloatFromBits(static_cast<uint32_t>(b) << 16); }
 
-// Storage types of the kernels' tensors: fp32, or bf16 bits (kernels/tensor.h). The math is
-// fp32 either way.
+// ---------------------------------------------------------------------------------------------
+// fp16 (IEEE binary16). Conversion rounds to nearest, ties to even (as __float2half_rn and
+// torch do), with fp16's subnormals (down to 2^-24) kept and smaller values rounded to a signed
+// zero; a finite value from 65520 up rounds to infinity; a NaN stays a quiet NaN.
+QTRAIN_HD uint16_t F16FromFloat(float x) {
+  const uint32_t u = FloatBits(x);
+  const uint32_t sign = (u >> 16) & 0x8000u;
+  const uint32_t a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
+  if (a >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // >= 65520: infinity
+  if (a >= 0x38800000u) {  // a normal fp16 (>= 2^-14): rebias the exponent (127 -> 15), round
+    const uint32_t rebiased = a - 0x38000000u;
+    return static_cast<uint16_t>(sign | ((rebiased + 0xfffu + ((rebiased >> 13) & 1u)) >> 13));
+  }
+  // Below 2^-14: a multiple of 2^-24. Adding 0.5 (whose fp32 ulp is 2^-24) rounds |x| to one,
+  // to nearest even, in the fp32 addition itself; the sum's low bits are then the count.
+  const float sum = FloatFromBits(a) + 0.5f;
+  return static_cast<uint16_t>(sign | (FloatBits(sum) - 0x3f000000u));
+}
+
+QTRAIN_HD float FloatFromF16(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exponent = (h >> 10) & 0x1fu;
+  const uint32_t mantissa = h & 0x3ffu;
+  if (exponent == 0x1fu) return FloatFromBits(sign | 0x7f800000u | (mantissa << 13));
+  if (exponent == 0) {  // zero or subnormal: mantissa x 2^-24, exact in fp32
+    const float magnitude = static_cast<float>(mantissa) * 5.9604644775390625e-8f;
+    return FloatFromBits(sign | FloatBits(magnitude));
+  }
+  return FloatFromBits(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+}
+
+// Storage types of the kernels' tensors: fp32, bf16 or fp16 bits (kernels/tensor.h). The math
+// is fp32 whatever the storage.
 using ::qtrain::kernels::Bf16;
+using ::qtrain::kernels::F16;
 
 QTRAIN_HD float ToFloat(float x) { return x; }
 QTRAIN_HD float ToFloat(Bf16 x) { return FloatFromBf16(x.bits); }
+QTRAIN_HD float ToFloat(F16 x) { return FloatFromF16(x.bits); }
 QTRAIN_HD void Store(float value, float& out) { out = value; }
 QTRAIN_HD void Store(float value, Bf16& out) { out.bits = Bf16FromFloat(value); }
+QTRAIN_HD void Store(float value, F16& out) { out.bits = F16FromFloat(value); }
 
 // ---------------------------------------------------------------------------------------------
 // AdamW (torch.optim.AdamW's single-tensor arithmetic; kernels/ops.h AdamWStep). The scalars are

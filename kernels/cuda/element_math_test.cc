@@ -67,6 +67,75 @@ TEST(ElementMathTest, Bf16RoundsToNearestEven) {
   EXPECT_TRUE(std::signbit(FloatFromBf16(Bf16FromFloat(-0.0f))));
 }
 
+// fp16 bits -> value, from the definition (ldexp in double).
+double F16Value(uint16_t h) {
+  const int exponent = (h >> 10) & 0x1f;
+  const int mantissa = h & 0x3ff;
+  const double sign = (h & 0x8000) ? -1.0 : 1.0;
+  if (exponent == 0x1f) return mantissa == 0 ? sign * INFINITY : NAN;
+  if (exponent == 0) return sign * std::ldexp(mantissa, -24);
+  return sign * std::ldexp(1024 + mantissa, exponent - 25);
+}
+
+// The fp16 value nearest to x, ties to the even multiple of the ulp, in double.
+double NearestF16Value(float x) {
+  const double a = std::fabs(static_cast<double>(x));
+  const double sign = std::signbit(x) ? -1.0 : 1.0;
+  if (a >= 65520.0) return sign * INFINITY;  // 65504 + half its ulp, a tie rounding to even (up)
+  const int exponent = a < std::ldexp(1.0, -14) ? -14 : std::ilogb(a);
+  const double ulp = std::ldexp(1.0, exponent - 10);
+  return sign * std::nearbyint(a / ulp) * ulp;  // the default rounding: to nearest even
+}
+
+TEST(ElementMathTest, Fp16BitsAreTheirValues) {
+  for (uint32_t h = 0; h <= 0xffffu; ++h) {
+    const auto bits = static_cast<uint16_t>(h);
+    const double expected = F16Value(bits);
+    const float got = FloatFromF16(bits);
+    if (std::isnan(expected)) {
+      ASSERT_TRUE(std::isnan(got)) << std::hex << h;
+      ASSERT_TRUE(std::isnan(FloatFromF16(F16FromFloat(got)))) << std::hex << h;
+      continue;
+    }
+    ASSERT_EQ(static_cast<double>(got), expected) << std::hex << h;
+    ASSERT_EQ(std::signbit(got), (h & 0x8000u) != 0) << std::hex << h;
+    ASSERT_EQ(F16FromFloat(got), bits) << std::hex << h;  // every fp16 round-trips
+  }
+}
+
+TEST(ElementMathTest, Fp16RoundsToNearestEven) {
+  // A sweep of fp32 bit patterns (both signs, every exponent), then the hard cases: the
+  // midpoints between neighbouring fp16 values and the floats next to them.
+  std::vector<float> inputs;
+  for (uint64_t u = 0; u <= 0xffffffffull; u += 4093) {
+    inputs.push_back(FloatFromBits(static_cast<uint32_t>(u)));
+  }
+  for (uint32_t h = 0; h < 0x7c00u; ++h) {
+    const double mid = (F16Value(static_cast<uint16_t>(h)) + F16Value(static_cast<uint16_t>(h + 1))) / 2;
+    const auto f = static_cast<float>(mid);  // exact: a midpoint has 12 significant bits
+    for (float x : {f, std::nextafter(f, 0.0f), std::nextafter(f, INFINITY)}) {
+      inputs.push_back(x);
+      inputs.push_back(-x);
+    }
+  }
+  for (float x : inputs) {
+    const float got = FloatFromF16(F16FromFloat(x));
+    if (std::isnan(x)) {
+      ASSERT_TRUE(std::isnan(got)) << std::hex << FloatBits(x);
+      continue;
+    }
+    ASSERT_EQ(static_cast<double>(got), NearestF16Value(x)) << std::hex << FloatBits(x);
+    ASSERT_EQ(std::signbit(got), std::signbit(x)) << std::hex << FloatBits(x);
+  }
+  EXPECT_EQ(FloatFromF16(F16FromFloat(65504.0f)), 65504.0f);
+  EXPECT_EQ(FloatFromF16(F16FromFloat(65519.0f)), 65504.0f);
+  EXPECT_EQ(FloatFromF16(F16FromFloat(65520.0f)), INFINITY);
+  EXPECT_EQ(FloatFromF16(F16FromFloat(std::ldexp(1.0f, -25))), 0.0f);  // a tie: to even (zero)
+  EXPECT_EQ(FloatFromF16(F16FromFloat(std::ldexp(1.5f, -25))), std::ldexp(1.0f, -24));
+  EXPECT_EQ(F16FromFloat(1.0f), 0x3c00u);
+  EXPECT_EQ(F16FromFloat(-2.0f), 0xc000u);
+}
+
 TEST(ElementMathTest, AdamWElementIsTheCpuBackendsStep) {
   const int64_t n = 5003;
   std::vector<float> p = RandomFloats(n, 1), g = RandomFloats(n, 2, -0.1f, 0.1f);

@@ -14,7 +14,15 @@ OpStatus CublasStatus(cublasStatus_t status, const std::string& what) {
 }
 
 cudaDataType_t CudaType(DType dtype) {
-  return dtype == DType::kBfloat16 ? CUDA_R_16BF : CUDA_R_32F;
+  switch (dtype) {
+    case DType::kBfloat16:
+      return CUDA_R_16BF;
+    case DType::kFloat16:
+      return CUDA_R_16F;
+    case DType::kFloat32:
+      break;
+  }
+  return CUDA_R_32F;
 }
 
 #define QTRAIN_CUBLAS_RETURN_IF_ERROR(expr, what)                \
@@ -47,8 +55,12 @@ OpStatus CanImplement(const GemmShape& s) {
     }
   }
   for (DType dtype : {s.ab_dtype, s.c_dtype, s.bias_dtype}) {
-    if (dtype != DType::kFloat32 && dtype != DType::kBfloat16) {
-      return OpStatus::Error(what + ": dtypes must be fp32 or bf16");
+    if (dtype != DType::kFloat32 && dtype != DType::kBfloat16 && dtype != DType::kFloat16) {
+      return OpStatus::Error(what + ": dtypes must be fp32, bf16 or fp16");
+    }
+    // One 16-bit type per product: bf16 with fp32, or fp16 with fp32, never bf16 with fp16.
+    if (dtype != DType::kFloat32 && s.ab_dtype != DType::kFloat32 && dtype != s.ab_dtype) {
+      return OpStatus::Error(what + ": bf16 and fp16 do not mix in one product");
     }
   }
   if (s.ab_dtype == DType::kFloat32 && s.c_dtype != DType::kFloat32) {

@@ -137,10 +137,14 @@ void ExpectRowMajorSemantics(const GemmShape& s) {
   const Emulated got = RunColumnMajor(*desc, b, a, c, s.accumulate ? 1.0 : 0.0, bias);
   EXPECT_EQ(got.d, want);
   EXPECT_EQ(got.bias_grad, want_bias_grad);
-  const cudaDataType_t ab = s.ab_dtype == DType::kBfloat16 ? CUDA_R_16BF : CUDA_R_32F;
-  EXPECT_EQ(Read(desc->lt_a()).type, ab);
-  EXPECT_EQ(Read(desc->lt_b()).type, ab);
-  EXPECT_EQ(Read(desc->lt_c()).type, s.c_dtype == DType::kBfloat16 ? CUDA_R_16BF : CUDA_R_32F);
+  const auto cuda_type = [](DType dtype) {
+    return dtype == DType::kBfloat16 ? CUDA_R_16BF
+           : dtype == DType::kFloat16 ? CUDA_R_16F
+                                      : CUDA_R_32F;
+  };
+  EXPECT_EQ(Read(desc->lt_a()).type, cuda_type(s.ab_dtype));
+  EXPECT_EQ(Read(desc->lt_b()).type, cuda_type(s.ab_dtype));
+  EXPECT_EQ(Read(desc->lt_c()).type, cuda_type(s.c_dtype));
 }
 
 TEST(GemmLtTest, RowMajorProductsMapOntoCublasLtsColumnMajorOnes) {
@@ -167,6 +171,22 @@ TEST(GemmLtTest, RowMajorProductsMapOntoCublasLtsColumnMajorOnes) {
   }
   ExpectRowMajorSemantics(
       {.m = 1, .n = 1, .k = 1, .ab_dtype = DType::kFloat32, .c_dtype = DType::kFloat32});
+  // fp16 operands (precision fp16): the same mapping with CUDA_R_16F.
+  ExpectRowMajorSemantics({.m = 4,
+                           .n = 6,
+                           .k = 3,
+                           .transpose_b = true,
+                           .ab_dtype = DType::kFloat16,
+                           .c_dtype = DType::kFloat16,
+                           .epilogue = GemmEpilogue::kBias,
+                           .bias_dtype = DType::kFloat16});
+  ExpectRowMajorSemantics({.m = 6,
+                           .n = 2,
+                           .k = 5,
+                           .transpose_a = true,
+                           .ab_dtype = DType::kFloat16,
+                           .c_dtype = DType::kFloat32,
+                           .epilogue = GemmEpilogue::kBiasGradA});
 }
 
 // A linear layer's three GEMMs for `tokens` rows: Y = X W^T (+ b), dX = dY W,
@@ -248,7 +268,19 @@ TEST(GemmLtTest, BadShapesAndOperandsAreRefusedNamingTheShape) {
   EXPECT_THAT(CanImplement(s).message(), HasSubstr("cannot accumulate"));
   s = good;
   s.c_dtype = static_cast<DType>(9);
-  EXPECT_THAT(CanImplement(s).message(), HasSubstr("dtypes must be fp32 or bf16"));
+  EXPECT_THAT(CanImplement(s).message(), HasSubstr("dtypes must be fp32, bf16 or fp16"));
+  s = good;
+  s.ab_dtype = DType::kFloat16;
+  s.c_dtype = DType::kFloat16;
+  EXPECT_TRUE(CanImplement(s).ok());
+  s.c_dtype = DType::kFloat32;
+  EXPECT_TRUE(CanImplement(s).ok());
+  s.c_dtype = DType::kBfloat16;
+  EXPECT_THAT(CanImplement(s).message(), HasSubstr("bf16 and fp16 do not mix"));
+  s.c_dtype = DType::kFloat16;
+  s.epilogue = GemmEpilogue::kBias;
+  s.bias_dtype = DType::kBfloat16;
+  EXPECT_THAT(CanImplement(s).message(), HasSubstr("bf16 and fp16 do not mix"));
   s = good;
   s.epilogue = static_cast<GemmEpilogue>(7);
   EXPECT_THAT(CanImplement(s).message(), HasSubstr("unknown epilogue"));

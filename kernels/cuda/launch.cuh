@@ -23,7 +23,7 @@ inline unsigned GridFor(int64_t n) {
   return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > kMaxGrid ? kMaxGrid : blocks));
 }
 
-// Calls f(T{}) with T = float or math::Bf16 for `dtype`.
+// Calls f(T{}) with T = float, math::Bf16 or math::F16 for `dtype`.
 template <typename F>
 OpStatus DispatchDType(DType dtype, const char* kernel, F&& f) {
   switch (dtype) {
@@ -31,6 +31,8 @@ OpStatus DispatchDType(DType dtype, const char* kernel, F&& f) {
       return f(float{});
     case DType::kBfloat16:
       return f(math::Bf16{});
+    case DType::kFloat16:
+      return f(math::F16{});
   }
   return OpStatus::Error(std::string(kernel) + ": unknown dtype");
 }
@@ -47,8 +49,8 @@ inline OpStatus CheckN(const char* kernel, const char* name, int64_t n) {
 using cpu::CheckNotNull;
 
 inline OpStatus CheckDType(const char* kernel, DType dtype) {
-  if (dtype != DType::kFloat32 && dtype != DType::kBfloat16) {
-    return OpStatus::Error(std::string(kernel) + ": dtype must be fp32 or bf16");
+  if (dtype != DType::kFloat32 && dtype != DType::kBfloat16 && dtype != DType::kFloat16) {
+    return OpStatus::Error(std::string(kernel) + ": dtype must be fp32, bf16 or fp16");
   }
   return OpStatus::Ok();
 }
