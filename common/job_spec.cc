@@ -160,6 +160,18 @@ void ValidateOptimizer(const v1::OptimizerSpec& o, Problems& problems) {
   if (!(o.grad_clip() >= 0)) problems.Add("optimizer.grad_clip", "must be >= 0 (0: no clipping)");
   CheckInt(problems, "optimizer.max_consecutive_nonfinite_steps",
            o.max_consecutive_nonfinite_steps(), 1, kMaxStepCount, "must be >= 1");
+  if (o.has_loss_scale()) {
+    int exponent = 0;
+    const double mantissa = std::frexp(o.loss_scale(), &exponent);
+    if (!(o.loss_scale() >= 1 && o.loss_scale() <= 16777216.0) || mantissa != 0.5) {
+      problems.Add("optimizer.loss_scale",
+                   absl::StrCat(o.loss_scale(), " is not a power of two in [1, 2^24]"));
+    }
+  }
+  if (o.has_loss_scale_growth_interval()) {
+    CheckInt(problems, "optimizer.loss_scale_growth_interval", o.loss_scale_growth_interval(), 1,
+             kMaxStepCount, "must be >= 1");
+  }
 }
 
 // True when the worker counts are usable for the per-stage checks.

@@ -631,7 +631,7 @@ void CheckCast(Suite& s) {
           half == DType::kBfloat16
               ? std::vector<float>{1.00390625f,   1.01171875f,   kNaN,   kInf,  -kInf,
                                    3.3895314e38f, 3.4028235e38f, 1e-40f, -0.0f, 0.0f}
-              : std::vector<float>{1.00048828125f, 1.00146484375f, kNaN,  kInf,   -kInf, 65504.0f,
+              : std::vector<float>{1.00048828125f, 1.00146484375f, kNaN,  kInf,  -kInf, 65504.0f,
                                    65520.0f,       -65519.0f,      6e-8f, 1e-8f, -0.0f, 0.0f};
       for (size_t i = 0; i < specials.size() && i < x.size(); ++i) x[i] = specials[i];
       std::vector<double> want(x.size());

@@ -428,9 +428,8 @@ TEST(ConformanceTest, DtypePasses) {
       ops.insert(c.op);
     }
     for (const char* op :
-         {"Fill", "Scale", "EmbeddingForward", "RmsNormBackward", "LinearBackward",
-          "LmHeadForward", "RopeBackward", "AttentionBackward", "SwigluBackward",
-          "ResidualBackward"}) {
+         {"Fill", "Scale", "EmbeddingForward", "RmsNormBackward", "LinearBackward", "LmHeadForward",
+          "RopeBackward", "AttentionBackward", "SwigluBackward", "ResidualBackward"}) {
       EXPECT_TRUE(ops.count(op)) << prefix << op;
     }
     for (const char* op :

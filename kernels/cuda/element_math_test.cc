@@ -111,7 +111,8 @@ TEST(ElementMathTest, Fp16RoundsToNearestEven) {
     inputs.push_back(FloatFromBits(static_cast<uint32_t>(u)));
   }
   for (uint32_t h = 0; h < 0x7c00u; ++h) {
-    const double mid = (F16Value(static_cast<uint16_t>(h)) + F16Value(static_cast<uint16_t>(h + 1))) / 2;
+    const double mid =
+        (F16Value(static_cast<uint16_t>(h)) + F16Value(static_cast<uint16_t>(h + 1))) / 2;
     const auto f = static_cast<float>(mid);  // exact: a midpoint has 12 significant bits
     for (float x : {f, std::nextafter(f, 0.0f), std::nextafter(f, INFINITY)}) {
       inputs.push_back(x);

@@ -138,7 +138,7 @@ void ExpectRowMajorSemantics(const GemmShape& s) {
   EXPECT_EQ(got.d, want);
   EXPECT_EQ(got.bias_grad, want_bias_grad);
   const auto cuda_type = [](DType dtype) {
-    return dtype == DType::kBfloat16 ? CUDA_R_16BF
+    return dtype == DType::kBfloat16  ? CUDA_R_16BF
            : dtype == DType::kFloat16 ? CUDA_R_16F
                                       : CUDA_R_32F;
   };

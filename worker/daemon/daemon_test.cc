@@ -1,6 +1,5 @@
 // The daemon against an in-process fake coordinator (a WorkerService that records every call
 // and hands out directives), with shell scripts standing in for the training child.
-#include "worker/train/training_backend.h"
 #include "worker/daemon/daemon.h"
 
 #include <signal.h>
@@ -33,6 +32,7 @@
 #include "worker/daemon/fake_coordinator_test_util.h"
 #include "worker/daemon/machine_info.h"
 #include "worker/daemon/stage_runner.h"
+#include "worker/train/training_backend.h"
 
 namespace qtrain::worker {
 namespace {

@@ -28,11 +28,11 @@
 #include "gtest/gtest.h"
 #include "tests/integration/cli_process.h"
 #include "tests/integration/http_client.h"
-#include "worker/train/training_backend.h"
 #include "worker/daemon/child_process.h"
 #include "worker/daemon/fake_coordinator_test_util.h"
 #include "worker/train/shard_assignment.h"
 #include "worker/train/test_dataset.h"
+#include "worker/train/training_backend.h"
 
 namespace qtrain::worker {
 namespace {

@@ -179,7 +179,7 @@ TEST(ModelLimitsTest, AnUnknownComputeDtypeIsRefused) {
   options.compute_dtype = static_cast<kernels::DType>(7);
   auto model = Model::Create(TestConfig(), options);
   EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument) << model.status();
-  EXPECT_THAT(model.status().message(), HasSubstr("compute_dtype must be fp32 or bf16"));
+  EXPECT_THAT(model.status().message(), HasSubstr("compute_dtype must be fp32, bf16 or fp16"));
 }
 
 TEST(ModelLimitsTest, PassesAfterAnOutOfMemoryFailureMatchAFreshModel) {

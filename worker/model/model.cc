@@ -140,8 +140,9 @@ absl::StatusOr<Model> Model::Create(const ModelConfig& config, ModelOptions opti
     return absl::InvalidArgumentError("lm_head_chunk_tokens must be positive");
   }
   if (options.compute_dtype != kernels::DType::kFloat32 &&
-      options.compute_dtype != kernels::DType::kBfloat16) {
-    return absl::InvalidArgumentError("compute_dtype must be fp32 or bf16");
+      options.compute_dtype != kernels::DType::kBfloat16 &&
+      options.compute_dtype != kernels::DType::kFloat16) {
+    return absl::InvalidArgumentError("compute_dtype must be fp32, bf16 or fp16");
   }
   Model model(config, options, backend);
   const int64_t n = model.layout_.total_size();
@@ -222,6 +223,10 @@ absl::Status Model::CheckBatch(const Batch& batch, bool need_targets) const {
   }
   if (batch.loss_normalizer < 0) {
     return absl::InvalidArgumentError("batch: loss_normalizer must be >= 0");
+  }
+  if (!(std::isfinite(batch.loss_scale) && batch.loss_scale > 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("batch: loss_scale ", batch.loss_scale, " must be finite and > 0"));
   }
   for (int64_t i = 0; i < rows; ++i) {
     if (batch.ids[i] < 0 || batch.ids[i] >= config_.vocab_size) {
@@ -344,8 +349,9 @@ absl::StatusOr<ForwardResult> Model::Run(const Batch& batch, ForwardOutputs outp
     double* chunk_sum = acts.chunk_loss.get() + r0 / chunk;  // read back after the last chunk
     if (run_backward) {  // the loss and its gradient (over the logits, in place) in one pass
       QTRAIN_RETURN_IF_OP_ERROR(b.CrossEntropyForwardBackward(
-          acts.logits.get(), targets, 1.0f / static_cast<float>(normalizer), acts.losses.get(),
-          acts.lse.get(), chunk_sum, nullptr, acts.logits.get(), n, vocab, kIgnoreIndex));
+          acts.logits.get(), targets, batch.loss_scale / static_cast<float>(normalizer),
+          acts.losses.get(), acts.lse.get(), chunk_sum, nullptr, acts.logits.get(), n, vocab,
+          kIgnoreIndex));
     } else {
       QTRAIN_RETURN_IF_OP_ERROR(b.CrossEntropyForward(acts.logits.get(), targets, acts.losses.get(),
                                                       acts.lse.get(), chunk_sum, nullptr, n, vocab,

@@ -39,6 +39,10 @@ struct Batch {
   // Divides the summed token losses; 0 means the number of non-ignored targets in this batch
   // (transformers' mean). Data-parallel training passes the global count (num_items_in_batch).
   int64_t loss_normalizer = 0;
+  // ForwardBackward adds loss_scale x d(loss)/d(params) to grads() (the returned loss is not
+  // scaled): fp16's dynamic loss scaling (worker/train/loss_scale.h) keeps small gradients above
+  // fp16's underflow with a power of two, which the caller divides out. Finite and > 0.
+  float loss_scale = 1.0f;
 };
 
 // transformers' labels (unshifted; the loss shifts them) -> targets as Batch wants them.
@@ -59,10 +63,11 @@ struct ModelOptions {
   // infinite, naming where they first appear (the embedding, a decoder layer, the final norm or
   // the LM head). Training leaves it off and skips steps with a non-finite loss instead.
   bool check_finite = false;
-  // The storage of the weights the passes read and of the activations: fp32, or bf16 for mixed
-  // precision. With bf16 the parameters stay fp32 (the master weights the optimizer updates,
-  // params()), each pass reads a bf16 copy of them made at its start, and the activations and
-  // their gradients are bf16; the matmuls accumulate in fp32, and the norms' statistics, the
+  // The storage of the weights the passes read and of the activations: fp32, or bf16 or fp16
+  // for mixed precision (fp16 wants Batch::loss_scale in training). With bf16 or fp16 the
+  // parameters stay fp32 (the master weights the optimizer updates,
+  // params()), each pass reads a 16-bit copy of them made at its start, and the activations
+  // and their gradients are 16-bit; the matmuls accumulate in fp32, and the norms' statistics, the
   // logits, the loss and the parameter gradients (grads()) are fp32.
   kernels::DType compute_dtype = kernels::DType::kFloat32;
 };

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <vector>
 
@@ -189,6 +190,38 @@ TEST(ModelTest, GradientsAccumulateAndNormalizerScales) {
   EXPECT_NEAR(twice->loss, once->loss / 2, 1e-6);
   for (size_t i = 0; i < g1.size(); i += 7) {
     EXPECT_NEAR(model->grads()[i], 1.5f * g1[i], 1e-5f + 1e-4f * std::abs(g1[i]));
+  }
+}
+
+// A power-of-two loss scale multiplies every gradient exactly (each backward op is linear in its
+// upstream gradient), and leaves the reported loss alone.
+TEST(ModelTest, ALossScaleScalesTheGradientsExactly) {
+  const ModelConfig c = TestConfig(false);
+  auto model = Model::Create(c);
+  ASSERT_TRUE(model.ok());
+  RandomizeParams(*model, 5);
+  TestBatch batch = MakeBatch(c, 8);
+  auto plain = model->ForwardBackward(batch.view());
+  ASSERT_TRUE(plain.ok());
+  const std::vector<float> g1(model->grads().begin(), model->grads().end());
+  ASSERT_TRUE(model->ZeroGrads().ok());
+  Batch scaled = batch.view();
+  scaled.loss_scale = 1024.0f;
+  auto r = model->ForwardBackward(scaled);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->loss, plain->loss);
+  size_t nonzero = 0;
+  for (size_t i = 0; i < g1.size(); ++i) {
+    ASSERT_EQ(model->grads()[i], 1024.0f * g1[i]) << i;
+    nonzero += g1[i] != 0.0f;
+  }
+  EXPECT_GT(nonzero, g1.size() / 2);
+  for (float bad : {0.0f, -2.0f, std::numeric_limits<float>::infinity(),
+                    std::numeric_limits<float>::quiet_NaN()}) {
+    scaled.loss_scale = bad;
+    auto refused = model->ForwardBackward(scaled);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(refused.status().message(), HasSubstr("loss_scale"));
   }
 }
 

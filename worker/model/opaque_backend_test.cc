@@ -161,41 +161,54 @@ INSTANTIATE_TEST_SUITE_P(
                 .options = {.recompute_activations = true,
                             .compute_dtype = kernels::DType::kBfloat16}}));
 
-// bf16 compute against fp32 on the same weights and batch: the loss and the gradients agree to
-// bf16's precision, and they are not the fp32 ones (the dtype really reaches the ops).
-TEST(MixedPrecisionTest, Bf16LossAndGradientsFollowFp32) {
+// 16-bit compute against fp32 on the same weights and batch: the loss and the gradients agree to
+// the dtype's precision, and they are not the fp32 ones (the dtype really reaches the ops). fp16
+// runs with a loss scale, divided out of its gradients here.
+void ExpectHalfFollowsFp32(kernels::DType dtype, float loss_scale, double loss_tolerance) {
   const ModelConfig c = TestConfig(false);
   auto fp32 = Model::Create(c);
-  auto bf16 = Model::Create(c, {.compute_dtype = kernels::DType::kBfloat16});
+  auto half = Model::Create(c, {.compute_dtype = dtype});
   ASSERT_TRUE(fp32.ok()) << fp32.status();
-  ASSERT_TRUE(bf16.ok()) << bf16.status();
+  ASSERT_TRUE(half.ok()) << half.status();
   InitializeParameters(c, fp32->layout(), 11, fp32->params());
-  std::copy(fp32->params().begin(), fp32->params().end(), bf16->params().begin());
+  std::copy(fp32->params().begin(), fp32->params().end(), half->params().begin());
   std::vector<int32_t> ids, targets;
   for (int64_t i = 0; i < 2 * 16; ++i) {
     ids.push_back(static_cast<int32_t>((i * 31 + 3) % c.vocab_size));
     targets.push_back(static_cast<int32_t>((i * 17 + 5) % c.vocab_size));
   }
   const Batch batch{.batch_size = 2, .seq_len = 16, .ids = ids, .targets = targets};
+  Batch scaled = batch;
+  scaled.loss_scale = loss_scale;
   ASSERT_TRUE(fp32->ZeroGrads().ok());
-  ASSERT_TRUE(bf16->ZeroGrads().ok());
+  ASSERT_TRUE(half->ZeroGrads().ok());
   auto want = fp32->ForwardBackward(batch);
-  auto got = bf16->ForwardBackward(batch);
+  auto got = half->ForwardBackward(scaled);
   ASSERT_TRUE(want.ok()) << want.status();
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_NE(want->loss, got->loss);
-  EXPECT_NEAR(got->loss, want->loss, 0.02 * std::abs(want->loss));
+  EXPECT_NEAR(got->loss, want->loss, loss_tolerance * std::abs(want->loss));
   double dot = 0, norm_want = 0, norm_got = 0;
   for (size_t i = 0; i < fp32->grads().size(); ++i) {
-    dot += double(fp32->grads()[i]) * bf16->grads()[i];
+    const double g = double(half->grads()[i]) / loss_scale;
+    ASSERT_TRUE(std::isfinite(g)) << i;
+    dot += double(fp32->grads()[i]) * g;
     norm_want += double(fp32->grads()[i]) * fp32->grads()[i];
-    norm_got += double(bf16->grads()[i]) * bf16->grads()[i];
+    norm_got += g * g;
   }
   ASSERT_GT(norm_want, 0);
   EXPECT_GT(dot / std::sqrt(norm_want * norm_got), 0.99);
   EXPECT_NEAR(std::sqrt(norm_got), std::sqrt(norm_want), 0.05 * std::sqrt(norm_want));
   // The master weights are untouched by a pass: still fp32, still the same.
-  EXPECT_TRUE(SameBits(fp32->params(), bf16->params()));
+  EXPECT_TRUE(SameBits(fp32->params(), half->params()));
+}
+
+TEST(MixedPrecisionTest, Bf16LossAndGradientsFollowFp32) {
+  ExpectHalfFollowsFp32(kernels::DType::kBfloat16, 1.0f, 0.02);
+}
+
+TEST(MixedPrecisionTest, Fp16LossAndScaledGradientsFollowFp32) {
+  ExpectHalfFollowsFp32(kernels::DType::kFloat16, 1024.0f, 0.005);
 }
 
 // Counts the casts of n elements (the working copy of the weights is the only one that large).

@@ -123,7 +123,7 @@ absl::StatusOr<StepStats> Optimizer::Step(std::span<float> params, std::span<con
 }
 
 absl::StatusOr<StepStats> Optimizer::Step(std::span<float> params, std::span<const float> grads,
-                                          double lr, double grad_norm) {
+                                          double lr, double grad_norm, double loss_scale) {
   const auto size = static_cast<size_t>(end_ - begin_);
   if (params.size() != size || grads.size() != size) {
     return absl::InvalidArgumentError(absl::StrCat("optimizer: buffers of ", params.size(), " and ",
@@ -132,6 +132,10 @@ absl::StatusOr<StepStats> Optimizer::Step(std::span<float> params, std::span<con
   }
   StepStats stats;
   stats.grad_norm = grad_norm;
+  if (!(std::isfinite(loss_scale) && loss_scale > 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("optimizer: loss scale ", loss_scale, " must be finite and > 0"));
+  }
   if (!std::isfinite(grad_norm)) {
     stats.skipped = true;
     return stats;
@@ -148,7 +152,8 @@ absl::StatusOr<StepStats> Optimizer::Step(std::span<float> params, std::span<con
   p.eps = settings_.eps;
   p.weight_decay = settings_.weight_decay;
   p.step = step_count_;
-  p.grad_scale = static_cast<float>(stats.clip_scale);
+  // (A loss scale of 1 leaves the clipping factor's bits as they were.)
+  p.grad_scale = static_cast<float>(stats.clip_scale / loss_scale);
   // The parts of the tensors in [begin_, end_), in one multi-tensor step.
   std::vector<kernels::AdamWTensor> tensors;
   for (const model::TensorSlot& slot : layout_->tensors()) {

@@ -60,9 +60,11 @@ class Optimizer {
   // One update of `params` from `grads`, both elements [begin, end), at learning rate `lr`,
   // where `grad_norm` is the norm of the whole gradient (every rank's shard): the clipping
   // scale comes from it, and a norm that is not finite skips the step. Each tensor overlapping
-  // the range is updated on the overlap, with its own weight-decay flag.
+  // the range is updated on the overlap, with its own weight-decay flag. `loss_scale`: the
+  // factor `grads` carry (fp16's loss scaling; grad_norm is the norm without it), divided out
+  // with the clipping.
   absl::StatusOr<StepStats> Step(std::span<float> params, std::span<const float> grads, double lr,
-                                 double grad_norm);
+                                 double grad_norm, double loss_scale = 1.0);
   // With the norm of `grads` itself (GradNormOf): an optimizer of the whole buffer only.
   absl::StatusOr<StepStats> Step(std::span<float> params, std::span<const float> grads, double lr);
 

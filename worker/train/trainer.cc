@@ -94,8 +94,7 @@ absl::Status CheckGroup(const v1::JobSpec& spec, const TrainerOptions& options) 
   return absl::OkStatus();
 }
 
-// The backend fits the spec: the CPU one for world.device cpu, another (CUDA) for cuda; and
-// the precision is one this trainer has.
+// The backend fits the spec: the CPU one for world.device cpu, another (CUDA) for cuda.
 absl::Status CheckBackend(const v1::JobSpec& spec, const kernels::Backend* given) {
   const kernels::Backend& backend = given != nullptr ? *given : kernels::CpuBackend();
   const bool cpu = &backend == &kernels::CpuBackend();
@@ -106,14 +105,9 @@ absl::Status CheckBackend(const v1::JobSpec& spec, const kernels::Backend* given
         "to a coordinator with workers started as qtrain-worker --device cuda");
   }
   if (!wants_cuda && !cpu) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "world.device: cpu, but the trainer was given the ", std::string(backend.name()),
-        " backend"));
-  }
-  if (spec.precision() == v1::PRECISION_FP16) {
-    return absl::UnimplementedError(
-        "precision: fp16 (with dynamic loss scaling) is not available yet; use bf16 (same "
-        "speed on A100 and H100, no loss scaling needed)");
+    return absl::InvalidArgumentError(
+        absl::StrCat("world.device: cpu, but the trainer was given the ",
+                     std::string(backend.name()), " backend"));
   }
   return absl::OkStatus();
 }
@@ -164,8 +158,9 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
     state->options = std::move(options);
     state->backend =
         state->options.backend != nullptr ? state->options.backend : &kernels::CpuBackend();
-    state->compute_dtype = spec.precision() == v1::PRECISION_BF16 ? kernels::DType::kBfloat16
-                                                                  : kernels::DType::kFloat32;
+    state->compute_dtype = spec.precision() == v1::PRECISION_BF16   ? kernels::DType::kBfloat16
+                           : spec.precision() == v1::PRECISION_FP16 ? kernels::DType::kFloat16
+                                                                    : kernels::DType::kFloat32;
     state->global_tokens = spec.batch().global_tokens();
     // A bad task or data file fails here, before the first step.
     QTRAIN_RETURN_IF_ERROR(state->PrepareEvalTasks(state->options.tokenizer));
@@ -320,6 +315,12 @@ absl::Status Trainer::State::Setup() {
   tokens_seen = 0;
   skipped_steps = 0;
   consecutive_nonfinite = 0;
+  const v1::OptimizerSpec& o = spec.optimizer();
+  loss_scaler =
+      LossScaler({.enabled = spec.precision() == v1::PRECISION_FP16,
+                  .initial = o.has_loss_scale() ? o.loss_scale() : 65536.0,
+                  .growth_interval =
+                      o.has_loss_scale_growth_interval() ? o.loss_scale_growth_interval() : 2000});
   last_loss = NAN;
   last_eval_loss.reset();
   if (options.communicator != nullptr) {
@@ -446,12 +447,22 @@ absl::StatusOr<Trainer::State::StepResult> Trainer::State::TrainStep(int stage_i
       plan->TrainingWindows(stage_index, stage.seq_len(), windows_per_step,
                             step - stage_start[stage_index], options.rank, options.world_size));
   result.data_time += Clock::now() - result.start;
+  result.loss_scale = loss_scaler.scale();
   QTRAIN_RETURN_IF_ERROR(AccumulateGradients(stage, windows, result));
   QTRAIN_RETURN_IF_ERROR(ReduceGradients(result));
   result.learning_rate = LearningRate(schedule, step);
   QTRAIN_RETURN_IF_ERROR(ApplyUpdate(result));
   const v1::OptimizerSpec& o = spec.optimizer();
-  if (result.stats.skipped) {
+  // fp16: gradients that overflow with a finite loss are the loss scale's doing: it halves,
+  // and the step does not count towards the stop (unless the scale is 1 already).
+  const bool scale_overflow = result.stats.skipped && std::isfinite(result.loss) &&
+                              loss_scaler.enabled() && loss_scaler.Backoff();
+  if (scale_overflow) {
+    ++skipped_steps;
+    Event(absl::StrCat("step ", step + 1, " skipped: the fp16 gradients overflowed at loss scale ",
+                       static_cast<int64_t>(result.loss_scale), "; the scale is now ",
+                       static_cast<int64_t>(loss_scaler.scale())));
+  } else if (result.stats.skipped) {
     ++skipped_steps;
     ++consecutive_nonfinite;
     Event(absl::StrCat("step ", step + 1, " skipped: non-finite ",
@@ -466,6 +477,10 @@ absl::StatusOr<Trainer::State::StepResult> Trainer::State::TrainStep(int stage_i
   } else {
     consecutive_nonfinite = 0;
     last_loss = result.loss;
+    if (loss_scaler.Grow()) {
+      Event(absl::StrCat("step ", step + 1, ": loss scale raised to ",
+                         static_cast<int64_t>(loss_scaler.scale())));
+    }
   }
   ++step;
   tokens_seen += global_tokens;  // at most total_steps x global_tokens, checked in Create
@@ -487,12 +502,14 @@ absl::Status Trainer::State::AccumulateGradients(const v1::CurriculumStage& stag
     result.data_time += Clock::now() - read_start;
     QTRAIN_RETURN_IF_ERROR(model->ZeroGrads());
     // Every target counts: the loss is the mean over the whole global batch.
-    QTRAIN_ASSIGN_OR_RETURN(model::ForwardResult forward,
-                            model->ForwardBackward({.batch_size = stage.micro_batch(),
-                                                    .seq_len = stage.seq_len(),
-                                                    .ids = ids,
-                                                    .targets = targets,
-                                                    .loss_normalizer = global_tokens}));
+    QTRAIN_ASSIGN_OR_RETURN(
+        model::ForwardResult forward,
+        model->ForwardBackward({.batch_size = stage.micro_batch(),
+                                .seq_len = stage.seq_len(),
+                                .ids = ids,
+                                .targets = targets,
+                                .loss_normalizer = global_tokens,
+                                .loss_scale = static_cast<float>(result.loss_scale)}));
     micro_batch_losses.push_back(forward.loss_sum);
     QTRAIN_RETURN_IF_ERROR(CopyGradsToHost());
     // The tree sum of one leaf is the leaf: no copy.
@@ -505,8 +522,8 @@ absl::Status Trainer::State::AccumulateGradients(const v1::CurriculumStage& stag
 absl::Status Trainer::State::CopyGradsToHost() {
   if (model_on_host()) return absl::OkStatus();
   const std::span<const float> grads = std::as_const(*model).grads();
-  return model::OpToStatus(backend->CopyBackendToHost(host_grads.data(), grads.data(),
-                                                      grads.size_bytes()));
+  return model::OpToStatus(
+      backend->CopyBackendToHost(host_grads.data(), grads.data(), grads.size_bytes()));
 }
 
 absl::Status Trainer::State::CopyParamsToModel() {
@@ -519,12 +536,14 @@ absl::Status Trainer::State::CopyParamsToModel() {
 
 // The group's gradient: this rank's shard of the sum over ranks, its norm, and the loss.
 absl::Status Trainer::State::ReduceGradients(StepResult& result) {
-  QTRAIN_RETURN_IF_ERROR(Timed(result.comm_time, [&] {
-    return comm->ReduceScatterSum(HostGrads(), grad_shard, *shards);
-  }));
+  QTRAIN_RETURN_IF_ERROR(Timed(
+      result.comm_time, [&] { return comm->ReduceScatterSum(HostGrads(), grad_shard, *shards); }));
   if (options.gradient_hook) options.gradient_hook(step, grad_shard);
   QTRAIN_RETURN_IF_ERROR(Timed(result.comm_time, [&]() -> absl::Status {
-    QTRAIN_ASSIGN_OR_RETURN(result.stats.grad_norm, GroupGradientNorm(*comm, grad_shard, *shards));
+    QTRAIN_ASSIGN_OR_RETURN(const double scaled_norm,
+                            GroupGradientNorm(*comm, grad_shard, *shards));
+    // The norm without fp16's loss scale (a power of two: exact).
+    result.stats.grad_norm = scaled_norm / result.loss_scale;
     QTRAIN_ASSIGN_OR_RETURN(const double loss_sum, GroupLossSum(*comm, micro_batch_losses));
     result.loss = loss_sum / static_cast<double>(global_tokens);
     return absl::OkStatus();
@@ -539,9 +558,9 @@ absl::Status Trainer::State::ApplyUpdate(StepResult& result) {
     result.stats.skipped = true;
     return absl::OkStatus();
   }
-  QTRAIN_ASSIGN_OR_RETURN(
-      result.stats,
-      optimizer->Step(param_shard(), grad_shard, result.learning_rate, result.stats.grad_norm));
+  QTRAIN_ASSIGN_OR_RETURN(result.stats,
+                          optimizer->Step(param_shard(), grad_shard, result.learning_rate,
+                                          result.stats.grad_norm, result.loss_scale));
   // The shard is updated in place, at its range of the full buffer.
   QTRAIN_RETURN_IF_ERROR(Timed(
       result.comm_time, [&] { return comm->AllGather(param_shard(), HostParams(), *shards); }));
@@ -592,6 +611,7 @@ absl::Status Trainer::State::Report(int stage_index, const StepResult& result) {
       {"data_seconds", report.data_seconds},
       {"comm_seconds", report.comm_seconds}};
   if (report.eval_loss) record["eval_loss"] = *report.eval_loss;
+  if (loss_scaler.enabled()) record["loss_scale"] = result.loss_scale;
   if (lead()) QTRAIN_RETURN_IF_ERROR(metrics->Append(record));
   if (options.on_step) options.on_step(report);
   return absl::OkStatus();

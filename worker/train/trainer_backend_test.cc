@@ -39,7 +39,8 @@ InMemoryTokenSource MakeData(int64_t n) {
 
 // Two stages (the second with another RoPE base, so the model is rebuilt), accumulation of 2
 // and 4 micro-batches, checkpoints, evaluation. `world` and `precision` vary.
-std::string SpecText(const std::string& device, const std::string& precision = "fp32") {
+std::string SpecText(const std::string& device, const std::string& precision = "fp32",
+                     const std::string& optimizer_extra = "") {
   return absl::StrCat(R"(
 name: backend-test
 seed: 11
@@ -52,7 +53,8 @@ curriculum:
 batch: {global_tokens: 256}
 checkpoint: {every_steps: 2, keep_last: 0}
 eval: {every_steps: 2, batches: 2}
-optimizer: {lr: 1e-2, min_lr: 1e-3, warmup_steps: 2}
+optimizer: {lr: 1e-2, min_lr: 1e-3, warmup_steps: 2)",
+                      optimizer_extra, R"(}
 world: {device: )",
                       device, "}\nprecision: ", precision, "\n");
 }
@@ -90,7 +92,8 @@ class TrainerBackendTest : public ::testing::Test {
     EXPECT_TRUE(records.ok()) << records.status();
     if (!records.ok()) return curve;
     for (const nlohmann::json& r : *records) {
-      if (r.contains("step")) curve.emplace_back(r["loss"].get<double>(), r["grad_norm"].get<double>());
+      if (r.contains("step"))
+        curve.emplace_back(r["loss"].get<double>(), r["grad_norm"].get<double>());
     }
     return curve;
   }
@@ -167,12 +170,101 @@ TEST_F(TrainerBackendTest, TheDeviceOfTheSpecMustMatchTheBackend) {
   EXPECT_EQ(cpu_job.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(cpu_job.status().message(), HasSubstr("the opaque-cpu backend"));
 
-  auto fp16 = Train("fp16", SpecText("cuda", "fp16"), options);
-  EXPECT_EQ(fp16.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_THAT(fp16.status().message(), HasSubstr("fp16"));
   // Nothing was written for the refused jobs.
   EXPECT_FALSE(fs::exists(root_ / "cuda_on_cpu" / "job.json"));
-  EXPECT_FALSE(fs::exists(root_ / "fp16" / "job.json"));
+  EXPECT_FALSE(fs::exists(root_ / "cpu_on_device" / "job.json"));
+}
+
+// The loss scales logged per step (fp16 runs only).
+std::vector<double> LossScales(const fs::path& run) {
+  std::vector<double> scales;
+  auto records = MetricsLog::ReadAll((run / "metrics.jsonl").string());
+  EXPECT_TRUE(records.ok()) << records.status();
+  if (!records.ok()) return scales;
+  for (const nlohmann::json& r : *records) {
+    if (r.contains("step")) scales.push_back(r.value("loss_scale", -1.0));
+  }
+  return scales;
+}
+
+TEST_F(TrainerBackendTest, Fp16WithLossScalingLearnsAndResumesExactly) {
+  model::OpaqueMemoryBackend device;
+  TrainerOptions options;
+  options.backend = &device;
+  // Growth every 2 steps, so that the scale changes within the run and must be resumed.
+  const std::string spec =
+      SpecText("cuda", "fp16", ", loss_scale: 1024, loss_scale_growth_interval: 2");
+  auto straight = Train("straight", spec, options);
+  ASSERT_TRUE(straight.ok()) << straight.status();
+  ASSERT_TRUE(straight->completed);
+  EXPECT_EQ(straight->skipped_steps, 0);
+  const std::vector<std::pair<double, double>> curve = Curve("straight");
+  ASSERT_EQ(curve.size(), 6u);
+  EXPECT_LT(curve.back().first, curve.front().first);
+  EXPECT_EQ(LossScales(root_ / "straight"),
+            (std::vector<double>{1024, 1024, 2048, 2048, 4096, 4096}));
+  ASSERT_TRUE(Train("fp32", SpecText("cpu")).ok());
+  const std::vector<std::pair<double, double>> fp32 = Curve("fp32");
+  ASSERT_EQ(fp32.size(), 6u);
+  bool any_difference = false;
+  for (size_t i = 0; i < curve.size(); ++i) {
+    // fp16 keeps 3 more mantissa bits than bf16: closer to the fp32 run. The norms are the
+    // unscaled ones.
+    EXPECT_NEAR(curve[i].first, fp32[i].first, 0.02 * fp32[i].first) << "step " << i + 1;
+    EXPECT_NEAR(curve[i].second, fp32[i].second, 0.05 * fp32[i].second) << "step " << i + 1;
+    any_difference |= curve[i].first != fp32[i].first;
+  }
+  EXPECT_TRUE(any_difference) << "the fp16 run computed in fp32";
+  for (int64_t stop : {1, 3}) {
+    const std::string run = absl::StrCat("stopped_at_", stop);
+    TrainerOptions first = options;
+    first.stop_after_step = stop;
+    ASSERT_TRUE(Train(run, spec, first).ok());
+    auto resumed = Train(run, spec, options);
+    ASSERT_TRUE(resumed.ok()) << resumed.status();
+    EXPECT_EQ(Hash(run + "/final/model.safetensors"), Hash("straight/final/model.safetensors"))
+        << "stopped at " << stop;
+    EXPECT_EQ(LossScales(root_ / run), LossScales(root_ / "straight")) << "stopped at " << stop;
+  }
+}
+
+TEST_F(TrainerBackendTest, Fp16OverflowsHalveTheScaleWithoutStoppingTheRun) {
+  model::OpaqueMemoryBackend device;
+  TrainerOptions options;
+  options.backend = &device;
+  std::vector<std::string> events;
+  options.on_event = [&](const std::string& e) { events.push_back(e); };
+  // 2^24: the scaled logit gradients (up to 2^24 / 256 tokens) overflow fp16's 65504, more
+  // steps in a row than max_consecutive_nonfinite_steps allows for real non-finite steps.
+  auto summary =
+      Train("overflow",
+            SpecText("cuda", "fp16", ", loss_scale: 16777216, max_consecutive_nonfinite_steps: 1"),
+            options);
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  EXPECT_TRUE(summary->completed);
+  EXPECT_GE(summary->skipped_steps, 2);
+  EXPECT_LT(summary->skipped_steps, 6);
+  const std::vector<double> scales = LossScales(root_ / "overflow");
+  ASSERT_EQ(scales.size(), 6u);
+  EXPECT_EQ(scales[0], 16777216.0);
+  EXPECT_EQ(scales[1], 8388608.0);
+  EXPECT_LT(scales.back(), scales.front());
+  int overflow_events = 0;
+  for (const std::string& e : events)
+    overflow_events += e.find("overflowed at loss scale") != std::string::npos;
+  EXPECT_EQ(overflow_events, summary->skipped_steps);
+}
+
+TEST_F(TrainerBackendTest, BadLossScalesAreRefused) {
+  model::OpaqueMemoryBackend device;
+  TrainerOptions options;
+  options.backend = &device;
+  for (const char* bad : {", loss_scale: 1000", ", loss_scale: 0.5", ", loss_scale: 33554432",
+                          ", loss_scale_growth_interval: 0"}) {
+    auto refused = Train("bad", SpecText("cuda", "fp16", bad), options);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(refused.status().message(), HasSubstr("optimizer.loss_scale")) << bad;
+  }
 }
 
 }  // namespace

@@ -226,6 +226,18 @@ absl::Status Trainer::State::ResumeFrom(int64_t checkpoint_step) {
                                checkpoint_step, " less ", skipped, " skipped)")));
     }
   }
+  // fp16's loss scale where it was (checkpoints written before loss scaling have none: the
+  // scaler keeps its start).
+  if (m.contains("loss_scale")) {
+    const nlohmann::json& scale = m["loss_scale"];
+    const nlohmann::json* good =
+        m.contains("loss_scale_good_steps") ? &m["loss_scale_good_steps"] : nullptr;
+    if (!scale.is_number() || good == nullptr || !good->is_number_integer()) {
+      return absl::DataLossError(damaged("metadata.loss_scale or loss_scale_good_steps is bad"));
+    }
+    QTRAIN_RETURN_IF_ERROR(AsDamage(loss_scaler.Restore(scale.get<double>(), good->get<int64_t>()),
+                                    damaged("bad loss scale state")));
+  }
   step = checkpoint_step;
   tokens_seen = m["tokens_seen"].get<int64_t>();
   skipped_steps = skipped;
@@ -318,6 +330,8 @@ nlohmann::json Trainer::State::CheckpointMetadata() const {
                              {"tokens_seen", tokens_seen},
                              {"skipped_steps", skipped_steps},
                              {"consecutive_nonfinite_steps", consecutive_nonfinite},
+                             {"loss_scale", loss_scaler.scale()},
+                             {"loss_scale_good_steps", loss_scaler.good_steps()},
                              {"data_plan_sha256", plan_sha256},
                              {"job_name", spec.name()},
                              {"spec", spec_json},

@@ -27,6 +27,7 @@
 #include "worker/model/param_layout.h"
 #include "worker/train/checkpoint_store.h"
 #include "worker/train/data_plan.h"
+#include "worker/train/loss_scale.h"
 #include "worker/train/lr_schedule.h"
 #include "worker/train/metrics_log.h"
 #include "worker/train/optimizer.h"
@@ -62,6 +63,7 @@ struct Trainer::State {
   int64_t tokens_seen = 0;
   int64_t skipped_steps = 0;
   int64_t consecutive_nonfinite = 0;
+  LossScaler loss_scaler;  // precision fp16; off (scale 1) otherwise
   double last_loss = NAN;
   std::optional<double> last_eval_loss;
 
@@ -97,6 +99,7 @@ struct Trainer::State {
     Clock::duration comm_time{};
     double loss = 0;
     double learning_rate = 0;
+    double loss_scale = 1;  // the step's (fp16)
     StepStats stats;
   };
 
