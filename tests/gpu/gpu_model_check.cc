@@ -1,6 +1,7 @@
 // The whole model on the CUDA backend (worker/model/device_check.h), parts (b)-(d) of
 // tests/gpu/run.sh:
-//   (b) qwen2-tiny's loss and gradients, fp32 and bf16, against the CPU backend in fp32;
+//   (b) qwen2-tiny's loss and gradients, fp32, bf16 and fp16 (loss-scaled), against the CPU
+//       backend in fp32;
 //   (c) a 30-step bf16 training run of qwen2-tiny whose loss curve follows the CPU's;
 //   (d) qwen2-0.5b training-step throughput in bf16 at sequence 2048 and 4096 (tokens/s, model
 //       TFLOP/s, MFU against the card's bf16 dense peak), and one 32,768-token step with
@@ -129,8 +130,11 @@ int main(int argc, char** argv) {
   };
 
   // (b) Loss and gradients against the CPU.
-  for (DType dtype : {DType::kFloat32, DType::kBfloat16}) {
-    const model::DeviceCheckSetup setup{.config = Preset("qwen2-tiny"), .compute_dtype = dtype};
+  for (DType dtype : {DType::kFloat32, DType::kBfloat16, DType::kFloat16}) {
+    // fp16 with a loss scale, as training runs it (its gradients would underflow without).
+    const model::DeviceCheckSetup setup{.config = Preset("qwen2-tiny"),
+                                        .compute_dtype = dtype,
+                                        .loss_scale = dtype == DType::kFloat16 ? 1024.0f : 1.0f};
     const std::string what = "(b) qwen2-tiny " + model::DTypeLabel(dtype) + " loss and gradients";
     auto result = model::CompareLossAndGradients(*cuda, cpu, setup, model::DefaultTolerance(dtype));
     if (!result.ok()) {

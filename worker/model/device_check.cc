@@ -163,12 +163,11 @@ class AllocationTracker final : public kernels::ForwardingBackend {
 
 }  // namespace
 
-std::string DTypeLabel(kernels::DType dtype) {
-  return dtype == kernels::DType::kBfloat16 ? "bf16" : "fp32";
-}
+std::string DTypeLabel(kernels::DType dtype) { return kernels::DTypeName(dtype); }
 
 DeviceTolerance DefaultTolerance(kernels::DType compute_dtype) {
   if (compute_dtype == kernels::DType::kBfloat16) return {.loss = 1e-2, .gradient = 5e-2};
+  if (compute_dtype == kernels::DType::kFloat16) return {.loss = 5e-3, .gradient = 2e-2};
   return {.loss = 1e-5, .gradient = 1e-4};
 }
 
@@ -184,10 +183,13 @@ absl::StatusOr<GradientComparison> CompareLossAndGradients(kernels::Backend& dev
     const kernels::DType dtype = side == 0 ? setup.compute_dtype : kernels::DType::kFloat32;
     QTRAIN_ASSIGN_OR_RETURN(Model model, MakeModel(backend, setup, dtype));
     QTRAIN_RETURN_IF_ERROR(model.ZeroGrads());
-    QTRAIN_ASSIGN_OR_RETURN(ForwardResult result, model.ForwardBackward(batch.View(setup)));
+    Batch view = batch.View(setup);
+    if (side == 0) view.loss_scale = setup.loss_scale;
+    QTRAIN_ASSIGN_OR_RETURN(ForwardResult result, model.ForwardBackward(view));
     (side == 0 ? out.loss : out.reference_loss) = result.loss;
     QTRAIN_ASSIGN_OR_RETURN(grads[side], CopyOut(backend, model.grads(), "the gradients"));
   }
+  for (float& g : grads[0]) g /= setup.loss_scale;
   out.loss_error = RelativeError(out.loss, out.reference_loss);
   const ParameterLayout layout(setup.config);
   bool finite = std::isfinite(out.loss);

@@ -27,6 +27,8 @@ struct DeviceCheckSetup {
   uint64_t seed = 1;  // parameters (InitializeParameters) and tokens
   kernels::DType compute_dtype = kernels::DType::kFloat32;
   bool recompute_activations = false;
+  // The device pass's loss scale (fp16), divided out of its gradients before they are compared.
+  float loss_scale = 1.0f;
 };
 
 // Bounds on the device's difference from the CPU fp32 reference.
@@ -34,7 +36,8 @@ struct DeviceTolerance {
   double loss = 0;      // |loss - reference| / |reference|
   double gradient = 0;  // per tensor: ||g - reference||_2 / ||reference||_2
 };
-// fp32 compute: summation order only. bf16: a few bf16 roundings (8 bits of mantissa) per op.
+// fp32 compute: summation order only. bf16: a few bf16 roundings (8 bits of mantissa) per op;
+// fp16: the same with 11 bits.
 DeviceTolerance DefaultTolerance(kernels::DType compute_dtype);
 
 // (b) One forward and backward pass on both backends, same parameters and batch.

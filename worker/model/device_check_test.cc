@@ -71,6 +71,20 @@ TEST(DeviceCheckTest, Bf16FollowsFp32WithinTheBf16Tolerance) {
   EXPECT_GT(result->loss_error, 0.0);
 }
 
+TEST(DeviceCheckTest, LossScaledFp16FollowsFp32WithinTheFp16Tolerance) {
+  OpaqueMemoryBackend device;
+  DeviceCheckSetup setup = Tiny(DType::kFloat16);
+  setup.loss_scale = 1024.0f;
+  auto result = CompareLossAndGradients(device, kernels::CpuBackend(), setup,
+                                        DefaultTolerance(DType::kFloat16));
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_TRUE(result->passed) << result->loss_error << " " << result->worst_gradient_error << " "
+                              << result->worst_tensor;
+  std::printf("qwen2-tiny fp16 vs fp32: loss error %.2e, worst gradient error %.2e (%s)\n",
+              result->loss_error, result->worst_gradient_error, result->worst_tensor.c_str());
+  EXPECT_GT(result->worst_gradient_error, 1e-5);
+}
+
 TEST(DeviceCheckTest, AnOpOffByOnePercentFailsTheGradientCheck) {
   OpaqueMemoryBackend opaque;
   SkewedSwigluBackend device(opaque);
