@@ -10,8 +10,8 @@
 #     bitwise reruns of the deterministic kernels, and the cuBLASLt GEMMs against the float64
 #     product with bitwise reruns of their kept plans (gpu_ops_check);
 # (a') the backend conformance suite on the CUDA backend: every op of kernels/ops.h against the
-#     reference, in an fp32 and a bf16 pass, as CI runs it on the CPU backend (cuda_conformance);
-# (b) qwen2-tiny's loss and gradients on the CUDA backend, fp32 and bf16, against the CPU
+#     reference, in fp32, bf16 and fp16 passes, as CI runs it on the CPU backend (cuda_conformance);
+# (b) qwen2-tiny's loss and gradients on the CUDA backend, fp32, bf16 and fp16, against the CPU
 #     backend in fp32; (c) a 30-step bf16 training run whose loss curve follows the CPU's;
 # (d) qwen2-0.5b bf16 training-step throughput at 2048 and 4096 tokens (MFU) and one
 #     32,768-token step with recomputation (gpu_model_check);
