@@ -2,9 +2,16 @@
 # Prints the Debian/Ubuntu packages that hold the shared libraries the given binaries link
 # directly (their DT_NEEDED entries, resolved by ldd), one per line, sorted: what a runtime
 # image must install for them. Needs readelf (binutils), ldd and dpkg. The GPU driver's
-# libraries are left out: the node provides them.
+# libraries are left out: the node provides them. --without-cuda also leaves out the CUDA
+# toolkit's libraries (cudart, cuBLAS, cuDNN, NVRTC, NCCL): for an image built with
+# QTRAIN_CUDA=OFF, from binaries of a CUDA build.
 set -eu
-[ "$#" -gt 0 ] || { echo "usage: $0 BINARY..." >&2; exit 2; }
+without_cuda=0
+if [ "${1:-}" = "--without-cuda" ]; then
+  without_cuda=1
+  shift
+fi
+[ "$#" -gt 0 ] || { echo "usage: $0 [--without-cuda] BINARY..." >&2; exit 2; }
 
 # The path of every library the binaries need, once each.
 libraries() {
@@ -15,6 +22,8 @@ libraries() {
     for lib in $needed; do
       case "$lib" in
         libcuda.so*|libnvidia-ml.so*) continue ;;
+        libcudart.so*|libcublas*.so*|libcudnn*.so*|libnvrtc*.so*|libnccl.so*)
+          [ "$without_cuda" = 1 ] && continue ;;
       esac
       path=$(printf '%s\n' "$resolved" | awk -v l="$lib" '$1 == l && $2 == "=>" { print $3 }')
       case "$path" in

@@ -265,11 +265,14 @@ _NEEDED = {}
 
 
 def needed_packages(root, binaries):
+    """The packages the binaries link, less the CUDA toolkit's libraries: the CPU image builds
+    with QTRAIN_CUDA=OFF, and the binaries checked may come from a CUDA build."""
     script = os.path.join(root, "deploy", "docker", "runtime-packages.sh")
     with open(script, "rb") as f:
         key = (f.read(), tuple(binaries))
     if key not in _NEEDED:  # dpkg -S is slow: once per script and binaries
-        proc = subprocess.run([script, *binaries], capture_output=True, text=True, timeout=300)
+        proc = subprocess.run([script, "--without-cuda", *binaries], capture_output=True,
+                              text=True, timeout=300)
         if proc.returncode != 0:
             raise SystemExit(f"runtime-packages.sh failed: {proc.stderr.strip()}")
         _NEEDED[key] = set(proc.stdout.split())

@@ -84,7 +84,7 @@ struct TrainerOptions {
   // for running a job in pieces.
   int64_t stop_after_step = 0;
   // Test hook: sees the gradients of every step before the optimizer does (this rank's reduced
-  // shard of them: all of them in a group of one).
+  // shard of them: all of them in a group of one; with precision fp16, times the loss scale).
   std::function<void(int64_t step, std::span<float> grads)> gradient_hook;
   // Fault injection for tests (a hook may kill the process): called at "step_done" (after step
   // `step` is logged, before its checkpoint) and "checkpoint_written" (a checkpoint's files are

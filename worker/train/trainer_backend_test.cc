@@ -17,6 +17,7 @@
 #include "worker/model/config.h"
 #include "worker/model/opaque_backend_test_util.h"
 #include "worker/train/metrics_log.h"
+#include "worker/train/synthetic_tokens_test_util.h"
 #include "worker/train/trainer.h"
 
 namespace qtrain::train {
@@ -26,15 +27,7 @@ namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
 InMemoryTokenSource MakeData(int64_t n) {
-  std::vector<int32_t> tokens(static_cast<size_t>(n));
-  uint64_t rng = 777;
-  int32_t previous = 0;
-  for (int32_t& t : tokens) {
-    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
-    t = (rng >> 60) == 0 ? static_cast<int32_t>((rng >> 40) % 32) : (previous * 7 + 1) % 32;
-    previous = t;
-  }
-  return InMemoryTokenSource(std::move(tokens), "synthetic-backend-v1");
+  return testing::SyntheticTokens(n, 777, "synthetic-backend-v1");
 }
 
 // Two stages (the second with another RoPE base, so the model is rebuilt), accumulation of 2

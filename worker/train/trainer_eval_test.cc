@@ -18,6 +18,7 @@
 #include "worker/comm/in_process_communicator.h"
 #include "worker/model/model_source.h"
 #include "worker/train/metrics_log.h"
+#include "worker/train/synthetic_tokens_test_util.h"
 #include "worker/train/test_dataset.h"
 #include "worker/train/trainer.h"
 
@@ -28,15 +29,7 @@ namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
 InMemoryTokenSource MakeData(int64_t n) {
-  std::vector<int32_t> tokens(static_cast<size_t>(n));
-  uint64_t rng = 777;
-  int32_t previous = 0;
-  for (int32_t& t : tokens) {
-    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
-    t = (rng >> 60) == 0 ? static_cast<int32_t>((rng >> 40) % 32) : (previous * 5 + 3) % 32;
-    previous = t;
-  }
-  return InMemoryTokenSource(std::move(tokens), "eval-synthetic-v1");
+  return testing::SyntheticTokens(n, 777, "eval-synthetic-v1");
 }
 
 class TrainerEvalTest : public ::testing::Test {

@@ -22,6 +22,7 @@
 #include "worker/comm/in_process_communicator.h"
 #include "worker/model/config.h"
 #include "worker/model/param_layout.h"
+#include "worker/train/synthetic_tokens_test_util.h"
 #include "worker/train/trainer.h"
 
 namespace qtrain::train {
@@ -31,15 +32,7 @@ namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
 InMemoryTokenSource MakeData(int64_t n) {
-  std::vector<int32_t> tokens(static_cast<size_t>(n));
-  uint64_t rng = 12345;
-  int32_t previous = 0;
-  for (int32_t& t : tokens) {
-    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
-    t = (rng >> 60) == 0 ? static_cast<int32_t>((rng >> 40) % 32) : (previous * 5 + 3) % 32;
-    previous = t;
-  }
-  return InMemoryTokenSource(std::move(tokens), "synthetic-v1");
+  return testing::SyntheticTokens(n, 12345, "synthetic-v1");
 }
 
 // Two stages of 4 micro-batches per step (4 + 3 steps), so 1, 2 and 4 ranks each get 2^k. The

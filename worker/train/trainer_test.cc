@@ -21,6 +21,7 @@
 #include "worker/model/checkpoint_io.h"
 #include "worker/model/config.h"
 #include "worker/train/metrics_log.h"
+#include "worker/train/synthetic_tokens_test_util.h"
 
 namespace qtrain::train {
 namespace {
@@ -28,18 +29,8 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
-// A learnable stream over the 32-token test vocabulary: mostly a fixed successor function, with
-// some noise.
 InMemoryTokenSource MakeData(int64_t n) {
-  std::vector<int32_t> tokens(static_cast<size_t>(n));
-  uint64_t rng = 12345;
-  int32_t previous = 0;
-  for (int32_t& t : tokens) {
-    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
-    t = (rng >> 60) == 0 ? static_cast<int32_t>((rng >> 40) % 32) : (previous * 5 + 3) % 32;
-    previous = t;
-  }
-  return InMemoryTokenSource(std::move(tokens), "synthetic-v1");
+  return testing::SyntheticTokens(n, 12345, "synthetic-v1");
 }
 
 // Two stages (seq_len 16 then 32), 4 + 3 steps of 256 tokens.
@@ -416,7 +407,7 @@ TEST_F(TrainerTest, ResumeWithAnotherSpecIsRefusedUnlessTheChangeIsSafe) {
   second.stop_after_step = 5;
   auto resumed = Train("run", edited(SpecText(), "keep_last: 2", "keep_last: 3"), second);
   ASSERT_TRUE(resumed.ok()) << resumed.status();
-  EXPECT_THAT(events, testing::Contains(HasSubstr(
+  EXPECT_THAT(events, ::testing::Contains(HasSubstr(
                           "spec changed since the checkpoint: checkpoint.keep_last: 2 -> 3")));
   EXPECT_THAT(ReadFileToString((root_ / "run" / "job.json").string()).value(),
               HasSubstr("\"keep_last\": \"3\""));
