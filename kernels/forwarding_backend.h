@@ -133,6 +133,10 @@ class ForwardingBackend : public Backend {
                         double* sum_squares) override {
     return inner_.SumOfSquares(tensors, sizes, count, sum_squares);
   }
+  OpStatus BlockSumsOfSquares(const float* x, int64_t n, int64_t block_elements,
+                              double* sums) override {
+    return inner_.BlockSumsOfSquares(x, n, block_elements, sums);
+  }
 
  private:
   Backend& inner_;

@@ -130,8 +130,9 @@ struct AdamWParams {
 };
 
 // One tensor of a multi-tensor AdamW step (Backend::AdamWMultiStep): its fp32 master weights,
-// gradient and moments (backend memory), whether it decays, and optionally the bf16 working copy
-// of its weights that the step rewrites from the updated fp32 values (round to nearest even).
+// gradient and moments (backend memory), whether it decays, and optionally the 16-bit working
+// copy of its weights (bf16 or fp16) that the step rewrites from the updated fp32 values (round
+// to nearest even).
 struct AdamWTensor {
   float* param = nullptr;
   const float* grad = nullptr;
@@ -139,7 +140,7 @@ struct AdamWTensor {
   float* v = nullptr;
   int64_t n = 0;
   bool apply_weight_decay = true;
-  Tensor working_copy;  // null, or bf16 [n]
+  Tensor working_copy;  // null, or bf16/fp16 [n]
 };
 
 class Backend {
@@ -318,7 +319,7 @@ class Backend {
   // AdamWStep over `count` tensors in one call (on a GPU one launch per group of tensors instead
   // of one per tensor), each element updated exactly as AdamWStep would, with each tensor's
   // apply_weight_decay in place of params.apply_weight_decay; a tensor's working_copy, if any,
-  // receives its updated weights in bf16, so no separate Cast pass is needed.
+  // receives its updated weights in its dtype (bf16 or fp16), so no separate Cast pass is needed.
   //   tensors: a HOST array of `count` descriptors of backend memory. Tensors must not overlap.
   virtual OpStatus AdamWMultiStep(const AdamWTensor* tensors, int64_t count,
                                   const AdamWParams& params) = 0;
@@ -329,6 +330,13 @@ class Backend {
   //   sum_squares: one double of BACKEND memory (host memory on the CPU backend).
   virtual OpStatus SumOfSquares(const float* const* tensors, const int64_t* sizes, int64_t count,
                                 double* sum_squares) = 0;
+  // The sums of squares of consecutive blocks of one fp32 tensor (the data-parallel gradient
+  // norm's per-block sums, which do not depend on how the buffer is sharded): sums[b] is the sum
+  // of x[i]^2 over i in [b*block_elements, min(n, (b+1)*block_elements)), accumulated in double
+  // in a fixed order (the CPU backend's: element order), for b < ceil(n / block_elements).
+  //   x [n] fp32; block_elements > 0; sums: ceil(n / block_elements) doubles of BACKEND memory.
+  virtual OpStatus BlockSumsOfSquares(const float* x, int64_t n, int64_t block_elements,
+                                      double* sums) = 0;
 };
 
 // The CPU backend (fp32 kernels, bf16 through them; OpenMP + OpenBLAS). A process-wide instance;

@@ -320,6 +320,20 @@ class OpRun {
     const std::vector<unsigned char> poison(sizeof(T), 0xFF);
     return static_cast<T*>(Add(name, Role::kOutput, poison.data(), sizeof(T)));
   }
+  // `count` of them (BlockSumsOfSquares' sums), and their values after the first run.
+  template <typename T>
+  T* ScalarsOut(const char* name, size_t count) {
+    const std::vector<unsigned char> poison(count * sizeof(T), 0xFF);
+    return static_cast<T*>(Add(name, Role::kOutput, poison.data(), poison.size()));
+  }
+  template <typename T>
+  std::vector<T> Scalars(const char* name) const {
+    const Slot* s = Find(name);
+    if (s == nullptr || !executed_) return {};
+    std::vector<T> values(s->bytes / sizeof(T));
+    if (!values.empty()) std::memcpy(values.data(), s->result[0].data(), s->bytes);
+    return values;
+  }
   // Its value after the first run (the poison when it did not run).
   template <typename T>
   T Scalar(const char* name) const {
@@ -1664,12 +1678,15 @@ void CheckAdamW(Suite& s) {
 void CheckAdamWMulti(Suite& s) {
   if (!s.Wants("AdamWMultiStep")) return;
   Backend& be = s.be();
+  // copy: the dtype of the tensor's working copy, fp32 for none.
+  constexpr DType kNone = DType::kFloat32, kBf16 = DType::kBfloat16, kFp16 = DType::kFloat16;
   struct Part {
     int64_t n;
-    bool decay, copy;
+    bool decay;
+    DType copy;
   };
-  const Part parts[] = {{1001, true, true},   {1, false, false},   {0, true, true},
-                        {65537, false, true}, {4099, true, false}, {17, true, true}};
+  const Part parts[] = {{1001, true, kBf16},   {1, false, kNone},   {0, true, kBf16},
+                        {65537, false, kFp16}, {4099, true, kNone}, {17, true, kFp16}};
   const int64_t count = static_cast<int64_t>(std::size(parts));
   Rng rng = s.MakeRng("AdamWMulti", 1);
   std::vector<std::vector<float>> p0, g, m0, v0;
@@ -1728,8 +1745,8 @@ void CheckAdamWMulti(Suite& s) {
     x.v = run.InOut(("v" + i).c_str(), v0[t]);
     x.n = parts[t].n;
     x.apply_weight_decay = parts[t].decay;
-    if (parts[t].copy) {
-      x.working_copy = run.ActOutAs(("copy" + i).c_str(), parts[t].n, DType::kBfloat16);
+    if (parts[t].copy != kNone) {
+      x.working_copy = run.ActOutAs(("copy" + i).c_str(), parts[t].n, parts[t].copy);
     }
   }
   if (!run.Execute([&] { return be.AdamWMultiStep(tensors.data(), count, params); })) return;
@@ -1738,10 +1755,10 @@ void CheckAdamWMulti(Suite& s) {
     run.Check(("param" + i).c_str(), ToDouble(p1[t]), p1[t], kExact);
     run.Check(("m" + i).c_str(), ToDouble(m1[t]), m1[t], kExact);
     run.Check(("v" + i).c_str(), ToDouble(v1[t]), v1[t], kExact);
-    if (parts[t].copy) {
+    if (parts[t].copy != kNone) {
       std::vector<double> rounded(p1[t].size());
       for (size_t k = 0; k < rounded.size(); ++k) {
-        rounded[k] = math::FloatFromBf16(math::Bf16FromFloat(p1[t][k]));
+        rounded[k] = HalfValue(HalfBits(p1[t][k], parts[t].copy), parts[t].copy);
       }
       run.Check(("copy" + i).c_str(), rounded, ToFloat(rounded), kExact);
     }
@@ -1805,6 +1822,38 @@ void CheckSumOfSquares(Suite& s) {
       return be.SumOfSquares(tensors.data(), sizes.data(), static_cast<int64_t>(sizes.size()), got);
     });
     run.CheckScalar("sum_squares", run.Scalar<double>("sum_squares"), want, want, kDoubleSum);
+  }
+}
+
+void CheckBlockSumsOfSquares(Suite& s) {
+  if (!s.Wants("BlockSumsOfSquares")) return;
+  Backend& be = s.be();
+  struct Case {
+    int64_t n, block;
+  };
+  // A partial last block, one exact block, blocks of one element, and a block larger than x.
+  const Case cases[] = {{100003, 16384}, {8192, 8192}, {7, 1}, {33, 4096}, {0, 16}};
+  uint32_t index = 0;
+  for (const Case& c : cases) {
+    ++index;
+    Rng rng = s.MakeRng("BlockSumsOfSquares", index);
+    const std::string shape =
+        "n=" + std::to_string(c.n) + " block_elements=" + std::to_string(c.block);
+    OpRun run(s, "BlockSumsOfSquares", shape);
+    const std::vector<float> x = c.n > 0 ? rng.Uniform(c.n, -1, 1) : std::vector<float>{kNaN};
+    const float* dx = run.In("x", x);
+    const int64_t blocks = (c.n + c.block - 1) / c.block;
+    // (A write past the last block lands in the guard zone: Execute fails it.)
+    double* sums = run.ScalarsOut<double>("sums", static_cast<size_t>(blocks));
+    if (!run.Execute([&] { return be.BlockSumsOfSquares(dx, c.n, c.block, sums); })) continue;
+    const std::vector<double> got = run.Scalars<double>("sums");
+    for (int64_t b = 0; b < blocks; ++b) {
+      double want = 0.0;
+      for (int64_t i = b * c.block; i < std::min(c.n, (b + 1) * c.block); ++i) {
+        want += static_cast<double>(x[i]) * x[i];
+      }
+      run.CheckScalar(("sums[" + std::to_string(b) + "]").c_str(), got[b], want, want, kDoubleSum);
+    }
   }
 }
 
@@ -2030,6 +2079,12 @@ void CheckInvalidCalls(Suite& s) {
     const AdamWParams params{.beta2 = 1.0};
     run.ExpectError(what, [&] { return be.AdamWStep(p, g, m, v, 8, params); });
   });
+  invalid("BlockSumsOfSquares", "n=8 block_elements=0", "zero block",
+          [&](OpRun& run, const char* what) {
+            const float* x = run.In("x", f8);
+            double* sums = run.ScalarOut<double>("sums");
+            run.ExpectError(what, [&] { return be.BlockSumsOfSquares(x, 8, 0, sums); });
+          });
   invalid("SumOfSquares", "sizes={8,-1}", "negative size", [&](OpRun& run, const char* what) {
     const float* t = run.In("t", f8);
     const float* tensors[] = {t, t};
@@ -2063,6 +2118,7 @@ std::vector<ConformanceCase> RunConformance(Backend& backend, const ConformanceO
       CheckAdamW(s);
       CheckAdamWMulti(s);
       CheckSumOfSquares(s);
+      CheckBlockSumsOfSquares(s);
       CheckInvalidCalls(s);
     }
     std::vector<ConformanceCase> pass = s.Take();

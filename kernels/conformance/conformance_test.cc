@@ -198,6 +198,31 @@ class AdamWMultiStepWithoutWorkingCopies : public ForwardingBackend {
   }
 };
 
+// A multi-tensor AdamW that writes every working copy as bf16, whatever its dtype.
+class AdamWMultiStepWithBf16Copies : public ForwardingBackend {
+ public:
+  using ForwardingBackend::ForwardingBackend;
+  OpStatus AdamWMultiStep(const AdamWTensor* tensors, int64_t count,
+                          const AdamWParams& params) override {
+    std::vector<AdamWTensor> copy(tensors, tensors + std::max<int64_t>(count, 0));
+    for (AdamWTensor& t : copy) {
+      if (!t.working_copy.is_null()) t.working_copy = {t.working_copy.data(), DType::kBfloat16};
+    }
+    return inner().AdamWMultiStep(count > 0 ? copy.data() : tensors, count, params);
+  }
+};
+
+// Block sums that leave out the last block when it is partial.
+class BlockSumsWithoutThePartialBlock : public ForwardingBackend {
+ public:
+  using ForwardingBackend::ForwardingBackend;
+  OpStatus BlockSumsOfSquares(const float* x, int64_t n, int64_t block_elements,
+                              double* sums) override {
+    if (block_elements > 0 && n % block_elements != 0) n -= n % block_elements;
+    return inner().BlockSumsOfSquares(x, n, block_elements, sums);
+  }
+};
+
 // bf16 outputs of ResidualForward off by `ulps` units in the last place (the bits moved away from
 // zero): one ulp is a rounding difference the bf16 tolerance accepts, eight are an error.
 // Moves every 16-bit output of ResidualForward `ulps` steps (its bits, bf16 or fp16).
@@ -265,7 +290,8 @@ TEST(ConformanceTest, CpuBackendPassesEveryCase) {
                          "CrossEntropyForwardBackward",
                          "AdamWStep",
                          "AdamWMultiStep",
-                         "SumOfSquares"}) {
+                         "SumOfSquares",
+                         "BlockSumsOfSquares"}) {
     EXPECT_TRUE(ops.count(op)) << op;
   }
   bool all_passed = true;
@@ -361,6 +387,10 @@ INSTANTIATE_TEST_SUITE_P(
                    "LmHeadBackward", "dembedding"},
         Corruption{"AdamWMultiStepWithoutWorkingCopies", Make<AdamWMultiStepWithoutWorkingCopies>(),
                    "AdamWMultiStep", "copy", false},
+        Corruption{"AdamWMultiStepWithBf16Copies", Make<AdamWMultiStepWithBf16Copies>(),
+                   "AdamWMultiStep", "copy", false},
+        Corruption{"BlockSumsWithoutThePartialBlock", Make<BlockSumsWithoutThePartialBlock>(),
+                   "BlockSumsOfSquares", "sums", false},
         Corruption{"CrossEntropyCountingIgnoredRows", Make<CrossEntropyCountingIgnoredRows>(),
                    "CrossEntropyForward", "num_valid", false},  // fp32 logits only
         Corruption{"UnvalidatedCrossEntropyBackward", Make<UnvalidatedCrossEntropyBackward>(),
@@ -432,8 +462,8 @@ TEST(ConformanceTest, DtypePasses) {
           "RopeBackward", "AttentionBackward", "SwigluBackward", "ResidualBackward"}) {
       EXPECT_TRUE(ops.count(op)) << prefix << op;
     }
-    for (const char* op :
-         {"Cast", "CrossEntropyForward", "AdamWStep", "AdamWMultiStep", "SumOfSquares", "Alloc"}) {
+    for (const char* op : {"Cast", "CrossEntropyForward", "AdamWStep", "AdamWMultiStep",
+                           "SumOfSquares", "BlockSumsOfSquares", "Alloc"}) {
       EXPECT_FALSE(ops.count(op)) << prefix << op;
     }
   }

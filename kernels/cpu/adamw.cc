@@ -1,5 +1,5 @@
-// AdamW step (torch.optim.AdamW arithmetic) and the deterministic sum of squares behind the
-// global gradient norm.
+// AdamW step (torch.optim.AdamW arithmetic) and the deterministic sums of squares behind the
+// global gradient norm (one total, or one per block).
 //   param, grad, m, v [n]
 #include <algorithm>
 #include <cmath>
@@ -46,11 +46,19 @@ OpStatus CpuBackendImpl::AdamWMultiStep(const AdamWTensor* tensors, int64_t coun
     const AdamWTensor& x = tensors[t];
     const math::AdamWScalars scalars = math::MakeAdamWScalars(
         p.lr, p.beta1, p.beta2, p.eps, p.weight_decay, x.apply_weight_decay, p.step, p.grad_scale);
-    Bf16* copy = x.working_copy.is_null() ? nullptr : x.working_copy.bf16();
+    const auto update = [&](auto* copy) {
 #pragma omp parallel for schedule(static) if (WorthParallel(x.n))
-    for (int64_t i = 0; i < x.n; ++i) {
-      math::AdamWElement(scalars, x.grad[i], x.param[i], x.m[i], x.v[i]);
-      if (copy != nullptr) math::Store(x.param[i], copy[i]);
+      for (int64_t i = 0; i < x.n; ++i) {
+        math::AdamWElement(scalars, x.grad[i], x.param[i], x.m[i], x.v[i]);
+        if (copy != nullptr) math::Store(x.param[i], copy[i]);
+      }
+    };
+    if (x.working_copy.is_null()) {
+      update(static_cast<Bf16*>(nullptr));
+    } else if (x.working_copy.dtype() == DType::kFloat16) {
+      update(x.working_copy.f16());
+    } else {
+      update(x.working_copy.bf16());
     }
   }
   return OpStatus::Ok();
@@ -88,6 +96,29 @@ OpStatus CpuBackendImpl::SumOfSquares(const float* const* tensors, const int64_t
     for (double s : partial) total += s;
   }
   *sum_squares = total;
+  return OpStatus::Ok();
+}
+
+OpStatus CpuBackendImpl::BlockSumsOfSquares(const float* x, int64_t n, int64_t block_elements,
+                                            double* sums) {
+  constexpr const char* kOp = "BlockSumsOfSquares";
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNonNegative(kOp, "n", n));
+  if (block_elements <= 0) {
+    return OpStatus::Error("BlockSumsOfSquares: block_elements must be > 0, not " +
+                           std::to_string(block_elements));
+  }
+  if (n == 0) return OpStatus::Ok();
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "x", x));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kOp, "sums", sums));
+  const int64_t blocks = (n + block_elements - 1) / block_elements;
+  // Each block in element order (the host's rule, optimizer.h BlockSumsOfSquares).
+#pragma omp parallel for schedule(static) if (WorthParallel(n))
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t end = std::min(n, (b + 1) * block_elements);
+    double acc = 0.0;
+    for (int64_t i = b * block_elements; i < end; ++i) acc += static_cast<double>(x[i]) * x[i];
+    sums[b] = acc;
+  }
   return OpStatus::Ok();
 }
 

@@ -81,6 +81,8 @@ class CpuBackendImpl final : public Backend {
                           const AdamWParams& params) override;
   OpStatus SumOfSquares(const float* const* tensors, const int64_t* sizes, int64_t count,
                         double* sum_squares) override;
+  OpStatus BlockSumsOfSquares(const float* x, int64_t n, int64_t block_elements,
+                              double* sums) override;
 
  private:
   // The fp32 kernels, one file per op (embedding.cc, rmsnorm.cc, ...).

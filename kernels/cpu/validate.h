@@ -136,9 +136,10 @@ inline OpStatus ValidateAdamWTensors(const AdamWTensor* tensors, int64_t count) 
     if (t.param == nullptr || t.grad == nullptr || t.m == nullptr || t.v == nullptr) {
       return OpStatus::Error(std::string(kOp) + ": " + which + " has a null param, grad, m or v");
     }
-    if (!t.working_copy.is_null() && t.working_copy.dtype() != DType::kBfloat16) {
+    if (!t.working_copy.is_null() && t.working_copy.dtype() != DType::kBfloat16 &&
+        t.working_copy.dtype() != DType::kFloat16) {
       return OpStatus::Error(std::string(kOp) + ": " + which +
-                             "'s working_copy must be bf16, not " +
+                             "'s working_copy must be bf16 or fp16, not " +
                              DTypeName(t.working_copy.dtype()));
     }
   }

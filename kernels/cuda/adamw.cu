@@ -1,6 +1,6 @@
 // AdamW on fp32 master weights and moments (element_math.h AdamWElement, the arithmetic the CPU
-// backend runs), writing the bf16 working copy of the weights when asked.
-//   param, grad, m, v [n] fp32; working_copy [n] bf16 (optional)
+// backend runs), writing the 16-bit working copy of the weights when asked.
+//   param, grad, m, v [n] fp32; working_copy [n] bf16 or fp16 (optional)
 #include <cmath>
 
 #include "kernels/cuda/launch.cuh"
@@ -8,23 +8,29 @@
 namespace qtrain::kernels::cuda {
 namespace {
 
-// Element i of one tensor, and of its working copy when there is one.
+// Element i of one tensor, and of its working copy when there is one (fp16 when `half`, else
+// bf16: both are 16-bit, so one pointer serves).
 __device__ __forceinline__ void UpdateElement(const math::AdamWScalars& s, int64_t i, float* param,
                                               const float* grad, float* m, float* v,
-                                              math::Bf16* working_copy) {
+                                              void* working_copy, bool half) {
   float w = param[i], mi = m[i], vi = v[i];
   math::AdamWElement(s, grad[i], w, mi, vi);
   param[i] = w;
   m[i] = mi;
   v[i] = vi;
-  if (working_copy != nullptr) math::Store(w, working_copy[i]);
+  if (working_copy == nullptr) return;
+  if (half) {
+    math::Store(w, static_cast<math::F16*>(working_copy)[i]);
+  } else {
+    math::Store(w, static_cast<math::Bf16*>(working_copy)[i]);
+  }
 }
 
 __global__ void AdamWKernel(math::AdamWScalars s, float* param, const float* grad, float* m,
-                            float* v, math::Bf16* working_copy, int64_t n) {
+                            float* v, void* working_copy, bool half, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
-    UpdateElement(s, i, param, grad, m, v, working_copy);
+    UpdateElement(s, i, param, grad, m, v, working_copy, half);
   }
 }
 
@@ -35,10 +41,11 @@ struct AdamWGroup {
   const float* grad[kAdamWGroupTensors];
   float* m[kAdamWGroupTensors];
   float* v[kAdamWGroupTensors];
-  math::Bf16* working_copy[kAdamWGroupTensors];
+  void* working_copy[kAdamWGroupTensors];
   int64_t n[kAdamWGroupTensors];
   int64_t first_block[kAdamWGroupTensors + 1];
   uint32_t decays;  // bit t: tensor t applies weight decay
+  uint32_t halves;  // bit t: tensor t's working copy is fp16 (else bf16)
   int count;
 };
 
@@ -51,9 +58,10 @@ __global__ void AdamWMultiKernel(math::AdamWScalars decay, math::AdamWScalars no
   const float* grad = nullptr;
   float* m = nullptr;
   float* v = nullptr;
-  math::Bf16* copy = nullptr;
+  void* copy = nullptr;
   int64_t n = 0, first = 0;
   bool decays = false;
+  bool half = false;
 #pragma unroll
   for (int t = 0; t < kAdamWGroupTensors; ++t) {
     if (t < group.count && block >= group.first_block[t] && block < group.first_block[t + 1]) {
@@ -65,13 +73,14 @@ __global__ void AdamWMultiKernel(math::AdamWScalars decay, math::AdamWScalars no
       n = group.n[t];
       first = group.first_block[t];
       decays = (group.decays >> t) & 1u;
+      half = (group.halves >> t) & 1u;
     }
   }
   const math::AdamWScalars s = decays ? decay : no_decay;
   const int64_t begin = (block - first) * kAdamWChunk;
   const int64_t end = begin + kAdamWChunk < n ? begin + kAdamWChunk : n;
   for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-    UpdateElement(s, i, param, grad, m, v, copy);
+    UpdateElement(s, i, param, grad, m, v, copy, half);
   }
 }
 
@@ -100,7 +109,7 @@ OpStatus AdamWStep(const AdamWParams& p, cudaStream_t stream) {
   const math::AdamWScalars scalars = math::MakeAdamWScalars(
       p.lr, p.beta1, p.beta2, p.eps, p.weight_decay, p.apply_weight_decay, p.step, p.grad_scale);
   AdamWKernel<<<GridFor(p.n), kThreads, 0, stream>>>(scalars, p.param, p.grad, p.m, p.v,
-                                                     static_cast<math::Bf16*>(p.working_copy), p.n);
+                                                     p.working_copy, p.working_copy_f16, p.n);
   return LaunchStatus("AdamWStep");
 }
 
@@ -153,7 +162,8 @@ OpStatus AdamWMultiStep(const AdamWMultiParams& p, cudaStream_t stream) {
       group.grad[t] = x.grad;
       group.m[t] = x.m;
       group.v[t] = x.v;
-      group.working_copy[t] = static_cast<math::Bf16*>(x.working_copy);
+      group.working_copy[t] = x.working_copy;
+      if (x.working_copy_f16) group.halves |= 1u << t;
       group.n[t] = x.n;
       group.first_block[t] = blocks;
       if (x.apply_weight_decay) group.decays |= 1u << t;

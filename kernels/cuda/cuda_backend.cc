@@ -529,6 +529,8 @@ class CudaBackendImpl final : public Backend {
                  .m = x.m,
                  .v = x.v,
                  .working_copy = x.working_copy.data(),
+                 .working_copy_f16 =
+                     !x.working_copy.is_null() && x.working_copy.dtype() == DType::kFloat16,
                  .n = x.n,
                  .apply_weight_decay = x.apply_weight_decay};
     }
@@ -573,6 +575,13 @@ class CudaBackendImpl final : public Backend {
                                                .partials_capacity = partials,
                                                .sum_squares = sum_squares},
                               stream_);
+  }
+  OpStatus BlockSumsOfSquares(const float* x, int64_t n, int64_t block_elements,
+                              double* sums) override {
+    QTRAIN_KERNEL_RETURN_IF_ERROR(Bind());
+    // The sums go to device memory (ops.h): no synchronization here.
+    return cuda::BlockSumsOfSquares(
+        {.x = x, .n = n, .block_elements = block_elements, .sums = sums}, stream_);
   }
 
  private:

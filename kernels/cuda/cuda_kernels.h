@@ -304,14 +304,15 @@ OpStatus CanImplement(const AttentionBackwardParams& p);
 OpStatus AttentionBackward(const AttentionBackwardParams& p, cudaStream_t stream);
 
 // AdamW on fp32 master weights and moments (torch.optim.AdamW's arithmetic, element_math.h),
-// optionally writing the bf16 working copy of the updated weights.
-//   param, grad, m, v [n] fp32; working_copy [n] bf16 (optional).
+// optionally writing the 16-bit working copy of the updated weights.
+//   param, grad, m, v [n] fp32; working_copy [n] bf16, or fp16 with working_copy_f16 (optional).
 struct AdamWParams {
   float* param = nullptr;
   const float* grad = nullptr;
   float* m = nullptr;
   float* v = nullptr;
-  void* working_copy = nullptr;  // bf16, optional
+  void* working_copy = nullptr;  // bf16 (fp16 when working_copy_f16), optional
+  bool working_copy_f16 = false;
   int64_t n = 0;
   double lr = 1e-3;
   double beta1 = 0.9;
@@ -335,7 +336,8 @@ struct AdamWTensorRef {
   const float* grad = nullptr;
   float* m = nullptr;
   float* v = nullptr;
-  void* working_copy = nullptr;  // bf16, optional
+  void* working_copy = nullptr;  // bf16 (fp16 when working_copy_f16), optional
+  bool working_copy_f16 = false;
   int64_t n = 0;
   bool apply_weight_decay = true;
 };
@@ -370,6 +372,19 @@ struct SumSquaresParams {
 };
 OpStatus CanImplement(const SumSquaresParams& p);
 OpStatus SumOfSquares(const SumSquaresParams& p, cudaStream_t stream);
+
+// The sums of squares of consecutive blocks of one fp32 tensor (Backend::BlockSumsOfSquares):
+// one thread block per block of x, summing in double in the fixed tree of SumOfSquares's first
+// pass, so the bits depend only on n and block_elements.
+//   x [n] fp32; sums: ceil(n / block_elements) device doubles (overwritten).
+struct BlockSumSquaresParams {
+  const float* x = nullptr;
+  int64_t n = 0;
+  int64_t block_elements = 0;
+  double* sums = nullptr;
+};
+OpStatus CanImplement(const BlockSumSquaresParams& p);
+OpStatus BlockSumsOfSquares(const BlockSumSquaresParams& p, cudaStream_t stream);
 
 // The deterministic sum of a data-parallel group's contributions (the NCCL communicator's
 // reduce-scatter): out[i] = TreeSumStrided(rows + i, row_stride, count) (element_math.h), the

@@ -3,6 +3,7 @@
 //           fixed tree, into partials[offset_t + b].
 //   Pass 2: one block adds the partials in index order into *sum_squares.
 // The grouping depends only on the sizes, never on the GPU, so the bits are the same everywhere.
+// BlockSumsOfSquares is pass 1 alone, with the caller's block size, one sum per block.
 #include <string>
 
 #include "kernels/cuda/launch.cuh"
@@ -12,10 +13,12 @@ namespace {
 
 int64_t BlocksOf(int64_t n) { return (n + kSumSquaresBlock - 1) / kSumSquaresBlock; }
 
-__global__ void PartialSumSquaresKernel(const float* x, int64_t n, double* partials) {
+// partials[b] = sum of x[i]^2 over block b of `block` elements.
+__global__ void PartialSumSquaresKernel(const float* x, int64_t n, int64_t block,
+                                        double* partials) {
   __shared__ double scratch[kThreads];
-  const int64_t begin = blockIdx.x * kSumSquaresBlock;
-  const int64_t end = begin + kSumSquaresBlock < n ? begin + kSumSquaresBlock : n;
+  const int64_t begin = blockIdx.x * block;
+  const int64_t end = begin + block < n ? begin + block : n;
   double acc = 0.0;
   for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
     const double v = x[i];
@@ -74,12 +77,37 @@ OpStatus SumOfSquares(const SumSquaresParams& p, cudaStream_t stream) {
     const int64_t blocks = BlocksOf(p.sizes[t]);
     if (blocks == 0) continue;
     PartialSumSquaresKernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-        p.tensors[t], p.sizes[t], p.partials + offset);
+        p.tensors[t], p.sizes[t], kSumSquaresBlock, p.partials + offset);
     QTRAIN_KERNEL_RETURN_IF_ERROR(LaunchStatus("SumOfSquares (partials)"));
     offset += blocks;
   }
   FinalSumKernel<<<1, kThreads, 0, stream>>>(p.partials, offset, p.sum_squares);
   return LaunchStatus("SumOfSquares (final)");
+}
+
+OpStatus CanImplement(const BlockSumSquaresParams& p) {
+  constexpr const char* kKernel = "BlockSumsOfSquares";
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckN(kKernel, "n", p.n));
+  if (p.block_elements <= 0) {
+    return OpStatus::Error("BlockSumsOfSquares: block_elements must be > 0, not " +
+                           std::to_string(p.block_elements));
+  }
+  if (p.n == 0) return OpStatus::Ok();
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "x", p.x));
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CheckNotNull(kKernel, "sums", p.sums));
+  if ((p.n + p.block_elements - 1) / p.block_elements > 0x7fffffff) {
+    return OpStatus::Error("BlockSumsOfSquares: too many blocks for one grid");
+  }
+  return OpStatus::Ok();
+}
+
+OpStatus BlockSumsOfSquares(const BlockSumSquaresParams& p, cudaStream_t stream) {
+  QTRAIN_KERNEL_RETURN_IF_ERROR(CanImplement(p));
+  if (p.n == 0) return OpStatus::Ok();
+  const int64_t blocks = (p.n + p.block_elements - 1) / p.block_elements;
+  PartialSumSquaresKernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+      p.x, p.n, p.block_elements, p.sums);
+  return LaunchStatus("BlockSumsOfSquares");
 }
 
 }  // namespace qtrain::kernels::cuda

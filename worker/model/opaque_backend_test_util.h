@@ -194,6 +194,10 @@ class OpaqueMemoryBackend final : public kernels::Backend {
     return inner_.SumOfSquares(real.empty() ? tensors : real.data(), sizes, count,
                                Real(sum_squares));
   }
+  kernels::OpStatus BlockSumsOfSquares(const float* x, int64_t n, int64_t block_elements,
+                                       double* sums) override {
+    return inner_.BlockSumsOfSquares(Real(x), n, block_elements, Real(sums));
+  }
 
  private:
   static constexpr uintptr_t kTag = uintptr_t{1} << 52;
