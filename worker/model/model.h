@@ -115,6 +115,24 @@ class Model {
   std::span<const float> params() const {
     return {params_.get(), static_cast<size_t>(params_.size())};
   }
+  // For an optimizer that updates the master weights in place and rewrites the working copy in
+  // the same pass (Optimizer::Step's working_copy): params() writable WITHOUT marking the copy
+  // stale, and the copy itself, of params().size() elements in the compute dtype. The copy is
+  // null for fp32 and when it is stale already (the next pass casts it anyway). The caller keeps
+  // the two equal: every element it changes in params it writes, rounded, into the copy, or it
+  // takes params() (writable) afterwards.
+  struct UpdatableWeights {
+    std::span<float> params;
+    kernels::Tensor working_copy;
+  };
+  UpdatableWeights weights_for_update() {
+    kernels::Tensor copy;
+    if (working_weights_current_ && options_.compute_dtype != kernels::DType::kFloat32 &&
+        working_weights_.size() == params_.size()) {
+      copy = working_weights_.get();
+    }
+    return {{params_.get(), static_cast<size_t>(params_.size())}, copy};
+  }
   std::span<float> grads() { return {grads_.get(), static_cast<size_t>(grads_.size())}; }
   std::span<const float> grads() const {
     return {grads_.get(), static_cast<size_t>(grads_.size())};

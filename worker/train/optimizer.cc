@@ -94,9 +94,6 @@ absl::StatusOr<Optimizer> Optimizer::Create(const model::ParameterLayout& layout
 absl::StatusOr<Optimizer> Optimizer::Create(const model::ParameterLayout& layout,
                                             const OptimizerSettings& settings, int64_t begin,
                                             int64_t end, kernels::Backend& backend) {
-  if (backend.name() != "cpu") {
-    return absl::UnimplementedError("the optimizer keeps its moments in host memory: CPU only");
-  }
   if (!(settings.beta1 >= 0 && settings.beta1 < 1 && settings.beta2 >= 0 && settings.beta2 < 1 &&
         settings.eps > 0 && settings.weight_decay >= 0 && settings.grad_clip >= 0)) {
     return absl::InvalidArgumentError("optimizer: settings out of range");
@@ -106,11 +103,49 @@ absl::StatusOr<Optimizer> Optimizer::Create(const model::ParameterLayout& layout
                                                    ") of a buffer of ", layout.total_size()));
   }
   Optimizer optimizer(layout, settings, begin, end, backend);
-  QTRAIN_RETURN_IF_ERROR(model::ResizeHostVector(optimizer.exp_avg_, {end - begin},
-                                                 "the optimizer state (exp_avg)", 0.0f));
-  QTRAIN_RETURN_IF_ERROR(model::ResizeHostVector(optimizer.exp_avg_sq_, {end - begin},
-                                                 "the optimizer state (exp_avg_sq)", 0.0f));
+  if (optimizer.on_host()) {
+    QTRAIN_RETURN_IF_ERROR(model::ResizeHostVector(optimizer.exp_avg_, {end - begin},
+                                                   "the optimizer state (exp_avg)", 0.0f));
+    QTRAIN_RETURN_IF_ERROR(model::ResizeHostVector(optimizer.exp_avg_sq_, {end - begin},
+                                                   "the optimizer state (exp_avg_sq)", 0.0f));
+    return optimizer;
+  }
+  for (model::Buffer<float>* moment : {&optimizer.device_exp_avg_, &optimizer.device_exp_avg_sq_}) {
+    QTRAIN_RETURN_IF_ERROR(moment->Resize(backend, {end - begin}, "the optimizer state"));
+    if (end > begin) {
+      QTRAIN_RETURN_IF_OP_ERROR(backend.Fill(moment->get(), end - begin, 0.0f));
+    }
+  }
   return optimizer;
+}
+
+absl::Status Optimizer::SetMoments(std::vector<float> exp_avg, std::vector<float> exp_avg_sq) {
+  if (on_host()) {
+    exp_avg_ = std::move(exp_avg);
+    exp_avg_sq_ = std::move(exp_avg_sq);
+    return absl::OkStatus();
+  }
+  const size_t bytes = exp_avg.size() * sizeof(float);
+  // (A copy that fails leaves the device moments undefined; the caller keeps its step count and
+  // fails the resume.)
+  QTRAIN_RETURN_IF_OP_ERROR(
+      backend_->CopyHostToBackend(device_exp_avg_.get(), exp_avg.data(), bytes));
+  QTRAIN_RETURN_IF_OP_ERROR(
+      backend_->CopyHostToBackend(device_exp_avg_sq_.get(), exp_avg_sq.data(), bytes));
+  return absl::OkStatus();
+}
+
+absl::Status Optimizer::CopyMomentsToHost(std::vector<float>& exp_avg,
+                                          std::vector<float>& exp_avg_sq) const {
+  const int64_t size = end_ - begin_;
+  QTRAIN_ASSIGN_OR_RETURN(exp_avg, model::MakeHostVector<float>({size}, "the optimizer state"));
+  QTRAIN_ASSIGN_OR_RETURN(exp_avg_sq, model::MakeHostVector<float>({size}, "the optimizer state"));
+  const size_t bytes = static_cast<size_t>(size) * sizeof(float);
+  QTRAIN_RETURN_IF_OP_ERROR(
+      backend_->CopyBackendToHost(exp_avg.data(), device_exp_avg_.get(), bytes));
+  QTRAIN_RETURN_IF_OP_ERROR(
+      backend_->CopyBackendToHost(exp_avg_sq.data(), device_exp_avg_sq_.get(), bytes));
+  return absl::OkStatus();
 }
 
 absl::StatusOr<StepStats> Optimizer::Step(std::span<float> params, std::span<const float> grads,
@@ -123,8 +158,15 @@ absl::StatusOr<StepStats> Optimizer::Step(std::span<float> params, std::span<con
 }
 
 absl::StatusOr<StepStats> Optimizer::Step(std::span<float> params, std::span<const float> grads,
-                                          double lr, double grad_norm, double loss_scale) {
+                                          double lr, double grad_norm, double loss_scale,
+                                          kernels::Tensor working_copy) {
   const auto size = static_cast<size_t>(end_ - begin_);
+  if (!working_copy.is_null() && working_copy.dtype() != kernels::DType::kBfloat16 &&
+      working_copy.dtype() != kernels::DType::kFloat16) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("optimizer: a working copy must be bf16 or fp16, not ",
+                     kernels::DTypeName(working_copy.dtype())));
+  }
   if (params.size() != size || grads.size() != size) {
     return absl::InvalidArgumentError(absl::StrCat("optimizer: buffers of ", params.size(), " and ",
                                                    grads.size(), " floats for the range [", begin_,
@@ -161,12 +203,18 @@ absl::StatusOr<StepStats> Optimizer::Step(std::span<float> params, std::span<con
     const int64_t to = std::min(end_, slot.offset + slot.size);
     if (from >= to) continue;
     const int64_t at = from - begin_;
+    kernels::Tensor copy;
+    if (!working_copy.is_null()) {
+      // 16-bit elements: `at` of them are 2 * at bytes.
+      copy = {static_cast<std::byte*>(working_copy.data()) + at * 2, working_copy.dtype()};
+    }
     tensors.push_back({.param = params.data() + at,
                        .grad = grads.data() + at,
-                       .m = exp_avg_.data() + at,
-                       .v = exp_avg_sq_.data() + at,
+                       .m = exp_avg() + at,
+                       .v = exp_avg_sq() + at,
                        .n = to - from,
-                       .apply_weight_decay = DecaysWeight(slot)});
+                       .apply_weight_decay = DecaysWeight(slot),
+                       .working_copy = copy});
   }
   QTRAIN_RETURN_IF_OP_ERROR(
       backend_->AdamWMultiStep(tensors.data(), static_cast<int64_t>(tensors.size()), p));
@@ -174,13 +222,17 @@ absl::StatusOr<StepStats> Optimizer::Step(std::span<float> params, std::span<con
 }
 
 absl::Status Optimizer::Save(const std::string& path) const {
-  // The writer copies both moments and serializes them.
+  // The writer copies both moments and serializes them (device moments through a host copy).
   return model::CatchAllocationFailure(
       absl::StrCat("the optimizer state for ", path),
-      CheckedBytes(end_ - begin_, 4 * sizeof(float)), [&] {
+      CheckedBytes(end_ - begin_, (on_host() ? 4 : 6) * sizeof(float)), [&] {
+        std::vector<float> staged_avg, staged_avg_sq;
+        if (!on_host()) QTRAIN_RETURN_IF_ERROR(CopyMomentsToHost(staged_avg, staged_avg_sq));
+        const std::vector<float>& m = on_host() ? exp_avg_ : staged_avg;
+        const std::vector<float>& v = on_host() ? exp_avg_sq_ : staged_avg_sq;
         SafetensorsWriter writer;
-        QTRAIN_RETURN_IF_ERROR(writer.AddFloat(kExpAvg, {end_ - begin_}, exp_avg_));
-        QTRAIN_RETURN_IF_ERROR(writer.AddFloat(kExpAvgSq, {end_ - begin_}, exp_avg_sq_));
+        QTRAIN_RETURN_IF_ERROR(writer.AddFloat(kExpAvg, {end_ - begin_}, m));
+        QTRAIN_RETURN_IF_ERROR(writer.AddFloat(kExpAvgSq, {end_ - begin_}, v));
         writer.SetMetadata("step", absl::StrCat(step_count_));
         writer.SetMetadata("begin", absl::StrCat(begin_));
         writer.SetMetadata("end", absl::StrCat(end_));
@@ -215,8 +267,7 @@ absl::Status Optimizer::LoadShards(std::span<const OptimizerShardFile> files, in
     return absl::DataLossError(absl::StrCat("the optimizer shards cover ", covered, " of the ",
                                             size, " elements [", begin_, ", ", end_, ")"));
   }
-  exp_avg_ = std::move(exp_avg);
-  exp_avg_sq_ = std::move(exp_avg_sq);
+  QTRAIN_RETURN_IF_ERROR(SetMoments(std::move(exp_avg), std::move(exp_avg_sq)));
   step_count_ = updates;
   return absl::OkStatus();
 }
@@ -253,8 +304,7 @@ absl::Status Optimizer::LoadSingleFile(const std::string& path) {
                 out->begin() + (from - begin_));
     }
   }
-  exp_avg_ = std::move(exp_avg);
-  exp_avg_sq_ = std::move(exp_avg_sq);
+  QTRAIN_RETURN_IF_ERROR(SetMoments(std::move(exp_avg), std::move(exp_avg_sq)));
   step_count_ = step;
   return absl::OkStatus();
 }

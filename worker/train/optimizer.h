@@ -1,8 +1,10 @@
 // AdamW over a range of the model's parameter buffer (the rank's ZeRO-1 shard, or all of it):
 // decoupled weight decay on matrices and embeddings only (never on norms and biases),
 // global-norm gradient clipping, and skipping of steps whose gradients are not finite. The
-// moments of [begin, end) live here; the gradient norm comes from the caller (the whole
-// group's, see sharded_step.h).
+// moments of [begin, end) live here, in the memory of the optimizer's backend (host vectors for
+// the CPU backend, device memory for a GPU: Step then takes device buffers and never leaves the
+// device; Save and the loads stage the moments through the host). The gradient norm comes from
+// the caller (the whole group's, see sharded_step.h).
 #ifndef QTRAIN_WORKER_TRAIN_OPTIMIZER_H_
 #define QTRAIN_WORKER_TRAIN_OPTIMIZER_H_
 
@@ -14,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/ops.h"
+#include "worker/model/buffer.h"
 #include "worker/model/param_layout.h"
 
 namespace qtrain::train {
@@ -56,15 +59,19 @@ class Optimizer {
 
   int64_t begin() const { return begin_; }
   int64_t end() const { return end_; }
+  kernels::Backend& backend() const { return *backend_; }
 
   // One update of `params` from `grads`, both elements [begin, end), at learning rate `lr`,
   // where `grad_norm` is the norm of the whole gradient (every rank's shard): the clipping
   // scale comes from it, and a norm that is not finite skips the step. Each tensor overlapping
   // the range is updated on the overlap, with its own weight-decay flag. `loss_scale`: the
   // factor `grads` carry (fp16's loss scaling; grad_norm is the norm without it), divided out
-  // with the clipping.
+  // with the clipping. `params` and `grads` are memory of the optimizer's backend.
+  // `working_copy`: when not null, the 16-bit copy of the same elements (bf16 or fp16; the
+  // model's working weights at `begin`), rewritten from the updated weights in the same pass.
   absl::StatusOr<StepStats> Step(std::span<float> params, std::span<const float> grads, double lr,
-                                 double grad_norm, double loss_scale = 1.0);
+                                 double grad_norm, double loss_scale = 1.0,
+                                 kernels::Tensor working_copy = {});
   // With the norm of `grads` itself (GradNormOf): an optimizer of the whole buffer only.
   absl::StatusOr<StepStats> Step(std::span<float> params, std::span<const float> grads, double lr);
 
@@ -90,9 +97,19 @@ class Optimizer {
   OptimizerSettings settings_;
   int64_t begin_;
   int64_t end_;
+  bool on_host() const { return backend_ == &kernels::CpuBackend(); }
+  float* exp_avg() { return on_host() ? exp_avg_.data() : device_exp_avg_.get(); }
+  float* exp_avg_sq() { return on_host() ? exp_avg_sq_.data() : device_exp_avg_sq_.get(); }
+  // The moments into the backend's memory (nothing changes on error), or out of it.
+  absl::Status SetMoments(std::vector<float> exp_avg, std::vector<float> exp_avg_sq);
+  absl::Status CopyMomentsToHost(std::vector<float>& exp_avg, std::vector<float>& exp_avg_sq) const;
+
   kernels::Backend* backend_;
-  std::vector<float> exp_avg_;  // elements [begin, end)
+  // Elements [begin, end): host vectors on the CPU backend, else backend buffers.
+  std::vector<float> exp_avg_;
   std::vector<float> exp_avg_sq_;
+  model::Buffer<float> device_exp_avg_;
+  model::Buffer<float> device_exp_avg_sq_;
   int64_t step_count_ = 0;
 };
 

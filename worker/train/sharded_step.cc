@@ -18,11 +18,23 @@ absl::StatusOr<double> GroupGradientNorm(comm::Communicator& comm,
                                                    " elements, rank ", rank, " owns ",
                                                    layout.ShardSize(rank)));
   }
-  const std::vector<double> mine = BlockSumsOfSquares(grad_shard, layout.block_elements());
+  return GroupNormOfBlockSums(comm, BlockSumsOfSquares(grad_shard, layout.block_elements()),
+                              layout);
+}
+
+absl::StatusOr<double> GroupNormOfBlockSums(comm::Communicator& comm,
+                                            std::span<const double> block_sums,
+                                            const comm::ShardLayout& layout) {
+  const int rank = comm.rank();
+  if (static_cast<int64_t>(block_sums.size()) != layout.BlockCount(rank)) {
+    return absl::InvalidArgumentError(absl::StrCat("gradient norm: ", block_sums.size(),
+                                                   " block sums, rank ", rank, " owns ",
+                                                   layout.BlockCount(rank), " blocks"));
+  }
   std::vector<int64_t> counts(static_cast<size_t>(layout.world_size()));
   for (int r = 0; r < layout.world_size(); ++r) counts[r] = layout.BlockCount(r);
   std::vector<double> all(static_cast<size_t>(layout.num_blocks()));
-  QTRAIN_RETURN_IF_ERROR(comm.AllGatherV(mine, all, counts));
+  QTRAIN_RETURN_IF_ERROR(comm.AllGatherV(block_sums, all, counts));
   return NormOfBlockSums(all);
 }
 

@@ -18,6 +18,12 @@ absl::StatusOr<double> GroupGradientNorm(comm::Communicator& comm,
                                          std::span<const float> grad_shard,
                                          const comm::ShardLayout& layout);
 
+// The same from the rank's block sums already computed (a device-resident step computes them on
+// the GPU: Backend::BlockSumsOfSquares): `block_sums` has layout.BlockCount(rank) entries.
+absl::StatusOr<double> GroupNormOfBlockSums(comm::Communicator& comm,
+                                            std::span<const double> block_sums,
+                                            const comm::ShardLayout& layout);
+
 // The step's loss sum: each rank's micro-batch loss sums (in order) as a TreeSum, then the
 // TreeSum of the ranks' partials in rank order, which is the TreeSum of all micro-batches.
 absl::StatusOr<double> GroupLossSum(comm::Communicator& comm,

@@ -76,6 +76,18 @@ absl::Status CheckGroup(const v1::JobSpec& spec, const TrainerOptions& options) 
         std::string(options.communicator->backend()), " communicator of rank ",
         options.communicator->rank(), " of ", options.communicator->world_size()));
   }
+  if (const comm::Communicator* device = options.device_communicator; device != nullptr) {
+    if (options.backend == nullptr || options.backend == &kernels::CpuBackend()) {
+      return absl::InvalidArgumentError(
+          "trainer: a device communicator needs a device backend (TrainerOptions::backend)");
+    }
+    if (device->rank() != options.rank || device->world_size() != options.world_size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "trainer: rank ", options.rank, " of ", options.world_size, " workers given the ",
+          std::string(device->backend()), " device communicator of rank ", device->rank(), " of ",
+          device->world_size()));
+    }
+  }
   if (options.shard_block_elements < 1) {
     return absl::InvalidArgumentError(absl::StrCat("trainer: shard_block_elements ",
                                                    options.shard_block_elements, " must be >= 1"));
@@ -141,6 +153,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
     TrainerOptions options) {
   // A rank that cannot start must not leave its peers waiting for it.
   comm::Communicator* const group = options.communicator;
+  comm::Communicator* const device_group = options.device_communicator;
   const auto create = [&]() -> absl::StatusOr<std::unique_ptr<Trainer>> {
     QTRAIN_RETURN_IF_ERROR(ValidateJobSpec(spec));
     QTRAIN_RETURN_IF_ERROR(model::ValidateConfig(base_config));
@@ -232,6 +245,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
   };
   absl::StatusOr<std::unique_ptr<Trainer>> created = create();
   if (!created.ok() && group != nullptr) group->Abort();
+  if (!created.ok() && device_group != nullptr) device_group->Abort();
   return created;
 }
 
@@ -329,6 +343,7 @@ absl::Status Trainer::State::Setup() {
     own_comm = comm::MakeLocalCommunicator();
     comm = own_comm.get();
   }
+  device_comm = options.device_communicator;
   layout.emplace(base_config);
   QTRAIN_ASSIGN_OR_RETURN(comm::ShardLayout sharding,
                           comm::ShardLayout::Create(layout->total_size(), options.world_size,
@@ -349,9 +364,14 @@ absl::Status Trainer::State::Setup() {
                             MetricsLog::Open(options.run_dir + "/" + kMetricsFile, step));
     metrics.emplace(std::move(log));
   }
-  QTRAIN_ASSIGN_OR_RETURN(grad_shard, model::MakeHostVector<float>(
-                                          {shards->ShardSize(options.rank)}, "the gradient shard"));
-  accumulator.emplace(layout->total_size());
+  if (device_step()) {
+    QTRAIN_RETURN_IF_ERROR(PrepareDeviceStep());
+  } else {
+    QTRAIN_ASSIGN_OR_RETURN(
+        grad_shard,
+        model::MakeHostVector<float>({shards->ShardSize(options.rank)}, "the gradient shard"));
+    accumulator.emplace(layout->total_size());
+  }
   started = Clock::now();
   tokens_this_process = 0;
   return absl::OkStatus();
@@ -389,13 +409,31 @@ absl::Status Trainer::State::InitializeParams() {
 
 absl::StatusOr<Optimizer> Trainer::State::MakeOptimizer() const {
   const v1::OptimizerSpec& o = spec.optimizer();
+  // A device-resident step keeps the moments in the backend's memory.
   return Optimizer::Create(*layout,
                            {.beta1 = o.beta1(),
                             .beta2 = o.beta2(),
                             .eps = o.eps(),
                             .weight_decay = o.weight_decay(),
                             .grad_clip = o.grad_clip()},
-                           shards->ShardBegin(options.rank), shards->ShardEnd(options.rank));
+                           shards->ShardBegin(options.rank), shards->ShardEnd(options.rank),
+                           device_step() ? *backend : kernels::CpuBackend());
+}
+
+// The device-resident step's buffers: the reduced shard (a group of more than one: the model's
+// gradient is the whole sum otherwise) and the shard's block sums, in backend memory.
+absl::Status Trainer::State::PrepareDeviceStep() {
+  device_accumulator.emplace(*backend, layout->total_size());
+  if (options.world_size > 1) {
+    QTRAIN_RETURN_IF_ERROR(device_grad_shard.Resize(*backend, {shards->ShardSize(options.rank)},
+                                                    "the gradient shard"));
+  }
+  const int64_t blocks = shards->BlockCount(options.rank);
+  QTRAIN_RETURN_IF_ERROR(
+      device_block_sums.Resize(*backend, {blocks}, "the gradient norm's block sums"));
+  QTRAIN_ASSIGN_OR_RETURN(
+      block_sums, model::MakeHostVector<double>({blocks}, "the gradient norm's block sums"));
+  return absl::OkStatus();
 }
 
 absl::Status Trainer::State::WriteJobFile() const {
@@ -413,8 +451,9 @@ absl::Status Trainer::State::WriteJobFile() const {
 absl::Status Trainer::State::EnterStage(int stage_index) {
   const v1::CurriculumStage& stage = spec.curriculum(stage_index);
   // A new stage may change the RoPE base or YaRN: rebuild the model around the same weights.
-  // (With a device backend `params` is current already.)
+  // (A host-staged step keeps `params` current.)
   if (model && model_on_host()) params.assign(model->params().begin(), model->params().end());
+  QTRAIN_RETURN_IF_ERROR(SyncHostParams());
   model.reset();  // before the next one: a device need not hold two models
   QTRAIN_ASSIGN_OR_RETURN(
       model::Model fresh,
@@ -423,8 +462,10 @@ absl::Status Trainer::State::EnterStage(int stage_index) {
   if (model_on_host()) {
     std::copy(params.begin(), params.end(), model->params().begin());
   } else {
-    QTRAIN_RETURN_IF_ERROR(model::ResizeHostVector(host_grads, {layout->total_size()},
-                                                   "the host copy of the gradients", 0.0f));
+    if (!device_step()) {
+      QTRAIN_RETURN_IF_ERROR(model::ResizeHostVector(host_grads, {layout->total_size()},
+                                                     "the host copy of the gradients", 0.0f));
+    }
     QTRAIN_RETURN_IF_ERROR(CopyParamsToModel());
   }
   model_stage = stage_index;
@@ -511,11 +552,27 @@ absl::Status Trainer::State::AccumulateGradients(const v1::CurriculumStage& stag
                                 .loss_normalizer = global_tokens,
                                 .loss_scale = static_cast<float>(result.loss_scale)}));
     micro_batch_losses.push_back(forward.loss_sum);
-    QTRAIN_RETURN_IF_ERROR(CopyGradsToHost());
     // The tree sum of one leaf is the leaf: no copy.
+    if (device_step()) {
+      if (count > 1) QTRAIN_RETURN_IF_ERROR(device_accumulator->Add(model->grads().data()));
+      continue;
+    }
+    QTRAIN_RETURN_IF_ERROR(CopyGradsToHost());
     if (count > 1) QTRAIN_RETURN_IF_ERROR(accumulator->Add(HostGrads()));
   }
-  if (count > 1) QTRAIN_RETURN_IF_ERROR(accumulator->Finish(HostGrads()));
+  if (count > 1) {
+    QTRAIN_RETURN_IF_ERROR(device_step() ? device_accumulator->Finish(model->grads().data())
+                                         : accumulator->Finish(HostGrads()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::State::SyncHostParams() {
+  if (!host_params_stale) return absl::OkStatus();
+  const std::span<const float> device_params = std::as_const(*model).params();
+  QTRAIN_RETURN_IF_OP_ERROR(
+      backend->CopyBackendToHost(params.data(), device_params.data(), device_params.size_bytes()));
+  host_params_stale = false;
   return absl::OkStatus();
 }
 
@@ -536,12 +593,27 @@ absl::Status Trainer::State::CopyParamsToModel() {
 
 // The group's gradient: this rank's shard of the sum over ranks, its norm, and the loss.
 absl::Status Trainer::State::ReduceGradients(StepResult& result) {
-  QTRAIN_RETURN_IF_ERROR(Timed(
-      result.comm_time, [&] { return comm->ReduceScatterSum(HostGrads(), grad_shard, *shards); }));
-  if (options.gradient_hook) options.gradient_hook(step, grad_shard);
+  if (device_step()) {
+    if (options.world_size > 1) {
+      QTRAIN_RETURN_IF_ERROR(Timed(result.comm_time, [&] {
+        return device_comm->ReduceScatterSum(std::as_const(*model).grads(), DeviceGradShard(),
+                                             *shards);
+      }));
+    }
+    if (options.gradient_hook) QTRAIN_RETURN_IF_ERROR(RunGradientHookOnDevice());
+  } else {
+    QTRAIN_RETURN_IF_ERROR(Timed(result.comm_time, [&] {
+      return comm->ReduceScatterSum(HostGrads(), grad_shard, *shards);
+    }));
+    if (options.gradient_hook) options.gradient_hook(step, grad_shard);
+  }
   QTRAIN_RETURN_IF_ERROR(Timed(result.comm_time, [&]() -> absl::Status {
-    QTRAIN_ASSIGN_OR_RETURN(const double scaled_norm,
-                            GroupGradientNorm(*comm, grad_shard, *shards));
+    double scaled_norm = 0;
+    if (device_step()) {
+      QTRAIN_ASSIGN_OR_RETURN(scaled_norm, DeviceShardNorm());
+    } else {
+      QTRAIN_ASSIGN_OR_RETURN(scaled_norm, GroupGradientNorm(*comm, grad_shard, *shards));
+    }
     // The norm without fp16's loss scale (a power of two: exact).
     result.stats.grad_norm = scaled_norm / result.loss_scale;
     QTRAIN_ASSIGN_OR_RETURN(const double loss_sum, GroupLossSum(*comm, micro_batch_losses));
@@ -551,6 +623,37 @@ absl::Status Trainer::State::ReduceGradients(StepResult& result) {
   return absl::OkStatus();
 }
 
+// The device-resident step's reduced shard: the model's whole gradient in a group of one.
+std::span<float> Trainer::State::DeviceGradShard() {
+  if (options.world_size == 1) return model->grads();
+  return {device_grad_shard.get(), static_cast<size_t>(device_grad_shard.size())};
+}
+
+// The test hook sees (and may change) a host copy of the device shard.
+absl::Status Trainer::State::RunGradientHookOnDevice() {
+  const std::span<float> shard = DeviceGradShard();
+  QTRAIN_RETURN_IF_ERROR(model::ResizeHostVector(grad_shard, {static_cast<int64_t>(shard.size())},
+                                                 "the gradient shard", 0.0f));
+  QTRAIN_RETURN_IF_OP_ERROR(
+      backend->CopyBackendToHost(grad_shard.data(), shard.data(), shard.size_bytes()));
+  options.gradient_hook(step, grad_shard);
+  QTRAIN_RETURN_IF_OP_ERROR(
+      backend->CopyHostToBackend(shard.data(), grad_shard.data(), shard.size_bytes()));
+  return absl::OkStatus();
+}
+
+// The group's norm from the device shard's block sums (computed on the device; only they are
+// copied to the host), gathered over `comm` as GroupGradientNorm does.
+absl::StatusOr<double> Trainer::State::DeviceShardNorm() {
+  const std::span<const float> shard = DeviceGradShard();
+  QTRAIN_RETURN_IF_OP_ERROR(
+      backend->BlockSumsOfSquares(shard.data(), static_cast<int64_t>(shard.size()),
+                                  shards->block_elements(), device_block_sums.get()));
+  QTRAIN_RETURN_IF_OP_ERROR(backend->CopyBackendToHost(block_sums.data(), device_block_sums.get(),
+                                                       block_sums.size() * sizeof(double)));
+  return GroupNormOfBlockSums(*comm, block_sums, *shards);
+}
+
 // AdamW on this rank's shard and the all-gather of the parameters; every rank skips the same
 // steps (a loss or norm that is not finite), as the values are the group's.
 absl::Status Trainer::State::ApplyUpdate(StepResult& result) {
@@ -558,6 +661,7 @@ absl::Status Trainer::State::ApplyUpdate(StepResult& result) {
     result.stats.skipped = true;
     return absl::OkStatus();
   }
+  if (device_step()) return ApplyDeviceUpdate(result);
   QTRAIN_ASSIGN_OR_RETURN(result.stats,
                           optimizer->Step(param_shard(), grad_shard, result.learning_rate,
                                           result.stats.grad_norm, result.loss_scale));
@@ -565,6 +669,26 @@ absl::Status Trainer::State::ApplyUpdate(StepResult& result) {
   QTRAIN_RETURN_IF_ERROR(Timed(
       result.comm_time, [&] { return comm->AllGather(param_shard(), HostParams(), *shards); }));
   return CopyParamsToModel();
+}
+
+// The same in backend memory. In a group of one AdamW rewrites the working copy as it goes; in a
+// larger group the all-gather changes the other ranks' ranges, so the model casts the copy again.
+absl::Status Trainer::State::ApplyDeviceUpdate(StepResult& result) {
+  const model::Model::UpdatableWeights weights = model->weights_for_update();
+  const std::span<float> shard_params =
+      weights.params.subspan(static_cast<size_t>(shard_begin()), DeviceGradShard().size());
+  const kernels::Tensor working_copy =
+      options.world_size == 1 ? weights.working_copy : kernels::Tensor();
+  host_params_stale = true;  // from here on, whatever happens
+  QTRAIN_ASSIGN_OR_RETURN(result.stats,
+                          optimizer->Step(shard_params, DeviceGradShard(), result.learning_rate,
+                                          result.stats.grad_norm, result.loss_scale, working_copy));
+  if (options.world_size == 1) return absl::OkStatus();
+  QTRAIN_RETURN_IF_ERROR(Timed(result.comm_time, [&] {
+    return device_comm->AllGather(shard_params, weights.params, *shards);
+  }));
+  (void)model->params();  // marks the working copy stale
+  return absl::OkStatus();
 }
 
 absl::Status Trainer::State::Report(int stage_index, const StepResult& result) {
@@ -666,7 +790,13 @@ void Trainer::State::Release() {
   metrics.reset();
   optimizer.reset();
   params = {};
+  host_params_stale = false;
   host_grads = {};
+  device_accumulator.reset();
+  device_grad_shard.Reset();
+  device_block_sums.Reset();
+  block_sums = {};
+  device_comm = nullptr;
   ids = {};
   targets = {};
   scratch = {};
@@ -711,6 +841,7 @@ absl::StatusOr<TrainerSummary> Trainer::Run() {
                         << " stops its group: " << summary.status();
   }
   if (!summary.ok() && s.comm != nullptr) s.comm->Abort();
+  if (!summary.ok() && s.device_comm != nullptr) s.device_comm->Abort();
   s.Release();
   return summary;
 }

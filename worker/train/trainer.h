@@ -133,13 +133,27 @@ struct TrainerOptions {
   bool apply_retention = true;
   // Where the model runs: null (or kernels::CpuBackend()) for world.device cpu, a CUDA backend
   // (training_backend.h; the worker's training child makes it) for world.device cuda; it must
-  // outlive Run(). The precision of the
-  // spec picks the model's compute dtype (bf16: bf16 weights and activations over fp32 master
-  // weights). With a backend other than the CPU one, the model's parameters and gradients live
-  // in that backend's memory and the trainer keeps host copies: each micro-batch's gradient is
-  // copied to the host, where the accumulation, the group's collectives, the norm, AdamW and the
-  // checkpoints run as on the CPU, and the updated parameters are copied back after each step.
+  // outlive Run(). The precision of the spec picks the model's compute dtype (bf16 or fp16
+  // weights and activations over fp32 master weights). With a backend other than the CPU one,
+  // the model's parameters and gradients live in that backend's memory, and a step is one of:
+  // - device-resident, at world_size 1 or with a device_communicator: the micro-batches' tree
+  //   sum, the reduce-scatter, the per-block sums of the norm, AdamW on the ZeRO-1 shard (its
+  //   moments in backend memory; at world_size 1 it also rewrites the 16-bit working copy) and
+  //   the all-gather of the parameters all stay in backend memory. Only the block sums and the
+  //   loss sums (a few KB) reach the host, for `communicator`; the parameters and moments are
+  //   copied to the host for checkpoints and stage changes only.
+  // - host-staged, at world_size > 1 without a device_communicator: each micro-batch's gradient
+  //   is copied to the host, where the accumulation, `communicator`'s collectives, the norm,
+  //   AdamW and the checkpoints run as on the CPU, and the updated parameters are copied back
+  //   after each step.
+  // Both compute the same bits as the CPU backend would from the backend's op results.
   kernels::Backend* backend = nullptr;
+  // The collectives over backend memory for the device-resident step at world_size > 1
+  // (comm::NcclCommunicator): the gradient's reduce-scatter and the parameters' all-gather. Its
+  // rank and world size must be `communicator`'s, which still carries everything else (norms,
+  // losses, checkpoint votes). Optional; it must outlive Run(); the trainer aborts it with
+  // `communicator` when it stops on an error.
+  comm::Communicator* device_communicator = nullptr;
 };
 
 struct TrainerSummary {

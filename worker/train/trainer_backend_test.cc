@@ -13,9 +13,11 @@
 #include "common/sha256.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "kernels/forwarding_backend.h"
 #include "worker/model/checkpoint_io.h"
 #include "worker/model/config.h"
 #include "worker/model/opaque_backend_test_util.h"
+#include "worker/model/param_layout.h"
 #include "worker/train/metrics_log.h"
 #include "worker/train/synthetic_tokens_test_util.h"
 #include "worker/train/trainer.h"
@@ -148,6 +150,51 @@ TEST_F(TrainerBackendTest, Bf16OnADeviceBackendLearnsAndResumesExactly) {
     EXPECT_EQ(Hash(run + "/final/model.safetensors"), Hash("straight/final/model.safetensors"))
         << "stopped at " << stop;
     EXPECT_EQ(Curve(run), curve);
+  }
+}
+
+// Counts the bytes copied between the host and the backend.
+class CopyCountingBackend final : public kernels::ForwardingBackend {
+ public:
+  using ForwardingBackend::ForwardingBackend;
+  kernels::OpStatus CopyHostToBackend(void* dst, const void* src, size_t bytes) override {
+    to_device += static_cast<int64_t>(bytes);
+    return inner().CopyHostToBackend(dst, src, bytes);
+  }
+  kernels::OpStatus CopyBackendToHost(void* dst, const void* src, size_t bytes) override {
+    to_host += static_cast<int64_t>(bytes);
+    return inner().CopyBackendToHost(dst, src, bytes);
+  }
+  int64_t to_device = 0;
+  int64_t to_host = 0;
+};
+
+// A group of one steps in backend memory: between two step reports with no checkpoint in
+// between, what crosses to the host is scalars and token ids, not a gradient or the weights.
+TEST_F(TrainerBackendTest, TheDeviceResidentStepLeavesTheWeightsOnTheDevice) {
+  model::OpaqueMemoryBackend opaque;
+  CopyCountingBackend device(opaque);
+  TrainerOptions options;
+  options.backend = &device;
+  std::vector<std::pair<int64_t, int64_t>> copied;  // (to host, to device) at each report
+  options.on_step = [&](const StepReport&) {
+    copied.emplace_back(device.to_host, device.to_device);
+  };
+  // Checkpoints only at the stage ends (steps 3 and 6), evaluation every 2 steps.
+  std::string spec = SpecText("cuda", "bf16");
+  spec.replace(spec.find("every_steps: 2, keep_last"), 14, "every_steps: 9");
+  ASSERT_TRUE(Train("resident", spec, options).ok());
+  ASSERT_EQ(copied.size(), 6u);
+  const int64_t weight_bytes =
+      model::ParameterLayout(*model::PresetConfig("qwen2-test")).total_size() *
+      static_cast<int64_t>(sizeof(float));
+  // Steps 2 (2 micro-batches and an evaluation) and 5 (4 micro-batches).
+  for (size_t step : {2u, 5u}) {
+    const int64_t to_host = copied[step - 1].first - copied[step - 2].first;
+    const int64_t to_device = copied[step - 1].second - copied[step - 2].second;
+    EXPECT_GT(to_host, 0) << "step " << step;
+    EXPECT_LT(to_host, weight_bytes / 4) << "step " << step;
+    EXPECT_LT(to_device, weight_bytes / 4) << "step " << step;
   }
 }
 

@@ -291,6 +291,7 @@ absl::Status Trainer::State::SaveCheckpoint() {
 absl::StatusOr<CheckpointInfo> Trainer::State::CommitCheckpoint() {
   const auto commit = [&]() -> absl::StatusOr<CheckpointInfo> {
     QTRAIN_ASSIGN_OR_RETURN(CheckpointWriter writer, store->Begin(step));
+    QTRAIN_RETURN_IF_ERROR(SyncHostParams());
     QTRAIN_RETURN_IF_ERROR(
         model::SaveCheckpoint(writer.directory(), model->config(), HostParams()));
     QTRAIN_RETURN_IF_ERROR(

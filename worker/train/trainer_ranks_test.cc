@@ -1,6 +1,7 @@
 // The trainer in data-parallel groups of threads (the in-process communicator): the same bytes
 // for every world size, resume across world sizes, failures that end the whole group, and the
-// sharded checkpoint layout.
+// sharded checkpoint layout; and the same on a device backend, with the device-resident step's
+// collectives over device memory.
 #include <omp.h>
 #include <unistd.h>
 
@@ -21,7 +22,9 @@
 #include "gtest/gtest.h"
 #include "worker/comm/in_process_communicator.h"
 #include "worker/model/config.h"
+#include "worker/model/opaque_backend_test_util.h"
 #include "worker/model/param_layout.h"
+#include "worker/train/opaque_communicator_test_util.h"
 #include "worker/train/synthetic_tokens_test_util.h"
 #include "worker/train/trainer.h"
 
@@ -37,7 +40,8 @@ InMemoryTokenSource MakeData(int64_t n) {
 
 // Two stages of 4 micro-batches per step (4 + 3 steps), so 1, 2 and 4 ranks each get 2^k. The
 // spec names the world size it runs with (a range would include 3, which does not split 4).
-std::string SpecText(int world_size) {
+std::string SpecText(int world_size, const std::string& device = "cpu",
+                     const std::string& precision = "fp32") {
   return R"(
 name: ranks-test
 seed: 5
@@ -51,7 +55,8 @@ batch: {global_tokens: 256}
 checkpoint: {every_steps: 2, keep_last: 0}
 eval: {every_steps: 3, batches: 3}
 optimizer: {lr: 1e-2, min_lr: 1e-3, warmup_steps: 2}
-)" + absl::StrCat("world: {min_workers: ", world_size, ", max_workers: ", world_size, "}\n");
+)" + absl::StrCat("world: {min_workers: ", world_size, ", max_workers: ", world_size,
+                  ", device: ", device, "}\nprecision: ", precision, "\n");
 }
 
 // Blocks of the ZeRO-1 layout small enough that the test model's ~5k parameters span 4 ranks,
@@ -81,7 +86,9 @@ class TrainerRanksTest : public ::testing::Test {
   // Trains `run` with a group of `world_size` threads; `adjust(rank, options)` may set hooks.
   std::vector<RankRun> TrainGroup(const std::string& run, int world_size,
                                   const std::function<void(int, TrainerOptions&)>& adjust = nullptr,
-                                  absl::Duration op_timeout = absl::Seconds(60)) {
+                                  absl::Duration op_timeout = absl::Seconds(60),
+                                  const std::string& device = "cpu",
+                                  const std::string& precision = "fp32") {
     auto group = comm::MakeInProcessGroup(world_size, op_timeout);
     std::vector<RankRun> runs(static_cast<size_t>(world_size));
     std::vector<std::thread> threads;
@@ -104,7 +111,7 @@ class TrainerRanksTest : public ::testing::Test {
         options.allowed_spec_changes = {"world"};
         options.shard_block_elements = kBlock;
         if (adjust) adjust(r, options);
-        auto spec = ParseJobSpec(SpecText(world_size), "spec.yaml");
+        auto spec = ParseJobSpec(SpecText(world_size, device, precision), "spec.yaml");
         if (!spec.ok()) {
           out.summary = spec.status();
           group[r]->Abort();
@@ -198,6 +205,99 @@ TEST_F(TrainerRanksTest, OneTwoAndFourRanksGiveTheSameBytes) {
   ASSERT_TRUE(trainer.ok());
   ASSERT_TRUE((*trainer)->Run().ok());
   EXPECT_EQ(FinalHash("local"), reference_hash);
+}
+
+// On a device backend (memory the host cannot read), both ways a group steps give the same
+// bytes for every world size: the device-resident step (its gradient and parameter collectives
+// over device memory, a device communicator) and the host-staged one (none). In fp32 they are
+// the CPU group's bytes; in bf16 and fp16 they also check the 16-bit working copy, which AdamW
+// rewrites in a group of one and the model casts again after a larger group's all-gather.
+TEST_F(TrainerRanksTest, DeviceGroupsGiveTheSameBytesForEveryWorldSize) {
+  for (const std::string precision : {"fp32", "bf16", "fp16"}) {
+    std::vector<StepReport> reference;
+    std::string reference_hash;
+    if (precision == "fp32") {
+      const std::vector<RankRun> cpu = TrainGroup("cpu", 2);
+      ExpectAllOk(cpu);
+      reference = cpu[0].reports;
+      reference_hash = FinalHash("cpu");
+    }
+    for (int w : {1, 2, 4}) {
+      for (bool device_resident : {true, false}) {
+        if (w == 1 && !device_resident) continue;  // a group of one is always device-resident
+        const std::string run =
+            absl::StrCat(precision, "_w", w, device_resident ? "_resident" : "_staged");
+        SCOPED_TRACE(run);
+        std::vector<model::OpaqueMemoryBackend> backends(static_cast<size_t>(w));
+        std::vector<std::shared_ptr<testing::DeviceOpCounts>> counts;
+        std::vector<std::unique_ptr<testing::OpaqueMemoryCommunicator>> device_group;
+        for (std::unique_ptr<comm::Communicator>& c :
+             comm::MakeInProcessGroup(w, absl::Seconds(60))) {
+          counts.push_back(std::make_shared<testing::DeviceOpCounts>());
+          device_group.push_back(
+              std::make_unique<testing::OpaqueMemoryCommunicator>(std::move(c), counts.back()));
+        }
+        const std::vector<RankRun> runs = TrainGroup(
+            run, w,
+            [&](int rank, TrainerOptions& options) {
+              options.backend = &backends[rank];
+              if (device_resident && w > 1) {
+                options.device_communicator = device_group[rank].get();
+              }
+            },
+            absl::Seconds(60), "cuda", precision);
+        ExpectAllOk(runs);
+        if (reference.empty()) {  // bf16, fp16: the group of one is the reference
+          reference = runs[0].reports;
+          reference_hash = FinalHash(run);
+          ASSERT_EQ(reference.size(), 7u);
+          EXPECT_LT(reference.back().loss, reference.front().loss);
+        }
+        ASSERT_EQ(runs[0].reports.size(), reference.size());
+        for (size_t i = 0; i < reference.size(); ++i) {
+          EXPECT_EQ(runs[0].reports[i].loss, reference[i].loss) << "step " << i + 1;
+          EXPECT_EQ(runs[0].reports[i].grad_norm, reference[i].grad_norm) << "step " << i + 1;
+          EXPECT_EQ(runs[0].reports[i].eval_loss, reference[i].eval_loss) << "step " << i + 1;
+        }
+        EXPECT_EQ(FinalHash(run), reference_hash);
+        // The device communicator carried each step's gradient and parameters, or nothing.
+        const int steps = static_cast<int>(reference.size());
+        for (int r = 0; r < w; ++r) {
+          const bool used = device_resident && w > 1;
+          EXPECT_EQ(counts[r]->reduce_scatters.load(), used ? steps : 0) << "rank " << r;
+          EXPECT_EQ(counts[r]->all_gathers.load(), used ? steps : 0) << "rank " << r;
+        }
+      }
+    }
+  }
+}
+
+TEST_F(TrainerRanksTest, ADeviceCommunicatorMustMatchTheGroupAndTheBackend) {
+  auto spec = ParseJobSpec(SpecText(2, "cuda"), "spec.yaml");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  auto group = comm::MakeInProcessGroup(2, absl::Seconds(5));
+  auto device_group = comm::MakeInProcessGroup(2, absl::Seconds(5));
+  model::OpaqueMemoryBackend device;
+  const auto create = [&](TrainerOptions options) {
+    options.run_dir = (root_ / "refused").string();
+    options.world_size = 2;
+    options.communicator = group[0].get();
+    return Trainer::Create(*spec, *model::PresetConfig("qwen2-test"), std::nullopt, data_,
+                           std::move(options))
+        .status();
+  };
+  TrainerOptions wrong_rank;
+  wrong_rank.backend = &device;
+  wrong_rank.device_communicator = device_group[1].get();
+  const absl::Status rank_status = create(wrong_rank);
+  EXPECT_EQ(rank_status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(rank_status.message(), HasSubstr("device communicator of rank 1 of 2"));
+  TrainerOptions on_the_cpu;
+  on_the_cpu.device_communicator = device_group[0].get();
+  const absl::Status cpu_status = create(on_the_cpu);
+  EXPECT_EQ(cpu_status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(cpu_status.message(), HasSubstr("needs a device backend"));
+  EXPECT_FALSE(fs::exists(root_ / "refused"));
 }
 
 TEST_F(TrainerRanksTest, OnlyRankZeroWritesTheRunFilesAndEachRankReportsItsOwnFiles) {

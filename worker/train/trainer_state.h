@@ -27,6 +27,7 @@
 #include "worker/model/param_layout.h"
 #include "worker/train/checkpoint_store.h"
 #include "worker/train/data_plan.h"
+#include "worker/train/device_accumulator.h"
 #include "worker/train/loss_scale.h"
 #include "worker/train/lr_schedule.h"
 #include "worker/train/metrics_log.h"
@@ -76,7 +77,15 @@ struct Trainer::State {
   std::vector<float> params;
   kernels::Backend* backend = nullptr;  // options.backend, or the CPU backend
   kernels::DType compute_dtype = kernels::DType::kFloat32;
-  std::vector<float> host_grads;  // device backend: the micro-batch's gradient, then the sum
+  std::vector<float> host_grads;  // host-staged step: the micro-batch's gradient, then the sum
+  // The device-resident step (trainer.h, TrainerOptions::backend): after a step, `params` is
+  // stale until SyncHostParams copies the model's (for a checkpoint or a stage change).
+  bool host_params_stale = false;
+  comm::Communicator* device_comm = nullptr;                // options.device_communicator
+  std::optional<DeviceTreeAccumulator> device_accumulator;  // the micro-batches' sum
+  model::Buffer<float> device_grad_shard;   // a group of more than one: the reduced shard
+  model::Buffer<double> device_block_sums;  // the shard's block sums of squares
+  std::vector<double> block_sums;           // ... copied to the host for `comm`
   std::optional<Optimizer> optimizer;
   std::optional<MetricsLog> metrics;  // rank 0
   std::unique_ptr<model::Model> model;
@@ -122,6 +131,11 @@ struct Trainer::State {
   // Whether the model's memory is host memory (the CPU backend): the trainer then works on the
   // model's own buffers; otherwise on host copies (TrainerOptions::backend).
   bool model_on_host() const { return backend == &kernels::CpuBackend(); }
+  // Whether the step stays in backend memory: a device backend in a group of one, or with a
+  // device communicator (trainer.h).
+  bool device_step() const {
+    return !model_on_host() && (options.world_size == 1 || device_comm != nullptr);
+  }
   // The parameters the optimizer updates and checkpoints save: the model's, or the host copy.
   std::span<float> HostParams() { return model_on_host() ? model->params() : std::span(params); }
   // The gradient the collectives reduce: the model's, or host_grads (see CopyGradsToHost).
@@ -130,6 +144,8 @@ struct Trainer::State {
   absl::Status CopyGradsToHost();
   // Device backend: the host parameters into the model (a no-op on the CPU backend).
   absl::Status CopyParamsToModel();
+  // Device-resident step: the model's parameters into `params` when they are stale.
+  absl::Status SyncHostParams();
   std::span<float> param_shard() {
     return HostParams().subspan(static_cast<size_t>(shard_begin()), grad_shard.size());
   }
@@ -158,6 +174,7 @@ struct Trainer::State {
   absl::Status OpenStore();
   absl::Status InitializeParams();
   absl::StatusOr<Optimizer> MakeOptimizer() const;
+  absl::Status PrepareDeviceStep();
   absl::Status Resume();
   absl::Status ResumeFromNewest();
   absl::StatusOr<int64_t> PickNewest();
@@ -174,6 +191,11 @@ struct Trainer::State {
                                    const std::vector<Window>& windows, StepResult& result);
   absl::Status ReduceGradients(StepResult& result);
   absl::Status ApplyUpdate(StepResult& result);
+  // The device-resident step's parts.
+  std::span<float> DeviceGradShard();
+  absl::Status RunGradientHookOnDevice();
+  absl::StatusOr<double> DeviceShardNorm();
+  absl::Status ApplyDeviceUpdate(StepResult& result);
 
   absl::StatusOr<double> Evaluate(model::Model& model, const v1::CurriculumStage& stage);
   // eval.tasks (trainer_eval.cc).
