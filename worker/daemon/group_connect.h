@@ -1,5 +1,6 @@
 // How a training child joins its group: the coordinator's rendezvous (PutKey/GetKey, scoped to
-// the assignment's job and round) and a Gloo full mesh listening on the worker's peer host.
+// the assignment's job and round) and a Gloo full mesh listening on the worker's peer host; on
+// GPUs, also NCCL over the same rendezvous, for the gradient and parameter collectives.
 #ifndef QTRAIN_WORKER_DAEMON_GROUP_CONNECT_H_
 #define QTRAIN_WORKER_DAEMON_GROUP_CONNECT_H_
 
@@ -20,6 +21,16 @@ absl::StatusOr<std::unique_ptr<comm::Communicator>> ConnectGlooGroup(const Group
 // The same over `store` instead of the coordinator (tests: an in-memory store).
 absl::StatusOr<std::unique_ptr<comm::Communicator>> ConnectGlooGroupOver(
     const GroupMember& member, std::shared_ptr<comm::RendezvousStore> store);
+
+// The production device GroupConnector (world.device cuda): MakeCoordinatorStore +
+// NcclCommunicator::Connect on the first visible GPU (one worker per GPU), rank 0's NCCL id
+// under the assignment's rendezvous prefix, member.timeout as the connect and op timeout.
+// UNIMPLEMENTED where the build has no NCCL.
+absl::StatusOr<std::unique_ptr<comm::Communicator>> ConnectNcclGroup(const GroupMember& member);
+absl::StatusOr<std::unique_ptr<comm::Communicator>> ConnectNcclGroupOver(
+    const GroupMember& member, std::shared_ptr<comm::RendezvousStore> store);
+// Whether this build has NCCL (ConnectNcclGroup can connect).
+bool BuiltWithNccl();
 
 }  // namespace qtrain::worker
 

@@ -163,6 +163,7 @@ int RunTrainStage(const StageFlags& flags) {
   options.peer_host = flags.peer_host;
   options.collective_timeout = absl::Milliseconds(flags.collective_timeout_ms);
   options.connect_group = qtrain::worker::ConnectGlooGroup;
+  options.connect_device_group = qtrain::worker::ConnectNcclGroup;
   return qtrain::worker::RunStageChild(options);
 }
 

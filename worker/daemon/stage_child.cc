@@ -158,6 +158,9 @@ class StageChild {
   absl::Status VerifyResumeCheckpoint() const;
   // world_size > 1: joins the group (phase RENDEZVOUS) and starts watching for a stop.
   absl::Status JoinGroup();
+  GroupMember Member();
+  // world.device cuda in a group: the device communicator, when the build has one.
+  absl::Status JoinDeviceGroup();
   // Aborts the group's collectives once the child is stopping (a signal, or the parent gone),
   // so that an op blocked on a peer returns; runs on a thread of its own, never in a signal
   // handler.
@@ -190,10 +193,60 @@ class StageChild {
   bool join_failed_ = false;
   // The group (world_size > 1); outlives the trainer that uses it and the watcher.
   std::unique_ptr<WatchedCommunicator> group_;
+  // Its device communicator (world.device cuda, where one was joined): set once, under
+  // watch_mu_, so that the watcher aborts it too.
+  std::unique_ptr<WatchedCommunicator> device_group_ ABSL_GUARDED_BY(watch_mu_);
   std::thread watcher_;
-  absl::Mutex watch_mu_;
+  mutable absl::Mutex watch_mu_;
   bool watch_done_ ABSL_GUARDED_BY(watch_mu_) = false;
 };
+
+GroupMember StageChild::Member() {
+  const v1::Assignment& a = assignment_;
+  GroupMember member;
+  member.rank = static_cast<int>(a.rank());
+  member.world_size = static_cast<int>(a.world_size());
+  member.job = a.job();
+  member.round = a.round();
+  member.rendezvous_prefix = a.rendezvous_prefix();
+  member.worker = options_.worker;
+  member.coordinator = options_.coordinator;
+  member.peer_host = options_.peer_host;
+  member.timeout = options_.collective_timeout;
+  member.cancelled = [this] { return stopping(); };
+  return member;
+}
+
+absl::Status StageChild::JoinDeviceGroup() {
+  const v1::Assignment& a = assignment_;
+  if (!options_.connect_device_group) return absl::OkStatus();
+  const absl::Time start = absl::Now();
+  absl::StatusOr<std::unique_ptr<comm::Communicator>> joined =
+      options_.connect_device_group(Member());
+  if (absl::IsUnimplemented(joined.status())) {
+    QTRAIN_LOG(INFO) << "stage child: no device communicator (" << joined.status().message()
+                     << "): the gradients go through the host";
+    return absl::OkStatus();
+  }
+  if (!joined.ok()) {
+    join_failed_ = true;
+    return absl::Status(
+        joined.status().code(),
+        absl::StrCat("joining the device communicator of the group of ", a.world_size(),
+                     " workers as rank ", a.rank(), ": ", joined.status().message()));
+  }
+  if (*joined == nullptr || (*joined)->rank() != static_cast<int>(a.rank()) ||
+      (*joined)->world_size() != static_cast<int>(a.world_size())) {
+    return absl::InternalError(absl::StrCat("joining the device communicator as rank ", a.rank(),
+                                            ": the communicator has another place in it"));
+  }
+  QTRAIN_LOG(INFO) << "stage child: rank " << a.rank() << " joined the group's device "
+                   << "communicator (" << (*joined)->backend() << ") in "
+                   << absl::FormatDuration(absl::Trunc(absl::Now() - start, absl::Milliseconds(1)));
+  absl::MutexLock lock(&watch_mu_);
+  device_group_ = std::make_unique<WatchedCommunicator>(*std::move(joined));
+  return absl::OkStatus();
+}
 
 absl::Status StageChild::JoinGroup() {
   const v1::Assignment& a = assignment_;
@@ -206,17 +259,7 @@ absl::Status StageChild::JoinGroup() {
         absl::StrCat("assignment: rendezvous_prefix is empty (world_size ", a.world_size(), ")"));
   }
   QTRAIN_RETURN_IF_ERROR(EmitPhase(v1::WORKER_PHASE_RENDEZVOUS));
-  GroupMember member;
-  member.rank = static_cast<int>(a.rank());
-  member.world_size = static_cast<int>(a.world_size());
-  member.job = a.job();
-  member.round = a.round();
-  member.rendezvous_prefix = a.rendezvous_prefix();
-  member.worker = options_.worker;
-  member.coordinator = options_.coordinator;
-  member.peer_host = options_.peer_host;
-  member.timeout = options_.collective_timeout;
-  member.cancelled = [this] { return stopping(); };
+  const GroupMember member = Member();
   QTRAIN_LOG(INFO) << "stage child: joining the group of " << a.world_size() << " as rank "
                    << a.rank() << " (listening on " << options_.peer_host << ", timeout "
                    << absl::FormatDuration(options_.collective_timeout) << ")";
@@ -248,6 +291,7 @@ void StageChild::WatchForStop() {
     if (stopping()) {
       QTRAIN_LOG(INFO) << "stage child: stopping: aborting the group's collectives";
       group_->Abort();
+      if (device_group_ != nullptr) device_group_->Abort();
       return;
     }
     watch_mu_.AwaitWithTimeout(absl::Condition(&watch_done_), absl::Milliseconds(20));
@@ -265,7 +309,9 @@ void StageChild::StopWatching() {
 bool StageChild::IsGroupFailure(const absl::Status& status) const {
   if (status.ok()) return false;
   if (join_failed_) return !absl::IsInvalidArgument(status) && !absl::IsFailedPrecondition(status);
-  return group_ != nullptr && !group_->first_error().ok();
+  if (group_ != nullptr && !group_->first_error().ok()) return true;
+  absl::MutexLock lock(&watch_mu_);
+  return device_group_ != nullptr && !device_group_->first_error().ok();
 }
 
 absl::Status StageChild::Emit(const v1::StageChildEvent& event) {
@@ -510,7 +556,8 @@ absl::Status StageChild::Train(train::PreparedJob& job, std::shared_ptr<const Ru
   // world.device cuda: the first GPU this process sees (one worker per GPU). A GPU that cannot
   // be used may be busy or recovering: retryable.
   absl::StatusOr<std::unique_ptr<kernels::Backend>> backend =
-      train::CreateTrainingBackend(a.spec().world().device());
+      options_.create_backend ? options_.create_backend(a.spec().world().device())
+                              : train::CreateTrainingBackend(a.spec().world().device());
   if (!backend.ok()) {
     retryable_ = absl::IsUnavailable(backend.status());
     return backend.status();
@@ -518,6 +565,11 @@ absl::Status StageChild::Train(train::PreparedJob& job, std::shared_ptr<const Ru
   options.backend = backend->get();
   if (*backend != nullptr) {
     QTRAIN_LOG(INFO) << "stage child: training on the " << (*backend)->name() << " backend";
+    if (a.world_size() > 1) {
+      QTRAIN_RETURN_IF_ERROR(JoinDeviceGroup());
+      absl::MutexLock lock(&watch_mu_);
+      options.device_communicator = device_group_.get();
+    }
   }
   absl::StatusOr<std::unique_ptr<train::Trainer>> trainer = train::Trainer::Create(
       a.spec(), job.config, std::move(job.initial_params), *job.data, std::move(options));

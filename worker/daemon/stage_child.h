@@ -11,7 +11,11 @@
 // coordinator's rendezvous keys under the assignment's rendezvous_prefix and a Gloo mesh
 // (options.connect_group), listening on options.peer_host. A failed or timed-out collective
 // ends the child with a retryable error; SIGTERM aborts a collective under way. Only rank 0
-// takes the run directory's lock (the others write only their optimizer shards).
+// takes the run directory's lock (the others write only their optimizer shards). A job on
+// world.device cuda trains on a CUDA backend (options.create_backend); in a group, each rank
+// also joins the group's device communicator (options.connect_device_group: NCCL over the same
+// rendezvous), so that the gradient and the parameters stay on the GPU (TrainerOptions::
+// device_communicator). Where the build has no NCCL, the step goes through the host and Gloo.
 //
 // It ends on its own:
 //  - exit 0 after a StageDone event (end_step reached, its checkpoint committed, and on the
@@ -36,6 +40,8 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/rpc_channel.h"
+#include "kernels/ops.h"
+#include "qtrain/v1/jobs.pb.h"
 #include "worker/comm/communicator.h"
 
 namespace qtrain::worker {
@@ -75,6 +81,13 @@ struct StageChildOptions {
   std::string peer_host = "127.0.0.1";
   absl::Duration collective_timeout = absl::Seconds(300);
   GroupConnector connect_group;
+  // world.device cuda, world_size > 1: how a rank joins the group's device communicator, after
+  // connect_group (ConnectNcclGroup in production). UNIMPLEMENTED from it (a build without
+  // NCCL), or null: the trainer's step goes through the host.
+  GroupConnector connect_device_group;
+  // The backend of the job's world.device (train::CreateTrainingBackend when null; tests give
+  // one whose memory the host cannot read).
+  std::function<absl::StatusOr<std::unique_ptr<kernels::Backend>>(v1::DeviceKind)> create_backend;
 };
 
 // Exit codes of the child.

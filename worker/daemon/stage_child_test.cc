@@ -28,11 +28,14 @@
 #include "qtrain/v1/stage.pb.h"
 #include "qtrain/v1/worker.pb.h"
 #include "worker/comm/communicator.h"
+#include "worker/comm/in_process_communicator.h"
 #include "worker/comm/rendezvous_store.h"
 #include "worker/daemon/cancellable_store.h"
 #include "worker/daemon/group_connect.h"
 #include "worker/model/flops.h"
+#include "worker/model/opaque_backend_test_util.h"
 #include "worker/train/job_setup.h"
+#include "worker/train/opaque_communicator_test_util.h"
 #include "worker/train/shard_assignment.h"
 #include "worker/train/test_dataset.h"
 #include "worker/train/trainer.h"
@@ -876,6 +879,66 @@ TEST_F(StageChildTest, SigtermAbortsACollectiveThatWaitsForAPeer) {
   ASSERT_TRUE(error.has_value());
   EXPECT_EQ(error->code(), "CANCELLED");
   EXPECT_TRUE(error->retryable());
+}
+
+// world.device cuda in a group of two, on a backend whose memory the host cannot read: each rank
+// joins its Gloo group (real connections on loopback), then the group's device communicator,
+// and every training step reduces the gradient and gathers the parameters through the latter.
+TEST_F(StageChildTest, ACudaGroupStepsThroughItsDeviceCommunicator) {
+  spec_.mutable_world()->set_device(v1::DEVICE_KIND_CUDA);
+  spec_.set_precision(v1::PRECISION_BF16);
+  std::vector<std::string> assignments;
+  for (int rank : {0, 1}) {
+    UseGroup(rank, 2);
+    assignments.push_back(WriteAssignment(0, nullptr, absl::StrCat("assignment-", rank, ".json")));
+  }
+  auto store = comm::MakeInMemoryStore();
+  std::vector<std::shared_ptr<train::testing::DeviceOpCounts>> counts;
+  std::vector<std::unique_ptr<comm::Communicator>> device_group;
+  for (std::unique_ptr<comm::Communicator>& c : comm::MakeInProcessGroup(2, absl::Seconds(60))) {
+    counts.push_back(std::make_shared<train::testing::DeviceOpCounts>());
+    device_group.push_back(
+        std::make_unique<train::testing::OpaqueMemoryCommunicator>(std::move(c), counts.back()));
+  }
+  ConnectLog device_log;
+  std::vector<std::unique_ptr<FakeParent>> parents;
+  for (int rank : {0, 1}) {
+    StageChildOptions options = Options(assignments[rank]);
+    options.worker = absl::StrCat("workers/w-", rank);
+    options.collective_timeout = absl::Seconds(60);
+    options.connect_group = [store](const GroupMember& m) {
+      return ConnectGlooGroupOver(m, store);
+    };
+    // Each rank takes its own communicator (once: a second call would get nullptr and fail).
+    options.connect_device_group =
+        [&](const GroupMember& m) -> absl::StatusOr<std::unique_ptr<comm::Communicator>> {
+      absl::MutexLock lock(&device_log.mu);
+      device_log.members.push_back(m);
+      return std::move(device_group[static_cast<size_t>(m.rank)]);
+    };
+    options.create_backend =
+        [](v1::DeviceKind device) -> absl::StatusOr<std::unique_ptr<kernels::Backend>> {
+      EXPECT_EQ(device, v1::DEVICE_KIND_CUDA);
+      return std::make_unique<model::OpaqueMemoryBackend>();
+    };
+    parents.push_back(std::make_unique<FakeParent>(options, Accept));
+  }
+  for (int rank : {0, 1}) {
+    EXPECT_EQ(parents[rank]->Wait(), kStageChildOk) << "rank " << rank;
+    const std::vector<v1::StageChildEvent> events = parents[rank]->events();
+    ASSERT_FALSE(events.empty());
+    EXPECT_TRUE(events.back().has_done()) << "rank " << rank;
+    // Steps 1-4 of stage 0, each through the device communicator.
+    EXPECT_EQ(counts[rank]->reduce_scatters.load(), 4) << "rank " << rank;
+    EXPECT_EQ(counts[rank]->all_gathers.load(), 4) << "rank " << rank;
+  }
+  absl::MutexLock lock(&device_log.mu);
+  ASSERT_EQ(device_log.members.size(), 2u);
+  for (const GroupMember& m : device_log.members) {
+    EXPECT_EQ(m.world_size, 2);
+    EXPECT_EQ(m.rendezvous_prefix, "jobs/stage-test-1/rounds/3/");
+    EXPECT_EQ(m.timeout, absl::Seconds(60));
+  }
 }
 
 TEST(CancellableStoreTest, GivesUpWhenCancelledAndKeepsTheDeadline) {
