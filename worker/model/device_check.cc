@@ -90,29 +90,53 @@ class Run {
     QTRAIN_RETURN_IF_ERROR(run.v_.Resize(backend, {n}, "the second AdamW moments"));
     QTRAIN_RETURN_IF_OP_ERROR(backend.Fill(run.m_.get(), n, 0.0f));
     QTRAIN_RETURN_IF_OP_ERROR(backend.Fill(run.v_.get(), n, 0.0f));
+    const int64_t blocks = (n + kNormBlock - 1) / kNormBlock;
+    QTRAIN_RETURN_IF_ERROR(run.block_sums_.Resize(backend, {blocks}, "the norm's block sums"));
+    QTRAIN_ASSIGN_OR_RETURN(run.host_block_sums_,
+                            MakeHostVector<double>({blocks}, "the norm's block sums"));
     return run;
   }
 
-  // Zero gradients, forward and backward, one AdamW update (weight decay on the matrices only,
-  // as the trainer does), then a synchronization. The step's loss.
+  // The trainer's device-resident step for a group of one (worker/train): zero gradients,
+  // forward and backward, the gradient norm from per-block sums of squares (only they reach the
+  // host), clipping to 1, one multi-tensor AdamW update (weight decay on the matrices only) that
+  // also rewrites the 16-bit working copy, then a synchronization. The step's loss.
   absl::StatusOr<double> Step(const Batch& batch, double lr) {
     QTRAIN_RETURN_IF_ERROR(model_.ZeroGrads());
     QTRAIN_ASSIGN_OR_RETURN(ForwardResult result, model_.ForwardBackward(batch));
     ++step_;
-    // One multi-tensor AdamW call, as a GPU trainer would make it.
-    float* params = model_.params().data();
+    const Model::UpdatableWeights weights = model_.weights_for_update();
     const float* grads = model_.grads().data();
+    QTRAIN_RETURN_IF_OP_ERROR(backend_->BlockSumsOfSquares(
+        grads, static_cast<int64_t>(model_.grads().size()), kNormBlock, block_sums_.get()));
+    QTRAIN_RETURN_IF_OP_ERROR(backend_->CopyBackendToHost(
+        host_block_sums_.data(), block_sums_.get(), host_block_sums_.size() * sizeof(double)));
+    double squares = 0;
+    for (double b : host_block_sums_) squares += b;
+    const double norm = std::sqrt(squares);
+    const double clip = std::isfinite(norm) ? std::min(1.0, 1.0 / (norm + 1e-6)) : 1.0;
+    // One multi-tensor AdamW call, as the trainer makes it.
     std::vector<kernels::AdamWTensor> tensors;
     for (const TensorSlot& slot : model_.layout().tensors()) {
-      tensors.push_back({.param = params + slot.offset,
+      kernels::Tensor copy;
+      if (!weights.working_copy.is_null()) {
+        copy = {static_cast<std::byte*>(weights.working_copy.data()) + slot.offset * 2,
+                weights.working_copy.dtype()};
+      }
+      tensors.push_back({.param = weights.params.data() + slot.offset,
                          .grad = grads + slot.offset,
                          .m = m_.get() + slot.offset,
                          .v = v_.get() + slot.offset,
                          .n = slot.size,
-                         .apply_weight_decay = slot.shape.size() >= 2});
+                         .apply_weight_decay = slot.shape.size() >= 2,
+                         .working_copy = copy});
     }
-    const kernels::AdamWParams p{
-        .lr = lr, .beta1 = 0.9, .beta2 = 0.95, .weight_decay = 0.1, .step = step_};
+    const kernels::AdamWParams p{.lr = lr,
+                                 .beta1 = 0.9,
+                                 .beta2 = 0.95,
+                                 .weight_decay = 0.1,
+                                 .step = step_,
+                                 .grad_scale = static_cast<float>(clip)};
     QTRAIN_RETURN_IF_OP_ERROR(
         backend_->AdamWMultiStep(tensors.data(), static_cast<int64_t>(tensors.size()), p));
     QTRAIN_RETURN_IF_OP_ERROR(backend_->Synchronize());
@@ -122,8 +146,12 @@ class Run {
  private:
   Run(kernels::Backend& backend, Model model) : backend_(&backend), model_(std::move(model)) {}
   kernels::Backend* backend_;
+  // The trainer's default block of the norm (comm::kDefaultBlockElements).
+  static constexpr int64_t kNormBlock = int64_t{1} << 14;
   Model model_;
   Buffer<float> m_, v_;
+  Buffer<double> block_sums_;
+  std::vector<double> host_block_sums_;
   int64_t step_ = 0;
 };
 

@@ -53,10 +53,12 @@ absl::StatusOr<GradientComparison> CompareLossAndGradients(kernels::Backend& dev
                                                            const DeviceCheckSetup& setup,
                                                            const DeviceTolerance& tolerance);
 
-// (c) A short training run on both backends: AdamW (lr `lr`, weight decay 0.1) on the same
-// batches, drawn from a small fixed set so that the loss falls. The device's loss curve must
-// follow the reference's (each step within `tolerance` of it, relative) and fall by `min_drop`
-// (relative) from its first step to its last, so a run that does not train fails.
+// (c) A short training run on both backends, each step the trainer's device-resident step of a
+// group of one (the norm from per-block sums, clipping to 1, AdamW with lr `lr` and weight decay
+// 0.1 rewriting the working copy) on the same batches, drawn from a small fixed set so that the
+// loss falls. The device's loss curve must follow the reference's (each step within `tolerance` of
+// it, relative) and fall by `min_drop` (relative) from its first step to its last, so a run that
+// does not train fails.
 struct TrainingCurveOptions {
   int64_t steps = 30;
   double lr = 3e-3;
@@ -74,8 +76,8 @@ absl::StatusOr<TrainingCurveComparison> CompareTrainingCurves(kernels::Backend& 
                                                               const TrainingCurveOptions& options);
 
 // (d) Training-step throughput on one backend: `warmup` untimed steps, then `steps` timed ones
-// (forward, backward, AdamW; the backend synchronized after each). Parameters are random
-// (InitializeParameters); the tokens too.
+// (forward, backward, the norm, AdamW: the step of (c); the backend synchronized after each).
+// Parameters are random (InitializeParameters); the tokens too.
 struct ThroughputOptions {
   int64_t warmup = 1;
   int64_t steps = 3;
