@@ -397,6 +397,29 @@ TEST(CudaKernelsTest, SumSquaresScratchAndItsCheck) {
   EXPECT_THAT(CanImplement(p).message(), HasSubstr("tensor 1 has a negative size or is null"));
 }
 
+TEST(CudaKernelsTest, BlockSumsOfSquaresChecksItsArguments) {
+  BlockSumSquaresParams p{.x = static_cast<float*>(Fake()),
+                          .n = 100003,
+                          .block_elements = 16384,
+                          .sums = static_cast<double*>(Fake(2))};
+  EXPECT_TRUE(CanImplement(p).ok()) << CanImplement(p).message();
+  BlockSumSquaresParams bad = p;
+  bad.block_elements = 0;
+  EXPECT_THAT(CanImplement(bad).message(), HasSubstr("block_elements must be > 0, not 0"));
+  bad = p;
+  bad.n = -1;
+  EXPECT_FALSE(CanImplement(bad).ok());
+  bad = p;
+  bad.sums = nullptr;
+  EXPECT_THAT(CanImplement(bad).message(), HasSubstr("sums"));
+  bad = p;
+  bad.block_elements = 1;
+  bad.n = int64_t{1} << 32;  // 2^32 blocks: more than one grid holds
+  EXPECT_THAT(CanImplement(bad).message(), HasSubstr("too many blocks"));
+  // Nothing to sum: no pointer needed.
+  EXPECT_TRUE(CanImplement(BlockSumSquaresParams{.n = 0, .block_elements = 8}).ok());
+}
+
 TEST(CudaKernelsTest, CudaErrorsAreNamed) {
   EXPECT_TRUE(CudaStatus(cudaSuccess, "x").ok());
   EXPECT_THAT(CudaStatus(cudaErrorInvalidValue, "Cast").message(), HasSubstr("Cast: "));

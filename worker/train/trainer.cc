@@ -595,6 +595,8 @@ absl::Status Trainer::State::CopyParamsToModel() {
 absl::Status Trainer::State::ReduceGradients(StepResult& result) {
   if (device_step()) {
     if (options.world_size > 1) {
+      // The device communicator runs on a stream of its own: the gradient's work first.
+      QTRAIN_RETURN_IF_OP_ERROR(backend->Synchronize());
       QTRAIN_RETURN_IF_ERROR(Timed(result.comm_time, [&] {
         return device_comm->ReduceScatterSum(std::as_const(*model).grads(), DeviceGradShard(),
                                              *shards);
@@ -684,6 +686,7 @@ absl::Status Trainer::State::ApplyDeviceUpdate(StepResult& result) {
                           optimizer->Step(shard_params, DeviceGradShard(), result.learning_rate,
                                           result.stats.grad_norm, result.loss_scale, working_copy));
   if (options.world_size == 1) return absl::OkStatus();
+  QTRAIN_RETURN_IF_OP_ERROR(backend->Synchronize());  // AdamW's writes, before NCCL reads them
   QTRAIN_RETURN_IF_ERROR(Timed(result.comm_time, [&] {
     return device_comm->AllGather(shard_params, weights.params, *shards);
   }));
