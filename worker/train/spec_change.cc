@@ -85,14 +85,25 @@ void Diff(const nlohmann::json& before, const nlohmann::json& after, const std::
 }
 
 // Removes the field at `path` (no indices) from `spec`, if present.
+// Erases tokens[i...] under node; "[*]" descends into every element of an array.
+void ErasePathFrom(nlohmann::json& node, const std::vector<std::string>& tokens, size_t i) {
+  const std::string& token = tokens[i];
+  if (token == "[*]") {
+    if (!node.is_array() || i + 1 == tokens.size()) return;
+    for (nlohmann::json& element : node) ErasePathFrom(element, tokens, i + 1);
+    return;
+  }
+  if (!node.is_object() || !node.contains(token)) return;
+  if (i + 1 == tokens.size()) {
+    node.erase(token);
+  } else {
+    ErasePathFrom(node[token], tokens, i + 1);
+  }
+}
+
 void ErasePath(nlohmann::json& spec, const std::string& path) {
   const std::vector<std::string> tokens = SplitPath(path);
-  nlohmann::json* node = &spec;
-  for (size_t i = 0; i + 1 < tokens.size(); ++i) {
-    if (!node->is_object() || !node->contains(tokens[i])) return;
-    node = &(*node)[tokens[i]];
-  }
-  if (node->is_object()) node->erase(tokens.back());
+  if (!tokens.empty()) ErasePathFrom(spec, tokens, 0);
 }
 
 absl::Status CheckFieldPath(const std::string& entry) {
@@ -143,6 +154,8 @@ const std::vector<std::string>& BookkeepingSpecFields() {
       // Benchmarks of the weights: they never change them.
       "eval.tasks",
       "world.max_restarts", "world.regroup_seconds",
+      // Recomputing a layer's activations in backward gives the same bits (model_test.cc).
+      "curriculum[*].recompute_activations",
       // The weights do not depend on the worker count (the sums are worker-invariant), so a
       // job may be resumed with another world range.
       "world.min_workers", "world.max_workers"};

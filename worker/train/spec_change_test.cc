@@ -88,7 +88,8 @@ TEST(SpecChangeTest, BookkeepingChangesAreAcceptedAndDoNotChangeTheHash) {
        {std::pair{"keep_last: 2", "keep_last: 5"}, std::pair{"every_steps: 2", "every_steps: 1"},
         std::pair{"{team: x}", "{team: w}"},
         std::pair{"{team: x}", "{team: x}\nworld: {regroup_seconds: 5}"},
-        std::pair{"{team: x}", "{team: x}\nworld: {max_workers: 2}"}}) {
+        std::pair{"{team: x}", "{team: x}\nworld: {max_workers: 2}"},
+        std::pair{"micro_batch: 2}", "micro_batch: 2, recompute_activations: true}"}}) {
     SCOPED_TRACE(from);
     const nlohmann::json changed = SpecJson(from, to);
     auto accepted = CheckSpecChanges(base, changed, {});
@@ -96,6 +97,21 @@ TEST(SpecChangeTest, BookkeepingChangesAreAcceptedAndDoNotChangeTheHash) {
     EXPECT_EQ(accepted->size(), 1u);
     EXPECT_EQ(TrainingSpecSha256(base), TrainingSpecSha256(changed));
   }
+}
+
+// A checkpoint written before a stage field existed has no entry for it: resuming such a run
+// with the field at any value is a bookkeeping change when the field is one, with the same hash.
+TEST(SpecChangeTest, AnOlderSpecWithoutRecomputationStillResumes) {
+  nlohmann::json older = SpecJson("", "");
+  for (nlohmann::json& stage : older["curriculum"]) stage.erase("recompute_activations");
+  const nlohmann::json current =
+      SpecJson("micro_batch: 2}", "micro_batch: 2, recompute_activations: true}");
+  auto accepted = CheckSpecChanges(older, current, {});
+  ASSERT_TRUE(accepted.ok()) << accepted.status();
+  EXPECT_EQ(TrainingSpecSha256(older), TrainingSpecSha256(current));
+  // Erasing "[*]" paths leaves the other stage fields alone.
+  const nlohmann::json faster = SpecJson("micro_batch: 2}", "micro_batch: 1}");
+  EXPECT_NE(TrainingSpecSha256(faster), TrainingSpecSha256(current));
 }
 
 TEST(SpecChangeTest, AllowedFieldsMustBeRealAndChangeable) {

@@ -457,7 +457,10 @@ absl::Status Trainer::State::EnterStage(int stage_index) {
   model.reset();  // before the next one: a device need not hold two models
   QTRAIN_ASSIGN_OR_RETURN(
       model::Model fresh,
-      model::Model::Create(stage_configs[stage_index], {.compute_dtype = compute_dtype}, *backend));
+      model::Model::Create(stage_configs[stage_index],
+                           {.recompute_activations = stage.recompute_activations(),
+                            .compute_dtype = compute_dtype},
+                           *backend));
   model = std::make_unique<model::Model>(std::move(fresh));
   if (model_on_host()) {
     std::copy(params.begin(), params.end(), model->params().begin());
@@ -470,7 +473,8 @@ absl::Status Trainer::State::EnterStage(int stage_index) {
   }
   model_stage = stage_index;
   Event(absl::StrCat("stage ", stage_index, " '", stage.name(), "': seq_len ", stage.seq_len(),
-                     ", steps ", stage_start[stage_index] + 1, "-", stage_start[stage_index + 1]));
+                     ", steps ", stage_start[stage_index] + 1, "-", stage_start[stage_index + 1],
+                     model->options().recompute_activations ? ", recomputing activations" : ""));
   return absl::OkStatus();
 }
 

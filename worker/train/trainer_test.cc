@@ -145,6 +145,31 @@ TEST_F(TrainerTest, ResumeIsExactMidStageAndOnTheStageBoundary) {
   }
 }
 
+// Recomputing the long stage's activations in backward trains the same bytes, and a run may
+// switch it on or off when it resumes.
+TEST_F(TrainerTest, RecomputationTrainsTheSameBytesAndMayChangeOnResume) {
+  ASSERT_TRUE(Train("straight", SpecText()).ok());
+  std::string recompute = SpecText();
+  const std::string long_stage = "micro_batch: 2, rope_theta: 20000}";
+  recompute.replace(recompute.find(long_stage), long_stage.size(),
+                    "micro_batch: 2, rope_theta: 20000, recompute_activations: true}");
+  std::vector<std::string> events;
+  TrainerOptions logged;
+  logged.on_event = [&](const std::string& e) { events.push_back(e); };
+  ASSERT_TRUE(Train("recompute", recompute, logged).ok());
+  EXPECT_EQ(FinalHash("recompute"), FinalHash("straight"));
+  EXPECT_THAT(events, ::testing::Contains(HasSubstr("stage 1 'long': seq_len 32, steps 5-7, "
+                                                    "recomputing activations")));
+  EXPECT_THAT(events, ::testing::Contains(HasSubstr("stage 0 'short': seq_len 16, steps 1-4")));
+  EXPECT_THAT(events, ::testing::Not(::testing::Contains(HasSubstr("steps 1-4, recomputing"))));
+  TrainerOptions first;
+  first.stop_after_step = 5;  // one step into the long stage, without recomputation
+  ASSERT_TRUE(Train("switched", SpecText(), first).ok());
+  auto resumed = Train("switched", recompute);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(FinalHash("switched"), FinalHash("straight"));
+}
+
 TEST_F(TrainerTest, DamagedNewestCheckpointFallsBackAndStillEndsIdentically) {
   ASSERT_TRUE(Train("straight", SpecText()).ok());
   TrainerOptions first;
