@@ -361,7 +361,8 @@ class CudaBackendImpl final : public Backend {
         cpu::CheckOneDType("AttentionForward", {{"q", q}, {"k", k}, {"v", v}, {"o", o}}));
 #if QTRAIN_CUDA_SDPA
     if (UsesSdpa(q.dtype(), shape) && !o.is_null() && lse != nullptr) {
-      return sdpa_->Forward(SdpaShapeOf(shape), q.data(), k.data(), v.data(), o.data(), lse);
+      return sdpa_->Forward(SdpaShapeOf(shape, q.dtype()), q.data(), k.data(), v.data(), o.data(),
+                            lse);
     }
 #endif
     return cuda::AttentionForward(AttentionParams{.q = q.data(),
@@ -860,18 +861,20 @@ class CudaBackendImpl final : public Backend {
   }
 
 #if QTRAIN_CUDA_SDPA
-  // Training-shaped bf16 attention (no KV cache) that cuDNN's graphs take.
+  // Training-shaped bf16 or fp16 attention (no KV cache) that cuDNN's graphs take.
   bool UsesSdpa(DType dtype, const AttentionShape& shape) const {
-    return sdpa_ != nullptr && dtype == DType::kBfloat16 && shape.past_len == 0 &&
-           shape.kv_rows() == shape.seq_len && SdpaCanRun(SdpaShapeOf(shape));
+    return sdpa_ != nullptr && (dtype == DType::kBfloat16 || dtype == DType::kFloat16) &&
+           shape.past_len == 0 && shape.kv_rows() == shape.seq_len &&
+           SdpaCanRun(SdpaShapeOf(shape, dtype));
   }
-  static SdpaShape SdpaShapeOf(const AttentionShape& shape) {
+  static SdpaShape SdpaShapeOf(const AttentionShape& shape, DType dtype) {
     return {.batch = shape.batch,
             .seq_len = shape.seq_len,
             .num_heads = shape.num_heads,
             .num_kv_heads = shape.num_kv_heads,
             .head_dim = shape.head_dim,
-            .softmax_scale = shape.softmax_scale};
+            .softmax_scale = shape.softmax_scale,
+            .fp16 = dtype == DType::kFloat16};
   }
   // cuDNN writes the gradients whole; the contract accumulates them (and each is optional): the
   // graph writes scratch, which is then added to the gradients that were passed.
@@ -886,7 +889,8 @@ class CudaBackendImpl final : public Backend {
     unsigned char* dk = dq + q_bytes;
     unsigned char* dv = dk + kv_bytes;
     QTRAIN_KERNEL_RETURN_IF_ERROR(
-        sdpa_->Backward(SdpaShapeOf(shape), p.q, p.k, p.v, p.o, p.dout, p.lse, dq, dk, dv));
+        sdpa_->Backward(SdpaShapeOf(shape, p.dtype), p.q, p.k, p.v, p.o, p.dout, p.lse, dq, dk,
+                        dv));
     const std::pair<const void*, void*> adds[] = {{dq, p.dq}, {dk, p.dk}, { dv, p.dv }};
     for (int i = 0; i < 3; ++i) {
       if (adds[i].second == nullptr) continue;
@@ -895,7 +899,7 @@ class CudaBackendImpl final : public Backend {
           cuda::ResidualBackward(ResidualBackwardParams{.dout = adds[i].first,
                                                         .da = adds[i].second,
                                                         .db = nullptr,
-                                                        .dtype = DType::kBfloat16,
+                                                        .dtype = p.dtype,
                                                         .n = n},
                                  stream_));
     }

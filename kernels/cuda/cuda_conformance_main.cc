@@ -2,8 +2,8 @@
 // GPU 0 against the reference. Without a GPU it says so and exits 0 (tests/gpu/run.sh runs it on
 // a machine with one).
 //   cuda_conformance [--attention=auto|cudnn|kernel] [--quick] [--filter=<op>] [--seed=<n>]
-//                    [--dtype=fp32|bf16|all] [--failures-only]
-// --attention picks the backend's bf16 training attention (CudaAttention; auto by default).
+//                    [--dtype=fp32|bf16|fp16|all] [--failures-only]
+// --attention picks the backend's bf16/fp16 training attention (CudaAttention; auto by default).
 #include <cstdio>
 #include <memory>
 #include <string_view>
@@ -44,7 +44,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "cuda_conformance: %s\n", created.message().c_str());
     return 1;
   }
-  std::printf("cuda_conformance: bf16 training attention through %s\n",
+  std::printf("cuda_conformance: bf16/fp16 training attention through %s\n",
               cuda::UsesCudnnAttention(*backend) ? "cuDNN SDPA" : "attention.cu");
   return RunConformanceMain(*backend, static_cast<int>(rest.size()), rest.data());
 }

@@ -33,7 +33,7 @@ void MarkOutput(const TensorPtr& t, const SdpaShape& s, int64_t heads) {
 std::string Describe(const SdpaShape& s, SdpaPass pass, int sm_version) {
   return std::string("SDPA ") + (pass == SdpaPass::kForward ? "forward" : "backward") + " (" +
          (sm_version > 0 ? "sm_" + std::to_string(sm_version) : std::string("this GPU")) +
-         ", B=" + std::to_string(s.batch) + " T=" + std::to_string(s.seq_len) +
+         (s.fp16 ? ", fp16" : ", bf16") + ", B=" + std::to_string(s.batch) + " T=" + std::to_string(s.seq_len) +
          " H=" + std::to_string(s.num_heads) + "/" + std::to_string(s.num_kv_heads) +
          " D=" + std::to_string(s.head_dim) + ")";
 }
@@ -49,7 +49,7 @@ SdpaGraph BuildGraph(const SdpaShape& s, SdpaPass pass, int sm_version) {
   SdpaGraph g;
   g.graph = std::make_unique<fe::graph::Graph>();
   fe::graph::Graph* graph = g.graph.get();
-  graph->set_io_data_type(fe::DataType_t::BFLOAT16)
+  graph->set_io_data_type(s.fp16 ? fe::DataType_t::HALF : fe::DataType_t::BFLOAT16)
       .set_intermediate_data_type(fe::DataType_t::FLOAT)
       .set_compute_data_type(fe::DataType_t::FLOAT);
   if (sm_version > 0) graph->set_sm_version(sm_version);
@@ -126,7 +126,7 @@ bool SdpaCanRun(const SdpaShape& shape) {
 
 // The built graphs of one handle, by (pass, shape), and the workspace they share.
 struct SdpaPlans::Impl {
-  using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, float>;
+  using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, float, bool>;
   cudnnHandle_t handle = nullptr;
   std::map<Key, SdpaGraph> graphs;
   void* workspace = nullptr;
@@ -146,7 +146,8 @@ struct SdpaPlans::Impl {
                   s.num_heads,
                   s.num_kv_heads,
                   s.head_dim,
-                  s.softmax_scale};
+                  s.softmax_scale,
+                  s.fp16};
     auto it = graphs.find(key);
     if (it == graphs.end()) {
       const std::string what = Describe(s, pass, 0);

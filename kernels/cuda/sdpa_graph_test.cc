@@ -1,6 +1,6 @@
 // The cuDNN frontend's support checks, without a GPU, for every attention shape qtrain trains:
 // each model preset at the curriculum's lengths up to the 32K stage, batch 1 and 4, forward and
-// backward, on A100 (sm_80) and H100 (sm_90). A shape cuDNN cannot run fails here, not on the
+// backward, bf16 and fp16, on A100 (sm_80) and H100 (sm_90). A shape cuDNN cannot run fails here, not on the
 // first GPU.
 #include "kernels/cuda/sdpa_graph.h"
 
@@ -30,27 +30,30 @@ TEST(SdpaGraphTest, EveryPresetAtEveryTrainingLengthIsSupported) {
       for (int64_t batch : {1, 4}) {
         for (int sm : {80, 90}) {
           for (SdpaPass pass : {SdpaPass::kForward, SdpaPass::kBackward}) {
-            const SdpaShape shape{.batch = batch,
-                                  .seq_len = seq_len,
-                                  .num_heads = config->num_heads,
-                                  .num_kv_heads = config->num_kv_heads,
-                                  .head_dim = config->head_dim};
-            const OpStatus status = ValidateSdpa(shape, pass, sm);
-            if (cudnn_can) {
-              EXPECT_TRUE(status.ok()) << name << ": " << status.message();
-              ++supported;
-            } else {
-              EXPECT_THAT(status.message(), HasSubstr("hidden_dim should be multiple of 8"))
-                  << name;
-              ++refused;
+            for (bool fp16 : {false, true}) {
+              const SdpaShape shape{.batch = batch,
+                                    .seq_len = seq_len,
+                                    .num_heads = config->num_heads,
+                                    .num_kv_heads = config->num_kv_heads,
+                                    .head_dim = config->head_dim,
+                                    .fp16 = fp16};
+              const OpStatus status = ValidateSdpa(shape, pass, sm);
+              if (cudnn_can) {
+                EXPECT_TRUE(status.ok()) << name << ": " << status.message();
+                ++supported;
+              } else {
+                EXPECT_THAT(status.message(), HasSubstr("hidden_dim should be multiple of 8"))
+                    << name;
+                ++refused;
+              }
             }
           }
         }
       }
     }
   }
-  EXPECT_GE(supported, 2 * 6 * 2 * 2 * 2);  // qwen2-0.5b and qwen2-tiny at least
-  EXPECT_EQ(refused, 6 * 2 * 2 * 2);
+  EXPECT_GE(supported, 2 * 6 * 2 * 2 * 2 * 2);  // qwen2-0.5b and qwen2-tiny at least
+  EXPECT_EQ(refused, 6 * 2 * 2 * 2 * 2);
 }
 
 TEST(SdpaGraphTest, UnsupportedShapesAreRefusedWithTheReason) {
@@ -58,7 +61,15 @@ TEST(SdpaGraphTest, UnsupportedShapesAreRefusedWithTheReason) {
   const OpStatus gqa = ValidateSdpa(
       {.batch = 1, .seq_len = 2048, .num_heads = 14, .num_kv_heads = 3, .head_dim = 64},
       SdpaPass::kForward, 90);
-  EXPECT_THAT(gqa.message(), HasSubstr("SDPA forward (sm_90, B=1 T=2048 H=14/3 D=64)"));
+  EXPECT_THAT(gqa.message(), HasSubstr("SDPA forward (sm_90, bf16, B=1 T=2048 H=14/3 D=64)"));
+  const OpStatus gqa_fp16 = ValidateSdpa({.batch = 1,
+                                          .seq_len = 2048,
+                                          .num_heads = 14,
+                                          .num_kv_heads = 3,
+                                          .head_dim = 64,
+                                          .fp16 = true},
+                                         SdpaPass::kBackward, 90);
+  EXPECT_THAT(gqa_fp16.message(), HasSubstr("SDPA backward (sm_90, fp16, B=1 T=2048"));
   EXPECT_THAT(gqa.message(), HasSubstr("group-query attention"));
   EXPECT_FALSE(
       ValidateSdpa(

@@ -57,10 +57,10 @@ built=$(date +%s)
 status=0
 "$build/gpu_ops_check" | tee "$out/ops.txt" || status=1
 "$build/cuda_conformance" --failures-only | tee "$out/conformance.txt" || status=1
-# The bf16 pass again with attention.cu for every attention call, where the first run used
-# cuDNN's (the only pass cuDNN takes part in).
+# The attention ops again with attention.cu for every call, where the first run used cuDNN's
+# graphs (the bf16 and fp16 passes' training shapes).
 if grep -q "through cuDNN" "$out/conformance.txt"; then
-  "$build/cuda_conformance" --attention=kernel --dtype=bf16 --failures-only |
+  "$build/cuda_conformance" --attention=kernel --filter=attention --dtype=all --failures-only |
     tee "$out/conformance_kernel.txt" || status=1
 fi
 if [ "$model_built" = 1 ]; then
