@@ -114,8 +114,15 @@ TEST(CoordinatorTest, SchedulesFifoByDeviceKind) {
   EXPECT_EQ(w1, "workers/host-1");
   EXPECT_EQ(h.State(b), v1::JOB_STATE_SCHEDULING);
   EXPECT_EQ(h.State(c), v1::JOB_STATE_QUEUED);
-  h.Register("gpu", v1::DEVICE_KIND_CUDA);
+  const std::string gpu = h.Register("gpu", v1::DEVICE_KIND_CUDA);
   EXPECT_EQ(h.State(c), v1::JOB_STATE_SCHEDULING);
+  // A CUDA job's gradient and parameters go over NCCL; the CPU jobs' over Gloo.
+  auto on_gpu = h.TakeAssignment(gpu);
+  ASSERT_TRUE(on_gpu);
+  EXPECT_EQ(on_gpu->backend(), v1::COLLECTIVE_BACKEND_NCCL);
+  auto on_cpu = h.TakeAssignment(w1);
+  ASSERT_TRUE(on_cpu);
+  EXPECT_EQ(on_cpu->backend(), v1::COLLECTIVE_BACKEND_GLOO);
 }
 
 TEST(CoordinatorTest, SettleWindowWaitsForMoreWorkers) {

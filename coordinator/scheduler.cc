@@ -159,7 +159,10 @@ absl::StatusOr<std::vector<v1::Assignment>> Coordinator::PlanRoundLocked(
     a.set_start_step(start);
     a.set_end_step(end);
     if (start_at.resume) *a.mutable_resume_from() = *start_at.resume;
-    a.set_backend(v1::COLLECTIVE_BACKEND_GLOO);
+    // GPU groups move the gradient and the parameters over NCCL (and the rest over Gloo).
+    a.set_backend(job.spec().world().device() == v1::DEVICE_KIND_CUDA
+                      ? v1::COLLECTIVE_BACKEND_NCCL
+                      : v1::COLLECTIVE_BACKEND_GLOO);
     a.set_rendezvous_prefix(absl::StrCat(job.name(), "/rounds/", round, "/"));
     a.set_run_directory(job.run_directory());
     a.set_checkpoint_directory(absl::StrCat(job.run_directory(), "/checkpoints"));

@@ -219,14 +219,22 @@ GroupMember StageChild::Member() {
 
 absl::Status StageChild::JoinDeviceGroup() {
   const v1::Assignment& a = assignment_;
-  if (!options_.connect_device_group) return absl::OkStatus();
+  if (a.backend() != v1::COLLECTIVE_BACKEND_NCCL) {
+    QTRAIN_LOG(INFO) << "stage child: the assignment's collectives are "
+                     << v1::CollectiveBackend_Name(a.backend())
+                     << ": the gradients go through the host";
+    return absl::OkStatus();
+  }
+  if (!options_.connect_device_group) {
+    return absl::FailedPreconditionError(
+        "assignment: backend COLLECTIVE_BACKEND_NCCL, and this worker cannot join a device group");
+  }
   const absl::Time start = absl::Now();
   absl::StatusOr<std::unique_ptr<comm::Communicator>> joined =
       options_.connect_device_group(Member());
-  if (absl::IsUnimplemented(joined.status())) {
-    QTRAIN_LOG(INFO) << "stage child: no device communicator (" << joined.status().message()
-                     << "): the gradients go through the host";
-    return absl::OkStatus();
+  if (absl::IsUnimplemented(joined.status())) {  // the build: the same on every retry
+    return absl::FailedPreconditionError(
+        absl::StrCat("assignment: backend COLLECTIVE_BACKEND_NCCL: ", joined.status().message()));
   }
   if (!joined.ok()) {
     join_failed_ = true;
@@ -349,6 +357,11 @@ absl::Status StageChild::CheckAssignment() {
                                                    options_checkpoint_root_));
   }
   QTRAIN_RETURN_IF_ERROR(ValidateJobSpec(a.spec(), model::ModelAwareJobSpecOptions()));
+  if (a.backend() == v1::COLLECTIVE_BACKEND_NCCL &&
+      a.spec().world().device() != v1::DEVICE_KIND_CUDA) {
+    return absl::InvalidArgumentError(
+        "assignment: backend COLLECTIVE_BACKEND_NCCL needs a world.device cuda job");
+  }
   QTRAIN_ASSIGN_OR_RETURN(stage_start_, StageStartSteps(a.spec()));
   if (a.stage() < 0 || a.stage() >= a.spec().curriculum_size()) {
     return absl::InvalidArgumentError(absl::StrCat("assignment: stage ", a.stage(),

@@ -12,10 +12,12 @@
 // (options.connect_group), listening on options.peer_host. A failed or timed-out collective
 // ends the child with a retryable error; SIGTERM aborts a collective under way. Only rank 0
 // takes the run directory's lock (the others write only their optimizer shards). A job on
-// world.device cuda trains on a CUDA backend (options.create_backend); in a group, each rank
-// also joins the group's device communicator (options.connect_device_group: NCCL over the same
-// rendezvous), so that the gradient and the parameters stay on the GPU (TrainerOptions::
-// device_communicator). Where the build has no NCCL, the step goes through the host and Gloo.
+// world.device cuda trains on a CUDA backend (options.create_backend); in a group whose
+// assignment says backend NCCL (the coordinator's choice for CUDA jobs), each rank also joins
+// the group's device communicator (options.connect_device_group: NCCL over the same rendezvous),
+// so that the gradient and the parameters stay on the GPU (TrainerOptions::
+// device_communicator); backend GLOO keeps them on the host-staged path over Gloo. A worker that
+// cannot join NCCL (a build without it) fails such an assignment as not retryable.
 //
 // It ends on its own:
 //  - exit 0 after a StageDone event (end_step reached, its checkpoint committed, and on the
@@ -81,9 +83,9 @@ struct StageChildOptions {
   std::string peer_host = "127.0.0.1";
   absl::Duration collective_timeout = absl::Seconds(300);
   GroupConnector connect_group;
-  // world.device cuda, world_size > 1: how a rank joins the group's device communicator, after
-  // connect_group (ConnectNcclGroup in production). UNIMPLEMENTED from it (a build without
-  // NCCL), or null: the trainer's step goes through the host.
+  // world.device cuda, world_size > 1, assignment backend NCCL: how a rank joins the group's
+  // device communicator, after connect_group (ConnectNcclGroup in production; UNIMPLEMENTED
+  // from it, a build without NCCL, or null fail the assignment as not retryable).
   GroupConnector connect_device_group;
   // The backend of the job's world.device (train::CreateTrainingBackend when null; tests give
   // one whose memory the host cannot read).

@@ -219,7 +219,10 @@ class StageChildTest : public ::testing::Test {
     a.set_start_step(stage == 0 ? 0 : 4);
     a.set_end_step(stage == 0 ? 4 : 7);
     if (resume_from != nullptr) *a.mutable_resume_from() = *resume_from;
-    a.set_backend(v1::COLLECTIVE_BACKEND_GLOO);
+    // The coordinator's choice, unless the test makes its own.
+    a.set_backend(backend_                                         ? *backend_
+                  : spec_.world().device() == v1::DEVICE_KIND_CUDA ? v1::COLLECTIVE_BACKEND_NCCL
+                                                                   : v1::COLLECTIVE_BACKEND_GLOO);
     a.set_run_directory((root_ / "run").string());
     a.set_checkpoint_directory((root_ / "run" / "checkpoints").string());
     auto data =
@@ -278,6 +281,7 @@ class StageChildTest : public ::testing::Test {
   v1::JobSpec spec_;
   int rank_ = 0;
   int world_ = 1;
+  std::optional<v1::CollectiveBackend> backend_;
 };
 
 bool SawPhase(const std::vector<v1::StageChildEvent>& events, v1::WorkerPhase phase) {
@@ -881,41 +885,44 @@ TEST_F(StageChildTest, SigtermAbortsACollectiveThatWaitsForAPeer) {
   EXPECT_TRUE(error->retryable());
 }
 
-// world.device cuda in a group of two, on a backend whose memory the host cannot read: each rank
-// joins its Gloo group (real connections on loopback), then the group's device communicator,
-// and every training step reduces the gradient and gathers the parameters through the latter.
-TEST_F(StageChildTest, ACudaGroupStepsThroughItsDeviceCommunicator) {
-  spec_.mutable_world()->set_device(v1::DEVICE_KIND_CUDA);
-  spec_.set_precision(v1::PRECISION_BF16);
-  std::vector<std::string> assignments;
-  for (int rank : {0, 1}) {
-    UseGroup(rank, 2);
-    assignments.push_back(WriteAssignment(0, nullptr, absl::StrCat("assignment-", rank, ".json")));
-  }
-  auto store = comm::MakeInMemoryStore();
+// A CUDA group of two on a backend whose memory the host cannot read: each rank joins its Gloo
+// group (real connections on loopback), then, with backend NCCL, the group's device
+// communicator (an in-process group over the opaque memory, in NCCL's part).
+struct CudaGroupRun {
+  std::vector<int> exit_codes;
+  std::vector<std::vector<v1::StageChildEvent>> events;
   std::vector<std::shared_ptr<train::testing::DeviceOpCounts>> counts;
+  std::vector<GroupMember> device_members;
+};
+
+CudaGroupRun RunCudaGroup(const std::vector<std::string>& assignments, bool with_device_connector,
+                          const std::function<StageChildOptions(const std::string&)>& options_of) {
+  CudaGroupRun run;
+  auto store = comm::MakeInMemoryStore();
   std::vector<std::unique_ptr<comm::Communicator>> device_group;
   for (std::unique_ptr<comm::Communicator>& c : comm::MakeInProcessGroup(2, absl::Seconds(60))) {
-    counts.push_back(std::make_shared<train::testing::DeviceOpCounts>());
-    device_group.push_back(
-        std::make_unique<train::testing::OpaqueMemoryCommunicator>(std::move(c), counts.back()));
+    run.counts.push_back(std::make_shared<train::testing::DeviceOpCounts>());
+    device_group.push_back(std::make_unique<train::testing::OpaqueMemoryCommunicator>(
+        std::move(c), run.counts.back()));
   }
   ConnectLog device_log;
   std::vector<std::unique_ptr<FakeParent>> parents;
   for (int rank : {0, 1}) {
-    StageChildOptions options = Options(assignments[rank]);
+    StageChildOptions options = options_of(assignments[rank]);
     options.worker = absl::StrCat("workers/w-", rank);
     options.collective_timeout = absl::Seconds(60);
     options.connect_group = [store](const GroupMember& m) {
       return ConnectGlooGroupOver(m, store);
     };
-    // Each rank takes its own communicator (once: a second call would get nullptr and fail).
-    options.connect_device_group =
-        [&](const GroupMember& m) -> absl::StatusOr<std::unique_ptr<comm::Communicator>> {
-      absl::MutexLock lock(&device_log.mu);
-      device_log.members.push_back(m);
-      return std::move(device_group[static_cast<size_t>(m.rank)]);
-    };
+    if (with_device_connector) {
+      // Each rank takes its own communicator (once: a second call would get nullptr and fail).
+      options.connect_device_group =
+          [&](const GroupMember& m) -> absl::StatusOr<std::unique_ptr<comm::Communicator>> {
+        absl::MutexLock lock(&device_log.mu);
+        device_log.members.push_back(m);
+        return std::move(device_group[static_cast<size_t>(m.rank)]);
+      };
+    }
     options.create_backend =
         [](v1::DeviceKind device) -> absl::StatusOr<std::unique_ptr<kernels::Backend>> {
       EXPECT_EQ(device, v1::DEVICE_KIND_CUDA);
@@ -924,21 +931,92 @@ TEST_F(StageChildTest, ACudaGroupStepsThroughItsDeviceCommunicator) {
     parents.push_back(std::make_unique<FakeParent>(options, Accept));
   }
   for (int rank : {0, 1}) {
-    EXPECT_EQ(parents[rank]->Wait(), kStageChildOk) << "rank " << rank;
-    const std::vector<v1::StageChildEvent> events = parents[rank]->events();
-    ASSERT_FALSE(events.empty());
-    EXPECT_TRUE(events.back().has_done()) << "rank " << rank;
-    // Steps 1-4 of stage 0, each through the device communicator.
-    EXPECT_EQ(counts[rank]->reduce_scatters.load(), 4) << "rank " << rank;
-    EXPECT_EQ(counts[rank]->all_gathers.load(), 4) << "rank " << rank;
+    run.exit_codes.push_back(parents[rank]->Wait());
+    run.events.push_back(parents[rank]->events());
   }
   absl::MutexLock lock(&device_log.mu);
-  ASSERT_EQ(device_log.members.size(), 2u);
-  for (const GroupMember& m : device_log.members) {
+  run.device_members = device_log.members;
+  return run;
+}
+
+// Backend NCCL (the coordinator's for CUDA jobs): every training step reduces the gradient and
+// gathers the parameters through the device communicator.
+TEST_F(StageChildTest, ACudaGroupStepsThroughItsDeviceCommunicator) {
+  spec_.mutable_world()->set_device(v1::DEVICE_KIND_CUDA);
+  spec_.set_precision(v1::PRECISION_BF16);
+  std::vector<std::string> assignments;
+  for (int rank : {0, 1}) {
+    UseGroup(rank, 2);
+    assignments.push_back(WriteAssignment(0, nullptr, absl::StrCat("assignment-", rank, ".json")));
+  }
+  const CudaGroupRun run =
+      RunCudaGroup(assignments, true, [&](const std::string& a) { return Options(a); });
+  for (int rank : {0, 1}) {
+    EXPECT_EQ(run.exit_codes[rank], kStageChildOk) << "rank " << rank;
+    ASSERT_FALSE(run.events[rank].empty());
+    EXPECT_TRUE(run.events[rank].back().has_done()) << "rank " << rank;
+    // Steps 1-4 of stage 0, each through the device communicator.
+    EXPECT_EQ(run.counts[rank]->reduce_scatters.load(), 4) << "rank " << rank;
+    EXPECT_EQ(run.counts[rank]->all_gathers.load(), 4) << "rank " << rank;
+  }
+  ASSERT_EQ(run.device_members.size(), 2u);
+  for (const GroupMember& m : run.device_members) {
     EXPECT_EQ(m.world_size, 2);
     EXPECT_EQ(m.rendezvous_prefix, "jobs/stage-test-1/rounds/3/");
     EXPECT_EQ(m.timeout, absl::Seconds(60));
   }
+}
+
+// Backend GLOO: the same job trains host-staged, without joining a device communicator; an
+// NCCL assignment to a worker that cannot join one fails, not retryable.
+TEST_F(StageChildTest, ACudaGroupFollowsItsAssignmentsBackend) {
+  spec_.mutable_world()->set_device(v1::DEVICE_KIND_CUDA);
+  spec_.set_precision(v1::PRECISION_BF16);
+  backend_ = v1::COLLECTIVE_BACKEND_GLOO;
+  std::vector<std::string> assignments;
+  for (int rank : {0, 1}) {
+    UseGroup(rank, 2);
+    assignments.push_back(WriteAssignment(0, nullptr, absl::StrCat("gloo-", rank, ".json")));
+  }
+  const CudaGroupRun gloo =
+      RunCudaGroup(assignments, true, [&](const std::string& a) { return Options(a); });
+  for (int rank : {0, 1}) {
+    EXPECT_EQ(gloo.exit_codes[rank], kStageChildOk) << "rank " << rank;
+    EXPECT_EQ(gloo.counts[rank]->reduce_scatters.load(), 0) << "rank " << rank;
+  }
+  EXPECT_TRUE(gloo.device_members.empty());
+
+  // A fresh run directory: the NCCL group cannot start.
+  fs::remove_all(root_ / "run");
+  backend_ = v1::COLLECTIVE_BACKEND_NCCL;
+  UseGroup(1, 2);
+  StageChildOptions options = Options(WriteAssignment(0, nullptr, "nccl-1.json"));
+  options.worker = "workers/w-1";
+  options.connect_group =
+      [](const GroupMember& m) -> absl::StatusOr<std::unique_ptr<comm::Communicator>> {
+    // A group whose other rank never acts: nothing reaches a collective.
+    return std::move(comm::MakeInProcessGroup(2, absl::Seconds(5))[static_cast<size_t>(m.rank)]);
+  };
+  options.create_backend = [](v1::DeviceKind) -> absl::StatusOr<std::unique_ptr<kernels::Backend>> {
+    return std::make_unique<model::OpaqueMemoryBackend>();
+  };
+  FakeParent parent(options, Accept);
+  EXPECT_EQ(parent.Wait(), kStageChildFailed);
+  std::optional<v1::StageError> error = ErrorOf(parent.events());
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(error->code(), "FAILED_PRECONDITION") << error->message();
+  EXPECT_THAT(error->message(), HasSubstr("cannot join a device group"));
+  EXPECT_FALSE(error->retryable());
+
+  // NCCL on a CPU job is a bad assignment.
+  spec_.mutable_world()->set_device(v1::DEVICE_KIND_CPU);
+  spec_.set_precision(v1::PRECISION_FP32);
+  FakeParent cpu(Options(WriteAssignment(0, nullptr, "nccl-cpu.json")), Accept);
+  EXPECT_EQ(cpu.Wait(), kStageChildFailed);
+  error = ErrorOf(cpu.events());
+  ASSERT_TRUE(error.has_value());
+  EXPECT_THAT(error->message(), HasSubstr("needs a world.device cuda job"));
+  EXPECT_FALSE(error->retryable());
 }
 
 TEST(CancellableStoreTest, GivesUpWhenCancelledAndKeepsTheDeadline) {
