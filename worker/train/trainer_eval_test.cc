@@ -17,6 +17,7 @@
 #include "gtest/gtest.h"
 #include "worker/comm/in_process_communicator.h"
 #include "worker/model/model_source.h"
+#include "worker/model/opaque_backend_test_util.h"
 #include "worker/train/metrics_log.h"
 #include "worker/train/synthetic_tokens_test_util.h"
 #include "worker/train/test_dataset.h"
@@ -163,6 +164,24 @@ TEST_F(TrainerEvalTest, TasksRunAtEachStageEndAndTheEnd) {
   for (const std::string& e : events)
     lines += e.rfind("eval mc (multiple-choice) at step ", 0) == 0;
   EXPECT_EQ(lines, 2);
+}
+
+// On a device backend (memory the host cannot read) the tasks score the device model: in fp32
+// the same results, bit for bit, as on the CPU.
+TEST_F(TrainerEvalTest, TasksOnADeviceBackendScoreAsOnTheCpu) {
+  ASSERT_TRUE(Train("cpu", Spec(DefaultTasks())).ok());
+  model::OpaqueMemoryBackend device;
+  TrainerOptions options;
+  options.backend = &device;
+  auto summary = Train("device", Spec(DefaultTasks()) + "world: {device: cuda}\n", options);
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  const std::vector<nlohmann::json> cpu = EvalRecords("cpu"), on_device = EvalRecords("device");
+  ASSERT_EQ(on_device.size(), 4u);
+  ASSERT_EQ(cpu.size(), 4u);
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    EXPECT_EQ(on_device[i]["metrics"], cpu[i]["metrics"]) << on_device[i].dump();
+  }
+  EXPECT_EQ(FinalHash("device"), FinalHash("cpu"));
 }
 
 TEST_F(TrainerEvalTest, ResumeEvaluatesEachStageOnceAndEndsWithTheSameBytes) {
