@@ -19,8 +19,10 @@
 #include "common/run_dir_lock.h"
 #include "common/status_macros.h"
 #include "google/protobuf/util/json_util.h"
+#include "kernels/ops.h"
 #include "worker/model/config.h"
 #include "worker/model/model_source.h"
+#include "worker/train/cuda_plugin.h"
 #include "worker/train/job_setup.h"
 #include "worker/train/shard_token_source.h"
 #include "worker/train/trainer.h"
@@ -59,6 +61,14 @@ absl::Status RunTrain(const std::string& spec_path, const std::string& run_dir,
   QTRAIN_ASSIGN_OR_RETURN(train::PreparedJob job, train::PrepareJob(spec));
   const model::ModelConfig& config = job.config;
   const train::ShardTokenSource& data = *job.data;
+  // world.device cuda: the CUDA plugin's backend on the first GPU the process sees
+  // (worker/train/cuda_plugin.h); it outlives the trainer, declared below it.
+  std::unique_ptr<kernels::Backend> backend;
+  if (spec.world().device() == v1::DEVICE_KIND_CUDA) {
+    QTRAIN_ASSIGN_OR_RETURN(backend, train::LoadCudaPluginBackend(0));
+    std::fprintf(stderr, "train: on the %s backend (the first GPU of CUDA_VISIBLE_DEVICES)\n",
+                 std::string(backend->name()).c_str());
+  }
   // Held until training ends: nothing in the run directory is touched without it. The trainer
   // writes job.json once the spec agrees with the checkpoint's.
   QTRAIN_ASSIGN_OR_RETURN(RunDirLock lock, RunDirLock::Acquire(run_dir));
@@ -75,6 +85,7 @@ absl::Status RunTrain(const std::string& spec_path, const std::string& run_dir,
     std::fprintf(stderr, "train: %s\n", event.c_str());
   };
   trainer_options.tokenizer = job.tokenizer.get();
+  trainer_options.backend = backend.get();
   auto last_print = std::chrono::steady_clock::time_point{};
   double data_seconds = 0, step_seconds = 0;
   trainer_options.on_step = [&](const train::StepReport& r) {

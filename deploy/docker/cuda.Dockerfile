@@ -27,9 +27,10 @@ COPY . .
 RUN cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DQTRAIN_CUDA=ON \
       -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHITECTURES}" -DQTRAIN_WERROR=OFF \
       -DQTRAIN_BUILD_TESTS=OFF -DQTRAIN_BUILD_BENCH=OFF \
- && cmake --build build --target qtrain qtrain-coordinator qtrain-worker -j "$(nproc)" \
+ && cmake --build build --target qtrain qtrain-coordinator qtrain-worker qtrain_cuda_plugin \
+      -j "$(nproc)" \
  && deploy/docker/runtime-packages.sh build/bin/qtrain build/bin/qtrain-coordinator \
-      build/bin/qtrain-worker > build/runtime-packages.txt
+      build/bin/qtrain-worker build/bin/libqtrain_cuda_plugin.so > build/runtime-packages.txt
 
 # --- Runtime: the CUDA runtime image plus the libraries the binaries link ---------------------
 FROM nvidia/cuda:${CUDA_VERSION}-runtime-${UBUNTU} AS runtime
@@ -47,9 +48,12 @@ RUN groupadd --system --gid 10001 qtrain \
  && install -d -o 10001 -g 10001 -m 0750 /var/lib/qtrain /srv/qtrain
 COPY --from=build /src/build/bin/qtrain /src/build/bin/qtrain-coordinator \
      /src/build/bin/qtrain-worker /usr/local/bin/
+# `qtrain train` on world.device cuda loads the CUDA backend from here (<bin>/../lib/qtrain).
+COPY --from=build /src/build/bin/libqtrain_cuda_plugin.so /usr/local/lib/qtrain/
 # Fail the build if a library the binaries need is missing from this stage (the CUDA driver
 # library comes from the node at run time, through the NVIDIA container toolkit).
 RUN ! ldd /usr/local/bin/qtrain /usr/local/bin/qtrain-coordinator /usr/local/bin/qtrain-worker \
+      /usr/local/lib/qtrain/libqtrain_cuda_plugin.so \
       | grep 'not found' | grep -v 'libcuda\.so'
 ENV NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
 USER 10001:10001

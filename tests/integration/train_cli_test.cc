@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -118,6 +119,46 @@ TEST_F(TrainCliTest, KilledRunsResumeToIdenticalWeights) {
     EXPECT_THAT(resumed.output, HasSubstr("resumed from"));
     EXPECT_EQ(FinalHash(run), expected);
   }
+}
+
+// A world.device cuda job: `qtrain train` loads the CUDA plugin. Without a GPU (or without the
+// plugin, in a CPU build) it is refused naming the reason, before the run directory exists;
+// with one, it trains.
+TEST_F(TrainCliTest, ACudaJobTrainsThroughTheCudaPlugin) {
+  std::ifstream base(root_ / "job.yaml");
+  std::stringstream text;
+  text << base.rdbuf() << "world: {device: cuda}\nprecision: bf16\n";
+  std::ofstream(root_ / "cuda.yaml") << text.str();
+  // The CUDA libraries need more address space than the CPU commands are held to.
+  testing_cli::CliOptions options;
+  options.address_space_bytes = 0;
+  options.timeout_seconds = 300;
+  const auto run = [&](const std::string& name, const std::vector<std::string>& env) {
+    options.env = env;
+    return testing_cli::RunCli(
+        {qtrain_, "train", (root_ / "cuda.yaml").string(), "--run-dir", (root_ / name).string()},
+        root_ / (name + ".log"), options);
+  };
+  const ProcessResult result = run("cuda", {});
+  if (result.exit_code == 0) {  // a GPU and the plugin
+    EXPECT_THAT(result.output, HasSubstr("train: on the cuda backend"));
+    EXPECT_THAT(result.output, HasSubstr("train: done: 7 steps"));
+  } else {
+    EXPECT_EQ(result.exit_code, 1) << result.output;
+#if QTRAIN_TEST_CUDA_PLUGIN
+    EXPECT_THAT(result.output, HasSubstr("the CUDA driver sees no GPU")) << result.output;
+    EXPECT_THAT(result.output, HasSubstr("libqtrain_cuda_plugin.so)"));
+#else
+    EXPECT_THAT(result.output, HasSubstr("no CUDA plugin")) << result.output;
+#endif
+    EXPECT_FALSE(fs::exists(root_ / "cuda")) << "a refused job touched its run directory";
+  }
+  // A plugin named on purpose and missing: the path in the message, nothing else tried.
+  const ProcessResult missing =
+      run("missing", {"QTRAIN_CUDA_PLUGIN=" + (root_ / "nowhere.so").string()});
+  EXPECT_EQ(missing.exit_code, 1) << missing.output;
+  EXPECT_THAT(missing.output, HasSubstr("tried " + (root_ / "nowhere.so").string() + " (absent)"));
+  EXPECT_FALSE(fs::exists(root_ / "missing"));
 }
 
 // The CPU kernels' results do not depend on the thread count, so a run may resume with another.

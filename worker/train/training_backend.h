@@ -2,7 +2,8 @@
 // backend on one GPU for cuda (where the build has one: QTRAIN_CUDA, see docs/cuda.md), for
 // TrainerOptions::backend. qtrain-worker links it (the daemon checks --device, its training child
 // makes the backend); the `qtrain` CLI does not, as the CUDA libraries (cuBLASLt, cuDNN, NVRTC)
-// would add about a gigabyte of mapped address space to every one of its commands.
+// would add about a gigabyte of mapped address space to every one of its commands; it loads the
+// CUDA backend as a plugin instead (cuda_plugin.h).
 #ifndef QTRAIN_WORKER_TRAIN_TRAINING_BACKEND_H_
 #define QTRAIN_WORKER_TRAIN_TRAINING_BACKEND_H_
 
