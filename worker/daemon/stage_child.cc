@@ -159,7 +159,7 @@ class StageChild {
   // world_size > 1: joins the group (phase RENDEZVOUS) and starts watching for a stop.
   absl::Status JoinGroup();
   GroupMember Member();
-  // world.device cuda in a group: the device communicator, when the build has one.
+  // world.device cuda in a group with assignment backend NCCL: the device communicator.
   absl::Status JoinDeviceGroup();
   // Aborts the group's collectives once the child is stopping (a signal, or the parent gone),
   // so that an op blocked on a peer returns; runs on a thread of its own, never in a signal
