@@ -116,6 +116,8 @@ int RunDaemon(const DaemonFlags& flags) {
     return 1;
   }
   if (metrics_server != nullptr) {
+    // Logged before the address file appears: a reader of the file finds the line in the log.
+    QTRAIN_LOG(INFO) << "metrics on http://" << metrics_server->address() << "/metrics";
     if (!flags.metrics_address_file.empty()) {
       if (absl::Status written =
               qtrain::WriteAddressFile(flags.metrics_address_file, metrics_server->address());
@@ -125,7 +127,6 @@ int RunDaemon(const DaemonFlags& flags) {
         return 1;
       }
     }
-    QTRAIN_LOG(INFO) << "metrics on http://" << metrics_server->address() << "/metrics";
   }
 
   int received = 0;
